@@ -1,0 +1,133 @@
+"""The one error tree of persona-runtime.
+
+Every error a client can see is a ``RuntimeError_`` subclass with a snake_case ``code`` and an HTTP
+``status``; ``api/errors.py`` maps them to the two wire shapes (ours on ``/api/v1``, OpenAI's on
+``/v1``). The tree::
+
+    PersonaRuntimeError                  500 internal_error
+    ├── BadRequest                       400 bad_request        (names the offending ``field``)
+    │   └── PayloadTooLarge              413 payload_too_large
+    ├── Unauthorized                     401 unauthorized
+    ├── Forbidden                        403 forbidden
+    ├── NotFound                         404 not_found
+    ├── Conflict                         409 conflict
+    ├── ServiceUnavailable               503 service_unavailable (database down, ...)
+    └── ProviderError                    502 provider_error     (upstream LLM failed)
+        ├── ProviderUnavailable          502 provider_unavailable (connection refused, 5xx)
+        ├── ProviderRejected             502 provider_rejected  (upstream 4xx: bad key, unknown model)
+        ├── ProviderTimeout              504 provider_timeout
+        └── ProviderRateLimited          429 provider_rate_limited (carries ``retry_after``)
+
+No module here imports a web framework: ``personas/``, ``providers/`` and ``runtime/`` raise these,
+``api/`` renders them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "PayloadTooLarge",
+    "PersonaRuntimeError",
+    "ProviderError",
+    "ProviderRateLimited",
+    "ProviderRejected",
+    "ProviderTimeout",
+    "ProviderUnavailable",
+    "ServiceUnavailable",
+    "Unauthorized",
+]
+
+
+class PersonaRuntimeError(Exception):
+    """Base of every error the runtime reports to a client."""
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, *, field: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadRequest(PersonaRuntimeError):
+    code = "bad_request"
+    status = 400
+
+
+class PayloadTooLarge(BadRequest):
+    code = "payload_too_large"
+    status = 413
+
+
+class Unauthorized(PersonaRuntimeError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(PersonaRuntimeError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(PersonaRuntimeError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(PersonaRuntimeError):
+    code = "conflict"
+    status = 409
+
+
+class ServiceUnavailable(PersonaRuntimeError):
+    code = "service_unavailable"
+    status = 503
+
+
+class ProviderError(PersonaRuntimeError):
+    """The upstream LLM provider failed; ``provider`` names which one."""
+
+    code = "provider_error"
+    status = 502
+
+    def __init__(self, message: str, *, provider: str = "", details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.provider = provider
+
+
+class ProviderUnavailable(ProviderError):
+    """Connection refused or reset, or a 5xx: worth trying a fallback."""
+
+    code = "provider_unavailable"
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request (bad key, unknown model, invalid body): a fallback won't help."""
+
+    code = "provider_rejected"
+
+
+class ProviderTimeout(ProviderError):
+    code = "provider_timeout"
+    status = 504
+
+
+class ProviderRateLimited(ProviderError):
+    code = "provider_rate_limited"
+    status = 429
+
+    def __init__(
+        self, message: str, *, provider: str = "", retry_after: float | None = None, details: Any = None
+    ) -> None:
+        super().__init__(message, provider=provider, details=details)
+        self.retry_after = retry_after
