@@ -1,0 +1,40 @@
+"""Authentication middleware: every route but the public ones needs an API key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from personas.models import Caller
+from runtime.resources import Resources
+
+__all__ = ["ApiKeyMiddleware", "caller"]
+
+
+def _key_from_headers(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    key = connection.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    authorization = connection.headers.get("authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
+    """Accepts ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (what the OpenAI and Anthropic SDKs send)."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        resources: Resources = connection.app.state.resources
+        found = await resources.auth.authenticate(_key_from_headers(connection))
+        return AuthenticationResult(user=found, auth=None)
+
+
+def caller(request: Request[Any, Any, Any]) -> Caller:
+    """Dependency: the authenticated caller of this request."""
+    user: Caller = request.user
+    return user

@@ -1,0 +1,42 @@
+"""Dependencies handed to controllers: the caller and the services, taken from the app's resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+
+from api.auth import caller
+from personas.models import Caller
+from personas.service import PersonaService
+from runtime.accounts import Accounts
+from runtime.resources import Resources
+
+__all__ = ["AccountsDep", "CallerDep", "PersonasDep", "ResourcesDep", "dependencies"]
+
+
+def _resources(state: State) -> Resources:
+    resources: Resources = state.resources
+    return resources
+
+
+def _personas(state: State) -> PersonaService:
+    return _resources(state).personas
+
+
+def _accounts(state: State) -> Accounts:
+    return _resources(state).accounts
+
+
+dependencies: dict[str, Any] = {
+    "caller": Provide(caller, sync_to_thread=False),
+    "resources": Provide(_resources, sync_to_thread=False),
+    "personas": Provide(_personas, sync_to_thread=False),
+    "accounts": Provide(_accounts, sync_to_thread=False),
+}
+
+CallerDep = NamedDependency[Caller]
+ResourcesDep = NamedDependency[Resources]
+PersonasDep = NamedDependency[PersonaService]
+AccountsDep = NamedDependency[Accounts]

@@ -1,0 +1,146 @@
+"""Exception handlers: every error becomes our JSON error shape on /api/v1, OpenAI's on /v1."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from personas.models import WRITABLE_FIELDS
+from runtime.db import is_database_unavailable
+from runtime.errors import PersonaRuntimeError, ProviderRateLimited
+
+__all__ = ["exception_handlers", "openai_error_type"]
+
+log = logging.getLogger("persona_runtime.api")
+
+_AT_PATH = re.compile(r" - at `\$(?:\.data)?\.?(.*)`$")
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`")
+
+
+def openai_error_type(status: int) -> str:
+    return {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        409: "invalid_request_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+    }.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def _render(
+    request: Request[Any, Any, Any],
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Any]:
+    if request.url.path.startswith("/v1/"):
+        body: dict[str, Any] = {
+            "error": {"message": message, "type": openai_error_type(status), "code": code, "param": field}
+        }
+    else:
+        error: dict[str, Any] = {"code": code, "details": details}
+        if field is not None:
+            error["field"] = field
+        body = {"success": False, "message": message, "error": error}
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def _runtime_error(request: Request[Any, Any, Any], exc: PersonaRuntimeError) -> Response[Any]:
+    headers = None
+    if isinstance(exc, ProviderRateLimited) and exc.retry_after is not None:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    return _render(request, exc.status, exc.code, exc.message, field=exc.field, details=exc.details, headers=headers)
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    """Say which field is wrong and how, from msgspec's own account of the failure."""
+    if _is_malformed(exc):
+        return _malformed(request, exc)
+    cause = exc.__cause__
+    message = str(cause) if cause is not None else str(exc.detail)
+    field: str | None = None
+    path = _AT_PATH.search(message)
+    if path:
+        message = message[: path.start()]
+        field = path.group(1) or None
+    unknown = _UNKNOWN_FIELD.match(message)
+    if unknown:
+        name = unknown.group(1)
+        field = f"{field}.{name}" if field else name
+        text = f"Unknown field `{field}`: remove it."
+        if field in {"id", "created_by", "version", "created_at", "updated_at", "is_active"}:
+            text = f"Field `{field}` is set by the server and cannot be written: remove it."
+        if "." not in field and "persona" in request.url.path and "render" not in request.url.path:
+            text += " Writable fields: " + ", ".join(WRITABLE_FIELDS) + "."
+        return _render(request, 400, "unknown_field", text, field=field)
+    if exc.extra and field is None:
+        first = exc.extra[0] if isinstance(exc.extra, list) else exc.extra
+        if isinstance(first, dict):
+            key = first.get("key")
+            field = key if key and key != "data" else None
+            message = first.get("message", message)
+    text = f"Invalid `{field}`: {message}." if field else f"Invalid request: {message}."
+    return _render(request, 400, "invalid_field" if field else "bad_request", text, field=field)
+
+
+def _is_malformed(exc: HTTPException) -> bool:
+    cause = exc.__cause__
+    undecodable = isinstance(cause, msgspec.DecodeError) and not isinstance(cause, msgspec.ValidationError)
+    return undecodable or str(exc.detail).startswith(("JSON is malformed", "Input data was truncated"))
+
+
+def _malformed(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    reason = str(exc.__cause__ or exc.detail).removeprefix("JSON is malformed: ")
+    return _render(request, 400, "malformed_json", f"The request body is not valid JSON: {reason}.")
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    code = {
+        401: "unauthorized",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+    }.get(status, "bad_request" if status < 500 else "internal_error")
+    message = str(exc.detail)
+    if _is_malformed(exc):
+        return _malformed(request, exc)
+    if status == 404:
+        message = f"No route {request.method} {request.url.path}; see /schema for the API."
+    return _render(request, status, code, message, headers=exc.headers)
+
+
+def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if is_database_unavailable(exc):
+        log.warning("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return _render(
+            request,
+            503,
+            "service_unavailable",
+            "The database is unavailable; try again in a moment.",
+            headers={"Retry-After": "2"},
+        )
+    log.exception("unexpected error during %s %s", request.method, request.url.path)
+    return _render(request, HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "Internal error; it has been logged.")
+
+
+exception_handlers: dict[Any, Any] = {
+    PersonaRuntimeError: _runtime_error,
+    ValidationException: _validation_error,
+    NotAuthorizedException: _http_error,
+    HTTPException: _http_error,
+    Exception: _unexpected_error,
+}

@@ -1,0 +1,154 @@
+"""The persona cache: Redis when configured, else in-process. A cache failure never fails a request.
+
+PostgreSQL is the truth and the cache may be flushed at any moment, so every method here degrades to
+"miss" or "no-op" on error. While Redis is unreachable the cache stops trying for a short while (so a
+dead Redis costs no time per request), logs the outage once, and remembers the keys it failed to
+delete: they are deleted first thing when Redis answers again, so a write made during the outage is
+never hidden by an entry cached before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+__all__ = ["Cache", "MemoryCache", "RedisCache"]
+
+log = logging.getLogger("persona_runtime.cache")
+
+
+class Cache(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+    async def set(self, key: str, value: bytes, ttl: int) -> None: ...
+    async def delete(self, *keys: str) -> None: ...
+    async def ping(self) -> bool: ...
+    async def aclose(self) -> None: ...
+
+
+class MemoryCache:
+    """A bounded in-process cache for a single instance (no ``REDIS_URL``)."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._max = max_entries
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires < time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: int) -> None:
+        self._entries[key] = (time.monotonic() + ttl, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    async def delete(self, *keys: str) -> None:
+        for key in keys:
+            self._entries.pop(key, None)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+
+
+class RedisCache:
+    """Cache-aside on a shared Redis, so every instance sees the same entries and the same deletes."""
+
+    def __init__(self, client: Redis, *, prefix: str = "persona-runtime:", retry_after: float = 1.0) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._retry_after = retry_after
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._unflushed: set[str] = set()
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisCache:
+        # Short timeouts: a slow cache must cost less than the database read it is meant to save.
+        client = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=10)
+        return cls(client)
+
+    @property
+    def available(self) -> bool:
+        return self._down_since is None
+
+    async def get(self, key: str) -> bytes | None:
+        if not await self._usable():
+            return None
+        try:
+            value = await self._redis.get(self._prefix + key)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes, ttl: int) -> None:
+        if not await self._usable():
+            return
+        try:
+            await self._redis.set(self._prefix + key, value, ex=ttl)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+
+    async def delete(self, *keys: str) -> None:
+        if not keys:
+            return
+        if await self._usable():
+            try:
+                await self._redis.delete(*(self._prefix + k for k in keys))
+                return
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+        self._unflushed.update(keys)
+
+    async def ping(self) -> bool:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return False
+        return await self._usable(force=True)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    async def _usable(self, *, force: bool = False) -> bool:
+        if self._down_since is None:
+            return True
+        now = time.monotonic()
+        if not force and now < self._next_try:
+            return False
+        try:
+            if self._unflushed:
+                await self._redis.delete(*(self._prefix + k for k in self._unflushed))
+            else:
+                await self._redis.ping()
+        except (RedisError, OSError):
+            self._next_try = now + self._retry_after
+            return False
+        log.warning("Redis is reachable again after %.1fs; cache back in use", now - self._down_since)
+        self._unflushed.clear()
+        self._down_since = None
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            # Logged once per outage, not once per request.
+            log.warning("Redis unavailable (%s); serving from PostgreSQL until it is back", type(exc).__name__)
+            self._down_since = now
+        self._next_try = now + self._retry_after

@@ -1,0 +1,174 @@
+"""PersonaService: who may see and change which persona, and the rules a persona must satisfy."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import UUID, uuid4
+
+import msgspec
+
+from personas.models import Caller, Persona, PersonaDraft, PersonaPatch, Tool
+from personas.store import PersonaStore
+from personas.template import check_template
+from runtime.errors import BadRequest, Forbidden, NotFound
+
+__all__ = ["PersonaService", "PreferenceSource", "check_draft"]
+
+PreferenceSource = Literal["preference", "default"]
+
+# Free-form JSON objects are stored as given; this bounds what one persona can make every request carry.
+_MAX_OBJECT_BYTES = 32_768
+_encoder = msgspec.json.Encoder()
+
+
+def can_see(persona: Persona, caller: Caller) -> bool:
+    return persona.is_active and (
+        persona.visibility == "public" or caller.is_admin or persona.created_by == caller.user_id
+    )
+
+
+def can_edit(persona: Persona, caller: Caller) -> bool:
+    return caller.is_admin or (persona.created_by is not None and persona.created_by == caller.user_id)
+
+
+def present(persona: Persona, caller: Caller) -> Persona:
+    """The persona as ``caller`` may see it: the system prompt is for its owner and admins."""
+    if can_edit(persona, caller):
+        return persona
+    return msgspec.structs.replace(persona, system_prompt=None)
+
+
+def check_draft(draft: PersonaDraft | Persona) -> None:
+    """The rules beyond field types, shared by saved personas and unsaved drafts."""
+    if not draft.name.strip():
+        raise BadRequest("`name` must not be blank.", field="name")
+    if draft.name != draft.name.strip():
+        raise BadRequest("`name` must not start or end with spaces.", field="name")
+    if draft.system_prompt is not None:
+        check_template(draft.system_prompt)
+    for field in ("personality_traits", "capabilities"):
+        if len(_encoder.encode(getattr(draft, field))) > _MAX_OBJECT_BYTES:
+            raise BadRequest(f"`{field}` is larger than {_MAX_OBJECT_BYTES} bytes of JSON.", field=field)
+    _check_tools(draft.tools)
+
+
+def _check_tools(tools: list[Tool]) -> None:
+    seen: set[str] = set()
+    for index, tool in enumerate(tools):
+        if tool.name in seen:
+            raise BadRequest(f"`tools[{index}].name`: {tool.name!r} is used twice.", field=f"tools[{index}].name")
+        seen.add(tool.name)
+        if tool.parameters.get("type") != "object":
+            raise BadRequest(
+                f'`tools[{index}].parameters` must be a JSON Schema object such as {{"type": "object", '
+                '"properties": {...}}.',
+                field=f"tools[{index}].parameters",
+            )
+        if len(_encoder.encode(tool.parameters)) > _MAX_OBJECT_BYTES:
+            raise BadRequest(f"`tools[{index}].parameters` is too large.", field=f"tools[{index}].parameters")
+
+
+def draft_persona(draft: PersonaDraft, caller: Caller | None) -> Persona:
+    """A validated, unsaved persona built from a draft body."""
+    check_draft(draft)
+    now = datetime.now(UTC)
+    return Persona(
+        id=uuid4(),
+        name=draft.name,
+        description=draft.description,
+        system_prompt=draft.system_prompt,
+        personality_traits=draft.personality_traits,
+        capabilities=draft.capabilities,
+        model_settings=draft.model_settings,
+        tools=draft.tools,
+        visibility=draft.visibility,
+        is_active=True,
+        is_default=draft.is_default,
+        version=0,
+        created_by=caller.user_id if caller else None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+class PersonaService:
+    """The persona API's rules on top of :class:`PersonaStore`."""
+
+    def __init__(self, store: PersonaStore) -> None:
+        self.store = store
+
+    async def list(self, caller: Caller, *, limit: int, offset: int) -> tuple[list[Persona], int]:
+        personas, total = await self.store.list_visible(caller.user_id, limit=limit, offset=offset)
+        return [present(p, caller) for p in personas], total
+
+    async def get_visible(self, caller: Caller, persona_id: UUID) -> Persona:
+        """The persona if ``caller`` may see it (unredacted), else 404."""
+        persona = await self.store.get(persona_id)
+        if persona is None or not can_see(persona, caller):
+            raise NotFound(f"Persona {persona_id} not found, or you may not see it.", field="persona_id")
+        return persona
+
+    async def get_editable(self, caller: Caller, persona_id: UUID) -> Persona:
+        """The persona if ``caller`` may change it; 404 when invisible, 403 when visible but not theirs."""
+        persona = await self.get_visible(caller, persona_id)
+        if not can_edit(persona, caller):
+            raise Forbidden(
+                f"Persona {persona.name!r} belongs to another user: only its owner or an admin may change it.",
+            )
+        return persona
+
+    async def create(self, caller: Caller, draft: PersonaDraft) -> Persona:
+        if draft.is_default and not caller.is_admin:
+            raise Forbidden("Only admins may set `is_default`; leave it out.", field="is_default")
+        persona = msgspec.structs.replace(draft_persona(draft, caller), version=1)
+        return await self.store.create(persona, actor=caller.user_id, change_note=draft.change_note)
+
+    async def update(self, caller: Caller, persona_id: UUID, patch: PersonaPatch) -> Persona:
+        current = await self.get_editable(caller, persona_id)
+        changes: dict[str, Any] = {
+            f: getattr(patch, f)
+            for f in patch.__struct_fields__
+            if f != "change_note" and getattr(patch, f) is not msgspec.UNSET
+        }
+        if "is_default" in changes:
+            if not caller.is_admin:
+                raise Forbidden("Only admins may set `is_default`; leave it out.", field="is_default")
+            if current.is_default and not changes["is_default"]:
+                raise BadRequest(
+                    "There must always be a default persona: to move it, set `is_default` to true on the "
+                    "persona that should become the default.",
+                    field="is_default",
+                )
+        changed = msgspec.structs.replace(current, **changes)
+        check_draft(changed)
+        note = patch.change_note if isinstance(patch.change_note, str) else None
+        return await self.store.update(persona_id, changed, actor=caller.user_id, change_note=note)
+
+    async def delete(self, caller: Caller, persona_id: UUID) -> Persona:
+        persona = await self.get_editable(caller, persona_id)
+        await self.store.soft_delete(persona_id)
+        return persona
+
+    async def set_preference(self, caller: Caller, persona_id: UUID) -> Persona:
+        persona = await self.get_visible(caller, persona_id)
+        await self.store.set_preference(caller.user_id, persona_id)
+        return persona
+
+    async def current(self, caller: Caller) -> tuple[Persona, PreferenceSource]:
+        """The user's preferred persona while it stays active and visible, else the default."""
+        preferred = await self.store.get_preference(caller.user_id)
+        if preferred is not None:
+            persona = await self.store.get(preferred)
+            if persona is not None and can_see(persona, caller):
+                return persona, "preference"
+        return await self.default(), "default"
+
+    async def default(self) -> Persona:
+        persona = await self.store.get_default()
+        if persona is None:
+            persona, _ = await self.store.ensure_default()
+        return persona
+
+    async def initialize_default(self) -> tuple[Persona, bool]:
+        return await self.store.ensure_default()

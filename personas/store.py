@@ -1,0 +1,262 @@
+"""PersonaStore: persona rows in PostgreSQL (the truth) behind a cache-aside read path."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from personas.cache import Cache
+from personas.models import MU_ID, Persona
+from runtime.errors import Conflict, NotFound, ServiceUnavailable
+
+__all__ = ["PersonaStore", "PersonaVersion", "VersionSummary"]
+
+_COLUMNS = """id, name, description, system_prompt, personality_traits, capabilities, model_settings, tools,
+    visibility, is_active, is_default, version, created_by, created_at, updated_at"""
+
+GET = f"SELECT {_COLUMNS} FROM personas WHERE id = $1"
+GET_FOR_UPDATE = f"SELECT {_COLUMNS} FROM personas WHERE id = $1 FOR UPDATE"
+GET_DEFAULT = f"SELECT {_COLUMNS} FROM personas WHERE is_default AND is_active"
+LIST_VISIBLE = f"""
+SELECT {_COLUMNS}, count(*) OVER () AS total FROM personas
+WHERE is_active AND (visibility = 'public' OR created_by = $1)
+ORDER BY is_default DESC, lower(name), id
+LIMIT $2 OFFSET $3"""
+COUNT_VISIBLE = "SELECT count(*) FROM personas WHERE is_active AND (visibility = 'public' OR created_by = $1)"
+FIND_ACTIVE_BY_NAME = f"SELECT {_COLUMNS} FROM personas WHERE is_active AND lower(name) = lower($1)"
+INSERT = f"""
+INSERT INTO personas (name, description, system_prompt, personality_traits, capabilities, model_settings,
+                      tools, visibility, created_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+RETURNING {_COLUMNS}"""
+UPDATE = f"""
+UPDATE personas SET name = $2, description = $3, system_prompt = $4, personality_traits = $5,
+    capabilities = $6, model_settings = $7, tools = $8, visibility = $9, version = version + 1
+WHERE id = $1
+RETURNING {_COLUMNS}"""
+CLEAR_DEFAULT = "UPDATE personas SET is_default = false WHERE is_default AND id <> $1"
+SET_DEFAULT = f"UPDATE personas SET is_default = true WHERE id = $1 RETURNING {_COLUMNS}"
+SOFT_DELETE = "UPDATE personas SET is_active = false WHERE id = $1 AND is_active"
+RESTORE_MU = f"UPDATE personas SET is_active = true, is_default = true WHERE id = $1 RETURNING {_COLUMNS}"
+SET_ACTOR = """SELECT set_config('persona_runtime.actor', coalesce($1::text, ''), true),
+    set_config('persona_runtime.change_note', coalesce($2::text, ''), true)"""
+LOCK_DEFAULT = "SELECT pg_advisory_xact_lock(7069656)"
+GET_PREFERENCE = "SELECT persona_id FROM user_persona_preferences WHERE user_id = $1"
+SET_PREFERENCE = """
+INSERT INTO user_persona_preferences (user_id, persona_id) VALUES ($1, $2)
+ON CONFLICT (user_id) DO UPDATE SET persona_id = EXCLUDED.persona_id, updated_at = now()"""
+LIST_VERSIONS = """
+SELECT version, created_at, created_by, change_note, count(*) OVER () AS total FROM persona_versions
+WHERE persona_id = $1 ORDER BY version DESC LIMIT $2 OFFSET $3"""
+GET_VERSION = """
+SELECT persona_id, version, name, description, system_prompt, personality_traits, capabilities,
+       model_settings, tools, visibility, created_by, change_note, created_at
+FROM persona_versions WHERE persona_id = $1 AND version = $2"""
+
+
+class PersonaVersion(msgspec.Struct, frozen=True, kw_only=True):
+    """One saved state of a persona."""
+
+    persona_id: UUID
+    version: int
+    name: str
+    description: str
+    system_prompt: str
+    personality_traits: dict[str, Any]
+    capabilities: dict[str, Any]
+    model_settings: dict[str, Any]
+    tools: list[dict[str, Any]]
+    visibility: str
+    created_by: UUID | None
+    change_note: str | None
+    created_at: datetime
+
+
+class VersionSummary(msgspec.Struct, frozen=True, kw_only=True):
+    version: int
+    created_at: datetime
+    created_by: UUID | None
+    change_note: str | None
+
+
+_decoder = msgspec.json.Decoder(Persona)
+_encoder = msgspec.json.Encoder()
+
+
+def _persona(record: asyncpg.Record) -> Persona:
+    return msgspec.convert(dict(record), Persona, strict=False)
+
+
+def _content(persona: Persona) -> tuple[Any, ...]:
+    return (
+        persona.name,
+        persona.description,
+        persona.system_prompt,
+        persona.personality_traits,
+        persona.capabilities,
+        msgspec.to_builtins(persona.model_settings),
+        msgspec.to_builtins(persona.tools),
+        persona.visibility,
+    )
+
+
+def _name_taken(name: str) -> Conflict:
+    return Conflict(
+        f"A persona named {name!r} already exists; choose another `name` (names are unique regardless of case).",
+        field="name",
+    )
+
+
+class PersonaStore:
+    """Reads go cache-first; writes commit in PostgreSQL, then delete the cached entries they change."""
+
+    def __init__(self, pool: asyncpg.Pool, cache: Cache, *, ttl: int = 300) -> None:
+        self._pool = pool
+        self._cache = cache
+        self._ttl = ttl
+
+    # Reads -----------------------------------------------------------------------------------------
+
+    async def get(self, persona_id: UUID) -> Persona | None:
+        key = f"persona:{persona_id}"
+        cached = await self._cache.get(key)
+        if cached is not None:
+            return _decoder.decode(cached)
+        record = await self._pool.fetchrow(GET, persona_id)
+        if record is None:
+            return None
+        persona = _persona(record)
+        await self._cache.set(key, _encoder.encode(persona), self._ttl)
+        return persona
+
+    async def get_default(self) -> Persona | None:
+        cached = await self._cache.get("default")
+        if cached is not None:
+            persona = await self.get(UUID(cached.decode()))
+            if persona is not None and persona.is_active and persona.is_default:
+                return persona
+        record = await self._pool.fetchrow(GET_DEFAULT)
+        if record is None:
+            return None
+        persona = _persona(record)
+        await self._cache.set("default", str(persona.id).encode(), self._ttl)
+        return persona
+
+    async def find_by_name(self, name: str) -> Persona | None:
+        record = await self._pool.fetchrow(FIND_ACTIVE_BY_NAME, name)
+        return _persona(record) if record else None
+
+    async def list_visible(self, user_id: UUID, *, limit: int, offset: int) -> tuple[list[Persona], int]:
+        records = await self._pool.fetch(LIST_VISIBLE, user_id, limit, offset)
+        if records:
+            total = records[0]["total"]
+        else:
+            total = await self._pool.fetchval(COUNT_VISIBLE, user_id)
+        return [_persona(r) for r in records], int(total)
+
+    async def get_preference(self, user_id: UUID) -> UUID | None:
+        key = f"preference:{user_id}"
+        cached = await self._cache.get(key)
+        if cached is not None:
+            return UUID(cached.decode()) if cached else None
+        persona_id = await self._pool.fetchval(GET_PREFERENCE, user_id)
+        await self._cache.set(key, str(persona_id).encode() if persona_id else b"", self._ttl)
+        return persona_id
+
+    async def list_versions(
+        self, persona_id: UUID, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[VersionSummary], int]:
+        records = await self._pool.fetch(LIST_VERSIONS, persona_id, limit, offset)
+        total = records[0]["total"] if records else 0
+        return [msgspec.convert(dict(r), VersionSummary, strict=False) for r in records], int(total)
+
+    async def get_version(self, persona_id: UUID, version: int) -> PersonaVersion | None:
+        record = await self._pool.fetchrow(GET_VERSION, persona_id, version)
+        return msgspec.convert(dict(record), PersonaVersion, strict=False) if record else None
+
+    # Writes ----------------------------------------------------------------------------------------
+
+    async def create(self, persona: Persona, *, actor: UUID | None, change_note: str | None) -> Persona:
+        """Insert ``persona`` (its id, version and times are assigned here) as version 1."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(SET_ACTOR, _text(actor), change_note)
+            try:
+                record = await conn.fetchrow(INSERT, *_content(persona), persona.created_by)
+            except asyncpg.UniqueViolationError:
+                raise _name_taken(persona.name) from None
+            created = _persona(record)
+            if persona.is_default:
+                created = await self._move_default(conn, created.id)
+        await self._forget(created.id, default=persona.is_default)
+        return created
+
+    async def update(
+        self, persona_id: UUID, changed: Persona, *, actor: UUID | None, change_note: str | None
+    ) -> Persona:
+        """Save ``changed`` as the next version of the persona; a new default moves atomically."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchrow(GET_FOR_UPDATE, persona_id)
+            if current is None or not current["is_active"]:
+                raise NotFound(f"Persona {persona_id} not found.", field="id")
+            await conn.execute(SET_ACTOR, _text(actor), change_note)
+            try:
+                record = await conn.fetchrow(UPDATE, persona_id, *_content(changed))
+            except asyncpg.UniqueViolationError:
+                raise _name_taken(changed.name) from None
+            updated = _persona(record)
+            if changed.is_default and not current["is_default"]:
+                updated = await self._move_default(conn, persona_id)
+        await self._forget(persona_id, default=True)
+        return updated
+
+    async def soft_delete(self, persona_id: UUID) -> bool:
+        result = await self._pool.execute(SOFT_DELETE, persona_id)
+        await self._forget(persona_id, default=True)
+        return result.endswith(" 1")
+
+    async def set_preference(self, user_id: UUID, persona_id: UUID) -> None:
+        await self._pool.execute(SET_PREFERENCE, user_id, persona_id)
+        await self._cache.delete(f"preference:{user_id}")
+
+    async def ensure_default(self) -> tuple[Persona, bool]:
+        """Make sure an active default persona exists, restoring Mu if it is gone. Idempotent."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_DEFAULT)
+            record = await conn.fetchrow(GET_DEFAULT)
+            if record is not None:
+                return _persona(record), False
+            if await conn.fetchrow(GET, MU_ID) is None:
+                raise ServiceUnavailable(
+                    "The default persona Mu is missing from the database; run `persona-runtime migrate` "
+                    "on a fresh database or restore it from a backup."
+                )
+            await conn.execute(CLEAR_DEFAULT, MU_ID)
+            try:
+                record = await conn.fetchrow(RESTORE_MU, MU_ID)
+            except asyncpg.UniqueViolationError:
+                raise Conflict(
+                    "The default persona Mu cannot be restored: another active persona is named Mu. "
+                    "Rename or delete that persona, then try again.",
+                    field="name",
+                ) from None
+        await self._forget(MU_ID, default=True)
+        return _persona(record), True
+
+    async def _move_default(self, conn: asyncpg.Connection, persona_id: UUID) -> Persona:
+        await conn.execute(LOCK_DEFAULT)
+        await conn.execute(CLEAR_DEFAULT, persona_id)
+        return _persona(await conn.fetchrow(SET_DEFAULT, persona_id))
+
+    async def _forget(self, persona_id: UUID, *, default: bool) -> None:
+        keys = [f"persona:{persona_id}"]
+        if default:
+            keys.append("default")
+        await self._cache.delete(*keys)
+
+
+def _text(value: UUID | None) -> str | None:
+    return str(value) if value is not None else None

@@ -1,0 +1,187 @@
+"""Users and API keys: keys are random, shown once, stored only as a SHA-256 hash beside a short prefix."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from runtime.errors import BadRequest, Conflict, NotFound
+
+__all__ = ["KEY_PREFIX", "Accounts", "ApiKey", "User", "generate_key", "hash_key"]
+
+# Recognisable in a leaked-secret scan and in a config file; the random part carries 256 bits.
+KEY_PREFIX = "prk_"
+_SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 8
+
+_USER_COLUMNS = "id, name, display_name, is_admin, created_at"
+_KEY_COLUMNS = "id, user_id, name, prefix, created_at, last_used_at, expires_at, revoked_at"
+
+INSERT_USER = f"""
+INSERT INTO users (name, display_name, is_admin) VALUES ($1, $2, $3) RETURNING {_USER_COLUMNS}"""
+GET_USER = f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1"
+GET_USER_BY_NAME = f"SELECT {_USER_COLUMNS} FROM users WHERE lower(name) = lower($1)"
+COUNT_USERS = "SELECT count(*) FROM users"
+INSERT_KEY = f"""
+INSERT INTO api_keys (user_id, name, prefix, key_hash, expires_at) VALUES ($1, $2, $3, $4, $5)
+RETURNING {_KEY_COLUMNS}"""
+LIST_KEYS = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id"
+GET_KEY = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1"
+FIND_KEYS_BY_PREFIX = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE prefix = $1"
+REVOKE_KEY = f"""
+UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING {_KEY_COLUMNS}"""
+AUTHENTICATE = """
+SELECT k.id AS key_id, k.expires_at, k.revoked_at, u.id AS user_id, u.name AS user_name, u.display_name,
+       u.is_admin
+FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1"""
+TOUCH_KEYS = """
+UPDATE api_keys k SET last_used_at = t.used_at
+FROM unnest($1::uuid[], $2::timestamptz[]) AS t(id, used_at)
+WHERE k.id = t.id AND (k.last_used_at IS NULL OR k.last_used_at < t.used_at)"""
+LOCK_BOOTSTRAP = "SELECT pg_advisory_xact_lock(7069657)"
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    name: str
+    display_name: str | None
+    is_admin: bool
+    created_at: datetime
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A key as it may be shown: never the key itself, never its hash."""
+
+    id: UUID
+    user_id: UUID
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyOwner(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: UUID
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    user_id: UUID
+    user_name: str
+    display_name: str | None
+    is_admin: bool
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> bytes:
+    # A fast hash is right here: the key is 256 random bits, so there is nothing to brute-force.
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _user(record: asyncpg.Record) -> User:
+    return msgspec.convert(dict(record), User, strict=False)
+
+
+def _key(record: asyncpg.Record) -> ApiKey:
+    return msgspec.convert(dict(record), ApiKey, strict=False)
+
+
+class Accounts:
+    """SQL for users and keys."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create_user(
+        self,
+        name: str,
+        *,
+        display_name: str | None = None,
+        is_admin: bool = False,
+        conn: asyncpg.Connection | None = None,
+    ) -> User:
+        name = name.strip()
+        if not 1 <= len(name) <= 100:
+            raise BadRequest("`name` must be 1 to 100 characters.", field="name")
+        try:
+            record = await (conn or self._pool).fetchrow(INSERT_USER, name, display_name, is_admin)
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"A user named {name!r} already exists; choose another `name`.", field="name") from None
+        return _user(record)
+
+    async def get_user(self, user_id: UUID) -> User | None:
+        record = await self._pool.fetchrow(GET_USER, user_id)
+        return _user(record) if record else None
+
+    async def get_user_by_name(self, name: str) -> User | None:
+        record = await self._pool.fetchrow(GET_USER_BY_NAME, name)
+        return _user(record) if record else None
+
+    async def create_key(
+        self,
+        user_id: UUID,
+        *,
+        name: str = "",
+        expires_in_days: int | None = None,
+        key: str | None = None,
+        conn: asyncpg.Connection | None = None,
+    ) -> tuple[str, ApiKey]:
+        """Create a key (random unless ``key`` is given) and return it with its record: the only time it is seen."""
+        if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
+            raise BadRequest("`expires_in_days` must be between 1 and 3650.", field="expires_in_days")
+        key = key or generate_key()
+        if len(key) < 20:
+            raise BadRequest("An API key must be at least 20 characters long.", field="key")
+        expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+        try:
+            record = await (conn or self._pool).fetchrow(
+                INSERT_KEY, user_id, name, key[:_SHOWN_PREFIX_LENGTH], hash_key(key), expires_at
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict("That key is already in use.", field="key") from None
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound(f"User {user_id} not found.", field="user_id") from None
+        return key, _key(record)
+
+    async def list_keys(self, user_id: UUID) -> list[ApiKey]:
+        return [_key(r) for r in await self._pool.fetch(LIST_KEYS, user_id)]
+
+    async def get_key(self, key_id: UUID) -> ApiKey | None:
+        record = await self._pool.fetchrow(GET_KEY, key_id)
+        return _key(record) if record else None
+
+    async def find_keys(self, id_or_prefix: str) -> list[ApiKey]:
+        try:
+            key = await self.get_key(UUID(id_or_prefix))
+            return [key] if key else []
+        except ValueError:
+            return [_key(r) for r in await self._pool.fetch(FIND_KEYS_BY_PREFIX, id_or_prefix)]
+
+    async def revoke_key(self, key_id: UUID) -> ApiKey | None:
+        record = await self._pool.fetchrow(REVOKE_KEY, key_id)
+        return _key(record) if record else None
+
+    async def key_owner(self, key: str) -> KeyOwner | None:
+        record = await self._pool.fetchrow(AUTHENTICATE, hash_key(key))
+        return msgspec.convert(dict(record), KeyOwner, strict=False) if record else None
+
+    async def touch_keys(self, used: dict[UUID, datetime]) -> None:
+        if used:
+            await self._pool.execute(TOUCH_KEYS, list(used.keys()), list(used.values()))
+
+    async def bootstrap_admin(self, key: str | None) -> tuple[User, str] | None:
+        """On an empty database, create user ``admin`` with ``key`` (or a new one). None if users exist."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_BOOTSTRAP)
+            if await conn.fetchval(COUNT_USERS):
+                return None
+            admin = await self.create_user("admin", display_name="Administrator", is_admin=True, conn=conn)
+            created_key, _ = await self.create_key(admin.id, name="bootstrap", key=key, conn=conn)
+            return admin, created_key

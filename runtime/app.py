@@ -1,0 +1,55 @@
+"""create_app: the one place the Litestar application is assembled."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import Litestar
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from api.auth import ApiKeyMiddleware
+from api.deps import dependencies
+from api.errors import exception_handlers
+from api.health import health, ready
+from api.keys import AdminController, KeyController
+from api.personas import PersonaController
+from runtime.resources import open_resources
+from runtime.settings import Settings
+
+__all__ = ["app_from_env", "create_app"]
+
+
+def create_app(settings: Settings) -> Litestar:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_resources(settings) as resources:
+            app.state.resources = resources
+            yield
+
+    return Litestar(
+        route_handlers=[health, ready, PersonaController, KeyController, AdminController],
+        dependencies=dependencies,
+        exception_handlers=exception_handlers,
+        middleware=[DefineMiddleware(ApiKeyMiddleware, exclude=["^/schema", "^/health", "^/ready", "^/playground"])],
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="persona-runtime",
+            version="0.1.0",
+            description="Personas, prompt assembly and streaming chat for LLM clients.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        logging_config=None,
+        debug=False,
+    )
+
+
+def app_from_env() -> Litestar:
+    """Factory for ``uvicorn --factory`` and multi-worker serving: settings from the environment."""
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(settings)

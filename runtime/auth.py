@@ -1,0 +1,102 @@
+"""API key authentication with a short-lived lookup cache and buffered "last used" times."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from datetime import UTC, datetime
+from uuid import UUID
+
+from personas.models import Caller
+from runtime.accounts import Accounts, KeyOwner
+from runtime.db import is_database_unavailable
+from runtime.errors import ServiceUnavailable, Unauthorized
+
+__all__ = ["Authenticator"]
+
+log = logging.getLogger("persona_runtime.auth")
+
+
+class Authenticator:
+    """Turns an API key into a :class:`Caller`, or refuses it.
+
+    A lookup is trusted for ``cache_seconds`` (one second by default), which bounds how long a revoked
+    key keeps working on any instance without any cross-instance messaging. A database outage never
+    lets a key through: with nothing cached, the request gets a 503.
+    """
+
+    def __init__(self, accounts: Accounts, *, cache_seconds: float = 1.0, touch_interval: float = 15.0) -> None:
+        self._accounts = accounts
+        self._cache_seconds = cache_seconds
+        self._touch_interval = touch_interval
+        self._cache: dict[bytes, tuple[float, KeyOwner | None]] = {}
+        self._used: dict[UUID, datetime] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def authenticate(self, key: str | None) -> Caller:
+        if not key:
+            raise Unauthorized("Missing API key: send it as `X-API-Key: KEY` or `Authorization: Bearer KEY`.")
+        digest = hashlib.sha256(key.encode()).digest()
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            owner = cached[1]
+        else:
+            try:
+                owner = await self._accounts.key_owner(key)
+            except Exception as exc:
+                if is_database_unavailable(exc):
+                    raise ServiceUnavailable("Cannot check the API key: the database is unavailable.") from None
+                raise
+            if len(self._cache) > 50_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self._cache_seconds, owner)
+        if owner is None:
+            raise Unauthorized("Unknown API key: check it, or create one with `persona-runtime keys create`.")
+        wall = datetime.now(UTC)
+        if owner.revoked_at is not None:
+            raise Unauthorized("This API key has been revoked; create a new one.")
+        if owner.expires_at is not None and owner.expires_at <= wall:
+            raise Unauthorized("This API key has expired; create a new one.")
+        self._used[owner.key_id] = wall
+        return Caller(
+            user_id=owner.user_id,
+            user_name=owner.user_name,
+            display_name=owner.display_name,
+            is_admin=owner.is_admin,
+            key_id=owner.key_id,
+        )
+
+    def forget(self) -> None:
+        """Drop every cached lookup (used after a revocation on this instance)."""
+        self._cache.clear()
+
+    def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_periodically(), name="api-key-last-used")
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+
+    async def flush(self) -> None:
+        used, self._used = self._used, {}
+        if not used:
+            return
+        try:
+            await self._accounts.touch_keys(used)
+        except Exception as exc:
+            # A lost "last used" time is harmless; try again with the next batch.
+            log.warning("could not record API key use (%s); will retry", type(exc).__name__)
+            for key_id, at in used.items():
+                self._used.setdefault(key_id, at)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._touch_interval)
+            await self.flush()

@@ -1,0 +1,141 @@
+"""The ``persona-runtime`` command: serve, migrate, and manage users and API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+
+from runtime.accounts import Accounts
+from runtime.db import connect_pool
+from runtime.embedded import EmbeddedPostgres
+from runtime.errors import PersonaRuntimeError
+from runtime.migrate import MigrationError, apply_migrations
+from runtime.settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+log = logging.getLogger("persona_runtime")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="persona-runtime", description="A persona runtime for LLM chat.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="apply pending migrations, then serve HTTP")
+    serve.add_argument("--host", help="bind address (default: $HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: $PORT or 8666)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+
+    commands.add_parser("migrate", help="apply pending migrations and exit")
+
+    users = commands.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
+    create_user = users.add_parser("create", help="create a user and print its id")
+    create_user.add_argument("name")
+    create_user.add_argument("--display-name")
+    create_user.add_argument("--admin", action="store_true", help="the user may act on every persona")
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    create_key = keys.add_parser("create", help="create an API key; the key is the last line printed")
+    create_key.add_argument("--user", required=True, help="name of the user who owns the key")
+    create_key.add_argument("--name", default="", help="a label to recognise the key by")
+    create_key.add_argument("--expires-in-days", type=int)
+    revoke = keys.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("key", metavar="KEY_ID_OR_PREFIX")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"persona-runtime: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            return _serve(settings, args)
+        return asyncio.run(_run(settings, args))
+    except (PersonaRuntimeError, MigrationError) as exc:
+        print(f"persona-runtime: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    embedded = None
+    if settings.database_url is None:
+        # Started here rather than in each worker, so that every worker shares one server.
+        embedded = EmbeddedPostgres(settings.home)
+        os.environ["DATABASE_URL"] = embedded.start()
+    try:
+        uvicorn.run(
+            "runtime.app:app_from_env",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            workers=args.workers,
+            log_config=None,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _accounts(settings: Settings) -> AsyncIterator[Accounts]:
+    embedded = None
+    dsn = settings.database_url
+    if dsn is None:
+        embedded = EmbeddedPostgres(settings.home)
+        dsn = await asyncio.to_thread(embedded.start)
+    try:
+        await apply_migrations(dsn)
+        pool = await connect_pool(dsn, min_size=1, max_size=2)
+        try:
+            yield Accounts(pool)
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    async with _accounts(settings) as accounts:
+        if args.command == "migrate":
+            print("migrations are up to date")
+            return 0
+        if args.command == "users":
+            user = await accounts.create_user(args.name, display_name=args.display_name, is_admin=args.admin)
+            print(user.id)
+            return 0
+        if args.action == "create":
+            owner = await accounts.get_user_by_name(args.user)
+            if owner is None:
+                print(f"persona-runtime: no user named {args.user!r}", file=sys.stderr)
+                return 1
+            key, record = await accounts.create_key(owner.id, name=args.name, expires_in_days=args.expires_in_days)
+            print(f"created key {record.id} ({record.prefix}…) for {owner.name}; it is shown only once:")
+            print(key)
+            return 0
+        found = await accounts.find_keys(args.key)
+        if not found:
+            print(f"persona-runtime: no key with id or prefix {args.key!r}", file=sys.stderr)
+            return 1
+        if len(found) > 1:
+            print(f"persona-runtime: {len(found)} keys share the prefix {args.key!r}; use the key id", file=sys.stderr)
+            return 1
+        await accounts.revoke_key(found[0].id)
+        print(f"revoked key {found[0].id} ({found[0].prefix}…)")
+        return 0

@@ -1,0 +1,64 @@
+"""The asyncpg pool: JSON codecs, record conversion, and telling 'database down' apart from bugs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+
+__all__ = ["connect_pool", "is_database_unavailable", "to_struct", "to_structs"]
+
+T = TypeVar("T")
+
+_json_encoder = msgspec.json.Encoder()
+
+
+def _encode_json(value: Any) -> str:
+    return _json_encoder.encode(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(type_name, encoder=_encode_json, decoder=msgspec.json.decode, schema="pg_catalog")
+
+
+async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
+        # A restarted server invalidates connections; don't keep idle ones around for long.
+        max_inactive_connection_lifetime=60,
+    )
+    assert pool is not None
+    return pool
+
+
+def to_struct(record: asyncpg.Record | None, type_: type[T]) -> T | None:
+    if record is None:
+        return None
+    return msgspec.convert(dict(record), type_, from_attributes=False, strict=False)
+
+
+def to_structs(records: Iterable[asyncpg.Record], type_: type[T]) -> list[T]:
+    return [msgspec.convert(dict(r), type_, strict=False) for r in records]
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True for failures of the database connection (down, restarting, overloaded), not of a query."""
+    return isinstance(
+        exc,
+        asyncpg.exceptions.PostgresConnectionError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.TooManyConnectionsError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | ConnectionError
+        | OSError
+        | asyncio.TimeoutError,
+    )

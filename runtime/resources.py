@@ -1,0 +1,103 @@
+"""Resources: everything a running app holds open, opened and closed in the Litestar lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+
+from personas.cache import Cache, MemoryCache, RedisCache
+from personas.service import PersonaService
+from personas.store import PersonaStore
+from runtime.accounts import Accounts
+from runtime.auth import Authenticator
+from runtime.db import connect_pool
+from runtime.embedded import EmbeddedPostgres
+from runtime.migrate import apply_migrations
+from runtime.settings import Settings
+
+__all__ = ["Resources", "open_resources"]
+
+log = logging.getLogger("persona_runtime")
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    pool: asyncpg.Pool
+    cache: Cache
+    accounts: Accounts
+    auth: Authenticator
+    personas: PersonaService
+
+    async def readiness(self) -> dict[str, str]:
+        """What ``/ready`` reports: each dependency and whether it answers now."""
+        checks: dict[str, str] = {}
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1", timeout=2)
+            checks["database"] = "ok"
+        except Exception:
+            checks["database"] = "unavailable"
+        if self.settings.redis_url:
+            checks["redis"] = "ok" if await self.cache.ping() else "unavailable"
+        return checks
+
+
+@contextlib.asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """Open the database (embedded if no DSN), migrate, bootstrap the admin, connect the cache."""
+    async with contextlib.AsyncExitStack() as stack:
+        dsn = settings.database_url
+        if dsn is None:
+            embedded = EmbeddedPostgres(settings.home)
+            dsn = await asyncio.to_thread(embedded.start)
+            stack.callback(embedded.stop)
+        await apply_migrations(dsn)
+        pool = await connect_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        stack.push_async_callback(pool.close)
+
+        cache: Cache
+        cache = RedisCache.from_url(settings.redis_url) if settings.redis_url else MemoryCache()
+        stack.push_async_callback(cache.aclose)
+
+        accounts = Accounts(pool)
+        if settings.bootstrap_admin:
+            await _bootstrap_admin(accounts, settings)
+        auth = Authenticator(
+            accounts, cache_seconds=settings.key_cache_seconds, touch_interval=settings.key_touch_interval
+        )
+        auth.start()
+        stack.push_async_callback(auth.aclose)
+
+        store = PersonaStore(pool, cache, ttl=settings.persona_cache_seconds)
+        yield Resources(
+            settings=settings,
+            pool=pool,
+            cache=cache,
+            accounts=accounts,
+            auth=auth,
+            personas=PersonaService(store),
+        )
+
+
+async def _bootstrap_admin(accounts: Accounts, settings: Settings) -> None:
+    created = await accounts.bootstrap_admin(settings.bootstrap_admin_key)
+    if created is None:
+        return
+    _, key = created
+    if settings.bootstrap_admin_key:
+        log.info("created user 'admin' with the key from BOOTSTRAP_ADMIN_KEY")
+    else:
+        # Printed once, to the operator's terminal, never to the log.
+        print(
+            "\npersona-runtime: created user 'admin' on this empty database. Its API key, shown only now:\n\n"
+            f"    {key}\n",
+            file=sys.stderr,
+            flush=True,
+        )

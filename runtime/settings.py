@@ -1,0 +1,97 @@
+"""Settings: read once from the environment (and an optional ``.env`` file) into one frozen Struct."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the runtime cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the runtime reads from its environment. Provider variables stay in ``env``."""
+
+    database_url: str | None = None
+    home: Path = Path("~/.local/share/persona-runtime").expanduser()
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8666
+    bootstrap_admin_key: str | None = None
+    # Create the admin user on an empty database (``serve`` does; tests that make their own users don't).
+    bootstrap_admin: bool = True
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    # How long an API key lookup is trusted before it is checked again: bounds how late a revocation bites.
+    key_cache_seconds: float = 1.0
+    # How often buffered "last used" times of API keys are written.
+    key_touch_interval: float = 15.0
+    persona_cache_seconds: int = 300
+    history_turns: int = 20
+    max_message_chars: int = 32_000
+    request_timeout: float = 120.0
+    heartbeat_seconds: float = 15.0
+    log_level: str = "INFO"
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # The environment holds provider keys and the bootstrap key: never print it.
+        shown = ("database_url", "home", "redis_url", "host", "port")
+        return "Settings(" + ", ".join(f"{name}={_redact(getattr(self, name))!r}" for name in shown) + ")"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+        """Build settings from ``environ`` (default: the process environment plus ``.env``)."""
+        if environ is None:
+            if dotenv:
+                from dotenv import load_dotenv
+
+                load_dotenv(Path.cwd() / ".env", override=False)
+            environ = os.environ
+        env = dict(environ)
+
+        def text(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def number(name: str, default: float, kind: type = int) -> float:
+            value = text(name)
+            if value is None:
+                return default
+            try:
+                return kind(value)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number, got {value!r}") from None
+
+        home = Path(text("PERSONA_RUNTIME_HOME") or "~/.local/share/persona-runtime").expanduser()
+        return cls(
+            database_url=text("DATABASE_URL"),
+            home=home,
+            redis_url=text("REDIS_URL"),
+            host=text("HOST") or "127.0.0.1",
+            port=int(number("PORT", 8666)),
+            bootstrap_admin_key=text("BOOTSTRAP_ADMIN_KEY"),
+            db_pool_max=int(number("DATABASE_POOL_SIZE", 10)),
+            history_turns=int(number("HISTORY_TURNS", 20)),
+            max_message_chars=int(number("MAX_MESSAGE_CHARS", 32_000)),
+            request_timeout=float(number("PROVIDER_TIMEOUT", 120.0, float)),
+            heartbeat_seconds=float(number("SSE_HEARTBEAT_SECONDS", 15.0, float)),
+            log_level=(text("LOG_LEVEL") or "INFO").upper(),
+            env=env,
+        )
+
+
+def _redact(value: object) -> object:
+    """Hide a password inside a URL such as ``postgresql://user:secret@host/db``."""
+    if isinstance(value, str) and "://" in value and "@" in value:
+        scheme, rest = value.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else value
+    return value

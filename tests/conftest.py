@@ -1,0 +1,203 @@
+"""Shared fixtures: a real database and Redis for the session, an app served in-process, and users."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from litestar import Litestar
+
+from runtime.accounts import Accounts, User
+from runtime.app import create_app
+from runtime.embedded import EmbeddedPostgres
+from runtime.resources import Resources
+from runtime.settings import Settings
+from tests.services import RedisProcess, env_url
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL server to create test databases on."""
+    url = env_url("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="prt-pg-")))
+    yield embedded.start()
+    embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def create_database(postgres_server_url: str) -> Iterator[Callable[[], Awaitable[str]]]:
+    """Make fresh, empty databases on the test server; they are dropped when the session ends."""
+    created: list[str] = []
+
+    async def create() -> str:
+        name = f"prt_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        conn = await asyncpg.connect(postgres_server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        created.append(name)
+        return _with_database(postgres_server_url, name)
+
+    yield create
+
+    async def drop_all() -> None:
+        conn = await asyncpg.connect(postgres_server_url)
+        try:
+            for name in created:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop_all())
+
+
+def _with_database(url: str, name: str) -> str:
+    """Point a DSN at another database, keeping host, socket and credentials."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+async def database_url(create_database: Callable[[], Awaitable[str]]) -> str:
+    return await create_database()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = env_url("TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = RedisProcess()
+    server.start()
+    yield server.url
+    server.close()
+
+
+@pytest.fixture
+def redis_process() -> Iterator[RedisProcess]:
+    """A Redis of this test's own, which the test may stop and start."""
+    server = RedisProcess()
+    server.start()
+    yield server
+    server.close()
+
+
+def make_settings(database_url: str, redis_url: str | None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "bootstrap_admin": False,
+        "key_touch_interval": 0.2,
+        "env": {},
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+async def app(database_url: str, redis_url: str) -> AsyncIterator[Litestar]:
+    yield create_app(make_settings(database_url, redis_url))
+
+
+@pytest.fixture(scope="session")
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the app in this event loop, so tests may also use its pool directly."""
+    started, stop = asyncio.Event(), asyncio.Event()
+
+    async def run_lifespan() -> None:
+        # Entered and exited in one task, as the lifespan's task groups require.
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    task = asyncio.create_task(run_lifespan())
+    waiter = asyncio.create_task(started.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        waiter.cancel()
+        task.result()
+    async with http_client(app) as test_client:
+        yield test_client
+    stop.set()
+    await task
+
+
+def http_client(app: Litestar) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+@pytest.fixture(scope="session")
+def resources(client: httpx.AsyncClient, app: Litestar) -> Resources:
+    resources: Resources = app.state.resources
+    return resources
+
+
+_names = itertools.count()
+
+
+class Account:
+    """A test user with one API key, and the headers that carry it."""
+
+    def __init__(self, user: User, key: str) -> None:
+        self.user = user
+        self.key = key
+        self.headers = {"X-API-Key": key}
+        self.id = str(user.id)
+
+
+MakeUser = Callable[..., Awaitable[Account]]
+
+
+@pytest.fixture(scope="session")
+def make_user(resources: Resources) -> MakeUser:
+    async def make(prefix: str = "user", *, admin: bool = False) -> Account:
+        name = f"{prefix}-{os.getpid()}-{next(_names)}"
+        accounts: Accounts = resources.accounts
+        user = await accounts.create_user(name, display_name=prefix.title(), is_admin=admin)
+        key, _ = await accounts.create_key(user.id, name="test")
+        return Account(user, key)
+
+    return make
+
+
+@pytest.fixture
+async def alice(make_user: MakeUser) -> Account:
+    return await make_user("alice")
+
+
+@pytest.fixture
+async def bob(make_user: MakeUser) -> Account:
+    return await make_user("bob")
+
+
+@pytest.fixture
+async def admin(make_user: MakeUser) -> Account:
+    return await make_user("admin", admin=True)
+
+
+def persona_body(name: str | None = None, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": f"Persona {uuid.uuid4().hex[:10]}" if name is None else name,
+        "description": "A helpful test persona.",
+        "system_prompt": "You are {{persona_name}}, talking with {{user_name}}.",
+        "personality_traits": {"tone": "dry"},
+        "capabilities": {"math": True},
+    }
+    body.update(fields)
+    return body
