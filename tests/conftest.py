@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import tempfile
@@ -118,6 +119,13 @@ async def app(database_url: str, redis_url: str) -> AsyncIterator[Litestar]:
 @pytest.fixture(scope="session")
 async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client talking to the app in this event loop, so tests may also use its pool directly."""
+    async with running(app) as test_client:
+        yield test_client
+
+
+@contextlib.asynccontextmanager
+async def running(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and give a client for it."""
     started, stop = asyncio.Event(), asyncio.Event()
 
     async def run_lifespan() -> None:
@@ -132,14 +140,23 @@ async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     if task.done():
         waiter.cancel()
         task.result()
-    async with http_client(app) as test_client:
-        yield test_client
-    stop.set()
-    await task
+    try:
+        async with http_client(app) as test_client:
+            yield test_client
+    finally:
+        stop.set()
+        await task
 
 
 def http_client(app: Litestar) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+@pytest.fixture(scope="session")
+async def second_client(database_url: str, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """Another instance of the runtime on the same database and Redis, as a second server would be."""
+    async with running(create_app(make_settings(database_url, redis_url))) as other:
+        yield other
 
 
 @pytest.fixture(scope="session")
@@ -154,9 +171,10 @@ _names = itertools.count()
 class Account:
     """A test user with one API key, and the headers that carry it."""
 
-    def __init__(self, user: User, key: str) -> None:
+    def __init__(self, user: User, key: str, key_id: uuid.UUID) -> None:
         self.user = user
         self.key = key
+        self.key_id = key_id
         self.headers = {"X-API-Key": key}
         self.id = str(user.id)
 
@@ -170,8 +188,8 @@ def make_user(resources: Resources) -> MakeUser:
         name = f"{prefix}-{os.getpid()}-{next(_names)}"
         accounts: Accounts = resources.accounts
         user = await accounts.create_user(name, display_name=prefix.title(), is_admin=admin)
-        key, _ = await accounts.create_key(user.id, name="test")
-        return Account(user, key)
+        key, record = await accounts.create_key(user.id, name="test")
+        return Account(user, key, record.id)
 
     return make
 

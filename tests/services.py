@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -75,6 +76,15 @@ class RedisProcess:
                     raise RuntimeError("redis-server did not start within 10 s") from None
                 time.sleep(0.05)
         client.close()
+
+    def pause(self) -> None:
+        """Freeze the server: connections stay open but nothing answers, as with a hung or partitioned Redis."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self._process is not None:

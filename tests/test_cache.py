@@ -1,0 +1,121 @@
+"""The persona cache: shared between instances through Redis, and never a reason for a request to fail."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import redis.asyncio as aioredis
+
+from personas.cache import MemoryCache, RedisCache
+from runtime.app import create_app
+from tests.conftest import make_settings, persona_body, running
+
+BASE = "/api/v1/chat/personas"
+
+
+async def test_a_write_on_one_instance_is_seen_by_the_next_read_on_another(client, second_client, alice, redis_url):
+    persona = (await client.post(BASE, json=persona_body(visibility="public"), headers=alice.headers)).json()["persona"]
+    url = f"{BASE}/{persona['id']}"
+    # The second instance reads it, which caches it in the shared Redis.
+    assert (await second_client.get(url, headers=alice.headers)).json()["persona"]["version"] == 1
+    r = aioredis.from_url(redis_url)
+    assert await r.exists(f"persona-runtime:persona:{persona['id']}") == 1
+
+    await client.put(url, json={"description": "changed on instance one"}, headers=alice.headers)
+    seen = (await second_client.get(url, headers=alice.headers)).json()["persona"]
+    assert seen["version"] == 2 and seen["description"] == "changed on instance one"
+
+    await client.delete(url, headers=alice.headers)
+    assert (await second_client.get(url, headers=alice.headers)).status_code == 404
+    await r.aclose()
+
+
+async def test_preference_change_is_seen_by_another_instance(client, second_client, alice):
+    persona = (await client.post(BASE, json=persona_body(), headers=alice.headers)).json()["persona"]
+    assert (await second_client.get(f"{BASE}/current", headers=alice.headers)).json()["source"] == "default"
+    await client.post(f"{BASE}/set", json={"persona_id": persona["id"]}, headers=alice.headers)
+    current = (await second_client.get(f"{BASE}/current", headers=alice.headers)).json()
+    assert current["source"] == "preference" and current["persona"]["id"] == persona["id"]
+
+
+async def test_requests_are_answered_while_redis_is_down_and_the_cache_recovers(
+    database_url, redis_process, make_user, caplog
+):
+    caplog.set_level(logging.WARNING, logger="persona_runtime.cache")
+    app = create_app(make_settings(database_url, redis_process.url))
+    async with running(app) as api:
+        alice = await make_user("alice")
+        persona = (await api.post(BASE, json=persona_body(), headers=alice.headers)).json()["persona"]
+        url = f"{BASE}/{persona['id']}"
+        assert (await api.get(url, headers=alice.headers)).status_code == 200
+
+        redis_process.stop()
+        for _ in range(5):
+            assert (await api.get(url, headers=alice.headers)).status_code == 200
+        r = await api.put(url, json={"description": "written while Redis was down"}, headers=alice.headers)
+        assert r.status_code == 200
+        assert (await api.get(url, headers=alice.headers)).json()["persona"]["version"] == 2
+        assert (await api.get(f"{BASE}/current", headers=alice.headers)).status_code == 200
+        ready = await api.get("/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["redis"] == "unavailable"
+        # One warning for the outage, not one per request.
+        outage_logs = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
+        assert len(outage_logs) == 1
+
+        redis_process.start()
+        await asyncio.sleep(1.1)
+        assert (await api.get(url, headers=alice.headers)).json()["persona"]["version"] == 2
+        assert (await api.get("/ready")).status_code == 200
+        client = aioredis.from_url(redis_process.url)
+        assert await client.exists(f"persona-runtime:persona:{persona['id']}") == 1
+        await client.aclose()
+
+
+async def test_deletes_missed_during_an_outage_are_replayed_before_the_cache_is_read(redis_process):
+    cache = RedisCache.from_url(redis_process.url)
+    await cache.set("persona:x", b"old", 60)
+    assert await cache.get("persona:x") == b"old"
+
+    redis_process.pause()  # hung, not gone: the stale entry survives on the server
+    try:
+        await cache.delete("persona:x")
+        assert not cache.available
+        assert await cache.get("persona:x") is None  # degraded: a miss, served from PostgreSQL
+    finally:
+        redis_process.resume()
+    await asyncio.sleep(1.1)
+    assert await cache.get("persona:x") is None  # the missed delete went first
+    assert cache.available
+    await cache.set("persona:x", b"new", 60)
+    assert await cache.get("persona:x") == b"new"
+    await cache.aclose()
+
+
+async def test_memory_cache_expires_and_bounds_entries():
+    cache = MemoryCache(max_entries=2)
+    await cache.set("a", b"1", 60)
+    await cache.set("b", b"2", 60)
+    await cache.set("c", b"3", 60)
+    assert await cache.get("a") is None
+    assert await cache.get("c") == b"3"
+    await cache.set("short", b"x", 0)
+    await asyncio.sleep(0.01)
+    assert await cache.get("short") is None
+    await cache.delete("c")
+    assert await cache.get("c") is None
+
+
+async def test_persona_api_without_redis_uses_the_in_process_cache(database_url, make_user):
+    app = create_app(make_settings(database_url, None))
+    async with running(app) as api:
+        alice = await make_user("alice")
+        persona = (
+            await api.post(BASE, json=persona_body(name=f"Solo {uuid.uuid4().hex[:6]}"), headers=alice.headers)
+        ).json()["persona"]
+        url = f"{BASE}/{persona['id']}"
+        assert (await api.get(url, headers=alice.headers)).status_code == 200
+        await api.put(url, json={"description": "fresh"}, headers=alice.headers)
+        assert (await api.get(url, headers=alice.headers)).json()["persona"]["description"] == "fresh"
+        assert (await api.get("/ready")).json()["checks"] == {"database": "ok"}

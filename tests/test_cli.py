@@ -1,0 +1,148 @@
+"""The persona-runtime command: migrate, users, keys, and serve (also on the embedded database)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import pytest
+
+from tests.services import free_port
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+async def cli_env(create_database) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_URL"))}
+    env["DATABASE_URL"] = await create_database()
+    env.pop("BOOTSTRAP_ADMIN_KEY", None)
+    return env
+
+
+def test_users_and_keys_from_the_command_line(cli_env):
+    assert run_cli("migrate", env=cli_env).returncode == 0
+    created = run_cli("users", "create", "dora", "--display-name", "Dora", "--admin", env=cli_env)
+    assert created.returncode == 0, created.stderr
+    assert re.fullmatch(r"[0-9a-f-]{36}\n", created.stdout)
+
+    key_run = run_cli("keys", "create", "--user", "dora", "--name", "laptop", env=cli_env)
+    assert key_run.returncode == 0, key_run.stderr
+    key = key_run.stdout.strip().splitlines()[-1]
+    assert key.startswith("prk_") and " " not in key
+    assert key not in key_run.stderr
+
+    assert run_cli("keys", "create", "--user", "nobody", env=cli_env).returncode == 1
+    assert run_cli("users", "create", "dora", env=cli_env).returncode == 1  # taken
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "serve", "--port", str(port)],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base)
+        with httpx.Client(base_url=base) as http:
+            assert http.get("/api/v1/chat/personas", headers={"X-API-Key": key}).status_code == 200
+            revoked = run_cli("keys", "revoke", key[:12], env=cli_env)
+            assert revoked.returncode == 0, revoked.stderr
+            time.sleep(1.1)
+            assert http.get("/api/v1/chat/personas", headers={"X-API-Key": key}).status_code == 401
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    # Users already existed, so serve created no admin and printed no key.
+    assert "created user 'admin'" not in err
+    assert key not in err
+
+
+def wait_until_up(base: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server at {base} did not become ready")
+
+
+def test_serve_on_embedded_defaults_prints_the_admin_key_once():
+    """README's first command: nothing configured, an embedded PostgreSQL and an admin key on stderr."""
+    home = tempfile.mkdtemp(prefix="prt-home-")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "BOOTSTRAP_ADMIN_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
+    }
+    env["PERSONA_RUNTIME_HOME"] = home
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base, timeout=90)
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=60)
+    keys = re.findall(r"prk_[A-Za-z0-9_-]+", err)
+    assert len(keys) == 1, err
+    assert os.path.exists(os.path.join(home, "postgres", "PG_VERSION"))
+
+    # A second start on the same data finds the admin and prints no key; the key still works.
+    server = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until_up(base, timeout=90)
+        r = httpx.get(base + "/api/v1/chat/personas/current", headers={"Authorization": f"Bearer {keys[0]}"})
+        assert r.status_code == 200 and r.json()["persona"]["name"] == "Mu"
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=60)
+    assert "prk_" not in err
+
+
+def test_bootstrap_admin_key_is_used_on_an_empty_database(cli_env):
+    env = dict(cli_env)
+    env["BOOTSTRAP_ADMIN_KEY"] = "prk_bootstrap-key-for-the-cli-test-0123456789"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base)
+        r = httpx.get(base + "/api/v1/keys", headers={"X-API-Key": env["BOOTSTRAP_ADMIN_KEY"]})
+        assert r.status_code == 200 and len(r.json()["keys"]) == 1
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert env["BOOTSTRAP_ADMIN_KEY"] not in err

@@ -1,0 +1,105 @@
+"""Migrations under concurrency, checksums, and initialize-default racing with itself."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from personas.models import MU_ID
+from runtime.accounts import Accounts
+from runtime.app import create_app
+from runtime.migrate import MIGRATIONS_DIR, MigrationError, apply_migrations, load_migrations
+from tests.conftest import make_settings, running
+
+
+async def test_two_migrators_at_once_both_succeed_and_migrate_once(create_database):
+    dsn = await create_database()
+    first, second = await asyncio.gather(apply_migrations(dsn), apply_migrations(dsn))
+    files = load_migrations()
+    assert sorted(m.version for m in first + second) == [m.version for m in files]
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(files)
+        assert await conn.fetchval("SELECT count(*) FROM personas WHERE id = $1", MU_ID) == 1
+        assert await conn.fetchval("SELECT count(*) FROM persona_versions WHERE persona_id = $1", MU_ID) == 1
+    finally:
+        await conn.close()
+    assert await apply_migrations(dsn) == []
+
+
+async def test_an_edited_applied_migration_is_refused(create_database, tmp_path: Path):
+    dsn = await create_database()
+    folder = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, folder)
+    await apply_migrations(dsn, folder)
+    first = sorted(folder.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- edited\n")
+    with pytest.raises(MigrationError, match="edited after it was applied"):
+        await apply_migrations(dsn, folder)
+
+
+async def test_a_failing_migration_leaves_nothing_half_applied(create_database, tmp_path: Path):
+    dsn = await create_database()
+    folder = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, folder)
+    (folder / "0999_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT no_such_function();\n")
+    with pytest.raises(asyncpg.UndefinedFunctionError):
+        await apply_migrations(dsn, folder)
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('half_done')") is None
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations WHERE version = 999") == 0
+    finally:
+        await conn.close()
+
+
+async def test_badly_named_migration_files_are_refused(tmp_path: Path):
+    (tmp_path / "1_init.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="NNNN_snake_case"):
+        load_migrations(tmp_path)
+
+
+async def test_ten_simultaneous_initialize_default_calls_make_one_mu(create_database, redis_url):
+    dsn = await create_database()
+    app = create_app(make_settings(dsn, redis_url))
+    async with running(app) as api:
+        accounts: Accounts = app.state.resources.accounts
+        user = await accounts.create_user("racer")
+        key, _ = await accounts.create_key(user.id, name="race")
+        pool = app.state.resources.pool
+        # Soft-delete Mu so that every call wants to restore it.
+        await pool.execute("UPDATE personas SET is_active = false WHERE id = $1", MU_ID)
+
+        calls = [api.post("/api/v1/chat/personas/initialize-default", headers={"X-API-Key": key}) for _ in range(10)]
+        answers = await asyncio.gather(*calls)
+        assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+        assert sum(r.json()["was_created"] for r in answers) == 1
+        assert {r.json()["persona"]["id"] for r in answers} == {str(MU_ID)}
+        assert await pool.fetchval("SELECT count(*) FROM personas WHERE lower(name) = 'mu'") == 1
+        assert await pool.fetchval("SELECT count(*) FROM personas WHERE is_default AND is_active") == 1
+
+
+async def test_every_saved_state_is_a_version(client, alice, resources):
+    from tests.conftest import persona_body
+
+    r = await client.post("/api/v1/chat/personas", json=persona_body(change_note="first"), headers=alice.headers)
+    persona = r.json()["persona"]
+    await client.put(
+        f"/api/v1/chat/personas/{persona['id']}",
+        json={"description": "second", "change_note": "tweak"},
+        headers=alice.headers,
+    )
+    rows = await resources.pool.fetch(
+        "SELECT version, description, created_by, change_note FROM persona_versions WHERE persona_id = $1::uuid "
+        "ORDER BY version",
+        persona["id"],
+    )
+    assert [(r["version"], r["description"], r["change_note"]) for r in rows] == [
+        (1, persona["description"], "first"),
+        (2, "second", "tweak"),
+    ]
+    assert all(str(r["created_by"]) == alice.id for r in rows)
