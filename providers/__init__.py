@@ -1,6 +1,14 @@
 """LLM providers behind one streaming protocol: OpenAI, Anthropic, echo and plugins."""
 
-from providers.base import ChatMessage, Provider, ProviderConfig, ProviderRequest, ToolCall, ToolSpec
+from providers.base import (
+    ChatMessage,
+    Provider,
+    ProviderConfig,
+    ProviderRequest,
+    ToolCall,
+    ToolSpec,
+    assemble_tool_calls,
+)
 from providers.echo import EchoProvider
 from providers.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers.registry import (
@@ -29,6 +37,7 @@ __all__ = [
     "ToolCallDelta",
     "ToolSpec",
     "Usage",
+    "assemble_tool_calls",
     "configs_from_env",
     "default_provider",
 ]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from providers.events import ProviderEvent
+from providers.events import ProviderEvent, ToolCallDelta
 
 __all__ = [
     "ChatMessage",
@@ -16,6 +16,7 @@ __all__ = [
     "ProviderRequest",
     "ToolCall",
     "ToolSpec",
+    "assemble_tool_calls",
 ]
 
 
@@ -121,3 +122,20 @@ class Provider(Protocol):
     def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]: ...
 
     async def aclose(self) -> None: ...
+
+
+def assemble_tool_calls(events: Iterable[ProviderEvent]) -> tuple[ToolCall, ...]:
+    """Join the ``ToolCallDelta`` pieces of a stream into complete calls, in index order."""
+    parts: dict[int, tuple[list[str | None], list[str]]] = {}
+    for event in events:
+        if isinstance(event, ToolCallDelta):
+            ident, arguments = parts.setdefault(event.index, ([None, None], []))
+            if event.id:
+                ident[0] = event.id
+            if event.name:
+                ident[1] = event.name
+            arguments.append(event.arguments)
+    return tuple(
+        ToolCall(id=ident[0] or f"call_{index}", name=ident[1] or "", arguments="".join(arguments))
+        for index, (ident, arguments) in sorted(parts.items())
+    )
