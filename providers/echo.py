@@ -58,8 +58,9 @@ class EchoProvider:
         body: dict[str, Any] = {
             "model": request.model or self.default_model,
             "system": request.system,
-            "messages": msgspec.to_builtins(request.messages),
-            "tools": msgspec.to_builtins(request.tools),
+            # a JSON round trip gives plain lists and dicts, as the body of an HTTP call would be
+            "messages": msgspec.json.decode(msgspec.json.encode(request.messages)),
+            "tools": msgspec.json.decode(msgspec.json.encode(request.tools)),
         }
         for key in ("temperature", "top_p", "max_tokens"):
             value = getattr(request, key)

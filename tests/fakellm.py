@@ -417,7 +417,7 @@ def _anthropic_stop(script: Script) -> str:
 
 
 def _anthropic_events(script: Script) -> list[tuple[bool, bytes]]:
-    message = {
+    message: dict[str, Any] = {
         "id": "msg_fake",
         "type": "message",
         "role": "assistant",

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from providers import (
+    ENTRY_POINT_GROUP,
     ChatMessage,
+    EchoProvider,
     Finish,
     Provider,
     ProviderConfig,
@@ -24,8 +30,11 @@ from providers import (
     ToolSpec,
     Usage,
     assemble_tool_calls,
+    configs_from_env,
+    default_provider,
 )
 from runtime.errors import (
+    BadRequest,
     ProviderError,
     ProviderRateLimited,
     ProviderRejected,
@@ -45,7 +54,7 @@ WEATHER = ToolSpec(
 )
 
 
-def make_provider(fake_llm: FakeLLM, kind: str, **config: float) -> Provider:
+def make_provider(fake_llm: FakeLLM, kind: str, **config: Any) -> Provider:
     url = fake_llm.openai_base_url if kind == "openai" else fake_llm.anthropic_base_url
     settings = ProviderConfig(name=f"fake-{kind}", kind=kind, api_key=SECRET, base_url=url, **config)
     return ProviderRegistry.with_builtins(plugins=False).create(settings)
@@ -72,10 +81,10 @@ async def anthropic_provider(fake_llm: FakeLLM) -> AsyncIterator[Provider]:
     await p.aclose()
 
 
-def ask(text: str = "What's the weather in Paris?", **fields: object) -> ProviderRequest:
+def ask(text: str = "What's the weather in Paris?", **fields: Any) -> ProviderRequest:
     return ProviderRequest(
         model="test-model", system=SYSTEM, messages=(ChatMessage(role="user", content=text),), **fields
-    )  # type: ignore[arg-type]
+    )
 
 
 async def collect(provider: Provider, request: ProviderRequest) -> list[ProviderEvent]:
@@ -419,7 +428,9 @@ async def test_closing_the_stream_early_cancels_the_upstream_request(
     fake_llm: FakeLLM, provider: Provider
 ) -> None:
     fake_llm.script(chunks=("one", "two"), hang_after=1)
-    async with contextlib.aclosing(provider.stream(ask())) as stream:
+    # providers are async generators; the protocol promises only an async iterator
+    stream = cast(AsyncGenerator[ProviderEvent, None], provider.stream(ask()))
+    async with contextlib.aclosing(stream):
         assert await anext(stream) == TextDelta(content="one")
     record = fake_llm.last_request
     assert await record.wait_disconnected(1.0)
@@ -442,3 +453,273 @@ async def test_cancelling_the_consuming_task_cancels_the_upstream_request(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await fake_llm.last_request.wait_disconnected(1.0)
+
+
+async def test_retry_after_as_an_http_date_or_in_milliseconds(
+    fake_llm: FakeLLM, openai_provider: Provider
+) -> None:
+    in_30s = email.utils.formatdate(time.time() + 30, usegmt=True)
+    fake_llm.script(status=429, headers={"retry-after": in_30s})
+    fake_llm.script(status=429, headers={"retry-after-ms": "1500"})
+    _, by_date = await collect_until_error(openai_provider, ask())
+    _, by_ms = await collect_until_error(openai_provider, ask())
+    assert isinstance(by_date, ProviderRateLimited) and isinstance(by_ms, ProviderRateLimited)
+    assert by_date.retry_after is not None and 20 < by_date.retry_after <= 30
+    assert by_ms.retry_after == 1.5
+
+
+# -- echo --------------------------------------------------------------------------------
+
+
+async def test_echo_repeats_the_last_user_message_word_by_word() -> None:
+    echo = EchoProvider()
+    request = ProviderRequest(
+        model="",
+        system="Be brief.",
+        messages=(
+            ChatMessage(role="user", content="first question"),
+            ChatMessage(role="assistant", content="first answer"),
+            ChatMessage(role="user", content="how are you today?"),
+        ),
+    )
+    events = await collect(echo, request)
+    texts = [e.content for e in events if isinstance(e, TextDelta)]
+    assert "".join(texts) == "[echo] how are you today?"
+    assert len(texts) == 5  # one piece per word
+    # words in: 2 (system) + 2 + 2 + 4; words out: "[echo]" and the 4 echoed
+    assert events[-2:] == [Usage(input_tokens=10, output_tokens=5), Finish(finish_reason="stop")]
+    assert await collect(echo, request) == events  # deterministic
+    assert await collect(EchoProvider(delay=0.001), request) == events
+
+
+async def test_echo_calls_a_tool_on_request() -> None:
+    echo = EchoProvider()
+    command = '/tool get_weather {"city": "Paris"}'
+    events = await collect(echo, ask(command, tools=(WEATHER,)))
+    assert assemble_tool_calls(events) == (
+        ToolCall(id="call_echo_0", name="get_weather", arguments='{"city": "Paris"}'),
+    )
+    assert events[-1] == Finish(finish_reason="tool_calls")
+    # without that tool on offer, the command is only text
+    plain = await collect(echo, ask(command))
+    assert "".join(e.content for e in plain if isinstance(e, TextDelta)) == "[echo] " + command
+    assert plain[-1] == Finish(finish_reason="stop")
+
+
+def test_echo_build_body_shows_the_request() -> None:
+    body = EchoProvider().build_body(ask("hi", tools=(WEATHER,), temperature=0.3))
+    assert body == {
+        "model": "test-model",
+        "system": SYSTEM,
+        "messages": [{"role": "user", "content": "hi", "tool_calls": [], "tool_call_id": None}],
+        "tools": [
+            {
+                "name": "get_weather",
+                "description": "Current weather for a city.",
+                "parameters": WEATHER.parameters,
+            }
+        ],
+        "temperature": 0.3,
+    }
+
+
+# -- configuration and registry ----------------------------------------------------------
+
+
+def test_with_no_keys_only_echo_is_configured_and_default() -> None:
+    configs = configs_from_env({"OPENAI_API_KEY": "", "HOME": "/root"})
+    assert [(c.name, c.kind, c.default_model) for c in configs] == [("echo", "echo", "echo-1")]
+    assert default_provider(configs, {}) == "echo"
+
+
+def test_openai_and_anthropic_from_their_variables() -> None:
+    env = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a", "ANTHROPIC_BASE_URL": "http://proxy:1"}
+    configs = {c.name: c for c in configs_from_env(env)}
+    assert set(configs) == {"openai", "anthropic", "echo"}
+    assert (configs["openai"].api_key, configs["openai"].base_url) == ("sk-o", None)
+    assert (configs["anthropic"].api_key, configs["anthropic"].base_url) == ("sk-a", "http://proxy:1")
+    assert configs["openai"].default_model == "gpt-4o-mini"
+    assert configs["anthropic"].default_model == "claude-sonnet-4-5"
+    assert default_provider(configs.values(), env) == "openai"
+
+
+def test_a_base_url_alone_configures_openai_with_a_placeholder_key() -> None:
+    configs = configs_from_env({"OPENAI_BASE_URL": "http://localhost:11434/v1"})
+    openai_config = next(c for c in configs if c.name == "openai")
+    assert openai_config.api_key == "unused"
+    assert openai_config.base_url == "http://localhost:11434/v1"
+
+
+def test_default_provider_and_model_from_the_environment() -> None:
+    env = {
+        "OPENAI_API_KEY": "sk-o",
+        "ANTHROPIC_API_KEY": "sk-a",
+        "DEFAULT_PROVIDER": "anthropic",
+        "DEFAULT_MODEL": "claude-haiku-4-5",
+    }
+    configs = {c.name: c for c in configs_from_env(env)}
+    assert default_provider(configs.values(), env) == "anthropic"
+    assert configs["anthropic"].default_model == "claude-haiku-4-5"
+    assert configs["openai"].default_model == "gpt-4o-mini"  # DEFAULT_MODEL is for the default provider only
+
+    only_anthropic = configs_from_env({"ANTHROPIC_API_KEY": "sk-a"})
+    assert default_provider(only_anthropic, {}) == "anthropic"
+
+
+def test_an_unconfigured_default_provider_is_refused() -> None:
+    env = {"OPENAI_API_KEY": "sk-o", "DEFAULT_PROVIDER": "mistral"}
+    with pytest.raises(BadRequest) as caught:
+        configs_from_env({**env, "DEFAULT_MODEL": "x"})
+    assert caught.value.field == "DEFAULT_PROVIDER"
+    assert "mistral" in str(caught.value) and "openai, echo" in str(caught.value)
+    with pytest.raises(BadRequest):
+        default_provider(configs_from_env({"OPENAI_API_KEY": "sk-o"}), env)
+
+
+def test_extra_openai_compatible_endpoints_are_configuration() -> None:
+    env = {
+        "PROVIDER_LOCAL_LLAMA_BASE_URL": "http://127.0.0.1:8080/v1",
+        "PROVIDER_LOCAL_LLAMA_MODEL": "llama-3.1-8b",
+        "PROVIDER_ROUTER_BASE_URL": "https://openrouter.example/api/v1",
+        "PROVIDER_ROUTER_API_KEY": "sk-or",
+        "PROVIDER_CLAUDE_PROXY_BASE_URL": "http://proxy:9000",
+        "PROVIDER_CLAUDE_PROXY_KIND": "anthropic",
+    }
+    configs = {c.name: c for c in configs_from_env(env)}
+    assert set(configs) == {"local_llama", "router", "claude_proxy", "echo"}
+    assert configs["local_llama"] == ProviderConfig(
+        name="local_llama",
+        kind="openai",
+        api_key="unused",
+        base_url="http://127.0.0.1:8080/v1",
+        default_model="llama-3.1-8b",
+    )
+    assert (configs["router"].api_key, configs["router"].kind) == ("sk-or", "openai")
+    assert configs["claude_proxy"].kind == "anthropic"
+    assert default_provider(configs.values(), env) == "echo"
+
+
+def test_an_extra_endpoint_needs_a_base_url() -> None:
+    with pytest.raises(BadRequest) as caught:
+        configs_from_env({"PROVIDER_GROQ_API_KEY": "gsk"})
+    assert caught.value.field == "PROVIDER_GROQ_BASE_URL"
+
+
+async def test_an_extra_endpoint_streams_from_its_server(fake_llm: FakeLLM) -> None:
+    env = {"PROVIDER_LOCAL_BASE_URL": fake_llm.openai_base_url, "PROVIDER_LOCAL_MODEL": "qwen2.5"}
+    providers = ProviderRegistry.with_builtins(plugins=False).build(configs_from_env(env))
+    local = providers.get("local")
+    request = ProviderRequest(model="", system=None, messages=(ChatMessage(role="user", content="hi"),))
+    events = await collect(local, request)
+    await providers.aclose()
+    assert events[-1] == Finish(finish_reason="stop")
+    recorded = fake_llm.last_request
+    assert recorded.body["model"] == "qwen2.5"
+    assert recorded.headers["authorization"] == "Bearer unused"
+
+
+async def test_unknown_provider_names_the_field_and_the_configured_ones() -> None:
+    providers = ProviderRegistry.with_builtins(plugins=False).build(
+        configs_from_env({"OPENAI_API_KEY": "sk"})
+    )
+    assert providers.names() == ["openai", "echo"]
+    assert isinstance(providers.get("echo"), EchoProvider)
+    with pytest.raises(BadRequest) as caught:
+        providers.get("gemini")
+    await providers.aclose()
+    assert caught.value.field == "provider"
+    assert "gemini" in str(caught.value) and "openai, echo" in str(caught.value)
+
+
+def test_unknown_kind_is_refused() -> None:
+    with pytest.raises(BadRequest) as caught:
+        ProviderRegistry.with_builtins(plugins=False).create(ProviderConfig(name="x", kind="cohere"))
+    assert caught.value.field == "kind" and "cohere" in str(caught.value)
+
+
+def test_built_in_providers_satisfy_the_protocol() -> None:
+    registry = ProviderRegistry.with_builtins(plugins=False)
+    for kind in ("openai", "anthropic", "echo"):
+        provider = registry.create(
+            ProviderConfig(name=kind, kind=kind, api_key="k", base_url="http://127.0.0.1:9")
+        )
+        assert isinstance(provider, Provider)
+        assert provider.kind == kind and provider.name == kind
+
+
+PLUGIN = """
+from providers import EchoProvider
+
+class Shouty(EchoProvider):
+    kind = "shouty"
+
+    async def stream(self, request):
+        async for event in super().stream(request):
+            if type(event).__name__ == "TextDelta":
+                event = type(event)(content=event.content.upper())
+            yield event
+
+def make(config):
+    return Shouty(config)
+"""
+
+
+def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry_points: str) -> None:
+    """A real installed distribution: a module and a dist-info with entry points, on sys.path."""
+    (tmp_path / "shouty_llm.py").write_text(PLUGIN)
+    dist = tmp_path / "shouty_llm-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shouty-llm\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+async def test_a_plugin_provider_loads_through_its_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    install_plugin(
+        tmp_path,
+        monkeypatch,
+        f"[{ENTRY_POINT_GROUP}]\n"
+        "shouty = shouty_llm:make\n"
+        "broken = shouty_llm_missing:make\n"
+        "openai = shouty_llm:make\n",
+    )
+    registry = ProviderRegistry.with_builtins()
+    assert {"shouty", "openai", "anthropic", "echo"} <= set(registry.kinds())
+    assert "broken" not in registry.kinds()
+    assert "shouty_llm_missing" in caplog.text  # a broken plugin is reported, not fatal
+    # a plugin cannot take over a built-in kind
+    builtin = registry.create(
+        ProviderConfig(name="o", kind="openai", api_key="k", base_url="http://127.0.0.1:9")
+    )
+    assert type(builtin).__name__ == "OpenAIProvider"
+
+    providers = registry.build([ProviderConfig(name="loud", kind="shouty")])
+    events = await collect(providers.get("loud"), ask("hello there"))
+    assert "".join(e.content for e in events if isinstance(e, TextDelta)) == "[ECHO] HELLO THERE"
+
+
+async def test_provider_set_closes_every_provider_even_if_one_fails() -> None:
+    closed: list[str] = []
+
+    class Closing(EchoProvider):
+        async def aclose(self) -> None:
+            closed.append(self.name)
+            if self.name == "a":
+                raise RuntimeError("boom")
+
+    registry = ProviderRegistry()
+    registry.register("closing", Closing)
+    providers = registry.build([ProviderConfig(name=n, kind="closing") for n in ("a", "b", "c")])
+    await providers.aclose()
+    assert sorted(closed) == ["a", "b", "c"]
+
+
+def test_config_repr_never_shows_the_api_key() -> None:
+    config = ProviderConfig(name="openai", kind="openai", api_key=SECRET, base_url="http://x")
+    for text in (repr(config), str(config), f"{config}", repr([config]), repr(config.__rich_repr__())):
+        assert SECRET not in text
+        assert "openai" in text
+    assert "api_key='***'" in repr(config)
+    assert "api_key=None" in repr(ProviderConfig(name="echo", kind="echo"))
