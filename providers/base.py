@@ -53,7 +53,8 @@ class ProviderRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Everything one streaming call needs, independent of any vendor's API.
 
     The system prompt travels in its own field so that each adapter can put it where its API
-    wants it. Sampling parameters left at ``None`` are not sent at all.
+    wants it. An empty ``model`` means the provider's default model. Sampling parameters left at
+    ``None`` are not sent at all.
     """
 
     model: str

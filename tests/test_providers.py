@@ -7,6 +7,8 @@ import contextlib
 import email.utils
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
@@ -723,3 +725,12 @@ def test_config_repr_never_shows_the_api_key() -> None:
         assert "openai" in text
     assert "api_key='***'" in repr(config)
     assert "api_key=None" in repr(ProviderConfig(name="echo", kind="echo"))
+
+
+def test_the_provider_layer_imports_no_web_framework_or_storage_client() -> None:
+    code = (
+        "import sys, providers, providers.openai, providers.anthropic, providers.echo, providers.registry\n"
+        "print(sorted(m for m in ('litestar', 'asyncpg', 'redis') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
