@@ -1,0 +1,142 @@
+"""The provider protocol and the provider-neutral request it takes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+
+from providers.events import ProviderEvent, ToolCallDelta
+
+__all__ = [
+    "ChatMessage",
+    "Provider",
+    "ProviderConfig",
+    "ProviderRequest",
+    "ToolCall",
+    "ToolSpec",
+    "assemble_tool_calls",
+]
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A complete tool call the assistant made; ``arguments`` is its JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One turn of the conversation.
+
+    An assistant turn may carry ``tool_calls``; a ``tool`` turn answers one of them and names it
+    in ``tool_call_id``. System prompts are not messages: see ``ProviderRequest.system``.
+    """
+
+    role: Literal["user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A function the model may call; ``parameters`` is its JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ProviderRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything one streaming call needs, independent of any vendor's API.
+
+    The system prompt travels in its own field so that each adapter can put it where its API
+    wants it. An empty ``model`` means the provider's default model. Sampling parameters left at
+    ``None`` are not sent at all.
+    """
+
+    model: str
+    system: str | None
+    messages: tuple[ChatMessage, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+
+class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How to reach one configured provider.
+
+    ``name`` is what personas and requests refer to; ``kind`` picks the adapter. The repr never
+    shows ``api_key``, so a config can be logged safely.
+    """
+
+    name: str
+    kind: str
+    api_key: str | None = None
+    base_url: str | None = None
+    default_model: str | None = None
+    timeout: float = 60.0
+    connect_timeout: float = 10.0
+
+    def __repr__(self) -> str:
+        key = "None" if self.api_key is None else "'***'"
+        return (
+            f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, api_key={key}, "
+            f"base_url={self.base_url!r}, default_model={self.default_model!r}, "
+            f"timeout={self.timeout!r}, connect_timeout={self.connect_timeout!r})"
+        )
+
+    __str__ = __repr__
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [
+            ("name", self.name),
+            ("kind", self.kind),
+            ("api_key", None if self.api_key is None else "***"),
+            ("base_url", self.base_url),
+            ("default_model", self.default_model),
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+        ]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One LLM API behind one streaming method.
+
+    ``stream`` is an async generator of ``ProviderEvent``s ending with ``Finish``; it raises
+    ``runtime.errors.ProviderError`` subclasses, before the first event or in the middle of the
+    stream. Consumers that may stop early should close it (``contextlib.aclosing``) so the
+    upstream request is cancelled at once. ``build_body`` returns the exact JSON body ``stream``
+    would POST upstream, for dry runs.
+    """
+
+    name: str
+    kind: str
+    default_model: str
+
+    def build_body(self, request: ProviderRequest) -> dict[str, Any]: ...
+
+    def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def assemble_tool_calls(events: Iterable[ProviderEvent]) -> tuple[ToolCall, ...]:
+    """Join the ``ToolCallDelta`` pieces of a stream into complete calls, in index order."""
+    parts: dict[int, tuple[list[str | None], list[str]]] = {}
+    for event in events:
+        if isinstance(event, ToolCallDelta):
+            ident, arguments = parts.setdefault(event.index, ([None, None], []))
+            if event.id:
+                ident[0] = event.id
+            if event.name:
+                ident[1] = event.name
+            arguments.append(event.arguments)
+    return tuple(
+        ToolCall(id=ident[0] or f"call_{index}", name=ident[1] or "", arguments="".join(arguments))
+        for index, (ident, arguments) in sorted(parts.items())
+    )

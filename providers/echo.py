@@ -1,0 +1,94 @@
+"""The built-in offline provider: deterministic answers, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from providers.base import ChatMessage, ProviderConfig, ProviderRequest
+from providers.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
+
+__all__ = ["DEFAULT_MODEL", "EchoProvider"]
+
+DEFAULT_MODEL = "echo-1"
+PREFIX = "[echo] "
+
+_TOOL_COMMAND = re.compile(r"/tool\s+(\S+)\s*(.*)", re.DOTALL)
+_WORD_PIECES = re.compile(r"\S+\s*|\s+")
+
+
+def _words(text: str | None) -> int:
+    return len(text.split()) if text else 0
+
+
+def _last_user_message(messages: tuple[ChatMessage, ...]) -> str:
+    for message in reversed(messages):
+        if message.role == "user":
+            return message.content or ""
+    return ""
+
+
+class EchoProvider:
+    """Answers ``"[echo] " + the last user message``, streamed a word at a time.
+
+    Usage counts whitespace-separated words: the system prompt and every message in, the answer
+    out. When the request offers tools and the last user message reads ``/tool NAME {json}``,
+    it calls tool NAME with those arguments instead, so tool round trips can be tried offline.
+    ``delay`` (seconds) is slept before each piece, to imitate a slow model.
+    """
+
+    kind = "echo"
+
+    def __init__(self, config: ProviderConfig | None = None, *, delay: float = 0.0) -> None:
+        config = config or ProviderConfig(name="echo", kind="echo")
+        self.name = config.name
+        self.default_model = config.default_model or DEFAULT_MODEL
+        self.delay = delay
+
+    def __repr__(self) -> str:
+        return f"EchoProvider(name={self.name!r})"
+
+    def build_body(self, request: ProviderRequest) -> dict[str, Any]:
+        """The request as echo sees it: ``{"model", "system", "messages", "tools"}`` plus the
+        sampling parameters that are set, all in the provider-neutral shapes of ``providers.base``."""
+        body: dict[str, Any] = {
+            "model": request.model or self.default_model,
+            "system": request.system,
+            # a JSON round trip gives plain lists and dicts, as the body of an HTTP call would be
+            "messages": msgspec.json.decode(msgspec.json.encode(request.messages)),
+            "tools": msgspec.json.decode(msgspec.json.encode(request.tools)),
+        }
+        for key in ("temperature", "top_p", "max_tokens"):
+            value = getattr(request, key)
+            if value is not None:
+                body[key] = value
+        return body
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
+        input_tokens = _words(request.system) + sum(_words(m.content) for m in request.messages)
+        last = _last_user_message(request.messages)
+        command = _TOOL_COMMAND.fullmatch(last.strip()) if request.tools else None
+        if command and command.group(1) in {t.name for t in request.tools}:
+            await self._pause()
+            arguments = command.group(2).strip() or "{}"
+            yield ToolCallDelta(index=0, id="call_echo_0", name=command.group(1), arguments=arguments)
+            yield Usage(input_tokens=input_tokens, output_tokens=_words(arguments))
+            yield Finish(finish_reason="tool_calls")
+            return
+        answer = PREFIX + last
+        for piece in _WORD_PIECES.findall(answer):
+            await self._pause()
+            yield TextDelta(content=piece)
+        yield Usage(input_tokens=input_tokens, output_tokens=_words(answer))
+        yield Finish(finish_reason="stop")
+
+    async def _pause(self) -> None:
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
+
+    async def aclose(self) -> None:
+        return None
