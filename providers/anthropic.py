@@ -78,11 +78,7 @@ _decode_json = msgspec.json.Decoder().decode
 
 def _input_tokens(usage: _Usage) -> int:
     # Anthropic counts cached prompt tokens apart from input_tokens; all of them were read as input.
-    return (
-        (usage.input_tokens or 0)
-        + (usage.cache_creation_input_tokens or 0)
-        + (usage.cache_read_input_tokens or 0)
-    )
+    return (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
 
 
 def _tool_input(arguments: str, call_id: str) -> Any:
@@ -178,9 +174,7 @@ class AnthropicProvider:
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
         body = self.build_body(request)
         try:
-            response = await self._client.post(
-                "/v1/messages", cast_to=httpx2.Response, body=body, stream=True
-            )
+            response = await self._client.post("/v1/messages", cast_to=httpx2.Response, body=body, stream=True)
         except anthropic.APIError as exc:
             raise self._sdk_error(exc) from exc
         try:
@@ -252,9 +246,7 @@ class AnthropicProvider:
         if isinstance(exc, anthropic.APIConnectionError):
             return _upstream.connection_error(self.name)
         if isinstance(exc, anthropic.APIStatusError):
-            return _upstream.error_for_status(
-                self.name, exc.status_code, exc.response.headers, exc.body, self._api_key
-            )
+            return _upstream.error_for_status(self.name, exc.status_code, exc.response.headers, exc.body, self._api_key)
         return ProviderUnavailable(f"Provider '{self.name}' sent an unusable response.", provider=self.name)
 
     async def aclose(self) -> None:

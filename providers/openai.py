@@ -138,9 +138,7 @@ class OpenAIProvider:
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
         body = self.build_body(request)
         try:
-            response = await self._client.post(
-                "/chat/completions", cast_to=httpx2.Response, body=body, stream=True
-            )
+            response = await self._client.post("/chat/completions", cast_to=httpx2.Response, body=body, stream=True)
         except openai.APIError as exc:
             raise self._sdk_error(exc) from exc
         try:
@@ -200,9 +198,7 @@ class OpenAIProvider:
         if isinstance(exc, openai.APIConnectionError):
             return _upstream.connection_error(self.name)
         if isinstance(exc, openai.APIStatusError):
-            return _upstream.error_for_status(
-                self.name, exc.status_code, exc.response.headers, exc.body, self._api_key
-            )
+            return _upstream.error_for_status(self.name, exc.status_code, exc.response.headers, exc.body, self._api_key)
         return ProviderUnavailable(f"Provider '{self.name}' sent an unusable response.", provider=self.name)
 
     async def aclose(self) -> None:

@@ -85,9 +85,7 @@ class ProviderRegistry:
         added: list[str] = []
         for entry_point in importlib.metadata.entry_points(group=group):
             if entry_point.name in self._factories:
-                log.warning(
-                    "provider plugin %s ignored: kind %r is taken", entry_point.value, entry_point.name
-                )
+                log.warning("provider plugin %s ignored: kind %r is taken", entry_point.value, entry_point.name)
                 continue
             try:
                 factory = entry_point.load()
@@ -108,8 +106,7 @@ class ProviderRegistry:
         factory = self._factories.get(config.kind)
         if factory is None:
             raise BadRequest(
-                f"Provider {config.name!r} has unknown kind {config.kind!r}; known kinds: "
-                f"{', '.join(self.kinds())}.",
+                f"Provider {config.name!r} has unknown kind {config.kind!r}; known kinds: {', '.join(self.kinds())}.",
                 field="kind",
             )
         return factory(config)
@@ -144,9 +141,7 @@ class ProviderSet:
         return len(self._providers)
 
     async def aclose(self) -> None:
-        results = await asyncio.gather(
-            *(p.aclose() for p in self._providers.values()), return_exceptions=True
-        )
+        results = await asyncio.gather(*(p.aclose() for p in self._providers.values()), return_exceptions=True)
         for name, result in zip(self._providers, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("closing provider %s failed: %r", name, result)
@@ -220,9 +215,7 @@ def configs_from_env(env: Mapping[str, str]) -> list[ProviderConfig]:
     model = _get(env, "DEFAULT_MODEL")
     if model is not None:
         chosen = default_provider(configs, env)
-        configs = [
-            msgspec.structs.replace(c, default_model=model) if c.name == chosen else c for c in configs
-        ]
+        configs = [msgspec.structs.replace(c, default_model=model) if c.name == chosen else c for c in configs]
     return configs
 
 
@@ -233,8 +226,7 @@ def default_provider(configs: Iterable[ProviderConfig], env: Mapping[str, str]) 
     if wanted is not None:
         if wanted not in names:
             raise BadRequest(
-                f"DEFAULT_PROVIDER is {wanted!r}, which is not configured. Configured providers: "
-                f"{', '.join(names)}.",
+                f"DEFAULT_PROVIDER is {wanted!r}, which is not configured. Configured providers: {', '.join(names)}.",
                 field="DEFAULT_PROVIDER",
             )
         return wanted

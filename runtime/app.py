@@ -12,26 +12,38 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from api.auth import ApiKeyMiddleware
+from api.chat import ChatController, ConversationController
 from api.deps import dependencies
 from api.errors import exception_handlers
 from api.health import health, ready
 from api.keys import AdminController, KeyController
 from api.personas import PersonaController
+from providers import ProviderRegistry
 from runtime.resources import open_resources
 from runtime.settings import Settings
 
 __all__ = ["app_from_env", "create_app"]
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) -> Litestar:
+    """The application; ``registry`` replaces the built-in provider kinds (tests, embedding)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_resources(settings) as resources:
+        async with open_resources(settings, registry) as resources:
             app.state.resources = resources
             yield
 
     return Litestar(
-        route_handlers=[health, ready, PersonaController, KeyController, AdminController],
+        route_handlers=[
+            health,
+            ready,
+            PersonaController,
+            KeyController,
+            AdminController,
+            ChatController,
+            ConversationController,
+        ],
         dependencies=dependencies,
         exception_handlers=exception_handlers,
         middleware=[DefineMiddleware(ApiKeyMiddleware, exclude=["^/schema", "^/health", "^/ready", "^/playground"])],

@@ -10,12 +10,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
+import msgspec
 
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.service import PersonaService
 from personas.store import PersonaStore
+from providers import ProviderRegistry, ProviderSet, configs_from_env, default_provider
 from runtime.accounts import Accounts
 from runtime.auth import Authenticator
+from runtime.chat import ChatService
+from runtime.conversations import ConversationStore
 from runtime.db import connect_pool
 from runtime.embedded import EmbeddedPostgres
 from runtime.migrate import apply_migrations
@@ -34,6 +38,10 @@ class Resources:
     accounts: Accounts
     auth: Authenticator
     personas: PersonaService
+    conversations: ConversationStore
+    providers: ProviderSet
+    default_provider: str
+    chat: ChatService
 
     async def readiness(self) -> dict[str, str]:
         """What ``/ready`` reports: each dependency and whether it answers now."""
@@ -50,7 +58,7 @@ class Resources:
 
 
 @contextlib.asynccontextmanager
-async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+async def open_resources(settings: Settings, registry: ProviderRegistry | None = None) -> AsyncIterator[Resources]:
     """Open the database (embedded if no DSN), migrate, bootstrap the admin, connect the cache."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = settings.database_url
@@ -75,14 +83,39 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         auth.start()
         stack.push_async_callback(auth.aclose)
 
-        store = PersonaStore(pool, cache, ttl=settings.persona_cache_seconds)
+        configs = [msgspec.structs.replace(c, timeout=settings.request_timeout) for c in configs_from_env(settings.env)]
+        default = default_provider(configs, settings.env)
+        providers = (registry or ProviderRegistry.with_builtins()).build(configs)
+        stack.push_async_callback(providers.aclose)
+        if default == "echo":
+            log.warning(
+                "no provider is configured (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...): answers come from the "
+                "offline `echo` provider, which repeats the user's message"
+            )
+        log.info("providers: %s (default %s)", ", ".join(providers.names()), default)
+
+        personas = PersonaService(PersonaStore(pool, cache, ttl=settings.persona_cache_seconds))
+        conversations = ConversationStore(pool)
+        chat = ChatService(
+            personas,
+            conversations,
+            providers,
+            default_provider=default,
+            history_messages=settings.history_turns * 2,
+            max_message_chars=settings.max_message_chars,
+        )
+        stack.push_async_callback(chat.aclose)
         yield Resources(
             settings=settings,
             pool=pool,
             cache=cache,
             accounts=accounts,
             auth=auth,
-            personas=PersonaService(store),
+            personas=personas,
+            conversations=conversations,
+            providers=providers,
+            default_provider=default,
+            chat=chat,
         )
 
 

@@ -209,18 +209,14 @@ class FakeLLM:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _route(
-        self, record: RecordedRequest, writer: asyncio.StreamWriter, gone: asyncio.Future
-    ) -> bool:
+    async def _route(self, record: RecordedRequest, writer: asyncio.StreamWriter, gone: asyncio.Future) -> bool:
         """Answer one request; False when the script cut the answer short on purpose."""
         if record.method == "GET" and record.path == "/v1/models":
             data = [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fakellm"}]
             await self._json(writer, 200, {"object": "list", "data": data})
             return True
         if record.method != "POST" or record.path not in ("/v1/chat/completions", "/v1/messages"):
-            await self._json(
-                writer, 404, {"error": {"message": f"no route {record.path}", "type": "not_found"}}
-            )
+            await self._json(writer, 404, {"error": {"message": f"no route {record.path}", "type": "not_found"}})
             return True
         openai = record.path == "/v1/chat/completions"
         script = self._next_script()
@@ -403,9 +399,7 @@ def _openai_completion(script: Script) -> dict[str, Any]:
         "object": "chat.completion",
         "created": 1700000000,
         "model": script.model,
-        "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": _openai_finish(script)}
-        ],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _openai_finish(script)}],
         "usage": _openai_usage(script),
         "system_fingerprint": None,
     }
@@ -462,9 +456,7 @@ def _anthropic_events(script: Script) -> list[tuple[bool, bytes]]:
 
 
 def _anthropic_message(script: Script) -> dict[str, Any]:
-    content: list[dict[str, Any]] = (
-        [{"type": "text", "text": "".join(script.chunks)}] if script.chunks else []
-    )
+    content: list[dict[str, Any]] = [{"type": "text", "text": "".join(script.chunks)}] if script.chunks else []
     content += [
         {"type": "tool_use", "id": c.id, "name": c.name, "input": json.loads(c.arguments or "{}")}
         for c in script.tool_calls

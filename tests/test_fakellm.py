@@ -33,17 +33,13 @@ async def test_openai_sdk_parses_the_fake_stream_and_completion(fake_llm: FakeLL
 async def test_anthropic_sdk_parses_the_fake_stream_and_message(fake_llm: FakeLLM) -> None:
     client = anthropic.AsyncAnthropic(api_key="k", base_url=fake_llm.anthropic_base_url, max_retries=0)
     fake_llm.script(chunks=("a", "b"), tool_calls=(FakeToolCall(name="f", arguments='{"x": 1}', pieces=3),))
-    async with client.messages.stream(
-        model="m", max_tokens=10, messages=[{"role": "user", "content": "q"}]
-    ) as stream:
+    async with client.messages.stream(model="m", max_tokens=10, messages=[{"role": "user", "content": "q"}]) as stream:
         final = await stream.get_final_message()
     assert [block.type for block in final.content] == ["text", "tool_use"]
     assert final.content[1].input == {"x": 1}  # type: ignore[union-attr]
     assert final.stop_reason == "tool_use" and final.usage.output_tokens == 7
 
-    message = await client.messages.create(
-        model="m", max_tokens=10, messages=[{"role": "user", "content": "q"}]
-    )
+    message = await client.messages.create(model="m", max_tokens=10, messages=[{"role": "user", "content": "q"}])
     assert message.content[0].text == "Hello from the fake model."  # type: ignore[union-attr]
     await client.close()
 

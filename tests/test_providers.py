@@ -104,8 +104,7 @@ async def collect_until_error(provider: Provider, request: ProviderRequest) -> t
 def tool_round_trip(first: ProviderRequest, calls: tuple[ToolCall, ...]) -> ProviderRequest:
     """The follow-up request a runtime sends after running the tools."""
     results = tuple(
-        ChatMessage(role="tool", tool_call_id=call.id, content=f"sunny, 2{i} C")
-        for i, call in enumerate(calls)
+        ChatMessage(role="tool", tool_call_id=call.id, content=f"sunny, 2{i} C") for i, call in enumerate(calls)
     )
     assistant = ChatMessage(role="assistant", content=None, tool_calls=calls)
     return ProviderRequest(
@@ -231,14 +230,10 @@ async def test_sampling_parameters_are_sent_only_when_set(fake_llm: FakeLLM, pro
 
 
 async def test_model_falls_back_to_the_providers_default(fake_llm: FakeLLM, provider: Provider) -> None:
-    await collect(
-        provider, ProviderRequest(model="", system=None, messages=(ChatMessage(role="user", content="hi"),))
-    )
+    await collect(provider, ProviderRequest(model="", system=None, messages=(ChatMessage(role="user", content="hi"),)))
     body = fake_llm.last_request.body
     assert body["model"] == provider.default_model
-    assert (
-        provider.default_model == {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5"}[provider.kind]
-    )
+    assert provider.default_model == {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5"}[provider.kind]
     # no system prompt: nothing is invented
     assert "system" not in body and body["messages"][0]["role"] == "user"
 
@@ -309,9 +304,7 @@ async def test_tool_call_deltas_reassemble_into_calls(fake_llm: FakeLLM, provide
         ("anthropic", "stop_sequence", "stop"),
     ],
 )
-async def test_finish_reasons_are_normalised(
-    fake_llm: FakeLLM, kind: str, vendor_reason: str, finish: str
-) -> None:
+async def test_finish_reasons_are_normalised(fake_llm: FakeLLM, kind: str, vendor_reason: str, finish: str) -> None:
     provider = make_provider(fake_llm, kind)
     fake_llm.script(finish_reason=vendor_reason)
     events = await collect(provider, ask())
@@ -426,9 +419,7 @@ async def test_connection_refused(provider: Provider) -> None:
 # -- cancellation ------------------------------------------------------------------------
 
 
-async def test_closing_the_stream_early_cancels_the_upstream_request(
-    fake_llm: FakeLLM, provider: Provider
-) -> None:
+async def test_closing_the_stream_early_cancels_the_upstream_request(fake_llm: FakeLLM, provider: Provider) -> None:
     fake_llm.script(chunks=("one", "two"), hang_after=1)
     # providers are async generators; the protocol promises only an async iterator
     stream = cast(AsyncGenerator[ProviderEvent, None], provider.stream(ask()))
@@ -457,9 +448,7 @@ async def test_cancelling_the_consuming_task_cancels_the_upstream_request(
     assert await fake_llm.last_request.wait_disconnected(1.0)
 
 
-async def test_retry_after_as_an_http_date_or_in_milliseconds(
-    fake_llm: FakeLLM, openai_provider: Provider
-) -> None:
+async def test_retry_after_as_an_http_date_or_in_milliseconds(fake_llm: FakeLLM, openai_provider: Provider) -> None:
     in_30s = email.utils.formatdate(time.time() + 30, usegmt=True)
     fake_llm.script(status=429, headers={"retry-after": in_30s})
     fake_llm.script(status=429, headers={"retry-after-ms": "1500"})
@@ -621,9 +610,7 @@ async def test_an_extra_endpoint_streams_from_its_server(fake_llm: FakeLLM) -> N
 
 
 async def test_unknown_provider_names_the_field_and_the_configured_ones() -> None:
-    providers = ProviderRegistry.with_builtins(plugins=False).build(
-        configs_from_env({"OPENAI_API_KEY": "sk"})
-    )
+    providers = ProviderRegistry.with_builtins(plugins=False).build(configs_from_env({"OPENAI_API_KEY": "sk"}))
     assert providers.names() == ["openai", "echo"]
     assert isinstance(providers.get("echo"), EchoProvider)
     with pytest.raises(BadRequest) as caught:
@@ -642,9 +629,7 @@ def test_unknown_kind_is_refused() -> None:
 def test_built_in_providers_satisfy_the_protocol() -> None:
     registry = ProviderRegistry.with_builtins(plugins=False)
     for kind in ("openai", "anthropic", "echo"):
-        provider = registry.create(
-            ProviderConfig(name=kind, kind=kind, api_key="k", base_url="http://127.0.0.1:9")
-        )
+        provider = registry.create(ProviderConfig(name=kind, kind=kind, api_key="k", base_url="http://127.0.0.1:9"))
         assert isinstance(provider, Provider)
         assert provider.kind == kind and provider.name == kind
 
@@ -692,9 +677,7 @@ async def test_a_plugin_provider_loads_through_its_entry_point(
     assert "broken" not in registry.kinds()
     assert "shouty_llm_missing" in caplog.text  # a broken plugin is reported, not fatal
     # a plugin cannot take over a built-in kind
-    builtin = registry.create(
-        ProviderConfig(name="o", kind="openai", api_key="k", base_url="http://127.0.0.1:9")
-    )
+    builtin = registry.create(ProviderConfig(name="o", kind="openai", api_key="k", base_url="http://127.0.0.1:9"))
     assert type(builtin).__name__ == "OpenAIProvider"
 
     providers = registry.build([ProviderConfig(name="loud", kind="shouty")])

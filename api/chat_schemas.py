@@ -1,0 +1,89 @@
+"""Wire types of the chat and conversation APIs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from runtime.events import PersonaRef
+
+__all__ = [
+    "ChatRequest",
+    "ChatResponse",
+    "ConversationOut",
+    "ConversationResponse",
+    "ConversationsResponse",
+    "MessageOut",
+    "TokenUsage",
+]
+
+ProviderName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
+ModelName = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class ChatRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    message: str
+    conversation_id: UUID | None = None
+    persona_id: UUID | None = None
+    stream: bool = False
+    provider: ProviderName | None = None
+    model: ModelName | None = None
+
+
+class TokenUsage(Struct, frozen=True, kw_only=True):
+    input_tokens: int
+    output_tokens: int
+
+
+class ChatResponse(Struct, frozen=True, kw_only=True):
+    success: bool
+    response: str
+    conversation_id: UUID | None
+    message_id: UUID | None
+    persona: PersonaRef
+    persona_source: str
+    provider: str
+    model: str
+    usage: TokenUsage | None
+    finish_reason: str
+    # Only previews say `"stored": false`; only answers that call tools carry `tool_calls`.
+    stored: bool | UnsetType = UNSET
+    tool_calls: list[dict[str, Any]] | UnsetType = UNSET
+
+
+class ConversationOut(Struct, frozen=True, kw_only=True):
+    id: UUID
+    title: str
+    persona_id: UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationsResponse(Struct, frozen=True, kw_only=True):
+    conversations: list[ConversationOut]
+    total: int
+    success: bool = True
+
+
+class MessageOut(Struct, frozen=True, kw_only=True):
+    id: UUID
+    role: str
+    content: str
+    status: str
+    persona_id: UUID | None
+    persona_version: int | None
+    persona_source: str | None
+    provider: str | None
+    model: str | None
+    usage: dict[str, int] | None
+    latency_ms: int | None
+    created_at: datetime
+
+
+class ConversationResponse(Struct, frozen=True, kw_only=True):
+    conversation: ConversationOut
+    messages: list[MessageOut]
+    success: bool = True

@@ -1,0 +1,73 @@
+"""Server-Sent Events: chat events on the wire, with comment heartbeats through long silences."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import msgspec
+from litestar.response import Stream
+
+from runtime.events import ChatEvent
+
+__all__ = ["DONE", "HEARTBEAT", "encode_event", "sse_response", "with_heartbeat"]
+
+T = TypeVar("T")
+
+DONE = b"data: [DONE]\n\n"
+HEARTBEAT = b": keep-alive\n\n"
+_encoder = msgspec.json.Encoder()
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def encode_event(event_id: int, event: ChatEvent, name: str | None = None) -> bytes:
+    """One event: ``event:`` (the event's ``type``), ``id:``, and its JSON as ``data:``."""
+    tag = name or event.__struct_config__.tag
+    return b"event: %s\nid: %d\ndata: %s\n\n" % (str(tag).encode(), event_id, _encoder.encode(event))
+
+
+async def with_heartbeat(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
+    """Items of ``source``, with ``None`` whenever ``interval`` seconds pass without one.
+
+    Each item is awaited in a task of its own, so waiting can time out without cancelling the source;
+    when this generator is closed or cancelled, the pending read is cancelled, which ends the source.
+    """
+    pending: asyncio.Future[T] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(source))
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield None
+                continue
+            finished, pending = pending, None
+            try:
+                item = finished.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+        else:
+            await source.aclose()  # type: ignore[attr-defined]
+
+
+async def _chat_body(events: AsyncIterator[ChatEvent], heartbeat: float) -> AsyncIterator[bytes]:
+    count = 0
+    async for event in with_heartbeat(events, heartbeat):
+        if event is None:
+            yield HEARTBEAT
+        else:
+            count += 1
+            yield encode_event(count, event)
+    yield DONE
+
+
+def sse_response(events: AsyncIterator[Any], heartbeat: float, body: Any = None) -> Stream:
+    """A ``text/event-stream`` response for chat events (or for an already encoded ``body``)."""
+    return Stream(
+        body if body is not None else _chat_body(events, heartbeat), media_type="text/event-stream", headers=HEADERS
+    )

@@ -1,0 +1,185 @@
+"""ConversationStore: conversations and their messages in PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from runtime.errors import NotFound
+
+__all__ = ["Conversation", "ConversationStore", "MessageStatus", "StoredMessage"]
+
+MessageStatus = Literal["pending", "complete", "incomplete", "error"]
+
+_CONVERSATION = "id, title, persona_id, persona_version, created_at, updated_at"
+_MESSAGE = """id, role, content, status, persona_id, persona_version, persona_source, provider, model, usage,
+    latency_ms, finish_reason, tool_calls, created_at"""
+
+INSERT_CONVERSATION = f"""
+INSERT INTO conversations (user_id, title, persona_id, persona_version) VALUES ($1, $2, $3, $4)
+RETURNING {_CONVERSATION}"""
+GET_CONVERSATION = f"SELECT {_CONVERSATION} FROM conversations WHERE id = $1 AND user_id = $2"
+LIST_CONVERSATIONS = f"""
+SELECT {_CONVERSATION}, count(*) OVER () AS total FROM conversations WHERE user_id = $1
+ORDER BY updated_at DESC, id LIMIT $2 OFFSET $3"""
+COUNT_CONVERSATIONS = "SELECT count(*) FROM conversations WHERE user_id = $1"
+DELETE_CONVERSATION = "DELETE FROM conversations WHERE id = $1 AND user_id = $2"
+TOUCH_CONVERSATION = "UPDATE conversations SET updated_at = now() WHERE id = $1"
+INSERT_USER_MESSAGE = f"""
+INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source)
+VALUES ($1, 'user', $2, $3, $4, $5) RETURNING {_MESSAGE}"""
+INSERT_PENDING_ANSWER = f"""
+INSERT INTO messages (conversation_id, role, status, persona_id, persona_version, persona_source, provider, model)
+VALUES ($1, 'assistant', 'pending', $2, $3, $4, $5, $6) RETURNING {_MESSAGE}"""
+FINISH_ANSWER = """
+UPDATE messages SET content = $2, status = $3, provider = $4, model = $5, usage = $6, latency_ms = $7,
+    finish_reason = $8, tool_calls = $9, error = $10
+WHERE id = $1"""
+LIST_MESSAGES = f"SELECT {_MESSAGE} FROM messages WHERE conversation_id = $1 ORDER BY seq"
+RECENT_HISTORY = """
+SELECT role, content FROM (
+    SELECT seq, role, content FROM messages
+    WHERE conversation_id = $1 AND status IN ('complete', 'incomplete') AND content <> ''
+    ORDER BY seq DESC LIMIT $2
+) recent ORDER BY seq"""
+
+
+class Conversation(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    title: str
+    persona_id: UUID | None
+    persona_version: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    role: str
+    content: str
+    status: MessageStatus
+    persona_id: UUID | None
+    persona_version: int | None
+    persona_source: str | None
+    provider: str | None
+    model: str | None
+    usage: dict[str, int] | None
+    latency_ms: int | None
+    finish_reason: str | None
+    tool_calls: list[dict[str, Any]] | None
+    created_at: datetime
+
+
+def _conversation(record: asyncpg.Record) -> Conversation:
+    return msgspec.convert(dict(record), Conversation, strict=False)
+
+
+def _message(record: asyncpg.Record) -> StoredMessage:
+    return msgspec.convert(dict(record), StoredMessage, strict=False)
+
+
+def title_for(message: str) -> str:
+    line = " ".join(message.split())
+    return line if len(line) <= 80 else line[:79].rstrip() + "…"
+
+
+class ConversationStore:
+    """A user sees only their own conversations: every read is scoped by ``user_id``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def get(self, user_id: UUID, conversation_id: UUID) -> Conversation:
+        record = await self._pool.fetchrow(GET_CONVERSATION, conversation_id, user_id)
+        if record is None:
+            raise NotFound(f"Conversation {conversation_id} not found.", field="conversation_id")
+        return _conversation(record)
+
+    async def list_for_user(self, user_id: UUID, *, limit: int, offset: int) -> tuple[list[Conversation], int]:
+        records = await self._pool.fetch(LIST_CONVERSATIONS, user_id, limit, offset)
+        total = records[0]["total"] if records else await self._pool.fetchval(COUNT_CONVERSATIONS, user_id)
+        return [_conversation(r) for r in records], int(total)
+
+    async def messages(self, conversation_id: UUID) -> list[StoredMessage]:
+        return [_message(r) for r in await self._pool.fetch(LIST_MESSAGES, conversation_id)]
+
+    async def history(self, conversation_id: UUID, *, limit: int) -> list[tuple[str, str]]:
+        """The last ``limit`` messages worth sending upstream, oldest first, as (role, content)."""
+        records = await self._pool.fetch(RECENT_HISTORY, conversation_id, limit)
+        return [(r["role"], r["content"]) for r in records]
+
+    async def delete(self, user_id: UUID, conversation_id: UUID) -> None:
+        result = await self._pool.execute(DELETE_CONVERSATION, conversation_id, user_id)
+        if not result.endswith(" 1"):
+            raise NotFound(f"Conversation {conversation_id} not found.", field="conversation_id")
+
+    async def begin_turn(
+        self,
+        *,
+        user_id: UUID,
+        conversation: Conversation | None,
+        message: str,
+        persona_id: UUID,
+        persona_version: int,
+        persona_source: str,
+        provider: str,
+        model: str,
+    ) -> tuple[Conversation, StoredMessage, StoredMessage]:
+        """Store the user's message (and the conversation, when new) and a pending answer, in one transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if conversation is None:
+                record = await conn.fetchrow(
+                    INSERT_CONVERSATION, user_id, title_for(message), persona_id, persona_version
+                )
+                conversation = _conversation(record)
+            else:
+                await conn.execute(TOUCH_CONVERSATION, conversation.id)
+            question = _message(
+                await conn.fetchrow(
+                    INSERT_USER_MESSAGE, conversation.id, message, persona_id, persona_version, persona_source
+                )
+            )
+            answer = _message(
+                await conn.fetchrow(
+                    INSERT_PENDING_ANSWER,
+                    conversation.id,
+                    persona_id,
+                    persona_version,
+                    persona_source,
+                    provider,
+                    model,
+                )
+            )
+        return conversation, question, answer
+
+    async def finish_answer(
+        self,
+        message_id: UUID,
+        *,
+        content: str,
+        status: MessageStatus,
+        provider: str,
+        model: str,
+        usage: dict[str, int] | None,
+        latency_ms: int,
+        finish_reason: str | None,
+        tool_calls: list[dict[str, Any]] | None,
+        error: dict[str, Any] | None,
+    ) -> None:
+        await self._pool.execute(
+            FINISH_ANSWER,
+            message_id,
+            content,
+            status,
+            provider,
+            model,
+            usage,
+            latency_ms,
+            finish_reason,
+            tool_calls,
+            error,
+        )

@@ -1,0 +1,111 @@
+"""Prompt assembly: the persona's rendered system prompt, tools and model settings as a provider request."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+
+from personas.models import Caller, Persona
+from personas.template import render_template
+from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
+from runtime.errors import BadRequest
+
+__all__ = ["Route", "build_request", "plan_routes", "render_system_prompt", "tool_specs"]
+
+log = logging.getLogger("persona_runtime.prompt")
+
+
+class Route(msgspec.Struct, frozen=True, kw_only=True):
+    """One provider and model to try, in order: the persona's own first, then its fallbacks."""
+
+    provider: str
+    model: str
+
+
+def render_system_prompt(persona: Persona, caller: Caller, *, now: datetime | None = None) -> str:
+    """The persona's system prompt with its variables filled; traits and capabilities always included."""
+    day = (now or datetime.now(UTC)).astimezone(UTC).date().isoformat()
+    return render_template(
+        persona.system_prompt or "",
+        user_name=caller.shown_name,
+        persona_name=persona.name,
+        date=day,
+        traits=persona.personality_traits,
+        capabilities=persona.capabilities,
+    )
+
+
+def tool_specs(persona: Persona) -> tuple[ToolSpec, ...]:
+    return tuple(ToolSpec(name=t.name, description=t.description, parameters=t.parameters) for t in persona.tools)
+
+
+def plan_routes(
+    persona: Persona,
+    providers: ProviderSet,
+    default_provider: str,
+    *,
+    provider: str | None = None,
+    model: str | None = None,
+) -> list[Route]:
+    """Which provider and model answer: the request's choice, else the persona's, else the default.
+
+    Fallbacks come from the persona and are used only when the caller did not pick a provider.
+    A fallback naming a provider this server does not have is skipped (and logged).
+    """
+    settings = persona.model_settings
+    if provider is not None:
+        chosen = providers.get(provider)
+    elif settings.provider is not None:
+        if settings.provider not in providers:
+            raise BadRequest(
+                f"Persona {persona.name!r} asks for provider {settings.provider!r}, which this server does not "
+                f"have. Configured providers: {', '.join(providers.names())}. Pass `provider` to choose one, or "
+                "change the persona's `model_settings.provider`.",
+                field="provider",
+            )
+        chosen = providers.get(settings.provider)
+    else:
+        chosen = providers.get(default_provider)
+    persona_model = settings.model if settings.provider in (None, chosen.name) else None
+    routes = [Route(provider=chosen.name, model=model or persona_model or chosen.default_model)]
+    if provider is None:
+        for fallback in settings.fallbacks:
+            if fallback.provider not in providers:
+                log.warning(
+                    "persona %s: fallback provider %r is not configured; skipped", persona.id, fallback.provider
+                )
+                continue
+            target = providers.get(fallback.provider)
+            routes.append(Route(provider=target.name, model=fallback.model or target.default_model))
+    return routes
+
+
+def build_request(
+    persona: Persona,
+    system_prompt: str,
+    messages: Sequence[ChatMessage],
+    route: Route,
+    *,
+    extra_tools: Sequence[ToolSpec] = (),
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_tokens: int | None = None,
+) -> ProviderRequest:
+    """The provider-neutral request: sampling parameters from the call, else from the persona."""
+    settings = persona.model_settings
+    tools = tool_specs(persona)
+    if extra_tools:
+        own = {t.name for t in extra_tools}
+        tools = tuple(t for t in tools if t.name not in own) + tuple(extra_tools)
+    return ProviderRequest(
+        model=route.model,
+        system=system_prompt or None,
+        messages=tuple(messages),
+        tools=tools,
+        temperature=temperature if temperature is not None else settings.temperature,
+        top_p=top_p if top_p is not None else settings.top_p,
+        max_tokens=max_tokens if max_tokens is not None else settings.max_tokens,
+    )
