@@ -21,7 +21,7 @@ from api.chat_schemas import (
 )
 from api.deps import CallerDep, ResourcesDep
 from api.schemas import MessageResponse
-from api.sse import sse_response
+from api.sse import chat_body, sse_response
 from runtime.chat import ChatResult, ChatTurn
 
 __all__ = ["ChatController", "ConversationController", "chat_response", "wants_stream"]
@@ -52,7 +52,7 @@ def chat_response(result: ChatResult, *, stored: bool = True) -> ChatResponse:
 async def answer(turn: ChatTurn, stream: bool, heartbeat: float, *, stored: bool = True) -> Response[Any]:
     """Stream the turn as SSE, or wait for all of it and answer JSON."""
     if stream:
-        return sse_response(turn.events(), heartbeat)
+        return sse_response(chat_body(turn.events(), heartbeat))
     return Response(chat_response(await turn.collect(), stored=stored))
 
 

@@ -21,6 +21,7 @@ log = logging.getLogger("persona_runtime.api")
 
 _AT_PATH = re.compile(r" - at `\$(?:\.data)?\.?(.*)`$")
 _UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`")
+_MISSING_FIELD = re.compile(r"^Object missing required field `([^`]+)`")
 
 
 def openai_error_type(status: int) -> str:
@@ -85,6 +86,10 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
         if "." not in field and "persona" in request.url.path and "render" not in request.url.path:
             text += " Writable fields: " + ", ".join(WRITABLE_FIELDS) + "."
         return _render(request, 400, "unknown_field", text, field=field)
+    missing = _MISSING_FIELD.match(message)
+    if missing:
+        name = f"{field}.{missing.group(1)}" if field else missing.group(1)
+        return _render(request, 400, "missing_field", f"`{name}` is required.", field=name)
     if exc.extra and field is None:
         first = exc.extra[0] if isinstance(exc.extra, list) else exc.extra
         if isinstance(first, dict):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 from litestar.response import Stream
 
 from runtime.events import ChatEvent
 
-__all__ = ["DONE", "HEARTBEAT", "encode_event", "sse_response", "with_heartbeat"]
+__all__ = ["DONE", "HEARTBEAT", "chat_body", "encode_event", "sse_response", "with_heartbeat"]
 
 T = TypeVar("T")
 
@@ -55,7 +55,7 @@ async def with_heartbeat(source: AsyncIterator[T], interval: float) -> AsyncIter
             await source.aclose()  # type: ignore[attr-defined]
 
 
-async def _chat_body(events: AsyncIterator[ChatEvent], heartbeat: float) -> AsyncIterator[bytes]:
+async def chat_body(events: AsyncIterator[ChatEvent], heartbeat: float) -> AsyncIterator[bytes]:
     count = 0
     async for event in with_heartbeat(events, heartbeat):
         if event is None:
@@ -66,8 +66,6 @@ async def _chat_body(events: AsyncIterator[ChatEvent], heartbeat: float) -> Asyn
     yield DONE
 
 
-def sse_response(events: AsyncIterator[Any], heartbeat: float, body: Any = None) -> Stream:
-    """A ``text/event-stream`` response for chat events (or for an already encoded ``body``)."""
-    return Stream(
-        body if body is not None else _chat_body(events, heartbeat), media_type="text/event-stream", headers=HEADERS
-    )
+def sse_response(body: AsyncIterator[bytes]) -> Stream:
+    """A ``text/event-stream`` response that proxies do not buffer."""
+    return Stream(body, media_type="text/event-stream", headers=HEADERS)

@@ -106,7 +106,9 @@ class PersonaService:
         """The persona if ``caller`` may see it (unredacted), else 404."""
         persona = await self.store.get(persona_id)
         if persona is None or not can_see(persona, caller):
-            raise NotFound(f"Persona {persona_id} not found, or you may not see it.", field="persona_id")
+            raise NotFound(
+                f"Persona {persona_id} not found, or you may not see it: check `persona_id`.", field="persona_id"
+            )
         return persona
 
     async def get_editable(self, caller: Caller, persona_id: UUID) -> Persona:

@@ -17,6 +17,7 @@ from api.deps import dependencies
 from api.errors import exception_handlers
 from api.health import health, ready
 from api.keys import AdminController, KeyController
+from api.openai_compat import OpenAIController
 from api.personas import PersonaController
 from providers import ProviderRegistry
 from runtime.resources import open_resources
@@ -43,6 +44,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             AdminController,
             ChatController,
             ConversationController,
+            OpenAIController,
         ],
         dependencies=dependencies,
         exception_handlers=exception_handlers,

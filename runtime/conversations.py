@@ -96,7 +96,9 @@ class ConversationStore:
     async def get(self, user_id: UUID, conversation_id: UUID) -> Conversation:
         record = await self._pool.fetchrow(GET_CONVERSATION, conversation_id, user_id)
         if record is None:
-            raise NotFound(f"Conversation {conversation_id} not found.", field="conversation_id")
+            raise NotFound(
+                f"Conversation {conversation_id} not found: check `conversation_id`.", field="conversation_id"
+            )
         return _conversation(record)
 
     async def list_for_user(self, user_id: UUID, *, limit: int, offset: int) -> tuple[list[Conversation], int]:
@@ -115,7 +117,9 @@ class ConversationStore:
     async def delete(self, user_id: UUID, conversation_id: UUID) -> None:
         result = await self._pool.execute(DELETE_CONVERSATION, conversation_id, user_id)
         if not result.endswith(" 1"):
-            raise NotFound(f"Conversation {conversation_id} not found.", field="conversation_id")
+            raise NotFound(
+                f"Conversation {conversation_id} not found: check `conversation_id`.", field="conversation_id"
+            )
 
     async def begin_turn(
         self,

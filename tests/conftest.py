@@ -22,7 +22,14 @@ from runtime.app import create_app
 from runtime.embedded import EmbeddedPostgres
 from runtime.resources import Resources
 from runtime.settings import Settings
-from tests.services import RedisProcess, env_url
+from tests.fakellm import FakeLLM
+from tests.services import RedisProcess, env_url, free_port
+
+pytest_plugins = ["tests.fakellm_plugin"]
+
+# Provider keys the tests hand to the runtime: they must never show up in a log or an answer.
+OPENAI_TEST_KEY = "sk-test-openai-key-4c6f5e1d"
+ANTHROPIC_TEST_KEY = "sk-ant-test-key-9a8b7c6d"
 
 
 @pytest.fixture(scope="session")
@@ -219,3 +226,58 @@ def persona_body(name: str | None = None, **fields: Any) -> dict[str, Any]:
     }
     body.update(fields)
     return body
+
+
+def llm_env(fake: FakeLLM) -> dict[str, str]:
+    """Providers pointed at the fake LLM server: openai (the default), anthropic and a named local one."""
+    return {
+        "OPENAI_API_KEY": OPENAI_TEST_KEY,
+        "OPENAI_BASE_URL": fake.openai_base_url,
+        "ANTHROPIC_API_KEY": ANTHROPIC_TEST_KEY,
+        "ANTHROPIC_BASE_URL": fake.anthropic_base_url,
+        "PROVIDER_LOCAL_BASE_URL": fake.openai_base_url,
+        "PROVIDER_LOCAL_MODEL": "local-model",
+    }
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Litestar) -> AsyncIterator[str]:
+    """Serve the app with uvicorn on a loopback port in this event loop; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped before it started")
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture(scope="session")
+async def llm_app(database_url: str, redis_url: str, fake_llm_server: FakeLLM) -> AsyncIterator[Litestar]:
+    """The runtime with real providers (through the real SDKs) aimed at the fake LLM server, on a real port."""
+    settings = make_settings(
+        database_url,
+        redis_url,
+        env=llm_env(fake_llm_server),
+        heartbeat_seconds=0.3,
+        request_timeout=2.0,
+        max_message_chars=2000,
+    )
+    app = create_app(settings)
+    async with serving(app) as url:
+        app.state.base_url = url
+        yield app
+
+
+@pytest.fixture(scope="session")
+async def llm_client(llm_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=llm_app.state.base_url, timeout=30) as http:
+        yield http

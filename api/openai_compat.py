@@ -1,0 +1,259 @@
+"""OpenAI-compatible routes under /v1: any OpenAI SDK pointed here talks to a persona."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.params import JSONBody
+from msgspec import Meta, Struct
+
+from api.deps import CallerDep, ResourcesDep
+from api.errors import openai_error_type
+from api.sse import DONE, HEARTBEAT, sse_response, with_heartbeat
+from personas.models import Caller
+from providers import ChatMessage, Finish, TextDelta, ToolCall, ToolCallDelta, ToolSpec, Usage, assemble_tool_calls
+from providers.events import ProviderEvent
+from runtime.chat import AnswerStream
+from runtime.compat import list_model_ids, open_completion, resolve_model
+from runtime.errors import BadRequest, ProviderError
+from runtime.resources import Resources
+
+__all__ = ["OpenAIController"]
+
+
+class _FunctionCall(Struct, frozen=True, kw_only=True):
+    name: str
+    arguments: str = "{}"
+
+
+class _ToolCall(Struct, frozen=True, kw_only=True):
+    id: str
+    function: _FunctionCall
+    type: str = "function"
+
+
+class _TextPart(Struct, frozen=True, kw_only=True):
+    type: str
+    text: str | None = None
+
+
+class _Message(Struct, frozen=True, kw_only=True):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_TextPart] | None = None
+    tool_calls: list[_ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class _Function(Struct, frozen=True, kw_only=True):
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class _Tool(Struct, frozen=True, kw_only=True):
+    function: _Function
+    type: Literal["function"] = "function"
+
+
+class _StreamOptions(Struct, frozen=True, kw_only=True):
+    include_usage: bool = False
+
+
+class CompletionRequest(Struct, frozen=True, kw_only=True):
+    """OpenAI's chat completion body; fields the runtime does not use are accepted and ignored."""
+
+    model: str
+    messages: Annotated[list[_Message], Meta(min_length=1)]
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
+    tools: list[_Tool] | None = None
+    n: int = 1
+
+
+def _text(message: _Message, index: int) -> str | None:
+    if message.content is None or isinstance(message.content, str):
+        return message.content
+    parts = []
+    for part in message.content:
+        if part.type != "text" or part.text is None:
+            raise BadRequest(
+                f"messages[{index}]: only text content is supported, not {part.type!r}.",
+                field=f"messages[{index}].content",
+            )
+        parts.append(part.text)
+    return "".join(parts)
+
+
+def _split(messages: list[_Message]) -> tuple[list[str], list[ChatMessage]]:
+    """The client's system messages, and the conversation in provider-neutral form."""
+    system: list[str] = []
+    turns: list[ChatMessage] = []
+    for index, message in enumerate(messages):
+        text = _text(message, index)
+        if message.role in ("system", "developer"):
+            if text:
+                system.append(text)
+        elif message.role == "tool":
+            if not message.tool_call_id:
+                raise BadRequest(
+                    f"messages[{index}] is a tool result without `tool_call_id`.",
+                    field=f"messages[{index}].tool_call_id",
+                )
+            turns.append(ChatMessage(role="tool", content=text or "", tool_call_id=message.tool_call_id))
+        elif message.role == "assistant":
+            calls = tuple(
+                ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+                for c in message.tool_calls or ()
+            )
+            turns.append(ChatMessage(role="assistant", content=text, tool_calls=calls))
+        else:
+            turns.append(ChatMessage(role="user", content=text or ""))
+    if not turns:
+        raise BadRequest("`messages` has no user message.", field="messages")
+    return system, turns
+
+
+class _Chunks:
+    """Turns provider events into OpenAI ``chat.completion.chunk`` objects."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+
+    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: Usage | None = None) -> bytes:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+        }
+        if delta is not None:
+            body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+        if usage is not None:
+            body["usage"] = _usage(usage)
+        return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+    async def stream(self, answer: AnswerStream, heartbeat: float) -> AsyncIterator[bytes]:
+        yield self.chunk({"role": "assistant", "content": ""})
+        usage: Usage | None = None
+        try:
+            async for event in with_heartbeat(answer.events, heartbeat):
+                if event is None:
+                    yield HEARTBEAT
+                elif isinstance(event, TextDelta):
+                    yield self.chunk({"content": event.content})
+                elif isinstance(event, ToolCallDelta):
+                    call: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
+                    if event.id:
+                        call["id"], call["type"] = event.id, "function"
+                    if event.name:
+                        call["function"]["name"] = event.name
+                    yield self.chunk({"tool_calls": [call]})
+                elif isinstance(event, Usage):
+                    usage = event
+                elif isinstance(event, Finish):
+                    yield self.chunk({}, finish=event.finish_reason)
+        except ProviderError as exc:
+            error = {"message": exc.message, "type": openai_error_type(exc.status), "code": exc.code, "param": None}
+            yield b"data: " + msgspec.json.encode({"error": error}) + b"\n\n"
+        else:
+            if self.include_usage and usage is not None:
+                yield self.chunk(None, usage=usage)
+        yield DONE
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+
+
+async def _collect(answer: AnswerStream, model: str) -> dict[str, Any]:
+    events: list[ProviderEvent] = [event async for event in answer.events]
+
+    text = "".join(e.content for e in events if isinstance(e, TextDelta))
+    calls = assemble_tool_calls(events)
+    finish = next((e.finish_reason for e in events if isinstance(e, Finish)), "stop")
+    usage = next((e for e in events if isinstance(e, Usage)), None)
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+    if calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+        ]
+    body: dict[str, Any] = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+    }
+    if usage is not None:
+        body["usage"] = _usage(usage)
+    return body
+
+
+class OpenAIController(Controller):
+    path = "/v1"
+    tags = ["openai-compatible"]
+
+    @get("/models")
+    async def models(self, caller: CallerDep, resources: ResourcesDep) -> dict[str, Any]:
+        ids = await list_model_ids(resources.chat, caller)
+        return {
+            "object": "list",
+            "data": [{"id": i, "object": "model", "created": 0, "owned_by": "persona-runtime"} for i in ids],
+        }
+
+    @post("/chat/completions", status_code=200)
+    async def completions(
+        self, data: JSONBody[CompletionRequest], caller: CallerDep, resources: ResourcesDep
+    ) -> Response[Any]:
+        if data.n != 1:
+            raise BadRequest("Only `n` = 1 is supported.", field="n")
+        answer = await _open(resources, caller, data)
+        if data.stream:
+            chunks = _Chunks(data.model, data.stream_options is not None and data.stream_options.include_usage)
+            return sse_response(chunks.stream(answer, resources.settings.heartbeat_seconds))
+        try:
+            return Response(await _collect(answer, data.model))
+        finally:
+            await answer.aclose()
+
+
+async def _open(resources: Resources, caller: Caller, data: CompletionRequest) -> AnswerStream:
+    chat = resources.chat
+    persona, _ = await resolve_model(chat, caller, data.model)
+    system, turns = _split(data.messages)
+    for index, turn in enumerate(turns):
+        if turn.content is not None:
+            chat.check_message(turn.content, field=f"messages[{index}].content")
+    tools = [
+        ToolSpec(name=t.function.name, description=t.function.description, parameters=t.function.parameters)
+        for t in data.tools or ()
+    ]
+    return await open_completion(
+        chat,
+        caller,
+        persona,
+        messages=turns,
+        client_system=system,
+        tools=tools,
+        temperature=data.temperature,
+        top_p=data.top_p,
+        max_tokens=data.max_tokens or data.max_completion_tokens,
+    )
