@@ -16,7 +16,7 @@ from runtime.errors import Conflict, NotFound, ServiceUnavailable
 __all__ = ["PersonaStore", "PersonaVersion", "VersionSummary"]
 
 _COLUMNS = """id, name, description, system_prompt, personality_traits, capabilities, model_settings, tools,
-    visibility, is_active, is_default, version, created_by, created_at, updated_at"""
+    visibility, extensions, is_active, is_default, version, created_by, created_at, updated_at"""
 
 GET = f"SELECT {_COLUMNS} FROM personas WHERE id = $1"
 GET_FOR_UPDATE = f"SELECT {_COLUMNS} FROM personas WHERE id = $1 FOR UPDATE"
@@ -30,12 +30,12 @@ COUNT_VISIBLE = "SELECT count(*) FROM personas WHERE is_active AND (visibility =
 FIND_ACTIVE_BY_NAME = f"SELECT {_COLUMNS} FROM personas WHERE is_active AND lower(name) = lower($1)"
 INSERT = f"""
 INSERT INTO personas (name, description, system_prompt, personality_traits, capabilities, model_settings,
-                      tools, visibility, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                      tools, visibility, extensions, created_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 RETURNING {_COLUMNS}"""
 UPDATE = f"""
 UPDATE personas SET name = $2, description = $3, system_prompt = $4, personality_traits = $5,
-    capabilities = $6, model_settings = $7, tools = $8, visibility = $9, version = version + 1
+    capabilities = $6, model_settings = $7, tools = $8, visibility = $9, extensions = $10, version = version + 1
 WHERE id = $1
 RETURNING {_COLUMNS}"""
 CLEAR_DEFAULT = "UPDATE personas SET is_default = false WHERE is_default AND id <> $1"
@@ -54,7 +54,7 @@ SELECT version, created_at, created_by, change_note, count(*) OVER () AS total F
 WHERE persona_id = $1 ORDER BY version DESC LIMIT $2 OFFSET $3"""
 GET_VERSION = """
 SELECT persona_id, version, name, description, system_prompt, personality_traits, capabilities,
-       model_settings, tools, visibility, created_by, change_note, created_at
+       model_settings, tools, visibility, extensions, created_by, change_note, created_at
 FROM persona_versions WHERE persona_id = $1 AND version = $2"""
 
 
@@ -74,6 +74,7 @@ class PersonaVersion(msgspec.Struct, frozen=True, kw_only=True):
     created_by: UUID | None
     change_note: str | None
     created_at: datetime
+    extensions: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class VersionSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,6 +102,7 @@ def _content(persona: Persona) -> tuple[Any, ...]:
         msgspec.to_builtins(persona.model_settings),
         msgspec.to_builtins(persona.tools),
         persona.visibility,
+        persona.extensions,
     )
 
 
