@@ -17,6 +17,7 @@ from api.errors import exception_handlers
 from api.health import health, ready
 from api.keys import AdminController, KeyController
 from api.personas import PersonaController
+from api.portability import PortabilityController
 from runtime.resources import open_resources
 from runtime.settings import Settings
 
@@ -31,7 +32,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[health, ready, PersonaController, KeyController, AdminController],
+        route_handlers=[health, ready, PersonaController, PortabilityController, KeyController, AdminController],
         dependencies=dependencies,
         exception_handlers=exception_handlers,
         middleware=[DefineMiddleware(ApiKeyMiddleware, exclude=["^/schema", "^/health", "^/ready", "^/playground"])],
