@@ -27,6 +27,7 @@ WHERE is_active AND (visibility = 'public' OR created_by = $1)
 ORDER BY is_default DESC, lower(name), id
 LIMIT $2 OFFSET $3"""
 COUNT_VISIBLE = "SELECT count(*) FROM personas WHERE is_active AND (visibility = 'public' OR created_by = $1)"
+LIST_ACTIVE = f"SELECT {_COLUMNS} FROM personas WHERE is_active ORDER BY lower(name), id"
 FIND_ACTIVE_BY_NAME = f"SELECT {_COLUMNS} FROM personas WHERE is_active AND lower(name) = lower($1)"
 INSERT = f"""
 INSERT INTO personas (name, description, system_prompt, personality_traits, capabilities, model_settings,
@@ -151,6 +152,10 @@ class PersonaStore:
     async def find_by_name(self, name: str) -> Persona | None:
         record = await self._pool.fetchrow(FIND_ACTIVE_BY_NAME, name)
         return _persona(record) if record else None
+
+    async def list_active(self) -> list[Persona]:
+        """Every active persona, whoever owns it, by name: for operators exporting the whole set."""
+        return [_persona(r) for r in await self._pool.fetch(LIST_ACTIVE)]
 
     async def list_visible(self, user_id: UUID, *, limit: int, offset: int) -> tuple[list[Persona], int]:
         records = await self._pool.fetch(LIST_VISIBLE, user_id, limit, offset)
