@@ -7,7 +7,7 @@ from uuid import UUID
 
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.datastructures import UploadFile
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.types import ReceiveMessage
 
 from api.deps import CallerDep, PorterDep
@@ -72,7 +72,7 @@ class PortabilityController(Controller):
 
     @get("/{persona_id:str}/export")
     async def export(
-        self, persona_id: FromPath[UUID], caller: CallerDep, porter: PorterDep, format: ExportFormat = "json"
+        self, persona_id: FromPath[UUID], caller: CallerDep, porter: PorterDep, format: FromQuery[ExportFormat] = "json"
     ) -> Response[bytes]:
         """Our persona document (``format=json``) or a Character Card V2 (``format=card``); owner or admin."""
         exported = await porter.export(caller, persona_id, format)

@@ -53,8 +53,10 @@ DEFAULT_HEAD = (
     "{{user_name}}, and never speak or act for {{user_name}}."
 )
 _DESCRIPTION_LIMIT = 4000
+_PROMPT_LIMIT = 100_000
 _V1_FIELDS = ("name", "description", "personality", "scenario", "first_mes", "mes_example")
 _MACRO = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`")
 _LEGACY_MACRO = re.compile(r"<(BOT|CHAR|USER)>", re.IGNORECASE)
 
 
@@ -74,11 +76,16 @@ class _CardData(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def validated(value: Any, type_: type[Any], what: str) -> Any:
+    """``value`` as ``type_``, or a 400 naming the field (``persona.is_default``) and what is wrong with it."""
     try:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as exc:
         message, _, path = str(exc).partition(" - at `$")
         field = path.rstrip("`").lstrip(".") or None
+        unknown = _UNKNOWN_FIELD.match(message)
+        if unknown:
+            field = f"{field}.{unknown.group(1)}" if field else unknown.group(1)
+            message = "unknown field; remove it"
         where = f"`{field}` in the {what}" if field else f"the {what}"
         raise BadRequest(f"Invalid {where}: {message}.", field=field) from None
 
@@ -115,10 +122,17 @@ def card_to_draft(card: dict[str, Any]) -> PersonaDraft:
     if fields.tags:
         traits["tags"] = fields.tags
     description = _literal(fields.description or "", name).strip()
+    prompt = _card_prompt(fields, has_traits=bool(traits))
+    if len(prompt) > _PROMPT_LIMIT:
+        raise BadRequest(
+            f"The card's text (description, scenario, examples, ...) makes a system prompt of {len(prompt)} "
+            f"characters; a persona's is at most {_PROMPT_LIMIT}. Shorten the card and import it again.",
+            field="system_prompt",
+        )
     draft = {
         "name": name,
         "description": _truncate(description, _DESCRIPTION_LIMIT) or f"{name}, imported from a character card.",
-        "system_prompt": _card_prompt(fields, has_traits=bool(traits)),
+        "system_prompt": prompt,
         "personality_traits": traits,
         "capabilities": ours.get("capabilities", {}),
         "model_settings": ours.get("model_settings", {}),

@@ -69,6 +69,11 @@ def load_document(payload: bytes, *, limit: int) -> Imported:
     """An import from raw bytes: a PNG card, or the JSON of our document or of a card."""
     if payload.startswith(SIGNATURE):
         return read_document(_card_json(read_card_text(payload, limit=limit)))
+    if payload.lstrip()[:1] not in (b"{", b"["):
+        raise BadRequest(
+            "The upload is neither a PNG character card nor JSON: send our persona document, a character "
+            "card's JSON, or a PNG card."
+        )
     try:
         value = msgspec.json.decode(payload)
     except msgspec.DecodeError as exc:
