@@ -22,8 +22,10 @@ becomes a persona like this:
   the V3 fields (``nickname``, ``group_only_greetings``, ``assets``, ...), ``extensions`` and any field
   we do not know never reach a prompt: the whole card is kept, as it came, in the persona's
   ``extensions["card"]``, which is never rendered.
+- ``{{personality}}`` in prompt text becomes ``{{traits}}``.
 - ``data.extensions.persona_runtime`` (written by our own card export) restores ``capabilities``,
-  ``model_settings`` and ``tools``.
+  ``model_settings`` and ``tools``, and ``personality_traits`` while the card's ``personality`` is still
+  the text we exported for them.
 
 Exporting a card starts from the kept card, so its extensions and unknown fields come back as they were.
 The fields the persona still holds as imported come back as the card had them; fields edited since are
@@ -121,8 +123,16 @@ def card_to_draft(card: dict[str, Any]) -> PersonaDraft:
         traits["personality"] = _literal(fields.personality or "", name)
     if fields.tags:
         traits["tags"] = fields.tags
+    # Traits our export had to flatten into `personality` come back whole while that text is unchanged.
+    exported_traits = ours.get("personality_traits")
+    if isinstance(exported_traits, dict) and _personality_text(exported_traits) == (fields.personality or ""):
+        traits = exported_traits
     description = _literal(fields.description or "", name).strip()
     prompt = _card_prompt(fields, has_traits=bool(traits))
+    capabilities = ours.get("capabilities")
+    if isinstance(capabilities, dict) and capabilities:
+        # Our export writes capabilities out in the prompt; the variable takes their place again.
+        prompt = prompt.replace(format_section(capabilities), "{{capabilities}}")
     if len(prompt) > _PROMPT_LIMIT:
         raise BadRequest(
             f"The card's text (description, scenario, examples, ...) makes a system prompt of {len(prompt)} "
@@ -174,6 +184,8 @@ def _template(text: str, *, original: str = "") -> str:
             return "{{user_name}}"
         if lowered == "newline":
             return "\n"
+        if lowered == "personality":
+            return "{{traits}}"
         if lowered == "original":
             return original
         if name in VARIABLES:
@@ -246,6 +258,10 @@ def persona_to_card(persona: Persona) -> dict[str, Any]:
         if persona.model_settings == ModelSettings()
         else msgspec.to_builtins(persona.model_settings),
         "tools": msgspec.to_builtins(persona.tools),
+        # Only when `personality` (text) cannot say them: keys besides the personality text and tags.
+        "personality_traits": persona.personality_traits
+        if set(persona.personality_traits) - {"personality", "tags"}
+        else {},
     }
     if any(ours.values()):
         extensions[EXTENSION_KEY] = {k: v for k, v in ours.items() if v}

@@ -249,6 +249,13 @@ def test_long_description_is_cut_at_a_word_and_kept_whole_in_the_prompt():
     assert words in render(persona)
 
 
+def test_personality_macro_becomes_the_traits_variable():
+    persona = persona_of(v2_card(system_prompt="Be {{char}}. Your nature: {{personality}}"))
+    prompt = render(persona)
+    assert "Your nature: - personality: gentle, protective" in prompt
+    assert "## Personality" not in prompt  # placed once, where the card asked
+
+
 def test_v1_card_without_spec_is_read_from_its_root_fields():
     imported = read_document({"name": "Old Timer", "description": "An old card.", "first_mes": "Hi {{user}}"})
     assert imported.source == "chara_card_v1"
@@ -309,8 +316,15 @@ def test_card_export_of_a_native_persona_carries_settings_back_in():
     card = persona_to_card(persona)
     assert "- editing: yes" in card["data"]["system_prompt"] and "{{capabilities}}" not in card["data"]["system_prompt"]
     assert card["data"]["personality"] == "- tone: dry"
-    assert set(card["data"]["extensions"][EXTENSION_KEY]) == {"capabilities", "model_settings", "tools"}
+    assert set(card["data"]["extensions"][EXTENSION_KEY]) == {
+        "capabilities",
+        "model_settings",
+        "tools",
+        "personality_traits",
+    }
     back = draft_persona(read_document(card).draft, None)
+    assert back.personality_traits == {"tone": "dry"}
+    assert render(back).count("- editing: yes") == 1  # the variable again, not the text plus the section
     assert back.capabilities == {"editing": True}
     assert back.model_settings == ModelSettings(provider="openai", model="gpt-4o-mini", temperature=0.2)
     assert back.tools == [Tool(name="lookup", parameters={"type": "object"})]
