@@ -9,11 +9,12 @@ from litestar.di import NamedDependency, Provide
 
 from api.auth import caller
 from personas.models import Caller
+from personas.porter import PersonaPorter
 from personas.service import PersonaService
 from runtime.accounts import Accounts
 from runtime.resources import Resources
 
-__all__ = ["AccountsDep", "CallerDep", "PersonasDep", "ResourcesDep", "dependencies"]
+__all__ = ["AccountsDep", "CallerDep", "PersonasDep", "PorterDep", "ResourcesDep", "dependencies"]
 
 
 def _resources(state: State) -> Resources:
@@ -25,6 +26,11 @@ def _personas(state: State) -> PersonaService:
     return _resources(state).personas
 
 
+def _porter(state: State) -> PersonaPorter:
+    resources = _resources(state)
+    return PersonaPorter(resources.personas, max_bytes=resources.settings.import_max_bytes)
+
+
 def _accounts(state: State) -> Accounts:
     return _resources(state).accounts
 
@@ -34,9 +40,11 @@ dependencies: dict[str, Any] = {
     "resources": Provide(_resources, sync_to_thread=False),
     "personas": Provide(_personas, sync_to_thread=False),
     "accounts": Provide(_accounts, sync_to_thread=False),
+    "porter": Provide(_porter, sync_to_thread=False),
 }
 
 CallerDep = NamedDependency[Caller]
 ResourcesDep = NamedDependency[Resources]
 PersonasDep = NamedDependency[PersonaService]
 AccountsDep = NamedDependency[Accounts]
+PorterDep = NamedDependency[PersonaPorter]

@@ -37,6 +37,8 @@ Temperature = Annotated[float, Meta(ge=0, le=2)]
 TopP = Annotated[float, Meta(ge=0, le=1)]
 MaxTokens = Annotated[int, Meta(ge=1, le=1_000_000)]
 ChangeNote = Annotated[str, Meta(max_length=1000)]
+# Round-trip data (an imported card's own fields): kept and versioned with the persona, never rendered.
+Extensions = dict[str, Any]
 
 
 class Fallback(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -77,6 +79,7 @@ class Persona(Struct, frozen=True, kw_only=True):
     model_settings: ModelSettings
     tools: list[Tool]
     visibility: Visibility
+    extensions: Extensions = msgspec.field(default_factory=dict)
     is_active: bool
     is_default: bool
     version: int
@@ -96,6 +99,7 @@ class PersonaDraft(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     model_settings: ModelSettings = msgspec.field(default_factory=ModelSettings)
     tools: Annotated[list[Tool], Meta(max_length=64)] = msgspec.field(default_factory=list)
     visibility: Visibility = "private"
+    extensions: Extensions = msgspec.field(default_factory=dict)
     is_default: bool = False
     change_note: ChangeNote | None = None
 
@@ -111,6 +115,7 @@ class PersonaPatch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     model_settings: ModelSettings | UnsetType = UNSET
     tools: Annotated[list[Tool], Meta(max_length=64)] | UnsetType = UNSET
     visibility: Visibility | UnsetType = UNSET
+    extensions: Extensions | UnsetType = UNSET
     is_default: bool | UnsetType = UNSET
     change_note: ChangeNote | UnsetType | None = UNSET
 
@@ -124,6 +129,7 @@ WRITABLE_FIELDS = (
     "model_settings",
     "tools",
     "visibility",
+    "extensions",
     "is_default",
     "change_note",
 )

@@ -13,12 +13,14 @@ from personas.store import PersonaStore
 from personas.template import check_template
 from runtime.errors import BadRequest, Forbidden, NotFound
 
-__all__ = ["PersonaService", "PreferenceSource", "check_draft"]
+__all__ = ["MAX_EXTENSIONS_BYTES", "PersonaService", "PreferenceSource", "check_draft", "draft_persona"]
 
 PreferenceSource = Literal["preference", "default"]
 
 # Free-form JSON objects are stored as given; this bounds what one persona can make every request carry.
 _MAX_OBJECT_BYTES = 32_768
+# Extensions hold whole imported cards (lorebooks included) but never reach a prompt: a looser bound.
+MAX_EXTENSIONS_BYTES = 2 * 1024 * 1024
 _encoder = msgspec.json.Encoder()
 
 
@@ -33,10 +35,11 @@ def can_edit(persona: Persona, caller: Caller) -> bool:
 
 
 def present(persona: Persona, caller: Caller) -> Persona:
-    """The persona as ``caller`` may see it: the system prompt is for its owner and admins."""
+    """The persona as ``caller`` may see it: the system prompt (and the extensions, which may hold an
+    imported card's prompt material) are for its owner and admins."""
     if can_edit(persona, caller):
         return persona
-    return msgspec.structs.replace(persona, system_prompt=None)
+    return msgspec.structs.replace(persona, system_prompt=None, extensions={})
 
 
 def check_draft(draft: PersonaDraft | Persona) -> None:
@@ -50,6 +53,11 @@ def check_draft(draft: PersonaDraft | Persona) -> None:
     for field in ("personality_traits", "capabilities"):
         if len(_encoder.encode(getattr(draft, field))) > _MAX_OBJECT_BYTES:
             raise BadRequest(f"`{field}` is larger than {_MAX_OBJECT_BYTES} bytes of JSON.", field=field)
+    if len(_encoder.encode(draft.extensions)) > MAX_EXTENSIONS_BYTES:
+        raise BadRequest(
+            f"`extensions` is larger than {MAX_EXTENSIONS_BYTES} bytes of JSON; remove what you need not keep.",
+            field="extensions",
+        )
     _check_tools(draft.tools)
 
 
@@ -83,6 +91,7 @@ def draft_persona(draft: PersonaDraft, caller: Caller | None) -> Persona:
         model_settings=draft.model_settings,
         tools=draft.tools,
         visibility=draft.visibility,
+        extensions=draft.extensions,
         is_active=True,
         is_default=draft.is_default,
         version=0,

@@ -16,7 +16,7 @@ from runtime.errors import Conflict, NotFound, ServiceUnavailable
 __all__ = ["PersonaStore", "PersonaVersion", "VersionSummary"]
 
 _COLUMNS = """id, name, description, system_prompt, personality_traits, capabilities, model_settings, tools,
-    visibility, is_active, is_default, version, created_by, created_at, updated_at"""
+    visibility, extensions, is_active, is_default, version, created_by, created_at, updated_at"""
 
 GET = f"SELECT {_COLUMNS} FROM personas WHERE id = $1"
 GET_FOR_UPDATE = f"SELECT {_COLUMNS} FROM personas WHERE id = $1 FOR UPDATE"
@@ -27,15 +27,16 @@ WHERE is_active AND (visibility = 'public' OR created_by = $1)
 ORDER BY is_default DESC, lower(name), id
 LIMIT $2 OFFSET $3"""
 COUNT_VISIBLE = "SELECT count(*) FROM personas WHERE is_active AND (visibility = 'public' OR created_by = $1)"
+LIST_ACTIVE = f"SELECT {_COLUMNS} FROM personas WHERE is_active ORDER BY lower(name), id"
 FIND_ACTIVE_BY_NAME = f"SELECT {_COLUMNS} FROM personas WHERE is_active AND lower(name) = lower($1)"
 INSERT = f"""
 INSERT INTO personas (name, description, system_prompt, personality_traits, capabilities, model_settings,
-                      tools, visibility, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                      tools, visibility, extensions, created_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 RETURNING {_COLUMNS}"""
 UPDATE = f"""
 UPDATE personas SET name = $2, description = $3, system_prompt = $4, personality_traits = $5,
-    capabilities = $6, model_settings = $7, tools = $8, visibility = $9, version = version + 1
+    capabilities = $6, model_settings = $7, tools = $8, visibility = $9, extensions = $10, version = version + 1
 WHERE id = $1
 RETURNING {_COLUMNS}"""
 CLEAR_DEFAULT = "UPDATE personas SET is_default = false WHERE is_default AND id <> $1"
@@ -54,7 +55,7 @@ SELECT version, created_at, created_by, change_note, count(*) OVER () AS total F
 WHERE persona_id = $1 ORDER BY version DESC LIMIT $2 OFFSET $3"""
 GET_VERSION = """
 SELECT persona_id, version, name, description, system_prompt, personality_traits, capabilities,
-       model_settings, tools, visibility, created_by, change_note, created_at
+       model_settings, tools, visibility, extensions, created_by, change_note, created_at
 FROM persona_versions WHERE persona_id = $1 AND version = $2"""
 
 
@@ -74,6 +75,7 @@ class PersonaVersion(msgspec.Struct, frozen=True, kw_only=True):
     created_by: UUID | None
     change_note: str | None
     created_at: datetime
+    extensions: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class VersionSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,6 +103,7 @@ def _content(persona: Persona) -> tuple[Any, ...]:
         msgspec.to_builtins(persona.model_settings),
         msgspec.to_builtins(persona.tools),
         persona.visibility,
+        persona.extensions,
     )
 
 
@@ -149,6 +152,10 @@ class PersonaStore:
     async def find_by_name(self, name: str) -> Persona | None:
         record = await self._pool.fetchrow(FIND_ACTIVE_BY_NAME, name)
         return _persona(record) if record else None
+
+    async def list_active(self) -> list[Persona]:
+        """Every active persona, whoever owns it, by name: for operators exporting the whole set."""
+        return [_persona(r) for r in await self._pool.fetch(LIST_ACTIVE)]
 
     async def list_visible(self, user_id: UUID, *, limit: int, offset: int) -> tuple[list[Persona], int]:
         records = await self._pool.fetch(LIST_VISIBLE, user_id, limit, offset)

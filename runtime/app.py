@@ -19,6 +19,7 @@ from api.health import health, ready
 from api.keys import AdminController, KeyController
 from api.openai_compat import OpenAIController
 from api.personas import PersonaController
+from api.portability import PortabilityController
 from providers import ProviderRegistry
 from runtime.resources import open_resources
 from runtime.settings import Settings
@@ -40,6 +41,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             health,
             ready,
             PersonaController,
+            PortabilityController,
             KeyController,
             AdminController,
             ChatController,

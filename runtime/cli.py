@@ -1,4 +1,4 @@
-"""The ``persona-runtime`` command: serve, migrate, and manage users and API keys."""
+"""The ``persona-runtime`` command: serve, migrate, manage users and API keys, and keep personas as files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
+import asyncpg
+
+from personas.cache import Cache, MemoryCache, RedisCache
+from personas.files import FileResult, import_drafts, read_directory, write_directory
+from personas.store import PersonaStore
 from runtime.accounts import Accounts
 from runtime.db import connect_pool
 from runtime.embedded import EmbeddedPostgres
@@ -46,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument("--expires-in-days", type=int)
     revoke = keys.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("key", metavar="KEY_ID_OR_PREFIX")
+
+    personas = commands.add_parser("personas", help="keep personas as files (persona-runtime/v1 documents)")
+    files = personas.add_subparsers(dest="action", required=True)
+    export = files.add_parser("export", help="write one <slug>.json per active persona into DIR")
+    export.add_argument("directory", metavar="DIR", type=Path)
+    import_ = files.add_parser("import", help="create or update personas by name from the files in DIR")
+    import_.add_argument("directory", metavar="DIR", type=Path)
+    import_.add_argument("--owner", metavar="NAME", help="user who owns new personas (default: the system)")
     return parser
 
 
@@ -93,7 +107,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _accounts(settings: Settings) -> AsyncIterator[Accounts]:
+async def _database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     embedded = None
     dsn = settings.database_url
     if dsn is None:
@@ -103,7 +117,7 @@ async def _accounts(settings: Settings) -> AsyncIterator[Accounts]:
         await apply_migrations(dsn)
         pool = await connect_pool(dsn, min_size=1, max_size=2)
         try:
-            yield Accounts(pool)
+            yield pool
         finally:
             await pool.close()
     finally:
@@ -112,7 +126,10 @@ async def _accounts(settings: Settings) -> AsyncIterator[Accounts]:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    async with _accounts(settings) as accounts:
+    async with _database(settings) as pool:
+        if args.command == "personas":
+            return await _personas(settings, pool, args)
+        accounts = Accounts(pool)
         if args.command == "migrate":
             print("migrations are up to date")
             return 0
@@ -139,3 +156,35 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         await accounts.revoke_key(found[0].id)
         print(f"revoked key {found[0].id} ({found[0].prefix}…)")
         return 0
+
+
+async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Namespace) -> int:
+    # Writes go through Redis when there is one, so running instances drop their cached copies.
+    cache: Cache = RedisCache.from_url(settings.redis_url) if settings.redis_url else MemoryCache()
+    try:
+        store = PersonaStore(pool, cache)
+        if args.action == "export":
+            results = write_directory(args.directory, await store.list_active())
+        else:
+            owner = None
+            if args.owner:
+                user = await Accounts(pool).get_user_by_name(args.owner)
+                if user is None:
+                    print(f"persona-runtime: no user named {args.owner!r}", file=sys.stderr)
+                    return 1
+                owner = user.id
+            drafts = read_directory(args.directory, limit=settings.import_max_bytes)
+            results = await import_drafts(store, drafts, owner=owner)
+    finally:
+        await cache.aclose()
+    _report(results)
+    return 0
+
+
+def _report(results: list[FileResult]) -> None:
+    for result in results:
+        print(f"{result.outcome:<9} {result.name} ({result.file})")
+    counts = {o: sum(r.outcome == o for r in results) for o in ("written", "created", "updated", "unchanged")}
+    summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n) or "no persona files"
+    changed = counts["written"] + counts["created"] + counts["updated"]
+    print(summary if changed else f"nothing changed: {summary}")

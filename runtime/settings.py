@@ -35,6 +35,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     persona_cache_seconds: int = 300
     history_turns: int = 20
     max_message_chars: int = 32_000
+    # Largest persona import (a PNG card, or a document) accepted, and what one PNG text chunk may inflate to.
+    import_max_bytes: int = 8 * 1024 * 1024
     request_timeout: float = 120.0
     heartbeat_seconds: float = 15.0
     log_level: str = "INFO"
@@ -80,6 +82,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             db_pool_max=int(number("DATABASE_POOL_SIZE", 10)),
             history_turns=int(number("HISTORY_TURNS", 20)),
             max_message_chars=int(number("MAX_MESSAGE_CHARS", 32_000)),
+            import_max_bytes=int(number("IMPORT_MAX_BYTES", 8 * 1024 * 1024)),
             request_timeout=float(number("PROVIDER_TIMEOUT", 120.0, float)),
             heartbeat_seconds=float(number("SSE_HEARTBEAT_SECONDS", 15.0, float)),
             log_level=(text("LOG_LEVEL") or "INFO").upper(),

@@ -1,0 +1,311 @@
+"""Character Cards V1/V2/V3 to personas and back (our own document format is ``personas.documents``).
+
+A character card (V2 ``chara_card_v2``, V3 ``chara_card_v3``, or a V1 card with its fields at the root)
+becomes a persona like this:
+
+- ``name`` → ``name`` (trimmed; a card without one is refused).
+- ``description`` → ``description``, cut at a word boundary to the 4000-character limit; the full text
+  also goes into the system prompt under "About {{persona_name}}".
+- ``personality`` → ``personality_traits["personality"]``, ``tags`` → ``personality_traits["tags"]``;
+  the prompt places them with ``{{traits}}`` under "Personality".
+- ``system_prompt`` → the head of the system prompt (``{{original}}`` in it stands for, and empty means,
+  our default: "You are {{persona_name}}..."). After it come, each only when the card has it:
+  description, personality, ``scenario``, ``mes_example`` (example dialogue), ``first_mes`` (how the
+  conversation opened) and last ``post_history_instructions``: our runtime has one system prompt and no
+  slot after the history, so the end of the system prompt is the nearest place to it.
+- Macros in prompt text: ``{{char}}`` and ``<BOT>`` become ``{{persona_name}}``, ``{{user}}`` and
+  ``<USER>`` become ``{{user_name}}``, ``{{newline}}`` a line break; our own variables stay; every other
+  ``{{...}}`` (``{{random:...}}``, ``{{roll:...}}``, ``{{// comments}}``...) is dropped, because our
+  templates cannot evaluate them and would refuse the prompt. In the description and traits, which are
+  not templates, ``{{char}}`` becomes the card's name and ``{{user}}`` "the user".
+- ``creator_notes``, ``alternate_greetings``, ``character_book``, ``creator``, ``character_version``,
+  the V3 fields (``nickname``, ``group_only_greetings``, ``assets``, ...), ``extensions`` and any field
+  we do not know never reach a prompt: the whole card is kept, as it came, in the persona's
+  ``extensions["card"]``, which is never rendered.
+- ``{{personality}}`` in prompt text becomes ``{{traits}}``.
+- ``data.extensions.persona_runtime`` (written by our own card export) restores ``capabilities``,
+  ``model_settings`` and ``tools``, and ``personality_traits`` while the card's ``personality`` is still
+  the text we exported for them.
+
+Exporting a card starts from the kept card, so its extensions and unknown fields come back as they were.
+The fields the persona still holds as imported come back as the card had them; fields edited since are
+written from the persona (the whole system prompt into ``system_prompt``, with our variables turned back
+into ``{{char}}``, ``{{user}}`` and ``{{personality}}``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from personas.models import ModelSettings, Persona, PersonaDraft
+from personas.template import VARIABLES, format_section
+from runtime.errors import BadRequest
+
+__all__ = ["CARD_V2", "CARD_V3", "DEFAULT_HEAD", "EXTENSION_KEY", "card_to_draft", "persona_to_card", "validated"]
+
+CARD_V2 = "chara_card_v2"
+CARD_V3 = "chara_card_v3"
+# Our namespace inside a card's ``data.extensions``, as the V2 specification asks of applications.
+EXTENSION_KEY = "persona_runtime"
+DEFAULT_HEAD = (
+    "You are {{persona_name}}. Stay in character as {{persona_name}} throughout this conversation with "
+    "{{user_name}}, and never speak or act for {{user_name}}."
+)
+_DESCRIPTION_LIMIT = 4000
+_PROMPT_LIMIT = 100_000
+_V1_FIELDS = ("name", "description", "personality", "scenario", "first_mes", "mes_example")
+_MACRO = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`")
+_LEGACY_MACRO = re.compile(r"<(BOT|CHAR|USER)>", re.IGNORECASE)
+
+
+class _CardData(msgspec.Struct, frozen=True, kw_only=True):
+    """The card fields the mapping reads; everything else is kept untyped in the stored card."""
+
+    name: str | None = None
+    description: str | None = None
+    personality: str | None = None
+    scenario: str | None = None
+    first_mes: str | None = None
+    mes_example: str | None = None
+    system_prompt: str | None = None
+    post_history_instructions: str | None = None
+    tags: list[str] | None = None
+    extensions: dict[str, Any] | None = None
+
+
+def validated(value: Any, type_: type[Any], what: str) -> Any:
+    """``value`` as ``type_``, or a 400 naming the field (``persona.is_default``) and what is wrong with it."""
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at `$")
+        field = path.rstrip("`").lstrip(".") or None
+        unknown = _UNKNOWN_FIELD.match(message)
+        if unknown:
+            field = f"{field}.{unknown.group(1)}" if field else unknown.group(1)
+            message = "unknown field; remove it"
+        where = f"`{field}` in the {what}" if field else f"the {what}"
+        raise BadRequest(f"Invalid {where}: {message}.", field=field) from None
+
+
+# Card → persona ---------------------------------------------------------------------------------------
+
+
+def card_to_draft(card: dict[str, Any]) -> PersonaDraft:
+    """A private persona draft from a V1, V2 or V3 card; the card itself is kept in its extensions."""
+    is_v1 = "spec" not in card
+    data = card if is_v1 else card.get("data")
+    if not isinstance(data, dict):
+        raise BadRequest("The character card has no `data` object.", field="data")
+    prefix = "" if is_v1 else "data."
+    fields: _CardData = validated(data, _CardData, "character card")
+    name = (fields.name or "").strip()
+    if not name:
+        raise BadRequest(f"The character card has no name: `{prefix}name` is empty.", field=f"{prefix}name")
+    if len(name) > 100:
+        raise BadRequest(
+            f"The card's name is {len(name)} characters long; persona names are at most 100. "
+            f"Shorten `{prefix}name` and import again.",
+            field=f"{prefix}name",
+        )
+    extensions = dict(fields.extensions or {})
+    ours = extensions.pop(EXTENSION_KEY, None)
+    ours = ours if isinstance(ours, dict) else {}
+    kept_data = {**data, "extensions": extensions} if fields.extensions is not None else dict(data)
+    kept = {"data": kept_data} if is_v1 else {**card, "data": kept_data}
+
+    traits: dict[str, Any] = {}
+    if (fields.personality or "").strip():
+        traits["personality"] = _literal(fields.personality or "", name)
+    if fields.tags:
+        traits["tags"] = fields.tags
+    # Traits our export had to flatten into `personality` come back whole while that text is unchanged.
+    exported_traits = ours.get("personality_traits")
+    if isinstance(exported_traits, dict) and _personality_text(exported_traits) == (fields.personality or ""):
+        traits = exported_traits
+    description = _literal(fields.description or "", name).strip()
+    prompt = _card_prompt(fields, has_traits=bool(traits))
+    capabilities = ours.get("capabilities")
+    if isinstance(capabilities, dict) and capabilities:
+        # Our export writes capabilities out in the prompt; the variable takes their place again.
+        prompt = prompt.replace(format_section(capabilities), "{{capabilities}}")
+    if len(prompt) > _PROMPT_LIMIT:
+        raise BadRequest(
+            f"The card's text (description, scenario, examples, ...) makes a system prompt of {len(prompt)} "
+            f"characters; a persona's is at most {_PROMPT_LIMIT}. Shorten the card and import it again.",
+            field="system_prompt",
+        )
+    draft = {
+        "name": name,
+        "description": _truncate(description, _DESCRIPTION_LIMIT) or f"{name}, imported from a character card.",
+        "system_prompt": prompt,
+        "personality_traits": traits,
+        "capabilities": ours.get("capabilities", {}),
+        "model_settings": ours.get("model_settings", {}),
+        "tools": ours.get("tools", []),
+        "extensions": {"card": kept},
+    }
+    return validated(draft, PersonaDraft, "persona made from the card")
+
+
+def _card_prompt(card: _CardData, *, has_traits: bool) -> str:
+    head = _template(card.system_prompt or "", original=DEFAULT_HEAD).strip() or DEFAULT_HEAD
+    sections = [head]
+    for title, text in (
+        ("About {{persona_name}}", card.description),
+        ("Personality", "{{traits}}" if has_traits and "{{traits}}" not in head else ""),
+        ("Scenario", card.scenario),
+        ("Example dialogue", card.mes_example),
+        ("How the conversation opened", card.first_mes),
+        ("Instructions", card.post_history_instructions),
+    ):
+        body = _template(text or "").strip()
+        if body:
+            sections.append(f"## {title}\n{body}")
+    return "\n\n".join(sections)
+
+
+def _template(text: str, *, original: str = "") -> str:
+    """Card macros as our template variables; the ones we cannot evaluate are dropped.
+
+    ``{{original}}`` stands for the prompt the card's ``system_prompt`` replaces: ``original``."""
+    text = _LEGACY_MACRO.sub(lambda m: "{{user_name}}" if m.group(1).lower() == "user" else "{{persona_name}}", text)
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        lowered = name.lower()
+        if lowered == "char":
+            return "{{persona_name}}"
+        if lowered == "user":
+            return "{{user_name}}"
+        if lowered == "newline":
+            return "\n"
+        if lowered == "personality":
+            return "{{traits}}"
+        if lowered == "original":
+            return original
+        if name in VARIABLES:
+            return "{{" + name + "}}"
+        return ""
+
+    return _MACRO.sub(replace, text)
+
+
+def _literal(text: str, name: str) -> str:
+    """Card macros in plain text (description, traits), which are shown as written, not rendered."""
+    text = _LEGACY_MACRO.sub(lambda m: "the user" if m.group(1).lower() == "user" else name, text)
+    spoken = {"char": name, "persona_name": name, "user": "the user", "user_name": "the user", "newline": "\n"}
+    return _MACRO.sub(lambda m: spoken.get(m.group(1).lower(), ""), text)
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit * 0.8:  # end on a word when one ends near the limit
+        cut = cut[:space]
+    return cut.rstrip() + "…"
+
+
+# Persona → card ----------------------------------------------------------------------------
+
+
+def persona_to_card(persona: Persona) -> dict[str, Any]:
+    """A Character Card V2 of the persona, merged into the card it was imported from (if any)."""
+    kept = persona.extensions.get("card")
+    kept = kept if isinstance(kept, dict) and isinstance(kept.get("data"), dict) else None
+    imported = _reimport(kept)
+    root = {k: v for k, v in (kept or {}).items() if k not in ("spec", "spec_version", "data")}
+    data: dict[str, Any] = {
+        "description": "",
+        "personality": "",
+        "scenario": "",
+        "first_mes": "",
+        "mes_example": "",
+        "creator_notes": "",
+        "system_prompt": "",
+        "post_history_instructions": "",
+        "alternate_greetings": [],
+        "tags": [],
+        "creator": "",
+        "character_version": "",
+        **(kept["data"] if kept else {}),
+        "name": persona.name,
+    }
+    if imported is None or imported.system_prompt != persona.system_prompt:
+        data.update(
+            description=persona.description,
+            system_prompt=_card_macros(persona),
+            scenario="",
+            first_mes="",
+            mes_example="",
+            post_history_instructions="",
+        )
+    if imported is None or imported.personality_traits != persona.personality_traits:
+        traits = persona.personality_traits
+        data["personality"] = _personality_text(traits)
+        if isinstance(traits.get("tags"), list):
+            data["tags"] = traits["tags"]
+    extensions = dict(data.get("extensions") or {})
+    ours = {
+        "capabilities": persona.capabilities,
+        "model_settings": {}
+        if persona.model_settings == ModelSettings()
+        else msgspec.to_builtins(persona.model_settings),
+        "tools": msgspec.to_builtins(persona.tools),
+        # Only when `personality` (text) cannot say them: keys besides the personality text and tags.
+        "personality_traits": persona.personality_traits
+        if set(persona.personality_traits) - {"personality", "tags"}
+        else {},
+    }
+    if any(ours.values()):
+        extensions[EXTENSION_KEY] = {k: v for k, v in ours.items() if v}
+    data["extensions"] = extensions
+    for key in _V1_FIELDS:  # keep the V1 mirror fields a card carried at its root in step with `data`
+        if key in root:
+            root[key] = data[key]
+    return {**root, "spec": CARD_V2, "spec_version": "2.0", "data": data}
+
+
+def _reimport(kept: dict[str, Any] | None) -> PersonaDraft | None:
+    """The persona the kept card maps to now, to tell fields edited since the import from the rest."""
+    if kept is None:
+        return None
+    card = kept if "spec" in kept else kept["data"]
+    try:
+        return card_to_draft(card)
+    except BadRequest:
+        return None
+
+
+def _card_macros(persona: Persona) -> str:
+    """Our system prompt in card macros; capabilities, which cards have no macro for, are written out."""
+    prompt = persona.system_prompt or ""
+    capabilities = format_section(persona.capabilities)
+    if capabilities and "capabilities" not in {m.group(1) for m in _MACRO.finditer(prompt)}:
+        prompt = f"{prompt.rstrip()}\n\n## Capabilities\n{{{{capabilities}}}}"
+    names = {
+        "persona_name": "{{char}}",
+        "user_name": "{{user}}",
+        "traits": "{{personality}}",
+        "capabilities": capabilities,
+    }
+    return _MACRO.sub(lambda m: names.get(m.group(1), m.group(0)), prompt)
+
+
+def _personality_text(traits: dict[str, Any]) -> str:
+    personality = traits.get("personality")
+    rest = {
+        k: v
+        for k, v in traits.items()
+        if not (k == "personality" and isinstance(v, str)) and not (k == "tags" and isinstance(v, list))
+    }
+    parts = [personality] if isinstance(personality, str) else []
+    if rest:
+        parts.append(format_section(rest))
+    return "\n".join(parts)
