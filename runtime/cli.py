@@ -16,6 +16,7 @@ import asyncpg
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.files import FileResult, import_drafts, read_directory, write_directory
 from personas.store import PersonaStore
+from providers import configs_from_env, default_provider
 from runtime.accounts import Accounts
 from runtime.db import connect_pool
 from runtime.embedded import EmbeddedPostgres
@@ -85,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    # Refuse a bad provider configuration here, with its message, rather than as a worker's traceback.
+    default_provider(configs_from_env(settings.env), settings.env)
     embedded = None
     if settings.database_url is None:
         # Started here rather than in each worker, so that every worker shares one server.

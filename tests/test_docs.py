@@ -1,0 +1,97 @@
+"""The documentation's examples run as written: README's walk-through and the chat examples in docs/."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.app import create_app
+from tests.conftest import make_settings, serving
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "docs" / "examples"
+
+
+def bash_block(markdown: Path, heading: str) -> str:
+    """The first ```bash block after ``heading``."""
+    text = markdown.read_text()
+    section = text[text.index(heading) :]
+    match = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert match, f"no bash block after {heading!r} in {markdown.name}"
+    return match.group(1)
+
+
+async def run(*command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, list(command), env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+@pytest.fixture
+async def echo_server(create_database, redis_url):
+    """A fresh database and the runtime on it with no provider configured, on a real port."""
+    database_url = await create_database()
+    app = create_app(make_settings(database_url, redis_url))
+    async with serving(app) as url:
+        yield database_url, url, app
+
+
+def cli_env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
+    env["DATABASE_URL"] = database_url
+    env.pop("REDIS_URL", None)
+    return env
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the walk-through uses curl, which is not installed here")
+async def test_readme_walk_through_runs_as_written(echo_server):
+    database_url, url, _ = echo_server
+    script = bash_block(ROOT / "README.md", "## A walk through the persona API")
+    # The same commands, pointed at this test's server and run with this interpreter's copy of the CLI.
+    script = script.replace(".venv/bin/persona-runtime", f"{sys.executable} -m runtime")
+    script = script.replace("http://127.0.0.1:8666", url)
+    result = await run("bash", "-euo", "pipefail", "-c", script, env=cli_env(database_url))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert '"source":"default"' in out and '"source":"preference"' in out
+    assert '"version":2' in out and "unknown template variable {{nickname}}" in out
+    assert out.rstrip().endswith('"message":"Current persona is Mu"}')
+
+
+async def test_python_examples_run_as_written(echo_server):
+    _, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("docs-reader")
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    env = {**os.environ, "PERSONA_RUNTIME_URL": url, "PERSONA_RUNTIME_KEY": key}
+
+    streamed = await run(sys.executable, str(EXAMPLES / "chat_stream.py"), "Hello", "there", env=env)
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.strip() == "[echo] Hello there"
+    assert "[Mu via echo/echo-1]" in streamed.stderr
+
+    sdk = await run(sys.executable, str(EXAMPLES / "openai_sdk.py"), env=env)
+    assert sdk.returncode == 0, sdk.stderr
+    lines = sdk.stdout.strip().splitlines()
+    assert "'persona/Mu'" in lines[0]
+    assert lines[1] == "[echo] Say hello in five words."
+    assert lines[2] == "[echo] Count to three."
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed: the fetch example needs Node 18+")
+async def test_javascript_fetch_example_runs_as_written(echo_server):
+    _, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("js-reader")
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    env = {**os.environ, "PERSONA_RUNTIME_URL": url, "PERSONA_RUNTIME_KEY": key}
+    result = await run("node", str(EXAMPLES / "chat_stream.mjs"), "Hi", "from", "node", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[echo] Hi from node"

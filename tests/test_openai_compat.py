@@ -1,0 +1,171 @@
+"""The official openai client, unchanged, against our /v1: personas as models, streaming, tools."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from tests.conftest import persona_body
+from tests.fakellm import FakeToolCall
+
+
+@pytest.fixture
+def sdk(llm_app, alice):
+    client = openai.AsyncOpenAI(base_url=llm_app.state.base_url + "/v1", api_key=alice.key, max_retries=0)
+    return client
+
+
+async def test_models_lists_the_current_persona_and_every_usable_one(sdk, llm_client, alice, bob):
+    mine = (await llm_client.post("/api/v1/chat/personas", json=persona_body(), headers=alice.headers)).json()
+    hidden = (await llm_client.post("/api/v1/chat/personas", json=persona_body(), headers=bob.headers)).json()
+    ids = [model.id async for model in sdk.models.list()]
+    assert ids[0] == "persona"
+    assert "persona/Mu" in ids and f"persona/{mine['persona']['name']}" in ids
+    assert f"persona/{hidden['persona']['name']}" not in ids
+
+
+async def test_completion_injects_the_persona_before_the_clients_own_system_message(sdk, fake_llm):
+    fake_llm.script(chunks=("Hello", " back"), input_tokens=20, output_tokens=2)
+    completion = await sdk.chat.completions.create(
+        model="persona/Mu",
+        messages=[{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi"}],
+        temperature=0.4,
+    )
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.content == "Hello back"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.prompt_tokens == 20 and completion.usage.total_tokens == 22
+    sent = fake_llm.last_request.body
+    system = sent["messages"][0]
+    assert system["role"] == "system"
+    assert system["content"].startswith("You are Mu") and system["content"].endswith("Answer in French.")
+    assert [m["role"] for m in sent["messages"]] == ["system", "user"]
+    assert sent["temperature"] == 0.4
+
+
+async def test_streaming_completion(sdk, fake_llm):
+    fake_llm.script(chunks=("a", "b", "c"))
+    stream = await sdk.chat.completions.create(
+        model="persona",
+        messages=[{"role": "user", "content": "abc"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finish, usage = [], None, None
+    async for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert "".join(pieces) == "abc" and finish == "stop"
+    assert usage is not None and usage.completion_tokens == 7
+
+
+async def test_tool_calls_pass_through_and_the_persona_survives_the_tool_result(sdk, fake_llm, llm_client, alice):
+    persona = (await llm_client.post("/api/v1/chat/personas", json=persona_body(), headers=alice.headers)).json()
+    model = f"persona/{persona['persona']['name']}"
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_time",
+                "description": "Current time",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+    ]
+    fake_llm.script(chunks=(), tool_calls=(FakeToolCall(name="get_time", arguments="{}", id="call_7"),))
+    stream = await sdk.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What time is it?"}], tools=tools, stream=True
+    )
+    calls: dict[int, dict] = {}
+    finish = None
+    async for chunk in stream:
+        if not chunk.choices:
+            continue
+        for call in chunk.choices[0].delta.tool_calls or ():
+            entry = calls.setdefault(call.index, {"id": None, "name": "", "arguments": ""})
+            entry["id"] = call.id or entry["id"]
+            if call.function and call.function.name:
+                entry["name"] = call.function.name
+            if call.function and call.function.arguments:
+                entry["arguments"] += call.function.arguments
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    assert calls[0] == {"id": "call_7", "name": "get_time", "arguments": "{}"}
+    first = fake_llm.last_request.body
+    assert first["tools"][0]["function"]["name"] == "get_time"
+
+    fake_llm.script(chunks=("It is noon.",))
+    completion = await sdk.chat.completions.create(
+        model=model,
+        messages=[
+            {"role": "user", "content": "What time is it?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call_7", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_7", "content": json.dumps({"time": "12:00"})},
+        ],
+        tools=tools,
+    )
+    assert completion.choices[0].message.content == "It is noon."
+    second = fake_llm.last_request.body["messages"]
+    assert second[0]["role"] == "system" and persona["persona"]["name"] in second[0]["content"]
+    assert second[2]["tool_calls"][0]["id"] == "call_7"
+    assert second[3] == {"role": "tool", "tool_call_id": "call_7", "content": '{"time": "12:00"}'}
+
+
+async def test_non_streaming_tool_call(sdk, fake_llm):
+    fake_llm.script(chunks=(), tool_calls=(FakeToolCall(name="lookup", arguments='{"q": "x"}', id="call_1"),))
+    completion = await sdk.chat.completions.create(
+        model="persona",
+        messages=[{"role": "user", "content": "look"}],
+        tools=[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+    )
+    call = completion.choices[0].message.tool_calls[0]
+    assert (call.id, call.function.name, call.function.arguments) == ("call_1", "lookup", '{"q": "x"}')
+    assert completion.choices[0].finish_reason == "tool_calls"
+
+
+async def test_errors_come_back_in_openais_shape(sdk, fake_llm, llm_app):
+    with pytest.raises(openai.NotFoundError) as missing:
+        await sdk.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body["code"] == "not_found" and missing.value.body["param"] == "model"
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        await sdk.chat.completions.create(model="persona", messages=[{"role": "user", "content": "x"}], n=2)
+    assert bad.value.body["param"] == "n"
+
+    with pytest.raises(openai.BadRequestError):
+        await sdk.chat.completions.create(model="persona", messages=[])
+
+    fake_llm.script(status=429, headers={"retry-after": "3"})
+    with pytest.raises(openai.RateLimitError) as limited:
+        await sdk.chat.completions.create(model="persona", messages=[{"role": "user", "content": "x"}])
+    assert limited.value.response.headers["retry-after"] == "3"
+
+    stranger = openai.AsyncOpenAI(base_url=llm_app.state.base_url + "/v1", api_key="prk_nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as denied:
+        await stranger.models.list()
+    assert denied.value.body["type"] == "authentication_error"
+
+
+async def test_a_stream_broken_midway_ends_with_an_error_chunk(sdk, fake_llm):
+    fake_llm.script(chunks=("one", "two", "three"), drop_after=1)
+    stream = await sdk.chat.completions.create(
+        model="persona", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    received = []
+    with pytest.raises(openai.APIError):
+        async for chunk in stream:
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "one"
