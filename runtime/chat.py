@@ -288,22 +288,26 @@ class ChatService:
             stream = await open_answer(self.providers, routes, request)
         except BaseException as exc:
             failure = exc if isinstance(exc, PersonaRuntimeError) else None
-            self._spawn(
-                save(
-                    content="",
-                    status="error",
-                    provider=routes[0].provider,
-                    model=routes[0].model,
-                    usage=None,
-                    latency_ms=int((time.monotonic() - began) * 1000),
-                    finish_reason=None,
-                    tool_calls=None,
-                    error={
-                        "code": failure.code if failure else "cancelled",
-                        "message": failure.message if failure else "The request was cancelled.",
-                    },
-                )
+            outcome = save(
+                content="",
+                status="error",
+                provider=routes[0].provider,
+                model=routes[0].model,
+                usage=None,
+                latency_ms=int((time.monotonic() - began) * 1000),
+                finish_reason=None,
+                tool_calls=None,
+                error={
+                    "code": failure.code if failure else "cancelled",
+                    "message": failure.message if failure else "The request was cancelled.",
+                },
             )
+            if isinstance(exc, Exception):
+                # Recorded before the client hears of the failure, so a reload shows it.
+                with contextlib.suppress(Exception):
+                    await outcome
+            else:
+                self._spawn(outcome)  # cancelled: an await here would be cancelled too
             raise
         return ChatTurn(
             start=self._start(persona, source, stream.route, conversation, answer.id),
