@@ -1,0 +1,1 @@
+"""Benchmark of persona-runtime's streaming paths against a fast local fake provider (reports figures only)."""

@@ -1,0 +1,245 @@
+"""The processes the benchmark runs: the fake provider, persona-runtime under uvicorn, and a scratch database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import psutil
+
+from bench.fake_provider import StreamShape
+
+__all__ = ["ROOT", "Account", "ServerProcess", "create_account", "fake_provider", "runtime_server", "scratch_database"]
+
+ROOT = Path(__file__).resolve().parent.parent
+# Variables of the runtime (and its providers) that must come from the benchmark, not from the caller's shell.
+_RUNTIME_PREFIXES = ("OPENAI_", "ANTHROPIC_", "PROVIDER_", "DEFAULT_", "DATABASE_", "REDIS_", "BOOTSTRAP_")
+
+
+def _child_setup() -> None:
+    """Runs in each child before exec: its own session (Ctrl-C reaches only us, and we stop it in order),
+    and, on Linux, a SIGTERM when the benchmark dies, so nothing outlives a killed run."""
+    os.setsid()
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class ServerProcess:
+    """A child process the benchmark started, its URL, and its CPU time for per-stream cost."""
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], url: str, log: Path | None = None) -> None:
+        self.name = name
+        self.popen = popen
+        self.url = url
+        self.log = log
+        self._ps = psutil.Process(popen.pid)
+
+    def cpu_seconds(self) -> float:
+        times = self._ps.cpu_times()
+        return times.user + times.system
+
+    def stop(self, grace: float = 15.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _spawn(args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, *args], cwd=ROOT, env=env, preexec_fn=_child_setup, **kwargs
+    )
+
+
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_RUNTIME_PREFIXES)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def fake_provider(shape: StreamShape) -> Iterator[ServerProcess]:
+    """The fake OpenAI-compatible provider in its own process."""
+    popen = _spawn(
+        [
+            "-m",
+            "bench.fake_provider",
+            "--chunks",
+            str(shape.chunks),
+            "--chunk-delay",
+            str(shape.chunk_delay),
+            "--first-byte-delay",
+            str(shape.first_byte_delay),
+        ],
+        _child_env({}),
+        stdout=subprocess.PIPE,
+    )
+    server: ServerProcess | None = None
+    try:
+        assert popen.stdout is not None
+        line = popen.stdout.readline().decode().split()
+        if len(line) != 2 or line[0] != "READY":
+            raise RuntimeError("the fake provider did not start")
+        server = ServerProcess("fake provider", popen, f"http://127.0.0.1:{line[1]}")
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+        elif popen.poll() is None:
+            popen.kill()
+            popen.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def runtime_server(
+    database_url: str, redis_url: str | None, provider_url: str, *, log_level: str, workdir: Path
+) -> AsyncIterator[ServerProcess]:
+    """``python -m runtime serve`` (migrations, then uvicorn) on a free loopback port, ready to answer."""
+    port = _free_port()
+    env = _child_env(
+        {
+            "DATABASE_URL": database_url,
+            "OPENAI_API_KEY": "sk-bench-" + secrets.token_hex(8),
+            "OPENAI_BASE_URL": provider_url + "/v1",
+            # A throwaway admin key keeps `serve` from printing a generated one.
+            "BOOTSTRAP_ADMIN_KEY": "prk_bench_" + secrets.token_urlsafe(24),
+            "PERSONA_RUNTIME_HOME": str(workdir / "home"),
+            "LOG_LEVEL": log_level,
+        }
+    )
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    log = workdir / "runtime.log"
+    with log.open("wb") as sink:
+        popen = _spawn(["-m", "runtime", "serve", "--port", str(port)], env, stdout=sink, stderr=subprocess.STDOUT)
+    server = ServerProcess("persona-runtime", popen, f"http://127.0.0.1:{port}", log)
+    try:
+        await _wait_ready(server)
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def _wait_ready(server: ServerProcess, within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(base_url=server.url, timeout=2) as client:
+        while time.monotonic() < deadline:
+            if server.popen.poll() is not None:
+                raise RuntimeError(f"persona-runtime exited at startup:\n{server.log_tail()}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/ready")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"persona-runtime was not ready within {within:.0f} s:\n{server.log_tail()}")
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+async def _reachable(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except (TimeoutError, OSError, asyncpg.PostgresError):
+        return False
+    await conn.close()
+    return True
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(server_url: str, workdir: Path) -> AsyncIterator[str]:
+    """A fresh database on ``server_url`` (or on an embedded server when that is unreachable), dropped after."""
+    embedded = None
+    if not await _reachable(server_url):
+        from runtime.embedded import EmbeddedPostgres
+
+        print(f"bench: {_redact(server_url)} is unreachable; starting an embedded PostgreSQL", file=sys.stderr)
+        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="bench-pg-", dir=workdir)))
+        server_url = await asyncio.to_thread(embedded.start)
+    name = f"persona_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        try:
+            yield _with_database(server_url, name)
+        finally:
+            # Shielded: this runs on Ctrl-C too, when the task around it is being cancelled.
+            await asyncio.shield(_drop(server_url, name))
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+            shutil.rmtree(embedded.data_dir.parent, ignore_errors=True)
+
+
+async def _drop(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(":" + parts.password + "@", ":***@")
+    return url
+
+
+class Account:
+    """The benchmark's user and the headers that carry its API key."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+
+async def create_account(database_url: str) -> Account:
+    """A fresh, non-admin user with one API key, made through the runtime's own account code."""
+    from runtime.accounts import Accounts
+    from runtime.db import connect_pool
+
+    pool = await connect_pool(database_url, min_size=1, max_size=1)
+    try:
+        accounts = Accounts(pool)
+        user = await accounts.create_user("bench", display_name="Bench")
+        key, _ = await accounts.create_key(user.id, name="bench")
+    finally:
+        await pool.close()
+    return Account(key)
