@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from litestar.response import Stream
@@ -30,29 +30,40 @@ def encode_event(event_id: int, event: ChatEvent, name: str | None = None) -> by
 async def with_heartbeat(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
     """Items of ``source``, with ``None`` whenever ``interval`` seconds pass without one.
 
-    Each item is awaited in a task of its own, so waiting can time out without cancelling the source;
-    when this generator is closed or cancelled, the pending read is cancelled, which ends the source.
+    One task reads the source into a queue for the whole stream, so a timed-out wait never cancels
+    the source and no task is made per item. Closing or cancelling this generator cancels that task,
+    which ends the source (and so the upstream request).
     """
-    pending: asyncio.Future[T] | None = None
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                queue.put_nowait((False, item))
+        except BaseException as exc:
+            queue.put_nowait((True, exc))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            queue.put_nowait((True, None))
+
+    reader = asyncio.get_running_loop().create_task(pump())
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(source))
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
+            try:
+                async with asyncio.timeout(interval):
+                    finished, value = await queue.get()
+            except TimeoutError:
                 yield None
                 continue
-            finished, pending = pending, None
-            try:
-                item = finished.result()
-            except StopAsyncIteration:
+            if not finished:
+                yield value
+            elif value is None:
                 return
-            yield item
+            else:
+                raise value
     finally:
-        if pending is not None:
-            pending.cancel()
-        else:
-            await source.aclose()  # type: ignore[attr-defined]
+        reader.cancel()
 
 
 async def chat_body(events: AsyncIterator[ChatEvent], heartbeat: float) -> AsyncIterator[bytes]:

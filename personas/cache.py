@@ -77,10 +77,10 @@ class RedisCache:
         self._unflushed: set[str] = set()
 
     @classmethod
-    def from_url(cls, url: str) -> RedisCache:
+    def from_url(cls, url: str, *, prefix: str = "persona-runtime:") -> RedisCache:
         # Short timeouts: a slow cache must cost less than the database read it is meant to save.
         client = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=10)
-        return cls(client)
+        return cls(client, prefix=prefix)
 
     @property
     def available(self) -> bool:

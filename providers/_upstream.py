@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import sys
 import time
@@ -149,3 +151,15 @@ async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
         # comments (": ping") and id/retry fields carry nothing we use
     if data:
         yield event, "\n".join(data)
+
+
+async def drain(lines: AsyncIterator[str], seconds: float = 1.0) -> None:
+    """Consume what is left of a finished stream (usually nothing but its end), briefly.
+
+    A response closed before its body ends cannot be reused; one read to the end can. A server that
+    keeps talking after its final event is cut off after ``seconds``: the answer is complete anyway.
+    """
+    with contextlib.suppress(TimeoutError, *transport_errors()):
+        async with asyncio.timeout(seconds):
+            async for _ in lines:
+                pass

@@ -177,9 +177,12 @@ class AnthropicProvider:
             response = await self._client.post("/v1/messages", cast_to=httpx2.Response, body=body, stream=True)
         except anthropic.APIError as exc:
             raise self._sdk_error(exc) from exc
+        lines = response.aiter_lines()
         try:
-            async for event in self._events(response):
+            async for event in self._events(lines):
                 yield event
+            # Read to the end of the body so the connection goes back to the pool for the next stream.
+            await _upstream.drain(lines)
         except ProviderError:
             raise
         except _upstream.timeout_errors() as exc:
@@ -189,11 +192,11 @@ class AnthropicProvider:
         finally:
             await response.aclose()
 
-    async def _events(self, response: httpx2.Response) -> AsyncIterator[ProviderEvent]:
+    async def _events(self, lines: AsyncIterator[str]) -> AsyncIterator[ProviderEvent]:
         input_tokens = output_tokens = 0
         finish: str | None = None
         tool_index: dict[int, int] = {}  # content block index -> ordinal of the tool call
-        async for _name, data in _upstream.iter_sse(response.aiter_lines()):
+        async for _name, data in _upstream.iter_sse(lines):
             try:
                 event = _decode_event(data)
             except msgspec.DecodeError as exc:

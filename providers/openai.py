@@ -141,9 +141,12 @@ class OpenAIProvider:
             response = await self._client.post("/chat/completions", cast_to=httpx2.Response, body=body, stream=True)
         except openai.APIError as exc:
             raise self._sdk_error(exc) from exc
+        lines = response.aiter_lines()
         try:
-            async for event in self._events(response):
+            async for event in self._events(lines):
                 yield event
+            # Read to the end of the body so the connection goes back to the pool for the next stream.
+            await _upstream.drain(lines)
         except ProviderError:
             raise
         except _upstream.timeout_errors() as exc:
@@ -153,10 +156,10 @@ class OpenAIProvider:
         finally:
             await response.aclose()
 
-    async def _events(self, response: httpx2.Response) -> AsyncIterator[ProviderEvent]:
+    async def _events(self, lines: AsyncIterator[str]) -> AsyncIterator[ProviderEvent]:
         finish: str | None = None
         usage: _Usage | None = None
-        async for _event, data in _upstream.iter_sse(response.aiter_lines()):
+        async for _event, data in _upstream.iter_sse(lines):
             if data == "[DONE]":
                 break
             try:

@@ -163,7 +163,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Namespace) -> int:
     # Writes go through Redis when there is one, so running instances drop their cached copies.
-    cache: Cache = RedisCache.from_url(settings.redis_url) if settings.redis_url else MemoryCache()
+    cache: Cache = (
+        RedisCache.from_url(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url else MemoryCache()
+    )
     try:
         store = PersonaStore(pool, cache)
         if args.action == "export":

@@ -71,7 +71,11 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
         stack.push_async_callback(pool.close)
 
         cache: Cache
-        cache = RedisCache.from_url(settings.redis_url) if settings.redis_url else MemoryCache()
+        cache = (
+            RedisCache.from_url(settings.redis_url, prefix=settings.redis_prefix)
+            if settings.redis_url
+            else MemoryCache()
+        )
         stack.push_async_callback(cache.aclose)
 
         accounts = Accounts(pool)

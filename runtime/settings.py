@@ -21,6 +21,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None
     home: Path = Path("~/.local/share/persona-runtime").expanduser()
     redis_url: str | None = None
+    # Namespace of this deployment's keys, so several deployments (or test databases) can share one Redis.
+    redis_prefix: str = "persona-runtime:"
     host: str = "127.0.0.1"
     port: int = 8666
     bootstrap_admin_key: str | None = None
@@ -76,6 +78,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             database_url=text("DATABASE_URL"),
             home=home,
             redis_url=text("REDIS_URL"),
+            redis_prefix=text("REDIS_KEY_PREFIX") or "persona-runtime:",
             host=text("HOST") or "127.0.0.1",
             port=int(number("PORT", 8666)),
             bootstrap_admin_key=text("BOOTSTRAP_ADMIN_KEY"),

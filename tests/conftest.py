@@ -110,6 +110,8 @@ def make_settings(database_url: str, redis_url: str | None, **overrides: Any) ->
     values: dict[str, Any] = {
         "database_url": database_url,
         "redis_url": redis_url,
+        # Each test database gets its own cache namespace in the shared Redis.
+        "redis_prefix": f"prt-test:{database_url.rsplit('/', 1)[-1]}:",
         "bootstrap_admin": False,
         "key_touch_interval": 0.2,
         "env": {},
