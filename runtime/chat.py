@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -143,7 +143,7 @@ class ChatTurn:
                 return ChatResult(start=self.start, text="".join(pieces), usage=usage, done=event)
         raise ProviderUnavailable("The provider stream ended without an answer.", provider=self.start.provider)
 
-    async def events(self) -> AsyncIterator[ChatEvent]:
+    async def events(self) -> AsyncGenerator[ChatEvent, None]:
         """``start``, the answer as ``content`` pieces, ``usage``, then ``done`` (or ``error``)."""
         pieces: list[str] = []
         deltas: list[ToolCallDelta] = []
