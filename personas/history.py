@@ -52,9 +52,22 @@ class PersonaHistory:
     async def get(self, caller: Caller, persona_id: UUID, version: int | None = None) -> Persona:
         """The persona as it is now (``version`` None) or as it was at ``version``; 404 naming ``version``."""
         current = await self.personas.get_editable(caller, persona_id)
-        if version is None or version == current.version:
+        return current if version is None else await self._at(current, version)
+
+    async def restore(self, caller: Caller, persona_id: UUID, version: int) -> Persona:
+        """Save the content of ``version`` as the persona's next version; older versions stay as they were."""
+        current = await self.personas.get_editable(caller, persona_id)
+        old = await self._at(current, version)
+        check_draft(old)
+        restored = msgspec.structs.replace(current, **{field: getattr(old, field) for field in _CONTENT})
+        return await self.personas.store.update(
+            persona_id, restored, actor=caller.user_id, change_note=f"Restored version {version}"
+        )
+
+    async def _at(self, current: Persona, version: int) -> Persona:
+        if version == current.version:
             return current
-        saved = await self.personas.store.get_version(persona_id, version)
+        saved = await self.personas.store.get_version(current.id, version)
         if saved is None:
             raise NotFound(
                 f"Persona {current.name!r} has no version {version}; its versions are 1 to {current.version} "
@@ -62,19 +75,6 @@ class PersonaHistory:
                 field="version",
             )
         return as_of(current, saved)
-
-    async def restore(self, caller: Caller, persona_id: UUID, version: int) -> Persona:
-        """Save the content of ``version`` as the persona's next version; older versions stay as they were."""
-        old = await self.get(caller, persona_id, version)
-        check_draft(old)
-        current = await self.personas.get_editable(caller, persona_id)
-        restored = msgspec.structs.replace(
-            current,
-            **{field: getattr(old, field) for field in _CONTENT},
-        )
-        return await self.personas.store.update(
-            persona_id, restored, actor=caller.user_id, change_note=f"Restored version {version}"
-        )
 
 
 # What a version records: the fields a restore brings back.
