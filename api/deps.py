@@ -11,10 +11,12 @@ from api.auth import caller
 from personas.models import Caller
 from personas.porter import PersonaPorter
 from personas.service import PersonaService
+from personas.suites import PersonaTestStore
 from runtime.accounts import Accounts
+from runtime.authoring import AuthoringService
 from runtime.resources import Resources
 
-__all__ = ["AccountsDep", "CallerDep", "PersonasDep", "PorterDep", "ResourcesDep", "dependencies"]
+__all__ = ["AccountsDep", "AuthoringDep", "CallerDep", "PersonasDep", "PorterDep", "ResourcesDep", "dependencies"]
 
 
 def _resources(state: State) -> Resources:
@@ -31,6 +33,11 @@ def _porter(state: State) -> PersonaPorter:
     return PersonaPorter(resources.personas, max_bytes=resources.settings.import_max_bytes)
 
 
+def _authoring(state: State) -> AuthoringService:
+    resources = _resources(state)
+    return AuthoringService(resources.chat, PersonaTestStore(resources.pool))
+
+
 def _accounts(state: State) -> Accounts:
     return _resources(state).accounts
 
@@ -41,6 +48,7 @@ dependencies: dict[str, Any] = {
     "personas": Provide(_personas, sync_to_thread=False),
     "accounts": Provide(_accounts, sync_to_thread=False),
     "porter": Provide(_porter, sync_to_thread=False),
+    "authoring": Provide(_authoring, sync_to_thread=False),
 }
 
 CallerDep = NamedDependency[Caller]
@@ -48,3 +56,4 @@ ResourcesDep = NamedDependency[Resources]
 PersonasDep = NamedDependency[PersonaService]
 AccountsDep = NamedDependency[Accounts]
 PorterDep = NamedDependency[PersonaPorter]
+AuthoringDep = NamedDependency[AuthoringService]

@@ -22,6 +22,9 @@ log = logging.getLogger("persona_runtime.api")
 _AT_PATH = re.compile(r" - at `\$(?:\.data)?\.?(.*)`$")
 _UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`")
 _MISSING_FIELD = re.compile(r"^Object missing required field `([^`]+)`")
+# Routes whose whole body is a persona (create, update), and the path of a draft inside other bodies.
+_PERSONA_BODY = re.compile(r"^/api/v1/chat/personas(?:/[0-9a-fA-F-]{36})?/?$")
+_IN_DRAFT = re.compile(r"^(?:candidates\[\d+\]\.)?persona\.")
 
 
 def openai_error_type(status: int) -> str:
@@ -81,9 +84,13 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
         name = unknown.group(1)
         field = f"{field}.{name}" if field else name
         text = f"Unknown field `{field}`: remove it."
-        if field in {"id", "created_by", "version", "created_at", "updated_at", "is_active"}:
+        # A persona body, whole or as a draft inside an authoring request (`persona`, `candidates[1].persona`).
+        persona_field = _IN_DRAFT.sub("", field)
+        if persona_field in {"id", "created_by", "version", "created_at", "updated_at", "is_active"} and (
+            persona_field != field or _PERSONA_BODY.match(request.url.path)
+        ):
             text = f"Field `{field}` is set by the server and cannot be written: remove it."
-        if "." not in field and "persona" in request.url.path and "render" not in request.url.path:
+        if "." not in persona_field and (persona_field != field or _PERSONA_BODY.match(request.url.path)):
             text += " Writable fields: " + ", ".join(WRITABLE_FIELDS) + "."
         return _render(request, 400, "unknown_field", text, field=field)
     missing = _MISSING_FIELD.match(message)

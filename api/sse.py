@@ -11,7 +11,15 @@ from litestar.response import Stream
 
 from runtime.events import ChatEvent
 
-__all__ = ["DONE", "HEARTBEAT", "chat_body", "encode_event", "sse_response", "with_heartbeat"]
+__all__ = [
+    "DONE",
+    "HEARTBEAT",
+    "candidate_body",
+    "chat_body",
+    "encode_event",
+    "sse_response",
+    "with_heartbeat",
+]
 
 T = TypeVar("T")
 
@@ -74,6 +82,22 @@ async def chat_body(events: AsyncIterator[ChatEvent], heartbeat: float) -> Async
         else:
             count += 1
             yield encode_event(count, event)
+    yield DONE
+
+
+async def candidate_body(events: AsyncIterator[tuple[int, ChatEvent]], heartbeat: float) -> AsyncIterator[bytes]:
+    """Several answers in one stream: each event's ``data`` says which ``candidate`` it belongs to."""
+    count = 0
+    async for item in with_heartbeat(events, heartbeat):
+        if item is None:
+            yield HEARTBEAT
+            continue
+        count += 1
+        candidate, event = item
+        data = msgspec.to_builtins(event)
+        data["candidate"] = candidate
+        tag = str(event.__struct_config__.tag)
+        yield b"event: %s\nid: %d\ndata: %s\n\n" % (tag.encode(), count, _encoder.encode(data))
     yield DONE
 
 

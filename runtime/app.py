@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from api.auth import ApiKeyMiddleware
+from api.authoring import AuthoringController
 from api.chat import ChatController, ConversationController
 from api.deps import dependencies
 from api.errors import exception_handlers
@@ -42,6 +43,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             ready,
             PersonaController,
             PortabilityController,
+            AuthoringController,
             KeyController,
             AdminController,
             ChatController,

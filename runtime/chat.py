@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -31,7 +31,7 @@ from runtime.events import ChatEvent, Content, Done, ErrorEvent, PersonaRef, Sta
 from runtime.prompt import Route, build_request, plan_routes, render_system_prompt
 from runtime.resolve import PersonaSource, resolve_persona
 
-__all__ = ["AnswerStream", "ChatResult", "ChatService", "ChatTurn", "open_answer"]
+__all__ = ["AnswerStream", "ChatResult", "ChatService", "ChatTurn", "TurnPlan", "open_answer"]
 
 log = logging.getLogger("persona_runtime.chat")
 
@@ -96,6 +96,17 @@ async def _prepend(first: ProviderEvent, rest: AsyncIterator[ProviderEvent]) -> 
 Saver = Callable[..., Coroutine[Any, Any, None]]
 
 
+@dataclass(frozen=True)
+class TurnPlan:
+    """A turn decided but not yet sent: who answers and why, where, and the provider-neutral request."""
+
+    persona: Persona
+    source: PersonaSource
+    conversation: Conversation | None
+    routes: list[Route]
+    request: ProviderRequest
+
+
 @dataclass
 class ChatResult:
     """A whole answer, for callers that do not stream."""
@@ -132,7 +143,7 @@ class ChatTurn:
                 return ChatResult(start=self.start, text="".join(pieces), usage=usage, done=event)
         raise ProviderUnavailable("The provider stream ended without an answer.", provider=self.start.provider)
 
-    async def events(self) -> AsyncIterator[ChatEvent]:
+    async def events(self) -> AsyncGenerator[ChatEvent, None]:
         """``start``, the answer as ``content`` pieces, ``usage``, then ``done`` (or ``error``)."""
         pieces: list[str] = []
         deltas: list[ToolCallDelta] = []
@@ -247,6 +258,43 @@ class ChatService:
             )
         return message
 
+    async def plan(
+        self,
+        caller: Caller,
+        *,
+        message: str,
+        conversation_id: UUID | None = None,
+        persona_id: UUID | None = None,
+        persona: Persona | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+    ) -> TurnPlan:
+        """Decide everything about a turn short of calling the provider: the persona and why, the routes,
+        and the exact request. ``persona`` (a saved version or a draft) overrides resolution.
+
+        Chat, previews and dry runs all go through here, so a dry run shows what a chat would send.
+        """
+        self.check_message(message)
+        conversation = await self.conversations.get(caller.user_id, conversation_id) if conversation_id else None
+        source: PersonaSource = "request"
+        if persona is None:
+            persona, source = await resolve_persona(
+                self.personas, caller, requested=persona_id, conversation=conversation
+            )
+        routes = plan_routes(persona, self.providers, self.default_provider, provider=provider, model=model)
+        history = await self._history(conversation)
+        request = build_request(
+            persona,
+            render_system_prompt(persona, caller),
+            [*history, ChatMessage(role="user", content=message)],
+            routes[0],
+        )
+        return TurnPlan(persona=persona, source=source, conversation=conversation, routes=routes, request=request)
+
+    def upstream_body(self, plan: TurnPlan) -> dict[str, Any]:
+        """The exact JSON body the first route's provider would be sent for ``plan``."""
+        return self.providers.get(plan.routes[0].provider).build_body(plan.request)
+
     async def begin(
         self,
         caller: Caller,
@@ -258,25 +306,23 @@ class ChatService:
         model: str | None = None,
     ) -> ChatTurn:
         """Validate, resolve, store the question and open the answer. Errors here are HTTP statuses."""
-        self.check_message(message)
-        conversation = await self.conversations.get(caller.user_id, conversation_id) if conversation_id else None
-        persona, source = await resolve_persona(self.personas, caller, requested=persona_id, conversation=conversation)
-        routes = plan_routes(persona, self.providers, self.default_provider, provider=provider, model=model)
-        history = await self._history(conversation)
-        request = build_request(
-            persona,
-            render_system_prompt(persona, caller),
-            [*history, ChatMessage(role="user", content=message)],
-            routes[0],
+        plan = await self.plan(
+            caller,
+            message=message,
+            conversation_id=conversation_id,
+            persona_id=persona_id,
+            provider=provider,
+            model=model,
         )
+        persona, routes = plan.persona, plan.routes
         began = time.monotonic()
         conversation, _, answer = await self.conversations.begin_turn(
             user_id=caller.user_id,
-            conversation=conversation,
+            conversation=plan.conversation,
             message=message,
             persona_id=persona.id,
             persona_version=persona.version,
-            persona_source=source,
+            persona_source=plan.source,
             provider=routes[0].provider,
             model=routes[0].model,
         )
@@ -285,7 +331,7 @@ class ChatService:
             await self.conversations.finish_answer(answer.id, **outcome)
 
         try:
-            stream = await open_answer(self.providers, routes, request)
+            stream = await open_answer(self.providers, routes, plan.request)
         except BaseException as exc:
             failure = exc if isinstance(exc, PersonaRuntimeError) else None
             outcome = save(
@@ -310,7 +356,7 @@ class ChatService:
                 self._spawn(outcome)  # cancelled: an await here would be cancelled too
             raise
         return ChatTurn(
-            start=self._start(persona, source, stream.route, conversation, answer.id),
+            start=self._start(persona, plan.source, stream.route, conversation, answer.id),
             answer=stream,
             began=began,
             save=save,
@@ -321,15 +367,11 @@ class ChatService:
         self, caller: Caller, persona: Persona, *, message: str, provider: str | None = None, model: str | None = None
     ) -> ChatTurn:
         """A real provider call for a persona (saved or draft) that stores nothing."""
-        self.check_message(message)
-        routes = plan_routes(persona, self.providers, self.default_provider, provider=provider, model=model)
-        request = build_request(
-            persona, render_system_prompt(persona, caller), [ChatMessage(role="user", content=message)], routes[0]
-        )
+        plan = await self.plan(caller, message=message, persona=persona, provider=provider, model=model)
         began = time.monotonic()
-        stream = await open_answer(self.providers, routes, request)
+        stream = await open_answer(self.providers, plan.routes, plan.request)
         return ChatTurn(
-            start=self._start(persona, "request", stream.route, None, None),
+            start=self._start(persona, plan.source, stream.route, None, None),
             answer=stream,
             began=began,
             save=None,

@@ -1,0 +1,102 @@
+"""Wire types of the authoring API: versions, dry runs, previews, comparisons and test suites."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from msgspec import Meta, Struct
+
+from api.chat_schemas import ModelName, ProviderName
+from personas.models import PersonaDraft
+from personas.store import VersionSummary
+from personas.suites import PersonaTest
+from runtime.authoring import CandidateResult, PersonaChoice, TestResult
+from runtime.events import PersonaRef
+
+__all__ = [
+    "CompareRequest",
+    "CompareResponse",
+    "DraftRenderRequest",
+    "PreviewRequest",
+    "RenderRequest",
+    "RenderResponse",
+    "RunTestsRequest",
+    "RunTestsResponse",
+    "TestResponse",
+    "TestsResponse",
+    "VersionsResponse",
+]
+
+Version = Annotated[int, Meta(ge=1)]
+
+
+class _Body(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A request body: unknown fields are refused by name."""
+
+
+class _Reply(Struct, frozen=True, kw_only=True):
+    success: bool = True
+
+
+class VersionsResponse(_Reply, frozen=True, kw_only=True):
+    versions: list[VersionSummary]
+    total: int
+
+
+class RenderRequest(_Body, frozen=True, kw_only=True):
+    message: str
+    conversation_id: UUID | None = None
+    version: Version | None = None
+
+
+class DraftRenderRequest(_Body, frozen=True, kw_only=True):
+    persona: PersonaDraft
+    message: str
+
+
+class RenderResponse(_Reply, frozen=True, kw_only=True):
+    provider: str
+    model: str
+    system_prompt: str
+    request: dict[str, Any]
+
+
+class PreviewRequest(PersonaChoice, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A persona choice (saved or draft) plus the message; ``provider``/``model`` override the persona's."""
+
+    message: str
+    stream: bool = False
+    provider: ProviderName | None = None
+    model: ModelName | None = None
+
+
+class CompareRequest(_Body, frozen=True, kw_only=True):
+    message: str
+    candidates: Annotated[list[PersonaChoice], Meta(min_length=2, max_length=4)]
+    stream: bool = False
+
+
+class CompareResponse(_Reply, frozen=True, kw_only=True):
+    results: list[CandidateResult]
+
+
+class TestResponse(_Reply, frozen=True, kw_only=True):
+    test: PersonaTest
+    message: str = "Test added"
+
+
+class TestsResponse(_Reply, frozen=True, kw_only=True):
+    tests: list[PersonaTest]
+    total: int
+
+
+class RunTestsRequest(_Body, frozen=True, kw_only=True):
+    version: Version | None = None
+
+
+class RunTestsResponse(_Reply, frozen=True, kw_only=True):
+    persona: PersonaRef
+    passed: int
+    failed: int
+    results: list[TestResult]

@@ -1,0 +1,134 @@
+"""Persona test suites: messages with expectations about the answer, stored per persona, and how they are judged."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from msgspec import Meta, Struct
+
+from runtime.errors import BadRequest, NotFound
+
+__all__ = ["Expectation", "PersonaTest", "PersonaTestDraft", "PersonaTestStore", "check_test", "judge"]
+
+# Bounds that keep a suite cheap to store and to judge.
+MAX_PHRASES = 20
+MAX_TESTS_PER_PERSONA = 100
+Phrase = Annotated[str, Meta(min_length=1, max_length=500)]
+Pattern = Annotated[str, Meta(min_length=1, max_length=1000)]
+
+
+class Expectation(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the answer must satisfy. ``contains``/``not_contains`` ignore case; ``regex`` is searched as written
+    (add ``(?i)`` to ignore case); ``max_chars`` bounds the answer's length."""
+
+    contains: Annotated[list[Phrase], Meta(max_length=MAX_PHRASES)] = msgspec.field(default_factory=list)
+    not_contains: Annotated[list[Phrase], Meta(max_length=MAX_PHRASES)] = msgspec.field(default_factory=list)
+    regex: Pattern | None = None
+    max_chars: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+
+
+class PersonaTestDraft(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body that adds a test to a persona."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    message: str
+    expect: Expectation
+
+
+class PersonaTest(Struct, frozen=True, kw_only=True):
+    id: UUID
+    persona_id: UUID
+    name: str
+    message: str
+    expect: Expectation
+    created_by: UUID | None
+    created_at: datetime
+
+
+def check_test(draft: PersonaTestDraft) -> None:
+    """Rules beyond field types: a test must expect something, and its regex must compile."""
+    if not draft.name.strip():
+        raise BadRequest("`name` must not be blank.", field="name")
+    expect = draft.expect
+    if not (expect.contains or expect.not_contains or expect.regex is not None or expect.max_chars is not None):
+        raise BadRequest(
+            "`expect` expects nothing: give at least one of `contains`, `not_contains`, `regex` or `max_chars`.",
+            field="expect",
+        )
+    if expect.regex is not None:
+        try:
+            re.compile(expect.regex)
+        except re.error as exc:
+            raise BadRequest(
+                f"`expect.regex` is not a valid regular expression: {exc}.", field="expect.regex"
+            ) from None
+
+
+def judge(expect: Expectation, answer: str) -> list[str]:
+    """What the answer got wrong, one sentence per unmet expectation; empty when it passes."""
+    failures: list[str] = []
+    folded = answer.casefold()
+    failures.extend(
+        f"expected the answer to contain {phrase!r}" for phrase in expect.contains if phrase.casefold() not in folded
+    )
+    failures.extend(
+        f"expected the answer not to contain {phrase!r}"
+        for phrase in expect.not_contains
+        if phrase.casefold() in folded
+    )
+    if expect.regex is not None and re.search(expect.regex, answer) is None:
+        failures.append(f"expected the answer to match the regex {expect.regex!r}")
+    if expect.max_chars is not None and len(answer) > expect.max_chars:
+        failures.append(f"answer is {len(answer)} characters, more than max_chars {expect.max_chars}")
+    return failures
+
+
+_COLUMNS = "id, persona_id, name, message, expect, created_by, created_at"
+INSERT_TEST = f"""
+INSERT INTO persona_tests (persona_id, name, message, expect, created_by)
+SELECT $1, $2, $3, $4, $5
+WHERE (SELECT count(*) FROM persona_tests WHERE persona_id = $1) < $6
+RETURNING {_COLUMNS}"""
+LIST_TESTS = f"SELECT {_COLUMNS} FROM persona_tests WHERE persona_id = $1 ORDER BY created_at, id"
+DELETE_TEST = "DELETE FROM persona_tests WHERE id = $1 AND persona_id = $2"
+
+
+def _test(record: asyncpg.Record) -> PersonaTest:
+    return msgspec.convert(dict(record), PersonaTest, strict=False)
+
+
+class PersonaTestStore:
+    """Tests live and die with their persona (``ON DELETE CASCADE``); callers check who may touch them."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def add(self, persona_id: UUID, draft: PersonaTestDraft, *, created_by: UUID) -> PersonaTest:
+        record = await self._pool.fetchrow(
+            INSERT_TEST,
+            persona_id,
+            draft.name,
+            draft.message,
+            msgspec.to_builtins(draft.expect),
+            created_by,
+            MAX_TESTS_PER_PERSONA,
+        )
+        if record is None:
+            raise BadRequest(
+                f"This persona already has {MAX_TESTS_PER_PERSONA} tests, the most it may have: delete some first."
+            )
+        return _test(record)
+
+    async def list(self, persona_id: UUID) -> list[PersonaTest]:
+        """Oldest first: the order a suite runs and reports in."""
+        return [_test(r) for r in await self._pool.fetch(LIST_TESTS, persona_id)]
+
+    async def delete(self, persona_id: UUID, test_id: UUID) -> None:
+        result = await self._pool.execute(DELETE_TEST, test_id, persona_id)
+        if not result.endswith(" 1"):
+            raise NotFound(f"Test {test_id} not found on this persona: check `test_id`.", field="test_id")

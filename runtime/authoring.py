@@ -1,0 +1,291 @@
+"""Authoring: dry runs, previews, side-by-side comparisons and test suites for persona authors.
+
+Everything here goes through :meth:`ChatService.plan`, the step a real chat turn takes, so what an author
+sees rendered or previewed is what a chat would send. Nothing here writes a conversation or a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+from uuid import UUID
+
+from msgspec import Meta, Struct
+
+from personas.history import PersonaHistory
+from personas.models import Caller, Persona, PersonaDraft
+from personas.service import draft_persona
+from personas.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
+from runtime.chat import ChatService, ChatTurn
+from runtime.errors import BadRequest, PersonaRuntimeError
+from runtime.events import ChatEvent, Content, Done, ErrorEvent, PersonaRef, UsageReport
+
+__all__ = [
+    "TEST_CONCURRENCY",
+    "AuthoringService",
+    "CandidateResult",
+    "Failure",
+    "PersonaChoice",
+    "Rendered",
+    "SuiteRun",
+    "TestResult",
+]
+
+log = logging.getLogger("persona_runtime.authoring")
+
+# How many tests of one suite talk to the provider at once: enough to be quick, few enough to stay polite.
+TEST_CONCURRENCY = 4
+
+Version = Annotated[int, Meta(ge=1)]
+
+
+class PersonaChoice(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which persona answers: a saved one (``persona_id``, optionally at ``version``) or an unsaved ``persona``."""
+
+    persona_id: UUID | None = None
+    version: Version | None = None
+    persona: PersonaDraft | None = None
+
+
+class Rendered(Struct, frozen=True, kw_only=True):
+    """A dry run: where the turn would go and the exact body the provider would be sent."""
+
+    provider: str
+    model: str
+    system_prompt: str
+    request: dict[str, Any]
+
+
+class Failure(Struct, frozen=True, kw_only=True):
+    code: str
+    message: str
+
+
+class CandidateResult(Struct, frozen=True, kw_only=True):
+    """One candidate's answer in a comparison; ``error`` is set (and ``response`` partial) when it failed."""
+
+    candidate: int
+    persona: PersonaRef
+    response: str
+    usage: UsageReport | None
+    latency_ms: int
+    error: Failure | None
+
+
+class TestResult(Struct, frozen=True, kw_only=True):
+    test_id: UUID
+    name: str
+    passed: bool
+    response: str
+    failures: list[str]
+
+
+class SuiteRun(Struct, frozen=True, kw_only=True):
+    persona: PersonaRef
+    passed: int
+    failed: int
+    results: list[TestResult]
+
+
+@dataclass
+class _Outcome:
+    text: str
+    usage: UsageReport | None
+    latency_ms: int
+    error: Failure | None
+
+
+@contextlib.contextmanager
+def _within(prefix: str) -> Iterator[None]:
+    """Name fields by their path in the whole body: ``persona.name``, ``candidates[1].persona_id``."""
+    try:
+        yield
+    except PersonaRuntimeError as exc:
+        if prefix and exc.field:
+            field, exc.field = exc.field, prefix + exc.field
+            exc.message = exc.message.replace(f"`{field}`", f"`{exc.field}`", 1)
+        raise
+
+
+def _ref(persona: Persona) -> PersonaRef:
+    return PersonaRef(id=persona.id, name=persona.name, version=persona.version)
+
+
+class AuthoringService:
+    """The authoring tools. A saved persona's tools are for its owner and admins (404 if invisible, 403 if
+    visible but not theirs); a draft may be tried by anyone with a key."""
+
+    def __init__(self, chat: ChatService, tests: PersonaTestStore) -> None:
+        self.chat = chat
+        self.history = PersonaHistory(chat.personas)
+        self.tests = tests
+
+    # Choosing the persona ---------------------------------------------------------------------------
+
+    async def choose(self, caller: Caller, choice: PersonaChoice, *, where: str = "") -> Persona:
+        """The persona a preview or comparison runs: a saved version the caller may edit, or a valid draft."""
+        with _within(where):
+            if (choice.persona is None) == (choice.persona_id is None):
+                raise BadRequest(
+                    "Give either `persona_id` (a saved persona, with `version` to pick an older one) or `persona` "
+                    "(an unsaved draft), not both and not neither.",
+                    field="persona_id",
+                )
+            if choice.persona_id is not None:
+                return await self.history.get(caller, choice.persona_id, choice.version)
+            if choice.version is not None:
+                raise BadRequest("`version` goes with `persona_id`; a draft has no versions.", field="version")
+            assert choice.persona is not None
+            return self.draft(caller, choice.persona)
+
+    def draft(self, caller: Caller, draft: PersonaDraft, *, where: str = "persona.") -> Persona:
+        """A draft checked by the rules a saved persona obeys, its errors naming ``persona.<field>``."""
+        with _within(where):
+            return draft_persona(draft, caller)
+
+    # Dry runs and previews --------------------------------------------------------------------------
+
+    async def render(
+        self, caller: Caller, persona: Persona, *, message: str, conversation_id: UUID | None = None
+    ) -> Rendered:
+        """What a chat with ``persona`` would send, in ``conversation_id`` (the caller's) if given. No provider call."""
+        plan = await self.chat.plan(caller, message=message, conversation_id=conversation_id, persona=persona)
+        return Rendered(
+            provider=plan.routes[0].provider,
+            model=plan.routes[0].model,
+            system_prompt=plan.request.system or "",
+            request=self.chat.upstream_body(plan),
+        )
+
+    async def preview(
+        self, caller: Caller, persona: Persona, *, message: str, provider: str | None = None, model: str | None = None
+    ) -> ChatTurn:
+        return await self.chat.preview(caller, persona, message=message, provider=provider, model=model)
+
+    # Comparisons ------------------------------------------------------------------------------------
+
+    async def candidates(self, caller: Caller, message: str, choices: Sequence[PersonaChoice]) -> list[Persona]:
+        """Every candidate's persona, or the first input error (before any provider is called)."""
+        self.chat.check_message(message)
+        return [await self.choose(caller, c, where=f"candidates[{i}].") for i, c in enumerate(choices)]
+
+    async def compare(self, caller: Caller, message: str, personas: Sequence[Persona]) -> list[CandidateResult]:
+        """Ask every candidate at once; a candidate that fails says why in its ``error``."""
+        outcomes = await asyncio.gather(*(self._ask(caller, p, message) for p in personas))
+        return [
+            CandidateResult(
+                candidate=index,
+                persona=_ref(persona),
+                response=outcome.text,
+                usage=outcome.usage,
+                latency_ms=outcome.latency_ms,
+                error=outcome.error,
+            )
+            for index, (persona, outcome) in enumerate(zip(personas, outcomes, strict=True))
+        ]
+
+    async def compare_events(
+        self, caller: Caller, message: str, personas: Sequence[Persona]
+    ) -> AsyncIterator[tuple[int, ChatEvent]]:
+        """Every candidate's chat events, tagged with its index, interleaved as they arrive.
+
+        A candidate that fails before answering contributes one ``error`` event. When the consumer stops
+        early, every candidate's upstream call is cancelled.
+        """
+        queue: asyncio.Queue[tuple[int, ChatEvent] | None] = asyncio.Queue()
+
+        async def run(index: int, persona: Persona) -> None:
+            try:
+                try:
+                    turn = await self.chat.preview(caller, persona, message=message)
+                except PersonaRuntimeError as exc:
+                    await queue.put((index, ErrorEvent(code=exc.code, message=exc.message)))
+                    return
+                async with contextlib.aclosing(turn.events()) as events:
+                    async for event in events:
+                        await queue.put((index, event))
+            except Exception:
+                log.exception("comparison candidate %d failed", index)
+                await queue.put(
+                    (index, ErrorEvent(code="internal_error", message="Internal error; it has been logged."))
+                )
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(run(i, p)) for i, p in enumerate(personas)]
+        try:
+            running = len(tasks)
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _ask(self, caller: Caller, persona: Persona, message: str) -> _Outcome:
+        """One whole answer, nothing stored; a failure (before or during the answer) becomes ``error``."""
+        began = time.monotonic()
+        pieces: list[str] = []
+        usage: UsageReport | None = None
+        error: Failure | None = None
+        try:
+            turn = await self.chat.preview(caller, persona, message=message)
+            async with contextlib.aclosing(turn.events()) as events:
+                async for event in events:
+                    if isinstance(event, Content):
+                        pieces.append(event.content)
+                    elif isinstance(event, UsageReport):
+                        usage = event
+                    elif isinstance(event, ErrorEvent):
+                        error = Failure(code=event.code, message=event.message)
+                    elif isinstance(event, Done):
+                        break
+        except PersonaRuntimeError as exc:
+            error = Failure(code=exc.code, message=exc.message)
+        return _Outcome("".join(pieces), usage, int((time.monotonic() - began) * 1000), error)
+
+    # Test suites ------------------------------------------------------------------------------------
+
+    async def add_test(self, caller: Caller, persona_id: UUID, draft: PersonaTestDraft) -> PersonaTest:
+        await self.chat.personas.get_editable(caller, persona_id)
+        check_test(draft)
+        self.chat.check_message(draft.message)
+        return await self.tests.add(persona_id, draft, created_by=caller.user_id)
+
+    async def list_tests(self, caller: Caller, persona_id: UUID) -> list[PersonaTest]:
+        await self.chat.personas.get_editable(caller, persona_id)
+        return await self.tests.list(persona_id)
+
+    async def delete_test(self, caller: Caller, persona_id: UUID, test_id: UUID) -> None:
+        await self.chat.personas.get_editable(caller, persona_id)
+        await self.tests.delete(persona_id, test_id)
+
+    async def run_tests(self, caller: Caller, persona_id: UUID, version: int | None = None) -> SuiteRun:
+        """Every test of the persona against its current (or given) version, a few at a time; nothing stored."""
+        persona = await self.history.get(caller, persona_id, version)
+        tests = await self.tests.list(persona_id)
+        gate = asyncio.Semaphore(TEST_CONCURRENCY)
+
+        async def run(test: PersonaTest) -> TestResult:
+            async with gate:
+                outcome = await self._ask(caller, persona, test.message)
+            if outcome.error is not None:
+                failures = [f"the provider failed ({outcome.error.code}): {outcome.error.message}"]
+            else:
+                failures = judge(test.expect, outcome.text)
+            return TestResult(
+                test_id=test.id, name=test.name, passed=not failures, response=outcome.text, failures=failures
+            )
+
+        results = await asyncio.gather(*(run(t) for t in tests))
+        passed = sum(r.passed for r in results)
+        return SuiteRun(persona=_ref(persona), passed=passed, failed=len(results) - passed, results=list(results))
