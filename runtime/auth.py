@@ -35,6 +35,8 @@ class Authenticator:
         self._cache: dict[bytes, tuple[float, KeyOwner | None]] = {}
         self._used: dict[UUID, datetime] = {}
         self._flusher: asyncio.Task[None] | None = None
+        # One write at a time, so that a caller of flush() also waits for a write already under way.
+        self._flush_lock = asyncio.Lock()
 
     async def authenticate(self, key: str | None) -> Caller:
         if not key:
@@ -85,16 +87,18 @@ class Authenticator:
         await self.flush()
 
     async def flush(self) -> None:
-        used, self._used = self._used, {}
-        if not used:
-            return
-        try:
-            await self._accounts.touch_keys(used)
-        except Exception as exc:
-            # A lost "last used" time is harmless; try again with the next batch.
-            log.warning("could not record API key use (%s); will retry", type(exc).__name__)
-            for key_id, at in used.items():
-                self._used.setdefault(key_id, at)
+        """Write the buffered "last used" times."""
+        async with self._flush_lock:
+            used, self._used = self._used, {}
+            if not used:
+                return
+            try:
+                await self._accounts.touch_keys(used)
+            except Exception as exc:
+                # A lost "last used" time is harmless; try again with the next batch.
+                log.warning("could not record API key use (%s); will retry", type(exc).__name__)
+                for key_id, at in used.items():
+                    self._used.setdefault(key_id, at)
 
     async def _flush_periodically(self) -> None:
         while True:

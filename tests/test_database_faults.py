@@ -1,0 +1,70 @@
+"""A database that goes away: requests get a clear 503 (never a 500, never a key let through) and the
+runtime recovers by itself when the database is back."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from runtime.app import create_app
+from tests.conftest import make_settings, persona_body, running
+from tests.proxy import TcpProxy
+
+PERSONAS = "/api/v1/chat/personas"
+
+
+@pytest.fixture
+async def proxied(database_url):
+    parts = urlsplit(database_url)
+    if not parts.hostname:
+        pytest.skip("the test database is reached through a Unix socket; this test needs TCP")
+    proxy = TcpProxy(parts.hostname, parts.port or 5432)
+    await proxy.start()
+    netloc = parts.netloc.replace(
+        f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname, f"127.0.0.1:{proxy.port}"
+    )
+    yield proxy, urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    await proxy.cut()
+
+
+async def test_requests_get_503_while_the_database_is_away_and_work_again_after(proxied, redis_url, make_user):
+    proxy, dsn = proxied
+    alice = await make_user("alice")
+    app = create_app(make_settings(dsn, redis_url, key_cache_seconds=0.0))
+    async with running(app) as api:
+        created = await api.post(PERSONAS, json=persona_body(), headers=alice.headers)
+        assert created.status_code == 201
+
+        await proxy.cut()
+        # A key that cannot be checked is refused: 503, not 401 and certainly not a pass.
+        r = await api.get(PERSONAS, headers=alice.headers)
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "service_unavailable"
+        assert "database" in r.json()["message"]
+        ready = await api.get("/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unavailable"
+        assert (await api.get("/health")).status_code == 200
+
+        await proxy.start()
+        r = await api.get(PERSONAS, headers=alice.headers)
+        assert r.status_code == 200
+        assert created.json()["persona"]["id"] in {p["id"] for p in r.json()["personas"]}
+
+
+async def test_a_write_that_meets_a_dead_database_is_a_503_and_nothing_half_written(
+    proxied, redis_url, make_user, resources
+):
+    proxy, dsn = proxied
+    alice = await make_user("alice")
+    # Keys stay trusted for a while here, so the request reaches the persona write itself.
+    app = create_app(make_settings(dsn, redis_url, key_cache_seconds=60.0))
+    async with running(app) as api:
+        assert (await api.get(PERSONAS, headers=alice.headers)).status_code == 200
+        await proxy.cut()
+        body = persona_body()
+        r = await api.post(PERSONAS, json=body, headers=alice.headers)
+        assert r.status_code == 503
+        await proxy.start()
+        count = await resources.pool.fetchval("SELECT count(*) FROM personas WHERE name = $1", body["name"])
+        assert count == 0
