@@ -128,7 +128,7 @@ def card_to_draft(card: dict[str, Any]) -> PersonaDraft:
     if isinstance(exported_traits, dict) and _personality_text(exported_traits) == (fields.personality or ""):
         traits = exported_traits
     description = _literal(fields.description or "", name).strip()
-    prompt = _card_prompt(fields, has_traits=bool(traits))
+    prompt = _card_prompt(fields, has_traits=bool(traits), whole=bool(ours.get("whole_prompt")))
     capabilities = ours.get("capabilities")
     if isinstance(capabilities, dict) and capabilities:
         # Our export writes capabilities out in the prompt; the variable takes their place again.
@@ -152,12 +152,14 @@ def card_to_draft(card: dict[str, Any]) -> PersonaDraft:
     return validated(draft, PersonaDraft, "persona made from the card")
 
 
-def _card_prompt(card: _CardData, *, has_traits: bool) -> str:
+def _card_prompt(card: _CardData, *, has_traits: bool, whole: bool = False) -> str:
+    """The persona's prompt from a card. ``whole``: the card's system prompt is a persona's entire prompt
+    (our own export), so the description and personality are not added to it a second time."""
     head = _template(card.system_prompt or "", original=DEFAULT_HEAD).strip() or DEFAULT_HEAD
     sections = [head]
     for title, text in (
-        ("About {{persona_name}}", card.description),
-        ("Personality", "{{traits}}" if has_traits and "{{traits}}" not in head else ""),
+        ("About {{persona_name}}", "" if whole else card.description),
+        ("Personality", "{{traits}}" if has_traits and "{{traits}}" not in head and not whole else ""),
         ("Scenario", card.scenario),
         ("Example dialogue", card.mes_example),
         ("How the conversation opened", card.first_mes),
@@ -237,7 +239,8 @@ def persona_to_card(persona: Persona) -> dict[str, Any]:
         **(kept["data"] if kept else {}),
         "name": persona.name,
     }
-    if imported is None or imported.system_prompt != persona.system_prompt:
+    whole_prompt = imported is None or imported.system_prompt != persona.system_prompt
+    if whole_prompt:
         data.update(
             description=persona.description,
             system_prompt=_card_macros(persona),
@@ -262,6 +265,8 @@ def persona_to_card(persona: Persona) -> dict[str, Any]:
         "personality_traits": persona.personality_traits
         if set(persona.personality_traits) - {"personality", "tags"}
         else {},
+        # The card's system_prompt is our whole prompt: an import here takes it as it is.
+        "whole_prompt": whole_prompt,
     }
     if any(ours.values()):
         extensions[EXTENSION_KEY] = {k: v for k, v in ours.items() if v}

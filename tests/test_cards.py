@@ -321,6 +321,7 @@ def test_card_export_of_a_native_persona_carries_settings_back_in():
         "model_settings",
         "tools",
         "personality_traits",
+        "whole_prompt",
     }
     back = draft_persona(read_document(card).draft, None)
     assert back.personality_traits == {"tone": "dry"}
@@ -329,6 +330,31 @@ def test_card_export_of_a_native_persona_carries_settings_back_in():
     assert back.model_settings == ModelSettings(provider="openai", model="gpt-4o-mini", temperature=0.2)
     assert back.tools == [Tool(name="lookup", parameters={"type": "object"})]
     assert EXTENSION_KEY not in back.extensions["card"]["data"]["extensions"]  # read, not kept twice
+
+
+def test_a_native_persona_keeps_its_system_prompt_through_a_card():
+    prompt = (
+        "You are {{persona_name}}, helping {{user_name}} on {{date}}.\n\nYou:\n{{traits}}\n\nCan:\n{{capabilities}}"
+    )
+    persona = draft_persona(
+        read_document(
+            {
+                "format": FORMAT,
+                "persona": {
+                    "name": "Mu-like",
+                    "description": "A cheerful robot.",
+                    "system_prompt": prompt,
+                    "personality_traits": {"tone": "warm"},
+                    "capabilities": {"puns": True},
+                },
+            }
+        ).draft,
+        None,
+    )
+    back = draft_persona(read_document(persona_to_card(persona)).draft, None)
+    assert back.system_prompt == prompt
+    assert back.description == "A cheerful robot." and back.personality_traits == {"tone": "warm"}
+    assert render(back) == render(persona)
 
 
 def test_our_document_round_trips_without_loss():

@@ -19,6 +19,33 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
 
 
+def bash_blocks(markdown: Path, heading: str, lang: str = "bash") -> str:
+    """Every shell block of the section under ``heading`` (up to the next heading of its level), in order."""
+    level = heading.split(" ", 1)[0]
+    blocks: list[str] = []
+    inside = fenced = False
+    current: list[str] | None = None
+    for line in markdown.read_text().splitlines():
+        if line.startswith("```"):
+            if fenced:
+                if current is not None:
+                    blocks.append("\n".join(current))
+                fenced, current = False, None
+            else:
+                fenced = True
+                current = [] if inside and line.strip() == f"```{lang}" else None
+            continue
+        if fenced:
+            if current is not None:
+                current.append(line)
+        elif line == heading:
+            inside = True
+        elif inside and line.startswith(level + " "):
+            break
+    assert blocks, f"no {lang} block under {heading!r} in {markdown.name}"
+    return "\n".join(blocks)
+
+
 def bash_block(markdown: Path, heading: str) -> str:
     """The first ```bash block after ``heading``."""
     text = markdown.read_text()
@@ -63,6 +90,54 @@ async def test_readme_walk_through_runs_as_written(echo_server):
     assert '"source":"default"' in out and '"source":"preference"' in out
     assert '"version":2' in out and "unknown template variable {{nickname}}" in out
     assert out.rstrip().endswith('"message":"Current persona is Mu"}')
+
+
+async def run_walk_through(markdown: Path, heading: str, database_url: str, url: str) -> str:
+    script = bash_blocks(markdown, heading)
+    script = script.replace(".venv/bin/persona-runtime", f"{sys.executable} -m runtime")
+    script = script.replace("http://127.0.0.1:8666", url)
+    result = await run("bash", "-euo", "pipefail", "-c", script, env=cli_env(database_url))
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the worked example uses curl, which is not installed here")
+async def test_authoring_worked_example_runs_as_written(echo_server):
+    database_url, url, _ = echo_server
+    out = await run_walk_through(ROOT / "docs" / "authoring.md", "## A worked example", database_url, url)
+    # What the page says each step prints.
+    assert "You are Quill, a copy editor helping Ada." in out
+    assert "[echo] Bonjour! Can you check my commas? False None" in out
+    assert "1 1 [('answers in kind', []), ('stays brief', ['answer is 43 characters, more than max_chars 30'])]" in out
+    assert "[(3, 'Restored version 1'), (2, 'terser'), (1, None)]" in out
+    assert "[('user', 'Hi Quill'), ('assistant', '[echo] Hi Quill'), ('user', 'And now?')]" in out
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the import examples use curl, which is not installed here")
+async def test_portability_examples_run_as_written(echo_server, tmp_path):
+    database_url, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("porter", is_admin=True)
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    doc = ROOT / "docs" / "portability.md"
+    script = "\n".join(bash_blocks(doc, heading, lang="sh") for heading in ("## Export", "## Import"))
+    script = script.replace("http://127.0.0.1:8666", url).replace("PYTHONPATH=.", f"PYTHONPATH={ROOT}")
+    env = {**cli_env(database_url), "KEY": key}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count('{"success":true,"persona"') == 3, out
+    assert '"name":"Seraphina"' in out and "(PNG)" in out and "(copy)" in out
+    card = (tmp_path / "card.json").read_text()
+    assert '"spec":"chara_card_v2"' in card.replace(" ", "")
 
 
 async def test_python_examples_run_as_written(echo_server):
