@@ -16,7 +16,7 @@ from uuid import UUID
 import msgspec
 
 from personas.documents import encode_document, load_document, persona_document, slug
-from personas.models import Persona, PersonaDraft
+from personas.models import CONTENT_FIELDS, Persona, PersonaDraft
 from personas.service import check_draft, draft_persona
 from personas.store import PersonaStore
 from runtime.errors import BadRequest
@@ -26,17 +26,7 @@ __all__ = ["FileResult", "FilesError", "import_drafts", "read_directory", "write
 Outcome = Literal["written", "created", "updated", "unchanged"]
 
 # The fields a file sets; an import that would change none of them leaves the persona as it is.
-_CONTENT = (
-    "name",
-    "description",
-    "system_prompt",
-    "personality_traits",
-    "capabilities",
-    "model_settings",
-    "tools",
-    "visibility",
-    "extensions",
-)
+_CONTENT = CONTENT_FIELDS
 
 
 class FileResult(NamedTuple):

@@ -6,7 +6,7 @@ from uuid import UUID
 
 import msgspec
 
-from personas.models import Caller, ModelSettings, Persona, Tool
+from personas.models import CONTENT_FIELDS, Caller, ModelSettings, Persona, Tool
 from personas.service import PersonaService, check_draft
 from personas.store import PersonaVersion, VersionSummary
 from runtime.errors import NotFound
@@ -78,14 +78,4 @@ class PersonaHistory:
 
 
 # What a version records: the fields a restore brings back.
-_CONTENT = (
-    "name",
-    "description",
-    "system_prompt",
-    "personality_traits",
-    "capabilities",
-    "model_settings",
-    "tools",
-    "visibility",
-    "extensions",
-)
+_CONTENT = CONTENT_FIELDS

@@ -10,6 +10,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 __all__ = [
+    "CONTENT_FIELDS",
     "MU_ID",
     "WRITABLE_FIELDS",
     "Caller",
@@ -120,7 +121,8 @@ class PersonaPatch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     change_note: ChangeNote | UnsetType | None = UNSET
 
 
-WRITABLE_FIELDS = (
+# What a saved state of a persona consists of: what a version records, a restore brings back and a file sets.
+CONTENT_FIELDS = (
     "name",
     "description",
     "system_prompt",
@@ -130,9 +132,9 @@ WRITABLE_FIELDS = (
     "tools",
     "visibility",
     "extensions",
-    "is_default",
-    "change_note",
 )
+
+WRITABLE_FIELDS = (*CONTENT_FIELDS, "is_default", "change_note")
 
 
 class Caller(Struct, frozen=True, kw_only=True):

@@ -7,12 +7,13 @@ import contextlib
 import email.utils
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
 import httpx2
 
+from providers.events import ProviderEvent
 from runtime.errors import (
     ProviderError,
     ProviderRateLimited,
@@ -163,3 +164,27 @@ async def drain(lines: AsyncIterator[str], seconds: float = 1.0) -> None:
         async with asyncio.timeout(seconds):
             async for _ in lines:
                 pass
+
+
+async def read_stream(
+    name: str,
+    response: httpx2.Response,
+    events: Callable[[AsyncIterator[str]], AsyncIterator[ProviderEvent]],
+) -> AsyncIterator[ProviderEvent]:
+    """The events a vendor's SSE body decodes to, with transport failures mapped to our errors.
+
+    The body is read to its end so that the connection goes back to the pool for the next stream.
+    """
+    lines = response.aiter_lines()
+    try:
+        async for event in events(lines):
+            yield event
+        await drain(lines)
+    except ProviderError:
+        raise
+    except timeout_errors() as exc:
+        raise timeout_error(name) from exc
+    except transport_errors() as exc:
+        raise broken_stream_error(name, "the connection was lost") from exc
+    finally:
+        await response.aclose()

@@ -177,20 +177,8 @@ class AnthropicProvider:
             response = await self._client.post("/v1/messages", cast_to=httpx2.Response, body=body, stream=True)
         except anthropic.APIError as exc:
             raise self._sdk_error(exc) from exc
-        lines = response.aiter_lines()
-        try:
-            async for event in self._events(lines):
-                yield event
-            # Read to the end of the body so the connection goes back to the pool for the next stream.
-            await _upstream.drain(lines)
-        except ProviderError:
-            raise
-        except _upstream.timeout_errors() as exc:
-            raise _upstream.timeout_error(self.name) from exc
-        except _upstream.transport_errors() as exc:
-            raise _upstream.broken_stream_error(self.name, "the connection was lost") from exc
-        finally:
-            await response.aclose()
+        async for event in _upstream.read_stream(self.name, response, self._events):
+            yield event
 
     async def _events(self, lines: AsyncIterator[str]) -> AsyncIterator[ProviderEvent]:
         input_tokens = output_tokens = 0
