@@ -22,7 +22,7 @@ from api.chat_schemas import (
 from api.deps import CallerDep, ResourcesDep
 from api.schemas import MessageResponse
 from api.sse import chat_body, sse_response
-from runtime.chat import ChatResult, ChatTurn
+from runtime.answer import ChatResult, ChatTurn
 
 __all__ = ["ChatController", "ConversationController", "chat_response", "wants_stream"]
 

@@ -18,7 +18,7 @@ from api.sse import DONE, HEARTBEAT, sse_response, with_heartbeat
 from personas.models import Caller
 from providers import ChatMessage, Finish, TextDelta, ToolCall, ToolCallDelta, ToolSpec, Usage, assemble_tool_calls
 from providers.events import ProviderEvent
-from runtime.chat import AnswerStream
+from runtime.answer import AnswerStream
 from runtime.compat import list_model_ids, open_completion, resolve_model
 from runtime.errors import BadRequest, ProviderError
 from runtime.resources import Resources

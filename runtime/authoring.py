@@ -21,7 +21,8 @@ from personas.history import PersonaHistory
 from personas.models import Caller, Persona, PersonaDraft
 from personas.service import draft_persona
 from personas.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
-from runtime.chat import ChatService, ChatTurn
+from runtime.answer import ChatTurn
+from runtime.chat import ChatService
 from runtime.errors import BadRequest, PersonaRuntimeError
 from runtime.events import ChatEvent, Content, Done, ErrorEvent, PersonaRef, UsageReport
 

@@ -1,4 +1,4 @@
-"""Chat orchestration: one turn from the user's message to the stored answer, streamed as events."""
+"""Chat orchestration: one turn from the user's message to the stored answer."""
 
 from __future__ import annotations
 
@@ -6,94 +6,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import msgspec
-
 from personas.models import Caller, Persona
 from personas.service import PersonaService
-from providers import ChatMessage, ProviderEvent, ProviderRequest, ProviderSet, assemble_tool_calls
-from providers.events import Finish, TextDelta, ToolCallDelta, Usage
-from runtime.conversations import Conversation, ConversationStore, MessageStatus
+from providers import ChatMessage, ProviderRequest, ProviderSet
+from runtime.answer import ChatTurn, open_answer
+from runtime.conversations import Conversation, ConversationStore
 from runtime.errors import (
     BadRequest,
     PayloadTooLarge,
     PersonaRuntimeError,
-    ProviderError,
-    ProviderTimeout,
-    ProviderUnavailable,
-    ServiceUnavailable,
 )
-from runtime.events import ChatEvent, Content, Done, ErrorEvent, PersonaRef, Start, UsageReport
+from runtime.events import PersonaRef, Start
 from runtime.prompt import Route, build_request, plan_routes, render_system_prompt
 from runtime.resolve import PersonaSource, resolve_persona
 
-__all__ = ["AnswerStream", "ChatResult", "ChatService", "ChatTurn", "TurnPlan", "open_answer"]
+__all__ = ["ChatService", "TurnPlan"]
 
 log = logging.getLogger("persona_runtime.chat")
-
-# Errors worth another provider: the upstream is down or slow, not refusing this request.
-_FALLBACK_ERRORS = (ProviderUnavailable, ProviderTimeout)
-
-
-@dataclass
-class AnswerStream:
-    """A provider stream that has produced its first event: from here on, failures are in-band."""
-
-    route: Route
-    events: AsyncIterator[ProviderEvent]
-    attempts: list[tuple[Route, ProviderError]] = field(default_factory=list)
-
-    async def aclose(self) -> None:
-        closer = getattr(self.events, "aclose", None)
-        if closer is not None:
-            await closer()
-
-
-async def open_answer(providers: ProviderSet, routes: Sequence[Route], request: ProviderRequest) -> AnswerStream:
-    """Start the first route that answers, trying the next one when a provider fails before its first event.
-
-    Raises the first route's error when none answers (with the others logged), so the status a client
-    sees is about the provider it asked for.
-    """
-    failures: list[tuple[Route, ProviderError]] = []
-    for route in routes:
-        provider = providers.get(route.provider)
-        stream = provider.stream(msgspec.structs.replace(request, model=route.model))
-        try:
-            first = await anext(stream)
-        except StopAsyncIteration:
-            first = Finish(finish_reason="stop")
-        except _FALLBACK_ERRORS as exc:
-            await stream.aclose()  # type: ignore[attr-defined]
-            failures.append((route, exc))
-            log.warning(
-                "provider %s failed before answering (%s); %s",
-                route.provider,
-                exc.code,
-                "trying the next fallback" if route is not routes[-1] else "no fallback left",
-            )
-            continue
-        except BaseException:
-            await stream.aclose()  # type: ignore[attr-defined]
-            raise
-        return AnswerStream(route=route, events=_prepend(first, stream), attempts=failures)
-    raise failures[0][1]
-
-
-async def _prepend(first: ProviderEvent, rest: AsyncIterator[ProviderEvent]) -> AsyncIterator[ProviderEvent]:
-    try:
-        yield first
-        async for event in rest:
-            yield event
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
-
-
-Saver = Callable[..., Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -105,127 +39,6 @@ class TurnPlan:
     conversation: Conversation | None
     routes: list[Route]
     request: ProviderRequest
-
-
-@dataclass
-class ChatResult:
-    """A whole answer, for callers that do not stream."""
-
-    start: Start
-    text: str
-    usage: UsageReport | None
-    done: Done
-
-
-@dataclass
-class ChatTurn:
-    """One answer on its way: ``start`` is known, ``events()`` streams it and records the outcome."""
-
-    start: Start
-    answer: AnswerStream
-    began: float
-    save: Saver | None
-    spawn: Callable[[Coroutine[Any, Any, None]], None]
-    failure: ProviderError | None = None
-
-    async def collect(self) -> ChatResult:
-        """Read the whole answer; a failure midway is raised (the partial answer is kept as incomplete)."""
-        pieces: list[str] = []
-        usage: UsageReport | None = None
-        async for event in self.events():
-            if isinstance(event, Content):
-                pieces.append(event.content)
-            elif isinstance(event, UsageReport):
-                usage = event
-            elif isinstance(event, ErrorEvent):
-                raise self.failure or ServiceUnavailable(event.message)
-            elif isinstance(event, Done):
-                return ChatResult(start=self.start, text="".join(pieces), usage=usage, done=event)
-        raise ProviderUnavailable("The provider stream ended without an answer.", provider=self.start.provider)
-
-    async def events(self) -> AsyncGenerator[ChatEvent, None]:
-        """``start``, the answer as ``content`` pieces, ``usage``, then ``done`` (or ``error``)."""
-        pieces: list[str] = []
-        deltas: list[ToolCallDelta] = []
-        usage: dict[str, int] | None = None
-        finish: str | None = None
-        settled = False
-        try:
-            yield self.start
-            try:
-                async for event in self.answer.events:
-                    if isinstance(event, TextDelta):
-                        pieces.append(event.content)
-                        yield Content(content=event.content)
-                    elif isinstance(event, Usage):
-                        usage = {"input_tokens": event.input_tokens, "output_tokens": event.output_tokens}
-                        yield UsageReport(**usage)
-                    elif isinstance(event, ToolCallDelta):
-                        deltas.append(event)
-                    elif isinstance(event, Finish):
-                        finish = event.finish_reason
-            except ProviderError as exc:
-                settled = True
-                self.failure = exc
-                await self._record(
-                    "incomplete", pieces, usage, None, deltas, {"code": exc.code, "message": exc.message}
-                )
-                yield ErrorEvent(code=exc.code, message=exc.message)
-                return
-            status: MessageStatus = "complete" if finish else "incomplete"
-            settled = True
-            calls = [msgspec.to_builtins(c) for c in assemble_tool_calls(deltas)]
-            if not await self._record(status, pieces, usage, finish, deltas, None):
-                yield ErrorEvent(code="not_saved", message="The answer was streamed but could not be saved.")
-                return
-            yield Done(finish_reason=finish or "incomplete", message_id=self.start.message_id, tool_calls=calls)
-        finally:
-            if not settled:
-                # The client went away (or the task was cancelled): keep what was said, in a task of its own,
-                # because any await here would be cancelled with us.
-                self.spawn(self._finish_abandoned(pieces, usage, deltas))
-
-    async def _finish_abandoned(
-        self, pieces: list[str], usage: dict[str, int] | None, deltas: list[ToolCallDelta]
-    ) -> None:
-        await self.answer.aclose()
-        await self._record(
-            "incomplete",
-            pieces,
-            usage,
-            None,
-            deltas,
-            {"code": "client_disconnected", "message": "The client went away."},
-        )
-
-    async def _record(
-        self,
-        status: MessageStatus,
-        pieces: list[str],
-        usage: dict[str, int] | None,
-        finish: str | None,
-        deltas: list[ToolCallDelta],
-        error: dict[str, Any] | None,
-    ) -> bool:
-        if self.save is None:
-            return True
-        calls = [msgspec.to_builtins(c) for c in assemble_tool_calls(deltas)] or None
-        try:
-            await self.save(
-                content="".join(pieces),
-                status=status,
-                provider=self.answer.route.provider,
-                model=self.answer.route.model,
-                usage=usage,
-                latency_ms=int((time.monotonic() - self.began) * 1000),
-                finish_reason=finish,
-                tool_calls=calls,
-                error=error,
-            )
-        except Exception:
-            log.exception("could not save the answer %s", self.start.message_id)
-            return False
-        return True
 
 
 class ChatService:
