@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -26,9 +25,6 @@ from runtime.prompt import Route, build_request, plan_routes, render_system_prom
 from runtime.resolve import PersonaSource, resolve_persona
 
 __all__ = ["ChatService", "TurnPlan"]
-
-log = logging.getLogger("persona_runtime.chat")
-
 
 @dataclass(frozen=True)
 class TurnPlan:
