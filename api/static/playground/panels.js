@@ -63,16 +63,16 @@ function chatTurn(message, label) {
       item.classList.remove("streaming");
       status.textContent = [`finished: ${data.finish_reason || "stop"}`, status.dataset.usage].filter(Boolean).join(" · ");
     },
-    fail(text_) {
+    fail(reason) {
       item.classList.remove("streaming");
       item.classList.add("failed");
-      status.textContent = text_;
+      status.textContent = reason;
       status.setAttribute("role", "alert");
     },
-    stop(text_) {
+    stop(reason) {
       if (item.classList.contains("streaming")) {
         item.classList.remove("streaming");
-        status.textContent = text_;
+        status.textContent = reason;
       }
     },
   };
