@@ -20,6 +20,7 @@ from api.health import health, ready
 from api.keys import AdminController, KeyController
 from api.openai_compat import OpenAIController
 from api.personas import PersonaController
+from api.playground import playground_router
 from api.portability import PortabilityController
 from providers import ProviderRegistry
 from runtime.resources import open_resources
@@ -49,6 +50,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             ChatController,
             ConversationController,
             OpenAIController,
+            playground_router(),
         ],
         dependencies=dependencies,
         exception_handlers=exception_handlers,

@@ -1,0 +1,139 @@
+// A small client for the persona-runtime API: every call sends the key as X-API-Key and turns an
+// error body ({"success": false, "message", "error": {"code", "field"?}}) into an ApiError.
+
+import { readEvents } from "./sse.js";
+
+const PERSONAS = "/api/v1/chat/personas";
+
+export class ApiError extends Error {
+  constructor(status, message, { code = null, field = null, details = null } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.field = field;
+    this.details = details;
+  }
+}
+
+async function errorFrom(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // Not our JSON (a proxy's page, say): fall back to the status line.
+  }
+  const error = body && typeof body === "object" ? body.error || {} : {};
+  const message = body && body.message ? body.message : `${response.status} ${response.statusText}`.trim();
+  return new ApiError(response.status, message, { code: error.code, field: error.field, details: error.details });
+}
+
+export class Client {
+  /** @param {() => string} getKey where the key comes from on each call */
+  constructor(getKey) {
+    this.getKey = getKey;
+  }
+
+  async fetch(method, path, { body, form, accept = "application/json", signal } = {}) {
+    const headers = { "X-API-Key": this.getKey(), Accept: accept };
+    let payload;
+    if (form) {
+      payload = form; // the browser writes the multipart boundary
+    } else if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      payload = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, { method, headers, body: payload, signal, cache: "no-store" });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new ApiError(0, `The server could not be reached (${err.message}). Is persona-runtime running?`, {
+        code: "network_error",
+      });
+    }
+    if (!response.ok) throw await errorFrom(response);
+    return response;
+  }
+
+  async json(method, path, options) {
+    const response = await this.fetch(method, path, options);
+    return response.json();
+  }
+
+  /** An SSE stream of events ({event, id, data}); HTTP errors before the stream throw ApiError. */
+  async stream(path, body, signal) {
+    const response = await this.fetch("POST", path, { body: { ...body, stream: true }, accept: "text/event-stream", signal });
+    return readEvents(response);
+  }
+
+  // Personas
+  listPersonas() {
+    return this.json("GET", `${PERSONAS}?limit=200`);
+  }
+  getPersona(id) {
+    return this.json("GET", `${PERSONAS}/${id}`);
+  }
+  createPersona(draft) {
+    return this.json("POST", PERSONAS, { body: draft });
+  }
+  updatePersona(id, patch) {
+    return this.json("PUT", `${PERSONAS}/${id}`, { body: patch });
+  }
+  deletePersona(id) {
+    return this.json("DELETE", `${PERSONAS}/${id}`);
+  }
+
+  // Dry runs, previews and comparisons
+  render(id, message) {
+    return this.json("POST", `${PERSONAS}/${id}/render`, { body: { message } });
+  }
+  renderDraft(draft, message) {
+    return this.json("POST", `${PERSONAS}/render`, { body: { persona: draft, message } });
+  }
+  /** choice is {"persona_id"} or {"persona": draft} */
+  preview(choice, message, signal) {
+    return this.stream(`${PERSONAS}/preview`, { ...choice, message }, signal);
+  }
+  compare(candidates, message, signal) {
+    return this.stream(`${PERSONAS}/compare`, { candidates, message }, signal);
+  }
+
+  // Versions
+  versions(id) {
+    return this.json("GET", `${PERSONAS}/${id}/versions?limit=200`);
+  }
+  version(id, n) {
+    return this.json("GET", `${PERSONAS}/${id}/versions/${n}`);
+  }
+  restore(id, n) {
+    return this.json("POST", `${PERSONAS}/${id}/versions/${n}/restore`);
+  }
+
+  // Test suites
+  tests(id) {
+    return this.json("GET", `${PERSONAS}/${id}/tests`);
+  }
+  addTest(id, test) {
+    return this.json("POST", `${PERSONAS}/${id}/tests`, { body: test });
+  }
+  deleteTest(id, testId) {
+    return this.json("DELETE", `${PERSONAS}/${id}/tests/${testId}`);
+  }
+  runTests(id) {
+    return this.json("POST", `${PERSONAS}/${id}/tests/run`, { body: {} });
+  }
+
+  // Import and export
+  async exportPersona(id, format) {
+    const response = await this.fetch("GET", `${PERSONAS}/${id}/export?format=${encodeURIComponent(format)}`);
+    const disposition = response.headers.get("Content-Disposition") || "";
+    const match = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(disposition);
+    return { blob: await response.blob(), filename: match ? decodeURIComponent(match[1]) : null };
+  }
+  importFile(file) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    return this.json("POST", `${PERSONAS}/import`, { form });
+  }
+}

@@ -1,0 +1,348 @@
+// The workbench panels: render, chat, compare, tests and versions. Each takes the page context
+// (the API client and what the editor holds) and wires its own part of the page.
+
+import { $, el, formatJson, formatTime, notify, showError, task } from "./ui.js";
+
+// Render ------------------------------------------------------------------------------------------
+
+export function renderPanel(ctx) {
+  const button = $("#render");
+  $("#render-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const message = $("#render-message").value || "Hello!";
+    const choice = ctx.choice();
+    if (!choice) return;
+    const result = await task(
+      "Render failed",
+      () => (choice.persona_id ? ctx.client.render(choice.persona_id, message) : ctx.client.renderDraft(choice.persona, message)),
+      button,
+    );
+    if (!result) return;
+    $("#render-meta").textContent = `${choice.label} · ${result.provider}/${result.model}`;
+    $("#render-system-prompt").textContent = result.system_prompt;
+    $("#render-request").textContent = formatJson(result.request);
+    $("#render-result").hidden = false;
+  });
+  return { reset: () => ($("#render-result").hidden = true) };
+}
+
+// Chat --------------------------------------------------------------------------------------------
+
+function describeStart(data) {
+  // A draft answers as version 0: it has no version of its own yet.
+  const version = data.persona && data.persona.version ? `v${data.persona.version}` : "(editor draft)";
+  const persona = data.persona ? `${data.persona.name} ${version}` : "";
+  return [persona, `${data.provider}/${data.model}`].filter(Boolean).join(" · ");
+}
+
+/** One question and its answer in the chat log; the answer grows as content arrives. */
+function chatTurn(message, label) {
+  const meta = el("p", { class: "meta", "data-testid": "chat-meta" }, label);
+  const text = el("div", { class: "answer-text", "data-testid": "chat-answer" });
+  const status = el("p", { class: "turn-status", "data-testid": "chat-status" }, "waiting for the provider…");
+  const item = el(
+    "li",
+    { class: "turn streaming" },
+    el("p", { class: "question" }, el("span", { class: "who" }, "You: "), message),
+    el("div", { class: "answer" }, meta, text, status),
+  );
+  $("#chat-log").append(item);
+  item.scrollIntoView({ block: "end" });
+  return {
+    start(data) {
+      meta.textContent = describeStart(data);
+      status.textContent = "streaming…";
+    },
+    append(piece) {
+      text.append(piece);
+    },
+    usage(data) {
+      status.dataset.usage = `${data.input_tokens} in / ${data.output_tokens} out tokens`;
+    },
+    finish(data) {
+      item.classList.remove("streaming");
+      status.textContent = [`finished: ${data.finish_reason || "stop"}`, status.dataset.usage].filter(Boolean).join(" · ");
+    },
+    fail(reason) {
+      item.classList.remove("streaming");
+      item.classList.add("failed");
+      status.textContent = reason;
+      status.setAttribute("role", "alert");
+    },
+    stop(reason) {
+      if (item.classList.contains("streaming")) {
+        item.classList.remove("streaming");
+        status.textContent = reason;
+      }
+    },
+  };
+}
+
+export function chatPanel(ctx) {
+  const send = $("#chat-send");
+  const stop = $("#chat-stop");
+  let controller = null;
+
+  $("#chat-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const message = $("#chat-message").value.trim();
+    if (!message) return;
+    const choice = ctx.choice();
+    if (!choice) return;
+    const body = choice.persona_id ? { persona_id: choice.persona_id } : { persona: choice.persona };
+    const turn = chatTurn(message, choice.label);
+    $("#chat-message").value = "";
+    controller = new AbortController();
+    stop.disabled = false;
+    await task(
+      "Chat failed",
+      async () => {
+        try {
+          for await (const { event, data } of await ctx.client.preview(body, message, controller.signal)) {
+            if (event === "start") turn.start(data);
+            else if (event === "content") turn.append(data.content);
+            else if (event === "usage") turn.usage(data);
+            else if (event === "done") turn.finish(data);
+            else if (event === "error") {
+              turn.fail(`error (${data.code}): ${data.message}`);
+              showError({ message: data.message, code: data.code }, `The provider failed (${data.code})`);
+            }
+          }
+          turn.stop("the stream ended early");
+        } catch (err) {
+          if (err.name === "AbortError") turn.stop("stopped");
+          else turn.fail(`failed: ${err.message}`);
+          throw err;
+        }
+      },
+      send,
+    );
+    stop.disabled = true;
+    controller = null;
+  });
+  stop.addEventListener("click", () => controller && controller.abort());
+  $("#chat-clear").addEventListener("click", () => $("#chat-log").replaceChildren());
+  $("#chat-message").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      $("#chat-form").requestSubmit();
+    }
+  });
+}
+
+// Compare -----------------------------------------------------------------------------------------
+
+export function comparePanel(ctx) {
+  const selects = [$("#compare-a"), $("#compare-b")];
+  const columns = [$("#compare-0"), $("#compare-1")];
+  let controller = null;
+
+  function options(versions) {
+    const choices = [{ value: "draft", label: "Editor (unsaved draft)" }];
+    versions.forEach((v, i) => {
+      const note = v.change_note ? ` — ${v.change_note}` : "";
+      choices.push({ value: `v${v.version}`, label: `Version ${v.version}${i === 0 ? " (current)" : ""}${note}` });
+    });
+    for (const select of selects) select.replaceChildren(...choices.map((c) => el("option", { value: c.value }, c.label)));
+    // The newest two versions by default; with a single version, it against the editor.
+    selects[0].value = versions[1] ? `v${versions[1].version}` : versions[0] ? `v${versions[0].version}` : "draft";
+    selects[1].value = versions[1] ? `v${versions[0].version}` : "draft";
+  }
+
+  function candidate(select) {
+    if (select.value === "draft") {
+      const choice = ctx.choice({ forceDraft: true });
+      return choice ? { persona: choice.persona } : null;
+    }
+    return { persona_id: ctx.state.current.id, version: Number(select.value.slice(1)) };
+  }
+
+  function clear() {
+    for (const column of columns) {
+      column.querySelector(".answer-title").textContent = "";
+      column.querySelector(".meta").textContent = "";
+      column.querySelector(".answer-text").textContent = "";
+      column.classList.remove("failed", "streaming");
+    }
+  }
+
+  $("#compare-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const candidates = selects.map(candidate);
+    if (candidates.includes(null)) return;
+    const message = $("#compare-message").value || "Hello!";
+    clear();
+    columns.forEach((column, i) => {
+      column.querySelector(".answer-title").textContent = selects[i].selectedOptions[0].textContent;
+      column.querySelector(".meta").textContent = "waiting…";
+      column.classList.add("streaming");
+    });
+    controller = new AbortController();
+    await task(
+      "Compare failed",
+      async () => {
+        for await (const { event, data } of await ctx.client.compare(candidates, message, controller.signal)) {
+          const column = columns[data.candidate];
+          if (!column) continue;
+          const meta = column.querySelector(".meta");
+          if (event === "start") meta.textContent = describeStart(data);
+          else if (event === "content") column.querySelector(".answer-text").append(data.content);
+          else if (event === "usage") meta.textContent += ` · ${data.input_tokens} in / ${data.output_tokens} out tokens`;
+          else if (event === "done") column.classList.remove("streaming");
+          else if (event === "error") {
+            column.classList.remove("streaming");
+            column.classList.add("failed");
+            column.querySelector(".answer-text").append(el("p", { class: "error-text", role: "alert" }, `error (${data.code}): ${data.message}`));
+          }
+        }
+      },
+      $("#compare"),
+    );
+    for (const column of columns) column.classList.remove("streaming");
+  });
+
+  return { options, clear };
+}
+
+// Tests -------------------------------------------------------------------------------------------
+
+const phrases = (text) =>
+  text
+    .split(",")
+    .map((p) => p.trim())
+    .filter(Boolean);
+
+function describeExpect(expect) {
+  const parts = [];
+  if (expect.contains && expect.contains.length) parts.push(`contains ${expect.contains.map((p) => `“${p}”`).join(", ")}`);
+  if (expect.not_contains && expect.not_contains.length) parts.push(`does not contain ${expect.not_contains.map((p) => `“${p}”`).join(", ")}`);
+  if (expect.regex) parts.push(`matches /${expect.regex}/`);
+  if (expect.max_chars) parts.push(`at most ${expect.max_chars} characters`);
+  return parts.join("; ");
+}
+
+export function testsPanel(ctx) {
+  const list = $("#tests-list");
+
+  function show(tests) {
+    $("#tests-summary").textContent = tests.length ? `${tests.length} test${tests.length === 1 ? "" : "s"}` : "No tests yet.";
+    list.replaceChildren(
+      ...tests.map((test) =>
+        el(
+          "li",
+          { class: "test", "data-test-id": test.id, "data-testid": "test" },
+          el("div", { class: "test-head" },
+            el("span", { class: "badge", "data-testid": "test-result" }, ""),
+            el("strong", {}, test.name),
+            el("button", { type: "button", class: "quiet", "aria-label": `Delete test ${test.name}`, onclick: () => remove(test) }, "Delete"),
+          ),
+          el("p", { class: "meta" }, `“${test.message}” → ${describeExpect(test.expect)}`),
+          el("div", { class: "test-outcome" }),
+        ),
+      ),
+    );
+  }
+
+  async function load() {
+    if (!ctx.state.current) return show([]);
+    const body = await task("Could not load the tests", () => ctx.client.tests(ctx.state.current.id));
+    if (body) show(body.tests);
+  }
+
+  async function remove(test) {
+    const done = await task("Could not delete the test", () => ctx.client.deleteTest(ctx.state.current.id, test.id));
+    if (done) await load();
+  }
+
+  $("#test-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const expect = { contains: phrases($("#t-contains").value), not_contains: phrases($("#t-not-contains").value) };
+    const regex = $("#t-regex").value.trim();
+    if (regex) expect.regex = regex;
+    const maxChars = $("#t-max-chars").value.trim();
+    if (maxChars) expect.max_chars = Number(maxChars);
+    const test = { name: $("#t-name").value.trim(), message: $("#t-message").value, expect };
+    const added = await task("Could not add the test", () => ctx.client.addTest(ctx.state.current.id, test), $("#test-save"));
+    if (!added) return;
+    $("#test-form").reset();
+    notify(`Test “${added.test.name}” added.`);
+    await load();
+  });
+
+  $("#tests-run").addEventListener("click", async () => {
+    const run = await task("Could not run the tests", () => ctx.client.runTests(ctx.state.current.id), $("#tests-run"));
+    if (!run) return;
+    $("#tests-summary").textContent = `${run.passed} passed, ${run.failed} failed on ${run.persona.name} v${run.persona.version}`;
+    for (const result of run.results) {
+      const item = list.querySelector(`[data-test-id="${CSS.escape(result.test_id)}"]`);
+      if (!item) continue;
+      item.classList.toggle("passed", result.passed);
+      item.classList.toggle("failed", !result.passed);
+      item.querySelector(".badge").textContent = result.passed ? "PASS" : "FAIL";
+      item.querySelector(".test-outcome").replaceChildren(
+        el("ul", { class: "failures" }, result.failures.map((f) => el("li", {}, f))),
+        el("details", {}, el("summary", {}, "Answer"), el("pre", {}, result.response ?? "")),
+      );
+    }
+  });
+
+  return { load };
+}
+
+// Versions ----------------------------------------------------------------------------------------
+
+export function versionsPanel(ctx, { onVersions }) {
+  const list = $("#versions-list");
+
+  async function view(n) {
+    const body = await task(`Could not load version ${n}`, () => ctx.client.version(ctx.state.current.id, n));
+    if (!body) return;
+    $("#version-title").textContent = `Version ${n}: ${body.persona.name}`;
+    $("#version-system-prompt").textContent = body.persona.system_prompt ?? "";
+    $("#version-json").textContent = formatJson(body.persona);
+    $("#version-view").hidden = false;
+  }
+
+  async function restore(n) {
+    const body = await task(`Could not restore version ${n}`, () => ctx.client.restore(ctx.state.current.id, n));
+    if (!body) return;
+    notify(body.message || `Version ${n} restored as version ${body.persona.version}.`);
+    await ctx.loaded(body.persona);
+  }
+
+  function show(versions) {
+    list.replaceChildren(
+      ...versions.map((v, i) =>
+        el(
+          "li",
+          { "data-version": v.version, "data-testid": "version" },
+          el("div", {},
+            el("strong", {}, `Version ${v.version}`),
+            i === 0 ? el("span", { class: "badge current" }, "current") : null,
+            el("span", { class: "meta" }, ` ${formatTime(v.created_at)}`),
+            v.change_note ? el("p", { class: "note" }, v.change_note) : null,
+          ),
+          el("div", { class: "actions" },
+            el("button", { type: "button", "aria-label": `View version ${v.version}`, onclick: () => view(v.version) }, "View"),
+            i === 0 ? null : el("button", { type: "button", "aria-label": `Restore version ${v.version}`, onclick: () => restore(v.version) }, "Restore"),
+          ),
+        ),
+      ),
+    );
+  }
+
+  async function load() {
+    $("#version-view").hidden = true;
+    if (!ctx.state.current) {
+      show([]);
+      onVersions([]);
+      return;
+    }
+    const body = await task("Could not load the versions", () => ctx.client.versions(ctx.state.current.id));
+    const versions = body ? body.versions : [];
+    show(versions);
+    onVersions(versions);
+  }
+
+  return { load };
+}

@@ -1,0 +1,274 @@
+// The playground page: the API key, the persona list, the editor and its actions, and the tabs.
+
+import { Client } from "./api.js";
+import { FormError, NEW_DRAFT, changeNote, fillForm, markField, readForm, setReadOnly, snapshot } from "./editor.js";
+import { chatPanel, comparePanel, renderPanel, testsPanel, versionsPanel } from "./panels.js";
+import { $, clearError, el, notify, onFieldError, showError, task } from "./ui.js";
+
+// The key lives in this tab's sessionStorage only: never localStorage, never a URL.
+const KEY_STORAGE = "persona-runtime.playground.key";
+
+const state = {
+  personas: [],
+  current: null, // the saved persona in the editor, or null for a new draft
+  loadedSnapshot: "", // the form as it was loaded, to tell unsaved edits
+};
+
+const client = new Client(() => sessionStorage.getItem(KEY_STORAGE) || "");
+
+const dirty = () => snapshot() !== state.loadedSnapshot;
+
+const ctx = {
+  client,
+  state,
+  /**
+   * What to run the tools on: the saved persona when the editor holds it unchanged, else the
+   * editor's content as a draft. Null (with the mistake shown) when the form cannot be read.
+   */
+  choice({ forceDraft = false } = {}) {
+    if (state.current && !forceDraft && !dirty()) {
+      return { persona_id: state.current.id, label: `${state.current.name} v${state.current.version} (saved)` };
+    }
+    try {
+      const persona = readForm();
+      return { persona, label: `${persona.name || "untitled"} (editor draft)` };
+    } catch (err) {
+      if (!(err instanceof FormError)) throw err;
+      showError(err, "Check the form");
+      return null;
+    }
+  },
+  loaded: (persona) => load(persona),
+};
+
+onFieldError(markField);
+
+const render = renderPanel(ctx);
+chatPanel(ctx);
+const compare = comparePanel(ctx);
+const tests = testsPanel(ctx);
+const versions = versionsPanel(ctx, { onVersions: (list) => compare.options(list) });
+
+// Key ---------------------------------------------------------------------------------------------
+
+$("#key-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const key = $("#api-key").value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_STORAGE, key);
+  await refreshList();
+});
+
+$("#key-forget").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY_STORAGE);
+  $("#api-key").value = "";
+  state.personas = [];
+  showList();
+  notify("The key is forgotten by this tab.");
+});
+
+// Persona list --------------------------------------------------------------------------------------
+
+function showList() {
+  const list = $("#persona-list");
+  if (!state.personas.length) {
+    list.replaceChildren(el("li", { class: "empty" }, sessionStorage.getItem(KEY_STORAGE) ? "No personas yet." : "Enter an API key to see your personas."));
+    return;
+  }
+  list.replaceChildren(
+    ...state.personas.map((p) =>
+      el(
+        "li",
+        {},
+        el(
+          "button",
+          {
+            type: "button",
+            class: "persona",
+            "data-persona-id": p.id,
+            "aria-current": state.current && state.current.id === p.id ? "true" : null,
+            onclick: () => pick(p.id),
+          },
+          el("span", { class: "persona-name" }, p.name),
+          el("span", { class: "meta" }, `v${p.version} · ${p.visibility}${p.is_default ? " · default" : ""}`),
+        ),
+      ),
+    ),
+  );
+}
+
+async function refreshList() {
+  const body = await task("Could not list the personas", () => client.listPersonas());
+  if (!body) return false;
+  state.personas = body.personas;
+  showList();
+  return true;
+}
+
+async function pick(id) {
+  if (dirty() && !confirm("Discard the unsaved changes in the editor?")) return;
+  const body = await task("Could not load the persona", () => client.getPersona(id));
+  if (body) await load(body.persona);
+}
+
+// Editor --------------------------------------------------------------------------------------------
+
+/** Put a saved persona (or null: a new draft) in the editor and refresh the panels that follow it. */
+async function load(persona, draft = NEW_DRAFT) {
+  state.current = persona;
+  const editable = !persona || persona.system_prompt !== null;
+  fillForm(persona || draft);
+  setReadOnly(!editable);
+  state.loadedSnapshot = snapshot();
+  $("#editor-readonly").hidden = editable;
+  $("#save").disabled = !editable;
+  $("#delete").disabled = !persona || !editable;
+  $("#export").disabled = !persona || !editable;
+  for (const hint of document.querySelectorAll(".needs-saved")) hint.hidden = Boolean(persona);
+  $("#tests-run").disabled = !persona || !editable;
+  $("#test-add").hidden = !persona || !editable;
+  render.reset();
+  compare.clear();
+  updateStatus();
+  showList();
+  if (persona && editable) {
+    await Promise.all([versions.load(), tests.load()]);
+  } else {
+    $("#versions-list").replaceChildren();
+    $("#tests-list").replaceChildren();
+    $("#tests-summary").textContent = "";
+    compare.options([]);
+  }
+}
+
+function updateStatus() {
+  const persona = state.current;
+  $("#editor-title").textContent = persona ? persona.name : "New draft";
+  const saved = persona ? `saved · version ${persona.version} · ${persona.visibility}` : "not saved yet";
+  $("#editor-status").textContent = dirty() ? `${saved} · unsaved changes` : saved;
+  $("#editor-status").classList.toggle("dirty", dirty());
+}
+
+$("#persona-form").addEventListener("input", updateStatus);
+
+$("#persona-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  let body;
+  try {
+    body = readForm();
+  } catch (err) {
+    if (err instanceof FormError) return showError(err, "Check the form");
+    throw err;
+  }
+  const note = changeNote();
+  if (note) body.change_note = note;
+  const current = state.current;
+  const saved = await task(
+    "Could not save",
+    () => (current ? client.updatePersona(current.id, body) : client.createPersona(body)),
+    $("#save"),
+  );
+  if (!saved) return;
+  notify(saved.message || `Saved as version ${saved.persona.version}.`);
+  await load(saved.persona);
+  await refreshList();
+});
+
+$("#revert").addEventListener("click", () => load(state.current));
+
+$("#new-draft").addEventListener("click", () => {
+  if (dirty() && !confirm("Discard the unsaved changes in the editor?")) return;
+  load(null);
+});
+
+$("#copy-draft").addEventListener("click", () => {
+  let copy;
+  try {
+    copy = readForm();
+  } catch (err) {
+    return showError(err, "Check the form");
+  }
+  copy.name = copy.name ? `${copy.name} (copy)` : "";
+  load(null, copy).then(() => {
+    // A copy is an unsaved edit until it is saved.
+    state.loadedSnapshot = "";
+    updateStatus();
+  });
+});
+
+$("#delete").addEventListener("click", async () => {
+  const persona = state.current;
+  if (!persona || !confirm(`Delete ${persona.name}? Its name becomes free for another persona.`)) return;
+  const done = await task("Could not delete", () => client.deletePersona(persona.id), $("#delete"));
+  if (!done) return;
+  notify(done.message || `${persona.name} deleted.`);
+  await load(null);
+  await refreshList();
+});
+
+// Import / export -------------------------------------------------------------------------------------
+
+$("#export").addEventListener("click", async () => {
+  const persona = state.current;
+  if (!persona) return;
+  const format = $("#export-format").value;
+  const file = await task("Could not export", () => client.exportPersona(persona.id, format), $("#export"));
+  if (!file) return;
+  const url = URL.createObjectURL(file.blob);
+  const link = el("a", { href: url, download: file.filename || `${persona.name}.${format}.json` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+});
+
+$("#import").addEventListener("click", async () => {
+  const file = $("#import-file").files[0];
+  if (!file) return showError(new Error("Choose a JSON or PNG file first."), "Nothing to import");
+  const body = await task("Could not import", () => client.importFile(file), $("#import"));
+  if (!body) return;
+  $("#import-file").value = "";
+  notify(body.message || `${body.persona.name} imported.`);
+  await refreshList();
+  await load(body.persona);
+});
+
+// Tabs ------------------------------------------------------------------------------------------------
+
+const tabs = Array.from(document.querySelectorAll('[role="tab"]'));
+
+function selectTab(tab) {
+  for (const other of tabs) {
+    const selected = other === tab;
+    other.setAttribute("aria-selected", String(selected));
+    other.tabIndex = selected ? 0 : -1;
+    $(`#${other.getAttribute("aria-controls")}`).hidden = !selected;
+  }
+}
+
+tabs.forEach((tab, i) => {
+  tab.addEventListener("click", () => selectTab(tab));
+  tab.addEventListener("keydown", (event) => {
+    const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+    if (!step) return;
+    const next = tabs[(i + step + tabs.length) % tabs.length];
+    selectTab(next);
+    next.focus();
+  });
+});
+
+$("#error-close").addEventListener("click", clearError);
+
+// Start -----------------------------------------------------------------------------------------------
+
+window.addEventListener("beforeunload", (event) => {
+  if (dirty()) event.preventDefault();
+});
+
+selectTab(tabs[0]);
+load(null);
+const savedKey = sessionStorage.getItem(KEY_STORAGE);
+if (savedKey) {
+  $("#api-key").value = savedKey;
+  refreshList();
+}

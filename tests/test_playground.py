@@ -1,0 +1,469 @@
+"""The playground page, end to end: headless Chromium (Debian's) driven by Playwright, against a real server.
+
+The server is ``llm_app``: real providers aimed at the scripted fake LLM, so answers stream in pieces
+with a visible delay. Screenshots of the main views go to a temporary folder; run with
+``UPDATE_SCREENSHOTS=1`` to refresh the ones in ``docs/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import persona_body
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+PERSONAS = "/api/v1/chat/personas"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+try:
+    from playwright.async_api import Browser, Page, async_playwright, expect
+except ImportError:  # pragma: no cover - the test extras install it
+    async_playwright = None
+
+pytestmark = [
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM),
+        reason=f"the playground tests drive Debian's Chromium at {CHROMIUM}, which is not installed "
+        "(apt-get install chromium; .ci/run installs it)",
+    ),
+    pytest.mark.skipif(
+        async_playwright is None, reason="Playwright for Python is not installed (pip install '.[test]')"
+    ),
+]
+
+TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    # Playwright gives every launch a fresh, temporary user data dir of its own.
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda dialog: dialog.accept())
+    yield page
+    await context.close()
+    assert not errors, f"the page raised: {errors}"
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    if os.environ.get("UPDATE_SCREENSHOTS"):
+        folder = ROOT / "docs" / "screenshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return tmp_path
+
+
+@pytest.fixture
+async def base_url(llm_app: Any) -> str:
+    url: str = llm_app.state.base_url
+    return url
+
+
+async def make_persona(base_url: str, account: Any, **fields: Any) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        r = await http.post(PERSONAS, json=persona_body(**fields), headers=account.headers)
+        assert r.status_code == 201, r.text
+        return r.json()["persona"]
+
+
+async def api(base_url: str, account: Any, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        r = await http.request(method, path, json=body, headers=account.headers)
+        assert r.status_code < 300, r.text
+        result: dict[str, Any] = r.json()
+        return result
+
+
+async def open_playground(page: Page, base_url: str, key: str) -> None:
+    await page.goto(f"{base_url}/playground")
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Use key").click()
+    await expect(page.locator("#persona-list button.persona").first).to_be_visible()
+
+
+async def pick(page: Page, persona: dict[str, Any]) -> None:
+    await page.locator(f'#persona-list [data-persona-id="{persona["id"]}"]').click()
+    await expect(page.locator("#editor-title")).to_have_text(persona["name"])
+    await expect(page.get_by_label("System prompt")).to_have_value(persona["system_prompt"])
+
+
+# Serving ------------------------------------------------------------------------------------------------
+
+
+async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_from_elsewhere(base_url):
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        page = await http.get("/playground")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        html = page.text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(a.startswith("/playground/") for a in assets), assets
+        for name in ("playground.js", "api.js", "sse.js", "ui.js", "editor.js", "panels.js", "playground.css"):
+            r = await http.get(f"/playground/{name}")
+            assert r.status_code == 200, name
+            expected = "text/css" if name.endswith(".css") else "javascript"
+            assert expected in r.headers["content-type"], (name, r.headers["content-type"])
+            assert "http://" not in r.text and "https://" not in r.text, f"{name} loads something from elsewhere"
+        # The API next door still wants a key.
+        assert (await http.get(PERSONAS)).status_code == 401
+
+
+# Key ----------------------------------------------------------------------------------------------------
+
+
+async def test_the_key_is_kept_for_the_tab_only_and_a_wrong_key_is_refused_visibly(page, base_url, alice):
+    mine = await make_persona(base_url, alice)
+    await page.goto(f"{base_url}/playground")
+    await page.get_by_label("API key").fill("prk_not-a-real-key")
+    await page.get_by_role("button", name="Use key").click()
+    await expect(page.get_by_test_id("error")).to_contain_text("401")
+
+    await page.get_by_label("API key").fill(alice.key)
+    await page.get_by_role("button", name="Use key").click()
+    await expect(page.get_by_test_id("persona-list")).to_contain_text(mine["name"])
+    await expect(page.get_by_test_id("persona-list")).to_contain_text("Mu")
+    await expect(page.get_by_test_id("error")).to_be_hidden()
+    assert alice.key not in page.url
+    assert await page.evaluate("JSON.stringify(localStorage)") == "{}"
+    assert alice.key in await page.evaluate("JSON.stringify(sessionStorage)")
+
+    # A reload keeps the key for this tab; "Forget" drops it.
+    await page.reload()
+    await expect(page.get_by_test_id("persona-list")).to_contain_text(mine["name"])
+    await page.get_by_role("button", name="Forget").click()
+    await expect(page.get_by_test_id("persona-list")).to_contain_text("Enter an API key")
+    assert await page.evaluate("JSON.stringify(sessionStorage)") == "{}"
+
+
+# Edit, render, chat, save ----------------------------------------------------------------------------------
+
+
+async def test_edit_render_stream_a_chat_and_save(page, base_url, alice, fake_llm, screenshots):
+    persona = await make_persona(base_url, alice, system_prompt="You are {{persona_name}}. Be brief.")
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+
+    # The saved persona renders through its own route.
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("render-system-prompt")).to_contain_text(f"You are {persona['name']}. Be brief.")
+    await expect(page.get_by_test_id("render-meta")).to_contain_text("v1 (saved) · openai/")
+
+    # An unsaved edit renders as a draft, with the exact provider request beside it.
+    await page.get_by_label("System prompt").fill("You are {{persona_name}}, a pirate. Greet {{user_name}} with Ahoy.")
+    await expect(page.get_by_test_id("editor-status")).to_contain_text("unsaved changes")
+    await page.get_by_label("Message to render").fill("Where is the treasure?")
+    await page.get_by_role("button", name="Render", exact=True).click()
+    rendered = f"You are {persona['name']}, a pirate. Greet Alice with Ahoy."
+    await expect(page.get_by_test_id("render-system-prompt")).to_contain_text(rendered)
+    await expect(page.get_by_test_id("render-meta")).to_contain_text("(editor draft)")
+    request = json.loads(await page.get_by_test_id("render-request").inner_text())
+    assert request["messages"][0] == {
+        "role": "system",
+        "content": await page.get_by_test_id("render-system-prompt").inner_text(),
+    }
+    assert request["messages"][-1] == {"role": "user", "content": "Where is the treasure?"}
+    await page.screenshot(path=screenshots / "playground-render.png")
+
+    # Chat: the answer appears piece by piece.
+    fake_llm.script(chunks=("Ahoy, ", "matey! ", "The treasure ", "is buried."), chunk_delay=0.4)
+    await page.get_by_role("tab", name="Chat").click()
+    await page.get_by_label("Your message").fill("Where is the treasure?")
+    await page.get_by_role("button", name="Send").click()
+    answer = page.get_by_test_id("chat-answer").last
+    await expect(answer).to_contain_text("Ahoy,")
+    assert "buried" not in await answer.inner_text(), "the whole answer arrived at once"
+    await expect(page.get_by_test_id("chat-meta").last).to_contain_text(re.compile(r"\(editor draft\) · openai/\S+"))
+    await expect(answer).to_have_text("Ahoy, matey! The treasure is buried.")
+    await expect(page.get_by_test_id("chat-status").last).to_contain_text("finished: stop")
+    # The draft (with the pirate prompt) is what went upstream.
+    assert "a pirate" in fake_llm.chat_requests()[-1].body["messages"][0]["content"]
+    await page.screenshot(path=screenshots / "playground-chat.png")
+
+    # Save with a change note: version 2, and the list and status say so.
+    await page.get_by_label("Change note").fill("pirate voice")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_test_id("notice")).to_contain_text("updated to version 2")
+    await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
+    await expect(page.locator(f'[data-persona-id="{persona["id"]}"]')).to_contain_text("v2")
+    saved = (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}"))["persona"]
+    assert saved["system_prompt"] == "You are {{persona_name}}, a pirate. Greet {{user_name}} with Ahoy."
+
+
+async def test_a_new_draft_is_tried_and_saved_from_the_page(page, base_url, alice, fake_llm):
+    await open_playground(page, base_url, alice.key)
+    await page.get_by_role("button", name="New draft").click()
+    name = f"Draft {os.getpid()}-{id(page)}"
+    await page.get_by_label("Name", exact=True).fill(name)
+    await page.get_by_label("Description").fill("Answers in rhyme.")
+    await page.get_by_label("System prompt").fill("You are {{persona_name}}. Rhyme for {{user_name}}.")
+    await page.get_by_label("Personality traits (JSON)").fill('{"tone": "playful"}')
+    await page.get_by_label("Temperature").fill("0.3")
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("render-system-prompt")).to_contain_text("tone: playful")
+    assert json.loads(await page.get_by_test_id("render-request").inner_text())["temperature"] == 0.3
+
+    fake_llm.script(chunks=("Roses ", "are red."))
+    await page.get_by_role("tab", name="Chat").click()
+    await page.get_by_label("Your message").fill("A poem please")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.get_by_test_id("chat-answer").last).to_have_text("Roses are red.")
+
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 1 · private")
+    await expect(page.get_by_test_id("persona-list")).to_contain_text(name)
+    listed = (await api(base_url, alice, "GET", f"{PERSONAS}?limit=200"))["personas"]
+    saved = next(p for p in listed if p["name"] == name)
+    assert saved["model_settings"]["temperature"] == 0.3 and saved["personality_traits"] == {"tone": "playful"}
+
+
+async def test_a_provider_failure_mid_answer_is_shown_in_the_chat(page, base_url, alice, fake_llm):
+    persona = await make_persona(base_url, alice)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    fake_llm.script(chunks=("Half an ", "answer", " never sent"), error_after=2)
+    await page.get_by_role("tab", name="Chat").click()
+    await page.get_by_label("Your message").fill("Go on")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.get_by_test_id("chat-answer").last).to_have_text("Half an answer")
+    await expect(page.get_by_test_id("chat-status").last).to_contain_text("error (")
+    await expect(page.get_by_test_id("error")).to_contain_text("The provider failed")
+
+
+# Errors --------------------------------------------------------------------------------------------------
+
+
+async def test_an_unknown_template_variable_is_reported_with_its_field(page, base_url, alice, screenshots):
+    persona = await make_persona(base_url, alice)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_label("System prompt").fill("Hello {{nickname}}!")
+    await page.get_by_role("button", name="Render", exact=True).click()
+    banner = page.get_by_test_id("error")
+    await expect(banner).to_contain_text("400")
+    await expect(banner).to_contain_text("unknown template variable {{nickname}}")
+    await expect(banner).to_contain_text("Field: persona.system_prompt")
+    await expect(page.get_by_label("System prompt")).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#f-system_prompt-error")).to_contain_text("{{nickname}}")
+    await expect(page.get_by_test_id("render-result")).to_be_hidden()
+    await page.screenshot(path=screenshots / "playground-error.png")
+
+    # Saving is refused the same way, naming the field of the persona body; nothing changes.
+    await page.get_by_role("button", name="Save").click()
+    await expect(banner).to_contain_text("Could not save (400")
+    await expect(banner).to_contain_text("Field: system_prompt")
+    assert (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}"))["persona"]["version"] == 1
+
+    # A mistake the page can see itself is named before anything is sent.
+    await page.get_by_label("System prompt").fill("Hello {{user_name}}!")
+    await page.get_by_label("Capabilities (JSON)").fill("{not json")
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(banner).to_contain_text("capabilities is not valid JSON")
+    await expect(page.get_by_label("Capabilities (JSON)")).to_have_attribute("aria-invalid", "true")
+
+
+# Compare -------------------------------------------------------------------------------------------------
+
+
+async def test_two_versions_answer_side_by_side(page, base_url, alice, fake_llm, screenshots):
+    persona = await make_persona(base_url, alice, system_prompt="Version one of {{persona_name}}.")
+    await api(
+        base_url,
+        alice,
+        "PUT",
+        f"{PERSONAS}/{persona['id']}",
+        {"system_prompt": "Version two.", "change_note": "shorter"},
+    )
+    persona["system_prompt"] = "Version two."
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Compare").click()
+    await expect(page.get_by_label("Left")).to_have_value("v1")
+    await expect(page.get_by_label("Right")).to_have_value("v2")
+
+    fake_llm.default = fake_llm.script(chunks=("Same ", "words ", "from ", "both."), chunk_delay=0.2)
+    await page.get_by_role("button", name="Compare", exact=True).click()
+    left, right = page.get_by_test_id("compare-0"), page.get_by_test_id("compare-1")
+    await expect(left.locator(".answer-title")).to_have_text("Version 1")
+    await expect(right.locator(".answer-title")).to_contain_text("Version 2 (current) — shorter")
+    await expect(left.locator(".answer-text")).to_have_text("Same words from both.")
+    await expect(right.locator(".answer-text")).to_have_text("Same words from both.")
+    await expect(left.locator(".meta")).to_contain_text(
+        re.compile(rf"{persona['name']} v1 · openai/\S+ · 11 in / 7 out tokens")
+    )
+    await expect(right.locator(".meta")).to_contain_text(
+        re.compile(rf"{persona['name']} v2 · openai/\S+ · 11 in / 7 out tokens")
+    )
+    systems = sorted(r.body["messages"][0]["content"] for r in fake_llm.chat_requests()[-2:])
+    assert systems[0].startswith(f"Version one of {persona['name']}.") and systems[1].startswith("Version two.")
+    await page.screenshot(path=screenshots / "playground-compare.png")
+
+
+# Tests ---------------------------------------------------------------------------------------------------
+
+
+async def test_tests_are_added_run_and_deleted(page, base_url, alice, fake_llm, screenshots):
+    persona = await make_persona(base_url, alice)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Tests").click()
+    await expect(page.get_by_test_id("tests-summary")).to_have_text("No tests yet.")
+
+    async def add(name: str, message: str, **fields: str) -> None:
+        if not await page.locator("#test-add").evaluate("details => details.open"):
+            await page.get_by_text("Add a test").click()
+        await page.get_by_label("Test name").fill(name)
+        await page.get_by_label("Test message").fill(message)
+        for label, value in fields.items():
+            await page.get_by_label(label).fill(value)
+        await page.get_by_role("button", name="Add test").click()
+        await expect(page.get_by_test_id("tests-list")).to_contain_text(name)
+
+    await add("says hello", "Hi there", **{"Contains (comma-separated)": "hello, fake"})
+    await add("stays short", "Tell me everything", **{"At most this many characters": "5"})
+    await add("no apologies", "Hi", **{"Does not contain (comma-separated)": "sorry", "Matches regex": "^Hello"})
+    await expect(page.get_by_test_id("tests-summary")).to_have_text("3 tests")
+
+    fake_llm.default = fake_llm.script(chunks=("Hello from ", "the fake model."))
+    await page.get_by_role("button", name="Run tests").click()
+    await expect(page.get_by_test_id("tests-summary")).to_contain_text("2 passed, 1 failed")
+    tests = page.get_by_test_id("test")
+    await expect(tests.filter(has_text="says hello").get_by_test_id("test-result")).to_have_text("PASS")
+    await expect(tests.filter(has_text="no apologies").get_by_test_id("test-result")).to_have_text("PASS")
+    failing = tests.filter(has_text="stays short")
+    await expect(failing.get_by_test_id("test-result")).to_have_text("FAIL")
+    await expect(failing).to_contain_text("answer is 26 characters, more than max_chars 5")
+    await page.screenshot(path=screenshots / "playground-tests.png")
+
+    await page.get_by_role("button", name="Delete test stays short").click()
+    await expect(tests).to_have_count(2)
+    await expect(page.get_by_test_id("tests-list")).not_to_contain_text("stays short")
+    listed = (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}/tests"))["tests"]
+    assert sorted(t["name"] for t in listed) == ["no apologies", "says hello"]
+
+
+async def test_a_bad_test_is_refused_naming_its_field(page, base_url, alice):
+    persona = await make_persona(base_url, alice)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Tests").click()
+    await page.get_by_text("Add a test").click()
+    await page.get_by_label("Test name").fill("broken")
+    await page.get_by_label("Test message").fill("Hi")
+    await page.get_by_label("Matches regex").fill("(unclosed")
+    await page.get_by_role("button", name="Add test").click()
+    await expect(page.get_by_test_id("error")).to_contain_text("Field: expect.regex")
+    await expect(page.get_by_test_id("tests-list")).not_to_contain_text("broken")
+
+
+# Versions ------------------------------------------------------------------------------------------------
+
+
+async def test_versions_are_listed_viewed_and_restored(page, base_url, alice, screenshots):
+    persona = await make_persona(base_url, alice, system_prompt="First words of {{persona_name}}.")
+    await api(
+        base_url,
+        alice,
+        "PUT",
+        f"{PERSONAS}/{persona['id']}",
+        {"system_prompt": "Second words.", "change_note": "rewrite"},
+    )
+    persona["system_prompt"] = "Second words."
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Versions").click()
+    versions = page.get_by_test_id("version")
+    await expect(versions).to_have_count(2)
+    await expect(versions.first).to_contain_text("Version 2")
+    await expect(versions.first).to_contain_text("rewrite")
+
+    await page.get_by_role("button", name="View version 1").click()
+    await expect(page.get_by_test_id("version-view")).to_contain_text("First words of {{persona_name}}.")
+    await page.screenshot(path=screenshots / "playground-versions.png")
+
+    await page.get_by_role("button", name="Restore version 1").click()
+    await expect(page.get_by_test_id("notice")).to_contain_text("restored from version 1 as 3")
+    await expect(page.get_by_label("System prompt")).to_have_value("First words of {{persona_name}}.")
+    await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 3 · private")
+    await expect(versions).to_have_count(3)
+    await expect(versions.first).to_contain_text("Restored version 1")
+    saved = (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}"))["persona"]
+    assert (saved["version"], saved["system_prompt"]) == (3, "First words of {{persona_name}}.")
+
+
+# Someone else's persona, delete, import and export ---------------------------------------------------------
+
+
+async def test_a_persona_of_someone_else_is_read_only(page, base_url, alice):
+    await open_playground(page, base_url, alice.key)
+    await page.get_by_test_id("persona-list").get_by_role("button", name=re.compile(r"^Mu\b")).click()
+    await expect(page.locator("#editor-title")).to_have_text("Mu")
+    await expect(page.locator("#editor-readonly")).to_be_visible()
+    await expect(page.get_by_label("System prompt")).to_be_disabled()
+    await expect(page.get_by_role("button", name="Save")).to_be_disabled()
+    await expect(page.get_by_role("button", name="Delete", exact=True)).to_be_disabled()
+    await expect(page.get_by_test_id("error")).to_be_hidden()
+
+
+async def test_export_import_and_delete(page, base_url, alice, tmp_path):
+    persona = await make_persona(base_url, alice, capabilities={"sailing": True})
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Export").click()
+    download = await download_info.value
+    exported = tmp_path / download.suggested_filename
+    await download.save_as(exported)
+    document = json.loads(exported.read_text())
+    assert document["format"] == "persona-runtime/v1"
+    assert document["persona"]["capabilities"] == {"sailing": True}
+
+    # Import it back under another name: it becomes a persona of the caller's, shown in the editor.
+    document["persona"]["name"] = persona["name"] + " (copy)"
+    exported.write_text(json.dumps(document))
+    await page.get_by_label("Import a JSON or PNG card").set_input_files(exported)
+    await page.get_by_role("button", name="Import", exact=True).click()
+    await expect(page.locator("#editor-title")).to_have_text(persona["name"] + " (copy)")
+    await expect(page.get_by_test_id("persona-list")).to_contain_text(persona["name"] + " (copy)")
+
+    # Importing the same file again is a 409 whose message is shown.
+    await page.get_by_label("Import a JSON or PNG card").set_input_files(exported)
+    await page.get_by_role("button", name="Import", exact=True).click()
+    await expect(page.get_by_test_id("error")).to_contain_text("Could not import (409")
+
+    # Delete the copy: it leaves the list and the editor starts a new draft.
+    await page.get_by_role("button", name="Delete", exact=True).click()
+    await expect(page.locator("#editor-title")).to_have_text("New draft")
+    await expect(page.get_by_test_id("persona-list")).not_to_contain_text(persona["name"] + " (copy)")
+    await expect(page.get_by_test_id("persona-list")).to_contain_text(persona["name"])
