@@ -26,6 +26,7 @@ from runtime.resolve import PersonaSource, resolve_persona
 
 __all__ = ["ChatService", "TurnPlan"]
 
+
 @dataclass(frozen=True)
 class TurnPlan:
     """A turn decided but not yet sent: who answers and why, where, and the provider-neutral request."""
