@@ -455,3 +455,26 @@ async def test_echo_is_the_offline_default(client, alice):
     assert r.status_code == 200
     body = r.json()
     assert body["provider"] == "echo" and body["response"] == "[echo] are you there?"
+
+
+async def test_provider_keys_never_reach_logs_or_answers(llm_client, fake_llm, alice, caplog):
+    import logging
+
+    from tests.conftest import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY
+
+    caplog.set_level(logging.DEBUG)
+    persona = await make_persona(llm_client, alice, model_settings={"provider": "anthropic"})
+    answers = []
+    fake_llm.script(status=401, error_body={"error": {"message": f"bad key {OPENAI_TEST_KEY}"}})
+    answers.append(await llm_client.post(CHAT, json={"message": "x"}, headers=alice.headers))
+    fake_llm.script(status=500)
+    answers.append(
+        await llm_client.post(CHAT, json={"message": "x", "persona_id": persona["id"]}, headers=alice.headers)
+    )
+    fake_llm.script(chunks=("a", "b"), error_after=1)
+    answers.append(await llm_client.post(CHAT, json={"message": "x", "stream": True}, headers=alice.headers))
+    assert [a.status_code for a in answers] == [502, 502, 200]
+    for secret in (OPENAI_TEST_KEY, ANTHROPIC_TEST_KEY):
+        assert all(secret not in a.text for a in answers)
+        assert secret not in caplog.text
+    assert fake_llm.chat_requests()[0].headers["authorization"].endswith(OPENAI_TEST_KEY)  # it was really used
