@@ -22,15 +22,17 @@ class TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
     async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        # Connections go first: since Python 3.12 wait_closed() also waits for every open connection.
         for writer in list(self._writers):
             writer.transport.abort()
         for task in list(self._pipes):
             task.cancel()
         self._writers.clear()
+        if server is not None:
+            await server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
