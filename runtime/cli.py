@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -88,6 +89,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     # Refuse a bad provider configuration here, with its message, rather than as a worker's traceback.
     default_provider(configs_from_env(settings.env), settings.env)
+    # uvicorn re-raises the SIGTERM that stopped it once it is done; as an exception it lets the embedded
+    # database below be stopped too, where the default action would end the process on the spot.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     embedded = None
     if settings.database_url is None:
         # Started here rather than in each worker, so that every worker shares one server.
@@ -107,6 +111,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @contextlib.asynccontextmanager

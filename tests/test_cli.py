@@ -107,6 +107,9 @@ def test_serve_on_embedded_defaults_prints_the_admin_key_once():
     keys = re.findall(r"prk_[A-Za-z0-9_-]+", err)
     assert len(keys) == 1, err
     assert os.path.exists(os.path.join(home, "postgres", "PG_VERSION"))
+    # Stopping serve stopped its database too (a running server keeps this file).
+    assert server.returncode == 0
+    assert not os.path.exists(os.path.join(home, "postgres", "postmaster.pid"))
 
     # A second start on the same data finds the admin and prints no key; the key still works.
     server = subprocess.Popen(
@@ -124,6 +127,7 @@ def test_serve_on_embedded_defaults_prints_the_admin_key_once():
         server.terminate()
         _, err = server.communicate(timeout=60)
     assert "prk_" not in err
+    assert not os.path.exists(os.path.join(home, "postgres", "postmaster.pid"))
 
 
 def test_bootstrap_admin_key_is_used_on_an_empty_database(cli_env):
