@@ -31,11 +31,16 @@ class Cache(Protocol):
 
 
 class MemoryCache:
-    """A bounded in-process cache for a single instance (no ``REDIS_URL``)."""
+    """A bounded in-process cache for a single instance (no ``REDIS_URL``).
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    Entries live at most ``max_ttl`` seconds: writes made outside this process (``persona-runtime personas
+    import``, another instance on the same database) cannot delete them, so they must not outlive that.
+    """
+
+    def __init__(self, max_entries: int = 10_000, max_ttl: float = 10.0) -> None:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._max = max_entries
+        self._max_ttl = max_ttl
 
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
@@ -49,7 +54,7 @@ class MemoryCache:
         return value
 
     async def set(self, key: str, value: bytes, ttl: int) -> None:
-        self._entries[key] = (time.monotonic() + ttl, value)
+        self._entries[key] = (time.monotonic() + min(ttl, self._max_ttl), value)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)

@@ -109,6 +109,15 @@ async def test_memory_cache_expires_and_bounds_entries():
     assert await cache.get("c") is None
 
 
+async def test_memory_cache_keeps_nothing_longer_than_its_cap():
+    # Writes from outside the process (the CLI's imports) cannot invalidate it, so entries must expire soon.
+    cache = MemoryCache(max_ttl=0.05)
+    await cache.set("persona:x", b"old", 300)
+    assert await cache.get("persona:x") == b"old"
+    await asyncio.sleep(0.1)
+    assert await cache.get("persona:x") is None
+
+
 async def test_persona_api_without_redis_uses_the_in_process_cache(database_url, make_user):
     app = create_app(make_settings(database_url, None))
     async with running(app) as api:
