@@ -45,13 +45,7 @@ def test_users_and_keys_from_the_command_line(cli_env):
     assert run_cli("users", "create", "dora", env=cli_env).returncode == 1  # taken
 
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "runtime", "serve", "--port", str(port)],
-        env=cli_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = start_serve(port, cli_env)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base)
@@ -67,6 +61,17 @@ def test_users_and_keys_from_the_command_line(cli_env):
     # Users already existed, so serve created no admin and printed no key.
     assert "created user 'admin'" not in err
     assert key not in err
+
+
+def start_serve(port: int, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """``persona-runtime serve`` in a process of its own, its output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime", "serve", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_until_up(base: str, timeout: float = 60) -> None:
@@ -91,13 +96,7 @@ def test_serve_on_embedded_defaults_prints_the_admin_key_once():
     }
     env["PERSONA_RUNTIME_HOME"] = home
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "runtime", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = start_serve(port, env)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base, timeout=90)
@@ -112,13 +111,7 @@ def test_serve_on_embedded_defaults_prints_the_admin_key_once():
     assert not os.path.exists(os.path.join(home, "postgres", "postmaster.pid"))
 
     # A second start on the same data finds the admin and prints no key; the key still works.
-    server = subprocess.Popen(
-        [sys.executable, "-m", "runtime", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = start_serve(port, env)
     try:
         wait_until_up(base, timeout=90)
         r = httpx.get(base + "/api/v1/chat/personas/current", headers={"Authorization": f"Bearer {keys[0]}"})
@@ -134,13 +127,7 @@ def test_bootstrap_admin_key_is_used_on_an_empty_database(cli_env):
     env = dict(cli_env)
     env["BOOTSTRAP_ADMIN_KEY"] = "prk_bootstrap-key-for-the-cli-test-0123456789"
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "runtime", "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = start_serve(port, env, "--workers", "2")
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base)
