@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
@@ -20,6 +21,9 @@ from runtime.prompt import Route
 __all__ = ["AnswerStream", "ChatResult", "ChatTurn", "Saver", "open_answer"]
 
 log = logging.getLogger("persona_runtime.chat")
+
+# Seconds between attempts to save an answer the database refused (about half a minute in all).
+SAVE_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15)
 
 # Errors worth another provider: the upstream is down or slow, not refusing this request.
 _FALLBACK_ERRORS = (ProviderUnavailable, ProviderTimeout)
@@ -151,7 +155,11 @@ class ChatTurn:
             settled = True
             calls = [msgspec.to_builtins(c) for c in assemble_tool_calls(deltas)]
             if not await self._record(status, pieces, usage, finish, deltas, None):
-                yield ErrorEvent(code="not_saved", message="The answer was streamed but could not be saved.")
+                yield ErrorEvent(
+                    code="not_saved",
+                    message="The answer was streamed but could not be saved: the database is unavailable. "
+                    "It is being retried; reload the conversation later to see whether it was kept.",
+                )
                 return
             yield Done(finish_reason=finish or "incomplete", message_id=self.start.message_id, tool_calls=calls)
         finally:
@@ -185,19 +193,38 @@ class ChatTurn:
         if self.save is None:
             return True
         calls = [msgspec.to_builtins(c) for c in assemble_tool_calls(deltas)] or None
+        outcome = {
+            "content": "".join(pieces),
+            "status": status,
+            "provider": self.answer.route.provider,
+            "model": self.answer.route.model,
+            "usage": usage,
+            "latency_ms": int((time.monotonic() - self.began) * 1000),
+            "finish_reason": finish,
+            "tool_calls": calls,
+            "error": error,
+        }
         try:
-            await self.save(
-                content="".join(pieces),
-                status=status,
-                provider=self.answer.route.provider,
-                model=self.answer.route.model,
-                usage=usage,
-                latency_ms=int((time.monotonic() - self.began) * 1000),
-                finish_reason=finish,
-                tool_calls=calls,
-                error=error,
+            await self.save(**outcome)
+        except Exception as exc:
+            log.warning(
+                "could not save the answer %s (%s); retrying in the background",
+                self.start.message_id,
+                type(exc).__name__,
             )
-        except Exception:
-            log.exception("could not save the answer %s", self.start.message_id)
+            self.spawn(self._save_later(outcome))
             return False
         return True
+
+    async def _save_later(self, outcome: dict[str, Any]) -> None:
+        """Keep trying for a while (the database may be restarting); the client was told it is not saved."""
+        assert self.save is not None
+        for delay in SAVE_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                await self.save(**outcome)
+            except Exception:
+                continue
+            log.info("answer %s saved after a retry", self.start.message_id)
+            return
+        log.error("gave up saving the answer %s: the database stayed unavailable", self.start.message_id)

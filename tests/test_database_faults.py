@@ -3,6 +3,7 @@ runtime recovers by itself when the database is back."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -68,3 +69,44 @@ async def test_a_write_that_meets_a_dead_database_is_a_503_and_nothing_half_writ
         await proxy.start()
         count = await resources.pool.fetchval("SELECT count(*) FROM personas WHERE name = $1", body["name"])
         assert count == 0
+
+
+async def test_an_answer_that_cannot_be_saved_is_not_reported_as_done(
+    proxied, redis_url, make_user, fake_llm, resources
+):
+    from tests.conftest import llm_env, serving
+    from tests.sse import parse_sse
+
+    proxy, dsn = proxied
+    alice = await make_user("alice")
+    app = create_app(make_settings(dsn, redis_url, env=llm_env(fake_llm), key_cache_seconds=60.0))
+    async with serving(app) as url:
+        import httpx
+
+        fake_llm.script(chunks=("one ", "two ", "three"), chunk_delay=0.3)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            request = http.post("/api/v1/chat", json={"message": "count", "stream": True}, headers=alice.headers)
+            answer = asyncio.ensure_future(request)
+            await asyncio.sleep(0.4)  # the question is stored and the answer is streaming
+            await proxy.cut()
+            r = await answer
+        events, _ = parse_sse(r.text)
+        names = [e.event for e in events]
+        assert names[0] == "start" and "done" not in names
+        assert events[-2].event == "error" and events[-2].json["code"] == "not_saved"
+        assert "".join(e.json["content"] for e in events if e.event == "content") == "one two three"
+
+        conversation_id = events[0].json["conversation_id"]
+        query = "SELECT role, status, content FROM messages WHERE conversation_id = $1::uuid ORDER BY seq"
+        # The question was saved before the provider was called; the answer never claimed to be.
+        stored = await resources.pool.fetch(query, conversation_id)
+        assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "pending")]
+
+        # When the database is back, the answer is kept after all.
+        await proxy.start()
+        for _ in range(100):
+            stored = await resources.pool.fetch(query, conversation_id)
+            if stored[1]["status"] != "pending":
+                break
+            await asyncio.sleep(0.1)
+        assert (stored[1]["status"], stored[1]["content"]) == ("complete", "one two three")
