@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 from uuid import UUID
 
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody
 
 from api.authoring_schemas import (
     CompareRequest,
@@ -22,7 +22,7 @@ from api.authoring_schemas import (
     VersionsResponse,
 )
 from api.chat import answer, wants_stream
-from api.deps import AuthoringDep, CallerDep, ResourcesDep
+from api.deps import AuthoringDep, CallerDep, Limit, Offset, ResourcesDep
 from api.schemas import MessageResponse, PersonaResponse
 from api.sse import candidate_body, sse_response
 from personas.suites import PersonaTestDraft
@@ -30,8 +30,6 @@ from runtime.authoring import Rendered
 
 __all__ = ["AuthoringController"]
 
-Limit = Annotated[int, Parameter(ge=1, le=200, description="Page size")]
-Offset = Annotated[int, Parameter(ge=0, description="Versions to skip")]
 AnyRequest = Request[Any, Any, Any]
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody
 from msgspec import UNSET
 
 from api.chat_schemas import (
@@ -19,7 +19,7 @@ from api.chat_schemas import (
     MessageOut,
     TokenUsage,
 )
-from api.deps import CallerDep, ResourcesDep
+from api.deps import CallerDep, Limit, Offset, ResourcesDep
 from api.schemas import MessageResponse
 from api.sse import chat_body, sse_response
 from runtime.answer import ChatResult, ChatTurn
@@ -84,8 +84,8 @@ class ConversationController(Controller):
         self,
         caller: CallerDep,
         resources: ResourcesDep,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        offset: Annotated[int, Parameter(ge=0)] = 0,
+        limit: Limit = 50,
+        offset: Offset = 0,
     ) -> ConversationsResponse:
         found, total = await resources.conversations.list_for_user(caller.user_id, limit=limit, offset=offset)
         return ConversationsResponse(

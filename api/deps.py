@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.params import Parameter
 
 from api.auth import caller
 from personas.models import Caller
 from personas.porter import PersonaPorter
 from personas.service import PersonaService
-from personas.suites import PersonaTestStore
 from runtime.accounts import Accounts
 from runtime.authoring import AuthoringService
 from runtime.resources import Resources
 
-__all__ = ["AccountsDep", "AuthoringDep", "CallerDep", "PersonasDep", "PorterDep", "ResourcesDep", "dependencies"]
+__all__ = [
+    "AccountsDep",
+    "AuthoringDep",
+    "CallerDep",
+    "Limit",
+    "Offset",
+    "PersonasDep",
+    "PorterDep",
+    "ResourcesDep",
+    "dependencies",
+]
 
 
 def _resources(state: State) -> Resources:
@@ -29,13 +39,11 @@ def _personas(state: State) -> PersonaService:
 
 
 def _porter(state: State) -> PersonaPorter:
-    resources = _resources(state)
-    return PersonaPorter(resources.personas, max_bytes=resources.settings.import_max_bytes)
+    return _resources(state).porter
 
 
 def _authoring(state: State) -> AuthoringService:
-    resources = _resources(state)
-    return AuthoringService(resources.chat, PersonaTestStore(resources.pool))
+    return _resources(state).authoring
 
 
 def _accounts(state: State) -> Accounts:
@@ -57,3 +65,7 @@ PersonasDep = NamedDependency[PersonaService]
 AccountsDep = NamedDependency[Accounts]
 PorterDep = NamedDependency[PersonaPorter]
 AuthoringDep = NamedDependency[AuthoringService]
+
+# Paging of every list route.
+Limit = Annotated[int, Parameter(ge=1, le=200, description="Page size")]
+Offset = Annotated[int, Parameter(ge=0, description="Items to skip")]

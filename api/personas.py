@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
 from uuid import UUID
 
 from litestar import Controller, delete, get, post, put
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody
 
-from api.deps import CallerDep, PersonasDep
+from api.deps import CallerDep, Limit, Offset, PersonasDep
 from api.schemas import (
     CurrentPersonaResponse,
     InitializeDefaultResponse,
@@ -22,9 +21,6 @@ from personas.models import PersonaDraft, PersonaPatch
 from personas.service import present
 
 __all__ = ["PersonaController"]
-
-Limit = Annotated[int, Parameter(ge=1, le=200, description="Page size")]
-Offset = Annotated[int, Parameter(ge=0, description="Personas to skip")]
 
 
 class PersonaController(Controller):

@@ -13,11 +13,14 @@ import asyncpg
 import msgspec
 
 from personas.cache import Cache, MemoryCache, RedisCache
+from personas.porter import PersonaPorter
 from personas.service import PersonaService
 from personas.store import PersonaStore
+from personas.suites import PersonaTestStore
 from providers import ProviderRegistry, ProviderSet, configs_from_env, default_provider
 from runtime.accounts import Accounts
 from runtime.auth import Authenticator
+from runtime.authoring import AuthoringService
 from runtime.chat import ChatService
 from runtime.conversations import ConversationStore
 from runtime.db import connect_pool
@@ -42,6 +45,8 @@ class Resources:
     providers: ProviderSet
     default_provider: str
     chat: ChatService
+    authoring: AuthoringService
+    porter: PersonaPorter
 
     async def readiness(self) -> dict[str, str]:
         """What ``/ready`` reports: each dependency and whether it answers now."""
@@ -120,6 +125,8 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             providers=providers,
             default_provider=default,
             chat=chat,
+            authoring=AuthoringService(chat, PersonaTestStore(pool)),
+            porter=PersonaPorter(personas, max_bytes=settings.import_max_bytes),
         )
 
 

@@ -6,10 +6,10 @@ import base64
 import json
 import uuid
 
-import msgspec
 import pytest
 
 from personas.png import card_png
+from personas.porter import PersonaPorter
 from tests.conftest import persona_body
 from tests.test_cards import SECRET, v2_card, v3_card
 
@@ -244,8 +244,8 @@ async def test_bad_uploads_say_what_is_wrong_and_create_nothing(client, alice, r
 
 
 async def test_oversize_upload_is_413(client, alice, resources):
-    settings = resources.settings
-    resources.settings = msgspec.structs.replace(settings, import_max_bytes=4096)
+    porter = resources.porter
+    resources.porter = PersonaPorter(resources.personas, max_bytes=4096)  # as IMPORT_MAX_BYTES=4096 would
     try:
         png = png_of(v2_card(name=unique("Big"), description="x" * 10_000))
         r = await client.post(IMPORT, files={"file": ("big.png", png)}, headers=alice.headers)
@@ -255,7 +255,7 @@ async def test_oversize_upload_is_413(client, alice, resources):
         small = await client.post(IMPORT, json=v2_card(name=unique("Small"), description="s"), headers=alice.headers)
         assert small.status_code == 201, small.text
     finally:
-        resources.settings = settings
+        resources.porter = porter
 
 
 async def test_decompression_bomb_upload_is_413(client, alice, resources):
