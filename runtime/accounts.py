@@ -23,7 +23,6 @@ _KEY_COLUMNS = "id, user_id, name, prefix, created_at, last_used_at, expires_at,
 
 INSERT_USER = f"""
 INSERT INTO users (name, display_name, is_admin) VALUES ($1, $2, $3) RETURNING {_USER_COLUMNS}"""
-GET_USER = f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1"
 GET_USER_BY_NAME = f"SELECT {_USER_COLUMNS} FROM users WHERE lower(name) = lower($1)"
 COUNT_USERS = "SELECT count(*) FROM users"
 INSERT_KEY = f"""
@@ -115,10 +114,6 @@ class Accounts:
         except asyncpg.UniqueViolationError:
             raise Conflict(f"A user named {name!r} already exists; choose another `name`.", field="name") from None
         return _user(record)
-
-    async def get_user(self, user_id: UUID) -> User | None:
-        record = await self._pool.fetchrow(GET_USER, user_id)
-        return _user(record) if record else None
 
     async def get_user_by_name(self, name: str) -> User | None:
         record = await self._pool.fetchrow(GET_USER_BY_NAME, name)
