@@ -11,9 +11,9 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from core.errors import PersonaRuntimeError, ProviderRateLimited
 from personas.models import WRITABLE_FIELDS
 from runtime.db import is_database_unavailable
-from runtime.errors import PersonaRuntimeError, ProviderRateLimited
 
 __all__ = ["exception_handlers", "openai_error_type"]
 

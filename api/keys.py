@@ -19,8 +19,8 @@ from api.schemas import (
     UserOut,
     UserResponse,
 )
+from core.errors import Forbidden, NotFound
 from runtime.accounts import ApiKey
-from runtime.errors import Forbidden, NotFound
 
 __all__ = ["AdminController", "KeyController"]
 

@@ -15,12 +15,12 @@ from msgspec import Meta, Struct
 from api.deps import CallerDep, ResourcesDep
 from api.errors import openai_error_type
 from api.sse import DONE, HEARTBEAT, sse_response, with_heartbeat
+from core.errors import BadRequest, ProviderError
 from personas.models import Caller
 from providers import ChatMessage, Finish, TextDelta, ToolCall, ToolCallDelta, ToolSpec, Usage, assemble_tool_calls
 from providers.events import ProviderEvent
 from runtime.answer import AnswerStream
 from runtime.compat import list_model_ids, open_completion, resolve_model
-from runtime.errors import BadRequest, ProviderError
 from runtime.resources import Resources
 
 __all__ = ["OpenAIController"]

@@ -12,8 +12,8 @@ from litestar.types import ReceiveMessage
 
 from api.deps import CallerDep, PorterDep
 from api.schemas import PersonaResponse
+from core.errors import BadRequest, PayloadTooLarge
 from personas.porter import ExportFormat
-from runtime.errors import BadRequest, PayloadTooLarge
 
 __all__ = ["PortabilityController", "read_upload"]
 

@@ -40,9 +40,9 @@ from typing import Any
 
 import msgspec
 
+from core.errors import BadRequest
 from personas.models import ModelSettings, Persona, PersonaDraft
 from personas.template import VARIABLES, format_section
-from runtime.errors import BadRequest
 
 __all__ = ["CARD_V2", "CARD_V3", "DEFAULT_HEAD", "EXTENSION_KEY", "card_to_draft", "persona_to_card", "validated"]
 

@@ -15,10 +15,10 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from core.errors import BadRequest
 from personas.cards import CARD_V2, CARD_V3, card_to_draft, validated
 from personas.models import Description, ModelSettings, Name, Persona, PersonaDraft, SystemPrompt, Tool, Visibility
 from personas.png import SIGNATURE, read_card_text
-from runtime.errors import BadRequest
 
 __all__ = [
     "FORMAT",

@@ -15,11 +15,11 @@ from uuid import UUID
 
 import msgspec
 
+from core.errors import BadRequest
 from personas.documents import encode_document, load_document, persona_document, slug
 from personas.models import CONTENT_FIELDS, Persona, PersonaDraft
 from personas.service import check_draft, draft_persona
 from personas.store import PersonaStore
-from runtime.errors import BadRequest
 
 __all__ = ["FileResult", "FilesError", "import_drafts", "read_directory", "write_directory"]
 

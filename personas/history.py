@@ -6,10 +6,10 @@ from uuid import UUID
 
 import msgspec
 
+from core.errors import NotFound
 from personas.models import CONTENT_FIELDS, Caller, ModelSettings, Persona, Tool
 from personas.service import PersonaService, check_draft
 from personas.store import PersonaVersion, VersionSummary
-from runtime.errors import NotFound
 
 __all__ = ["PersonaHistory", "as_of"]
 

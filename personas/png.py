@@ -7,7 +7,7 @@ import zlib
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from runtime.errors import BadRequest, PayloadTooLarge
+from core.errors import BadRequest, PayloadTooLarge
 
 __all__ = ["CARD_KEYWORDS", "SIGNATURE", "TextChunk", "card_png", "read_card_text", "text_chunks"]
 

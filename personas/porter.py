@@ -7,11 +7,11 @@ from uuid import UUID
 
 import msgspec
 
+from core.errors import Conflict
 from personas.cards import persona_to_card
 from personas.documents import encode_document, load_document, persona_document, slug
 from personas.models import Caller, Persona
 from personas.service import PersonaService
-from runtime.errors import Conflict
 
 __all__ = ["ExportFormat", "Exported", "PersonaPorter"]
 

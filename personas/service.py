@@ -8,10 +8,10 @@ from uuid import UUID, uuid4
 
 import msgspec
 
+from core.errors import BadRequest, Forbidden, NotFound
 from personas.models import Caller, Persona, PersonaDraft, PersonaPatch, Tool
 from personas.store import PersonaStore
 from personas.template import check_template
-from runtime.errors import BadRequest, Forbidden, NotFound
 
 __all__ = ["MAX_EXTENSIONS_BYTES", "PersonaService", "PreferenceSource", "check_draft", "draft_persona"]
 

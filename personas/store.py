@@ -9,9 +9,9 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from core.errors import Conflict, NotFound, ServiceUnavailable
 from personas.cache import Cache
 from personas.models import MU_ID, Persona
-from runtime.errors import Conflict, NotFound, ServiceUnavailable
 
 __all__ = ["PersonaStore", "PersonaVersion", "VersionSummary"]
 

@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 from msgspec import Meta, Struct
 
-from runtime.errors import BadRequest, NotFound
+from core.errors import BadRequest, NotFound
 
 __all__ = ["Expectation", "PersonaTest", "PersonaTestDraft", "PersonaTestStore", "check_test", "judge"]
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.errors import BadRequest
+from core.errors import BadRequest
 
 __all__ = ["VARIABLES", "check_template", "format_section", "render_template"]
 

@@ -13,14 +13,14 @@ from typing import Any
 import anyio
 import httpx2
 
-from providers.events import ProviderEvent
-from runtime.errors import (
+from core.errors import (
     ProviderError,
     ProviderRateLimited,
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
 )
+from providers.events import ProviderEvent
 
 _MAX_DETAIL = 300
 

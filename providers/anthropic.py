@@ -9,10 +9,10 @@ import anthropic
 import httpx2
 import msgspec
 
+from core.errors import BadRequest, ProviderError, ProviderUnavailable
 from providers import _upstream
 from providers.base import ChatMessage, ProviderConfig, ProviderRequest
 from providers.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
-from runtime.errors import BadRequest, ProviderError, ProviderUnavailable
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "DEFAULT_MODEL", "AnthropicProvider"]
 

@@ -108,7 +108,7 @@ class Provider(Protocol):
     """One LLM API behind one streaming method.
 
     ``stream`` is an async generator of ``ProviderEvent``s ending with ``Finish``; it raises
-    ``runtime.errors.ProviderError`` subclasses, before the first event or in the middle of the
+    ``core.errors.ProviderError`` subclasses, before the first event or in the middle of the
     stream. Consumers that may stop early should close it (``contextlib.aclosing``) so the
     upstream request is cancelled at once. ``build_body`` returns the exact JSON body ``stream``
     would POST upstream, for dry runs.

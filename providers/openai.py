@@ -9,10 +9,10 @@ import httpx2
 import msgspec
 import openai
 
+from core.errors import ProviderError, ProviderUnavailable
 from providers import _upstream
 from providers.base import ChatMessage, ProviderConfig, ProviderRequest
 from providers.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
-from runtime.errors import ProviderError, ProviderUnavailable
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "OpenAIProvider"]
 

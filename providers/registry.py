@@ -10,8 +10,8 @@ from typing import TypeAlias
 
 import msgspec
 
+from core.errors import BadRequest
 from providers.base import Provider, ProviderConfig
-from runtime.errors import BadRequest
 
 __all__ = [
     "BUILTIN_DEFAULT_MODELS",

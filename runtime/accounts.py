@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from runtime.errors import BadRequest, Conflict, NotFound
+from core.errors import BadRequest, Conflict, NotFound
 
 __all__ = ["KEY_PREFIX", "Accounts", "ApiKey", "User", "generate_key", "hash_key"]
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import msgspec
 
+from core.errors import ProviderError, ProviderTimeout, ProviderUnavailable, ServiceUnavailable
 from providers import ProviderEvent, ProviderRequest, ProviderSet, assemble_tool_calls
 from providers.events import Finish, TextDelta, ToolCallDelta, Usage
 from runtime.conversations import MessageStatus
-from runtime.errors import ProviderError, ProviderTimeout, ProviderUnavailable, ServiceUnavailable
 from runtime.events import ChatEvent, Content, Done, ErrorEvent, Start, UsageReport
 from runtime.prompt import Route
 

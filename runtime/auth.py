@@ -10,10 +10,10 @@ import time
 from datetime import UTC, datetime
 from uuid import UUID
 
+from core.errors import ServiceUnavailable, Unauthorized
 from personas.models import Caller
 from runtime.accounts import Accounts, KeyOwner
 from runtime.db import is_database_unavailable
-from runtime.errors import ServiceUnavailable, Unauthorized
 
 __all__ = ["Authenticator"]
 

@@ -17,13 +17,13 @@ from uuid import UUID
 
 from msgspec import Meta, Struct
 
+from core.errors import BadRequest, PersonaRuntimeError
 from personas.history import PersonaHistory
 from personas.models import Caller, Persona, PersonaDraft
 from personas.service import draft_persona
 from personas.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
 from runtime.answer import ChatTurn
 from runtime.chat import ChatService
-from runtime.errors import BadRequest, PersonaRuntimeError
 from runtime.events import ChatEvent, Content, Done, ErrorEvent, PersonaRef, UsageReport
 
 __all__ = [

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from core.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    PersonaRuntimeError,
+)
 from personas.models import Caller, Persona
 from personas.service import PersonaService
 from providers import ChatMessage, ProviderRequest, ProviderSet
 from runtime.answer import ChatTurn, open_answer
 from runtime.conversations import Conversation, ConversationStore
-from runtime.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    PersonaRuntimeError,
-)
 from runtime.events import PersonaRef, Start
 from runtime.prompt import Route, build_request, plan_routes, render_system_prompt
 from runtime.resolve import PersonaSource, resolve_persona

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
+from core.errors import PersonaRuntimeError
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.files import FileResult, import_drafts, read_directory, write_directory
 from personas.store import PersonaStore
@@ -21,7 +22,6 @@ from providers import configs_from_env, default_provider
 from runtime.accounts import Accounts
 from runtime.db import connect_pool
 from runtime.embedded import EmbeddedPostgres
-from runtime.errors import PersonaRuntimeError
 from runtime.migrate import MigrationError, apply_migrations
 from runtime.settings import Settings, SettingsError
 
@@ -99,7 +99,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         os.environ["DATABASE_URL"] = embedded.start()
     try:
         uvicorn.run(
-            "runtime.app:app_from_env",
+            "api.app:app_from_env",
             factory=True,
             host=args.host or settings.host,
             port=args.port or settings.port,

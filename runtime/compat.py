@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from core.errors import NotFound
 from personas.models import Caller, Persona
 from providers import ChatMessage, ToolSpec
 from runtime.answer import AnswerStream, open_answer
 from runtime.chat import ChatService
-from runtime.errors import NotFound
 from runtime.prompt import build_request, plan_routes, render_system_prompt
 from runtime.resolve import PersonaSource, resolve_persona_name
 

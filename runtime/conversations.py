@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from runtime.errors import NotFound
+from core.errors import NotFound
 
 __all__ = ["Conversation", "ConversationStore", "MessageStatus", "StoredMessage"]
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from core.errors import BadRequest
 from personas.models import Caller, Persona
 from personas.template import render_template
 from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
-from runtime.errors import BadRequest
 
 __all__ = ["Route", "build_request", "plan_routes", "render_system_prompt", "tool_specs"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Literal
 from uuid import UUID
 
+from core.errors import NotFound
 from personas.models import Caller, Persona
 from personas.service import PersonaService, can_see
 from runtime.conversations import Conversation
-from runtime.errors import NotFound
 
 __all__ = ["PersonaSource", "resolve_persona", "resolve_persona_name"]
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from litestar import Litestar
 
+from api.app import create_app
 from runtime.accounts import Accounts, User
-from runtime.app import create_app
 from runtime.embedded import EmbeddedPostgres
 from runtime.resources import Resources
 from runtime.settings import Settings

@@ -770,7 +770,7 @@ async def counting(database_url, redis_url):
     made: list[CountingEcho] = []
     registry = ProviderRegistry.with_builtins(plugins=False)
     registry.register("echo", lambda config: made.append(CountingEcho(config)) or made[-1], replace=True)
-    from runtime.app import create_app
+    from api.app import create_app
 
     async with running(create_app(make_settings(database_url, redis_url), registry=registry)) as http:
         yield http, made[0]

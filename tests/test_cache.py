@@ -8,8 +8,8 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from api.app import create_app
 from personas.cache import MemoryCache, RedisCache
-from runtime.app import create_app
 from tests.conftest import make_settings, persona_body, running
 
 BASE = "/api/v1/chat/personas"

@@ -12,13 +12,13 @@ from typing import Any
 import msgspec
 import pytest
 
+from core.errors import BadRequest, PayloadTooLarge
 from personas.cards import EXTENSION_KEY, persona_to_card
 from personas.documents import FORMAT, encode_document, load_document, persona_document, read_document
 from personas.models import ModelSettings, Persona, Tool
 from personas.png import SIGNATURE, card_png
 from personas.service import draft_persona
 from personas.template import check_template, render_template
-from runtime.errors import BadRequest, PayloadTooLarge
 
 LIMIT = 1024 * 1024
 SECRET = "CREATOR-NOTES-ONLY-7f3a"

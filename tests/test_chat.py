@@ -241,7 +241,7 @@ async def test_a_deleted_conversation_persona_falls_back_to_the_preference(llm_c
 
 
 async def test_history_is_bounded(database_url, redis_url, fake_llm, make_user):
-    from runtime.app import create_app
+    from api.app import create_app
     from tests.conftest import llm_env, make_settings, running
 
     app = create_app(make_settings(database_url, redis_url, env=llm_env(fake_llm), history_turns=1))

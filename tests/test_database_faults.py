@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from runtime.app import create_app
+from api.app import create_app
 from tests.conftest import make_settings, persona_body, running
 from tests.proxy import TcpProxy
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.app import create_app
+from api.app import create_app
 from tests.conftest import make_settings, serving
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from api.app import create_app
 from personas.models import MU_ID
 from runtime.accounts import Accounts
-from runtime.app import create_app
 from runtime.migrate import MIGRATIONS_DIR, MigrationError, apply_migrations, load_migrations
 from tests.conftest import make_settings, running
 

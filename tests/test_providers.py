@@ -16,6 +16,14 @@ from typing import Any, cast
 
 import pytest
 
+from core.errors import (
+    BadRequest,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from providers import (
     ENTRY_POINT_GROUP,
     ChatMessage,
@@ -34,14 +42,6 @@ from providers import (
     assemble_tool_calls,
     configs_from_env,
     default_provider,
-)
-from runtime.errors import (
-    BadRequest,
-    ProviderError,
-    ProviderRateLimited,
-    ProviderRejected,
-    ProviderTimeout,
-    ProviderUnavailable,
 )
 from tests.fakellm import FakeLLM, FakeToolCall
 

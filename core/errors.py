@@ -1,6 +1,6 @@
 """The one error tree of persona-runtime.
 
-Every error a client can see is a ``RuntimeError_`` subclass with a snake_case ``code`` and an HTTP
+Every error a client can see is a ``PersonaRuntimeError`` subclass with a snake_case ``code`` and an HTTP
 ``status``; ``api/errors.py`` maps them to the two wire shapes (ours on ``/api/v1``, OpenAI's on
 ``/v1``). The tree::
 
@@ -18,8 +18,8 @@ Every error a client can see is a ``RuntimeError_`` subclass with a snake_case `
         ├── ProviderTimeout              504 provider_timeout
         └── ProviderRateLimited          429 provider_rate_limited (carries ``retry_after``)
 
-No module here imports a web framework: ``personas/``, ``providers/`` and ``runtime/`` raise these,
-``api/`` renders them.
+It sits at the ground of the import graph: ``personas/``, ``providers/`` and ``runtime/`` raise these,
+``api/`` renders them, and this module imports nothing of theirs.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The ground every layer stands on: the error tree and the stream events every package shares."""
