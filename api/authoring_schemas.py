@@ -8,11 +8,11 @@ from uuid import UUID
 from msgspec import Meta, Struct
 
 from api.chat_schemas import ModelName, ProviderName
+from core.events import PersonaRef
 from personas.models import PersonaDraft
 from personas.store import VersionSummary
 from personas.suites import PersonaTest
 from runtime.authoring import CandidateResult, PersonaChoice, TestResult
-from runtime.events import PersonaRef
 
 __all__ = [
     "CompareRequest",

@@ -22,7 +22,9 @@ from api.chat_schemas import (
 from api.deps import CallerDep, Limit, Offset, ResourcesDep
 from api.schemas import MessageResponse
 from api.sse import chat_body, sse_response
-from runtime.answer import ChatResult, ChatTurn
+from providers import ChatMessage
+from runtime.pipeline import TurnInput
+from runtime.turn import Turn, TurnResult
 
 __all__ = ["ChatController", "ConversationController", "chat_response", "wants_stream"]
 
@@ -31,7 +33,7 @@ def wants_stream(stream: bool, request: Request[Any, Any, Any]) -> bool:
     return stream or "text/event-stream" in request.headers.get("accept", "")
 
 
-def chat_response(result: ChatResult, *, stored: bool = True) -> ChatResponse:
+def chat_response(result: TurnResult, *, stored: bool = True) -> ChatResponse:
     start, usage = result.start, result.usage
     return ChatResponse(
         success=True,
@@ -49,10 +51,10 @@ def chat_response(result: ChatResult, *, stored: bool = True) -> ChatResponse:
     )
 
 
-async def answer(turn: ChatTurn, stream: bool, heartbeat: float, *, stored: bool = True) -> Response[Any]:
+async def answer(turn: Turn, stream: bool, heartbeat: float, *, stored: bool = True) -> Response[Any]:
     """Stream the turn as SSE, or wait for all of it and answer JSON."""
     if stream:
-        return sse_response(chat_body(turn.events(), heartbeat))
+        return sse_response(chat_body(turn.batches(), heartbeat))
     return Response(chat_response(await turn.collect(), stored=stored))
 
 
@@ -64,14 +66,16 @@ class ChatController(Controller):
     async def chat(
         self, data: JSONBody[ChatRequest], caller: CallerDep, resources: ResourcesDep, request: Request[Any, Any, Any]
     ) -> Response[Any]:
-        turn = await resources.chat.begin(
-            caller,
-            message=data.message,
-            conversation_id=data.conversation_id,
+        resources.chat.check_message(data.message)
+        asked = TurnInput(
+            messages=(ChatMessage(role="user", content=data.message),),
             persona_id=data.persona_id,
+            conversation_id=data.conversation_id,
             provider=data.provider,
             model=data.model,
+            store=True,
         )
+        turn = await resources.chat.run(caller, asked)
         return await answer(turn, wants_stream(data.stream, request), resources.settings.heartbeat_seconds)
 
 

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from runtime.events import PersonaRef
+from core.events import PersonaRef
 
 __all__ = [
     "ChatRequest",

@@ -13,15 +13,13 @@ from litestar.params import JSONBody
 from msgspec import Meta, Struct
 
 from api.deps import CallerDep, ResourcesDep
-from api.errors import openai_error_type
 from api.sse import DONE, HEARTBEAT, sse_response, with_heartbeat
-from core.errors import BadRequest, ProviderError
-from personas.models import Caller
-from providers import ChatMessage, Finish, TextDelta, ToolCall, ToolCallDelta, ToolSpec, Usage, assemble_tool_calls
-from providers.events import ProviderEvent
-from runtime.answer import AnswerStream
-from runtime.compat import list_model_ids, open_completion, resolve_model
-from runtime.resources import Resources
+from core.errors import BadRequest
+from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
+from providers import ChatMessage, ToolCall, ToolSpec
+from runtime.pipeline import ChatPipeline, TurnInput
+from runtime.resolve import list_model_ids, persona_name_of_model
+from runtime.turn import Turn, TurnResult
 
 __all__ = ["OpenAIController"]
 
@@ -123,58 +121,6 @@ def _split(messages: list[_Message]) -> tuple[list[str], list[ChatMessage]]:
     return system, turns
 
 
-class _Chunks:
-    """Turns provider events into OpenAI ``chat.completion.chunk`` objects."""
-
-    def __init__(self, model: str, include_usage: bool) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model
-        self.include_usage = include_usage
-
-    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: Usage | None = None) -> bytes:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-        }
-        if delta is not None:
-            body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
-        if usage is not None:
-            body["usage"] = _usage(usage)
-        return b"data: " + msgspec.json.encode(body) + b"\n\n"
-
-    async def stream(self, answer: AnswerStream, heartbeat: float) -> AsyncIterator[bytes]:
-        yield self.chunk({"role": "assistant", "content": ""})
-        usage: Usage | None = None
-        try:
-            async for event in with_heartbeat(answer.events, heartbeat):
-                if event is None:
-                    yield HEARTBEAT
-                elif isinstance(event, TextDelta):
-                    yield self.chunk({"content": event.content})
-                elif isinstance(event, ToolCallDelta):
-                    call: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
-                    if event.id:
-                        call["id"], call["type"] = event.id, "function"
-                    if event.name:
-                        call["function"]["name"] = event.name
-                    yield self.chunk({"tool_calls": [call]})
-                elif isinstance(event, Usage):
-                    usage = event
-                elif isinstance(event, Finish):
-                    yield self.chunk({}, finish=event.finish_reason)
-        except ProviderError as exc:
-            error = {"message": exc.message, "type": openai_error_type(exc.status), "code": exc.code, "param": None}
-            yield b"data: " + msgspec.json.encode({"error": error}) + b"\n\n"
-        else:
-            if self.include_usage and usage is not None:
-                yield self.chunk(None, usage=usage)
-        yield DONE
-
-
 def _usage(usage: Usage) -> dict[str, int]:
     return {
         "prompt_tokens": usage.input_tokens,
@@ -183,14 +129,84 @@ def _usage(usage: Usage) -> dict[str, int]:
     }
 
 
-async def _collect(answer: AnswerStream, model: str) -> dict[str, Any]:
-    events: list[ProviderEvent] = [event async for event in answer.events]
+_encode = msgspec.json.Encoder().encode
 
-    text = "".join(e.content for e in events if isinstance(e, TextDelta))
-    calls = assemble_tool_calls(events)
-    finish = next((e.finish_reason for e in events if isinstance(e, Finish)), "stop")
-    usage = next((e for e in events if isinstance(e, Usage)), None)
-    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+
+class _Chunks:
+    """The OpenAI ``chat.completion.chunk`` codec: our events in, SSE bytes out, one write per batch.
+
+    Every chunk of a stream shares its id, time and model, so their JSON is cut once around the delta and
+    each text piece costs one string encoding.
+    """
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+        head = _encode({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": model})
+        self._head = b"data: " + head[:-1]
+        self._delta = self._head + b',"choices":[{"index":0,"delta":'
+        self._text = self._delta + b'{"content":'
+
+    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: Usage | None = None) -> bytes:
+        body: dict[str, Any] = {"choices": []}
+        if delta is not None:
+            body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+        if usage is not None:
+            body["usage"] = _usage(usage)
+        return self._head + b"," + _encode(body)[1:] + b"\n\n"
+
+    def encode(self, batch: list[TurnEvent], usage: list[Usage]) -> bytes:
+        parts = []
+        for event in batch:
+            kind = type(event)
+            if kind is TextDelta:
+                parts.append(self._text + _encode(event.content) + b'},"finish_reason":null}]}\n\n')  # type: ignore[union-attr]
+            elif kind is Start:
+                parts.append(self.chunk({"role": "assistant", "content": ""}))
+            elif kind is ToolCallDelta:
+                parts.append(self.chunk({"tool_calls": [_tool_call_piece(event)]}))  # type: ignore[arg-type]
+            elif kind is Usage:
+                usage.append(event)  # type: ignore[arg-type]
+            elif kind is Done:
+                parts.append(self.chunk({}, finish=event.finish_reason))  # type: ignore[union-attr]
+                if self.include_usage and usage:
+                    parts.append(self.chunk(None, usage=usage[-1]))
+                parts.append(DONE)
+            elif kind is ErrorEvent:
+                error = {
+                    "message": event.message,  # type: ignore[union-attr]
+                    "type": "api_error",
+                    "code": event.code,  # type: ignore[union-attr]
+                    "param": None,
+                }
+                parts.append(b"data: " + _encode({"error": error}) + b"\n\n" + DONE)
+        return b"".join(parts)
+
+    async def stream(self, turn: Turn, heartbeat: float) -> AsyncIterator[bytes]:
+        usage: list[Usage] = []
+        async for batch in with_heartbeat(turn.batches(), heartbeat):
+            if batch is None:
+                yield HEARTBEAT
+                continue
+            data = self.encode(batch, usage)
+            if data:
+                yield data
+
+
+def _tool_call_piece(event: ToolCallDelta) -> dict[str, Any]:
+    call: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
+    if event.id:
+        call["id"], call["type"] = event.id, "function"
+    if event.name:
+        call["function"]["name"] = event.name
+    return call
+
+
+def _completion(result: TurnResult, model: str) -> dict[str, Any]:
+    calls = result.tool_calls
+    message: dict[str, Any] = {"role": "assistant", "content": result.text or (None if calls else "")}
     if calls:
         message["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
@@ -200,10 +216,10 @@ async def _collect(answer: AnswerStream, model: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "finish_reason": result.done.finish_reason}],
     }
-    if usage is not None:
-        body["usage"] = _usage(usage)
+    if result.usage is not None:
+        body["usage"] = _usage(result.usage)
     return body
 
 
@@ -213,7 +229,7 @@ class OpenAIController(Controller):
 
     @get("/models")
     async def models(self, caller: CallerDep, resources: ResourcesDep) -> dict[str, Any]:
-        ids = await list_model_ids(resources.chat, caller)
+        ids = await list_model_ids(resources.personas, caller)
         return {
             "object": "list",
             "data": [{"id": i, "object": "model", "created": 0, "owned_by": "persona-runtime"} for i in ids],
@@ -223,37 +239,32 @@ class OpenAIController(Controller):
     async def completions(
         self, data: JSONBody[CompletionRequest], caller: CallerDep, resources: ResourcesDep
     ) -> Response[Any]:
-        if data.n != 1:
-            raise BadRequest("Only `n` = 1 is supported.", field="n")
-        answer = await _open(resources, caller, data)
+        turn = await resources.chat.run(caller, _turn_input(resources.chat, data))
         if data.stream:
             chunks = _Chunks(data.model, data.stream_options is not None and data.stream_options.include_usage)
-            return sse_response(chunks.stream(answer, resources.settings.heartbeat_seconds))
-        try:
-            return Response(await _collect(answer, data.model))
-        finally:
-            await answer.aclose()
+            return sse_response(chunks.stream(turn, resources.settings.heartbeat_seconds))
+        return Response(_completion(await turn.collect(), data.model))
 
 
-async def _open(resources: Resources, caller: Caller, data: CompletionRequest) -> AnswerStream:
-    chat = resources.chat
-    persona, _ = await resolve_model(chat, caller, data.model)
+def _turn_input(chat: ChatPipeline, data: CompletionRequest) -> TurnInput:
+    """OpenAI's body as a turn: nothing stored, since an OpenAI client sends the whole conversation each time."""
+    if data.n != 1:
+        raise BadRequest("Only `n` = 1 is supported.", field="n")
+    persona_name = persona_name_of_model(data.model)
     system, turns = _split(data.messages)
     for index, turn in enumerate(turns):
         if turn.content is not None:
             chat.check_message(turn.content, field=f"messages[{index}].content")
-    tools = [
+    tools = tuple(
         ToolSpec(name=t.function.name, description=t.function.description, parameters=t.function.parameters)
         for t in data.tools or ()
-    ]
-    return await open_completion(
-        chat,
-        caller,
-        persona,
-        messages=turns,
-        client_system=system,
+    )
+    return TurnInput(
+        messages=tuple(turns),
+        system=tuple(system),
         tools=tools,
         temperature=data.temperature,
         top_p=data.top_p,
         max_tokens=data.max_tokens or data.max_completion_tokens,
+        persona_name=persona_name,
     )

@@ -1,22 +1,22 @@
-"""Server-Sent Events: chat events on the wire, with comment heartbeats through long silences."""
+"""Server-Sent Events: our chat stream's codec, heartbeats through long silences, and the streaming response."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from litestar.response import Stream
 
-from runtime.events import ChatEvent
+from core.events import Done, ErrorEvent, Start, TextDelta, TurnEvent, Usage
 
 __all__ = [
     "DONE",
     "HEARTBEAT",
     "candidate_body",
     "chat_body",
-    "encode_event",
     "sse_response",
     "with_heartbeat",
 ]
@@ -25,67 +25,120 @@ T = TypeVar("T")
 
 DONE = b"data: [DONE]\n\n"
 HEARTBEAT = b": keep-alive\n\n"
-_encoder = msgspec.json.Encoder()
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_encode = msgspec.json.Encoder().encode
+_TAGS: dict[type, bytes] = {
+    cls: str(cls.__struct_config__.tag).encode() for cls in (Start, TextDelta, Usage, Done, ErrorEvent)
+}
+# Items a stream may run ahead of a slow client before it stops reading its provider.
+_AHEAD = 16
 
 
-def encode_event(event_id: int, event: ChatEvent, name: str | None = None) -> bytes:
-    """One event: ``event:`` (the event's ``type``), ``id:``, and its JSON as ``data:``."""
-    tag = name or event.__struct_config__.tag
-    return b"event: %s\nid: %d\ndata: %s\n\n" % (str(tag).encode(), event_id, _encoder.encode(event))
+class _Heartbeat(Generic[T]):
+    """Reads ``source`` in a task of its own and hands its items over, with ``None`` for every silence.
 
-
-async def with_heartbeat(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
-    """Items of ``source``, with ``None`` whenever ``interval`` seconds pass without one.
-
-    One task reads the source into a queue for the whole stream, so a timed-out wait never cancels
-    the source and no task is made per item. Closing or cancelling this generator cancels that task,
-    which ends the source (and so the upstream request).
+    One timer per stream, re-armed only when it fires: it checks whether ``interval`` seconds passed since
+    the last item. The reader stops when ``_AHEAD`` items wait, so a slow client slows the provider down.
     """
-    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
 
-    async def pump() -> None:
+    def __init__(self, source: AsyncIterator[T], interval: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._items: deque[tuple[bool, Any]] = deque()
+        self._interval = interval
+        self._last = self._loop.time()
+        self._waiter: asyncio.Future[None] | None = None
+        self._space: asyncio.Future[None] | None = None
+        self._timer = self._loop.call_at(self._last + interval, self._tick)
+        self._reader = self._loop.create_task(self._read(source))
+
+    async def _read(self, source: AsyncIterator[T]) -> None:
         try:
             async for item in source:
-                queue.put_nowait((False, item))
+                self._put((False, item))
+                while len(self._items) >= _AHEAD:
+                    self._space = self._loop.create_future()
+                    await self._space
         except BaseException as exc:
-            queue.put_nowait((True, exc))
+            self._put((True, exc))
             if isinstance(exc, asyncio.CancelledError):
                 raise
         else:
-            queue.put_nowait((True, None))
+            self._put((True, None))
 
-    reader = asyncio.get_running_loop().create_task(pump())
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(interval):
-                    finished, value = await queue.get()
-            except TimeoutError:
-                yield None
-                continue
-            if not finished:
-                yield value
-            elif value is None:
-                return
-            else:
-                raise value
-    finally:
-        reader.cancel()
+    def _put(self, item: tuple[bool, Any]) -> None:
+        self._items.append(item)
+        self._last = self._loop.time()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        if now - self._last >= self._interval and not self._items:
+            self._items.append((False, None))
+            self._last = now
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+        self._timer = self._loop.call_at(self._last + self._interval, self._tick)
+
+    async def items(self) -> AsyncIterator[T | None]:
+        try:
+            while True:
+                while not self._items:
+                    self._waiter = self._loop.create_future()
+                    await self._waiter
+                finished, value = self._items.popleft()
+                space = self._space
+                if space is not None and not space.done():
+                    space.set_result(None)
+                if not finished:
+                    yield value
+                elif value is None:
+                    return
+                else:
+                    raise value
+        finally:
+            self._timer.cancel()
+            self._reader.cancel()
 
 
-async def chat_body(events: AsyncIterator[ChatEvent], heartbeat: float) -> AsyncIterator[bytes]:
+def with_heartbeat(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
+    """Items of ``source``, with ``None`` whenever ``interval`` seconds pass without one.
+
+    Closing or cancelling the result cancels the reading task, which ends the source (and so the
+    upstream request).
+    """
+    return _Heartbeat(source, interval).items()
+
+
+def encode_events(events: list[TurnEvent], count: int) -> tuple[bytes, int]:
+    """Our SSE for a batch of events: ``event:`` (the ``type``), ``id:`` and the JSON ``data:`` of each."""
+    parts = []
+    for event in events:
+        tag = _TAGS.get(type(event))
+        if tag is None:
+            continue
+        count += 1
+        parts.append(b"event: %s\nid: %d\ndata: %s\n\n" % (tag, count, _encode(event)))
+    last = events[-1] if events else None
+    if type(last) is Done or type(last) is ErrorEvent:
+        parts.append(DONE)
+    return b"".join(parts), count
+
+
+async def chat_body(batches: AsyncIterator[list[TurnEvent]], heartbeat: float) -> AsyncIterator[bytes]:
+    """A turn as our SSE: each batch of events in one write, ``data: [DONE]`` with the last."""
     count = 0
-    async for event in with_heartbeat(events, heartbeat):
-        if event is None:
+    async for batch in with_heartbeat(batches, heartbeat):
+        if batch is None:
             yield HEARTBEAT
-        else:
-            count += 1
-            yield encode_event(count, event)
-    yield DONE
+            continue
+        data, count = encode_events(batch, count)
+        if data:
+            yield data
 
 
-async def candidate_body(events: AsyncIterator[tuple[int, ChatEvent]], heartbeat: float) -> AsyncIterator[bytes]:
+async def candidate_body(events: AsyncIterator[tuple[int, TurnEvent]], heartbeat: float) -> AsyncIterator[bytes]:
     """Several answers in one stream: each event's ``data`` says which ``candidate`` it belongs to."""
     count = 0
     async for item in with_heartbeat(events, heartbeat):
@@ -96,11 +149,10 @@ async def candidate_body(events: AsyncIterator[tuple[int, ChatEvent]], heartbeat
         candidate, event = item
         data = msgspec.to_builtins(event)
         data["candidate"] = candidate
-        tag = str(event.__struct_config__.tag)
-        yield b"event: %s\nid: %d\ndata: %s\n\n" % (tag.encode(), count, _encoder.encode(data))
+        yield b"event: %s\nid: %d\ndata: %s\n\n" % (_TAGS[type(event)], count, _encode(data))
     yield DONE
 
 
-def sse_response(body: AsyncIterator[bytes]) -> Stream:
+def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Stream:
     """A ``text/event-stream`` response that proxies do not buffer."""
-    return Stream(body, media_type="text/event-stream", headers=HEADERS)
+    return Stream(body, media_type="text/event-stream", headers={**HEADERS, **(headers or {})})

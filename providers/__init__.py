@@ -1,5 +1,6 @@
 """LLM providers behind one streaming protocol: OpenAI, Anthropic, echo and plugins."""
 
+from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers.base import (
     ChatMessage,
     Provider,
@@ -8,9 +9,9 @@ from providers.base import (
     ToolCall,
     ToolSpec,
     assemble_tool_calls,
+    batches_of,
 )
 from providers.echo import EchoProvider
-from providers.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers.registry import (
     ENTRY_POINT_GROUP,
     ProviderFactory,
@@ -38,6 +39,7 @@ __all__ = [
     "ToolSpec",
     "Usage",
     "assemble_tool_calls",
+    "batches_of",
     "configs_from_env",
     "default_provider",
 ]

@@ -1,17 +1,15 @@
-"""Helpers the HTTP adapters share: SSE framing, status mapping and secret-free messages."""
+"""What the HTTP adapters share: the streaming call, SSE framing, status mapping and secret-free messages."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import email.utils
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, Protocol
 
-import anyio
-import httpx2
+import msgspec
 
 from core.errors import (
     ProviderError,
@@ -20,29 +18,17 @@ from core.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from providers.events import ProviderEvent
+from core.events import ProviderEvent
+from providers._http import HttpPool, HttpResponse
 
 _MAX_DETAIL = 300
 
 
-def timeout_errors() -> tuple[type[BaseException], ...]:
-    """Read/connect timeout exception types of the HTTP stacks the SDKs may run on."""
-    legacy = sys.modules.get("httpx")  # only when something else already imported it
-    errors: tuple[type[BaseException], ...] = (httpx2.TimeoutException, TimeoutError)
-    return errors if legacy is None else (*errors, legacy.TimeoutException)
-
-
-def transport_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the connection broke while a response body was being read."""
-    legacy = sys.modules.get("httpx")
-    errors: tuple[type[BaseException], ...] = (
-        httpx2.TransportError,
-        httpx2.StreamError,
-        anyio.EndOfStream,
-        anyio.BrokenResourceError,
-        OSError,
-    )
-    return errors if legacy is None else (*errors, legacy.TransportError, legacy.StreamError)
+def sdk_headers(client: Any) -> dict[str, str]:
+    """The headers an official SDK client sends on every request (auth included), for a prepared request."""
+    headers = {**client.default_headers, **client.auth_headers}
+    headers["Accept"] = "text/event-stream"
+    return {k: v for k, v in headers.items() if isinstance(v, str)}
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -136,55 +122,143 @@ def broken_stream_error(provider: str, why: str) -> ProviderUnavailable:
     return ProviderUnavailable(f"Provider '{provider}' broke off the stream: {why}.", provider=provider)
 
 
-async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
-    """Yield ``(event, data)`` for each server-sent event; ``event`` is "" when the server names none."""
-    event = ""
-    data: list[str] = []
-    async for line in lines:
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "", []
-        elif line.startswith("data:"):
-            data.append(line[6:] if line.startswith("data: ") else line[5:])
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        # comments (": ping") and id/retry fields carry nothing we use
-    if data:
-        yield event, "\n".join(data)
+class SSESplitter:
+    """Cuts a server-sent event stream into ``(event, data)`` pairs as its bytes arrive.
 
-
-async def drain(lines: AsyncIterator[str], seconds: float = 1.0) -> None:
-    """Consume what is left of a finished stream (usually nothing but its end), briefly.
-
-    A response closed before its body ends cannot be reused; one read to the end can. A server that
-    keeps talking after its final event is cut off after ``seconds``: the answer is complete anyway.
+    Events end at a blank line; ``data:`` lines join with newlines, ``event:`` names the event, and
+    comments (``: ping``), ``id:`` and ``retry:`` carry nothing the adapters use. CR LF and lone CR
+    line ends are read as LF, even when a CR LF is split between two reads.
     """
-    with contextlib.suppress(TimeoutError, *transport_errors()):
-        async with asyncio.timeout(seconds):
-            async for _ in lines:
-                pass
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        if b"\r" in data:
+            if data.endswith(b"\r"):
+                data, held = data[:-1], b"\r"
+            else:
+                held = b""
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        else:
+            held = b""
+        if self._buffer:
+            data = self._buffer + data
+        *blocks, rest = data.split(b"\n\n")
+        self._buffer = rest + held
+        events = []
+        for block in blocks:
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append((b"", block[6:]))  # the common shape: one data line
+                continue
+            name, lines = b"", []
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    lines.append(line[6:] if line.startswith(b"data: ") else line[5:])
+                elif line.startswith(b"event:"):
+                    name = line[6:].strip()
+            if lines:
+                events.append((name, b"\n".join(lines)))
+        return events
+
+    def end(self) -> list[tuple[bytes, bytes]]:
+        """An event the stream ended without its blank line."""
+        rest, self._buffer = self._buffer, b""
+        return self.feed(rest + b"\n\n") if rest.strip() else []
 
 
-async def read_stream(
-    name: str,
-    response: httpx2.Response,
-    events: Callable[[AsyncIterator[str]], AsyncIterator[ProviderEvent]],
-) -> AsyncIterator[ProviderEvent]:
-    """The events a vendor's SSE body decodes to, with transport failures mapped to our errors.
+class EventReader(Protocol):
+    """One vendor's stream events turned into ours."""
 
-    The body is read to its end so that the connection goes back to the pool for the next stream.
-    """
-    lines = response.aiter_lines()
+    def feed(self, event: bytes, data: bytes, out: list[ProviderEvent]) -> bool:
+        """Append the events ``data`` decodes to; True when it was the stream's last event."""
+        ...
+
+    def end(self, out: list[ProviderEvent]) -> None:
+        """Append the closing ``Usage`` and ``Finish``, or raise when the stream broke off before its end."""
+        ...
+
+
+_decode_json = msgspec.json.Decoder().decode
+
+
+def _error_body(raw: bytes) -> object:
     try:
-        async for event in events(lines):
-            yield event
-        await drain(lines)
+        return _decode_json(raw)
+    except msgspec.DecodeError:
+        return {"error": {"message": raw[:_MAX_DETAIL].decode("utf-8", "replace")}}
+
+
+async def stream_batches(
+    name: str, pool: HttpPool, prepared: bytes, body: bytes, reader: EventReader, secret: str | None
+) -> AsyncGenerator[list[ProviderEvent], None]:
+    """POST ``body`` and yield the events of each read of the SSE answer, with failures mapped to our errors.
+
+    Everything one socket read brings comes out as one list, so the runtime can write it to its client
+    at once. Closing the iterator early drops the connection, which cancels the upstream request.
+    """
+    try:
+        response = await pool.post(prepared, body)
+    except TimeoutError as exc:
+        raise timeout_error(name) from exc
+    except OSError as exc:
+        raise connection_error(name) from exc
+    try:
+        if response.status >= 300:
+            raw = await response.read()
+            raise error_for_status(name, response.status, response.headers, _error_body(raw), secret)
+        splitter = SSESplitter()
+        while True:
+            data = await response.chunk()
+            events = splitter.end() if data is None else splitter.feed(data)
+            out: list[ProviderEvent] = []
+            finished = False
+            try:
+                for event, payload in events:
+                    if reader.feed(event, payload, out):
+                        finished = True
+                        break
+                if finished or data is None:
+                    reader.end(out)
+            except ProviderError:
+                if out:
+                    yield out  # what came before the failure, in the order it came
+                raise
+            if finished:
+                _finish_reading(response)
+            if finished or data is None:
+                yield out
+                return
+            if out:
+                yield out
     except ProviderError:
         raise
-    except timeout_errors() as exc:
+    except TimeoutError as exc:
         raise timeout_error(name) from exc
-    except transport_errors() as exc:
+    except OSError as exc:
         raise broken_stream_error(name, "the connection was lost") from exc
     finally:
-        await response.aclose()
+        response.close()
+
+
+def _finish_reading(response: HttpResponse) -> None:
+    """Read what is left of a finished body (usually nothing but its end) so the connection can be reused.
+
+    When the end has not arrived yet, a task waits for it briefly; the answer is complete either way.
+    """
+    if response.complete:
+        response.close()
+        return
+    task = asyncio.get_running_loop().create_task(_drain(response.detach()))
+    _draining.add(task)
+    task.add_done_callback(_draining.discard)
+
+
+_draining: set[asyncio.Task[None]] = set()
+
+
+async def _drain(response: HttpResponse, seconds: float = 1.0) -> None:
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(seconds):
+            await response.read()
+    response.close()

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anthropic
 import httpx2
 import msgspec
 
-from core.errors import BadRequest, ProviderError, ProviderUnavailable
+from core.errors import BadRequest, ProviderUnavailable
+from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
+from providers._http import HttpPool
 from providers.base import ChatMessage, ProviderConfig, ProviderRequest
-from providers.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "DEFAULT_MODEL", "AnthropicProvider"]
 
@@ -125,11 +127,75 @@ def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
     return out
 
 
+_encode = msgspec.json.Encoder().encode
+
+
+class _Reader:
+    """Anthropic's Messages stream events, until ``message_stop``."""
+
+    def __init__(self, name: str, secret: str | None) -> None:
+        self.name = name
+        self.secret = secret
+        self.input_tokens = self.output_tokens = 0
+        self.finish: str | None = None
+        self.tool_index: dict[int, int] = {}  # content block index -> ordinal of the tool call
+
+    def feed(self, name: bytes, data: bytes, out: list[ProviderEvent]) -> bool:
+        try:
+            event = _decode_event(data)
+        except msgspec.DecodeError as exc:
+            raise _upstream.broken_stream_error(self.name, "it sent a malformed event") from exc
+        kind = event.type
+        if kind == "content_block_delta" and event.delta is not None:
+            delta = event.delta
+            if delta.type == "text_delta" and delta.text:
+                out.append(TextDelta(content=delta.text))
+            elif delta.type == "input_json_delta" and delta.partial_json and event.index in self.tool_index:
+                out.append(ToolCallDelta(index=self.tool_index[event.index], arguments=delta.partial_json))
+        elif kind == "content_block_start" and event.content_block is not None:
+            block = event.content_block
+            if block.type == "tool_use":
+                self.tool_index[event.index] = len(self.tool_index)
+                out.append(ToolCallDelta(index=self.tool_index[event.index], id=block.id, name=block.name))
+            elif block.type == "text" and block.text:
+                out.append(TextDelta(content=block.text))
+        elif kind == "message_start" and event.message is not None and event.message.usage is not None:
+            self.input_tokens = _input_tokens(event.message.usage)
+            self.output_tokens = event.message.usage.output_tokens or 0
+        elif kind == "message_delta":
+            if event.delta is not None and event.delta.stop_reason:
+                self.finish = _FINISH_REASONS.get(event.delta.stop_reason, "stop")
+            if event.usage is not None:
+                # message_delta counts are cumulative; input appears here only on some servers
+                if event.usage.output_tokens is not None:
+                    self.output_tokens = event.usage.output_tokens
+                if event.usage.input_tokens is not None:
+                    self.input_tokens = _input_tokens(event.usage)
+        elif kind == "message_stop":
+            return True
+        elif kind == "error":
+            error = event.error or _Error()
+            detail = _upstream.redact(error.message or error.type, self.secret)
+            raise ProviderUnavailable(
+                f"Provider '{self.name}' reported an error mid-stream ({error.type or 'error'}): {detail}.",
+                provider=self.name,
+                details={"type": error.type},
+            )
+        return False
+
+    def end(self, out: list[ProviderEvent]) -> None:
+        if self.finish is None:
+            raise _upstream.broken_stream_error(self.name, "it ended without a stop reason")
+        out.append(Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens))
+        out.append(Finish(finish_reason=self.finish))
+
+
 class AnthropicProvider:
     """Streams messages from Anthropic's Messages API.
 
-    The official SDK sends the request (auth, version header, base URL, timeouts, typed HTTP
-    errors) with its retries off; the SSE body is read raw and each event decoded with msgspec.
+    The official SDK holds the configuration: base URL, auth, version and client headers, timeouts. The
+    streaming call goes through a lean keep-alive client with a request head prepared once, and each SSE
+    event is decoded with msgspec into our events.
     """
 
     kind = "anthropic"
@@ -145,6 +211,14 @@ class AnthropicProvider:
             timeout=httpx2.Timeout(config.timeout, connect=config.connect_timeout),
             max_retries=0,  # retries and fallbacks belong to the runtime; SDK retries would stack
         )
+        self._pool = HttpPool(
+            str(self._client.base_url),
+            headers=_upstream.sdk_headers(self._client),
+            max_connections=config.max_connections,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.timeout,
+        )
+        self._prepared = self._pool.prepare("v1/messages")
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(name={self.name!r}, base_url={str(self._client.base_url)!r})"
@@ -171,74 +245,17 @@ class AnthropicProvider:
             body["top_p"] = request.top_p
         return body
 
+    def stream_batches(self, request: ProviderRequest) -> AsyncGenerator[list[ProviderEvent], None]:
+        body = _encode(self.build_body(request))
+        reader = _Reader(self.name, self._api_key)
+        return _upstream.stream_batches(self.name, self._pool, self._prepared, body, reader, self._api_key)
+
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
-        body = self.build_body(request)
-        try:
-            response = await self._client.post("/v1/messages", cast_to=httpx2.Response, body=body, stream=True)
-        except anthropic.APIError as exc:
-            raise self._sdk_error(exc) from exc
-        async for event in _upstream.read_stream(self.name, response, self._events):
-            yield event
-
-    async def _events(self, lines: AsyncIterator[str]) -> AsyncIterator[ProviderEvent]:
-        input_tokens = output_tokens = 0
-        finish: str | None = None
-        tool_index: dict[int, int] = {}  # content block index -> ordinal of the tool call
-        async for _name, data in _upstream.iter_sse(lines):
-            try:
-                event = _decode_event(data)
-            except msgspec.DecodeError as exc:
-                raise _upstream.broken_stream_error(self.name, "it sent a malformed event") from exc
-            kind = event.type
-            if kind == "content_block_delta" and event.delta is not None:
-                delta = event.delta
-                if delta.type == "text_delta" and delta.text:
-                    yield TextDelta(content=delta.text)
-                elif delta.type == "input_json_delta" and delta.partial_json and event.index in tool_index:
-                    yield ToolCallDelta(index=tool_index[event.index], arguments=delta.partial_json)
-            elif kind == "content_block_start" and event.content_block is not None:
-                block = event.content_block
-                if block.type == "tool_use":
-                    tool_index[event.index] = len(tool_index)
-                    yield ToolCallDelta(index=tool_index[event.index], id=block.id, name=block.name)
-                elif block.type == "text" and block.text:
-                    yield TextDelta(content=block.text)
-            elif kind == "message_start" and event.message is not None and event.message.usage is not None:
-                input_tokens = _input_tokens(event.message.usage)
-                output_tokens = event.message.usage.output_tokens or 0
-            elif kind == "message_delta":
-                if event.delta is not None and event.delta.stop_reason:
-                    finish = _FINISH_REASONS.get(event.delta.stop_reason, "stop")
-                if event.usage is not None:
-                    # message_delta counts are cumulative; input appears here only on some servers
-                    if event.usage.output_tokens is not None:
-                        output_tokens = event.usage.output_tokens
-                    if event.usage.input_tokens is not None:
-                        input_tokens = _input_tokens(event.usage)
-            elif kind == "message_stop":
-                break
-            elif kind == "error":
-                error = event.error or _Error()
-                detail = _upstream.redact(error.message or error.type, self._api_key)
-                kind_of_error = error.type or "error"
-                raise ProviderUnavailable(
-                    f"Provider '{self.name}' reported an error mid-stream ({kind_of_error}): {detail}.",
-                    provider=self.name,
-                    details={"type": error.type},
-                )
-        if finish is None:
-            raise _upstream.broken_stream_error(self.name, "it ended without a stop reason")
-        yield Usage(input_tokens=input_tokens, output_tokens=output_tokens)
-        yield Finish(finish_reason=finish)
-
-    def _sdk_error(self, exc: anthropic.APIError) -> ProviderError:
-        if isinstance(exc, anthropic.APITimeoutError):
-            return _upstream.timeout_error(self.name)
-        if isinstance(exc, anthropic.APIConnectionError):
-            return _upstream.connection_error(self.name)
-        if isinstance(exc, anthropic.APIStatusError):
-            return _upstream.error_for_status(self.name, exc.status_code, exc.response.headers, exc.body, self._api_key)
-        return ProviderUnavailable(f"Provider '{self.name}' sent an unusable response.", provider=self.name)
+        async with contextlib.aclosing(self.stream_batches(request)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
 
     async def aclose(self) -> None:
+        await self._pool.aclose()
         await self._client.close()

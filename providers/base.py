@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from providers.events import ProviderEvent, ToolCallDelta
+from core.events import ProviderEvent, ToolCallDelta
 
 __all__ = [
     "ChatMessage",
@@ -17,6 +18,7 @@ __all__ = [
     "ToolCall",
     "ToolSpec",
     "assemble_tool_calls",
+    "batches_of",
 ]
 
 
@@ -80,13 +82,16 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
     default_model: str | None = None
     timeout: float = 60.0
     connect_timeout: float = 10.0
+    # Upstream connections one provider may hold open at once (in each worker): one per open stream.
+    max_connections: int = 10_000
 
     def __repr__(self) -> str:
         key = "None" if self.api_key is None else "'***'"
         return (
             f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, api_key={key}, "
             f"base_url={self.base_url!r}, default_model={self.default_model!r}, "
-            f"timeout={self.timeout!r}, connect_timeout={self.connect_timeout!r})"
+            f"timeout={self.timeout!r}, connect_timeout={self.connect_timeout!r}, "
+            f"max_connections={self.max_connections!r})"
         )
 
     __str__ = __repr__
@@ -100,6 +105,7 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
             ("default_model", self.default_model),
             ("timeout", self.timeout),
             ("connect_timeout", self.connect_timeout),
+            ("max_connections", self.max_connections),
         ]
 
 
@@ -112,6 +118,10 @@ class Provider(Protocol):
     stream. Consumers that may stop early should close it (``contextlib.aclosing``) so the
     upstream request is cancelled at once. ``build_body`` returns the exact JSON body ``stream``
     would POST upstream, for dry runs.
+
+    A provider may also offer ``stream_batches(request)``, the same events as lists, one list per
+    read of the upstream connection: the runtime then writes each list to its client at once
+    (see ``batches_of``). The built-in HTTP adapters do.
     """
 
     name: str
@@ -123,6 +133,21 @@ class Provider(Protocol):
     def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]: ...
 
     async def aclose(self) -> None: ...
+
+
+def batches_of(provider: Provider, request: ProviderRequest) -> AsyncIterator[list[ProviderEvent]]:
+    """The provider's events for ``request`` in lists: its own batches when it has them, else one by one."""
+    batched = getattr(provider, "stream_batches", None)
+    if batched is not None:
+        stream: AsyncIterator[list[ProviderEvent]] = batched(request)
+        return stream
+    return _one_by_one(provider.stream(request))
+
+
+async def _one_by_one(events: AsyncIterator[ProviderEvent]) -> AsyncIterator[list[ProviderEvent]]:
+    async with contextlib.aclosing(events) as stream:  # type: ignore[type-var]
+        async for event in stream:
+            yield [event]
 
 
 def assemble_tool_calls(events: Iterable[ProviderEvent]) -> tuple[ToolCall, ...]:

@@ -9,8 +9,8 @@ from typing import Any
 
 import msgspec
 
+from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers.base import ChatMessage, ProviderConfig, ProviderRequest
-from providers.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 
 __all__ = ["DEFAULT_MODEL", "EchoProvider"]
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx2
 import msgspec
 import openai
 
-from core.errors import ProviderError, ProviderUnavailable
+from core.errors import ProviderUnavailable
+from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
+from providers._http import HttpPool
 from providers.base import ChatMessage, ProviderConfig, ProviderRequest
-from providers.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "OpenAIProvider"]
 
@@ -83,11 +85,62 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     return {"role": message.role, "content": message.content or ""}
 
 
+_encode = msgspec.json.Encoder().encode
+
+
+class _Reader:
+    """OpenAI's ``chat.completion.chunk`` events, until ``data: [DONE]``."""
+
+    def __init__(self, name: str, secret: str | None) -> None:
+        self.name = name
+        self.secret = secret
+        self.finish: str | None = None
+        self.usage: _Usage | None = None
+
+    def feed(self, event: bytes, data: bytes, out: list[ProviderEvent]) -> bool:
+        if data == b"[DONE]":
+            return True
+        try:
+            chunk = _decode_chunk(data)
+        except msgspec.DecodeError as exc:
+            raise _upstream.broken_stream_error(self.name, "it sent a malformed chunk") from exc
+        if chunk.error is not None:
+            detail = _upstream.redact(_upstream.upstream_message({"error": chunk.error}), self.secret)
+            raise ProviderUnavailable(
+                f"Provider '{self.name}' reported an error mid-stream: {detail or 'no detail'}.", provider=self.name
+            )
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for choice in chunk.choices or ():
+            delta = choice.delta
+            if delta is not None:
+                if delta.content:
+                    out.append(TextDelta(content=delta.content))
+                for piece in delta.tool_calls or ():
+                    function = piece.function or _Function()
+                    out.append(
+                        ToolCallDelta(
+                            index=piece.index, id=piece.id, name=function.name, arguments=function.arguments or ""
+                        )
+                    )
+            if choice.finish_reason:
+                self.finish = _FINISH_REASONS.get(choice.finish_reason, "stop")
+        return False
+
+    def end(self, out: list[ProviderEvent]) -> None:
+        if self.finish is None:
+            raise _upstream.broken_stream_error(self.name, "it ended without a finish reason")
+        if self.usage is not None:
+            out.append(Usage(input_tokens=self.usage.prompt_tokens, output_tokens=self.usage.completion_tokens))
+        out.append(Finish(finish_reason=self.finish))
+
+
 class OpenAIProvider:
     """Streams chat completions from OpenAI or any server that speaks its API.
 
-    The official SDK sends the request (auth, base URL, timeouts, typed HTTP errors) with its
-    retries off; the SSE body is read raw and each chunk decoded with msgspec.
+    The official SDK holds the configuration: base URL, auth and client headers, timeouts. The streaming
+    call itself goes through a lean keep-alive client with a request head prepared once, and each SSE
+    chunk is decoded with msgspec into our events.
     """
 
     kind = "openai"
@@ -103,6 +156,14 @@ class OpenAIProvider:
             timeout=httpx2.Timeout(config.timeout, connect=config.connect_timeout),
             max_retries=0,  # retries and fallbacks belong to the runtime; SDK retries would stack
         )
+        self._pool = HttpPool(
+            str(self._client.base_url),
+            headers=_upstream.sdk_headers(self._client),
+            max_connections=config.max_connections,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.timeout,
+        )
+        self._prepared = self._pool.prepare("chat/completions")
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(name={self.name!r}, base_url={str(self._client.base_url)!r})"
@@ -135,62 +196,17 @@ class OpenAIProvider:
             body["max_tokens"] = request.max_tokens
         return body
 
+    def stream_batches(self, request: ProviderRequest) -> AsyncGenerator[list[ProviderEvent], None]:
+        body = _encode(self.build_body(request))
+        reader = _Reader(self.name, self._api_key)
+        return _upstream.stream_batches(self.name, self._pool, self._prepared, body, reader, self._api_key)
+
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
-        body = self.build_body(request)
-        try:
-            response = await self._client.post("/chat/completions", cast_to=httpx2.Response, body=body, stream=True)
-        except openai.APIError as exc:
-            raise self._sdk_error(exc) from exc
-        async for event in _upstream.read_stream(self.name, response, self._events):
-            yield event
-
-    async def _events(self, lines: AsyncIterator[str]) -> AsyncIterator[ProviderEvent]:
-        finish: str | None = None
-        usage: _Usage | None = None
-        async for _event, data in _upstream.iter_sse(lines):
-            if data == "[DONE]":
-                break
-            try:
-                chunk = _decode_chunk(data)
-            except msgspec.DecodeError as exc:
-                raise _upstream.broken_stream_error(self.name, "it sent a malformed chunk") from exc
-            if chunk.error is not None:
-                detail = _upstream.redact(_upstream.upstream_message({"error": chunk.error}), self._api_key)
-                raise ProviderUnavailable(
-                    f"Provider '{self.name}' reported an error mid-stream: {detail or 'no detail'}.",
-                    provider=self.name,
-                )
-            if chunk.usage is not None:
-                usage = chunk.usage
-            for choice in chunk.choices or ():
-                delta = choice.delta
-                if delta is not None:
-                    if delta.content:
-                        yield TextDelta(content=delta.content)
-                    for piece in delta.tool_calls or ():
-                        function = piece.function or _Function()
-                        yield ToolCallDelta(
-                            index=piece.index,
-                            id=piece.id,
-                            name=function.name,
-                            arguments=function.arguments or "",
-                        )
-                if choice.finish_reason:
-                    finish = _FINISH_REASONS.get(choice.finish_reason, "stop")
-        if finish is None:
-            raise _upstream.broken_stream_error(self.name, "it ended without a finish reason")
-        if usage is not None:
-            yield Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)
-        yield Finish(finish_reason=finish)
-
-    def _sdk_error(self, exc: openai.APIError) -> ProviderError:
-        if isinstance(exc, openai.APITimeoutError):
-            return _upstream.timeout_error(self.name)
-        if isinstance(exc, openai.APIConnectionError):
-            return _upstream.connection_error(self.name)
-        if isinstance(exc, openai.APIStatusError):
-            return _upstream.error_for_status(self.name, exc.status_code, exc.response.headers, exc.body, self._api_key)
-        return ProviderUnavailable(f"Provider '{self.name}' sent an unusable response.", provider=self.name)
+        async with contextlib.aclosing(self.stream_batches(request)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
 
     async def aclose(self) -> None:
+        await self._pool.aclose()
         await self._client.close()

@@ -1,7 +1,8 @@
 """Authoring: dry runs, previews, side-by-side comparisons and test suites for persona authors.
 
-Everything here goes through :meth:`ChatService.plan`, the step a real chat turn takes, so what an author
-sees rendered or previewed is what a chat would send. Nothing here writes a conversation or a message.
+Everything here goes through the chat pipeline a real turn takes (:class:`runtime.pipeline.ChatPipeline`), so
+what an author sees rendered or previewed is what a chat would send. Nothing here writes a conversation or
+a message.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from uuid import UUID
 from msgspec import Meta, Struct
 
 from core.errors import BadRequest, PersonaRuntimeError
+from core.events import ErrorEvent, PersonaRef, TextDelta, ToolCallDelta, TurnEvent, Usage
 from personas.history import PersonaHistory
 from personas.models import Caller, Persona, PersonaDraft
 from personas.service import draft_persona
 from personas.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
-from runtime.answer import ChatTurn
-from runtime.chat import ChatService
-from runtime.events import ChatEvent, Content, Done, ErrorEvent, PersonaRef, UsageReport
+from providers import ChatMessage
+from runtime.pipeline import ChatPipeline, TurnInput
+from runtime.turn import Turn
 
 __all__ = [
     "TEST_CONCURRENCY",
@@ -73,7 +75,7 @@ class CandidateResult(Struct, frozen=True, kw_only=True):
     candidate: int
     persona: PersonaRef
     response: str
-    usage: UsageReport | None
+    usage: Usage | None
     latency_ms: int
     error: Failure | None
 
@@ -96,7 +98,7 @@ class SuiteRun(Struct, frozen=True, kw_only=True):
 @dataclass
 class _Outcome:
     text: str
-    usage: UsageReport | None
+    usage: Usage | None
     latency_ms: int
     error: Failure | None
 
@@ -113,6 +115,10 @@ def _within(prefix: str) -> Iterator[None]:
         raise
 
 
+def _asked(message: str) -> tuple[ChatMessage, ...]:
+    return (ChatMessage(role="user", content=message),)
+
+
 def _ref(persona: Persona) -> PersonaRef:
     return PersonaRef(id=persona.id, name=persona.name, version=persona.version)
 
@@ -121,7 +127,7 @@ class AuthoringService:
     """The authoring tools. A saved persona's tools are for its owner and admins (404 if invisible, 403 if
     visible but not theirs); a draft may be tried by anyone with a key."""
 
-    def __init__(self, chat: ChatService, tests: PersonaTestStore) -> None:
+    def __init__(self, chat: ChatPipeline, tests: PersonaTestStore) -> None:
         self.chat = chat
         self.history = PersonaHistory(chat.personas)
         self.tests = tests
@@ -155,7 +161,10 @@ class AuthoringService:
         self, caller: Caller, persona: Persona, *, message: str, conversation_id: UUID | None = None
     ) -> Rendered:
         """What a chat with ``persona`` would send, in ``conversation_id`` (the caller's) if given. No provider call."""
-        plan = await self.chat.plan(caller, message=message, conversation_id=conversation_id, persona=persona)
+        self.chat.check_message(message)
+        plan = await self.chat.plan(
+            caller, TurnInput(messages=_asked(message), persona=persona, conversation_id=conversation_id)
+        )
         return Rendered(
             provider=plan.routes[0].provider,
             model=plan.routes[0].model,
@@ -165,8 +174,11 @@ class AuthoringService:
 
     async def preview(
         self, caller: Caller, persona: Persona, *, message: str, provider: str | None = None, model: str | None = None
-    ) -> ChatTurn:
-        return await self.chat.preview(caller, persona, message=message, provider=provider, model=model)
+    ) -> Turn:
+        """A real provider call for a persona (saved or draft) that stores nothing."""
+        self.chat.check_message(message)
+        turn = TurnInput(messages=_asked(message), persona=persona, provider=provider, model=model)
+        return await self.chat.run(caller, turn)
 
     # Comparisons ------------------------------------------------------------------------------------
 
@@ -192,24 +204,26 @@ class AuthoringService:
 
     async def compare_events(
         self, caller: Caller, message: str, personas: Sequence[Persona]
-    ) -> AsyncIterator[tuple[int, ChatEvent]]:
+    ) -> AsyncIterator[tuple[int, TurnEvent]]:
         """Every candidate's chat events, tagged with its index, interleaved as they arrive.
 
         A candidate that fails before answering contributes one ``error`` event. When the consumer stops
         early, every candidate's upstream call is cancelled.
         """
-        queue: asyncio.Queue[tuple[int, ChatEvent] | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, TurnEvent] | None] = asyncio.Queue()
 
         async def run(index: int, persona: Persona) -> None:
             try:
                 try:
-                    turn = await self.chat.preview(caller, persona, message=message)
+                    turn = await self.preview(caller, persona, message=message)
                 except PersonaRuntimeError as exc:
                     await queue.put((index, ErrorEvent(code=exc.code, message=exc.message)))
                     return
-                async with contextlib.aclosing(turn.events()) as events:
-                    async for event in events:
-                        await queue.put((index, event))
+                async with contextlib.aclosing(turn.batches()) as batches:
+                    async for batch in batches:
+                        for event in batch:
+                            if type(event) is not ToolCallDelta:
+                                await queue.put((index, event))
             except Exception:
                 log.exception("comparison candidate %d failed", index)
                 await queue.put(
@@ -236,20 +250,19 @@ class AuthoringService:
         """One whole answer, nothing stored; a failure (before or during the answer) becomes ``error``."""
         began = time.monotonic()
         pieces: list[str] = []
-        usage: UsageReport | None = None
+        usage: Usage | None = None
         error: Failure | None = None
         try:
-            turn = await self.chat.preview(caller, persona, message=message)
-            async with contextlib.aclosing(turn.events()) as events:
-                async for event in events:
-                    if isinstance(event, Content):
-                        pieces.append(event.content)
-                    elif isinstance(event, UsageReport):
-                        usage = event
-                    elif isinstance(event, ErrorEvent):
-                        error = Failure(code=event.code, message=event.message)
-                    elif isinstance(event, Done):
-                        break
+            turn = await self.preview(caller, persona, message=message)
+            async with contextlib.aclosing(turn.batches()) as batches:
+                async for batch in batches:
+                    for event in batch:
+                        if isinstance(event, TextDelta):
+                            pieces.append(event.content)
+                        elif isinstance(event, Usage):
+                            usage = event
+                        elif isinstance(event, ErrorEvent):
+                            error = Failure(code=event.code, message=event.message)
         except PersonaRuntimeError as exc:
             error = Failure(code=exc.code, message=exc.message)
         return _Outcome("".join(pieces), usage, int((time.monotonic() - began) * 1000), error)

@@ -23,6 +23,7 @@ from runtime.accounts import Accounts
 from runtime.db import connect_pool
 from runtime.embedded import EmbeddedPostgres
 from runtime.migrate import MigrationError, apply_migrations
+from runtime.serving import uvicorn_options
 from runtime.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -100,12 +101,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     try:
         uvicorn.run(
             "api.app:app_from_env",
-            factory=True,
-            host=args.host or settings.host,
-            port=args.port or settings.port,
-            workers=args.workers,
-            log_config=None,
-            timeout_graceful_shutdown=10,
+            **uvicorn_options(host=args.host or settings.host, port=args.port or settings.port, workers=args.workers),
         )
     finally:
         if embedded is not None:

@@ -19,22 +19,33 @@ _CONVERSATION = "id, title, persona_id, persona_version, created_at, updated_at"
 _MESSAGE = """id, role, content, status, persona_id, persona_version, persona_source, provider, model, usage,
     latency_ms, finish_reason, tool_calls, created_at"""
 
-INSERT_CONVERSATION = f"""
-INSERT INTO conversations (user_id, title, persona_id, persona_version) VALUES ($1, $2, $3, $4)
-RETURNING {_CONVERSATION}"""
 GET_CONVERSATION = f"SELECT {_CONVERSATION} FROM conversations WHERE id = $1 AND user_id = $2"
 LIST_CONVERSATIONS = f"""
 SELECT {_CONVERSATION}, count(*) OVER () AS total FROM conversations WHERE user_id = $1
 ORDER BY updated_at DESC, id LIMIT $2 OFFSET $3"""
 COUNT_CONVERSATIONS = "SELECT count(*) FROM conversations WHERE user_id = $1"
 DELETE_CONVERSATION = "DELETE FROM conversations WHERE id = $1 AND user_id = $2"
-TOUCH_CONVERSATION = "UPDATE conversations SET updated_at = now() WHERE id = $1"
-INSERT_USER_MESSAGE = f"""
-INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source)
-VALUES ($1, 'user', $2, $3, $4, $5) RETURNING {_MESSAGE}"""
-INSERT_PENDING_ANSWER = f"""
-INSERT INTO messages (conversation_id, role, status, persona_id, persona_version, persona_source, provider, model)
-VALUES ($1, 'assistant', 'pending', $2, $3, $4, $5, $6) RETURNING {_MESSAGE}"""
+# A turn's question and its pending answer in one statement, so storing them costs one round trip. The
+# answer's row is made from the question's, which orders their ``seq``: CTEs alone run in no set order.
+_QUESTION_AND_ANSWER = """
+question AS (
+    INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source)
+    SELECT id, 'user', $2, $3, $4, $5 FROM conversation RETURNING conversation_id
+), answer AS (
+    INSERT INTO messages (conversation_id, role, status, persona_id, persona_version, persona_source, provider, model)
+    SELECT conversation_id, 'assistant', 'pending', $3, $4, $5, $6, $7 FROM question RETURNING id
+)"""
+BEGIN_TURN_NEW = f"""
+WITH conversation AS (
+    INSERT INTO conversations (user_id, title, persona_id, persona_version) VALUES ($1, $8, $3, $4)
+    RETURNING {_CONVERSATION}
+), {_QUESTION_AND_ANSWER}
+SELECT conversation.*, answer.id AS answer_id FROM conversation, answer"""
+BEGIN_TURN_EXISTING = f"""
+WITH conversation AS (
+    UPDATE conversations SET updated_at = now() WHERE id = $1 RETURNING {_CONVERSATION}
+), {_QUESTION_AND_ANSWER}
+SELECT conversation.*, answer.id AS answer_id FROM conversation, answer"""
 FINISH_ANSWER = """
 UPDATE messages SET content = $2, status = $3, provider = $4, model = $5, usage = $6, latency_ms = $7,
     finish_reason = $8, tool_calls = $9, error = $10
@@ -132,33 +143,23 @@ class ConversationStore:
         persona_source: str,
         provider: str,
         model: str,
-    ) -> tuple[Conversation, StoredMessage, StoredMessage]:
-        """Store the user's message (and the conversation, when new) and a pending answer, in one transaction."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            if conversation is None:
-                record = await conn.fetchrow(
-                    INSERT_CONVERSATION, user_id, title_for(message), persona_id, persona_version
+    ) -> tuple[Conversation, UUID]:
+        """Store the user's message (and the conversation, when new) and a pending answer, in one statement.
+
+        Returns the conversation and the id of the pending answer.
+        """
+        args = (message, persona_id, persona_version, persona_source, provider, model)
+        if conversation is None:
+            record = await self._pool.fetchrow(BEGIN_TURN_NEW, user_id, *args, title_for(message))
+        else:
+            record = await self._pool.fetchrow(BEGIN_TURN_EXISTING, conversation.id, *args)
+            if record is None:  # deleted since it was read
+                raise NotFound(
+                    f"Conversation {conversation.id} not found: check `conversation_id`.", field="conversation_id"
                 )
-                conversation = _conversation(record)
-            else:
-                await conn.execute(TOUCH_CONVERSATION, conversation.id)
-            question = _message(
-                await conn.fetchrow(
-                    INSERT_USER_MESSAGE, conversation.id, message, persona_id, persona_version, persona_source
-                )
-            )
-            answer = _message(
-                await conn.fetchrow(
-                    INSERT_PENDING_ANSWER,
-                    conversation.id,
-                    persona_id,
-                    persona_version,
-                    persona_source,
-                    provider,
-                    model,
-                )
-            )
-        return conversation, question, answer
+        values = dict(record)
+        answer_id = values.pop("answer_id")
+        return msgspec.convert(values, Conversation, strict=False), answer_id
 
     async def finish_answer(
         self,

@@ -10,9 +10,21 @@ from personas.models import Caller, Persona
 from personas.service import PersonaService, can_see
 from runtime.conversations import Conversation
 
-__all__ = ["PersonaSource", "resolve_persona", "resolve_persona_name"]
+__all__ = [
+    "PERSONA_MODEL",
+    "PersonaSource",
+    "list_model_ids",
+    "persona_name_of_model",
+    "resolve_persona",
+    "resolve_persona_name",
+]
 
 PersonaSource = Literal["request", "conversation", "preference", "default"]
+
+# Personas as model ids on the OpenAI-compatible API: `persona` is whoever the caller would get,
+# `persona/<name>` one persona by name.
+PERSONA_MODEL = "persona"
+_PREFIX = "persona/"
 
 
 async def resolve_persona(
@@ -38,3 +50,28 @@ async def resolve_persona_name(personas: PersonaService, caller: Caller, name: s
     if persona is None or not can_see(persona, caller):
         raise NotFound(f"No persona named {name!r} that you may use.", field="model")
     return persona
+
+
+def persona_name_of_model(model: str) -> str | None:
+    """The persona a model id names: ``None`` for ``persona`` (the caller's own), else the name after ``persona/``."""
+    if model == PERSONA_MODEL:
+        return None
+    if model.startswith(_PREFIX) and len(model) > len(_PREFIX):
+        return model[len(_PREFIX) :]
+    raise NotFound(
+        f"The model {model!r} does not exist here: use `persona` for your current persona or `persona/<name>` "
+        "(GET /v1/models lists them).",
+        field="model",
+    )
+
+
+async def list_model_ids(personas: PersonaService, caller: Caller) -> list[str]:
+    """``persona`` (whatever persona the caller would get) and ``persona/<name>`` for each usable persona."""
+    ids = [PERSONA_MODEL]
+    offset = 0
+    while True:
+        page, total = await personas.list(caller, limit=200, offset=offset)
+        ids.extend(_PREFIX + p.name for p in page)
+        offset += len(page)
+        if not page or offset >= total:
+            return ids

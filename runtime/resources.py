@@ -21,11 +21,11 @@ from providers import ProviderRegistry, ProviderSet, configs_from_env, default_p
 from runtime.accounts import Accounts
 from runtime.auth import Authenticator
 from runtime.authoring import AuthoringService
-from runtime.chat import ChatService
 from runtime.conversations import ConversationStore
 from runtime.db import connect_pool
 from runtime.embedded import EmbeddedPostgres
 from runtime.migrate import apply_migrations
+from runtime.pipeline import ChatPipeline
 from runtime.settings import Settings
 
 __all__ = ["Resources", "open_resources"]
@@ -44,7 +44,7 @@ class Resources:
     conversations: ConversationStore
     providers: ProviderSet
     default_provider: str
-    chat: ChatService
+    chat: ChatPipeline
     authoring: AuthoringService
     porter: PersonaPorter
 
@@ -92,7 +92,10 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
         auth.start()
         stack.push_async_callback(auth.aclose)
 
-        configs = [msgspec.structs.replace(c, timeout=settings.request_timeout) for c in configs_from_env(settings.env)]
+        configs = [
+            msgspec.structs.replace(c, timeout=settings.request_timeout, max_connections=settings.provider_connections)
+            for c in configs_from_env(settings.env)
+        ]
         default = default_provider(configs, settings.env)
         providers = (registry or ProviderRegistry.with_builtins()).build(configs)
         stack.push_async_callback(providers.aclose)
@@ -105,7 +108,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
 
         personas = PersonaService(PersonaStore(pool, cache, ttl=settings.persona_cache_seconds))
         conversations = ConversationStore(pool)
-        chat = ChatService(
+        chat = ChatPipeline(
             personas,
             conversations,
             providers,

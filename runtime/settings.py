@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Largest persona import (a PNG card, or a document) accepted, and what one PNG text chunk may inflate to.
     import_max_bytes: int = 8 * 1024 * 1024
     request_timeout: float = 120.0
+    # Upstream connections each provider may hold open at once, per worker: every open stream holds one.
+    provider_connections: int = 10_000
     heartbeat_seconds: float = 15.0
     log_level: str = "INFO"
     env: dict[str, str] = msgspec.field(default_factory=dict)
@@ -87,6 +89,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_message_chars=int(number("MAX_MESSAGE_CHARS", 32_000)),
             import_max_bytes=int(number("IMPORT_MAX_BYTES", 8 * 1024 * 1024)),
             request_timeout=float(number("PROVIDER_TIMEOUT", 120.0, float)),
+            provider_connections=int(number("PROVIDER_MAX_CONNECTIONS", 10_000)),
             heartbeat_seconds=float(number("SSE_HEARTBEAT_SECONDS", 15.0, float)),
             log_level=(text("LOG_LEVEL") or "INFO").upper(),
             env=env,

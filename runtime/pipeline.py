@@ -1,0 +1,215 @@
+"""The chat turn pipeline: resolve → plan → open → consume, the one path of every route that calls a provider.
+
+``/api/v1/chat``, ``/v1/chat/completions``, previews, comparisons and test runs differ only in what they
+decode into a :class:`TurnInput` and how they encode the :class:`Turn`'s events; render stops after
+:meth:`ChatPipeline.plan`. So a dry run shows exactly what a chat sends, and a new wire format is a new
+codec over the same turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from core.errors import BadRequest, PayloadTooLarge, PersonaRuntimeError
+from core.events import PersonaRef, Start
+from personas.models import Caller, Persona
+from personas.service import PersonaService
+from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
+from runtime.conversations import Conversation, ConversationStore
+from runtime.prompt import Route, build_request, plan_routes, render_system_prompt
+from runtime.resolve import PersonaSource, resolve_persona, resolve_persona_name
+from runtime.turn import Outcome, Turn, open_answer
+
+__all__ = ["ChatPipeline", "TurnInput", "TurnPlan"]
+
+
+class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
+    """What a route asks of one turn, whatever its wire format.
+
+    ``messages`` are the turns the client sends now (one user message on ``/api/v1/chat``, the whole
+    conversation on ``/v1``); a stored conversation's earlier turns come before them. ``system`` is the
+    client's own system text, sent after the persona's. The persona is ``persona`` (a draft or a saved
+    version an author picked), else ``persona_name`` (``persona/<name>``), else resolved: ``persona_id``,
+    the conversation's, the user's preference, the default. ``store`` keeps the turn in the conversation.
+    """
+
+    messages: tuple[ChatMessage, ...]
+    system: tuple[str, ...] = ()
+    tools: tuple[ToolSpec, ...] = ()
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    persona: Persona | None = None
+    persona_name: str | None = None
+    persona_id: UUID | None = None
+    conversation_id: UUID | None = None
+    provider: str | None = None
+    model: str | None = None
+    store: bool = False
+
+
+@dataclass(frozen=True)
+class TurnPlan:
+    """A turn decided but not yet sent: who answers and why, where, and the provider-neutral request."""
+
+    caller: Caller
+    input: TurnInput
+    persona: Persona
+    source: PersonaSource
+    conversation: Conversation | None
+    routes: list[Route]
+    request: ProviderRequest
+
+
+class ChatPipeline:
+    """Runs chat turns: resolve the persona, plan the request, store the question, open and consume the answer."""
+
+    def __init__(
+        self,
+        personas: PersonaService,
+        conversations: ConversationStore,
+        providers: ProviderSet,
+        *,
+        default_provider: str,
+        history_messages: int,
+        max_message_chars: int,
+    ) -> None:
+        self.personas = personas
+        self.conversations = conversations
+        self.providers = providers
+        self.default_provider = default_provider
+        self.history_messages = history_messages
+        self.max_message_chars = max_message_chars
+        self._background: set[asyncio.Task[None]] = set()
+
+    def check_message(self, message: str, field: str = "message") -> str:
+        if not message.strip():
+            raise BadRequest(f"`{field}` is empty: send the text of your message.", field=field)
+        if len(message) > self.max_message_chars:
+            raise PayloadTooLarge(
+                f"`{field}` is {len(message)} characters long; the limit is {self.max_message_chars}.", field=field
+            )
+        return message
+
+    # resolve → plan ---------------------------------------------------------------------------------
+
+    async def resolve(self, caller: Caller, turn: TurnInput) -> tuple[Persona, PersonaSource, Conversation | None]:
+        """Which persona answers and why, and the caller's conversation the turn belongs to (if any)."""
+        conversation = (
+            await self.conversations.get(caller.user_id, turn.conversation_id) if turn.conversation_id else None
+        )
+        if turn.persona is not None:
+            return turn.persona, "request", conversation
+        if turn.persona_name is not None:
+            return await resolve_persona_name(self.personas, caller, turn.persona_name), "request", conversation
+        persona, source = await resolve_persona(
+            self.personas, caller, requested=turn.persona_id, conversation=conversation
+        )
+        return persona, source, conversation
+
+    async def plan(self, caller: Caller, turn: TurnInput) -> TurnPlan:
+        """Everything about a turn short of calling the provider: the persona and why, the routes, the request."""
+        persona, source, conversation = await self.resolve(caller, turn)
+        routes = plan_routes(persona, self.providers, self.default_provider, provider=turn.provider, model=turn.model)
+        system = render_system_prompt(persona, caller)
+        if turn.system:
+            system = "\n\n".join([system, *turn.system]).strip()
+        history = await self._history(conversation)
+        request = build_request(
+            persona,
+            system,
+            [*history, *turn.messages],
+            routes[0],
+            extra_tools=turn.tools,
+            temperature=turn.temperature,
+            top_p=turn.top_p,
+            max_tokens=turn.max_tokens,
+        )
+        return TurnPlan(
+            caller=caller,
+            input=turn,
+            persona=persona,
+            source=source,
+            conversation=conversation,
+            routes=routes,
+            request=request,
+        )
+
+    def upstream_body(self, plan: TurnPlan) -> dict[str, Any]:
+        """The exact JSON body the first route's provider would be sent for ``plan``."""
+        return self.providers.get(plan.routes[0].provider).build_body(plan.request)
+
+    # open → consume ---------------------------------------------------------------------------------
+
+    async def run(self, caller: Caller, turn: TurnInput) -> Turn:
+        """Plan the turn and open its answer. Errors up to here are HTTP statuses; later ones are in-band."""
+        return await self.open(await self.plan(caller, turn))
+
+    async def open(self, plan: TurnPlan) -> Turn:
+        """Store the question (when the turn is kept), then open the provider stream, trying fallbacks."""
+        persona, routes = plan.persona, plan.routes
+        began = time.monotonic()
+        conversation: Conversation | None = None
+        outcome: Outcome | None = None
+        if plan.input.store:
+            question = plan.request.messages[-1].content or ""
+            conversation, answer_id = await self.conversations.begin_turn(
+                user_id=plan.caller.user_id,
+                conversation=plan.conversation,
+                message=question,
+                persona_id=persona.id,
+                persona_version=persona.version,
+                persona_source=plan.source,
+                provider=routes[0].provider,
+                model=routes[0].model,
+            )
+            outcome = Outcome(self.conversations, answer_id, began, self._spawn)
+        try:
+            stream = await open_answer(self.providers, routes, plan.request)
+        except BaseException as exc:
+            if outcome is not None:
+                failure = exc if isinstance(exc, PersonaRuntimeError) else None
+                saving = outcome.failed_to_open(routes[0], failure)
+                if isinstance(exc, Exception):
+                    # Recorded before the client hears of the failure, so a reload shows it.
+                    with contextlib.suppress(Exception):
+                        await saving
+                else:
+                    self._spawn(saving)  # cancelled: an await here would be cancelled too
+            raise
+        start = Start(
+            conversation_id=conversation.id if conversation else None,
+            message_id=outcome.message_id if outcome else None,
+            persona=PersonaRef(id=persona.id, name=persona.name, version=persona.version),
+            persona_source=plan.source,
+            provider=stream.route.provider,
+            model=stream.route.model,
+        )
+        return Turn(start=start, answer=stream, outcome=outcome)
+
+    async def _history(self, conversation: Conversation | None) -> list[ChatMessage]:
+        if conversation is None or self.history_messages <= 0:
+            return []
+        rows = await self.conversations.history(conversation.id, limit=self.history_messages)
+        return [
+            ChatMessage(role="assistant" if role == "assistant" else "user", content=content) for role, content in rows
+        ]
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        """Let answers that are still being saved finish (bounded), at shutdown."""
+        if self._background:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*self._background, return_exceptions=True), timeout=10)

@@ -1,0 +1,299 @@
+"""An answer on its way: the provider stream opened with fallbacks, its one collector, and its stored outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from core.errors import ProviderError, ProviderTimeout, ProviderUnavailable, ServiceUnavailable
+from core.events import (
+    Done,
+    ErrorEvent,
+    Finish,
+    ProviderEvent,
+    Start,
+    TextDelta,
+    ToolCallDelta,
+    TurnEvent,
+    Usage,
+)
+from providers import ProviderRequest, ProviderSet, ToolCall, assemble_tool_calls, batches_of
+from runtime.conversations import ConversationStore, MessageStatus
+from runtime.prompt import Route
+
+__all__ = ["AnswerStream", "Collector", "Outcome", "Turn", "TurnResult", "open_answer"]
+
+log = logging.getLogger("persona_runtime.chat")
+
+# Seconds between attempts to save an answer the database refused (about half a minute in all).
+SAVE_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15)
+
+# Errors worth another provider: the upstream is down or slow, not refusing this request.
+_FALLBACK_ERRORS = (ProviderUnavailable, ProviderTimeout)
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@dataclass
+class AnswerStream:
+    """A provider stream that has produced its first events: from here on, failures are in-band."""
+
+    route: Route
+    first: list[ProviderEvent]
+    rest: AsyncGenerator[list[ProviderEvent], None]
+    attempts: list[tuple[Route, ProviderError]] = field(default_factory=list)
+
+    async def batches(self) -> AsyncIterator[list[ProviderEvent]]:
+        yield self.first
+        async for batch in self.rest:
+            yield batch
+
+    async def aclose(self) -> None:
+        await self.rest.aclose()
+
+
+async def open_answer(providers: ProviderSet, routes: Sequence[Route], request: ProviderRequest) -> AnswerStream:
+    """Start the first route that answers, trying the next one when a provider fails before its first event.
+
+    Raises the first route's error when none answers (with the others logged), so the status a client
+    sees is about the provider it asked for.
+    """
+    failures: list[tuple[Route, ProviderError]] = []
+    for route in routes:
+        provider = providers.get(route.provider)
+        asked = request if request.model == route.model else msgspec.structs.replace(request, model=route.model)
+        stream: AsyncGenerator[list[ProviderEvent], None] = batches_of(provider, asked)  # type: ignore[assignment]
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            first = [Finish(finish_reason="stop")]
+        except _FALLBACK_ERRORS as exc:
+            await stream.aclose()
+            failures.append((route, exc))
+            log.warning(
+                "provider %s failed before answering (%s); %s",
+                route.provider,
+                exc.code,
+                "trying the next fallback" if route is not routes[-1] else "no fallback left",
+            )
+            continue
+        except BaseException:
+            await stream.aclose()
+            raise
+        return AnswerStream(route=route, first=first, rest=stream, attempts=failures)
+    raise failures[0][1]
+
+
+class Collector:
+    """What a turn said so far: the text pieces, tool call pieces, usage and finish reason."""
+
+    __slots__ = ("deltas", "finish", "pieces", "usage")
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.deltas: list[ToolCallDelta] = []
+        self.usage: Usage | None = None
+        self.finish: str | None = None
+
+    def add(self, batch: list[ProviderEvent]) -> list[ProviderEvent]:
+        """Take in one batch; what of it goes on to the client (everything but ``Finish``)."""
+        for event in batch:
+            kind = type(event)
+            if kind is TextDelta:
+                self.pieces.append(event.content)  # type: ignore[union-attr]
+            elif kind is Usage:
+                self.usage = event  # type: ignore[assignment]
+            elif kind is ToolCallDelta:
+                self.deltas.append(event)  # type: ignore[arg-type]
+            elif kind is Finish:
+                self.finish = event.finish_reason  # type: ignore[union-attr]
+                return [e for e in batch if type(e) is not Finish]
+        return batch
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return assemble_tool_calls(self.deltas) if self.deltas else ()
+
+
+class Outcome:
+    """Where a kept turn's answer is stored, and the saving of how it ended."""
+
+    def __init__(self, conversations: ConversationStore, message_id: UUID, began: float, spawn: Spawn) -> None:
+        self.conversations = conversations
+        self.message_id = message_id
+        self.began = began
+        self.spawn = spawn
+
+    def failed_to_open(self, route: Route, failure: ProviderError | Exception | None) -> Coroutine[Any, Any, None]:
+        code = getattr(failure, "code", None) or "cancelled"
+        message = getattr(failure, "message", None) or "The request was cancelled."
+        return self.conversations.finish_answer(
+            self.message_id,
+            content="",
+            status="error",
+            provider=route.provider,
+            model=route.model,
+            usage=None,
+            latency_ms=self._latency(),
+            finish_reason=None,
+            tool_calls=None,
+            error={"code": code, "message": message},
+        )
+
+    async def record(self, route: Route, status: MessageStatus, said: Collector, error: dict[str, Any] | None) -> bool:
+        """Save the answer; False when the database refused (a background retry then keeps trying)."""
+        calls = [msgspec.to_builtins(c) for c in said.tool_calls()] or None
+        usage = said.usage
+        outcome: dict[str, Any] = {
+            "content": said.text,
+            "status": status,
+            "provider": route.provider,
+            "model": route.model,
+            "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens} if usage else None,
+            "latency_ms": self._latency(),
+            "finish_reason": said.finish if status == "complete" else None,
+            "tool_calls": calls,
+            "error": error,
+        }
+        try:
+            await self.conversations.finish_answer(self.message_id, **outcome)
+        except Exception as exc:
+            log.warning(
+                "could not save the answer %s (%s); retrying in the background", self.message_id, type(exc).__name__
+            )
+            self.spawn(self._save_later(outcome))
+            return False
+        return True
+
+    async def _save_later(self, outcome: dict[str, Any]) -> None:
+        """Keep trying for a while (the database may be restarting); the client was told it is not saved."""
+        for delay in SAVE_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                await self.conversations.finish_answer(self.message_id, **outcome)
+            except Exception:
+                continue
+            log.info("answer %s saved after a retry", self.message_id)
+            return
+        log.error("gave up saving the answer %s: the database stayed unavailable", self.message_id)
+
+    def _latency(self) -> int:
+        return int((time.monotonic() - self.began) * 1000)
+
+
+@dataclass
+class TurnResult:
+    """A whole answer, for codecs that do not stream."""
+
+    start: Start
+    text: str
+    usage: Usage | None
+    done: Done
+    tool_calls: tuple[ToolCall, ...]
+
+
+_NOT_SAVED = ErrorEvent(
+    code="not_saved",
+    message="The answer was streamed but could not be saved: the database is unavailable. "
+    "It is being retried; reload the conversation later to see whether it was kept.",
+)
+
+
+class Turn:
+    """One answer on its way: ``start`` is known; ``batches()`` streams it once and records how it ended.
+
+    The batches are lists of events, one list per read of the provider's connection, so a codec can write
+    each to its client at once: ``start`` leads the first, ``done`` or ``error`` closes the last.
+    """
+
+    def __init__(self, *, start: Start, answer: AnswerStream, outcome: Outcome | None) -> None:
+        self.start = start
+        self.answer = answer
+        self.outcome = outcome
+        self.said = Collector()
+        self.failure: ProviderError | None = None
+
+    async def batches(self) -> AsyncGenerator[list[TurnEvent], None]:
+        said, route = self.said, self.answer.route
+        settled = False
+        try:
+            lead: list[TurnEvent] = [self.start]
+            try:
+                async for batch in self.answer.batches():
+                    passed: list[Any] = said.add(batch)
+                    out: list[TurnEvent] = [*lead, *passed] if lead else passed
+                    lead = []
+                    if out:
+                        yield out
+                    if said.finish is not None:
+                        break
+            except ProviderError as exc:
+                settled = True
+                self.failure = exc
+                if self.outcome is not None:
+                    await self.outcome.record(route, "incomplete", said, {"code": exc.code, "message": exc.message})
+                yield [*lead, ErrorEvent(code=exc.code, message=exc.message)]
+                return
+            settled = True
+            if lead:
+                yield lead
+            status: MessageStatus = "complete" if said.finish else "incomplete"
+            if self.outcome is not None and not await self.outcome.record(route, status, said, None):
+                yield [_NOT_SAVED]
+                return
+            calls = [msgspec.to_builtins(c) for c in said.tool_calls()]
+            yield [Done(finish_reason=said.finish or "incomplete", message_id=self.start.message_id, tool_calls=calls)]
+        finally:
+            if not settled:
+                # The client went away (or the task was cancelled): keep what was said, in a task of its own,
+                # because any await here would be cancelled with us.
+                spawn = self.outcome.spawn if self.outcome is not None else _spawn_detached
+                spawn(self._abandoned())
+            else:
+                await self.answer.aclose()
+
+    async def _abandoned(self) -> None:
+        await self.answer.aclose()
+        if self.outcome is not None:
+            error = {"code": "client_disconnected", "message": "The client went away."}
+            await self.outcome.record(self.answer.route, "incomplete", self.said, error)
+
+    async def collect(self) -> TurnResult:
+        """Read the whole answer; a failure midway is raised (the partial answer is kept as incomplete)."""
+        async with contextlib.aclosing(self.batches()) as batches:
+            async for batch in batches:
+                last = batch[-1]
+                if type(last) is ErrorEvent:
+                    raise self.failure or ServiceUnavailable(last.message)
+                if type(last) is Done:
+                    return TurnResult(
+                        start=self.start,
+                        text=self.said.text,
+                        usage=self.said.usage,
+                        done=last,
+                        tool_calls=self.said.tool_calls(),
+                    )
+        raise ProviderUnavailable("The provider stream ended without an answer.", provider=self.start.provider)
+
+    async def aclose(self) -> None:
+        await self.answer.aclose()
+
+
+_detached: set[asyncio.Task[None]] = set()
+
+
+def _spawn_detached(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
