@@ -13,7 +13,7 @@ from litestar.params import JSONBody
 from msgspec import Meta, Struct
 
 from api.deps import CallerDep, ResourcesDep
-from api.sse import DONE, HEARTBEAT, sse_response, with_heartbeat
+from api.sse import DONE, HEARTBEAT, Last, sse_response, with_heartbeat
 from core.errors import BadRequest
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 from providers import ChatMessage, ToolCall, ToolSpec
@@ -174,6 +174,7 @@ class _Chunks:
                 if self.include_usage and usage:
                     parts.append(self.chunk(None, usage=usage[-1]))
                 parts.append(DONE)
+                return Last(b"".join(parts))
             elif kind is ErrorEvent:
                 error = {
                     "message": event.message,  # type: ignore[union-attr]
@@ -182,6 +183,7 @@ class _Chunks:
                     "param": None,
                 }
                 parts.append(b"data: " + _encode({"error": error}) + b"\n\n" + DONE)
+                return Last(b"".join(parts))
         return b"".join(parts)
 
     async def stream(self, turn: Turn, heartbeat: float) -> AsyncIterator[bytes]:

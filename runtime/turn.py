@@ -229,15 +229,17 @@ class Turn:
         settled = False
         try:
             lead: list[TurnEvent] = [self.start]
+            final: list[TurnEvent] = []
             try:
                 async for batch in self.answer.batches():
                     passed: list[Any] = said.add(batch)
                     out: list[TurnEvent] = [*lead, *passed] if lead else passed
                     lead = []
+                    if said.finish is not None:
+                        final = out
+                        break
                     if out:
                         yield out
-                    if said.finish is not None:
-                        break
             except ProviderError as exc:
                 settled = True
                 self.failure = exc
@@ -246,14 +248,21 @@ class Turn:
                 yield [*lead, ErrorEvent(code=exc.code, message=exc.message)]
                 return
             settled = True
-            if lead:
-                yield lead
+            final = [*lead, *final] if lead else final
+            calls = [msgspec.to_builtins(c) for c in said.tool_calls()]
+            done = Done(finish_reason=said.finish or "incomplete", message_id=self.start.message_id, tool_calls=calls)
+            if self.outcome is None:
+                final.append(done)  # nothing to store: the end goes out with the last piece
+                yield final
+                return
+            # The answer's last piece goes out before it is saved; `done` only once it is.
+            if final:
+                yield final
             status: MessageStatus = "complete" if said.finish else "incomplete"
-            if self.outcome is not None and not await self.outcome.record(route, status, said, None):
+            if not await self.outcome.record(route, status, said, None):
                 yield [_NOT_SAVED]
                 return
-            calls = [msgspec.to_builtins(c) for c in said.tool_calls()]
-            yield [Done(finish_reason=said.finish or "incomplete", message_id=self.start.message_id, tool_calls=calls)]
+            yield [done]
         finally:
             if not settled:
                 # The client went away (or the task was cancelled): keep what was said, in a task of its own,
