@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -140,7 +140,7 @@ class _Chunks:
     """
 
     def __init__(self, model: str, include_usage: bool) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.id = f"chatcmpl-{secrets.token_hex(16)}"
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
@@ -214,7 +214,7 @@ def _completion(result: TurnResult, model: str) -> dict[str, Any]:
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
         ]
     body: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "id": f"chatcmpl-{secrets.token_hex(16)}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,

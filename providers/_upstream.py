@@ -134,16 +134,13 @@ class SSESplitter:
         self._buffer = b""
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
-        if b"\r" in data:
-            if data.endswith(b"\r"):
-                data, held = data[:-1], b"\r"
-            else:
-                held = b""
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        else:
-            held = b""
         if self._buffer:
             data = self._buffer + data
+        held = b""
+        if b"\r" in data:
+            if data.endswith(b"\r"):  # maybe the first half of a CR LF
+                data, held = data[:-1], b"\r"
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         *blocks, rest = data.split(b"\n\n")
         self._buffer = rest + held
         events = []

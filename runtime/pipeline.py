@@ -24,7 +24,7 @@ from personas.models import Caller, Persona
 from personas.service import PersonaService
 from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
 from runtime.conversations import Conversation, ConversationStore
-from runtime.prompt import Route, build_request, plan_routes, render_system_prompt
+from runtime.prompt import Route, SystemPrompts, build_request, plan_routes
 from runtime.resolve import PersonaSource, resolve_persona, resolve_persona_name
 from runtime.turn import Outcome, Turn, open_answer
 
@@ -88,6 +88,7 @@ class ChatPipeline:
         self.default_provider = default_provider
         self.history_messages = history_messages
         self.max_message_chars = max_message_chars
+        self.prompts = SystemPrompts()
         self._background: set[asyncio.Task[None]] = set()
 
     def check_message(self, message: str, field: str = "message") -> str:
@@ -119,7 +120,7 @@ class ChatPipeline:
         """Everything about a turn short of calling the provider: the persona and why, the routes, the request."""
         persona, source, conversation = await self.resolve(caller, turn)
         routes = plan_routes(persona, self.providers, self.default_provider, provider=turn.provider, model=turn.model)
-        system = render_system_prompt(persona, caller)
+        system = self.prompts.render(persona, caller)
         if turn.system:
             system = "\n\n".join([system, *turn.system]).strip()
         history = await self._history(conversation)

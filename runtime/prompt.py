@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from uuid import UUID
 
 import msgspec
 
@@ -13,7 +14,7 @@ from personas.models import Caller, Persona
 from personas.template import render_template
 from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
 
-__all__ = ["Route", "build_request", "plan_routes", "render_system_prompt", "tool_specs"]
+__all__ = ["Route", "SystemPrompts", "build_request", "plan_routes", "render_system_prompt", "tool_specs"]
 
 log = logging.getLogger("persona_runtime.prompt")
 
@@ -36,6 +37,30 @@ def render_system_prompt(persona: Persona, caller: Caller, *, now: datetime | No
         traits=persona.personality_traits,
         capabilities=persona.capabilities,
     )
+
+
+class SystemPrompts:
+    """Rendered system prompts, remembered per persona version, user and day.
+
+    A saved version never changes, so its rendering for one user on one day is the same every turn;
+    drafts (version 0) are rendered afresh. At most ``size`` renderings are kept.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._rendered: dict[tuple[UUID, int, str, str], str] = {}
+
+    def render(self, persona: Persona, caller: Caller) -> str:
+        if persona.version == 0:
+            return render_system_prompt(persona, caller)
+        now = datetime.now(UTC)
+        key = (persona.id, persona.version, caller.shown_name, now.date().isoformat())
+        text = self._rendered.get(key)
+        if text is None:
+            if len(self._rendered) >= self._size:
+                self._rendered.clear()
+            text = self._rendered[key] = render_system_prompt(persona, caller, now=now)
+        return text
 
 
 def tool_specs(persona: Persona) -> tuple[ToolSpec, ...]:

@@ -248,7 +248,11 @@ async def serving(app: Litestar) -> AsyncIterator[str]:
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    from runtime.serving import NoDelayProtocol
+
+    # The protocol `serve` runs; the loop stays the test session's own.
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", http=NoDelayProtocol)
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -1,0 +1,308 @@
+"""The streaming path's own plumbing: the upstream HTTP client, SSE framing, Nagle off on accepted sockets,
+and one write per upstream read."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from core.events import Finish, ProviderEvent, TextDelta, Usage
+from providers import EchoProvider, ProviderRegistry, ProviderRequest
+from providers._http import HttpPool, ReadTimeout
+from providers._upstream import SSESplitter
+from runtime.serving import NoDelayProtocol, uvicorn_options
+from tests.conftest import make_settings, running
+
+# -- a small HTTP/1.1 server of our own: keep-alive, chunked answers, scripted per test -------------------------
+
+
+class Origin:
+    """An upstream server on loopback that counts its connections and answers each POST with ``body``."""
+
+    def __init__(self, body: bytes = b"data: hi\n\n", *, keep_alive: bool = True, chunk_bytes: int = 0) -> None:
+        self.body = body
+        self.keep_alive = keep_alive
+        self.chunk_bytes = chunk_bytes  # 0: the whole body in one chunk
+        self.connections = 0
+        self.requests = 0
+        self.close_idle = False
+        self.hold: asyncio.Event | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Origin:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self.writers:
+            writer.transport.abort()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                self.requests += 1
+                if self.hold is not None:
+                    await self.hold.wait()
+                connection = b"keep-alive" if self.keep_alive else b"close"
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+                    b"connection: " + connection + b"\r\n\r\n"
+                )
+                size = self.chunk_bytes or len(self.body)
+                for start in range(0, len(self.body), size):
+                    piece = self.body[start : start + size]
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                if not self.keep_alive or self.close_idle:
+                    break
+        writer.close()
+
+
+def pool_for(origin: Origin, **options: Any) -> HttpPool:
+    settings: dict[str, Any] = {"max_connections": 10, "connect_timeout": 2.0, "read_timeout": 2.0}
+    settings.update(options)
+    return HttpPool(origin.url, headers={"Authorization": "Bearer k", "Content-Type": "application/json"}, **settings)
+
+
+async def test_kept_alive_connections_carry_the_next_request() -> None:
+    async with Origin() as origin:
+        pool = pool_for(origin)
+        prepared = pool.prepare("chat/completions")
+        bodies = [await (await pool.post(prepared, b"{}")).read() for _ in range(5)]
+        await pool.aclose()
+    assert bodies == [b"data: hi\n\n"] * 5
+    assert origin.requests == 5
+    assert origin.connections == 1
+
+
+async def test_a_server_that_closes_gets_a_new_connection_each_time() -> None:
+    async with Origin(keep_alive=False) as origin:
+        pool = pool_for(origin)
+        prepared = pool.prepare("chat/completions")
+        for _ in range(3):
+            assert await (await pool.post(prepared, b"{}")).read() == b"data: hi\n\n"
+        await pool.aclose()
+    assert origin.connections == 3
+
+
+async def test_a_kept_alive_connection_the_server_dropped_is_retried_once_on_a_new_one() -> None:
+    async with Origin() as origin:
+        origin.close_idle = True  # answers with keep-alive, then closes while the connection is idle
+        pool = pool_for(origin)
+        prepared = pool.prepare("chat/completions")
+        assert await (await pool.post(prepared, b"{}")).read() == b"data: hi\n\n"
+        await asyncio.sleep(0.05)
+        assert await (await pool.post(prepared, b"{}")).read() == b"data: hi\n\n"
+        await pool.aclose()
+    assert origin.connections == 2 and origin.requests == 2
+
+
+async def test_the_pool_holds_no_more_connections_than_its_bound() -> None:
+    async with Origin() as origin:
+        origin.hold = asyncio.Event()
+        pool = pool_for(origin, max_connections=2)
+        prepared = pool.prepare("chat/completions")
+        posts = [asyncio.create_task(pool.post(prepared, b"{}")) for _ in range(4)]
+        await asyncio.sleep(0.2)
+        assert origin.requests == 2  # the other two wait for a free connection
+        origin.hold.set()
+        for post in posts:
+            await (await post).read()
+        await pool.aclose()
+    assert origin.connections == 2 and origin.requests == 4
+
+
+async def test_a_silent_server_is_a_read_timeout() -> None:
+    async with Origin() as origin:
+        origin.hold = asyncio.Event()
+        pool = pool_for(origin, read_timeout=0.2)
+        with pytest.raises(ReadTimeout):
+            await pool.post(pool.prepare("chat/completions"), b"{}")
+        await pool.aclose()
+
+
+async def test_a_slow_reader_stops_the_socket_being_read() -> None:
+    big = b"data: " + b"x" * 4_000_000 + b"\n\n"
+    async with Origin(big, chunk_bytes=64 * 1024) as origin:
+        pool = pool_for(origin)
+        response = await pool.post(pool.prepare("chat/completions"), b"{}")
+        await asyncio.sleep(0.3)  # the server has written everything it could; we read nothing
+        connection = response._connection
+        assert connection is not None
+        held = connection.buffered
+        assert 0 < held < 2_000_000  # reading paused well before the whole body was taken in
+        assert len(await response.read()) == len(big)
+        await pool.aclose()
+
+
+# -- SSE framing -------------------------------------------------------------------------------------------------
+
+
+def test_sse_events_are_cut_at_blank_lines_whatever_the_reads() -> None:
+    stream = b'event: message_start\ndata: {"a":1}\n\n: ping\n\ndata: line one\ndata: line two\n\ndata: [DONE]\n\n'
+    whole = SSESplitter().feed(stream)
+    assert whole == [(b"message_start", b'{"a":1}'), (b"", b"line one\nline two"), (b"", b"[DONE]")]
+    splitter = SSESplitter()
+    byte_by_byte = [event for i in range(len(stream)) for event in splitter.feed(stream[i : i + 1])]
+    assert byte_by_byte == whole
+
+
+def test_crlf_line_ends_count_once_even_when_a_read_splits_them() -> None:
+    splitter = SSESplitter()
+    events = splitter.feed(b"data: one\r") + splitter.feed(b"\n\r\ndata: two\r\n\r\n")
+    assert events == [(b"", b"one"), (b"", b"two")]
+
+
+def test_an_event_the_stream_ends_without_its_blank_line_is_kept() -> None:
+    splitter = SSESplitter()
+    assert splitter.feed(b"data: a\n\ndata: b") == [(b"", b"a")]
+    assert splitter.end() == [(b"", b"b")]
+
+
+# -- Nagle off on every accepted socket, whatever the worker count -------------------------------------------------
+
+
+async def _accepted_nodelay(protocol: type[asyncio.Protocol]) -> int:
+    """TCP_NODELAY on the server's side of a connection accepted on a socket bound as ``--workers`` binds it."""
+    from litestar import Litestar, get
+
+    @get("/")
+    async def hello() -> str:
+        return "hi"
+
+    # uvicorn binds the shared socket of its workers with protocol 0, which asyncio does not take for TCP.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(Litestar([hello]), http=protocol, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        await reader.readuntil(b"hi")
+        (connection,) = server.server_state.connections
+        accepted = connection.transport.get_extra_info("socket")
+        value = int(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+        return value
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def test_accepted_sockets_have_nagle_off_also_on_a_socket_bound_for_workers() -> None:
+    assert await _accepted_nodelay(NoDelayProtocol) == 1
+    # What uvicorn's own protocol leaves: the ~40 ms delayed-ACK stall this guards against.
+    assert await _accepted_nodelay(HttpToolsProtocol) == 0
+
+
+def test_serve_uses_the_same_protocol_for_any_worker_count() -> None:
+    for workers in (1, 2, 4):
+        options = uvicorn_options(host="127.0.0.1", port=8666, workers=workers)
+        assert options["http"] is NoDelayProtocol and options["workers"] == workers
+
+
+# -- one write per upstream read ---------------------------------------------------------------------------------
+
+
+class OneRead(EchoProvider):
+    """An answer that arrives in one upstream read: all its events in one batch."""
+
+    kind = "one-read"
+
+    async def stream_batches(self, request: ProviderRequest) -> AsyncIterator[list[ProviderEvent]]:
+        pieces: list[ProviderEvent] = [TextDelta(content=f"piece{i} ") for i in range(20)]
+        yield [*pieces, Usage(input_tokens=3, output_tokens=20), Finish(finish_reason="stop")]
+
+
+async def _body_messages(app: Any, path: str, body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The ``http.response.body`` messages the app sends for one streamed request, as a server would get them."""
+    import msgspec
+
+    raw = msgspec.json.encode(body)
+    sent: list[dict[str, Any]] = []
+    received = [{"type": "http.request", "body": raw, "more_body": False}]
+    finished = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if received:
+            return received.pop()
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            finished.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8666),
+        "state": {},
+    }
+    await app(scope, receive, send)
+    return [m for m in sent if m["type"] == "http.response.body"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "persona", "messages": [{"role": "user", "content": "hi"}], "stream": True}),
+        (
+            "/api/v1/chat/personas/preview",
+            {"persona": {"name": "Once", "description": "d", "system_prompt": "Hi."}, "message": "hi", "stream": True},
+        ),
+    ],
+)
+async def test_an_answer_read_at_once_goes_to_the_client_in_one_write(
+    database_url: str, redis_url: str, alice: Any, path: str, body: dict[str, Any]
+) -> None:
+    from api.app import create_app
+
+    registry = ProviderRegistry.with_builtins(plugins=False)
+    registry.register("one-read", OneRead)
+    env = {"PROVIDER_ONCE_BASE_URL": "http://127.0.0.1:9", "PROVIDER_ONCE_KIND": "one-read", "DEFAULT_PROVIDER": "once"}
+    app = create_app(make_settings(database_url, redis_url, env=env), registry=registry)
+    async with running(app):
+        messages = await _body_messages(app, path, body, alice.key)
+    assert len(messages) == 1 and messages[0]["more_body"] is False
+    text = messages[0]["body"].decode()
+    assert text.count("piece") == 20 and text.endswith("data: [DONE]\n\n")
