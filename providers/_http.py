@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["HttpPool", "HttpResponse", "ReadTimeout"]
+__all__ = ["HttpPool", "HttpResponse", "PoolFull", "ReadTimeout"]
 
 # Body bytes held for a slow consumer before the socket stops being read.
 _HIGH_WATER = 256 * 1024
@@ -28,6 +28,10 @@ _KEEPALIVE_SECONDS = 4.0
 
 class ReadTimeout(TimeoutError):
     """The server sent nothing for the read timeout."""
+
+
+class PoolFull(ConnectionError):
+    """Every connection of the pool stayed busy for the connect timeout."""
 
 
 class _Closed(ConnectionError):
@@ -261,6 +265,7 @@ class HttpPool:
         self._head_lines = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self._ssl = _ssl_context() if self.tls else None
         self._idle: deque[_Connection] = deque()
+        self.max_connections = max_connections
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
 
@@ -272,7 +277,15 @@ class HttpPool:
     async def post(self, prepared: bytes, body: bytes) -> HttpResponse:
         """Send a prepared POST and wait for the response's status and headers."""
         request = b"%s%d\r\n\r\n%s" % (prepared, len(body), body)
-        await self._slots.acquire()
+        if self._slots.locked():
+            # A stream past the bound waits for a free connection, but not forever: it is told why instead.
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise PoolFull(f"all {self.max_connections} connections are in use") from None
+        else:
+            await self._slots.acquire()
         try:
             return await self._send(request)
         except BaseException:

@@ -19,7 +19,7 @@ from core.errors import (
     ProviderUnavailable,
 )
 from core.events import ProviderEvent
-from providers._http import HttpPool, HttpResponse
+from providers._http import HttpPool, HttpResponse, PoolFull
 
 _MAX_DETAIL = 300
 
@@ -196,6 +196,12 @@ async def stream_batches(
     """
     try:
         response = await pool.post(prepared, body)
+    except PoolFull as exc:
+        raise ProviderUnavailable(
+            f"Provider '{name}' has {exc}: too many answers are streaming at once. Retry, or raise "
+            "PROVIDER_MAX_CONNECTIONS.",
+            provider=name,
+        ) from exc
     except TimeoutError as exc:
         raise timeout_error(name) from exc
     except OSError as exc:

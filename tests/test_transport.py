@@ -15,7 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from core.events import Finish, ProviderEvent, TextDelta, Usage
 from providers import EchoProvider, ProviderRegistry, ProviderRequest
-from providers._http import HttpPool, ReadTimeout
+from providers._http import HttpPool, PoolFull, ReadTimeout
 from providers._upstream import SSESplitter
 from runtime.serving import NoDelayProtocol, uvicorn_options
 from tests.conftest import make_settings, running
@@ -135,6 +135,20 @@ async def test_the_pool_holds_no_more_connections_than_its_bound() -> None:
             await (await post).read()
         await pool.aclose()
     assert origin.connections == 2 and origin.requests == 4
+
+
+async def test_a_stream_past_the_bound_is_told_so_rather_than_left_waiting() -> None:
+    async with Origin() as origin:
+        origin.hold = asyncio.Event()
+        pool = pool_for(origin, max_connections=1, connect_timeout=0.2)
+        prepared = pool.prepare("chat/completions")
+        first = asyncio.create_task(pool.post(prepared, b"{}"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(PoolFull, match="all 1 connections are in use"):
+            await pool.post(prepared, b"{}")
+        origin.hold.set()
+        await (await first).read()
+        await pool.aclose()
 
 
 async def test_a_silent_server_is_a_read_timeout() -> None:
