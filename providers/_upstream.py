@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import email.utils
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import msgspec
@@ -20,15 +20,30 @@ from core.errors import (
 )
 from core.events import ProviderEvent
 from providers._http import HttpPool, HttpResponse, PoolFull
+from providers.base import ProviderConfig
 
 _MAX_DETAIL = 300
 
 
-def sdk_headers(client: Any) -> dict[str, str]:
-    """The headers an official SDK client sends on every request (auth included), for a prepared request."""
+def sdk_pool(client: Any, config: ProviderConfig) -> HttpPool:
+    """The streaming client for an official SDK client's origin, sending the headers the SDK sends (auth too)."""
     headers = {**client.default_headers, **client.auth_headers}
     headers["Accept"] = "text/event-stream"
-    return {k: v for k, v in headers.items() if isinstance(v, str)}
+    return HttpPool(
+        str(client.base_url),
+        headers={k: v for k, v in headers.items() if isinstance(v, str)},
+        max_connections=config.max_connections,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.timeout,
+    )
+
+
+async def one_by_one(batches: AsyncGenerator[list[ProviderEvent], None]) -> AsyncIterator[ProviderEvent]:
+    """The events of a batched stream one at a time; closing this closes the stream."""
+    async with contextlib.aclosing(batches) as stream:
+        async for batch in stream:
+            for event in batch:
+                yield event
 
 
 def redact(text: str, secret: str | None) -> str:

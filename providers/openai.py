@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -13,7 +12,6 @@ import openai
 from core.errors import ProviderUnavailable
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
-from providers._http import HttpPool
 from providers.base import ChatMessage, ProviderConfig, ProviderRequest
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "OpenAIProvider"]
@@ -156,13 +154,7 @@ class OpenAIProvider:
             timeout=httpx2.Timeout(config.timeout, connect=config.connect_timeout),
             max_retries=0,  # retries and fallbacks belong to the runtime; SDK retries would stack
         )
-        self._pool = HttpPool(
-            str(self._client.base_url),
-            headers=_upstream.sdk_headers(self._client),
-            max_connections=config.max_connections,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.timeout,
-        )
+        self._pool = _upstream.sdk_pool(self._client, config)
         self._prepared = self._pool.prepare("chat/completions")
 
     def __repr__(self) -> str:
@@ -201,11 +193,8 @@ class OpenAIProvider:
         reader = _Reader(self.name, self._api_key)
         return _upstream.stream_batches(self.name, self._pool, self._prepared, body, reader, self._api_key)
 
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
-        async with contextlib.aclosing(self.stream_batches(request)) as batches:
-            async for batch in batches:
-                for event in batch:
-                    yield event
+    def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
+        return _upstream.one_by_one(self.stream_batches(request))
 
     async def aclose(self) -> None:
         await self._pool.aclose()
