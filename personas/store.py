@@ -8,9 +8,11 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
+from msgspec import UNSET
 
 from core.errors import Conflict, NotFound, ServiceUnavailable
 from personas.cache import Cache
+from personas.entries import DEFAULT_KEY, SharedEntries, id_decoder, persona_decoder, persona_key, preference_key
 from personas.models import MU_ID, Persona
 
 __all__ = ["PersonaStore", "PersonaVersion", "VersionSummary"]
@@ -85,10 +87,6 @@ class VersionSummary(msgspec.Struct, frozen=True, kw_only=True):
     change_note: str | None
 
 
-_decoder = msgspec.json.Decoder(Persona)
-_encoder = msgspec.json.Encoder()
-
-
 def _persona(record: asyncpg.Record) -> Persona:
     return msgspec.convert(dict(record), Persona, strict=False)
 
@@ -119,34 +117,33 @@ class PersonaStore:
 
     def __init__(self, pool: asyncpg.Pool, cache: Cache, *, ttl: int = 300) -> None:
         self._pool = pool
-        self._cache = cache
-        self._ttl = ttl
+        self._shared = SharedEntries(cache, ttl=ttl)
 
     # Reads -----------------------------------------------------------------------------------------
 
     async def get(self, persona_id: UUID) -> Persona | None:
-        key = f"persona:{persona_id}"
-        cached = await self._cache.get(key)
-        if cached is not None:
-            return _decoder.decode(cached)
+        key = persona_key(persona_id)
+        cached = await self._shared.read(key, persona_decoder)
+        if cached is not UNSET:
+            return cached
         record = await self._pool.fetchrow(GET, persona_id)
         if record is None:
             return None
         persona = _persona(record)
-        await self._cache.set(key, _encoder.encode(persona), self._ttl)
+        await self._shared.write(key, persona)
         return persona
 
     async def get_default(self) -> Persona | None:
-        cached = await self._cache.get("default")
-        if cached is not None:
-            persona = await self.get(UUID(cached.decode()))
+        cached = await self._shared.read(DEFAULT_KEY, id_decoder)
+        if isinstance(cached, UUID):
+            persona = await self.get(cached)
             if persona is not None and persona.is_active and persona.is_default:
                 return persona
         record = await self._pool.fetchrow(GET_DEFAULT)
         if record is None:
             return None
         persona = _persona(record)
-        await self._cache.set("default", str(persona.id).encode(), self._ttl)
+        await self._shared.write(DEFAULT_KEY, persona.id)
         return persona
 
     async def find_by_name(self, name: str) -> Persona | None:
@@ -166,12 +163,12 @@ class PersonaStore:
         return [_persona(r) for r in records], int(total)
 
     async def get_preference(self, user_id: UUID) -> UUID | None:
-        key = f"preference:{user_id}"
-        cached = await self._cache.get(key)
-        if cached is not None:
-            return UUID(cached.decode()) if cached else None
-        persona_id = await self._pool.fetchval(GET_PREFERENCE, user_id)
-        await self._cache.set(key, str(persona_id).encode() if persona_id else b"", self._ttl)
+        key = preference_key(user_id)
+        cached = await self._shared.read(key, id_decoder)
+        if cached is not UNSET:
+            return cached
+        persona_id: UUID | None = await self._pool.fetchval(GET_PREFERENCE, user_id)
+        await self._shared.write(key, persona_id)
         return persona_id
 
     async def list_versions(
@@ -227,7 +224,7 @@ class PersonaStore:
 
     async def set_preference(self, user_id: UUID, persona_id: UUID) -> None:
         await self._pool.execute(SET_PREFERENCE, user_id, persona_id)
-        await self._cache.delete(f"preference:{user_id}")
+        await self._shared.delete(preference_key(user_id))
 
     async def ensure_default(self) -> tuple[Persona, bool]:
         """Make sure an active default persona exists, restoring Mu if it is gone. Idempotent."""
@@ -259,10 +256,10 @@ class PersonaStore:
         return _persona(await conn.fetchrow(SET_DEFAULT, persona_id))
 
     async def _forget(self, persona_id: UUID, *, default: bool) -> None:
-        keys = [f"persona:{persona_id}"]
+        keys = [persona_key(persona_id)]
         if default:
-            keys.append("default")
-        await self._cache.delete(*keys)
+            keys.append(DEFAULT_KEY)
+        await self._shared.delete(*keys)
 
 
 def _text(value: UUID | None) -> str | None:

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from api.app import create_app
 from personas.cache import MemoryCache, RedisCache
+from personas.entries import persona_key
 from tests.conftest import make_settings, persona_body, running
 
 BASE = "/api/v1/chat/personas"
@@ -23,7 +24,7 @@ async def test_a_write_on_one_instance_is_seen_by_the_next_read_on_another(
     # The second instance reads it, which caches it in the shared Redis.
     assert (await second_client.get(url, headers=alice.headers)).json()["persona"]["version"] == 1
     r = aioredis.from_url(redis_url)
-    assert await r.exists(f"{resources.settings.redis_prefix}persona:{persona['id']}") == 1
+    assert await r.exists(resources.settings.redis_prefix + persona_key(persona["id"])) == 1
 
     await client.put(url, json={"description": "changed on instance one"}, headers=alice.headers)
     seen = (await second_client.get(url, headers=alice.headers)).json()["persona"]
@@ -71,7 +72,7 @@ async def test_requests_are_answered_while_redis_is_down_and_the_cache_recovers(
         assert (await api.get(url, headers=alice.headers)).json()["persona"]["version"] == 2
         assert (await api.get("/ready")).status_code == 200
         client = aioredis.from_url(redis_process.url)
-        assert await client.exists(f"{app.state.resources.settings.redis_prefix}persona:{persona['id']}") == 1
+        assert await client.exists(app.state.resources.settings.redis_prefix + persona_key(persona["id"])) == 1
         await client.aclose()
 
 
