@@ -1,10 +1,14 @@
-"""Persona reads through the shared cache: versioned keys, and a cached entry that does not decode is a miss."""
+"""Persona reads under load: one lookup per key however many ask at once, a hot read costs no Redis round
+trip, writes here are seen at once and elsewhere within the local bound, and a cached entry that does not
+decode is a miss."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
+from collections import Counter
 from typing import Any
 from uuid import UUID
 
@@ -17,21 +21,68 @@ from personas.entries import (
     CACHE_VERSION,
     DEFAULT_KEY,
     id_decoder,
+    name_key,
     persona_decoder,
     persona_key,
     preference_key,
 )
 from personas.models import Persona
-from personas.store import GET_DEFAULT, PersonaStore
+from personas.store import FIND_ACTIVE_BY_NAME, GET_DEFAULT, PersonaStore
+from runtime.db import connect_pool
 from tests.conftest import persona_body
 
 BASE = "/api/v1/chat/personas"
 PREFIX = "persona-runtime:"  # RedisCache's own default: each test here has a Redis of its own
 
 
+class CountingPool:
+    """The real asyncpg pool, counting each query it is asked to run."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.queries: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        self.queries[query] += 1
+        return await self.pool.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        self.queries[query] += 1
+        return await self.pool.fetchval(query, *args)
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        self.queries[query] += 1
+        return await self.pool.fetch(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> Any:
+        self.queries[query] += 1
+        return await self.pool.execute(query, *args)
+
+
+async def redis_gets(url: str) -> int:
+    """GET commands the Redis server has answered since its statistics were last reset."""
+    client = aioredis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+
+async def reset_redis_stats(url: str) -> None:
+    client = aioredis.from_url(url)
+    try:
+        await client.config_resetstat()
+    finally:
+        await client.aclose()
+
+
 async def edit(store: PersonaStore, persona_id: UUID, **changes: Any) -> Persona:
-    """Save a change through ``store``."""
-    current = await store.get(persona_id)
+    """Save a change through ``store``, built on the persona as PostgreSQL has it."""
+    current = await store.get_uncached(persona_id)
     assert current is not None
     return await store.update(persona_id, msgspec.structs.replace(current, **changes), actor=None, change_note=None)
 
@@ -40,6 +91,127 @@ async def created(client, account, **fields: Any) -> Persona:
     r = await client.post(BASE, json=persona_body(**fields), headers=account.headers)
     assert r.status_code == 201, r.text
     return msgspec.convert(r.json()["persona"], Persona)
+
+
+async def test_a_hundred_lookups_by_name_in_any_case_run_one_query(client, alice, resources, redis_process):
+    name = f"Model Id {uuid.uuid4().hex[:8]}"
+    persona = await created(client, alice, name=name)
+    pool = CountingPool(resources.pool)
+    store = PersonaStore(pool, RedisCache.from_url(redis_process.url), local_ttl=60)
+    spellings = [name, name.upper(), name.lower()] * 34
+    found = await asyncio.gather(*(store.find_by_name(s) for s in spellings))
+    assert {p.id for p in found if p is not None} == {persona.id} and None not in found
+    # The name's query brings the whole row, which is cached for the read by id that follows.
+    assert pool.queries == Counter({FIND_ACTIVE_BY_NAME: 1})
+
+    # Another instance sharing the Redis asks PostgreSQL nothing at all.
+    other = CountingPool(resources.pool)
+    elsewhere = PersonaStore(other, RedisCache.from_url(redis_process.url))
+    assert (await elsewhere.find_by_name(name.lower())).id == persona.id
+    assert other.queries == Counter()
+
+
+async def test_a_name_no_persona_has_is_looked_up_once_per_process(client, resources, redis_process):
+    pool = CountingPool(resources.pool)
+    store = PersonaStore(pool, RedisCache.from_url(redis_process.url), local_ttl=60)
+    missing = f"Nobody {uuid.uuid4().hex}"
+    assert await asyncio.gather(*(store.find_by_name(missing) for _ in range(50))) == [None] * 50
+    assert await store.find_by_name(missing) is None
+    assert pool.queries == Counter({FIND_ACTIVE_BY_NAME: 1})
+
+
+async def test_hot_reads_skip_redis_and_another_instances_write_shows_after_the_local_bound(
+    client, alice, resources, redis_process
+):
+    persona = await created(client, alice)
+    here = PersonaStore(resources.pool, RedisCache.from_url(redis_process.url), local_ttl=1.0)
+    elsewhere = PersonaStore(resources.pool, RedisCache.from_url(redis_process.url))
+    assert (await here.get(persona.id)).version == 1
+    await reset_redis_stats(redis_process.url)
+    for _ in range(20):
+        assert (await here.get(persona.id)).version == 1
+    assert await redis_gets(redis_process.url) == 0
+
+    await edit(elsewhere, persona.id, description="new")
+    await asyncio.sleep(1.05)
+    seen = await here.get(persona.id)
+    assert (seen.version, seen.description) == (2, "new")
+
+
+async def test_writes_are_seen_at_once_by_the_process_that_made_them(create_database, redis_process):
+    # A database of its own: this test moves the default persona.
+    from runtime.migrate import apply_migrations
+
+    dsn = await create_database()
+    await apply_migrations(dsn)
+    pool = await connect_pool(dsn)
+    try:
+        # Kept a minute, so that only the writes' own invalidation can explain a fresh read.
+        store = PersonaStore(pool, RedisCache.from_url(redis_process.url), local_ttl=60)
+        mu = await store.get_default()
+        assert mu is not None and mu.name == "Mu"
+        draft = msgspec.structs.replace(mu, name="Second", is_default=False)
+        second = await store.create(draft, actor=None, change_note=None)
+
+        assert (await store.get(second.id)).description == mu.description
+        await edit(store, second.id, description="edited")
+        assert (await store.get(second.id)).description == "edited"
+
+        user = uuid.uuid4()
+        await pool.execute("INSERT INTO users (id, name) VALUES ($1, $2)", user, f"u-{user.hex[:8]}")
+        assert await store.get_preference(user) is None
+        await store.set_preference(user, second.id)
+        assert await store.get_preference(user) == second.id
+
+        await edit(store, second.id, is_default=True)
+        assert (await store.get_default()).id == second.id
+        assert not (await store.get(mu.id)).is_default
+
+        assert await store.soft_delete(second.id)
+        assert not (await store.get(second.id)).is_active
+        assert await store.get_default() is None  # the service restores Mu then
+        restored, changed = await store.ensure_default()
+        assert changed and (await store.get_default()).id == mu.id == restored.id
+    finally:
+        await pool.close()
+
+
+async def test_a_rename_moves_the_name_at_once(client, alice, resources, redis_process):
+    tag = uuid.uuid4().hex[:8]
+    old, new = f"Before {tag}", f"After {tag}"
+    persona = await created(client, alice, name=old)
+    store = PersonaStore(resources.pool, RedisCache.from_url(redis_process.url), local_ttl=60)
+    assert (await store.find_by_name(old.upper())).id == persona.id
+    assert await store.find_by_name(new) is None  # remembered as unknown
+
+    current = await edit(store, persona.id, name=new)
+    assert await store.find_by_name(old) is None
+    assert (await store.find_by_name(new.lower())).name == new
+
+    # The old name is free again, and a persona created with it is found by it.
+    draft = msgspec.structs.replace(current, name=old)
+    successor = await store.create(draft, actor=None, change_note=None)
+    assert (await store.find_by_name(old)).id == successor.id
+
+    assert await store.soft_delete(successor.id)
+    assert await store.find_by_name(old) is None
+
+
+async def test_a_name_renamed_elsewhere_is_not_served_once_its_persona_is_read_again(
+    client, alice, resources, redis_process
+):
+    tag = uuid.uuid4().hex[:8]
+    old, new = f"Was {tag}", f"Now {tag}"
+    persona = await created(client, alice, name=old)
+    here = PersonaStore(resources.pool, RedisCache.from_url(redis_process.url), local_ttl=60)
+    elsewhere = PersonaStore(resources.pool, RedisCache.from_url(redis_process.url))
+    assert (await here.find_by_name(old)).id == persona.id
+
+    await edit(elsewhere, persona.id, name=new)
+    # An edit here reloads the persona under its new name while this process still maps the old name to it.
+    await edit(here, persona.id, description="x")
+    assert await here.find_by_name(old) is None
+    assert (await here.find_by_name(new)).id == persona.id
 
 
 @pytest.mark.parametrize("garbage", [b"\xff\x00 not json", b'{"id": 5, "name": []}', b"[1, 2, 3]"])
@@ -51,7 +223,7 @@ async def test_a_cached_entry_that_does_not_decode_is_reloaded_and_replaced(
     persona = await created(client, alice, name=name)
     await client.post(f"{BASE}/set", json={"persona_id": str(persona.id)}, headers=alice.headers)
     default_id = (await resources.pool.fetchrow(GET_DEFAULT))["id"]
-    keys = [persona_key(persona.id), preference_key(alice.user.id), DEFAULT_KEY]
+    keys = [persona_key(persona.id), preference_key(alice.user.id), DEFAULT_KEY, name_key(name)]
     raw = aioredis.from_url(redis_process.url)
     for key in keys:
         await raw.set(PREFIX + key, garbage)
@@ -60,12 +232,14 @@ async def test_a_cached_entry_that_does_not_decode_is_reloaded_and_replaced(
     assert (await store.get(persona.id)).name == name
     assert await store.get_preference(alice.user.id) == persona.id
     assert (await store.get_default()).id == default_id
+    assert (await store.find_by_name(name)).id == persona.id
     assert "does not decode" in caplog.text
 
     # Each entry was overwritten with one that decodes.
     assert persona_decoder.decode(await raw.get(PREFIX + persona_key(persona.id))).name == name
     assert id_decoder.decode(await raw.get(PREFIX + preference_key(alice.user.id))) == persona.id
     assert id_decoder.decode(await raw.get(PREFIX + DEFAULT_KEY)) == default_id
+    assert id_decoder.decode(await raw.get(PREFIX + name_key(name))) == persona.id
     await raw.aclose()
 
 
@@ -104,6 +278,7 @@ def test_the_cache_version_changes_with_the_shape_of_a_cached_persona():
 
 def test_keys_carry_the_cache_version():
     some = uuid.uuid4()
-    for key in (persona_key(some), preference_key(some), DEFAULT_KEY):
+    for key in (persona_key(some), preference_key(some), DEFAULT_KEY, name_key("Mu")):
         assert key.startswith(CACHE_VERSION + ":")
+    assert name_key("MiXeD Case") == name_key("mixed case")
     assert isinstance(UUID(persona_key(some).rsplit(":", 1)[1]), UUID)
