@@ -1,6 +1,6 @@
-"""Persona reads under load: one lookup per key however many ask at once, a hot read costs no Redis round
-trip, writes here are seen at once and elsewhere within the local bound, and a cached entry that does not
-decode is a miss."""
+"""Persona and key reads under load: one lookup per key however many ask at once, a hot read costs no
+Redis round trip, writes here are seen at once and elsewhere within the local bound, and a cached entry
+that does not decode is a miss."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from personas.cache import RedisCache
+from core.errors import ServiceUnavailable
+from personas.cache import MemoryCache, RedisCache
 from personas.entries import (
     CACHE_VERSION,
     DEFAULT_KEY,
@@ -27,7 +28,10 @@ from personas.entries import (
     preference_key,
 )
 from personas.models import Persona
-from personas.store import FIND_ACTIVE_BY_NAME, GET_DEFAULT, PersonaStore
+from personas.service import PersonaService
+from personas.store import FIND_ACTIVE_BY_NAME, GET, GET_DEFAULT, GET_PREFERENCE, PersonaStore
+from runtime.accounts import AUTHENTICATE, Accounts
+from runtime.auth import Authenticator
 from runtime.db import connect_pool
 from tests.conftest import persona_body
 
@@ -91,6 +95,30 @@ async def created(client, account, **fields: Any) -> Persona:
     r = await client.post(BASE, json=persona_body(**fields), headers=account.headers)
     assert r.status_code == 201, r.text
     return msgspec.convert(r.json()["persona"], Persona)
+
+
+async def test_a_hundred_first_requests_look_up_the_key_the_preference_and_the_persona_once(
+    client, alice, resources, redis_process
+):
+    persona = await created(client, alice)
+    await client.post(f"{BASE}/set", json={"persona_id": str(persona.id)}, headers=alice.headers)
+    # A fresh instance: nothing in its memory, nothing in its Redis.
+    pool = CountingPool(resources.pool)
+    auth = Authenticator(Accounts(pool), cache_seconds=60)
+    personas = PersonaService(PersonaStore(pool, RedisCache.from_url(redis_process.url), local_ttl=60))
+
+    async def request() -> tuple[Persona, str]:
+        return await personas.current(await auth.authenticate(alice.key))
+
+    answers = await asyncio.gather(*(request() for _ in range(100)))
+    assert {(p.id, source) for p, source in answers} == {(persona.id, "preference")}
+    assert pool.queries == Counter({AUTHENTICATE: 1, GET_PREFERENCE: 1, GET: 1})
+    assert await redis_gets(redis_process.url) == 2  # the preference and the persona, once each
+
+    await reset_redis_stats(redis_process.url)
+    await asyncio.gather(*(request() for _ in range(100)))
+    assert pool.queries == Counter({AUTHENTICATE: 1, GET_PREFERENCE: 1, GET: 1})
+    assert await redis_gets(redis_process.url) == 0  # hot: served from this process's memory
 
 
 async def test_a_hundred_lookups_by_name_in_any_case_run_one_query(client, alice, resources, redis_process):
@@ -262,6 +290,32 @@ async def test_a_write_also_clears_the_previous_release_entries(client, alice, r
     await edit(store, persona.id, description="new")
     assert await raw.exists(f"{PREFIX}persona:{persona.id}", f"{PREFIX}default") == 0
     await raw.aclose()
+
+
+async def test_a_lookup_that_meets_a_dead_database_fails_for_every_waiter_and_is_not_kept(
+    proxied, client, alice, make_user
+):
+    proxy, dsn = proxied
+    persona = await created(client, alice)
+    pool = await connect_pool(dsn)
+    try:
+        counting = CountingPool(pool)
+        auth = Authenticator(Accounts(counting))
+        store = PersonaStore(counting, MemoryCache())
+        await proxy.cut()
+
+        refused = await asyncio.gather(*(auth.authenticate(alice.key) for _ in range(20)), return_exceptions=True)
+        assert all(isinstance(r, ServiceUnavailable) for r in refused)  # never a pass, never a 401
+        failed = await asyncio.gather(*(store.get(persona.id) for _ in range(20)), return_exceptions=True)
+        assert all(isinstance(r, Exception) for r in failed)
+        assert counting.queries == Counter({AUTHENTICATE: 1, GET: 1})  # one attempt each, shared
+
+        await proxy.start()
+        # Nothing was remembered of the failures: the very next reads succeed.
+        assert (await auth.authenticate(alice.key)).user_id == alice.user.id
+        assert (await store.get(persona.id)).id == persona.id
+    finally:
+        await pool.close()
 
 
 # The shape of a cached persona, per cache version. Persona (or what it nests) changed shape if this fails:
