@@ -27,7 +27,7 @@ from personas.entries import (
     persona_key,
     preference_key,
 )
-from personas.models import Persona
+from personas.models import Persona, PersonaPatch
 from personas.service import PersonaService
 from personas.store import FIND_ACTIVE_BY_NAME, GET, GET_DEFAULT, GET_PREFERENCE, PersonaStore
 from runtime.accounts import AUTHENTICATE, Accounts
@@ -316,6 +316,21 @@ async def test_a_lookup_that_meets_a_dead_database_fails_for_every_waiter_and_is
         assert (await store.get(persona.id)).id == persona.id
     finally:
         await pool.close()
+
+
+async def test_an_edit_builds_on_the_latest_version_when_another_instance_made_it(
+    client, alice, resources, redis_process
+):
+    persona = await created(client, alice)
+    caller = await Authenticator(Accounts(resources.pool)).authenticate(alice.key)
+    here = PersonaService(PersonaStore(resources.pool, RedisCache.from_url(redis_process.url), local_ttl=60))
+    elsewhere = PersonaService(PersonaStore(resources.pool, RedisCache.from_url(redis_process.url)))
+    assert (await here.get_visible(caller, persona.id)).description == persona.description  # held in memory
+
+    await elsewhere.update(caller, persona.id, PersonaPatch(description="written elsewhere"))
+    edited = await here.update(caller, persona.id, PersonaPatch(capabilities={"sketching": True}))
+    assert edited.description == "written elsewhere" and edited.capabilities == {"sketching": True}
+    assert edited.version == 3
 
 
 # The shape of a cached persona, per cache version. Persona (or what it nests) changed shape if this fails:
