@@ -56,7 +56,7 @@ class PersonaHistory:
 
     async def restore(self, caller: Caller, persona_id: UUID, version: int) -> Persona:
         """Save the content of ``version`` as the persona's next version; older versions stay as they were."""
-        current = await self.personas.get_editable(caller, persona_id)
+        current = await self.personas.get_editable(caller, persona_id, fresh=True)
         old = await self._at(current, version)
         check_draft(old)
         restored = msgspec.structs.replace(current, **{field: getattr(old, field) for field in _CONTENT})

@@ -111,18 +111,22 @@ class PersonaService:
         personas, total = await self.store.list_visible(caller.user_id, limit=limit, offset=offset)
         return [present(p, caller) for p in personas], total
 
-    async def get_visible(self, caller: Caller, persona_id: UUID) -> Persona:
-        """The persona if ``caller`` may see it (unredacted), else 404."""
-        persona = await self.store.get(persona_id)
+    async def get_visible(self, caller: Caller, persona_id: UUID, *, fresh: bool = False) -> Persona:
+        """The persona if ``caller`` may see it (unredacted), else 404.
+
+        ``fresh`` reads PostgreSQL itself, for a write to build on: a cached copy may be a moment older
+        than a change another instance made, and saving it whole would undo that change.
+        """
+        persona = await (self.store.get_uncached(persona_id) if fresh else self.store.get(persona_id))
         if persona is None or not can_see(persona, caller):
             raise NotFound(
                 f"Persona {persona_id} not found, or you may not see it: check `persona_id`.", field="persona_id"
             )
         return persona
 
-    async def get_editable(self, caller: Caller, persona_id: UUID) -> Persona:
+    async def get_editable(self, caller: Caller, persona_id: UUID, *, fresh: bool = False) -> Persona:
         """The persona if ``caller`` may change it; 404 when invisible, 403 when visible but not theirs."""
-        persona = await self.get_visible(caller, persona_id)
+        persona = await self.get_visible(caller, persona_id, fresh=fresh)
         if not can_edit(persona, caller):
             raise Forbidden(
                 f"Persona {persona.name!r} belongs to another user: only its owner or an admin may change it.",
@@ -136,7 +140,7 @@ class PersonaService:
         return await self.store.create(persona, actor=caller.user_id, change_note=draft.change_note)
 
     async def update(self, caller: Caller, persona_id: UUID, patch: PersonaPatch) -> Persona:
-        current = await self.get_editable(caller, persona_id)
+        current = await self.get_editable(caller, persona_id, fresh=True)
         changes: dict[str, Any] = {
             f: getattr(patch, f)
             for f in patch.__struct_fields__

@@ -1,4 +1,4 @@
-"""PersonaStore: persona rows in PostgreSQL (the truth) behind a cache-aside read path."""
+"""PersonaStore: persona rows in PostgreSQL (the truth) behind an in-process layer and a shared cache."""
 
 from __future__ import annotations
 
@@ -8,9 +8,20 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
+from msgspec import UNSET
 
 from core.errors import Conflict, NotFound, ServiceUnavailable
 from personas.cache import Cache
+from personas.entries import (
+    DEFAULT_KEY,
+    SharedEntries,
+    id_decoder,
+    name_key,
+    persona_decoder,
+    persona_key,
+    preference_key,
+)
+from personas.local_cache import LocalCache
 from personas.models import MU_ID, Persona
 
 __all__ = ["PersonaStore", "PersonaVersion", "VersionSummary"]
@@ -41,7 +52,7 @@ WHERE id = $1
 RETURNING {_COLUMNS}"""
 CLEAR_DEFAULT = "UPDATE personas SET is_default = false WHERE is_default AND id <> $1"
 SET_DEFAULT = f"UPDATE personas SET is_default = true WHERE id = $1 RETURNING {_COLUMNS}"
-SOFT_DELETE = "UPDATE personas SET is_active = false WHERE id = $1 AND is_active"
+SOFT_DELETE = "UPDATE personas SET is_active = false WHERE id = $1 AND is_active RETURNING name"
 RESTORE_MU = f"UPDATE personas SET is_active = true, is_default = true WHERE id = $1 RETURNING {_COLUMNS}"
 SET_ACTOR = """SELECT set_config('persona_runtime.actor', coalesce($1::text, ''), true),
     set_config('persona_runtime.change_note', coalesce($2::text, ''), true)"""
@@ -85,8 +96,9 @@ class VersionSummary(msgspec.Struct, frozen=True, kw_only=True):
     change_note: str | None
 
 
-_decoder = msgspec.json.Decoder(Persona)
-_encoder = msgspec.json.Encoder()
+# Names are at most 100 characters (a few letters lowercase to two), so a longer request matches no persona:
+# it is looked up without being kept, and odd requests cannot fill the local layer with huge keys.
+_LONGEST_KEPT_NAME = 400
 
 
 def _persona(record: asyncpg.Record) -> Persona:
@@ -115,43 +127,54 @@ def _name_taken(name: str) -> Conflict:
 
 
 class PersonaStore:
-    """Reads go cache-first; writes commit in PostgreSQL, then delete the cached entries they change."""
+    """Reads go to a local layer, then the shared cache, then PostgreSQL; writes commit in PostgreSQL, then
+    delete the entries they change, in the shared cache and locally.
 
-    def __init__(self, pool: asyncpg.Pool, cache: Cache, *, ttl: int = 300) -> None:
+    ``local_ttl`` bounds how long this process may serve a persona, preference or name another process
+    has changed since; writes made through this store are seen here at once. Concurrent misses for one
+    key share one load.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, cache: Cache, *, ttl: int = 300, local_ttl: float = 1.0) -> None:
         self._pool = pool
-        self._cache = cache
-        self._ttl = ttl
+        self._shared = SharedEntries(cache, ttl=ttl)
+        # Personas may carry megabytes of extensions: bound them harder than the ids.
+        self._personas: LocalCache[UUID, Persona | None] = LocalCache(ttl=local_ttl, max_entries=1_000)
+        self._defaults: LocalCache[str, Persona | None] = LocalCache(ttl=local_ttl, max_entries=1)
+        self._names: LocalCache[str, UUID | None] = LocalCache(ttl=local_ttl, max_entries=10_000)
+        self._preferences: LocalCache[UUID, UUID | None] = LocalCache(ttl=local_ttl, max_entries=10_000)
 
     # Reads -----------------------------------------------------------------------------------------
+    # Personas handed out here are shared by every request that reads them within ``local_ttl``: they are
+    # frozen, and the dicts and lists they hold must not be changed either.
 
     async def get(self, persona_id: UUID) -> Persona | None:
-        key = f"persona:{persona_id}"
-        cached = await self._cache.get(key)
-        if cached is not None:
-            return _decoder.decode(cached)
+        return await self._personas.get(persona_id, lambda: self._load(persona_id))
+
+    async def get_uncached(self, persona_id: UUID) -> Persona | None:
+        """The persona as PostgreSQL has it now: what a write should build on."""
         record = await self._pool.fetchrow(GET, persona_id)
-        if record is None:
-            return None
-        persona = _persona(record)
-        await self._cache.set(key, _encoder.encode(persona), self._ttl)
-        return persona
+        return _persona(record) if record else None
 
     async def get_default(self) -> Persona | None:
-        cached = await self._cache.get("default")
-        if cached is not None:
-            persona = await self.get(UUID(cached.decode()))
-            if persona is not None and persona.is_active and persona.is_default:
-                return persona
-        record = await self._pool.fetchrow(GET_DEFAULT)
-        if record is None:
-            return None
-        persona = _persona(record)
-        await self._cache.set("default", str(persona.id).encode(), self._ttl)
-        return persona
+        return await self._defaults.get(DEFAULT_KEY, self._load_default)
 
     async def find_by_name(self, name: str) -> Persona | None:
-        record = await self._pool.fetchrow(FIND_ACTIVE_BY_NAME, name)
-        return _persona(record) if record else None
+        """The active persona called ``name``, in any case."""
+        if len(name) > _LONGEST_KEPT_NAME:
+            return await self._select_by_name(name)
+        key = name.lower()
+        persona_id = await self._names.get(key, lambda: self._load_name(name))
+        if persona_id is None:
+            return None
+        persona = await self.get(persona_id)
+        if persona is not None and persona.is_active and persona.name.lower() == key:
+            return persona
+        # The name moved since it was looked up (a rename or delete elsewhere): ask the truth, and let the
+        # next lookup start afresh.
+        await self._shared.delete(name_key(name))
+        self._names.forget(key)
+        return await self._select_by_name(name)
 
     async def list_active(self) -> list[Persona]:
         """Every active persona, whoever owns it, by name: for operators exporting the whole set."""
@@ -166,13 +189,7 @@ class PersonaStore:
         return [_persona(r) for r in records], int(total)
 
     async def get_preference(self, user_id: UUID) -> UUID | None:
-        key = f"preference:{user_id}"
-        cached = await self._cache.get(key)
-        if cached is not None:
-            return UUID(cached.decode()) if cached else None
-        persona_id = await self._pool.fetchval(GET_PREFERENCE, user_id)
-        await self._cache.set(key, str(persona_id).encode() if persona_id else b"", self._ttl)
-        return persona_id
+        return await self._preferences.get(user_id, lambda: self._load_preference(user_id))
 
     async def list_versions(
         self, persona_id: UUID, *, limit: int = 100, offset: int = 0
@@ -184,6 +201,58 @@ class PersonaStore:
     async def get_version(self, persona_id: UUID, version: int) -> PersonaVersion | None:
         record = await self._pool.fetchrow(GET_VERSION, persona_id, version)
         return msgspec.convert(dict(record), PersonaVersion, strict=False) if record else None
+
+    # Loads: one per key at a time, from the shared cache, else PostgreSQL ---------------------------
+
+    async def _load(self, persona_id: UUID) -> Persona | None:
+        key = persona_key(persona_id)
+        cached = await self._shared.read(key, persona_decoder)
+        if cached is not UNSET:
+            return cached
+        persona = await self.get_uncached(persona_id)
+        if persona is not None:
+            await self._shared.write(key, persona)
+        return persona
+
+    async def _load_default(self) -> Persona | None:
+        cached = await self._shared.read(DEFAULT_KEY, id_decoder)
+        if isinstance(cached, UUID):
+            persona = await self.get(cached)
+            if persona is not None and persona.is_active and persona.is_default:
+                return persona
+        record = await self._pool.fetchrow(GET_DEFAULT)
+        if record is None:
+            return None
+        persona = _persona(record)
+        await self._shared.write(DEFAULT_KEY, persona.id)
+        return persona
+
+    async def _load_name(self, name: str) -> UUID | None:
+        key = name_key(name)
+        cached = await self._shared.read(key, id_decoder)
+        if isinstance(cached, UUID):
+            return cached
+        persona = await self._select_by_name(name)
+        if persona is None:
+            # Kept locally only: an unknown name costs one query per process per ``local_ttl``, and no
+            # shared entry can outlive a create whose delete it missed.
+            return None
+        await self._shared.write(key, persona.id)
+        await self._shared.write(persona_key(persona.id), persona)
+        return persona.id
+
+    async def _select_by_name(self, name: str) -> Persona | None:
+        record = await self._pool.fetchrow(FIND_ACTIVE_BY_NAME, name)
+        return _persona(record) if record else None
+
+    async def _load_preference(self, user_id: UUID) -> UUID | None:
+        key = preference_key(user_id)
+        cached = await self._shared.read(key, id_decoder)
+        if cached is not UNSET:
+            return cached
+        persona_id: UUID | None = await self._pool.fetchval(GET_PREFERENCE, user_id)
+        await self._shared.write(key, persona_id)
+        return persona_id
 
     # Writes ----------------------------------------------------------------------------------------
 
@@ -198,7 +267,8 @@ class PersonaStore:
             created = _persona(record)
             if persona.is_default:
                 created = await self._move_default(conn, created.id)
-        await self._forget(created.id, default=persona.is_default)
+        # The name may have been looked up, and remembered as unknown, before it was taken.
+        await self._forget(created.id, default=persona.is_default, names=(created.name,))
         return created
 
     async def update(
@@ -217,17 +287,18 @@ class PersonaStore:
             updated = _persona(record)
             if changed.is_default and not current["is_default"]:
                 updated = await self._move_default(conn, persona_id)
-        await self._forget(persona_id, default=True)
+        await self._forget(persona_id, default=True, names=(current["name"], updated.name))
         return updated
 
     async def soft_delete(self, persona_id: UUID) -> bool:
-        result = await self._pool.execute(SOFT_DELETE, persona_id)
-        await self._forget(persona_id, default=True)
-        return result.endswith(" 1")
+        name: str | None = await self._pool.fetchval(SOFT_DELETE, persona_id)
+        await self._forget(persona_id, default=True, names=(name,) if name is not None else ())
+        return name is not None
 
     async def set_preference(self, user_id: UUID, persona_id: UUID) -> None:
         await self._pool.execute(SET_PREFERENCE, user_id, persona_id)
-        await self._cache.delete(f"preference:{user_id}")
+        await self._shared.delete(preference_key(user_id))
+        self._preferences.forget(user_id)
 
     async def ensure_default(self) -> tuple[Persona, bool]:
         """Make sure an active default persona exists, restoring Mu if it is gone. Idempotent."""
@@ -250,19 +321,25 @@ class PersonaStore:
                     "Rename or delete that persona, then try again.",
                     field="name",
                 ) from None
-        await self._forget(MU_ID, default=True)
-        return _persona(record), True
+        restored = _persona(record)
+        await self._forget(MU_ID, default=True, names=(restored.name,))
+        return restored, True
 
     async def _move_default(self, conn: asyncpg.Connection, persona_id: UUID) -> Persona:
         await conn.execute(LOCK_DEFAULT)
         await conn.execute(CLEAR_DEFAULT, persona_id)
         return _persona(await conn.fetchrow(SET_DEFAULT, persona_id))
 
-    async def _forget(self, persona_id: UUID, *, default: bool) -> None:
-        keys = [f"persona:{persona_id}"]
+    async def _forget(self, persona_id: UUID, *, default: bool, names: tuple[str, ...]) -> None:
+        keys = [persona_key(persona_id), *(name_key(name) for name in names)]
         if default:
-            keys.append("default")
-        await self._cache.delete(*keys)
+            keys.append(DEFAULT_KEY)
+        # Shared entries first: a local miss in between must not reload what the write replaced.
+        await self._shared.delete(*keys)
+        self._personas.forget(persona_id)
+        self._names.forget(*(name.lower() for name in names))
+        if default:
+            self._defaults.forget(DEFAULT_KEY)
 
 
 def _text(value: UUID | None) -> str | None:

@@ -1,18 +1,17 @@
-"""API key authentication with a short-lived lookup cache and buffered "last used" times."""
+"""API key authentication with a short-lived, single-flight lookup cache and buffered "last used" times."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import time
 from datetime import UTC, datetime
 from uuid import UUID
 
 from core.errors import ServiceUnavailable, Unauthorized
+from personas.local_cache import LocalCache
 from personas.models import Caller
-from runtime.accounts import Accounts, KeyOwner
+from runtime.accounts import Accounts, KeyOwner, hash_key
 from runtime.db import is_database_unavailable
 
 __all__ = ["Authenticator"]
@@ -24,15 +23,15 @@ class Authenticator:
     """Turns an API key into a :class:`Caller`, or refuses it.
 
     A lookup is trusted for ``cache_seconds`` (one second by default), which bounds how long a revoked
-    key keeps working on any instance without any cross-instance messaging. A database outage never
-    lets a key through: with nothing cached, the request gets a 503.
+    key keeps working on any instance without any cross-instance messaging. Concurrent requests with a
+    key not looked up yet share one lookup. A database outage never lets a key through: with nothing
+    cached, the request gets a 503, and the failed lookup is not remembered.
     """
 
     def __init__(self, accounts: Accounts, *, cache_seconds: float = 1.0, touch_interval: float = 15.0) -> None:
         self._accounts = accounts
-        self._cache_seconds = cache_seconds
         self._touch_interval = touch_interval
-        self._cache: dict[bytes, tuple[float, KeyOwner | None]] = {}
+        self._lookups: LocalCache[bytes, KeyOwner | None] = LocalCache(ttl=cache_seconds, max_entries=50_000)
         self._used: dict[UUID, datetime] = {}
         self._flusher: asyncio.Task[None] | None = None
         # One write at a time, so that a caller of flush() also waits for a write already under way.
@@ -41,21 +40,12 @@ class Authenticator:
     async def authenticate(self, key: str | None) -> Caller:
         if not key:
             raise Unauthorized("Missing API key: send it as `X-API-Key: KEY` or `Authorization: Bearer KEY`.")
-        digest = hashlib.sha256(key.encode()).digest()
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            owner = cached[1]
-        else:
-            try:
-                owner = await self._accounts.key_owner(key)
-            except Exception as exc:
-                if is_database_unavailable(exc):
-                    raise ServiceUnavailable("Cannot check the API key: the database is unavailable.") from None
-                raise
-            if len(self._cache) > 50_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self._cache_seconds, owner)
+        try:
+            owner = await self._lookups.get(hash_key(key), lambda: self._accounts.key_owner(key))
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                raise ServiceUnavailable("Cannot check the API key: the database is unavailable.") from None
+            raise
         if owner is None:
             raise Unauthorized("Unknown API key: check it, or create one with `persona-runtime keys create`.")
         wall = datetime.now(UTC)
@@ -74,7 +64,7 @@ class Authenticator:
 
     def forget(self) -> None:
         """Drop every cached lookup (used after a revocation on this instance)."""
-        self._cache.clear()
+        self._lookups.clear()
 
     def start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_periodically(), name="api-key-last-used")

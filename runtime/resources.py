@@ -106,7 +106,10 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             )
         log.info("providers: %s (default %s)", ", ".join(providers.names()), default)
 
-        personas = PersonaService(PersonaStore(pool, cache, ttl=settings.persona_cache_seconds))
+        store = PersonaStore(
+            pool, cache, ttl=settings.persona_cache_seconds, local_ttl=settings.persona_local_cache_seconds
+        )
+        personas = PersonaService(store)
         conversations = ConversationStore(pool)
         chat = ChatPipeline(
             personas,

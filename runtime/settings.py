@@ -35,6 +35,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How often buffered "last used" times of API keys are written.
     key_touch_interval: float = 15.0
     persona_cache_seconds: int = 300
+    # How long each instance keeps personas, preferences and name lookups in memory without asking the
+    # shared cache: bounds how late it sees a write made on another instance (its own writes it sees at once).
+    persona_local_cache_seconds: float = 1.0
     history_turns: int = 20
     max_message_chars: int = 32_000
     # Largest persona import (a PNG card, or a document) accepted, and what one PNG text chunk may inflate to.
@@ -85,6 +88,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             port=int(number("PORT", 8666)),
             bootstrap_admin_key=text("BOOTSTRAP_ADMIN_KEY"),
             db_pool_max=int(number("DATABASE_POOL_SIZE", 10)),
+            persona_local_cache_seconds=float(number("PERSONA_LOCAL_CACHE_SECONDS", 1.0, float)),
             history_turns=int(number("HISTORY_TURNS", 20)),
             max_message_chars=int(number("MAX_MESSAGE_CHARS", 32_000)),
             import_max_bytes=int(number("IMPORT_MAX_BYTES", 8 * 1024 * 1024)),

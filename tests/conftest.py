@@ -23,6 +23,7 @@ from runtime.embedded import EmbeddedPostgres
 from runtime.resources import Resources
 from runtime.settings import Settings
 from tests.fakellm import FakeLLM
+from tests.proxy import TcpProxy
 from tests.services import RedisProcess, env_url, free_port
 
 pytest_plugins = ["tests.fakellm_plugin"]
@@ -104,6 +105,23 @@ def redis_process() -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture
+async def proxied(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A TCP proxy in front of the test database, which the test may cut and restore, and a DSN through it."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(database_url)
+    if not parts.hostname:
+        pytest.skip("the test database is reached through a Unix socket; this test needs TCP")
+    proxy = TcpProxy(parts.hostname, parts.port or 5432)
+    await proxy.start()
+    netloc = parts.netloc.replace(
+        f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname, f"127.0.0.1:{proxy.port}"
+    )
+    yield proxy, urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    await proxy.cut()
 
 
 def make_settings(database_url: str, redis_url: str | None, **overrides: Any) -> Settings:

@@ -4,29 +4,11 @@ runtime recovers by itself when the database is back."""
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit, urlunsplit
-
-import pytest
 
 from api.app import create_app
 from tests.conftest import make_settings, persona_body, running
-from tests.proxy import TcpProxy
 
 PERSONAS = "/api/v1/chat/personas"
-
-
-@pytest.fixture
-async def proxied(database_url):
-    parts = urlsplit(database_url)
-    if not parts.hostname:
-        pytest.skip("the test database is reached through a Unix socket; this test needs TCP")
-    proxy = TcpProxy(parts.hostname, parts.port or 5432)
-    await proxy.start()
-    netloc = parts.netloc.replace(
-        f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname, f"127.0.0.1:{proxy.port}"
-    )
-    yield proxy, urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    await proxy.cut()
 
 
 async def test_requests_get_503_while_the_database_is_away_and_work_again_after(proxied, redis_url, make_user):

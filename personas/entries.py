@@ -1,0 +1,83 @@
+"""The persona store's entries in the shared cache: versioned keys, and values that decode or count as misses."""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+from uuid import UUID
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from personas.cache import Cache
+from personas.models import Persona
+
+__all__ = [
+    "CACHE_VERSION",
+    "DEFAULT_KEY",
+    "SharedEntries",
+    "id_decoder",
+    "name_key",
+    "persona_decoder",
+    "persona_key",
+    "preference_key",
+]
+
+log = logging.getLogger("persona_runtime.cache")
+
+T = TypeVar("T")
+
+# Every key names the shape of the value it holds. Bump this whenever that shape changes (a field of
+# Persona or of anything it nests, or how an id is written), so a release never reads another's entries.
+CACHE_VERSION = "v2"
+_PREFIX = CACHE_VERSION + ":"
+# The release before wrote its keys without a version. Writes delete those too, so that instances still
+# running it during a rolling deploy see the change. At the next bump this becomes "v2:".
+_PREVIOUS_PREFIX = ""
+
+DEFAULT_KEY = _PREFIX + "default"
+
+persona_decoder = msgspec.json.Decoder(Persona)
+# A preference, the default's id, a name's persona: an id, or null for "none".
+id_decoder: msgspec.json.Decoder[UUID | None] = msgspec.json.Decoder(UUID | None)
+_encoder = msgspec.json.Encoder()
+
+
+def persona_key(persona_id: UUID) -> str:
+    return f"{_PREFIX}persona:{persona_id}"
+
+
+def preference_key(user_id: UUID) -> str:
+    return f"{_PREFIX}preference:{user_id}"
+
+
+def name_key(name: str) -> str:
+    """Names are unique regardless of case, so they are looked up lowercased."""
+    return f"{_PREFIX}name:{name.lower()}"
+
+
+class SharedEntries:
+    """The store's side of the shared cache. An entry that does not decode (garbage, or a shape this
+    release does not know) is a miss: the caller reads PostgreSQL and overwrites it, never fails."""
+
+    def __init__(self, cache: Cache, *, ttl: int) -> None:
+        self._cache = cache
+        self._ttl = ttl
+
+    async def read(self, key: str, decoder: msgspec.json.Decoder[T]) -> T | UnsetType:
+        """The value under ``key``, or UNSET when there is none to use."""
+        raw = await self._cache.get(key)
+        if raw is None:
+            return UNSET
+        try:
+            return decoder.decode(raw)
+        except msgspec.DecodeError:  # msgspec.ValidationError included
+            log.warning("cache entry %s does not decode; reading PostgreSQL and replacing it", key)
+            return UNSET
+
+    async def write(self, key: str, value: object) -> None:
+        await self._cache.set(key, _encoder.encode(value), self._ttl)
+
+    async def delete(self, *keys: str) -> None:
+        retired = [_PREVIOUS_PREFIX + key.removeprefix(_PREFIX) for key in keys]
+        await self._cache.delete(*dict.fromkeys([*keys, *retired]))
