@@ -39,6 +39,8 @@ def _rendered(rendered: Rendered) -> RenderResponse:
         model=rendered.model,
         system_prompt=rendered.system_prompt,
         request=rendered.request,
+        cacheable_prefix_chars=rendered.cacheable_prefix_chars,
+        warnings=rendered.warnings,
     )
 
 

@@ -60,6 +60,9 @@ class RenderResponse(_Reply, frozen=True, kw_only=True):
     model: str
     system_prompt: str
     request: dict[str, Any]
+    # The length of the system prompt before its first per-user or per-day value: what providers can cache.
+    cacheable_prefix_chars: int
+    warnings: list[str]
 
 
 class PreviewRequest(PersonaChoice, frozen=True, kw_only=True, forbid_unknown_fields=True):

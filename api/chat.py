@@ -44,7 +44,13 @@ def chat_response(result: TurnResult, *, stored: bool = True) -> ChatResponse:
         persona_source=start.persona_source,
         provider=start.provider,
         model=start.model,
-        usage=TokenUsage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens) if usage else None,
+        usage=TokenUsage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+        )
+        if usage
+        else None,
         finish_reason=result.done.finish_reason,
         stored=UNSET if stored else False,
         tool_calls=result.done.tool_calls or UNSET,

@@ -36,6 +36,8 @@ class ChatRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
 class TokenUsage(Struct, frozen=True, kw_only=True):
     input_tokens: int
     output_tokens: int
+    # Of the input tokens, those the provider read from its prompt cache.
+    cached_input_tokens: int = 0
 
 
 class ChatResponse(Struct, frozen=True, kw_only=True):

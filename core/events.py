@@ -46,10 +46,15 @@ class ToolCallDelta(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="usage"):
-    """Token counts for the whole call, as the provider reported them."""
+    """Token counts for the whole call, as the provider reported them.
+
+    ``input_tokens`` counts every token read, ``cached_input_tokens`` those of them the provider took
+    from its prompt cache.
+    """
 
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int = 0
 
 
 class Finish(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="finish"):

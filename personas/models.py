@@ -58,6 +58,8 @@ class ModelSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     top_p: TopP | None = None
     max_tokens: MaxTokens | None = None
     fallbacks: Annotated[list[Fallback], Meta(max_length=5)] = msgspec.field(default_factory=list)
+    # Ask providers that need a marker (Anthropic) to cache the persona's system prompt and tools.
+    prompt_cache: bool = True
 
 
 class Tool(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

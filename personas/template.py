@@ -8,9 +8,11 @@ from typing import Any
 
 from core.errors import BadRequest
 
-__all__ = ["VARIABLES", "check_template", "format_section", "render_template"]
+__all__ = ["PER_TURN_VARIABLES", "VARIABLES", "check_template", "format_section", "render_template", "stable_prefix"]
 
 VARIABLES = ("user_name", "persona_name", "date", "traits", "capabilities")
+# Values that differ between users or days: a provider's prompt cache reuses only what comes before them.
+PER_TURN_VARIABLES = ("user_name", "date")
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
@@ -63,3 +65,19 @@ def render_template(
         if name not in used and sections[name]:
             text = f"{text.rstrip()}\n\n## {title}\n{sections[name]}"
     return text
+
+
+def stable_prefix(
+    template: str, *, persona_name: str, traits: Mapping[str, Any], capabilities: Mapping[str, Any]
+) -> tuple[int, str | None]:
+    """How many characters of the rendered template come before its first per-user or per-day value, and
+    which variable that is (``None`` when it has none: the whole rendering is the same for everyone)."""
+    marker = "\x00"
+    probe = render_template(
+        template, user_name=marker, persona_name=persona_name, date=marker, traits=traits, capabilities=capabilities
+    )
+    at = probe.find(marker)
+    if at < 0:
+        return len(probe), None
+    first = next(m.group(1) for m in _PLACEHOLDER.finditer(template) if m.group(1) in PER_TURN_VARIABLES)
+    return at, first

@@ -93,6 +93,20 @@ def _tool_input(arguments: str, call_id: str) -> Any:
         ) from None
 
 
+_EPHEMERAL = {"type": "ephemeral"}
+
+
+def _system(system: str, cached_chars: int) -> str | list[dict[str, Any]]:
+    """The ``system`` parameter: plain text, or text blocks with a cache marker after the stable prefix."""
+    if cached_chars <= 0:
+        return system
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": system[:cached_chars], "cache_control": _EPHEMERAL}]
+    rest = system[cached_chars:].strip()
+    if rest:
+        blocks.append({"type": "text", "text": rest})
+    return blocks
+
+
 def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     results: list[dict[str, Any]] | None = None  # the tool_result blocks of the current user message
@@ -134,7 +148,7 @@ class _Reader:
     def __init__(self, name: str, secret: str | None) -> None:
         self.name = name
         self.secret = secret
-        self.input_tokens = self.output_tokens = 0
+        self.input_tokens = self.output_tokens = self.cached_tokens = 0
         self.finish: str | None = None
         self.tool_index: dict[int, int] = {}  # content block index -> ordinal of the tool call
 
@@ -159,6 +173,7 @@ class _Reader:
                 out.append(TextDelta(content=block.text))
         elif kind == "message_start" and event.message is not None and event.message.usage is not None:
             self.input_tokens = _input_tokens(event.message.usage)
+            self.cached_tokens = event.message.usage.cache_read_input_tokens or 0
             self.output_tokens = event.message.usage.output_tokens or 0
         elif kind == "message_delta":
             if event.delta is not None and event.delta.stop_reason:
@@ -169,6 +184,8 @@ class _Reader:
                     self.output_tokens = event.usage.output_tokens
                 if event.usage.input_tokens is not None:
                     self.input_tokens = _input_tokens(event.usage)
+                if event.usage.cache_read_input_tokens is not None:
+                    self.cached_tokens = event.usage.cache_read_input_tokens
         elif kind == "message_stop":
             return True
         elif kind == "error":
@@ -184,7 +201,13 @@ class _Reader:
     def end(self, out: list[ProviderEvent]) -> None:
         if self.finish is None:
             raise _upstream.broken_stream_error(self.name, "it ended without a stop reason")
-        out.append(Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens))
+        out.append(
+            Usage(
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
+                cached_input_tokens=self.cached_tokens,
+            )
+        )
         out.append(Finish(finish_reason=self.finish))
 
 
@@ -223,7 +246,7 @@ class AnthropicProvider:
             "stream": True,
         }
         if request.system is not None:
-            body["system"] = request.system
+            body["system"] = _system(request.system, request.cached_system_chars)
         if request.tools:
             body["tools"] = [
                 {"name": t.name, "description": t.description, "input_schema": t.parameters}
@@ -231,6 +254,8 @@ class AnthropicProvider:
                 else {"name": t.name, "input_schema": t.parameters}
                 for t in request.tools
             ]
+            if 0 < request.cached_tools <= len(request.tools):
+                body["tools"][request.cached_tools - 1]["cache_control"] = _EPHEMERAL
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.top_p is not None:

@@ -56,7 +56,8 @@ class ProviderRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     The system prompt travels in its own field so that each adapter can put it where its API
     wants it. An empty ``model`` means the provider's default model. Sampling parameters left at
-    ``None`` are not sent at all.
+    ``None`` are not sent at all. Adapters whose API needs a marker to cache a prompt's prefix (Anthropic)
+    place it after ``cached_system_chars`` and ``cached_tools``.
     """
 
     model: str
@@ -66,6 +67,10 @@ class ProviderRequest(msgspec.Struct, frozen=True, kw_only=True):
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+    # The stable prefix a provider may cache: the first ``cached_system_chars`` characters of ``system``
+    # and the first ``cached_tools`` tools (the persona's own). Zero: ask for no caching.
+    cached_system_chars: int = 0
+    cached_tools: int = 0
 
 
 class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):

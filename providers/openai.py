@@ -50,9 +50,14 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
 
 
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
 class _Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_tokens_details: _PromptDetails | None = None
 
 
 class _Chunk(msgspec.Struct):
@@ -129,7 +134,14 @@ class _Reader:
         if self.finish is None:
             raise _upstream.broken_stream_error(self.name, "it ended without a finish reason")
         if self.usage is not None:
-            out.append(Usage(input_tokens=self.usage.prompt_tokens, output_tokens=self.usage.completion_tokens))
+            details = self.usage.prompt_tokens_details
+            out.append(
+                Usage(
+                    input_tokens=self.usage.prompt_tokens,
+                    output_tokens=self.usage.completion_tokens,
+                    cached_input_tokens=(details.cached_tokens or 0) if details else 0,
+                )
+            )
         out.append(Finish(finish_reason=self.finish))
 
 

@@ -26,6 +26,7 @@ from personas.service import draft_persona
 from personas.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
 from providers import ChatMessage
 from runtime.pipeline import ChatPipeline, TurnInput
+from runtime.prompt import cache_report
 from runtime.turn import Turn
 
 __all__ = [
@@ -62,6 +63,8 @@ class Rendered(Struct, frozen=True, kw_only=True):
     model: str
     system_prompt: str
     request: dict[str, Any]
+    cacheable_prefix_chars: int
+    warnings: list[str]
 
 
 class Failure(Struct, frozen=True, kw_only=True):
@@ -165,11 +168,15 @@ class AuthoringService:
         plan = await self.chat.plan(
             caller, TurnInput(messages=_asked(message), persona=persona, conversation_id=conversation_id)
         )
+        system_prompt = plan.request.system or ""
+        cacheable, warnings = cache_report(persona, system_prompt)
         return Rendered(
             provider=plan.routes[0].provider,
             model=plan.routes[0].model,
-            system_prompt=plan.request.system or "",
+            system_prompt=system_prompt,
             request=self.chat.upstream_body(plan),
+            cacheable_prefix_chars=cacheable,
+            warnings=warnings,
         )
 
     async def preview(

@@ -120,9 +120,9 @@ class ChatPipeline:
         """Everything about a turn short of calling the provider: the persona and why, the routes, the request."""
         persona, source, conversation = await self.resolve(caller, turn)
         routes = plan_routes(persona, self.providers, self.default_provider, provider=turn.provider, model=turn.model)
-        system = self.prompts.render(persona, caller)
+        own = system = self.prompts.render(persona, caller)
         if turn.system:
-            system = "\n\n".join([system, *turn.system]).strip()
+            system = "\n\n".join([own, *turn.system]).strip()
         history = await self._history(conversation)
         request = build_request(
             persona,
@@ -130,6 +130,7 @@ class ChatPipeline:
             [*history, *turn.messages],
             routes[0],
             extra_tools=turn.tools,
+            persona_chars=len(own.lstrip()) if turn.system else None,
             temperature=turn.temperature,
             top_p=turn.top_p,
             max_tokens=turn.max_tokens,

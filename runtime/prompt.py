@@ -11,10 +11,18 @@ import msgspec
 
 from core.errors import BadRequest
 from personas.models import Caller, Persona
-from personas.template import render_template
+from personas.template import render_template, stable_prefix
 from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
 
-__all__ = ["Route", "SystemPrompts", "build_request", "plan_routes", "render_system_prompt", "tool_specs"]
+__all__ = [
+    "Route",
+    "SystemPrompts",
+    "build_request",
+    "cache_report",
+    "plan_routes",
+    "render_system_prompt",
+    "tool_specs",
+]
 
 log = logging.getLogger("persona_runtime.prompt")
 
@@ -61,6 +69,29 @@ class SystemPrompts:
                 self._rendered.clear()
             text = self._rendered[key] = render_system_prompt(persona, caller, now=now)
         return text
+
+
+def cache_report(persona: Persona, rendered: str) -> tuple[int, list[str]]:
+    """The length of ``rendered``'s stable prefix (before any per-user or per-day value), and warnings
+    when such a value stands early enough to keep most of the prompt out of providers' prompt caches."""
+    settings = persona.model_settings
+    prefix, variable = stable_prefix(
+        persona.system_prompt or "",
+        persona_name=persona.name,
+        traits=persona.personality_traits,
+        capabilities=persona.capabilities,
+    )
+    warnings: list[str] = []
+    after = len(rendered) - prefix
+    if variable is not None and after > prefix:
+        warnings.append(
+            f"`{{{{{variable}}}}}` at character {prefix} keeps the {after} characters after it out of providers' "
+            "prompt caches, which reuse only what comes before the first per-user or per-day value. Move "
+            f"`{{{{{variable}}}}}` (and any other `{{{{user_name}}}}` or `{{{{date}}}}`) to the end of the prompt."
+        )
+    if not settings.prompt_cache:
+        warnings.append("`model_settings.prompt_cache` is off: Anthropic is not asked to cache this prompt.")
+    return min(prefix, len(rendered)), warnings
 
 
 def tool_specs(persona: Persona) -> tuple[ToolSpec, ...]:
@@ -115,16 +146,26 @@ def build_request(
     route: Route,
     *,
     extra_tools: Sequence[ToolSpec] = (),
+    persona_chars: int | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
     max_tokens: int | None = None,
 ) -> ProviderRequest:
-    """The provider-neutral request: sampling parameters from the call, else from the persona."""
+    """The provider-neutral request: sampling parameters from the call, else from the persona.
+
+    ``persona_chars`` is how much of ``system_prompt`` is the persona's own (all of it when ``None``): with
+    the persona's tools, the prefix providers are asked to cache unless its ``prompt_cache`` is off.
+    """
+    if persona_chars is None:
+        persona_chars = len(system_prompt)
     settings = persona.model_settings
     tools = tool_specs(persona)
     if extra_tools:
         own = {t.name for t in extra_tools}
-        tools = tuple(t for t in tools if t.name not in own) + tuple(extra_tools)
+        tools = tuple(t for t in tools if t.name not in own)
+    persona_tools = len(tools)
+    tools += tuple(extra_tools)
+    cache = settings.prompt_cache and bool(system_prompt)
     return ProviderRequest(
         model=route.model,
         system=system_prompt or None,
@@ -133,4 +174,6 @@ def build_request(
         temperature=temperature if temperature is not None else settings.temperature,
         top_p=top_p if top_p is not None else settings.top_p,
         max_tokens=max_tokens if max_tokens is not None else settings.max_tokens,
+        cached_system_chars=min(persona_chars, len(system_prompt)) if cache and persona_chars else 0,
+        cached_tools=persona_tools if settings.prompt_cache else 0,
     )

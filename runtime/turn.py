@@ -160,7 +160,7 @@ class Outcome:
             "status": status,
             "provider": route.provider,
             "model": route.model,
-            "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens} if usage else None,
+            "usage": msgspec.structs.asdict(usage) if usage else None,
             "latency_ms": self._latency(),
             "finish_reason": said.finish if status == "complete" else None,
             "tool_calls": calls,

@@ -55,6 +55,8 @@ class Script:
     chunks: tuple[str, ...] = ("Hello", " from", " the fake model.")
     tool_calls: tuple[FakeToolCall, ...] = ()
     input_tokens: int = 11
+    # Of the input tokens, how many the provider read from its prompt cache.
+    cached_tokens: int = 0
     output_tokens: int = 7
     finish_reason: str | None = None  # vendor's own value; default from the content
     chunk_delay: float = 0.0
@@ -340,13 +342,16 @@ def _openai_finish(script: Script) -> str:
     return script.finish_reason or ("tool_calls" if script.tool_calls else "stop")
 
 
-def _openai_usage(script: Script) -> dict[str, int]:
+def _openai_usage(script: Script) -> dict[str, Any]:
     total = script.input_tokens + script.output_tokens
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": script.input_tokens,
         "completion_tokens": script.output_tokens,
         "total_tokens": total,
     }
+    if script.cached_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": script.cached_tokens, "audio_tokens": 0}
+    return usage
 
 
 def _openai_events(script: Script, include_usage: bool) -> list[tuple[bool, bytes]]:
@@ -410,6 +415,15 @@ def _anthropic_stop(script: Script) -> str:
     return script.finish_reason or ("tool_use" if script.tool_calls else "end_turn")
 
 
+def _anthropic_input(script: Script) -> dict[str, int]:
+    """Anthropic counts tokens read from the prompt cache apart from ``input_tokens``."""
+    return {
+        "input_tokens": script.input_tokens - script.cached_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": script.cached_tokens,
+    }
+
+
 def _anthropic_events(script: Script) -> list[tuple[bool, bytes]]:
     message: dict[str, Any] = {
         "id": "msg_fake",
@@ -419,7 +433,7 @@ def _anthropic_events(script: Script) -> list[tuple[bool, bytes]]:
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": script.input_tokens, "output_tokens": 1},
+        "usage": {**_anthropic_input(script), "output_tokens": 1},
     }
     events = [(False, _sse({"type": "message_start", "message": message}, "message_start"))]
     block = 0
@@ -469,5 +483,5 @@ def _anthropic_message(script: Script) -> dict[str, Any]:
         "content": content,
         "stop_reason": _anthropic_stop(script),
         "stop_sequence": None,
-        "usage": {"input_tokens": script.input_tokens, "output_tokens": script.output_tokens},
+        "usage": {**_anthropic_input(script), "output_tokens": script.output_tokens},
     }

@@ -236,6 +236,8 @@ async def test_render_is_exactly_what_a_chat_sends_and_calls_no_provider(llm_cli
     assert fake_llm.last_request.path == path
     assert rendered["request"] == fake_llm.last_request.body
     system = fake_llm.last_request.body.get("system") or fake_llm.last_request.body["messages"][0]["content"]
+    if isinstance(system, list):  # Anthropic's text blocks, the persona's marked for the prompt cache
+        system = "".join(block["text"] for block in system)
     assert system == rendered["system_prompt"]
 
 
@@ -305,7 +307,9 @@ async def test_draft_render_needs_no_saved_persona_and_saves_none(llm_client, fa
     body = r.json()
     assert body["provider"] == "anthropic" and body["model"] == "claude-draft"
     assert body["system_prompt"] == "You are Draft Dora. - tone: dry\n\n## Capabilities\n- math: yes"
-    assert body["request"]["system"] == body["system_prompt"]
+    assert body["request"]["system"] == [
+        {"type": "text", "text": body["system_prompt"], "cache_control": {"type": "ephemeral"}}
+    ]
     assert body["request"]["messages"] == [{"role": "user", "content": "Hi"}]
     assert await resources.pool.fetchval("SELECT count(*) FROM personas") == before
     assert fake_llm.chat_requests() == []
@@ -387,7 +391,7 @@ async def test_preview_of_a_draft_calls_the_provider_and_stores_nothing(llm_clie
     assert body["conversation_id"] is None and body["message_id"] is None
     assert body["persona"]["name"] == "Pirate Pete" and body["persona"]["version"] == 0
     assert body["persona_source"] == "request" and body["provider"] == "openai"
-    assert body["usage"] == {"input_tokens": 5, "output_tokens": 2}
+    assert body["usage"] == {"input_tokens": 5, "output_tokens": 2, "cached_input_tokens": 0}
     sent = fake_llm.last_request.body
     assert sent["messages"][0]["content"].startswith("You are Pirate Pete, a pirate.")
     assert sent["messages"][-1] == {"role": "user", "content": "Hi"}

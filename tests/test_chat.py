@@ -38,7 +38,7 @@ async def test_json_chat_assembles_the_persona_for_openai(llm_client, fake_llm, 
     assert body["persona"]["name"] == "Mu" and body["persona"]["version"] >= 1
     assert body["persona_source"] == "default"
     assert body["provider"] == "openai" and body["model"] == "gpt-4o-mini"
-    assert body["usage"] == {"input_tokens": 42, "output_tokens": 3}
+    assert body["usage"] == {"input_tokens": 42, "output_tokens": 3, "cached_input_tokens": 0}
 
     sent = fake_llm.last_request.body
     assert fake_llm.last_request.path == "/v1/chat/completions"
@@ -58,7 +58,7 @@ async def test_json_chat_assembles_the_persona_for_openai(llm_client, fake_llm, 
     answer = messages[1]
     assert answer["id"] == body["message_id"] and answer["content"] == "Hi there!"
     assert answer["persona_source"] == "default" and answer["provider"] == "openai"
-    assert answer["usage"] == {"input_tokens": 42, "output_tokens": 3}
+    assert answer["usage"] == {"input_tokens": 42, "output_tokens": 3, "cached_input_tokens": 0}
     assert answer["persona_version"] == body["persona"]["version"] and answer["latency_ms"] >= 0
 
 
@@ -98,7 +98,7 @@ async def test_sse_stream_has_exactly_the_contract_events(llm_client, fake_llm, 
     assert start["persona"]["name"] == "Mu" and start["persona_source"] == "default"
     assert start["provider"] == "openai" and start["model"] == "gpt-4o-mini"
     assert "".join(e.json["content"] for e in events if e.event == "content") == "one two three"
-    assert events[4].json == {"type": "usage", "input_tokens": 11, "output_tokens": 7}
+    assert events[4].json == {"type": "usage", "input_tokens": 11, "output_tokens": 7, "cached_input_tokens": 0}
     done = events[5].json
     assert done["finish_reason"] == "stop" and done["message_id"] == start["message_id"]
     stored = await stored_messages(llm_client, alice, start["conversation_id"])
@@ -132,7 +132,10 @@ async def test_anthropic_gets_the_system_parameter_tools_and_sampling(llm_client
     recorded = fake_llm.last_request
     assert recorded.path == "/v1/messages"
     sent = recorded.body
-    assert sent["system"].startswith(f"You are {persona['name']}, talking with Alice.")
+    # The persona's prompt as one text block, marked for Anthropic's prompt cache (contract section 12).
+    (block,) = sent["system"]
+    assert block["cache_control"] == {"type": "ephemeral"}
+    assert block["text"].startswith(f"You are {persona['name']}, talking with Alice.")
     assert all(m["role"] != "system" for m in sent["messages"])
     assert sent["messages"][-1]["role"] == "user"
     assert sent["temperature"] == 0.2 and sent["max_tokens"] == 300 and sent["model"] == "claude-test"
@@ -141,6 +144,7 @@ async def test_anthropic_gets_the_system_parameter_tools_and_sampling(llm_client
             "name": "weather",
             "description": "Weather for a city",
             "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+            "cache_control": {"type": "ephemeral"},
         }
     ]
 

@@ -107,6 +107,7 @@ async def test_authoring_worked_example_runs_as_written(echo_server):
     out = await run_walk_through(ROOT / "docs" / "authoring.md", "## A worked example", database_url, url)
     # What the page says each step prints.
     assert "You are Quill, a copy editor helping Ada." in out
+    assert '37 ["`{{user_name}}` at character 37 keeps the 130 characters after it' in out
     assert "[echo] Bonjour! Can you check my commas? False None" in out
     assert "1 1 [('answers in kind', []), ('stays brief', ['answer is 43 characters, more than max_chars 30'])]" in out
     assert "[(3, 'Restored version 1'), (2, 'terser'), (1, None)]" in out

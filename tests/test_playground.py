@@ -198,6 +198,19 @@ async def test_edit_render_stream_a_chat_and_save(page, base_url, alice, fake_ll
     assert request["messages"][-1] == {"role": "user", "content": "Where is the treasure?"}
     await page.screenshot(path=screenshots / "playground-render.png")
 
+    # Render says how much of the prompt providers can cache, and warns when a per-day value comes early.
+    await page.get_by_label("System prompt").fill("Today is {{date}}. " + "Follow the house rules. " * 30)
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("render-cache")).to_contain_text("cache the first 9 of")
+    await expect(page.get_by_test_id("render-warnings")).to_contain_text("{{date}}")
+
+    # A render that fails leaves no earlier result under its error.
+    await page.get_by_label("System prompt").fill("Hello {{nickname}}")
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("error")).to_contain_text("nickname")
+    await expect(page.get_by_test_id("render-result")).to_be_hidden()
+    await page.get_by_label("System prompt").fill("You are {{persona_name}}, a pirate. Greet {{user_name}} with Ahoy.")
+
     # Chat: the answer appears piece by piece.
     fake_llm.script(chunks=("Ahoy, ", "matey! ", "The treasure ", "is buried."), chunk_delay=0.4)
     await page.get_by_role("tab", name="Chat").click()

@@ -17,11 +17,16 @@ export function renderPanel(ctx) {
       () => (choice.persona_id ? ctx.client.render(choice.persona_id, message) : ctx.client.renderDraft(choice.persona, message)),
       button,
     );
+    // A failed render leaves no earlier result on screen under its error.
+    $("#render-result").hidden = !result;
     if (!result) return;
     $("#render-meta").textContent = `${choice.label} · ${result.provider}/${result.model}`;
     $("#render-system-prompt").textContent = result.system_prompt;
+    $("#render-cache").textContent =
+      `Providers can cache the first ${result.cacheable_prefix_chars} of ${result.system_prompt.length} characters ` +
+      "(everything before the first per-user or per-day value).";
+    $("#render-warnings").replaceChildren(...result.warnings.map((text) => el("li", {}, text)));
     $("#render-request").textContent = formatJson(result.request);
-    $("#render-result").hidden = false;
   });
   return { reset: () => ($("#render-result").hidden = true) };
 }
