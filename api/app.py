@@ -16,7 +16,7 @@ from api.authoring import AuthoringController
 from api.chat import ChatController, ConversationController
 from api.deps import dependencies
 from api.errors import exception_handlers
-from api.health import health, ready
+from api.health import health, health_head, ready, ready_head
 from api.keys import AdminController, KeyController
 from api.openai_compat import OpenAIController
 from api.personas import PersonaController
@@ -41,7 +41,9 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
     return Litestar(
         route_handlers=[
             health,
+            health_head,
             ready,
+            ready_head,
             PersonaController,
             PortabilityController,
             AuthoringController,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from litestar import Response, get
+from litestar import Response, get, head
 
 from api.deps import ResourcesDep
 
-__all__ = ["health", "ready"]
+__all__ = ["health", "health_head", "ready", "ready_head"]
 
 
 @get("/health", exclude_from_auth=True, tags=["operations"])
@@ -15,9 +15,21 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@head("/health", exclude_from_auth=True, tags=["operations"])
+async def health_head() -> None:
+    """The process is up (what load balancers and uptime checks that send HEAD ask)."""
+
+
 @get("/ready", exclude_from_auth=True, tags=["operations"])
 async def ready(resources: ResourcesDep) -> Response[dict[str, object]]:
     """The database answers (and Redis, when one is configured)."""
     checks = await resources.readiness()
     ok = all(v == "ok" for v in checks.values())
     return Response({"status": "ready" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+
+@head("/ready", exclude_from_auth=True, tags=["operations"])
+async def ready_head(resources: ResourcesDep) -> Response[None]:
+    """The status of ``GET /ready``, without its body."""
+    checks = await resources.readiness()
+    return Response(None, status_code=200 if all(v == "ok" for v in checks.values()) else 503)

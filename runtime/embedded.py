@@ -40,7 +40,12 @@ class EmbeddedPostgres:
         return dsn
 
     def stop(self) -> None:
+        """Let go of the server: it stops when this was the last process using it (a running ``serve``,
+        say, keeps it up for a CLI command that joined it)."""
         if self._server is not None:
             self._server.cleanup()
             self._server = None
-            log.info("embedded PostgreSQL stopped")
+            if (self.data_dir / "postmaster.pid").exists():
+                log.info("embedded PostgreSQL left running for the other processes using it")
+            else:
+                log.info("embedded PostgreSQL stopped")

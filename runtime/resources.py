@@ -99,10 +99,15 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
         default = default_provider(configs, settings.env)
         providers = (registry or ProviderRegistry.with_builtins()).build(configs)
         stack.push_async_callback(providers.aclose)
-        if default == "echo":
+        if providers.names() == ["echo"]:
             log.warning(
                 "no provider is configured (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...): answers come from the "
                 "offline `echo` provider, which repeats the user's message"
+            )
+        elif default == "echo":
+            log.warning(
+                "DEFAULT_PROVIDER is the offline `echo` provider, which repeats the user's message; personas "
+                "that name another provider use it"
             )
         log.info("providers: %s (default %s)", ", ".join(providers.names()), default)
 

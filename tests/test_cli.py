@@ -116,6 +116,11 @@ def test_serve_on_embedded_defaults_prints_the_admin_key_once():
         wait_until_up(base, timeout=90)
         r = httpx.get(base + "/api/v1/chat/personas/current", headers={"Authorization": f"Bearer {keys[0]}"})
         assert r.status_code == 200 and r.json()["persona"]["name"] == "Mu"
+        # A command run beside it joins its database and leaves it running, and says so.
+        joined = run_cli("users", "create", "beside-serve", env=env)
+        assert joined.returncode == 0, joined.stderr
+        assert "left running" in joined.stderr and "PostgreSQL stopped" not in joined.stderr
+        assert httpx.get(base + "/ready").status_code == 200
     finally:
         server.terminate()
         _, err = server.communicate(timeout=60)
@@ -137,3 +142,25 @@ def test_bootstrap_admin_key_is_used_on_an_empty_database(cli_env):
         server.terminate()
         _, err = server.communicate(timeout=30)
     assert env["BOOTSTRAP_ADMIN_KEY"] not in err
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({}, "no provider is configured"),
+        ({"OPENAI_API_KEY": "sk-test", "DEFAULT_PROVIDER": "echo"}, "DEFAULT_PROVIDER is the offline `echo` provider"),
+        ({"OPENAI_API_KEY": "sk-test"}, None),
+    ],
+)
+async def test_the_start_up_warning_about_echo_tells_the_truth(database_url, redis_url, caplog, env, said):
+    from api.app import create_app
+    from tests.conftest import make_settings, running
+
+    async with running(create_app(make_settings(database_url, redis_url, env=env))):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "echo" in r.getMessage()]
+    if said is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and said in warnings[0]
+        assert ("no provider is configured" in warnings[0]) == (env == {})

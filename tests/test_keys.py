@@ -31,6 +31,10 @@ async def test_missing_or_unknown_keys_are_401(client, headers):
 
 async def test_health_and_ready_need_no_key(client):
     assert (await client.get("/health")).json() == {"status": "ok"}
+    # HEAD, as load balancers and uptime checks send it, answers the same status without a body.
+    for path in ("/health", "/ready"):
+        r = await client.head(path)
+        assert r.status_code == 200 and r.content == b""
     ready = await client.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": "ok", "redis": "ok"}
