@@ -14,6 +14,7 @@ from msgspec import Meta, Struct
 
 from api.deps import CallerDep, ResourcesDep
 from api.sse import DONE, HEARTBEAT, Last, sse_response, with_heartbeat
+from api.trace import persona_headers
 from core.errors import BadRequest
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 from providers import ChatMessage, ToolCall, ToolSpec
@@ -248,10 +249,11 @@ class OpenAIController(Controller):
         self, data: JSONBody[CompletionRequest], caller: CallerDep, resources: ResourcesDep
     ) -> Response[Any]:
         turn = await resources.chat.run(caller, _turn_input(resources.chat, data))
+        headers = persona_headers(turn.start)
         if data.stream:
             chunks = _Chunks(data.model, data.stream_options is not None and data.stream_options.include_usage)
-            return sse_response(chunks.stream(turn, resources.settings.heartbeat_seconds))
-        return Response(_completion(await turn.collect(), data.model))
+            return sse_response(chunks.stream(turn, resources.settings.heartbeat_seconds), headers)
+        return Response(_completion(await turn.collect(), data.model), headers=headers)
 
 
 def _turn_input(chat: ChatPipeline, data: CompletionRequest) -> TurnInput:

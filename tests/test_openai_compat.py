@@ -62,6 +62,19 @@ async def test_completion_injects_the_persona_before_the_clients_own_system_mess
     assert sent["temperature"] == 0.4
 
 
+async def test_answers_say_which_persona_answered(sdk, fake_llm, llm_client, alice):
+    persona = (await llm_client.post("/api/v1/chat/personas", json=persona_body(), headers=alice.headers)).json()
+    model = f"persona/{persona['persona']['name']}"
+    expected = {"x-persona-id": persona["persona"]["id"], "x-persona-version": "1", "x-persona-source": "request"}
+    question = [{"role": "user", "content": "Hi"}]
+
+    completion = await sdk.chat.completions.with_raw_response.create(model=model, messages=question)
+    assert {name: completion.headers.get(name) for name in expected} == expected
+    streamed = await sdk.chat.completions.with_raw_response.create(model=model, messages=question, stream=True)
+    assert {name: streamed.headers.get(name) for name in expected} == expected
+    assert "".join([c.choices[0].delta.content or "" async for c in streamed.parse() if c.choices]) != ""
+
+
 async def test_streaming_completion(sdk, fake_llm):
     fake_llm.script(chunks=("a", "b", "c"))
     stream = await sdk.chat.completions.create(
