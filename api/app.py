@@ -11,6 +11,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
+from api.anthropic_compat import AnthropicController
 from api.auth import ApiKeyMiddleware
 from api.authoring import AuthoringController
 from api.chat import ChatController, ConversationController
@@ -52,6 +53,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             ChatController,
             ConversationController,
             OpenAIController,
+            AnthropicController,
             playground_router(),
         ],
         dependencies=dependencies,

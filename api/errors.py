@@ -1,4 +1,4 @@
-"""Exception handlers: every error becomes our JSON error shape on /api/v1, OpenAI's on /v1."""
+"""Exception handlers: each error in its route's shape: ours on /api/v1, Anthropic's on /v1/messages, else OpenAI's."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from core.errors import PersonaRuntimeError, ProviderRateLimited
 from personas.models import WRITABLE_FIELDS
 from runtime.db import is_database_unavailable
 
-__all__ = ["exception_handlers", "openai_error_type"]
+__all__ = ["anthropic_error", "anthropic_error_type", "exception_handlers", "openai_error_type"]
 
 log = logging.getLogger("persona_runtime.api")
 
@@ -39,6 +39,35 @@ def openai_error_type(status: int) -> str:
     }.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
+def anthropic_error_type(status: int) -> str:
+    """Anthropic's error ``type`` for an HTTP status: its own for the statuses it documents, the nearest otherwise.
+
+    Our provider failures keep their statuses: a 502 is an ``api_error`` (the upstream failed, not the
+    request), a 504 a ``timeout_error``; a 503 (the database is down) means "try again shortly", as
+    Anthropic's ``overloaded_error`` does.
+    """
+    return {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        503: "overloaded_error",
+        504: "timeout_error",
+        529: "overloaded_error",
+    }.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def anthropic_error(error_type: str, message: str) -> dict[str, Any]:
+    """Anthropic's error body: the whole answer of a failed request, and the ``data`` of a stream's ``error``."""
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def _is_anthropic(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
 def _render(
     request: Request[Any, Any, Any],
     status: int,
@@ -49,10 +78,11 @@ def _render(
     details: Any = None,
     headers: dict[str, str] | None = None,
 ) -> Response[Any]:
-    if request.url.path.startswith("/v1/"):
-        body: dict[str, Any] = {
-            "error": {"message": message, "type": openai_error_type(status), "code": code, "param": field}
-        }
+    path = request.url.path
+    if _is_anthropic(path):
+        body: dict[str, Any] = anthropic_error(anthropic_error_type(status), message)
+    elif path.startswith("/v1/"):
+        body = {"error": {"message": message, "type": openai_error_type(status), "code": code, "param": field}}
     else:
         error: dict[str, Any] = {"code": code, "details": details}
         if field is not None:

@@ -9,16 +9,17 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Response, get, post
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from msgspec import Meta, Struct
 
 from api.deps import CallerDep, ResourcesDep
 from api.sse import DONE, HEARTBEAT, Last, sse_response, with_heartbeat
+from api.trace import persona_headers
 from core.errors import BadRequest
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 from providers import ChatMessage, ToolCall, ToolSpec
 from runtime.pipeline import ChatPipeline, TurnInput
-from runtime.resolve import list_model_ids, persona_name_of_model
+from runtime.resolve import find_model_id, list_model_ids, persona_name_of_model
 from runtime.turn import Turn, TurnResult
 
 __all__ = ["OpenAIController"]
@@ -226,6 +227,10 @@ def _completion(result: TurnResult, model: str) -> dict[str, Any]:
     return body
 
 
+def _model(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "persona-runtime"}
+
+
 class OpenAIController(Controller):
     path = "/v1"
     tags = ["openai-compatible"]
@@ -233,20 +238,23 @@ class OpenAIController(Controller):
     @get("/models")
     async def models(self, caller: CallerDep, resources: ResourcesDep) -> dict[str, Any]:
         ids = await list_model_ids(resources.personas, caller)
-        return {
-            "object": "list",
-            "data": [{"id": i, "object": "model", "created": 0, "owned_by": "persona-runtime"} for i in ids],
-        }
+        return {"object": "list", "data": [_model(i) for i in ids]}
+
+    # `path`: a model id has a slash in it (`persona/Mu`), which SDKs send percent-encoded or not.
+    @get("/models/{model_id:path}")
+    async def model(self, model_id: FromPath[str], caller: CallerDep, resources: ResourcesDep) -> dict[str, Any]:
+        return _model(await find_model_id(resources.personas, caller, model_id.lstrip("/")))
 
     @post("/chat/completions", status_code=200)
     async def completions(
         self, data: JSONBody[CompletionRequest], caller: CallerDep, resources: ResourcesDep
     ) -> Response[Any]:
         turn = await resources.chat.run(caller, _turn_input(resources.chat, data))
+        headers = persona_headers(turn.start)
         if data.stream:
             chunks = _Chunks(data.model, data.stream_options is not None and data.stream_options.include_usage)
-            return sse_response(chunks.stream(turn, resources.settings.heartbeat_seconds))
-        return Response(_completion(await turn.collect(), data.model))
+            return sse_response(chunks.stream(turn, resources.settings.heartbeat_seconds), headers)
+        return Response(_completion(await turn.collect(), data.model), headers=headers)
 
 
 def _turn_input(chat: ChatPipeline, data: CompletionRequest) -> TurnInput:

@@ -13,6 +13,7 @@ from runtime.conversations import Conversation
 __all__ = [
     "PERSONA_MODEL",
     "PersonaSource",
+    "find_model_id",
     "list_model_ids",
     "persona_name_of_model",
     "resolve_persona",
@@ -75,3 +76,15 @@ async def list_model_ids(personas: PersonaService, caller: Caller) -> list[str]:
         offset += len(page)
         if not page or offset >= total:
             return ids
+
+
+async def find_model_id(personas: PersonaService, caller: Caller, model: str) -> str:
+    """The id of the model ``model`` names, as ``GET /v1/models`` lists it, if the caller may use it (else 404).
+
+    ``persona`` always exists (the caller gets some persona); ``persona/<name>`` is matched in any case and
+    answered with the persona's own spelling.
+    """
+    name = persona_name_of_model(model)
+    if name is None:
+        return PERSONA_MODEL
+    return _PREFIX + (await resolve_persona_name(personas, caller, name)).name

@@ -161,6 +161,34 @@ async def test_python_examples_run_as_written(echo_server):
     assert lines[2] == "[echo] Count to three."
 
 
+async def test_anthropic_sdk_example_runs_as_written(echo_server):
+    _, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("anthropic-reader")
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    env = {**os.environ, "PERSONA_RUNTIME_URL": url, "PERSONA_RUNTIME_KEY": key}
+    result = await run(sys.executable, str(EXAMPLES / "anthropic_sdk.py"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == ["[echo] Say hello in five words.", "[echo] Count to three."]
+    assert re.search(r"^\[[0-9a-f-]{36} v\d+, request\]$", result.stderr, re.MULTILINE), result.stderr
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the examples use curl, which is not installed here")
+async def test_anthropic_curl_examples_run_as_written(echo_server):
+    database_url, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("anthropic-curl")
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    script = bash_blocks(ROOT / "docs" / "api.md", "## Anthropic-compatible API")
+    env = {**cli_env(database_url), "BASE": url, "KEY": key}
+    result = await run("bash", "-euo", "pipefail", "-c", script, env=env)
+    assert result.returncode == 0, result.stderr
+    message, stream = result.stdout.split("\n", 1)
+    assert '"type":"message"' in message and '"text":"[echo] Hi!"' in message
+    assert stream.lstrip().startswith("event: message_start") and '"text":"again!"' in stream
+    assert stream.rstrip().endswith('event: message_stop\ndata: {"type":"message_stop"}')
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed: the fetch example needs Node 18+")
 async def test_javascript_fetch_example_runs_as_written(echo_server):
     _, url, app = echo_server

@@ -26,6 +26,23 @@ async def test_models_lists_the_current_persona_and_every_usable_one(sdk, llm_cl
     assert f"persona/{hidden['persona']['name']}" not in ids
 
 
+async def test_one_model_by_id(sdk, llm_client, alice, bob):
+    mine = (await llm_client.post("/api/v1/chat/personas", json=persona_body(), headers=alice.headers)).json()
+    hidden = (await llm_client.post("/api/v1/chat/personas", json=persona_body(), headers=bob.headers)).json()
+    name = mine["persona"]["name"]
+    model = await sdk.models.retrieve(f"persona/{name}")  # sent as persona%2F...
+    assert (model.id, model.object, model.owned_by) == (f"persona/{name}", "model", "persona-runtime")
+    assert (await sdk.models.retrieve("persona")).id == "persona"
+    assert (await sdk.models.retrieve(f"persona/{name.lower()}")).id == f"persona/{name}"
+    plain = await llm_client.get(f"/v1/models/persona/{name}", headers=alice.headers)
+    assert plain.status_code == 200 and plain.json()["id"] == f"persona/{name}"
+
+    for missing in (f"persona/{hidden['persona']['name']}", "gpt-4o"):
+        with pytest.raises(openai.NotFoundError) as unknown:
+            await sdk.models.retrieve(missing)
+        assert unknown.value.body["code"] == "not_found" and unknown.value.body["param"] == "model"
+
+
 async def test_completion_injects_the_persona_before_the_clients_own_system_message(sdk, fake_llm):
     fake_llm.script(chunks=("Hello", " back"), input_tokens=20, output_tokens=2)
     completion = await sdk.chat.completions.create(
@@ -43,6 +60,19 @@ async def test_completion_injects_the_persona_before_the_clients_own_system_mess
     assert system["content"].startswith("You are Mu") and system["content"].endswith("Answer in French.")
     assert [m["role"] for m in sent["messages"]] == ["system", "user"]
     assert sent["temperature"] == 0.4
+
+
+async def test_answers_say_which_persona_answered(sdk, fake_llm, llm_client, alice):
+    persona = (await llm_client.post("/api/v1/chat/personas", json=persona_body(), headers=alice.headers)).json()
+    model = f"persona/{persona['persona']['name']}"
+    expected = {"x-persona-id": persona["persona"]["id"], "x-persona-version": "1", "x-persona-source": "request"}
+    question = [{"role": "user", "content": "Hi"}]
+
+    completion = await sdk.chat.completions.with_raw_response.create(model=model, messages=question)
+    assert {name: completion.headers.get(name) for name in expected} == expected
+    streamed = await sdk.chat.completions.with_raw_response.create(model=model, messages=question, stream=True)
+    assert {name: streamed.headers.get(name) for name in expected} == expected
+    assert "".join([c.choices[0].delta.content or "" async for c in streamed.parse() if c.choices]) != ""
 
 
 async def test_streaming_completion(sdk, fake_llm):

@@ -1,0 +1,346 @@
+"""Anthropic-compatible POST /v1/messages: any Anthropic SDK pointed here talks to a persona, on any provider."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Response, post
+from litestar.params import JSONBody
+from msgspec import Meta, Struct
+
+from api.deps import CallerDep, ResourcesDep
+from api.errors import anthropic_error
+from api.sse import Last, sse_response, with_heartbeat
+from api.trace import persona_headers
+from core.errors import BadRequest, ProviderError
+from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
+from providers import ChatMessage, ToolCall, ToolSpec
+from runtime.pipeline import ChatPipeline, TurnInput
+from runtime.resolve import persona_name_of_model
+from runtime.turn import Turn, TurnResult
+
+__all__ = ["AnthropicController", "MessagesRequest"]
+
+
+# Content blocks: a closed union on `type`. Fields the runtime has no use for (`cache_control`,
+# `citations`, ...) are ignored inside blocks, as the block vocabulary grows with every API release;
+# only the top level of the body is strict, as Anthropic's is.
+class _Text(Struct, frozen=True, kw_only=True, tag_field="type", tag="text"):
+    text: str
+
+
+class _ToolUse(Struct, frozen=True, kw_only=True, tag_field="type", tag="tool_use"):
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class _ToolResult(Struct, frozen=True, kw_only=True, tag_field="type", tag="tool_result"):
+    tool_use_id: str
+    content: str | list[_Text] = ""
+    is_error: bool = False
+
+
+_Block = _Text | _ToolUse | _ToolResult
+
+
+class _Message(Struct, frozen=True, kw_only=True):
+    role: Literal["user", "assistant"]
+    content: str | list[_Block]
+
+
+class _Tool(Struct, frozen=True, kw_only=True):
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    input_schema: dict[str, Any]
+    description: str = ""
+    # Only client tools: server tools (web search, code execution, ...) would need Anthropic to run them.
+    type: Literal["custom"] | None = None
+
+
+class _ToolChoice(Struct, frozen=True, kw_only=True):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
+
+
+class MessagesRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Anthropic's Messages body. Any other top-level field is a 400 that names it, as Anthropic answers."""
+
+    model: str
+    max_tokens: Annotated[int, Meta(ge=1)]
+    messages: Annotated[list[_Message], Meta(min_length=1)]
+    system: str | list[_Text] | None = None
+    tools: list[_Tool] | None = None
+    tool_choice: _ToolChoice | None = None
+    stream: bool = False
+    temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    stop_sequences: list[str] | None = None
+    # `user_id` is for the provider's abuse tracking; the runtime knows its caller from the key.
+    metadata: dict[str, Any] | None = None
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+# Our normalised finish reasons as Anthropic's stop reasons.
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+
+# In-band errors (a stream that already started) by our error code; anything else is an `api_error`.
+_STREAM_ERROR_TYPES = {"provider_timeout": "timeout_error", "provider_rate_limited": "rate_limit_error"}
+
+
+def _stop_reason(finish: str) -> str:
+    return _STOP_REASONS.get(finish, "end_turn")
+
+
+def _joined(blocks: list[_Text]) -> str:
+    # Blocks are separate passages (a document, then a question): kept apart, not run together.
+    return "\n\n".join(block.text for block in blocks)
+
+
+def _turns(chat: ChatPipeline, messages: list[_Message]) -> list[ChatMessage]:
+    """The conversation in provider-neutral form: a user turn's tool results become ``tool`` turns before its text."""
+    turns: list[ChatMessage] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}].content"
+        if isinstance(message.content, str):
+            if message.role == "user":
+                chat.check_message(message.content, field=where)
+            turns.append(ChatMessage(role=message.role, content=message.content))
+            continue
+        texts: list[_Text] = []
+        calls: list[ToolCall] = []
+        for j, block in enumerate(message.content):
+            if type(block) is _Text:
+                texts.append(block)
+            elif type(block) is _ToolUse:
+                if message.role != "assistant":
+                    raise BadRequest(f"`{where}[{j}]`: `tool_use` blocks belong in assistant turns.", field=where)
+                calls.append(ToolCall(id=block.id, name=block.name, arguments=_encode(block.input).decode()))
+            elif type(block) is _ToolResult:
+                if message.role != "user":
+                    raise BadRequest(f"`{where}[{j}]`: `tool_result` blocks belong in user turns.", field=where)
+                result = block.content if isinstance(block.content, str) else _joined(block.content)
+                if result:
+                    chat.check_message(result, field=f"{where}[{j}].content")
+                turns.append(ChatMessage(role="tool", content=result, tool_call_id=block.tool_use_id))
+        text = _joined(texts) if texts else None
+        if message.role == "assistant":
+            if text is not None or calls:
+                turns.append(ChatMessage(role="assistant", content=text, tool_calls=tuple(calls)))
+        elif text is not None:
+            turns.append(ChatMessage(role="user", content=chat.check_message(text, field=where)))
+        elif not message.content:
+            raise BadRequest(f"`{where}` is empty: send at least one content block.", field=where)
+    if not any(turn.role != "assistant" for turn in turns):
+        raise BadRequest("`messages` has no user message.", field="messages")
+    return turns
+
+
+def _unsupported(data: MessagesRequest) -> None:
+    """Refuse what the pipeline cannot do yet, rather than answer as if it had been done."""
+    choice = data.tool_choice
+    if choice is not None and (choice.type != "auto" or choice.disable_parallel_tool_use):
+        raise BadRequest(
+            'Only `tool_choice` {"type": "auto"} is supported here (the model decides whether to call a tool, '
+            "and may call several): leave `tool_choice` out.",
+            field="tool_choice",
+        )
+    if data.stop_sequences:
+        raise BadRequest("`stop_sequences` is not supported here: leave it out.", field="stop_sequences")
+
+
+def _turn_input(chat: ChatPipeline, data: MessagesRequest) -> TurnInput:
+    """Anthropic's body as a turn: nothing stored, since an Anthropic client sends the whole conversation each time."""
+    persona_name = persona_name_of_model(data.model)
+    _unsupported(data)
+    if data.system is None:
+        system: tuple[str, ...] = ()
+    elif isinstance(data.system, str):
+        system = (data.system,) if data.system else ()
+    else:
+        system = tuple(block.text for block in data.system if block.text)
+    tools = tuple(ToolSpec(name=t.name, description=t.description, parameters=t.input_schema) for t in data.tools or ())
+    return TurnInput(
+        messages=tuple(_turns(chat, data.messages)),
+        system=system,
+        tools=tools,
+        temperature=data.temperature,
+        top_p=data.top_p,
+        max_tokens=data.max_tokens,
+        persona_name=persona_name,
+    )
+
+
+def _message_id() -> str:
+    return f"msg_{secrets.token_hex(12)}"
+
+
+def _tool_input(call: ToolCall, provider: str) -> dict[str, Any]:
+    """A tool call's arguments as the JSON object Anthropic's ``tool_use.input`` is."""
+    if not call.arguments.strip():
+        return {}
+    try:
+        value = _decode(call.arguments)
+    except msgspec.DecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ProviderError(
+            f"The model called the tool {call.name!r} with arguments that are not a JSON object; try again.",
+            provider=provider,
+        )
+    return value
+
+
+def _message(result: TurnResult, model: str) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": result.text}] if result.text else []
+    content += [
+        {"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input(call, result.start.provider)}
+        for call in result.tool_calls
+    ]
+    usage = result.usage
+    return {
+        "id": _message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": _stop_reason(result.done.finish_reason),
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": usage.input_tokens if usage else 0,
+            "output_tokens": usage.output_tokens if usage else 0,
+        },
+    }
+
+
+def _event(name: bytes, data: dict[str, Any]) -> bytes:
+    return b"event: " + name + b"\ndata: " + _encode(data) + b"\n\n"
+
+
+PING = _event(b"ping", {"type": "ping"})
+_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
+_TEXT_DELTA = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":'
+)
+_JSON_DELTA = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+    b'"delta":{"type":"input_json_delta","partial_json":'
+)
+
+
+class _Events:
+    """The Messages stream codec: our events in, Anthropic's SSE events out, one write per batch.
+
+    Content blocks are numbered in the order they open: the answer's text, then one block per tool call.
+    Only one block is open at a time, closed when the next one opens or the answer ends; a later piece of
+    an already closed tool call (providers send each call's pieces together) still goes to its own index.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.blocks = 0  # blocks opened so far
+        self.open: int | None = None  # index of the open block
+        self.text: int | None = None  # index of the open text block
+        self.tools: dict[int, int] = {}  # tool call index -> block index
+        self.usage: Usage | None = None
+
+    def _close(self, parts: list[bytes]) -> None:
+        if self.open is not None:
+            parts.append(_STOP % self.open)
+            self.open = self.text = None
+
+    def _start(self, parts: list[bytes], block: dict[str, Any]) -> int:
+        self._close(parts)
+        index = self.open = self.blocks
+        self.blocks += 1
+        start = {"type": "content_block_start", "index": index, "content_block": block}
+        parts.append(_event(b"content_block_start", start))
+        return index
+
+    def _tool_piece(self, parts: list[bytes], event: ToolCallDelta) -> None:
+        index = self.tools.get(event.index)
+        if index is None:
+            block = {"type": "tool_use", "id": event.id or f"call_{event.index}", "name": event.name or "", "input": {}}
+            index = self.tools[event.index] = self._start(parts, block)
+        if event.arguments:
+            parts.append(_JSON_DELTA % index + _encode(event.arguments) + b"}}\n\n")
+
+    def _message_start(self) -> bytes:
+        message: dict[str, Any] = {
+            "id": _message_id(),
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            # Known only at the end, where `message_delta` reports both counts.
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return _event(b"message_start", {"type": "message_start", "message": message})
+
+    def _end(self, parts: list[bytes], done: Done) -> bytes:
+        self._close(parts)
+        usage = self.usage
+        delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": _stop_reason(done.finish_reason), "stop_sequence": None},
+            "usage": {
+                "input_tokens": usage.input_tokens if usage else 0,
+                "output_tokens": usage.output_tokens if usage else 0,
+            },
+        }
+        parts.append(_event(b"message_delta", delta))
+        parts.append(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+        return Last(b"".join(parts))
+
+    def encode(self, batch: list[TurnEvent]) -> bytes:
+        parts: list[bytes] = []
+        for event in batch:
+            kind = type(event)
+            if kind is TextDelta:
+                if self.text is None:
+                    self.text = self._start(parts, {"type": "text", "text": ""})
+                parts.append(_TEXT_DELTA % self.text + _encode(event.content) + b"}}\n\n")  # type: ignore[union-attr]
+            elif kind is ToolCallDelta:
+                self._tool_piece(parts, event)  # type: ignore[arg-type]
+            elif kind is Start:
+                parts.append(self._message_start())
+            elif kind is Usage:
+                self.usage = event  # type: ignore[assignment]
+            elif kind is Done:
+                return self._end(parts, event)  # type: ignore[arg-type]
+            elif kind is ErrorEvent:
+                error_type = _STREAM_ERROR_TYPES.get(event.code, "api_error")  # type: ignore[union-attr]
+                parts.append(_event(b"error", anthropic_error(error_type, event.message)))  # type: ignore[union-attr]
+                return Last(b"".join(parts))
+        return b"".join(parts)
+
+    async def stream(self, turn: Turn, heartbeat: float) -> AsyncIterator[bytes]:
+        async for batch in with_heartbeat(turn.batches(), heartbeat):
+            if batch is None:
+                yield PING
+                continue
+            data = self.encode(batch)
+            if data:
+                yield data
+
+
+class AnthropicController(Controller):
+    path = "/v1"
+    tags = ["anthropic-compatible"]
+
+    @post("/messages", status_code=200)
+    async def messages(
+        self, data: JSONBody[MessagesRequest], caller: CallerDep, resources: ResourcesDep
+    ) -> Response[Any]:
+        turn = await resources.chat.run(caller, _turn_input(resources.chat, data))
+        headers = persona_headers(turn.start)
+        if data.stream:
+            return sse_response(_Events(data.model).stream(turn, resources.settings.heartbeat_seconds), headers)
+        return Response(_message(await turn.collect(), data.model), headers=headers)
