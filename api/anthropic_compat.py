@@ -211,10 +211,18 @@ def _message(result: TurnResult, model: str) -> dict[str, Any]:
         "content": content,
         "stop_reason": _stop_reason(result.done.finish_reason),
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": usage.input_tokens if usage else 0,
-            "output_tokens": usage.output_tokens if usage else 0,
-        },
+        "usage": _usage(usage),
+    }
+
+
+def _usage(usage: Usage | None) -> dict[str, int]:
+    """Anthropic's usage: ``input_tokens`` leaves out what was read from the prompt cache."""
+    if usage is None:
+        return {"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0}
+    return {
+        "input_tokens": usage.input_tokens - usage.cached_input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": usage.cached_input_tokens,
     }
 
 
@@ -286,14 +294,10 @@ class _Events:
 
     def _end(self, parts: list[bytes], done: Done) -> bytes:
         self._close(parts)
-        usage = self.usage
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": _stop_reason(done.finish_reason), "stop_sequence": None},
-            "usage": {
-                "input_tokens": usage.input_tokens if usage else 0,
-                "output_tokens": usage.output_tokens if usage else 0,
-            },
+            "usage": _usage(self.usage),
         }
         parts.append(_event(b"message_delta", delta))
         parts.append(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')

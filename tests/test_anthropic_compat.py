@@ -41,7 +41,9 @@ def upstream_system(request) -> str:
     """The system prompt the provider was sent, wherever its API wants it."""
     body = request.body
     if request.path == UPSTREAM_PATHS["anthropic"]:
-        return body["system"]
+        system = body["system"]
+        # Text blocks when the persona's part is marked for the prompt cache (the client's follows it).
+        return system if isinstance(system, str) else "\n\n".join(block["text"] for block in system)
     assert body["messages"][0]["role"] == "system"
     return body["messages"][0]["content"]
 

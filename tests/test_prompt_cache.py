@@ -126,3 +126,18 @@ async def test_a_prompt_with_no_per_user_value_is_cacheable_whole(llm_client, al
     r = await llm_client.post(f"{PERSONAS}/render", json={"persona": fixed, "message": "hi"}, headers=alice.headers)
     body = r.json()
     assert body["cacheable_prefix_chars"] == len(body["system_prompt"]) and body["warnings"] == []
+
+
+async def test_cached_tokens_reach_an_anthropic_client(llm_client, fake_llm, alice):
+    import anthropic
+
+    sdk = anthropic.AsyncAnthropic(base_url=str(llm_client.base_url), api_key=alice.key, max_retries=0)
+    fake_llm.script(input_tokens=500, output_tokens=4, cached_tokens=384)
+    message = await sdk.messages.create(model="persona", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    # Anthropic's own split: input_tokens leaves out what was read from the cache.
+    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens) == (116, 384)
+
+    fake_llm.script(input_tokens=500, output_tokens=4, cached_tokens=384)
+    async with sdk.messages.stream(model="persona", max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
+        final = await s.get_final_message()
+    assert final.usage.cache_read_input_tokens == 384 and final.usage.output_tokens == 4
