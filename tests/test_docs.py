@@ -8,8 +8,11 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 
 from api.app import create_app
@@ -77,10 +80,9 @@ def cli_env(database_url: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the walk-through uses curl, which is not installed here")
-async def test_readme_walk_through_runs_as_written(echo_server):
-    database_url, url, _ = echo_server
-    script = bash_block(ROOT / "README.md", "## A walk through the persona API")
+async def readme_walk_through(database_url: str, url: str) -> None:
+    """README's walk-through and its chat examples, as written, with what they print checked."""
+    script = "\n".join(bash_block(ROOT / "README.md", h) for h in ("## A walk through the persona API", "## Chatting"))
     # The same commands, pointed at this test's server and run with this interpreter's copy of the CLI.
     script = script.replace(".venv/bin/persona-runtime", f"{sys.executable} -m runtime")
     script = script.replace("http://127.0.0.1:8666", url)
@@ -89,7 +91,33 @@ async def test_readme_walk_through_runs_as_written(echo_server):
     out = result.stdout
     assert '"source":"default"' in out and '"source":"preference"' in out
     assert '"version":2' in out and "unknown template variable {{nickname}}" in out
-    assert out.rstrip().endswith('"message":"Current persona is Mu"}')
+    assert '"message":"Current persona is Mu"}' in out
+    # The streamed turn continues the conversation the JSON turn started: it holds both turns.
+    streamed = out.split("event: start", 1)[1]
+    pieces = re.findall(r'data: \{"type":"content","content":"([^"]*)"\}', streamed)
+    assert "".join(pieces) == "[echo] Tell me more"
+    conversation = re.search(r'"conversation_id":"([0-9a-f-]{36})"', streamed)
+    assert conversation is not None
+    conn = await asyncpg.connect(database_url)
+    try:
+        said = await conn.fetch(
+            "SELECT role, content FROM messages WHERE conversation_id = $1 ORDER BY seq", uuid.UUID(conversation[1])
+        )
+    finally:
+        await conn.close()
+    assert [(r["role"], r["content"]) for r in said] == [
+        ("user", "Hello Mu!"),
+        ("assistant", "[echo] Hello Mu!"),
+        ("user", "Tell me more"),
+        ("assistant", "[echo] Tell me more"),
+    ]
+    assert '"object":"chat.completion"' in out and '"type":"message"' in out
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the walk-through uses curl, which is not installed here")
+async def test_readme_walk_through_runs_as_written(echo_server):
+    database_url, url, _ = echo_server
+    await readme_walk_through(database_url, url)
 
 
 async def run_walk_through(markdown: Path, heading: str, database_url: str, url: str) -> str:
@@ -101,24 +129,26 @@ async def run_walk_through(markdown: Path, heading: str, database_url: str, url:
     return result.stdout
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the worked example uses curl, which is not installed here")
-async def test_authoring_worked_example_runs_as_written(echo_server):
-    database_url, url, _ = echo_server
+async def authoring_example(database_url: str, url: str) -> None:
     out = await run_walk_through(ROOT / "docs" / "authoring.md", "## A worked example", database_url, url)
     # What the page says each step prints.
-    assert "You are Quill, a copy editor helping Ada." in out
-    assert '37 ["`{{user_name}}` at character 37 keeps the 130 characters after it' in out
+    assert "You are Quill, a copy editor helping Grace." in out
+    assert '37 ["`{{user_name}}` at character 37 keeps the 132 characters after it' in out
     assert "[echo] Bonjour! Can you check my commas? False None" in out
     assert "1 1 [('answers in kind', []), ('stays brief', ['answer is 43 characters, more than max_chars 30'])]" in out
     assert "[(3, 'Restored version 1'), (2, 'terser'), (1, None)]" in out
     assert "[('user', 'Hi Quill'), ('assistant', '[echo] Hi Quill'), ('user', 'And now?')]" in out
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the import examples use curl, which is not installed here")
-async def test_portability_examples_run_as_written(echo_server, tmp_path):
-    database_url, url, app = echo_server
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the worked example uses curl, which is not installed here")
+async def test_authoring_worked_example_runs_as_written(echo_server):
+    database_url, url, _ = echo_server
+    await authoring_example(database_url, url)
+
+
+async def portability_examples(database_url: str, url: str, app: Any, workdir: Path) -> None:
     accounts = app.state.resources.accounts
-    owner = await accounts.create_user("porter", is_admin=True)
+    owner = await accounts.create_user(f"porter-{workdir.name}", is_admin=True)
     key, _ = await accounts.create_key(owner.id, name="docs")
     doc = ROOT / "docs" / "portability.md"
     script = "\n".join(bash_blocks(doc, heading, lang="sh") for heading in ("## Export", "## Import"))
@@ -131,14 +161,34 @@ async def test_portability_examples_run_as_written(echo_server, tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path,
+        cwd=workdir,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.count('{"success":true,"persona"') == 3, out
     assert '"name":"Seraphina"' in out and "(PNG)" in out and "(copy)" in out
-    card = (tmp_path / "card.json").read_text()
+    card = (workdir / "card.json").read_text()
     assert '"spec":"chara_card_v2"' in card.replace(" ", "")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the import examples use curl, which is not installed here")
+async def test_portability_examples_run_as_written(echo_server, tmp_path):
+    database_url, url, app = echo_server
+    await portability_examples(database_url, url, app, tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the guides use curl, which is not installed here")
+@pytest.mark.parametrize("order", [("readme", "authoring", "portability"), ("portability", "authoring", "readme")])
+async def test_each_guide_also_runs_after_the_others(echo_server, tmp_path, order):
+    """A reader who follows one guide, then another, on the same server meets no name taken by the first."""
+    database_url, url, app = echo_server
+    for guide in order:
+        if guide == "readme":
+            await readme_walk_through(database_url, url)
+        elif guide == "authoring":
+            await authoring_example(database_url, url)
+        else:
+            await portability_examples(database_url, url, app, tmp_path)
 
 
 async def test_python_examples_run_as_written(echo_server):
@@ -148,7 +198,8 @@ async def test_python_examples_run_as_written(echo_server):
     key, _ = await accounts.create_key(owner.id, name="docs")
     env = {**os.environ, "PERSONA_RUNTIME_URL": url, "PERSONA_RUNTIME_KEY": key}
 
-    streamed = await run(sys.executable, str(EXAMPLES / "chat_stream.py"), "Hello", "there", env=env)
+    # -S: no site-packages, so the example runs with nothing but the standard library, as a system Python would.
+    streamed = await run(sys.executable, "-S", str(EXAMPLES / "chat_stream.py"), "Hello", "there", env=env)
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout.strip() == "[echo] Hello there"
     assert "[Mu via echo/echo-1]" in streamed.stderr

@@ -1,28 +1,26 @@
-"""Stream a chat answer from persona-runtime and print it as it arrives.
+"""Stream a chat answer from persona-runtime and print it as it arrives. Standard library only.
 
-PERSONA_RUNTIME_URL=http://127.0.0.1:8666 PERSONA_RUNTIME_KEY=prk_... python chat_stream.py "Hello!"
+PERSONA_RUNTIME_URL=http://127.0.0.1:8666 PERSONA_RUNTIME_KEY=prk_... python3 chat_stream.py "Hello!"
 """
 
 import json
 import os
 import sys
-
-import httpx
+import urllib.request
 
 base = os.environ.get("PERSONA_RUNTIME_URL", "http://127.0.0.1:8666")
 key = os.environ["PERSONA_RUNTIME_KEY"]
 message = " ".join(sys.argv[1:]) or "Hello!"
 
-with httpx.stream(
-    "POST",
+request = urllib.request.Request(
     f"{base}/api/v1/chat",
-    headers={"X-API-Key": key},
-    json={"message": message, "stream": True},
-    timeout=120,
-) as response:
-    response.raise_for_status()
+    data=json.dumps({"message": message, "stream": True}).encode(),
+    headers={"X-API-Key": key, "Content-Type": "application/json", "Accept": "text/event-stream"},
+)
+with urllib.request.urlopen(request, timeout=120) as response:
     event = None
-    for line in response.iter_lines():
+    for raw in response:  # one line of the event stream at a time, as it arrives
+        line = raw.decode().rstrip("\r\n")
         if line.startswith("event:"):
             event = line.removeprefix("event:").strip()
         elif line.startswith("data:"):
