@@ -10,6 +10,7 @@ and read timeouts, and back-pressure (reading pauses while the consumer is behin
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
 from collections import deque
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["HttpPool", "HttpResponse", "PoolFull", "ReadTimeout"]
+__all__ = ["HttpPool", "HttpResponse", "PoolFull", "ReadTimeout", "default_ssl_context"]
 
 # Body bytes held for a slow consumer before the socket stops being read.
 _HIGH_WATER = 256 * 1024
@@ -38,12 +39,15 @@ class _Closed(ConnectionError):
     """The connection ended before the response did."""
 
 
-def _ssl_context() -> ssl.SSLContext:
-    try:
-        import certifi
-    except ImportError:  # pragma: no cover - certifi comes with the SDKs
-        context = ssl.create_default_context()
+def default_ssl_context() -> ssl.SSLContext:
+    """Certificates checked against ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set (a company's own CA), else
+    against certifi's bundle, as the SDKs' own HTTP stack does."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile or capath:
+        context = ssl.create_default_context(cafile=cafile, capath=capath)
     else:
+        import certifi
+
         context = ssl.create_default_context(cafile=certifi.where())
     context.set_alpn_protocols(["http/1.1"])
     return context
@@ -248,6 +252,7 @@ class HttpPool:
         max_connections: int,
         connect_timeout: float,
         read_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -263,7 +268,7 @@ class HttpPool:
         authority = host if default_port else f"{host}:{self.port}"
         lines = [f"Host: {authority}", *(f"{k}: {v}" for k, v in headers.items() if k.lower() != "host")]
         self._head_lines = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-        self._ssl = _ssl_context() if self.tls else None
+        self._ssl = (ssl_context or default_ssl_context()) if self.tls else None
         self._idle: deque[_Connection] = deque()
         self.max_connections = max_connections
         self._slots = asyncio.Semaphore(max_connections)

@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import trustme
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from core.events import Finish, ProviderEvent, TextDelta, Usage
 from providers import EchoProvider, ProviderRegistry, ProviderRequest
-from providers._http import HttpPool, PoolFull, ReadTimeout
+from providers._http import HttpPool, PoolFull, ReadTimeout, default_ssl_context
 from providers._upstream import SSESplitter
 from runtime.serving import NoDelayProtocol, uvicorn_options
 from tests.conftest import make_settings, running
@@ -26,7 +28,15 @@ from tests.conftest import make_settings, running
 class Origin:
     """An upstream server on loopback that counts its connections and answers each POST with ``body``."""
 
-    def __init__(self, body: bytes = b"data: hi\n\n", *, keep_alive: bool = True, chunk_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        body: bytes = b"data: hi\n\n",
+        *,
+        keep_alive: bool = True,
+        chunk_bytes: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.tls = tls
         self.body = body
         self.keep_alive = keep_alive
         self.chunk_bytes = chunk_bytes  # 0: the whole body in one chunk
@@ -38,7 +48,7 @@ class Origin:
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> Origin:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -50,7 +60,8 @@ class Origin:
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://localhost:{self._server.sockets[0].getsockname()[1]}/v1"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -98,6 +109,25 @@ async def test_kept_alive_connections_carry_the_next_request() -> None:
     assert bodies == [b"data: hi\n\n"] * 5
     assert origin.requests == 5
     assert origin.connections == 1
+
+
+async def test_https_origins_are_reached_over_tls_with_the_certificate_checked() -> None:
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_context)
+    trusting = default_ssl_context()
+    authority.configure_trust(trusting)
+    async with Origin(tls=server_context) as origin:
+        pool = pool_for(origin, ssl_context=trusting)
+        prepared = pool.prepare("chat/completions")
+        assert [await (await pool.post(prepared, b"{}")).read() for _ in range(2)] == [b"data: hi\n\n"] * 2
+        await pool.aclose()
+        assert origin.connections == 1  # kept alive over TLS too
+        # A client that does not trust the server's certificate does not talk to it.
+        strict = pool_for(origin)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await strict.post(strict.prepare("chat/completions"), b"{}")
+        await strict.aclose()
 
 
 async def test_a_server_that_closes_gets_a_new_connection_each_time() -> None:
