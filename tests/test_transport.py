@@ -130,6 +130,82 @@ async def test_https_origins_are_reached_over_tls_with_the_certificate_checked()
         await strict.aclose()
 
 
+class TunnelProxy:
+    """An HTTP proxy on loopback that only tunnels (``CONNECT``), counting the tunnels it opens."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self.authorization: str | None = None
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> TunnelProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://user:s3cret@127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        method, target, _ = head[0].split(" ")
+        self.authorization = next(
+            (h.split(":", 1)[1].strip() for h in head if h.lower().startswith("proxy-auth")), None
+        )
+        if method != "CONNECT":
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n")
+            writer.close()
+            return
+        self.tunnels.append(target)
+        host, port = target.rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_origins_are_reached_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch, tls: bool
+) -> None:
+    authority = trustme.CA()
+    server_context = trusting = None
+    if tls:
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        authority.issue_cert("localhost").configure_cert(server_context)
+        trusting = default_ssl_context()
+        authority.configure_trust(trusting)
+    async with TunnelProxy() as proxy, Origin(tls=server_context) as origin:
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY" if tls else "HTTP_PROXY", proxy.url)
+        pool = pool_for(origin, ssl_context=trusting)
+        prepared = pool.prepare("chat/completions")
+        assert [await (await pool.post(prepared, b"{}")).read() for _ in range(2)] == [b"data: hi\n\n"] * 2
+        await pool.aclose()
+        assert proxy.tunnels == [origin.url.split("/")[2]]  # one tunnel, kept alive for both requests
+        assert proxy.authorization == "Basic dXNlcjpzM2NyZXQ="  # user:s3cret from the proxy URL
+
+        # NO_PROXY names hosts reached directly.
+        monkeypatch.setenv("NO_PROXY", "localhost")
+        direct = pool_for(origin, ssl_context=trusting)
+        assert await (await direct.post(direct.prepare("chat/completions"), b"{}")).read() == b"data: hi\n\n"
+        await direct.aclose()
+        assert len(proxy.tunnels) == 1
+
+
 async def test_a_server_that_closes_gets_a_new_connection_each_time() -> None:
     async with Origin(keep_alive=False) as origin:
         pool = pool_for(origin)
