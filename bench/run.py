@@ -45,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     load = parser.add_argument_group("load")
     load.add_argument("--requests", type=int, default=200, help="sequential requests per path (default 200)")
     load.add_argument("--warmup", type=int, default=20, help="sequential warmup requests per path (default 20)")
-    load.add_argument("--clients", type=int, default=10, help="concurrent clients (default 10)")
-    load.add_argument("--per-client", type=int, default=50, help="requests per concurrent client (default 50)")
-    load.add_argument("--concurrent-warmup", type=int, default=2, help="warmup requests per concurrent client")
+    load.add_argument("--clients", type=int, default=10, help="concurrent clients, one connection each (default 10)")
+    load.add_argument("--per-client", type=int, default=100, help="requests per concurrent client (default 100)")
+    load.add_argument("--concurrent-warmup", type=int, default=5, help="warmup requests per concurrent client")
     load.add_argument(
         "--paths", default="direct,chat,completions", help="comma-separated subset of direct, chat, completions"
     )
@@ -71,20 +71,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _provider_connections(control: httpx.AsyncClient, provider_url: str) -> int:
+    return int((await control.get(provider_url + "/stats")).json()["connections"])
+
+
 async def _phase(
-    client: httpx.AsyncClient,
+    args: argparse.Namespace,
     target: Target,
     load: str,
     clients: int,
-    measure: Callable[[], Any],
     meters: dict[str, Callable[[], float]],
     provider_url: str,
 ) -> PhaseResult:
-    connections = (await client.get(provider_url + "/stats")).json()["connections"]
-    before = {name: read() for name, read in meters.items()}
-    run: Run = await measure()
-    spent = {name: read() - before[name] for name, read in meters.items()}
-    connections = (await client.get(provider_url + "/stats")).json()["connections"] - connections
+    """Warm up, then one measured run on the connections the warmup opened, with the CPU of every party."""
+    start: dict[str, float] = {}
+    # One keep-alive connection for both reads of the provider's counter, so it does not count itself.
+    async with httpx.AsyncClient(timeout=10) as control:
+
+        async def begin() -> None:
+            # After the warmup: the control request to the provider is not metered.
+            start["connections"] = await _provider_connections(control, provider_url)
+            start.update({name: read() for name, read in meters.items()})
+
+        run: Run
+        if clients == 1:
+            run = await run_sequential(target, args.requests, args.warmup, begin)
+        else:
+            run = await run_concurrent(target, clients, args.per_client, args.concurrent_warmup, begin)
+        spent = {name: read() - start[name] for name, read in meters.items()}
+        connections = int(await _provider_connections(control, provider_url) - start["connections"])
     return summarize(target.name, load, clients, run, spent, connections)
 
 
@@ -109,38 +124,14 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                         COMPLETIONS, server.url + "/v1/chat/completions", account.headers, model="persona", system=None
                     ),
                 }
-                limits = httpx.Limits(max_connections=args.clients * 2 + 4, max_keepalive_connections=args.clients * 2)
-                async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-                    for load, clients in (("1 client", 1), (f"{args.clients} clients", args.clients)):
-                        for path in paths:
-                            target = targets[path]
-                            meters = {"provider": provider.cpu_seconds, "client": time.process_time}
-                            if path != DIRECT:
-                                meters["runtime"] = server.cpu_seconds
-                            print(f"bench: {path}, {load} ...", file=sys.stderr, flush=True)
-                            if clients == 1:
-                                await run_sequential(client, target, args.warmup, 0)
-                                result = await _phase(
-                                    client,
-                                    target,
-                                    load,
-                                    1,
-                                    lambda t=target: run_sequential(client, t, args.requests, 0),
-                                    meters,
-                                    provider.url,
-                                )
-                            else:
-                                await run_concurrent(client, target, clients, args.concurrent_warmup, 0)
-                                result = await _phase(
-                                    client,
-                                    target,
-                                    load,
-                                    clients,
-                                    lambda t=target, c=clients: run_concurrent(client, t, c, args.per_client, 0),
-                                    meters,
-                                    provider.url,
-                                )
-                            results.append(result)
+                for load, clients in (("1 client", 1), (f"{args.clients} clients", args.clients)):
+                    for path in paths:
+                        target = targets[path]
+                        meters = {"provider": provider.cpu_seconds, "client": time.process_time}
+                        if path != DIRECT:
+                            meters["runtime"] = server.cpu_seconds
+                        print(f"bench: {path}, {load} ...", file=sys.stderr, flush=True)
+                        results.append(await _phase(args, target, load, clients, meters, provider.url))
     return {"results": results, "added": added_latency(results, DIRECT)}
 
 
