@@ -1,4 +1,4 @@
-"""Figures from the samples: percentiles, throughput, CPU per stream, the added latency, a table and JSON."""
+"""Figures from the samples: percentiles, throughput, CPU per stream, the added latency, and the printed tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from typing import Any
 
 from bench.client import Run
 
-__all__ = ["PhaseResult", "added_latency", "percentile", "summarize", "table"]
+__all__ = [
+    "PhaseResult",
+    "added_latency",
+    "percentile",
+    "summarize",
+    "table",
+]
 
 PERCENTILES = (50, 95, 99)
 
@@ -35,14 +41,31 @@ class PhaseResult:
     ttft_ms: dict[str, float]
     total_ms: dict[str, float]
     streams_per_second: float
+    # CPU time (user + system) per stream of each party: the server's whole process tree, the fake
+    # provider, and the benchmark's own client.
     cpu_ms_per_stream: dict[str, float]
     # New TCP connections the fake provider accepted per stream: ~0 when the caller keeps them alive.
     provider_connections_per_stream: float
+    # Worker processes of the server under test (None for the direct path).
+    workers: int | None = None
+    # Connections the client had to open again because the server closed one, per stream.
+    client_reconnects_per_stream: float = 0.0
+    # The server's process tree was not the same at the end of the phase (a worker died or was replaced).
+    tree_changed: bool = False
     first_error: str | None = None
+    note: str | None = None
 
 
 def summarize(
-    path: str, load: str, clients: int, run: Run, cpu_seconds: dict[str, float], provider_connections: int
+    path: str,
+    load: str,
+    clients: int,
+    run: Run,
+    cpu_seconds: dict[str, float],
+    provider_connections: int,
+    *,
+    workers: int | None = None,
+    tree_changed: bool = False,
 ) -> PhaseResult:
     good = [s for s in run.samples if s.error is None and s.ttft is not None]
     errors = [s for s in run.samples if s.error is not None]
@@ -53,26 +76,30 @@ def summarize(
         clients=clients,
         streams=streams,
         errors=len(errors),
-        ttft_ms={f"p{p}": percentile([s.ttft * 1000 for s in good if s.ttft], p) for p in PERCENTILES},
+        ttft_ms={f"p{p}": percentile([s.ttft * 1000 for s in good if s.ttft is not None], p) for p in PERCENTILES},
         total_ms={f"p{p}": percentile([s.total * 1000 for s in good], p) for p in PERCENTILES},
         streams_per_second=len(good) / run.wall if run.wall else math.nan,
         cpu_ms_per_stream={name: seconds * 1000 / streams for name, seconds in cpu_seconds.items()} if streams else {},
         provider_connections_per_stream=provider_connections / streams if streams else math.nan,
+        workers=workers,
+        client_reconnects_per_stream=run.connects / streams if streams else math.nan,
+        tree_changed=tree_changed,
         first_error=errors[0].error if errors else None,
     )
 
 
 def added_latency(results: list[PhaseResult], baseline: str) -> list[dict[str, Any]]:
-    """For each runtime path and load: its TTFT percentiles minus the direct path's (p50 and p95)."""
+    """For each other path and load: its TTFT and total percentiles minus the direct path's (p50 and p95)."""
     base = {r.load: r for r in results if r.path == baseline}
     added = []
     for result in results:
         direct = base.get(result.load)
-        if result.path == baseline or direct is None:
+        if result.path == baseline or direct is None or not result.streams:
             continue
         added.append(
             {
                 "path": result.path,
+                "workers": result.workers,
                 "load": result.load,
                 "added_ttft_ms": {p: result.ttft_ms[p] - direct.ttft_ms[p] for p in ("p50", "p95")},
                 "added_total_ms": {p: result.total_ms[p] - direct.total_ms[p] for p in ("p50", "p95")},
@@ -85,33 +112,44 @@ def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
+def _workers(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 def table(results: list[PhaseResult], added: list[dict[str, Any]]) -> str:
-    """The readable report: one row per path and load, then the added latency."""
+    """The readable report: one row per path, worker count and load, then the added latency."""
     header = (
-        f"{'path':<28} {'load':<11} {'ok/n':>9} "
+        f"{'path':<28} {'w':>2} {'load':<11} {'ok/n':>9} "
         f"{'TTFT p50':>9} {'p95':>7} {'p99':>7}  {'total p50':>9} {'p95':>7} {'p99':>7}  "
-        f"{'streams/s':>9}  {'CPU ms/stream: runtime':>22} {'provider':>8} {'client':>7}  {'conns/stream':>12}"
+        f"{'streams/s':>9}  {'CPU ms/stream: server':>21} {'provider':>8} {'client':>7}  {'conns/stream':>12}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
         cpu = r.cpu_ms_per_stream
-        runtime_cpu = cpu.get("runtime")
+        server_cpu = cpu.get("server")
         lines.append(
-            f"{r.path:<28} {r.load:<11} {f'{r.streams - r.errors}/{r.streams}':>9} "
+            f"{r.path:<28} {_workers(r.workers):>2} {r.load:<11} {f'{r.streams - r.errors}/{r.streams}':>9} "
             f"{_ms(r.ttft_ms['p50']):>9} {_ms(r.ttft_ms['p95']):>7} {_ms(r.ttft_ms['p99']):>7}  "
             f"{_ms(r.total_ms['p50']):>9} {_ms(r.total_ms['p95']):>7} {_ms(r.total_ms['p99']):>7}  "
-            f"{r.streams_per_second:>9.1f}  {'-' if runtime_cpu is None else _ms(runtime_cpu):>22} "
+            f"{r.streams_per_second:>9.1f}  {'-' if server_cpu is None else _ms(server_cpu):>21} "
             f"{_ms(cpu.get('provider', math.nan)):>8} {_ms(cpu.get('client', math.nan)):>7}  "
             f"{r.provider_connections_per_stream:>12.2f}"
         )
         if r.first_error:
             lines.append(f"    first error: {r.first_error}")
-    lines += ["", "Added by the runtime (runtime path minus direct, same load; milliseconds):", ""]
-    lines.append(f"{'path':<28} {'load':<11} {'TTFT p50':>9} {'TTFT p95':>9} {'total p50':>10} {'total p95':>10}")
-    for a in added:
-        ttft, total = a["added_ttft_ms"], a["added_total_ms"]
+        if r.note:
+            lines.append(f"    {r.note}")
+        if r.tree_changed:
+            lines.append("    the server's process tree changed during this phase (a worker exited or was replaced)")
+    if added:
+        lines += ["", "Added by the server (its path minus direct, same load; milliseconds):", ""]
         lines.append(
-            f"{a['path']:<28} {a['load']:<11} {_ms(ttft['p50']):>9} {_ms(ttft['p95']):>9} "
-            f"{_ms(total['p50']):>10} {_ms(total['p95']):>10}"
+            f"{'path':<28} {'w':>2} {'load':<11} {'TTFT p50':>9} {'TTFT p95':>9} {'total p50':>10} {'total p95':>10}"
         )
+        for a in added:
+            ttft, total = a["added_ttft_ms"], a["added_total_ms"]
+            lines.append(
+                f"{a['path']:<28} {_workers(a['workers']):>2} {a['load']:<11} {_ms(ttft['p50']):>9} "
+                f"{_ms(ttft['p95']):>9} {_ms(total['p50']):>10} {_ms(total['p95']):>10}"
+            )
     return "\n".join(lines)
