@@ -12,8 +12,10 @@ __all__ = [
     "PhaseResult",
     "added_latency",
     "percentile",
+    "ratios",
     "summarize",
     "table",
+    "unavailable",
 ]
 
 PERCENTILES = (50, 95, 99)
@@ -88,6 +90,12 @@ def summarize(
     )
 
 
+def unavailable(path: str, load: str, clients: int, why: str, workers: int | None = None) -> PhaseResult:
+    """A row for a server that could not be measured, saying why."""
+    nan = {f"p{p}": math.nan for p in PERCENTILES}
+    return PhaseResult(path, load, clients, 0, 0, nan, dict(nan), math.nan, {}, math.nan, workers, note=why)
+
+
 def added_latency(results: list[PhaseResult], baseline: str) -> list[dict[str, Any]]:
     """For each other path and load: its TTFT and total percentiles minus the direct path's (p50 and p95)."""
     base = {r.load: r for r in results if r.path == baseline}
@@ -108,16 +116,41 @@ def added_latency(results: list[PhaseResult], baseline: str) -> list[dict[str, A
     return added
 
 
+def ratios(results: list[PhaseResult], ours: str, theirs: str, clients: int) -> list[dict[str, Any]]:
+    """streams/s of ``ours`` ÷ streams/s of ``theirs`` at ``clients`` clients, for each worker count of ours."""
+    other = next((r for r in results if r.path == theirs and r.clients == clients and r.streams), None)
+    if other is None or not other.streams_per_second:
+        return []
+    return [
+        {
+            "path": r.path,
+            "workers": r.workers,
+            "versus": theirs,
+            "versus_workers": other.workers,
+            "clients": clients,
+            "streams_per_second": r.streams_per_second,
+            "versus_streams_per_second": other.streams_per_second,
+            "ratio": r.streams_per_second / other.streams_per_second,
+        }
+        for r in results
+        if r.path == ours and r.clients == clients and r.streams
+    ]
+
+
 def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+def _rate(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
 
 
 def _workers(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def table(results: list[PhaseResult], added: list[dict[str, Any]]) -> str:
-    """The readable report: one row per path, worker count and load, then the added latency."""
+def table(results: list[PhaseResult], added: list[dict[str, Any]], compared: list[dict[str, Any]]) -> str:
+    """The readable report: one row per path, worker count and load, then the added latency and the ratios."""
     header = (
         f"{'path':<28} {'w':>2} {'load':<11} {'ok/n':>9} "
         f"{'TTFT p50':>9} {'p95':>7} {'p99':>7}  {'total p50':>9} {'p95':>7} {'p99':>7}  "
@@ -131,9 +164,9 @@ def table(results: list[PhaseResult], added: list[dict[str, Any]]) -> str:
             f"{r.path:<28} {_workers(r.workers):>2} {r.load:<11} {f'{r.streams - r.errors}/{r.streams}':>9} "
             f"{_ms(r.ttft_ms['p50']):>9} {_ms(r.ttft_ms['p95']):>7} {_ms(r.ttft_ms['p99']):>7}  "
             f"{_ms(r.total_ms['p50']):>9} {_ms(r.total_ms['p95']):>7} {_ms(r.total_ms['p99']):>7}  "
-            f"{r.streams_per_second:>9.1f}  {'-' if server_cpu is None else _ms(server_cpu):>21} "
+            f"{_rate(r.streams_per_second):>9}  {'-' if server_cpu is None else _ms(server_cpu):>21} "
             f"{_ms(cpu.get('provider', math.nan)):>8} {_ms(cpu.get('client', math.nan)):>7}  "
-            f"{r.provider_connections_per_stream:>12.2f}"
+            f"{_ms(r.provider_connections_per_stream):>12}"
         )
         if r.first_error:
             lines.append(f"    first error: {r.first_error}")
@@ -152,4 +185,10 @@ def table(results: list[PhaseResult], added: list[dict[str, Any]]) -> str:
                 f"{a['path']:<28} {_workers(a['workers']):>2} {a['load']:<11} {_ms(ttft['p50']):>9} "
                 f"{_ms(ttft['p95']):>9} {_ms(total['p50']):>10} {_ms(total['p95']):>10}"
             )
+    for c in compared:
+        lines.append(
+            f"\n{c['path']} with {c['workers']} worker(s) ÷ {c['versus']} with {c['versus_workers']} worker(s), "
+            f"streams/s at {c['clients']} clients: {c['streams_per_second']:.1f} / "
+            f"{c['versus_streams_per_second']:.1f} = {c['ratio']:.2f}"
+        )
     return "\n".join(lines)

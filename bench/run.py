@@ -1,5 +1,5 @@
-"""The benchmark: direct provider vs. persona-runtime (one or more worker counts), one client and many, printed as
-a table and written as JSON."""
+"""The benchmark: direct provider vs. persona-runtime (and optionally LiteLLM), one client and many, printed as a
+table and written as JSON."""
 
 from __future__ import annotations
 
@@ -24,13 +24,16 @@ from typing import Any
 import httpx
 import msgspec
 
+from bench import litellm_proxy
 from bench.client import PARSER, Run, Target, chat_target, completions_target, run_concurrent, run_sequential
 from bench.fake_provider import StreamShape
 from bench.report import (
     PhaseResult,
     added_latency,
+    ratios,
     summarize,
     table,
+    unavailable,
 )
 from bench.services import (
     ROOT,
@@ -48,8 +51,9 @@ __all__ = ["main"]
 DIRECT = "direct provider"
 CHAT = "runtime /api/v1/chat"
 COMPLETIONS = "runtime /v1/chat/completions"
+LITELLM = "LiteLLM /v1/chat/completions"
 PATHS = {"direct": DIRECT, "chat": CHAT, "completions": COMPLETIONS}
-ORDER = {DIRECT: 0, CHAT: 1, COMPLETIONS: 2}
+ORDER = {DIRECT: 0, CHAT: 1, COMPLETIONS: 2, LITELLM: 3}
 # Stands in for Mu's rendered prompt, so the direct request is about the size of the runtime's.
 SYSTEM_PROMPT = (
     "You are Mu, a cheerful, supportive robot companion talking with Bench. Today is 2026-01-01.\n\n"
@@ -86,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N[,N...]",
         help="`serve --workers N`; a list (1,2) measures one runtime per count, side by side (default 1)",
     )
+    compare = parser.add_argument_group("comparison")
+    compare.add_argument(
+        "--compare", choices=["litellm"], help="measure LiteLLM's proxy too, same provider, client and loads"
+    )
+    compare.add_argument("--litellm-version", default=litellm_proxy.VERSION, help="(default %(default)s)")
+    compare.add_argument("--litellm-workers", type=int, default=2, help="LiteLLM's --num_workers (default 2)")
     provider = parser.add_argument_group("fake provider")
     provider.add_argument("--chunks", type=int, default=35, help="content chunks per answer (default 35)")
     provider.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks (default 0)")
@@ -197,8 +207,35 @@ async def _throughput(ctx: _Context) -> list[PhaseResult]:
                 for clients in loads:
                     for path in runtime_paths:
                         results.append(await _phase(ctx, targets[path], clients, server, path))
+    if args.compare == "litellm":
+        results += await _litellm(ctx, loads)
     results.sort(key=lambda r: (r.clients, ORDER.get(r.path, 9), r.workers or 0))
     return results
+
+
+async def _litellm(ctx: _Context, loads: list[int]) -> list[PhaseResult]:
+    args = ctx.args
+    try:
+        python = await litellm_proxy.install(args.litellm_version)
+        _log(f"starting LiteLLM {args.litellm_version} with {args.litellm_workers} worker(s) ...")
+        proxy = litellm_proxy.litellm_proxy(python, ctx.provider.url, ctx.workdir, workers=args.litellm_workers)
+        async with proxy as (server, key):
+            target = completions_target(
+                LITELLM,
+                server.url + "/v1/chat/completions",
+                {"Authorization": f"Bearer {key}"},
+                model=litellm_proxy.MODEL,
+                system=SYSTEM_PROMPT,
+            )
+            results = [await _phase(ctx, target, clients, server, LITELLM) for clients in loads]
+            for result in results:
+                result.note = f"LiteLLM {args.litellm_version}, its own venv ({python.parent.parent})"
+            return results
+    except litellm_proxy.LiteLLMUnavailable as exc:
+        _log(f"LiteLLM could not be measured: {exc}")
+        return [
+            unavailable(LITELLM, "1 client" if c == 1 else f"{c} clients", c, f"not measured: {exc}") for c in loads
+        ]
 
 
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,9 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     results: list[PhaseResult] = outcome["results"]
     added = added_latency(results, DIRECT)
+    compared = ratios(results, COMPLETIONS, LITELLM, args.clients)
     print()
     if results:
-        print(table(results, added))
+        print(table(results, added, compared))
         print(f"\nclient: raw asyncio, one keep-alive connection per client, {PARSER} response parser")
     document = {
         "started_at": started.isoformat(timespec="seconds"),
@@ -272,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "redis_prefix": outcome.get("redis_prefix"),
         "results": results,
         "added_by_server": added,
+        "compared": compared,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
