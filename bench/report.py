@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.client import Run
+from bench.held_streams import HeldResult
 
 __all__ = [
     "PhaseResult",
     "added_latency",
+    "held_table",
     "percentile",
     "ratios",
     "summarize",
@@ -191,4 +193,50 @@ def table(results: list[PhaseResult], added: list[dict[str, Any]], compared: lis
             f"streams/s at {c['clients']} clients: {c['streams_per_second']:.1f} / "
             f"{c['versus_streams_per_second']:.1f} = {c['ratio']:.2f}"
         )
+    return "\n".join(lines)
+
+
+def _per_process(values: dict[str, float], unit: str, digits: int = 1) -> str:
+    total = sum(values.values())
+    parts = ", ".join(f"{name} {value:.{digits}f}" for name, value in values.items())
+    return f"{parts} (total {total:.{digits}f} {unit})" if len(values) > 1 else f"{total:.{digits}f} {unit}"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return "; ".join(f"{n} x {what}" for what, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def held_table(h: HeldResult, path: str) -> str:
+    """The held-streams report of one runtime."""
+    when = f" (all within {h.seconds_to_all_content:.1f} s)" if h.seconds_to_all_content is not None else ""
+    lines = [
+        f"Held streams: {h.streams} at once on {path}, runtime with {h.workers} worker(s); "
+        "the provider holds each after its first content piece",
+        f"  with first content             {h.content:>6}{when}",
+        f"  headers only, no content       {h.headers_only:>6}",
+        f"  stalled: no headers, no error  {h.stalled:>6}",
+        f"  failed before the release      {h.failed:>6}",
+        f"  connect failed                 {h.connect_failed:>6}",
+        f"  held at the provider           {h.provider_held:>6}   (upstream streams the runtime opened)",
+        f"  waited                         {h.wait_seconds:>6.1f} s",
+        f"  idle RSS, MiB: {_per_process(h.idle_rss_mib, 'MiB')}",
+        f"  open RSS, MiB: {_per_process(h.open_rss_mib, 'MiB')}",
+    ]
+    if h.streams_per_process:
+        lines.append("  streams by process: " + ", ".join(f"{k} {v}" for k, v in h.streams_per_process.items()))
+    if h.kib_per_stream is not None:
+        by = ", ".join(f"{k} {v:.1f}" for k, v in h.kib_per_stream_by_process.items())
+        lines.append(
+            f"  KiB per open stream: {h.kib_per_stream:.1f}" + (f" (by process, per connection: {by})" if by else "")
+        )
+    lines.append(
+        f"  after the release: {h.finished_ok} finished ok, {sum(h.finished_errors.values())} with an error, "
+        f"{h.unfinished} unfinished"
+    )
+    if h.errors:
+        lines.append(f"  errors before the release: {_counts(h.errors)}")
+    if h.finished_errors:
+        lines.append(f"  errors after the release: {_counts(h.finished_errors)}")
+    if h.tree_changed:
+        lines.append("  the runtime's process tree changed during the run (a worker exited or was replaced)")
     return "\n".join(lines)

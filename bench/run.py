@@ -1,5 +1,5 @@
-"""The benchmark: direct provider vs. persona-runtime (and optionally LiteLLM), one client and many, printed as a
-table and written as JSON."""
+"""The benchmark: direct provider vs. persona-runtime (and optionally LiteLLM), one client and many; held
+streams. Printed as tables and written as JSON."""
 
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ import msgspec
 
 from bench import litellm_proxy
 from bench.client import PARSER, Run, Target, chat_target, completions_target, run_concurrent, run_sequential
-from bench.fake_provider import StreamShape
+from bench.fake_provider import StreamShape, raise_open_files_limit
+from bench.held_streams import HeldResult, held_streams
 from bench.report import (
     PhaseResult,
     added_latency,
+    held_table,
     ratios,
     summarize,
     table,
@@ -89,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
         default=[1],
         metavar="N[,N...]",
         help="`serve --workers N`; a list (1,2) measures one runtime per count, side by side (default 1)",
+    )
+    modes = parser.add_argument_group("modes (given, they run instead of the throughput phases)")
+    modes.add_argument(
+        "--held",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold N streams open at once through /v1/chat/completions: stalls, RSS per stream, release",
+    )
+    modes.add_argument(
+        "--held-wait", type=float, default=120.0, help="seconds to wait for every first content piece (default 120)"
     )
     compare = parser.add_argument_group("comparison")
     compare.add_argument(
@@ -238,9 +251,24 @@ async def _litellm(ctx: _Context, loads: list[int]) -> list[PhaseResult]:
         ]
 
 
+async def _held(ctx: _Context) -> list[HeldResult]:
+    args = ctx.args
+    results = []
+    for workers in args.workers:
+        # The runtime's upstream pool, per provider and per worker, must not be what caps the streams.
+        env = {"PROVIDER_MAX_CONNECTIONS": str(max(args.held, 100))}
+        _log(f"held streams: {args.held} through a runtime with {workers} worker(s) ...")
+        async with ctx.runtime(workers, extra_env=env) as server:
+            target = completions_target(
+                "held", server.url + "/v1/chat/completions", ctx.account.headers, model="persona", system=None
+            )
+            results.append(await held_streams(server, ctx.provider.url, target, args.held, wait=args.held_wait))
+    return results
+
+
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     shape = StreamShape(chunks=args.chunks, chunk_delay=args.chunk_delay, first_byte_delay=args.first_byte_delay)
-    outcome: dict[str, Any] = {"results": []}
+    outcome: dict[str, Any] = {"results": [], "held": []}
     with tempfile.TemporaryDirectory(prefix="persona-bench-") as scratch, fake_provider(shape) as provider:
         workdir = Path(scratch)
         async with scratch_database(args.database_url, workdir) as database_url:
@@ -248,7 +276,10 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             ctx = _Context(args, provider, database_url, workdir, account)
             outcome["redis_prefix"] = ctx.redis_prefix
             try:
-                outcome["results"] = await _throughput(ctx)
+                if not args.held:
+                    outcome["results"] = await _throughput(ctx)
+                if args.held:
+                    outcome["held"] = await _held(ctx)
             finally:
                 if args.redis_url:
                     with contextlib.suppress(Exception):
@@ -278,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Ctrl-C must clean up even when the shell started us with SIGINT ignored (a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Inherited by every process started from here; thousands of streams need thousands of descriptors.
+    open_files = raise_open_files_limit()
     started = dt.datetime.now(dt.UTC)
     load_at_start = os.getloadavg()
     try:
@@ -292,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     if results:
         print(table(results, added, compared))
         print(f"\nclient: raw asyncio, one keep-alive connection per client, {PARSER} response parser")
+    for held in outcome["held"]:
+        print()
+        print(held_table(held, COMPLETIONS))
     document = {
         "started_at": started.isoformat(timespec="seconds"),
         "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -300,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "commit": _git_commit(),
+            "open_files_limit": open_files,
             # Other work on the machine skews the figures: the load average says how busy it was.
             "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg(),
@@ -311,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "added_by_server": added,
         "compared": compared,
+        "held": outcome["held"],
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
