@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.client import Run
+from bench.cold_start import ColdResult
 from bench.held_streams import HeldResult
 
 __all__ = [
     "PhaseResult",
     "added_latency",
+    "cold_table",
     "held_table",
     "percentile",
     "ratios",
@@ -239,4 +241,27 @@ def held_table(h: HeldResult, path: str) -> str:
         lines.append(f"  errors after the release: {_counts(h.finished_errors)}")
     if h.tree_changed:
         lines.append("  the runtime's process tree changed during the run (a worker exited or was replaced)")
+    return "\n".join(lines)
+
+
+def cold_table(c: ColdResult, shown: int = 12) -> str:
+    """The cold-start report: statements the first requests caused, by kind, then the most frequent ones."""
+    lines = [
+        f"Cold start: {c.requests} concurrent first requests for model persona/{c.persona} on a fresh runtime "
+        f"with {c.workers} worker, one API key",
+        f"  answered ok             {c.ok:>5}/{c.requests}" + (f"   errors: {_counts(c.errors)}" if c.errors else ""),
+        f"  persona selects         {c.persona_selects:>5}",
+        f"  API-key lookups         {c.api_key_lookups:>5}",
+        f"  preference selects      {c.preference_selects:>5}",
+        f"  pool connection resets  {c.pool_resets:>5}   (asyncpg's, one per connection back to the pool)",
+        f"  other statements        {c.other_statements:>5}",
+    ]
+    if c.redis_keys_deleted is not None:
+        lines.append(f"  Redis keys deleted under the run's prefix before the start: {c.redis_keys_deleted}")
+    if c.statements:
+        lines.append("  statements executed (count, SQL):")
+        for sql, n in c.statements[:shown]:
+            lines.append(f"    {n:>5}  {sql if len(sql) <= 110 else sql[:107] + '...'}")
+        if len(c.statements) > shown:
+            lines.append(f"    ... and {len(c.statements) - shown} more kinds (all in the JSON)")
     return "\n".join(lines)

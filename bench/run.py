@@ -1,5 +1,5 @@
 """The benchmark: direct provider vs. persona-runtime (and optionally LiteLLM), one client and many; held
-streams. Printed as tables and written as JSON."""
+streams; cold start. Printed as tables and written as JSON."""
 
 from __future__ import annotations
 
@@ -26,11 +26,13 @@ import msgspec
 
 from bench import litellm_proxy
 from bench.client import PARSER, Run, Target, chat_target, completions_target, run_concurrent, run_sequential
+from bench.cold_start import ColdResult, cold_start, create_persona
 from bench.fake_provider import StreamShape, raise_open_files_limit
 from bench.held_streams import HeldResult, held_streams
 from bench.report import (
     PhaseResult,
     added_latency,
+    cold_table,
     held_table,
     ratios,
     summarize,
@@ -103,6 +105,15 @@ def _parser() -> argparse.ArgumentParser:
     modes.add_argument(
         "--held-wait", type=float, default=120.0, help="seconds to wait for every first content piece (default 120)"
     )
+    modes.add_argument(
+        "--cold",
+        type=int,
+        nargs="?",
+        const=100,
+        default=None,
+        metavar="N",
+        help="N (default 100) concurrent first requests for one persona on a fresh runtime: database reads",
+    )
     compare = parser.add_argument_group("comparison")
     compare.add_argument(
         "--compare", choices=["litellm"], help="measure LiteLLM's proxy too, same provider, client and loads"
@@ -144,10 +155,10 @@ class _Context:
         self.redis_prefix = f"persona-bench-{os.getpid()}-{secrets.token_hex(4)}:"
 
     def runtime(
-        self, workers: int, *, extra_env: dict[str, str] | None = None
+        self, workers: int, *, database_url: str | None = None, extra_env: dict[str, str] | None = None
     ) -> AbstractAsyncContextManager[ServerProcess]:
         return runtime_server(
-            self.database_url,
+            database_url or self.database_url,
             self.args.redis_url,
             self.provider.url,
             log_level=self.args.server_log_level,
@@ -266,9 +277,25 @@ async def _held(ctx: _Context) -> list[HeldResult]:
     return results
 
 
+async def _cold(ctx: _Context) -> ColdResult:
+    args = ctx.args
+    _log("cold start: creating a persona through the HTTP API ...")
+    async with ctx.runtime(1) as server:
+        persona = await create_persona(server.url, ctx.account)
+    deleted = None
+    if args.redis_url:
+        deleted = await delete_redis_keys(args.redis_url, ctx.redis_prefix)
+    _log(f"cold start: {args.cold} concurrent first requests on a fresh runtime ...")
+    result = await cold_start(
+        ctx.database_url, lambda url: ctx.runtime(1, database_url=url), ctx.account, persona, args.cold
+    )
+    result.redis_keys_deleted = deleted
+    return result
+
+
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     shape = StreamShape(chunks=args.chunks, chunk_delay=args.chunk_delay, first_byte_delay=args.first_byte_delay)
-    outcome: dict[str, Any] = {"results": [], "held": []}
+    outcome: dict[str, Any] = {"results": [], "held": [], "cold": None}
     with tempfile.TemporaryDirectory(prefix="persona-bench-") as scratch, fake_provider(shape) as provider:
         workdir = Path(scratch)
         async with scratch_database(args.database_url, workdir) as database_url:
@@ -276,10 +303,12 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             ctx = _Context(args, provider, database_url, workdir, account)
             outcome["redis_prefix"] = ctx.redis_prefix
             try:
-                if not args.held:
+                if not args.held and args.cold is None:
                     outcome["results"] = await _throughput(ctx)
                 if args.held:
                     outcome["held"] = await _held(ctx)
+                if args.cold is not None:
+                    outcome["cold"] = await _cold(ctx)
             finally:
                 if args.redis_url:
                     with contextlib.suppress(Exception):
@@ -328,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     for held in outcome["held"]:
         print()
         print(held_table(held, COMPLETIONS))
+    if outcome["cold"] is not None:
+        print()
+        print(cold_table(outcome["cold"]))
     document = {
         "started_at": started.isoformat(timespec="seconds"),
         "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -349,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "added_by_server": added,
         "compared": compared,
         "held": outcome["held"],
+        "cold": outcome["cold"],
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
