@@ -1,9 +1,4 @@
-"""A minimal, fast OpenAI-compatible streaming server for the benchmark: raw asyncio HTTP/1.1 with keep-alive.
-
-``POST /hold`` makes the streams that start after it send the role chunk and one content chunk, then wait;
-``POST /release`` lets every held stream finish (and ends the hold). ``GET /stats`` counts connections,
-requests and the streams held now.
-"""
+"""A minimal, fast OpenAI-compatible streaming server for the benchmark: raw asyncio HTTP/1.1 with keep-alive."""
 
 from __future__ import annotations
 
@@ -63,6 +58,10 @@ class FakeProvider:
 
     Responses are pre-encoded per (model, include_usage), so the server spends almost no CPU per request
     and what the benchmark sees is the cost of the path in front of it.
+
+    ``POST /hold`` makes the streams that start after it send the role chunk and one content chunk, then
+    wait; ``POST /release`` lets every held stream finish (and ends the hold). ``GET /stats`` counts
+    connections, requests and the streams held now.
     """
 
     def __init__(self, shape: StreamShape) -> None:

@@ -1,10 +1,4 @@
-"""A PostgreSQL wire-protocol proxy on loopback that counts the statements its clients execute, by SQL text.
-
-Frontend messages are read as they pass: a simple query (``Q``) counts once; in the extended protocol a
-``Parse`` (``P``) names a statement's text and each ``Bind`` (``B``) of it counts one execution, so prepared
-statements that asyncpg caches per connection are counted every time they run. SSL is declined (``N``), so
-the traffic stays readable; everything else is forwarded unchanged, both ways.
-"""
+"""A PostgreSQL wire-protocol proxy on loopback that counts the statements its clients execute, by SQL text."""
 
 from __future__ import annotations
 
@@ -52,7 +46,13 @@ def _cstring(payload: bytes, start: int) -> tuple[str, int]:
 
 
 class QueryCounter:
-    """Counts executed statements by their whitespace-normalized SQL text, over every proxied connection."""
+    """Counts executed statements by their whitespace-normalized SQL text, over every proxied connection.
+
+    Frontend messages are read as they pass: a simple query (``Q``) counts once; in the extended protocol a
+    ``Parse`` (``P``) names a statement's text and each ``Bind`` (``B``) of it counts one execution, so the
+    prepared statements asyncpg caches per connection count every time they run. SSL is declined (``N``) so
+    the traffic stays readable; everything else is forwarded unchanged, both ways.
+    """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)

@@ -1,9 +1,4 @@
-"""HTTP/1.1 response parsers for the load client: httptools (uvicorn's C parser) when importable, else a small one.
-
-Both take bytes as they arrive and call back the owner: ``on_head(status)``, ``on_body(data)`` once per fed
-block with the decoded body bytes (``Transfer-Encoding: chunked`` or ``Content-Length``), ``on_complete()``
-at the end of each response. ``keep_alive`` says whether the connection may carry the next request.
-"""
+"""HTTP/1.1 response parsers for the load client: httptools (uvicorn's C parser) when importable, else a small one."""
 
 from __future__ import annotations
 
@@ -19,6 +14,11 @@ class ParseError(Exception):
 
 
 class ResponseParser(Protocol):
+    """Takes bytes as they arrive and calls back its owner: ``on_head(status)``, ``on_body(data)`` once per fed
+    block with the decoded body bytes (``Transfer-Encoding: chunked``, ``Content-Length`` or close-delimited),
+    ``on_complete()`` at the end of each response. ``keep_alive`` says whether the connection may carry the
+    next request."""
+
     keep_alive: bool
 
     def feed(self, data: bytes) -> None: ...

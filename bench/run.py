@@ -1,5 +1,4 @@
-"""The benchmark: direct provider vs. persona-runtime (and optionally LiteLLM), one client and many; held
-streams; cold start. Printed as tables and written as JSON."""
+"""The benchmark: direct provider vs. persona-runtime (and LiteLLM), one client and many; held streams; cold start."""
 
 from __future__ import annotations
 
@@ -82,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--warmup", type=int, default=20, help="sequential warmup requests per path (default 20)")
     load.add_argument("--clients", type=int, default=10, help="concurrent clients, one connection each (default 10)")
     load.add_argument("--per-client", type=int, default=100, help="requests per concurrent client (default 100)")
-    load.add_argument("--concurrent-warmup", type=int, default=5, help="warmup requests per concurrent client")
+    load.add_argument(
+        "--concurrent-warmup", type=int, default=5, help="warmup requests per concurrent client (default 5)"
+    )
     load.add_argument(
         "--paths", default="direct,chat,completions", help="comma-separated subset of direct, chat, completions"
     )
