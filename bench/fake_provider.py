@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import resource
 import signal
 import sys
 from dataclasses import dataclass
 
 import msgspec
 
-__all__ = ["FakeProvider", "StreamShape", "main"]
+__all__ = ["BACKLOG", "FakeProvider", "StreamShape", "main", "raise_open_files_limit"]
+
+# Thousands of connections may arrive at once in held-streams mode.
+BACKLOG = 8192
+# A held stream is let go after this long even if nobody releases it, so a run always ends.
+HOLD_LIMIT = 900.0
 
 # A sentence cut into pieces, the way a model streams tokens; repeated for longer answers.
 _SENTENCE = "Hello! I am Mu, a cheerful robot companion, and I am always happy to help you with anything you need."
@@ -52,6 +58,10 @@ class FakeProvider:
 
     Responses are pre-encoded per (model, include_usage), so the server spends almost no CPU per request
     and what the benchmark sees is the cost of the path in front of it.
+
+    ``POST /hold`` makes the streams that start after it send the role chunk and one content chunk, then
+    wait; ``POST /release`` lets every held stream finish (and ends the hold). ``GET /stats`` counts
+    connections, requests and the streams held now.
     """
 
     def __init__(self, shape: StreamShape) -> None:
@@ -61,6 +71,8 @@ class FakeProvider:
         # Served at GET /stats: a client that reuses its connections opens far fewer than it sends requests.
         self.connections = 0
         self.requests = 0
+        self.held = 0
+        self._hold: asyncio.Event | None = None
 
     def _encoded(self, model: str, include_usage: bool) -> tuple[bytes, list[bytes], bytes]:
         """Headers with the role chunk, one HTTP chunk per content piece, and the tail (finish, usage, DONE)."""
@@ -125,7 +137,17 @@ class FakeProvider:
                     self.requests += 1
                     await self._answer(raw, writer)
                 elif method == b"GET" and path == b"/stats":
-                    writer.write(_response(200, _encode({"connections": self.connections, "requests": self.requests})))
+                    stats = {"connections": self.connections, "requests": self.requests, "held": self.held}
+                    writer.write(_response(200, _encode(stats)))
+                elif method == b"POST" and path == b"/hold":
+                    if self._hold is None:
+                        self._hold = asyncio.Event()
+                    writer.write(_response(200, b'{"hold":true}'))
+                elif method == b"POST" and path == b"/release":
+                    held, release, self._hold = self.held, self._hold, None
+                    if release is not None:
+                        release.set()
+                    writer.write(_response(200, _encode({"released": held})))
                 elif method == b"GET":
                     writer.write(_response(200, b'{"status":"ok"}'))
                 else:
@@ -149,6 +171,10 @@ class FakeProvider:
             return
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         head, pieces, tail = self._encoded(body.model, include_usage)
+        if self._hold is not None and pieces:
+            await self._held(self._hold, writer, head + pieces[0])
+            writer.write(b"".join((*pieces[1:], tail)))
+            return
         if not self.shape.chunk_delay:
             writer.write(b"".join((head, *pieces, tail)))
             return
@@ -158,6 +184,27 @@ class FakeProvider:
             await asyncio.sleep(self.shape.chunk_delay)
             writer.write(piece)
         writer.write(tail)
+
+    async def _held(self, release: asyncio.Event, writer: asyncio.StreamWriter, first: bytes) -> None:
+        """Send the role chunk and the first content chunk, then wait to be released."""
+        writer.write(first)
+        await writer.drain()
+        self.held += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), HOLD_LIMIT)
+        finally:
+            self.held -= 1
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to the hard limit; return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _response(status: int, body: bytes) -> bytes:
@@ -171,8 +218,9 @@ def _response(status: int, body: bytes) -> bytes:
 
 
 async def _run(host: str, port: int, shape: StreamShape) -> None:
+    raise_open_files_limit()
     provider = FakeProvider(shape)
-    server = await asyncio.start_server(provider.serve, host, port, backlog=1024)
+    server = await asyncio.start_server(provider.serve, host, port, backlog=BACKLOG)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

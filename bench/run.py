@@ -1,4 +1,4 @@
-"""The benchmark: direct provider vs. persona-runtime's two streaming APIs, one client and many, as a table and JSON."""
+"""The benchmark: direct provider vs. persona-runtime (and LiteLLM), one client and many; held streams; cold start."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import os
 import platform
+import secrets
 import shlex
 import signal
 import subprocess
@@ -16,23 +16,47 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
-from bench.client import Run, Target, chat_target, completions_target, run_concurrent, run_sequential
-from bench.fake_provider import StreamShape
-from bench.report import PhaseResult, added_latency, summarize, table
-from bench.services import ROOT, create_account, fake_provider, runtime_server, scratch_database
+from bench import litellm_proxy
+from bench.client import PARSER, Run, Target, chat_target, completions_target, run_concurrent, run_sequential
+from bench.cold_start import ColdResult, cold_start, create_persona
+from bench.fake_provider import StreamShape, raise_open_files_limit
+from bench.held_streams import HeldResult, held_streams
+from bench.report import (
+    PhaseResult,
+    added_latency,
+    cold_table,
+    held_table,
+    ratios,
+    summarize,
+    table,
+    unavailable,
+)
+from bench.services import (
+    ROOT,
+    Account,
+    ServerProcess,
+    create_account,
+    delete_redis_keys,
+    fake_provider,
+    runtime_server,
+    scratch_database,
+)
 
 __all__ = ["main"]
 
 DIRECT = "direct provider"
 CHAT = "runtime /api/v1/chat"
 COMPLETIONS = "runtime /v1/chat/completions"
+LITELLM = "LiteLLM /v1/chat/completions"
 PATHS = {"direct": DIRECT, "chat": CHAT, "completions": COMPLETIONS}
+ORDER = {DIRECT: 0, CHAT: 1, COMPLETIONS: 2, LITELLM: 3}
 # Stands in for Mu's rendered prompt, so the direct request is about the size of the runtime's.
 SYSTEM_PROMPT = (
     "You are Mu, a cheerful, supportive robot companion talking with Bench. Today is 2026-01-01.\n\n"
@@ -40,17 +64,63 @@ SYSTEM_PROMPT = (
 )
 
 
+def _worker_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of worker counts: {text!r}") from None
+    if not counts or any(n < 1 for n in counts):
+        raise argparse.ArgumentTypeError("worker counts are positive integers, e.g. 1 or 1,2")
+    return list(dict.fromkeys(counts))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    load = parser.add_argument_group("load")
+    load = parser.add_argument_group("load (the throughput phases)")
     load.add_argument("--requests", type=int, default=200, help="sequential requests per path (default 200)")
     load.add_argument("--warmup", type=int, default=20, help="sequential warmup requests per path (default 20)")
-    load.add_argument("--clients", type=int, default=10, help="concurrent clients (default 10)")
-    load.add_argument("--per-client", type=int, default=50, help="requests per concurrent client (default 50)")
-    load.add_argument("--concurrent-warmup", type=int, default=2, help="warmup requests per concurrent client")
+    load.add_argument("--clients", type=int, default=10, help="concurrent clients, one connection each (default 10)")
+    load.add_argument("--per-client", type=int, default=100, help="requests per concurrent client (default 100)")
+    load.add_argument(
+        "--concurrent-warmup", type=int, default=5, help="warmup requests per concurrent client (default 5)"
+    )
     load.add_argument(
         "--paths", default="direct,chat,completions", help="comma-separated subset of direct, chat, completions"
     )
+    runtime = parser.add_argument_group("the runtime")
+    runtime.add_argument(
+        "--workers",
+        type=_worker_counts,
+        default=[1],
+        metavar="N[,N...]",
+        help="`serve --workers N`; a list (1,2) measures one runtime per count, side by side (default 1)",
+    )
+    modes = parser.add_argument_group("modes (given, they run instead of the throughput phases)")
+    modes.add_argument(
+        "--held",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold N streams open at once through /v1/chat/completions: stalls, RSS per stream, release",
+    )
+    modes.add_argument(
+        "--held-wait", type=float, default=120.0, help="seconds to wait for every first content piece (default 120)"
+    )
+    modes.add_argument(
+        "--cold",
+        type=int,
+        nargs="?",
+        const=100,
+        default=None,
+        metavar="N",
+        help="N (default 100) concurrent first requests for one persona on a fresh runtime: database reads",
+    )
+    compare = parser.add_argument_group("comparison")
+    compare.add_argument(
+        "--compare", choices=["litellm"], help="measure LiteLLM's proxy too, same provider, client and loads"
+    )
+    compare.add_argument("--litellm-version", default=litellm_proxy.VERSION, help="(default %(default)s)")
+    compare.add_argument("--litellm-workers", type=int, default=2, help="LiteLLM's --num_workers (default 2)")
     provider = parser.add_argument_group("fake provider")
     provider.add_argument("--chunks", type=int, default=35, help="content chunks per answer (default 35)")
     provider.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks (default 0)")
@@ -64,84 +134,187 @@ def _parser() -> argparse.ArgumentParser:
     services.add_argument(
         "--redis-url",
         default=os.environ.get("BENCH_REDIS_URL"),
-        help="Redis for the runtime's cache ($BENCH_REDIS_URL; default: in-process cache). Give it a db of its own.",
+        help="Redis for the runtime's cache ($BENCH_REDIS_URL; default: in-process cache); "
+        "the run's keys have a prefix of their own and are deleted at the end",
     )
     services.add_argument("--server-log-level", default="WARNING", help="the runtime's LOG_LEVEL (default WARNING)")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results", help="where the JSON goes")
     return parser
 
 
-async def _phase(
-    client: httpx.AsyncClient,
-    target: Target,
-    load: str,
-    clients: int,
-    measure: Callable[[], Any],
-    meters: dict[str, Callable[[], float]],
-    provider_url: str,
-) -> PhaseResult:
-    connections = (await client.get(provider_url + "/stats")).json()["connections"]
-    before = {name: read() for name, read in meters.items()}
-    run: Run = await measure()
-    spent = {name: read() - before[name] for name, read in meters.items()}
-    connections = (await client.get(provider_url + "/stats")).json()["connections"] - connections
-    return summarize(target.name, load, clients, run, spent, connections)
+class _Context:
+    """What every part of a run shares: the arguments, the provider, the scratch database, the account."""
+
+    def __init__(
+        self, args: argparse.Namespace, provider: ServerProcess, database_url: str, workdir: Path, account: Account
+    ) -> None:
+        self.args = args
+        self.provider = provider
+        self.database_url = database_url
+        self.workdir = workdir
+        self.account = account
+        self.redis_prefix = f"persona-bench-{os.getpid()}-{secrets.token_hex(4)}:"
+
+    def runtime(
+        self, workers: int, *, database_url: str | None = None, extra_env: dict[str, str] | None = None
+    ) -> AbstractAsyncContextManager[ServerProcess]:
+        return runtime_server(
+            database_url or self.database_url,
+            self.args.redis_url,
+            self.provider.url,
+            log_level=self.args.server_log_level,
+            workdir=self.workdir,
+            workers=workers,
+            redis_prefix=self.redis_prefix,
+            extra_env=extra_env,
+        )
+
+
+def _log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+async def _provider_connections(control: httpx.AsyncClient, ctx: _Context) -> int:
+    return int((await control.get(ctx.provider.url + "/stats")).json()["connections"])
+
+
+async def _phase(ctx: _Context, target: Target, clients: int, server: ServerProcess | None, path: str) -> PhaseResult:
+    """Warm up, then one measured run of ``target`` under ``clients`` clients, with the CPU of every party."""
+    args = ctx.args
+    load = "1 client" if clients == 1 else f"{clients} clients"
+    workers = server.workers if server is not None else None
+    _log(f"{path}{f' ({workers} worker(s))' if workers else ''}, {load} ...")
+    meters: dict[str, Callable[[], float]] = {"provider": ctx.provider.cpu_seconds, "client": time.process_time}
+    if server is not None:
+        meters["server"] = server.cpu_seconds
+    start: dict[str, float] = {}
+    # One keep-alive connection for both reads of the provider's counter, so it does not count itself.
+    async with httpx.AsyncClient(timeout=10) as control:
+
+        async def begin() -> None:
+            # After the warmup, on the connections it opened: the control request to the provider is not metered.
+            start["connections"] = await _provider_connections(control, ctx)
+            start.update({name: read() for name, read in meters.items()})
+
+        run: Run
+        if clients == 1:
+            run = await run_sequential(target, args.requests, args.warmup, begin)
+        else:
+            run = await run_concurrent(target, clients, args.per_client, args.concurrent_warmup, begin)
+        spent = {name: read() - start[name] for name, read in meters.items()}
+        connections = int(await _provider_connections(control, ctx) - start["connections"])
+    changed = server.tree.changed if server is not None else False
+    return summarize(path, load, clients, run, spent, connections, workers=workers, tree_changed=changed)
+
+
+async def _throughput(ctx: _Context) -> list[PhaseResult]:
+    args = ctx.args
+    paths = [PATHS[p.strip()] for p in args.paths.split(",") if p.strip()]
+    loads = [1, args.clients]
+    results: list[PhaseResult] = []
+    headers = ctx.account.headers
+    if DIRECT in paths:
+        direct = completions_target(
+            DIRECT, ctx.provider.url + "/v1/chat/completions", {}, model="gpt-4o-mini", system=SYSTEM_PROMPT
+        )
+        for clients in loads:
+            results.append(await _phase(ctx, direct, clients, None, DIRECT))
+    runtime_paths = [p for p in paths if p != DIRECT]
+    if runtime_paths:
+        for workers in args.workers:
+            async with ctx.runtime(workers) as server:
+                targets = {
+                    CHAT: chat_target(CHAT, server.url + "/api/v1/chat", headers),
+                    COMPLETIONS: completions_target(
+                        COMPLETIONS, server.url + "/v1/chat/completions", headers, model="persona", system=None
+                    ),
+                }
+                for clients in loads:
+                    for path in runtime_paths:
+                        results.append(await _phase(ctx, targets[path], clients, server, path))
+    if args.compare == "litellm":
+        results += await _litellm(ctx, loads)
+    results.sort(key=lambda r: (r.clients, ORDER.get(r.path, 9), r.workers or 0))
+    return results
+
+
+async def _litellm(ctx: _Context, loads: list[int]) -> list[PhaseResult]:
+    args = ctx.args
+    try:
+        python = await litellm_proxy.install(args.litellm_version)
+        _log(f"starting LiteLLM {args.litellm_version} with {args.litellm_workers} worker(s) ...")
+        proxy = litellm_proxy.litellm_proxy(python, ctx.provider.url, ctx.workdir, workers=args.litellm_workers)
+        async with proxy as (server, key):
+            target = completions_target(
+                LITELLM,
+                server.url + "/v1/chat/completions",
+                {"Authorization": f"Bearer {key}"},
+                model=litellm_proxy.MODEL,
+                system=SYSTEM_PROMPT,
+            )
+            results = [await _phase(ctx, target, clients, server, LITELLM) for clients in loads]
+            for result in results:
+                result.note = f"LiteLLM {args.litellm_version}, its own venv ({python.parent.parent})"
+            return results
+    except litellm_proxy.LiteLLMUnavailable as exc:
+        _log(f"LiteLLM could not be measured: {exc}")
+        return [
+            unavailable(LITELLM, "1 client" if c == 1 else f"{c} clients", c, f"not measured: {exc}") for c in loads
+        ]
+
+
+async def _held(ctx: _Context) -> list[HeldResult]:
+    args = ctx.args
+    results = []
+    for workers in args.workers:
+        # The runtime's upstream pool, per provider and per worker, must not be what caps the streams.
+        env = {"PROVIDER_MAX_CONNECTIONS": str(max(args.held, 100))}
+        _log(f"held streams: {args.held} through a runtime with {workers} worker(s) ...")
+        async with ctx.runtime(workers, extra_env=env) as server:
+            target = completions_target(
+                "held", server.url + "/v1/chat/completions", ctx.account.headers, model="persona", system=None
+            )
+            results.append(await held_streams(server, ctx.provider.url, target, args.held, wait=args.held_wait))
+    return results
+
+
+async def _cold(ctx: _Context) -> ColdResult:
+    args = ctx.args
+    _log("cold start: creating a persona through the HTTP API ...")
+    async with ctx.runtime(1) as server:
+        persona = await create_persona(server.url, ctx.account)
+    deleted = None
+    if args.redis_url:
+        deleted = await delete_redis_keys(args.redis_url, ctx.redis_prefix)
+    _log(f"cold start: {args.cold} concurrent first requests on a fresh runtime ...")
+    result = await cold_start(
+        ctx.database_url, lambda url: ctx.runtime(1, database_url=url), ctx.account, persona, args.cold
+    )
+    result.redis_keys_deleted = deleted
+    return result
 
 
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
-    paths = [PATHS[p.strip()] for p in args.paths.split(",") if p.strip()]
     shape = StreamShape(chunks=args.chunks, chunk_delay=args.chunk_delay, first_byte_delay=args.first_byte_delay)
-    results: list[PhaseResult] = []
+    outcome: dict[str, Any] = {"results": [], "held": [], "cold": None}
     with tempfile.TemporaryDirectory(prefix="persona-bench-") as scratch, fake_provider(shape) as provider:
         workdir = Path(scratch)
         async with scratch_database(args.database_url, workdir) as database_url:
-            server_ctx = runtime_server(
-                database_url, args.redis_url, provider.url, log_level=args.server_log_level, workdir=workdir
-            )
-            async with server_ctx as server:
-                account = await create_account(database_url)
-                targets = {
-                    DIRECT: completions_target(
-                        DIRECT, provider.url + "/v1/chat/completions", {}, model="gpt-4o-mini", system=SYSTEM_PROMPT
-                    ),
-                    CHAT: chat_target(CHAT, server.url + "/api/v1/chat", account.headers),
-                    COMPLETIONS: completions_target(
-                        COMPLETIONS, server.url + "/v1/chat/completions", account.headers, model="persona", system=None
-                    ),
-                }
-                limits = httpx.Limits(max_connections=args.clients * 2 + 4, max_keepalive_connections=args.clients * 2)
-                async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-                    for load, clients in (("1 client", 1), (f"{args.clients} clients", args.clients)):
-                        for path in paths:
-                            target = targets[path]
-                            meters = {"provider": provider.cpu_seconds, "client": time.process_time}
-                            if path != DIRECT:
-                                meters["runtime"] = server.cpu_seconds
-                            print(f"bench: {path}, {load} ...", file=sys.stderr, flush=True)
-                            if clients == 1:
-                                await run_sequential(client, target, args.warmup, 0)
-                                result = await _phase(
-                                    client,
-                                    target,
-                                    load,
-                                    1,
-                                    lambda t=target: run_sequential(client, t, args.requests, 0),
-                                    meters,
-                                    provider.url,
-                                )
-                            else:
-                                await run_concurrent(client, target, clients, args.concurrent_warmup, 0)
-                                result = await _phase(
-                                    client,
-                                    target,
-                                    load,
-                                    clients,
-                                    lambda t=target, c=clients: run_concurrent(client, t, c, args.per_client, 0),
-                                    meters,
-                                    provider.url,
-                                )
-                            results.append(result)
-    return {"results": results, "added": added_latency(results, DIRECT)}
+            account = await create_account(database_url)
+            ctx = _Context(args, provider, database_url, workdir, account)
+            outcome["redis_prefix"] = ctx.redis_prefix
+            try:
+                if not args.held and args.cold is None:
+                    outcome["results"] = await _throughput(ctx)
+                if args.held:
+                    outcome["held"] = await _held(ctx)
+                if args.cold is not None:
+                    outcome["cold"] = await _cold(ctx)
+            finally:
+                if args.redis_url:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(delete_redis_keys(args.redis_url, ctx.redis_prefix))
+    return outcome
 
 
 async def _main_task(args: argparse.Namespace) -> dict[str, Any]:
@@ -166,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Ctrl-C must clean up even when the shell started us with SIGINT ignored (a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Inherited by every process started from here; thousands of streams need thousands of descriptors.
+    open_files = raise_open_files_limit()
     started = dt.datetime.now(dt.UTC)
     load_at_start = os.getloadavg()
     try:
@@ -174,8 +349,18 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; every process and the scratch database were cleaned up", file=sys.stderr)
         return 130
     results: list[PhaseResult] = outcome["results"]
+    added = added_latency(results, DIRECT)
+    compared = ratios(results, COMPLETIONS, LITELLM, args.clients)
     print()
-    print(table(results, outcome["added"]))
+    if results:
+        print(table(results, added, compared))
+        print(f"\nclient: raw asyncio, one keep-alive connection per client, {PARSER} response parser")
+    for held in outcome["held"]:
+        print()
+        print(held_table(held, COMPLETIONS))
+    if outcome["cold"] is not None:
+        print()
+        print(cold_table(outcome["cold"]))
     document = {
         "started_at": started.isoformat(timespec="seconds"),
         "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -184,18 +369,24 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "commit": _git_commit(),
+            "open_files_limit": open_files,
             # Other work on the machine skews the figures: the load average says how busy it was.
             "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg(),
         },
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "database_url"},
+        "client": {"kind": "raw asyncio, one keep-alive HTTP/1.1 connection per client", "parser": PARSER},
         "database": "scratch database on the given server (embedded if unreachable)",
-        "results": [asdict(r) for r in results],
-        "added_by_runtime": outcome["added"],
+        "redis_prefix": outcome.get("redis_prefix"),
+        "results": results,
+        "added_by_server": added,
+        "compared": compared,
+        "held": outcome["held"],
+        "cold": outcome["cold"],
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
     print(f"\nload average (1, 5, 15 min) at start {_load(load_at_start)}, at end {_load(os.getloadavg())}")
     print(f"results: {path}")
     return 0

@@ -24,8 +24,22 @@ import httpx
 import psutil
 
 from bench.fake_provider import StreamShape
+from bench.processes import ProcessTree
 
-__all__ = ["ROOT", "Account", "ServerProcess", "create_account", "fake_provider", "runtime_server", "scratch_database"]
+__all__ = [
+    "ROOT",
+    "Account",
+    "ServerProcess",
+    "child_env",
+    "create_account",
+    "delete_redis_keys",
+    "fake_provider",
+    "free_port",
+    "runtime_server",
+    "scratch_database",
+    "spawn",
+    "wait_ready",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 # Variables of the runtime (and its providers) that must come from the benchmark, not from the caller's shell.
@@ -42,20 +56,25 @@ def _child_setup() -> None:
 
 
 class ServerProcess:
-    """A child process the benchmark started, its URL, and its CPU time for per-stream cost."""
+    """A child process the benchmark started, its URL, and its process tree for CPU and memory per stream."""
 
-    def __init__(self, name: str, popen: subprocess.Popen[bytes], url: str, log: Path | None = None) -> None:
+    def __init__(
+        self, name: str, popen: subprocess.Popen[bytes], url: str, log: Path | None = None, workers: int = 1
+    ) -> None:
         self.name = name
         self.popen = popen
         self.url = url
         self.log = log
-        self._ps = psutil.Process(popen.pid)
+        self.workers = workers
+        self.tree = ProcessTree(popen.pid)
 
     def cpu_seconds(self) -> float:
-        times = self._ps.cpu_times()
-        return times.user + times.system
+        """User + system CPU time of the whole tree: the master and every worker."""
+        return self.tree.cpu_seconds()
 
     def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace``; workers left behind by a killed master are killed too."""
+        leftovers = list(self.tree.processes[1:])
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -63,6 +82,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        for process in leftovers:
+            with contextlib.suppress(psutil.Error):
+                if process.is_running():
+                    process.kill()
 
     def log_tail(self, lines: int = 30) -> str:
         if self.log is None or not self.log.exists():
@@ -70,13 +93,17 @@ class ServerProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _spawn(args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-        [sys.executable, *args], cwd=ROOT, env=env, preexec_fn=_child_setup, **kwargs
+def spawn(
+    args: list[str], env: dict[str, str], *, python: str = sys.executable, cwd: Path = ROOT, **kwargs: object
+) -> subprocess.Popen[bytes]:
+    """``python args...`` in its own session, from the repository root unless told otherwise."""
+    return subprocess.Popen(  # type: ignore[call-overload]
+        [python, *args], cwd=cwd, env=env, preexec_fn=_child_setup, **kwargs
     )
 
 
-def _child_env(extra: dict[str, str]) -> dict[str, str]:
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The benchmark's environment without the runtime's and providers' variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_RUNTIME_PREFIXES)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
@@ -86,7 +113,7 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 @contextlib.contextmanager
 def fake_provider(shape: StreamShape) -> Iterator[ServerProcess]:
     """The fake OpenAI-compatible provider in its own process."""
-    popen = _spawn(
+    popen = spawn(
         [
             "-m",
             "bench.fake_provider",
@@ -97,7 +124,7 @@ def fake_provider(shape: StreamShape) -> Iterator[ServerProcess]:
             "--first-byte-delay",
             str(shape.first_byte_delay),
         ],
-        _child_env({}),
+        child_env({}),
         stdout=subprocess.PIPE,
     )
     server: ServerProcess | None = None
@@ -116,7 +143,7 @@ def fake_provider(shape: StreamShape) -> Iterator[ServerProcess]:
             popen.wait()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -124,11 +151,20 @@ def _free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def runtime_server(
-    database_url: str, redis_url: str | None, provider_url: str, *, log_level: str, workdir: Path
+    database_url: str,
+    redis_url: str | None,
+    provider_url: str,
+    *,
+    log_level: str,
+    workdir: Path,
+    workers: int = 1,
+    redis_prefix: str = "persona-bench:",
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[ServerProcess]:
-    """``python -m runtime serve`` (migrations, then uvicorn) on a free loopback port, ready to answer."""
-    port = _free_port()
-    env = _child_env(
+    """``python -m runtime serve --workers N`` (migrations, then uvicorn) on a free loopback port, ready to answer,
+    its process tree (master and workers) fixed once start-up is over."""
+    port = free_port()
+    env = child_env(
         {
             "DATABASE_URL": database_url,
             "OPENAI_API_KEY": "sk-bench-" + secrets.token_hex(8),
@@ -137,32 +173,42 @@ async def runtime_server(
             "BOOTSTRAP_ADMIN_KEY": "prk_bench_" + secrets.token_urlsafe(24),
             "PERSONA_RUNTIME_HOME": str(workdir / "home"),
             "LOG_LEVEL": log_level,
+            # The runtime's keys in a shared Redis: unique per benchmark run, deleted by it.
+            "REDIS_KEY_PREFIX": redis_prefix,
+            **(extra_env or {}),
         }
     )
     if redis_url:
         env["REDIS_URL"] = redis_url
-    log = workdir / "runtime.log"
+    log = workdir / f"runtime-{workers}w-{port}.log"
     with log.open("wb") as sink:
-        popen = _spawn(["-m", "runtime", "serve", "--port", str(port)], env, stdout=sink, stderr=subprocess.STDOUT)
-    server = ServerProcess("persona-runtime", popen, f"http://127.0.0.1:{port}", log)
+        popen = spawn(
+            ["-m", "runtime", "serve", "--port", str(port), "--workers", str(workers)],
+            env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    server = ServerProcess("persona-runtime", popen, f"http://127.0.0.1:{port}", log, workers)
     try:
-        await _wait_ready(server)
+        await wait_ready(server, "/ready")
+        await server.tree.settle(workers)
         yield server
     finally:
         await asyncio.to_thread(server.stop)
 
 
-async def _wait_ready(server: ServerProcess, within: float = 60.0) -> None:
+async def wait_ready(server: ServerProcess, path: str, within: float = 60.0) -> None:
+    """Poll ``GET path`` until it answers 200; raise with the log's tail if the process exits or time runs out."""
     deadline = time.monotonic() + within
     async with httpx.AsyncClient(base_url=server.url, timeout=2) as client:
         while time.monotonic() < deadline:
             if server.popen.poll() is not None:
-                raise RuntimeError(f"persona-runtime exited at startup:\n{server.log_tail()}")
+                raise RuntimeError(f"{server.name} exited at startup:\n{server.log_tail()}")
             with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/ready")).status_code == 200:
+                if (await client.get(path)).status_code == 200:
                     return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"persona-runtime was not ready within {within:.0f} s:\n{server.log_tail()}")
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{server.name} was not ready within {within:.0f} s:\n{server.log_tail()}")
 
 
 def _with_database(url: str, name: str) -> str:
@@ -222,6 +268,28 @@ def _redact(url: str) -> str:
     return url
 
 
+async def delete_redis_keys(redis_url: str, prefix: str, limit: int = 100_000) -> int:
+    """Delete the keys under ``prefix`` (at most ``limit``); return how many went."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url)
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=prefix + "*", count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += await client.delete(*batch)
+                batch = []
+            if deleted + len(batch) >= limit:
+                break
+        if batch:
+            deleted += await client.delete(*batch)
+    finally:
+        await client.aclose()
+    return deleted
+
+
 class Account:
     """The benchmark's user and the headers that carry its API key."""
 
@@ -231,9 +299,13 @@ class Account:
 
 
 async def create_account(database_url: str) -> Account:
-    """A fresh, non-admin user with one API key, made through the runtime's own account code."""
+    """A fresh, non-admin user with one API key, made through the runtime's own account code (after the
+    runtime's migrations, which its start-up would apply too)."""
     from runtime.accounts import Accounts
     from runtime.db import connect_pool
+    from runtime.migrate import apply_migrations
+
+    await apply_migrations(database_url)
 
     pool = await connect_pool(database_url, min_size=1, max_size=1)
     try:
