@@ -11,7 +11,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from core.errors import PersonaRuntimeError, ProviderRateLimited
+from core.errors import PersonaRuntimeError
 from personas.models import WRITABLE_FIELDS
 from runtime.db import is_database_unavailable
 
@@ -93,8 +93,9 @@ def _render(
 
 def _runtime_error(request: Request[Any, Any, Any], exc: PersonaRuntimeError) -> Response[Any]:
     headers = None
-    if isinstance(exc, ProviderRateLimited) and exc.retry_after is not None:
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    retry_after = getattr(exc, "retry_after", None)  # rate limits and database outages say when to retry
+    if retry_after is not None:
+        headers = {"Retry-After": str(max(1, round(retry_after)))}
     return _render(request, exc.status, exc.code, exc.message, field=exc.field, details=exc.details, headers=headers)
 
 
@@ -171,7 +172,7 @@ def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
         return _render(
             request,
             503,
-            "service_unavailable",
+            "database_unavailable",
             "The database is unavailable; try again in a moment.",
             headers={"Retry-After": "2"},
         )

@@ -11,7 +11,8 @@ Every error a client can see is a ``PersonaRuntimeError`` subclass with a snake_
     ├── Forbidden                        403 forbidden
     ├── NotFound                         404 not_found
     ├── Conflict                         409 conflict
-    ├── ServiceUnavailable               503 service_unavailable (database down, ...)
+    ├── ServiceUnavailable               503 service_unavailable
+    │   └── DatabaseUnavailable          503 database_unavailable (carries ``retry_after``)
     └── ProviderError                    502 provider_error     (upstream LLM failed)
         ├── ProviderUnavailable          502 provider_unavailable (connection refused, 5xx)
         ├── ProviderRejected             502 provider_rejected  (upstream 4xx: bad key, unknown model)
@@ -29,6 +30,7 @@ from typing import Any
 __all__ = [
     "BadRequest",
     "Conflict",
+    "DatabaseUnavailable",
     "Forbidden",
     "NotFound",
     "PayloadTooLarge",
@@ -92,6 +94,13 @@ class Conflict(PersonaRuntimeError):
 class ServiceUnavailable(PersonaRuntimeError):
     code = "service_unavailable"
     status = 503
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """PostgreSQL is down or restarting: the request may be retried in ``retry_after`` seconds."""
+
+    code = "database_unavailable"
+    retry_after: float | None = 2.0
 
 
 class ProviderError(PersonaRuntimeError):

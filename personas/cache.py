@@ -132,22 +132,31 @@ class RedisCache:
         await self._redis.aclose()
 
     async def _usable(self, *, force: bool = False) -> bool:
-        if self._down_since is None:
+        down_since = self._down_since
+        if down_since is None:
             return True
         now = time.monotonic()
         if not force and now < self._next_try:
             return False
+        # One probe at a time: requests arriving meanwhile skip the cache rather than probe again.
+        self._next_try = now + self._retry_after
         try:
-            if self._unflushed:
-                await self._redis.delete(*(self._prefix + k for k in self._unflushed))
-            else:
-                await self._redis.ping()
+            while True:
+                # Deletes missed during the outage (and any missed while these are made) go first.
+                pending = set(self._unflushed)
+                if pending:
+                    await self._redis.delete(*(self._prefix + k for k in pending))
+                else:
+                    await self._redis.ping()
+                self._unflushed -= pending
+                if not self._unflushed:
+                    break
         except (RedisError, OSError):
-            self._next_try = now + self._retry_after
+            self._next_try = time.monotonic() + self._retry_after
             return False
-        log.warning("Redis is reachable again after %.1fs; cache back in use", now - self._down_since)
-        self._unflushed.clear()
-        self._down_since = None
+        if self._down_since is not None:  # another request may have seen it back already
+            log.warning("Redis is reachable again after %.1fs; cache back in use", now - down_since)
+            self._down_since = None
         return True
 
     def _failed(self, exc: BaseException) -> None:

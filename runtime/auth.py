@@ -8,7 +8,7 @@ import logging
 from datetime import UTC, datetime
 from uuid import UUID
 
-from core.errors import ServiceUnavailable, Unauthorized
+from core.errors import DatabaseUnavailable, Unauthorized
 from personas.local_cache import LocalCache
 from personas.models import Caller
 from runtime.accounts import Accounts, KeyOwner, hash_key
@@ -44,7 +44,7 @@ class Authenticator:
             owner = await self._lookups.get(hash_key(key), lambda: self._accounts.key_owner(key))
         except Exception as exc:
             if is_database_unavailable(exc):
-                raise ServiceUnavailable("Cannot check the API key: the database is unavailable.") from None
+                raise DatabaseUnavailable("Cannot check the API key: the database is unavailable.") from None
             raise
         if owner is None:
             raise Unauthorized("Unknown API key: check it, or create one with `persona-runtime keys create`.")

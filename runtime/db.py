@@ -25,16 +25,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(type_name, encoder=_encode_json, decoder=msgspec.json.decode, schema="pg_catalog")
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Nothing to undo when a connection goes back to the pool.
-
-    asyncpg's default reset is one more round trip per query (``RESET ALL``, ``UNLISTEN *``, unlocking
-    advisory locks). This code keeps no session state outside a transaction: its locks and settings are
-    transaction-scoped (``pg_advisory_xact_lock``, ``set_config(..., true)``), which is also what a
-    transaction-mode connection pooler requires. An open transaction is still rolled back by asyncpg.
-    """
-
-
 async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
@@ -44,7 +34,8 @@ async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> as
         command_timeout=30,
         # A restarted server invalidates connections; don't keep idle ones around for long.
         max_inactive_connection_lifetime=60,
-        reset=_keep_session,
+        # asyncpg's own reset on release stays: it costs a round trip, but it is also what finds a connection
+        # a database restart broke (the reset fails) and closes it, instead of handing it to the next request.
     )
     assert pool is not None
     return pool
@@ -69,6 +60,8 @@ def is_database_unavailable(exc: BaseException) -> bool:
         | asyncpg.exceptions.TooManyConnectionsError
         | asyncpg.exceptions.AdminShutdownError
         | asyncpg.exceptions.ConnectionDoesNotExistError
+        # The client's protocol on a connection a restart broke ("cannot switch to state ...").
+        | asyncpg.exceptions.InternalClientError
         | ConnectionError
         | OSError
         | asyncio.TimeoutError,

@@ -203,10 +203,13 @@ class TurnResult:
     tool_calls: tuple[ToolCall, ...]
 
 
-_NOT_SAVED = ErrorEvent(
-    code="not_saved",
-    message="The answer was streamed but could not be saved: the database is unavailable. "
-    "It is being retried; reload the conversation later to see whether it was kept.",
+# The answer reached the client but not the database yet. A retry may still keep it, so the stream says
+# neither "done" nor "not saved": the message's status in the conversation tells the end of the story.
+_PENDING = ErrorEvent(
+    code="pending",
+    message="The answer was streamed but is not saved yet: the database is unavailable. It is being retried "
+    "for about half a minute; the message's status in the conversation (GET /api/v1/chat/conversations/{id}) "
+    "is `pending` until it is kept.",
 )
 
 
@@ -260,7 +263,7 @@ class Turn:
                 yield final
             status: MessageStatus = "complete" if said.finish else "incomplete"
             if not await self.outcome.record(route, status, said, None):
-                yield [_NOT_SAVED]
+                yield [_PENDING]
                 return
             yield [done]
         finally:

@@ -139,3 +139,18 @@ async def test_persona_api_without_redis_uses_the_in_process_cache(database_url,
         await api.put(url, json={"description": "fresh"}, headers=alice.headers)
         assert (await api.get(url, headers=alice.headers)).json()["persona"]["description"] == "fresh"
         assert (await api.get("/ready")).json()["checks"] == {"database": "ok"}
+
+
+async def test_many_requests_meeting_redis_as_it_comes_back_all_succeed(redis_process, caplog):
+    cache = RedisCache.from_url(redis_process.url, prefix="race:")
+    await cache.set("k", b"v", 60)
+    redis_process.stop()
+    assert await cache.get("k") is None  # the outage is noticed
+    await cache.delete("k")  # a delete that must be replayed
+    redis_process.start()
+    cache._next_try = 0  # the retry pause is over
+    results = await asyncio.gather(*(cache.get("k") for _ in range(20)), return_exceptions=True)
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert await cache.get("k") is None  # the missed delete was made before anything was read
+    assert caplog.text.count("Redis is reachable again") == 1
+    await cache.aclose()

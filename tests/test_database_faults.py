@@ -23,7 +23,7 @@ async def test_requests_get_503_while_the_database_is_away_and_work_again_after(
         # A key that cannot be checked is refused: 503, not 401 and certainly not a pass.
         r = await api.get(PERSONAS, headers=alice.headers)
         assert r.status_code == 503
-        assert r.json()["error"]["code"] == "service_unavailable"
+        assert r.json()["error"]["code"] == "database_unavailable"
         assert "database" in r.json()["message"]
         ready = await api.get("/ready")
         assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unavailable"
@@ -75,12 +75,13 @@ async def test_an_answer_that_cannot_be_saved_is_not_reported_as_done(
         events, _ = parse_sse(r.text)
         names = [e.event for e in events]
         assert names[0] == "start" and "done" not in names
-        assert events[-2].event == "error" and events[-2].json["code"] == "not_saved"
+        assert events[-2].event == "error" and events[-2].json["code"] == "pending"
         assert "".join(e.json["content"] for e in events if e.event == "content") == "one two three"
 
         conversation_id = events[0].json["conversation_id"]
         query = "SELECT role, status, content FROM messages WHERE conversation_id = $1::uuid ORDER BY seq"
-        # The question was saved before the provider was called; the answer never claimed to be.
+        # The question was saved before the provider was called; the answer never claimed to be, and the
+        # conversation says it is pending, as the stream did.
         stored = await resources.pool.fetch(query, conversation_id)
         assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "pending")]
 
