@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 from litestar import Litestar
@@ -23,7 +22,9 @@ from api.openai_compat import OpenAIController
 from api.personas import PersonaController
 from api.playground import playground_router
 from api.portability import PortabilityController
+from api.request_ids import RequestIdMiddleware
 from providers import ProviderRegistry
+from runtime.logs import configure_logging
 from runtime.resources import open_resources
 from runtime.settings import Settings
 
@@ -39,7 +40,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             app.state.resources = resources
             yield
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health,
             health_head,
@@ -70,10 +71,13 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
         logging_config=None,
         debug=False,
     )
+    # Around everything Litestar does, error answers and unknown paths included.
+    app.asgi_handler = RequestIdMiddleware(app.asgi_handler)
+    return app
 
 
 def app_from_env() -> Litestar:
     """Factory for ``uvicorn --factory`` and multi-worker serving: settings from the environment."""
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)

@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from core.errors import PersonaRuntimeError
 from personas.models import WRITABLE_FIELDS
 from runtime.db import is_database_unavailable
+from runtime.logs import REQUEST_ID
 
 __all__ = ["anthropic_error", "anthropic_error_type", "exception_handlers", "openai_error_type"]
 
@@ -88,6 +89,8 @@ def _render(
         if field is not None:
             error["field"] = field
         body = {"success": False, "message": message, "error": error}
+    # Every shape names the request, so a report of the error finds its log lines.
+    body["error"]["request_id"] = REQUEST_ID.get()
     return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from providers import configs_from_env, default_provider
 from runtime.accounts import Accounts
 from runtime.db import connect_pool
 from runtime.embedded import EmbeddedPostgres, EmbeddedUnavailable
+from runtime.logs import configure_logging
 from runtime.migrate import MigrationError, apply_migrations
 from runtime.serving import uvicorn_options
 from runtime.settings import Settings, SettingsError
@@ -31,8 +33,36 @@ __all__ = ["main"]
 log = logging.getLogger("persona_runtime")
 
 
+# What --help says about configuration: every variable the runtime reads, and what it is when unset.
+ENVIRONMENT = """environment variables (a .env file in the working directory is read too):
+  DATABASE_URL               PostgreSQL DSN (unset: an embedded server, data under PERSONA_RUNTIME_HOME)
+  PERSONA_RUNTIME_HOME       data folder of the embedded defaults (~/.local/share/persona-runtime)
+  REDIS_URL                  Redis for the shared cache (unset: in-process cache, one instance)
+  REDIS_KEY_PREFIX           namespace of this deployment's Redis keys (persona-runtime:)
+  OPENAI_API_KEY, OPENAI_BASE_URL          the openai provider (any OpenAI-compatible server)
+  ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL    the anthropic provider
+  PROVIDER_<NAME>_BASE_URL, _API_KEY, _MODEL, _KIND   more OpenAI-compatible providers
+  DEFAULT_PROVIDER, DEFAULT_MODEL          when a persona names none (first configured; else echo)
+  BOOTSTRAP_ADMIN_KEY        on an empty database, user `admin` gets this key (unset: one is printed)
+  HOST, PORT                 bind address (127.0.0.1, 8666)
+  LOG_LEVEL, LOG_FORMAT      log threshold (INFO); text or json (text)
+  DATABASE_POOL_SIZE         database connections per process (10)
+  PROVIDER_TIMEOUT           seconds a provider may stay silent (120)
+  PROVIDER_MAX_CONNECTIONS   upstream connections per provider and worker (10000)
+  PERSONA_LOCAL_CACHE_SECONDS   how long a process keeps personas in memory (1)
+  HISTORY_TURNS, MAX_MESSAGE_CHARS, IMPORT_MAX_BYTES, SSE_HEARTBEAT_SECONDS   limits and pacing
+  SSL_CERT_FILE, SSL_CERT_DIR, HTTPS_PROXY, NO_PROXY   how providers are reached
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="persona-runtime", description="A persona runtime for LLM chat.")
+    parser = argparse.ArgumentParser(
+        prog="persona-runtime",
+        description="A persona runtime for LLM chat.",
+        epilog=ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="apply pending migrations, then serve HTTP")
@@ -66,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("persona-runtime")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -73,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"persona-runtime: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "serve":
             return _serve(settings, args)

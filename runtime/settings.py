@@ -47,6 +47,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     provider_connections: int = 10_000
     heartbeat_seconds: float = 15.0
     log_level: str = "INFO"
+    # `text` (readable) or `json` (one object a line).
+    log_format: str = "text"
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -96,8 +98,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             provider_connections=int(number("PROVIDER_MAX_CONNECTIONS", 10_000)),
             heartbeat_seconds=float(number("SSE_HEARTBEAT_SECONDS", 15.0, float)),
             log_level=(text("LOG_LEVEL") or "INFO").upper(),
+            log_format=_log_format(text("LOG_FORMAT")),
             env=env,
         )
+
+
+def _log_format(value: str | None) -> str:
+    fmt = (value or "text").lower()
+    if fmt not in ("text", "json"):
+        raise SettingsError(f"LOG_FORMAT must be `text` or `json`, got {value!r}")
+    return fmt
 
 
 def _redact(value: object) -> object:

@@ -27,6 +27,7 @@ from core.events import (
 )
 from providers import ProviderRequest, ProviderSet, ToolCall, assemble_tool_calls, batches_of
 from runtime.conversations import ConversationStore, MessageStatus
+from runtime.logs import REQUEST_ID
 from runtime.prompt import Route
 
 __all__ = ["AnswerStream", "Collector", "Outcome", "Turn", "TurnResult", "open_answer"]
@@ -220,12 +221,23 @@ class Turn:
     each to its client at once: ``start`` leads the first, ``done`` or ``error`` closes the last.
     """
 
-    def __init__(self, *, start: Start, answer: AnswerStream, outcome: Outcome | None) -> None:
+    def __init__(
+        self,
+        *,
+        start: Start,
+        answer: AnswerStream,
+        outcome: Outcome | None,
+        user_id: UUID | None = None,
+        began: float | None = None,
+    ) -> None:
         self.start = start
         self.answer = answer
         self.outcome = outcome
         self.said = Collector()
         self.failure: ProviderError | None = None
+        self.user_id = user_id
+        self.began = time.monotonic() if began is None else began
+        self.first_at: float | None = None
 
     async def batches(self) -> AsyncGenerator[list[TurnEvent], None]:
         said, route = self.said, self.answer.route
@@ -236,6 +248,8 @@ class Turn:
             try:
                 async for batch in self.answer.batches():
                     passed: list[Any] = said.add(batch)
+                    if passed and self.first_at is None:
+                        self.first_at = time.monotonic()
                     out: list[TurnEvent] = [*lead, *passed] if lead else passed
                     lead = []
                     if said.finish is not None:
@@ -246,11 +260,13 @@ class Turn:
             except ProviderError as exc:
                 settled = True
                 self.failure = exc
+                self._log("error")
                 if self.outcome is not None:
                     await self.outcome.record(route, "incomplete", said, {"code": exc.code, "message": exc.message})
                 yield [*lead, ErrorEvent(code=exc.code, message=exc.message)]
                 return
             settled = True
+            self._log("complete" if said.finish else "incomplete")
             final = [*lead, *final] if lead else final
             calls = [msgspec.to_builtins(c) for c in said.tool_calls()]
             done = Done(finish_reason=said.finish or "incomplete", message_id=self.start.message_id, tool_calls=calls)
@@ -276,10 +292,35 @@ class Turn:
                 await self.answer.aclose()
 
     async def _abandoned(self) -> None:
+        self._log("incomplete")
         await self.answer.aclose()
         if self.outcome is not None:
             error = {"code": "client_disconnected", "message": "The client went away."}
             await self.outcome.record(self.answer.route, "incomplete", self.said, error)
+
+    def _log(self, outcome: str) -> None:
+        """The turn's one ``chat turn`` line: who, which persona and why, where, how it ended, how long."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        now = time.monotonic()
+        start, usage = self.start, self.said.usage
+        log.info(
+            "chat turn",
+            extra={
+                "request_id": REQUEST_ID.get(),
+                "user_id": str(self.user_id) if self.user_id else None,
+                "persona_id": str(start.persona.id),
+                "persona_version": start.persona.version,
+                "persona_source": start.persona_source,
+                "provider": start.provider,
+                "model": start.model,
+                "outcome": outcome,
+                "ttft_ms": round((self.first_at - self.began) * 1000, 1) if self.first_at else None,
+                "duration_ms": round((now - self.began) * 1000, 1),
+                "input_tokens": usage.input_tokens if usage else None,
+                "output_tokens": usage.output_tokens if usage else None,
+            },
+        )
 
     async def collect(self) -> TurnResult:
         """Read the whole answer; a failure midway is raised (the partial answer is kept as incomplete)."""

@@ -202,7 +202,11 @@ async def test_errors_come_back_in_anthropics_shape(sdk, fake_llm, llm_app):
         await sdk.messages.create(
             model="persona", max_tokens=anthropic.omit, messages=[{"role": "user", "content": "x"}], timeout=10
         )
-    assert no_limit.value.body["error"] == {"type": "invalid_request_error", "message": "`max_tokens` is required."}
+    assert no_limit.value.body["error"] == {
+        "type": "invalid_request_error",
+        "message": "`max_tokens` is required.",
+        "request_id": no_limit.value.response.headers["x-request-id"],
+    }
 
     with pytest.raises(anthropic.BadRequestError) as unknown:
         await sdk.messages.create(

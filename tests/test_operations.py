@@ -1,0 +1,165 @@
+"""What an operator relies on: request ids in, out and in every log line, JSON logs, one line per chat turn,
+no key in the access log, and the command's --version and --help."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from runtime.logs import REQUEST_ID, JsonFormatter, TextFormatter, configure_logging
+from tests.conftest import persona_body
+
+CHAT = "/api/v1/chat"
+
+
+async def test_every_answer_carries_a_request_id_and_keeps_a_valid_one_of_the_clients(client, alice):
+    own = await client.get("/health", headers={"X-Request-ID": "checkout-42:a.b_c"})
+    assert own.headers["x-request-id"] == "checkout-42:a.b_c"
+    for bad in ("has spaces", "x" * 129, "semi;colon"):
+        r = await client.get("/health", headers={"X-Request-ID": bad})
+        assert r.headers["x-request-id"] != bad and len(r.headers["x-request-id"]) == 16
+    fresh = [(await client.get("/health")).headers["x-request-id"] for _ in range(2)]
+    assert fresh[0] != fresh[1]
+    # Errors, unknown paths and refused keys too.
+    assert "x-request-id" in (await client.get("/nowhere")).headers
+    assert "x-request-id" in (await client.get("/api/v1/chat/personas")).headers
+
+
+async def test_error_bodies_name_the_request_in_every_shape(client, alice):
+    headers = {**alice.headers, "X-Request-ID": "req-ours"}
+    ours = await client.post("/api/v1/chat/personas", json={"name": ""}, headers=headers)
+    assert ours.status_code == 400 and ours.json()["error"]["request_id"] == "req-ours"
+    openai = await client.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
+        headers={**alice.headers, "X-Request-ID": "req-openai"},
+    )
+    assert openai.status_code == 404 and openai.json()["error"]["request_id"] == "req-openai"
+    anthropic = await client.post(
+        "/v1/messages",
+        json={"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+        headers={**alice.headers, "X-Request-ID": "req-anthropic"},
+    )
+    assert anthropic.status_code == 404 and anthropic.json()["error"]["request_id"] == "req-anthropic"
+
+
+def _records(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == message]
+
+
+async def test_each_chat_turn_logs_one_line_with_its_request_and_what_happened(client, alice, caplog):
+    caplog.set_level(logging.INFO, logger="persona_runtime.chat")
+    r = await client.post(CHAT, json={"message": "hello there"}, headers={**alice.headers, "X-Request-ID": "turn-1"})
+    assert r.status_code == 200
+    (line,) = [r for r in _records(caplog, "chat turn") if getattr(r, "request_id", None) == "turn-1"]
+    fields = {k: getattr(line, k) for k in ("user_id", "persona_source", "provider", "model", "outcome")}
+    assert fields == {
+        "user_id": alice.id,
+        "persona_source": "default",
+        "provider": "echo",
+        "model": "echo-1",
+        "outcome": "complete",
+    }
+    assert line.persona_version >= 1 and line.input_tokens > 0 and line.output_tokens == 3
+    assert line.duration_ms >= line.ttft_ms >= 0
+    # Nothing the user said, and no key.
+    text = TextFormatter().format(line) + JsonFormatter().format(line)
+    assert "hello there" not in text and alice.key not in text
+
+
+async def test_a_turn_whose_client_hangs_up_is_logged_incomplete(llm_client, fake_llm, alice, caplog):
+    caplog.set_level(logging.INFO, logger="persona_runtime.chat")
+    fake_llm.script(chunks=tuple(f"w{i} " for i in range(50)), chunk_delay=0.05)
+    headers = {**alice.headers, "X-Request-ID": "gone-1"}
+    async with llm_client.stream("POST", CHAT, json={"message": "go", "stream": True}, headers=headers) as r:
+        async for line in r.aiter_lines():
+            if line.startswith("event: content"):
+                break
+    for _ in range(100):
+        lines = [r for r in _records(caplog, "chat turn") if getattr(r, "request_id", None) == "gone-1"]
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    assert [line.outcome for line in lines] == ["incomplete"]
+
+
+def test_json_lines_carry_the_standard_fields_and_the_extra_ones(capsys, our_handler):
+    our_handler("json")
+    token = REQUEST_ID.set("json-1")
+    try:
+        logging.getLogger("persona_runtime.test").info("chat turn", extra={"outcome": "complete", "ttft_ms": 1.5})
+    finally:
+        REQUEST_ID.reset(token)
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert {k: line[k] for k in ("level", "logger", "msg", "request_id", "outcome", "ttft_ms")} == {
+        "level": "INFO",
+        "logger": "persona_runtime.test",
+        "msg": "chat turn",
+        "request_id": "json-1",
+        "outcome": "complete",
+        "ttft_ms": 1.5,
+    }
+    assert line["ts"].endswith("Z")
+
+
+def test_the_access_log_never_keeps_a_key_from_a_query_string(capsys, our_handler):
+    our_handler("text")
+    access = logging.getLogger("uvicorn.access")
+    access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/v1/models?api_key=prk_secret&x=1", "1.1", 200)
+    access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/v1/models?key=prk_other", "1.1", 200)
+    err = capsys.readouterr().err
+    assert "prk_secret" not in err and "prk_other" not in err
+    assert "/v1/models?api_key=***&x=1" in err and "/v1/models?key=***" in err
+
+
+def test_version_and_help(tmp_path):
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runtime", *args], capture_output=True, text=True, timeout=60)
+
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("persona-runtime ")
+    helped = cli("--help")
+    assert helped.returncode == 0
+    for variable in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY", "LOG_FORMAT", "PROVIDER_MAX_CONNECTIONS"):
+        assert variable in helped.stdout
+
+
+def test_an_unknown_log_format_is_refused_with_a_clear_message(tmp_path):
+    env = {"LOG_FORMAT": "xml", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime", "migrate"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 2 and "LOG_FORMAT must be `text` or `json`" in result.stderr
+
+
+async def test_the_persona_is_never_in_the_chat_turn_line(client, alice, caplog):
+    caplog.set_level(logging.INFO, logger="persona_runtime.chat")
+    secret_prompt = "You are {{persona_name}}. The launch code is 7-ALPHA-9."
+    created = await client.post(
+        "/api/v1/chat/personas", json=persona_body(system_prompt=secret_prompt), headers=alice.headers
+    )
+    persona = created.json()["persona"]
+    await client.post(CHAT, json={"message": "hi", "persona_id": persona["id"]}, headers=alice.headers)
+    lines = [JsonFormatter().format(r) for r in _records(caplog, "chat turn")]
+    assert lines and not [line for line in lines if "7-ALPHA-9" in line]
+    assert any(persona["id"] in line for line in lines)
+
+
+@pytest.fixture
+def our_handler():
+    """The runtime's own log handler, installed for one test and taken away after it."""
+    installed: list[logging.Handler] = []
+    level = logging.getLogger().level
+
+    def install(fmt: str) -> None:
+        installed.append(configure_logging("INFO", fmt))
+
+    yield install
+    for handler in installed:
+        logging.getLogger().removeHandler(handler)
+    logging.getLogger().setLevel(level)
