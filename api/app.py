@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
@@ -25,7 +29,7 @@ from api.portability import PortabilityController
 from api.request_ids import RequestIdMiddleware
 from providers import ProviderRegistry
 from runtime.logs import configure_logging
-from runtime.resources import open_resources
+from runtime.resources import Resources, open_resources
 from runtime.settings import Settings
 
 __all__ = ["app_from_env", "create_app"]
@@ -38,7 +42,8 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_resources(settings, registry) as resources:
             app.state.resources = resources
-            yield
+            with _notified_of_sigterm(resources):
+                yield
 
     app = Litestar(
         route_handlers=[
@@ -74,6 +79,31 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
     # Around everything Litestar does, error answers and unknown paths included.
     app.asgi_handler = RequestIdMiddleware(app.asgi_handler)
     return app
+
+
+@contextlib.contextmanager
+def _notified_of_sigterm(resources: Resources) -> Iterator[None]:
+    """Tell the resources when SIGTERM arrives, then let the server's own handler stop it as usual.
+
+    The server (uvicorn) installed its handler before the app started; this one runs first and hands over.
+    Without such a handler (an app run by a test, or off the main thread) nothing is installed.
+    """
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if not callable(previous):  # no server of ours listening for SIGTERM: leave the process's handling alone
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(resources.begin_shutdown)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def app_from_env() -> Litestar:

@@ -17,6 +17,7 @@ Every error a client can see is a ``PersonaRuntimeError`` subclass with a snake_
         ├── ProviderUnavailable          502 provider_unavailable (connection refused, 5xx)
         ├── ProviderRejected             502 provider_rejected  (upstream 4xx: bad key, unknown model)
         ├── ProviderTimeout              504 provider_timeout
+        ├── ShuttingDown                 503 shutting_down      (the server stopped before the answer ended)
         └── ProviderRateLimited          429 provider_rate_limited (carries ``retry_after``)
 
 It sits at the ground of the import graph: ``personas/``, ``providers/`` and ``runtime/`` raise these,
@@ -41,6 +42,7 @@ __all__ = [
     "ProviderTimeout",
     "ProviderUnavailable",
     "ServiceUnavailable",
+    "ShuttingDown",
     "Unauthorized",
 ]
 
@@ -129,6 +131,13 @@ class ProviderRejected(ProviderError):
 class ProviderTimeout(ProviderError):
     code = "provider_timeout"
     status = 504
+
+
+class ShuttingDown(ProviderError):
+    """The server is stopping and its grace period ran out while the answer was still streaming."""
+
+    code = "shutting_down"
+    status = 503
 
 
 class ProviderRateLimited(ProviderError):

@@ -182,6 +182,11 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def interrupt(self, exc: BaseException) -> None:
+        """Fail the response under way with ``exc``: the reader gets it at its next wait."""
+        self._fail(exc)
+        self._wake()
+
     def _expire(self, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
             waiter.set_exception(ReadTimeout("the server sent nothing in time"))
@@ -285,6 +290,8 @@ class HttpPool:
         self._ssl = (ssl_context or default_ssl_context()) if self.tls else None
         self._proxy = _proxy_for(parts.scheme, self.host)
         self._idle: deque[_Connection] = deque()
+        self._busy: set[_Connection] = set()
+        self._interrupted: BaseException | None = None
         self.max_connections = max_connections
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
@@ -296,6 +303,8 @@ class HttpPool:
 
     async def post(self, prepared: bytes, body: bytes) -> HttpResponse:
         """Send a prepared POST and wait for the response's status and headers."""
+        if self._interrupted is not None:
+            raise self._interrupted
         request = b"%s%d\r\n\r\n%s" % (prepared, len(body), body)
         if self._slots.locked():
             # A stream past the bound waits for a free connection, but not forever: it is told why instead.
@@ -318,17 +327,20 @@ class HttpPool:
             if connection is None:
                 connection, reused = await self._connect(), False
             connection.begin(request)
+            self._busy.add(connection)
             try:
                 while not connection.headers_done:
                     await connection.wait(self.read_timeout)
             except _Closed:
                 connection.abort()
+                self._busy.discard(connection)
                 # A kept-alive connection the server had closed before our request: one fresh try.
                 if reused and not connection.received:
                     continue
                 raise
             except BaseException:
                 connection.abort()
+                self._busy.discard(connection)
                 raise
             return HttpResponse(self, connection)
 
@@ -379,7 +391,14 @@ class HttpPool:
             )
         return connection
 
+    def interrupt(self, exc: BaseException) -> None:
+        """End every response under way with ``exc`` (raised where it is being read), and refuse new requests."""
+        self._interrupted = exc
+        for connection in list(self._busy):
+            connection.interrupt(exc)
+
     def release(self, connection: _Connection) -> None:
+        self._busy.discard(connection)
         if connection.reusable and not self._closed:
             connection.idle_since = time.monotonic()
             self._idle.append(connection)

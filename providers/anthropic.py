@@ -270,6 +270,10 @@ class AnthropicProvider:
     def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
         return _upstream.one_by_one(self.stream_batches(request))
 
+    def interrupt(self, exc: BaseException) -> None:
+        """End every answer under way with ``exc`` (at shutdown), and take no new ones."""
+        self._pool.interrupt(exc)
+
     async def aclose(self) -> None:
         await self._pool.aclose()
         await self._client.close()

@@ -124,7 +124,8 @@ class Provider(Protocol):
     upstream request is cancelled at once. ``build_body`` returns the exact JSON body ``stream``
     would POST upstream, for dry runs.
 
-    A provider may also offer ``stream_batches(request)``, the same events as lists, one list per
+    A provider may also offer ``interrupt(exc)``, ending the streams under way with ``exc`` (the runtime
+    calls it when its shutdown grace runs out), and ``stream_batches(request)``, the same events as lists, one list per
     read of the upstream connection: the runtime then writes each list to its client at once
     (see ``batches_of``). The built-in HTTP adapters do.
     """

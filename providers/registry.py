@@ -140,6 +140,13 @@ class ProviderSet:
     def __len__(self) -> int:
         return len(self._providers)
 
+    def interrupt(self, exc: BaseException) -> None:
+        """End the answers under way with ``exc``, on every provider that can (the HTTP adapters can)."""
+        for provider in self._providers.values():
+            interrupt = getattr(provider, "interrupt", None)
+            if interrupt is not None:
+                interrupt(exc)
+
     async def aclose(self) -> None:
         results = await asyncio.gather(*(p.aclose() for p in self._providers.values()), return_exceptions=True)
         for name, result in zip(self._providers, results, strict=True):

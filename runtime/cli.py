@@ -46,6 +46,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   BOOTSTRAP_ADMIN_KEY        on an empty database, user `admin` gets this key (unset: one is printed)
   HOST, PORT                 bind address (127.0.0.1, 8666)
   LOG_LEVEL, LOG_FORMAT      log threshold (INFO); text or json (text)
+  SHUTDOWN_GRACE_SECONDS     after SIGTERM, how long streams may run on (25)
   DATABASE_POOL_SIZE         database connections per process (10)
   PROVIDER_TIMEOUT           seconds a provider may stay silent (120)
   PROVIDER_MAX_CONNECTIONS   upstream connections per provider and worker (10000)
@@ -138,7 +139,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     try:
         uvicorn.run(
             "api.app:app_from_env",
-            **uvicorn_options(host=args.host or settings.host, port=args.port or settings.port, workers=args.workers),
+            **uvicorn_options(
+                host=args.host or settings.host,
+                port=args.port or settings.port,
+                workers=args.workers,
+                grace=settings.shutdown_grace_seconds,
+            ),
         )
     finally:
         if embedded is not None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
+from core.errors import ShuttingDown
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.porter import PersonaPorter
 from personas.service import PersonaService
@@ -48,9 +49,27 @@ class Resources:
     authoring: AuthoringService
     porter: PersonaPorter
 
+    draining: bool = False
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: ``/ready`` says 503 from now on, and streams still open after the grace are ended."""
+        if self.draining:
+            return
+        self.draining = True
+        grace = self.settings.shutdown_grace_seconds
+        log.info("shutting down: streams in flight may run on for %.0f s", grace)
+        asyncio.get_running_loop().call_later(grace, self._end_streams)
+
+    def _end_streams(self) -> None:
+        self.providers.interrupt(
+            ShuttingDown("The server is shutting down; the answer was cut short. Send the message again.")
+        )
+
     async def readiness(self) -> dict[str, str]:
-        """What ``/ready`` reports: each dependency and whether it answers now."""
+        """What ``/ready`` reports: each dependency and whether it answers now (and whether we are stopping)."""
         checks: dict[str, str] = {}
+        if self.draining:
+            checks["server"] = "shutting_down"
         try:
             async with self.pool.acquire(timeout=2) as conn:
                 await conn.fetchval("SELECT 1", timeout=2)

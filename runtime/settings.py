@@ -46,6 +46,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Upstream connections each provider may hold open at once, per worker: every open stream holds one.
     provider_connections: int = 10_000
     heartbeat_seconds: float = 15.0
+    # How long streams in flight may run on after SIGTERM before they are ended with `shutting_down`.
+    shutdown_grace_seconds: float = 25.0
     log_level: str = "INFO"
     # `text` (readable) or `json` (one object a line).
     log_format: str = "text"
@@ -97,6 +99,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             request_timeout=float(number("PROVIDER_TIMEOUT", 120.0, float)),
             provider_connections=int(number("PROVIDER_MAX_CONNECTIONS", 10_000)),
             heartbeat_seconds=float(number("SSE_HEARTBEAT_SECONDS", 15.0, float)),
+            shutdown_grace_seconds=float(number("SHUTDOWN_GRACE_SECONDS", 25.0, float)),
             log_level=(text("LOG_LEVEL") or "INFO").upper(),
             log_format=_log_format(text("LOG_FORMAT")),
             env=env,
