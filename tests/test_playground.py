@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import persona_body
+from tests.fakellm import Script
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -338,8 +339,8 @@ async def test_two_versions_answer_side_by_side(page, base_url, alice, fake_llm,
     await open_playground(page, base_url, alice.key)
     await pick(page, persona)
     await page.get_by_role("tab", name="Compare").click()
-    await expect(page.get_by_label("Left")).to_have_value("v1")
-    await expect(page.get_by_label("Right")).to_have_value("v2")
+    await expect(page.get_by_label("Candidate 1", exact=True)).to_have_value("v1")
+    await expect(page.get_by_label("Candidate 2", exact=True)).to_have_value("v2")
 
     fake_llm.default = fake_llm.script(chunks=("Same ", "words ", "from ", "both."), chunk_delay=0.2)
     await page.get_by_role("button", name="Compare", exact=True).click()
@@ -357,6 +358,63 @@ async def test_two_versions_answer_side_by_side(page, base_url, alice, fake_llm,
     systems = sorted(r.body["messages"][0]["content"] for r in fake_llm.chat_requests()[-2:])
     assert systems[0].startswith(f"Version one of {persona['name']}.") and systems[1].startswith("Version two.")
     await page.screenshot(path=screenshots / "playground-compare.png")
+
+
+async def test_four_candidates_answer_side_by_side(page, base_url, alice, fake_llm):
+    persona = await make_persona(base_url, alice, system_prompt="Version one of {{persona_name}}.")
+    await api(base_url, alice, "PUT", f"{PERSONAS}/{persona['id']}", {"system_prompt": "Version two."})
+    persona["system_prompt"] = "Version two."
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_label("System prompt").fill("Draft words.")
+    await page.get_by_role("tab", name="Compare").click()
+    await page.get_by_role("button", name="Add a candidate").click()
+    await page.get_by_role("button", name="Add a candidate").click()
+    await expect(page.get_by_role("button", name="Add a candidate")).to_be_disabled()
+    await expect(page.get_by_label("Candidate 3", exact=True)).to_have_value("draft")
+    await page.get_by_label("Candidate 4", exact=True).select_option("v1")
+
+    fake_llm.default = fake_llm.script(chunks=("Four ", "at ", "once."), chunk_delay=0.1)
+    await page.get_by_role("button", name="Compare", exact=True).click()
+    titles = ["Version 1", "Version 2 (current)", "Editor (unsaved draft)", "Version 1"]
+    for i, title in enumerate(titles):
+        column = page.get_by_test_id(f"compare-{i}")
+        await expect(column.locator(".answer-title")).to_have_text(title)
+        await expect(column.locator(".answer-text")).to_have_text("Four at once.")
+        await expect(column.locator(".meta")).to_contain_text("11 in / 7 out tokens")
+    await expect(page.get_by_test_id("compare-status")).to_have_text("4 candidates answered.")
+    systems = sorted(r.body["messages"][0]["content"].split(".")[0] for r in fake_llm.chat_requests()[-4:])
+    one = f"Version one of {persona['name']}"
+    assert systems == ["Draft words", one, one, "Version two"]
+
+    # A candidate can be taken out again, down to two.
+    await page.get_by_role("button", name="Remove candidate 3").click()
+    await expect(page.get_by_label("Candidate 3", exact=True)).to_have_value("v1")
+    await page.get_by_role("button", name="Remove candidate 3").click()
+    await expect(page.get_by_role("button", name=re.compile("Remove candidate"))).to_have_count(0)
+
+
+async def test_stop_ends_a_comparison_and_every_candidate_upstream(page, base_url, alice, fake_llm):
+    persona = await make_persona(base_url, alice)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Compare").click()
+    await page.get_by_role("button", name="Add a candidate").click()
+    fake_llm.default = Script(chunks=tuple(f"w{n} " for n in range(60)), chunk_delay=0.2)
+    before = len(fake_llm.chat_requests())
+    await page.get_by_role("button", name="Compare", exact=True).click()
+    await expect(page.get_by_test_id("compare-0").locator(".answer-text")).to_contain_text("w1 ")
+    await page.get_by_role("button", name="Stop").click()
+    await expect(page.get_by_test_id("compare-status")).to_have_text("Stopped: 3 of 3 candidates were cut off.")
+    for i in range(3):
+        await expect(page.get_by_test_id(f"compare-{i}").locator(".meta")).to_contain_text("stopped")
+    await expect(page.get_by_test_id("error")).to_be_hidden()
+    await expect(page.get_by_role("button", name="Compare", exact=True)).to_be_enabled()
+    upstream = fake_llm.chat_requests()[before:]
+    assert len(upstream) == 3
+    for request in upstream:
+        assert await request.wait_disconnected(within=5.0), "a candidate kept talking to its provider"
+        assert not request.completed
 
 
 # Tests ---------------------------------------------------------------------------------------------------

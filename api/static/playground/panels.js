@@ -137,75 +137,151 @@ export function chatPanel(ctx) {
 
 // Compare -----------------------------------------------------------------------------------------
 
+const MIN_CANDIDATES = 2;
+const MAX_CANDIDATES = 4; // what POST /compare takes
+
+/** One column of a comparison; it fills as that candidate's events arrive. */
+function compareColumn(i, title) {
+  const meta = el("p", { class: "meta" }, "waiting…");
+  const text = el("div", { class: "answer-text" });
+  const column = el(
+    "article",
+    { class: "answer streaming", id: `compare-${i}`, "data-testid": `compare-${i}` },
+    el("h3", { class: "answer-title" }, title),
+    meta,
+    text,
+  );
+  return {
+    column,
+    handle(event, data) {
+      if (event === "start") meta.textContent = describeStart(data);
+      else if (event === "content") text.append(data.content);
+      else if (event === "usage") meta.textContent += ` · ${data.input_tokens} in / ${data.output_tokens} out tokens`;
+      else if (event === "done") column.classList.remove("streaming");
+      else if (event === "error") {
+        column.classList.remove("streaming");
+        column.classList.add("failed");
+        text.append(el("p", { class: "error-text", role: "alert" }, `error (${data.code}): ${data.message}`));
+      }
+    },
+    /** The stream is over: a column still waiting says why it got no more. */
+    end(reason) {
+      if (!column.classList.contains("streaming")) return false;
+      column.classList.remove("streaming");
+      column.classList.add("stopped");
+      meta.textContent += ` · ${reason}`;
+      return true;
+    },
+  };
+}
+
 export function comparePanel(ctx) {
-  const selects = [$("#compare-a"), $("#compare-b")];
-  const columns = [$("#compare-0"), $("#compare-1")];
+  const list = $("#compare-candidates");
+  const box = $("#compare-columns");
+  const add = $("#compare-add");
+  const stop = $("#compare-stop");
+  const status = $("#compare-status");
+  let choices = [{ value: "draft", label: "Editor (unsaved draft)" }];
+  let picked = ["draft", "draft"]; // what each candidate is: "draft" or "v<n>"
   let controller = null;
 
+  /** The candidate pickers, one per entry of `picked`, with Remove beyond the first two. */
+  function showPickers() {
+    list.replaceChildren(
+      ...picked.map((value, i) => {
+        const id = `compare-pick-${i}`;
+        const select = el(
+          "select",
+          { id, onchange: () => (picked[i] = select.value) },
+          choices.map((c) => el("option", { value: c.value }, c.label)),
+        );
+        select.value = value;
+        const remove =
+          picked.length > MIN_CANDIDATES
+            ? el("button", { type: "button", class: "quiet", "aria-label": `Remove candidate ${i + 1}`, onclick: () => removePicker(i) }, "Remove")
+            : null;
+        return el("div", { class: "field candidate" }, el("label", { for: id }, `Candidate ${i + 1}`), el("div", { class: "row" }, select, remove));
+      }),
+    );
+    add.disabled = picked.length >= MAX_CANDIDATES;
+  }
+
+  function removePicker(i) {
+    picked.splice(i, 1);
+    showPickers();
+  }
+
+  add.addEventListener("click", () => {
+    if (picked.length >= MAX_CANDIDATES) return;
+    // The newest version nobody picked yet, else the editor's draft.
+    const free = choices.find((c) => c.value !== "draft" && !picked.includes(c.value));
+    picked.push(free ? free.value : "draft");
+    showPickers();
+  });
+
   function options(versions) {
-    const choices = [{ value: "draft", label: "Editor (unsaved draft)" }];
+    choices = [{ value: "draft", label: "Editor (unsaved draft)" }];
     versions.forEach((v, i) => {
       const note = v.change_note ? ` — ${v.change_note}` : "";
       choices.push({ value: `v${v.version}`, label: `Version ${v.version}${i === 0 ? " (current)" : ""}${note}` });
     });
-    for (const select of selects) select.replaceChildren(...choices.map((c) => el("option", { value: c.value }, c.label)));
     // The newest two versions by default; with a single version, it against the editor.
-    selects[0].value = versions[1] ? `v${versions[1].version}` : versions[0] ? `v${versions[0].version}` : "draft";
-    selects[1].value = versions[1] ? `v${versions[0].version}` : "draft";
+    picked = [
+      versions[1] ? `v${versions[1].version}` : versions[0] ? `v${versions[0].version}` : "draft",
+      versions[1] ? `v${versions[0].version}` : "draft",
+    ];
+    showPickers();
   }
 
-  function candidate(select) {
-    if (select.value === "draft") {
+  function candidate(value) {
+    if (value === "draft") {
       const choice = ctx.choice({ forceDraft: true });
       return choice ? { persona: choice.persona } : null;
     }
-    return { persona_id: ctx.state.current.id, version: Number(select.value.slice(1)) };
+    return { persona_id: ctx.state.current.id, version: Number(value.slice(1)) };
   }
 
   function clear() {
-    for (const column of columns) {
-      column.querySelector(".answer-title").textContent = "";
-      column.querySelector(".meta").textContent = "";
-      column.querySelector(".answer-text").textContent = "";
-      column.classList.remove("failed", "streaming");
-    }
+    box.replaceChildren();
+    status.textContent = "";
   }
 
   $("#compare-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    const candidates = selects.map(candidate);
+    const candidates = picked.map(candidate);
     if (candidates.includes(null)) return;
     const message = $("#compare-message").value || "Hello!";
-    clear();
-    columns.forEach((column, i) => {
-      column.querySelector(".answer-title").textContent = selects[i].selectedOptions[0].textContent;
-      column.querySelector(".meta").textContent = "waiting…";
-      column.classList.add("streaming");
-    });
+    const columns = picked.map((value, i) => compareColumn(i, choices.find((c) => c.value === value).label));
+    box.dataset.count = String(columns.length);
+    box.replaceChildren(...columns.map((c) => c.column));
+    status.textContent = `${columns.length} candidates answering…`;
     controller = new AbortController();
+    stop.disabled = false;
+    let stopped = false;
     await task(
       "Compare failed",
       async () => {
-        for await (const { event, data } of await ctx.client.compare(candidates, message, controller.signal)) {
-          const column = columns[data.candidate];
-          if (!column) continue;
-          const meta = column.querySelector(".meta");
-          if (event === "start") meta.textContent = describeStart(data);
-          else if (event === "content") column.querySelector(".answer-text").append(data.content);
-          else if (event === "usage") meta.textContent += ` · ${data.input_tokens} in / ${data.output_tokens} out tokens`;
-          else if (event === "done") column.classList.remove("streaming");
-          else if (event === "error") {
-            column.classList.remove("streaming");
-            column.classList.add("failed");
-            column.querySelector(".answer-text").append(el("p", { class: "error-text", role: "alert" }, `error (${data.code}): ${data.message}`));
+        try {
+          for await (const { event, data } of await ctx.client.compare(candidates, message, controller.signal)) {
+            const column = columns[data.candidate];
+            if (column) column.handle(event, data);
           }
+        } catch (err) {
+          stopped = err.name === "AbortError";
+          throw err;
         }
       },
       $("#compare"),
     );
-    for (const column of columns) column.classList.remove("streaming");
+    stop.disabled = true;
+    controller = null;
+    const unfinished = columns.filter((c) => c.end(stopped ? "stopped" : "no answer")).length;
+    if (stopped) status.textContent = `Stopped: ${unfinished} of ${columns.length} candidates were cut off.`;
+    else status.textContent = unfinished ? `${unfinished} of ${columns.length} candidates got no answer.` : `${columns.length} candidates answered.`;
   });
+  stop.addEventListener("click", () => controller && controller.abort());
 
+  showPickers();
   return { options, clear };
 }
 
