@@ -291,6 +291,74 @@ async def test_a_provider_failure_mid_answer_is_shown_in_the_chat(page, base_url
     await expect(page.get_by_test_id("error")).to_contain_text("The provider failed")
 
 
+async def conversation(base_url: str, account: Any, page: Page) -> tuple[str, list[str]]:
+    """The kept conversation the chat panel names, and its user messages as stored."""
+    line = page.get_by_test_id("chat-conversation")
+    await expect(line).to_have_attribute("data-conversation-id", re.compile(r"\S"))
+    conversation_id = await line.get_attribute("data-conversation-id")
+    assert conversation_id is not None
+    body = await api(base_url, account, "GET", f"/api/v1/chat/conversations/{conversation_id}")
+    return conversation_id, [m["content"] for m in body["messages"] if m["role"] == "user"]
+
+
+async def send(page: Page, message: str, answer: str) -> None:
+    await page.get_by_label("Your message").fill(message)
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.get_by_test_id("chat-answer").last).to_have_text(answer)
+    await expect(page.get_by_test_id("chat-status").last).to_contain_text("finished: stop")
+
+
+async def test_a_kept_conversation_continues_and_a_new_one_starts(page, base_url, alice, fake_llm):
+    persona = await make_persona(base_url, alice)
+    chats: list[dict[str, Any]] = []
+    page.on("request", lambda r: chats.append(r.post_data_json) if r.url.endswith("/api/v1/chat") else None)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Chat").click()
+    await page.get_by_label("Keep the conversation").check()
+    await expect(page.get_by_test_id("chat-mode")).to_contain_text("unsaved edits in the editor are not used")
+
+    fake_llm.script(chunks=("Nice ", "to meet you."))
+    await send(page, "I am Ann.", "Nice to meet you.")
+    await expect(page.get_by_test_id("chat-meta").last).to_contain_text(f"{persona['name']} v1")
+    fake_llm.script(chunks=("You are ", "Ann."))
+    await send(page, "Who am I?", "You are Ann.")
+    await expect(page.get_by_test_id("chat-log").locator("li")).to_have_count(2)
+    first, messages = await conversation(base_url, alice, page)
+    assert messages == ["I am Ann.", "Who am I?"]
+    assert [c.get("conversation_id") for c in chats] == [None, first]
+    assert all(c["persona_id"] == persona["id"] for c in chats)
+    # The earlier turn went upstream with the second one.
+    upstream = [m["content"] for m in fake_llm.chat_requests()[-1].body["messages"] if m["role"] != "system"]
+    assert upstream == ["I am Ann.", "Nice to meet you.", "Who am I?"]
+    await expect(page.get_by_test_id("chat-conversation")).to_contain_text("2 turns")
+
+    await page.get_by_role("button", name="New conversation").click()
+    await expect(page.get_by_test_id("chat-log").locator("li")).to_have_count(0)
+    await send(page, "Hello again", "Hello from the fake model.")
+    second, messages = await conversation(base_url, alice, page)
+    assert second != first and messages == ["Hello again"]
+    assert chats[-1].get("conversation_id") is None
+
+
+async def test_another_users_public_persona_answers_in_a_kept_conversation(page, base_url, alice, bob, fake_llm):
+    persona = await make_persona(base_url, alice, visibility="public")
+    await open_playground(page, base_url, bob.key)
+    await page.locator(f'#persona-list [data-persona-id="{persona["id"]}"]').click()
+    await expect(page.locator("#editor-title")).to_have_text(persona["name"])
+    await expect(page.locator("#editor-readonly")).to_be_visible()
+    await page.get_by_role("tab", name="Chat").click()
+    await expect(page.get_by_label("Keep the conversation")).to_be_checked()
+    await expect(page.get_by_label("Keep the conversation")).to_be_disabled()
+    await expect(page.get_by_test_id("chat-conversation")).to_contain_text("not yours")
+
+    fake_llm.script(chunks=("Hi ", "Bob."))
+    await send(page, "Hello", "Hi Bob.")
+    await expect(page.get_by_test_id("error")).to_be_hidden()
+    _, messages = await conversation(base_url, bob, page)
+    assert messages == ["Hello"]
+
+
 # Errors --------------------------------------------------------------------------------------------------
 
 

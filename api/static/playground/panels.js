@@ -83,49 +83,139 @@ function chatTurn(message, label) {
   };
 }
 
+/** Whether the caller owns (or, as an admin, may edit) a saved persona: only then is its system prompt shown. */
+const owned = (persona) => persona !== null && persona.system_prompt !== null;
+
+/** Feed a chat stream's events into its turn; the `start` event goes to onStart too. */
+async function consume(turn, events, onStart = () => {}) {
+  for await (const { event, data } of events) {
+    if (event === "start") {
+      turn.start(data);
+      onStart(data);
+    } else if (event === "content") turn.append(data.content);
+    else if (event === "usage") turn.usage(data);
+    else if (event === "done") turn.finish(data);
+    else if (event === "error") {
+      turn.fail(`error (${data.code}): ${data.message}`);
+      showError({ message: data.message, code: data.code }, `The provider failed (${data.code})`);
+    }
+  }
+  turn.stop("the stream ended early");
+}
+
 export function chatPanel(ctx) {
   const send = $("#chat-send");
   const stop = $("#chat-stop");
+  const keep = $("#chat-keep");
   let controller = null;
+  let conversation = null; // {id, personaId, turns} of the kept conversation, once it has started
+  let notOwned = false; // the editor holds someone else's persona: preview is not for us
+
+  function showMode() {
+    const kept = keep.checked;
+    $("#chat-mode-preview").hidden = kept;
+    $("#chat-mode-kept").hidden = !kept;
+    $("#chat-new").hidden = !kept;
+    const line = $("#chat-conversation");
+    line.hidden = !kept;
+    if (conversation) {
+      line.dataset.conversationId = conversation.id;
+      const turns = `${conversation.turns} turn${conversation.turns === 1 ? "" : "s"}`;
+      line.textContent = `Conversation ${conversation.id} · ${turns} · stored`;
+    } else {
+      delete line.dataset.conversationId;
+      line.textContent = notOwned
+        ? "This persona is not yours, so it answers in a kept conversation through /api/v1/chat (with its saved version)."
+        : "A new conversation starts with the next message.";
+    }
+  }
+
+  function newConversation() {
+    if (controller) controller.abort();
+    conversation = null;
+    $("#chat-log").replaceChildren();
+    showMode();
+  }
+
+  /** Someone else's persona can only be chatted with in a kept conversation. */
+  function mustKeep() {
+    notOwned = true;
+    keep.checked = true;
+    keep.disabled = true;
+    showMode();
+  }
+
+  /** Follow what the editor holds: another persona starts another conversation. */
+  function follow(persona) {
+    notOwned = persona !== null && !owned(persona);
+    keep.disabled = notOwned;
+    if (notOwned) keep.checked = true;
+    if (conversation && (!persona || conversation.personaId !== persona.id)) newConversation();
+    else showMode();
+  }
+
+  async function keptTurn(persona, message) {
+    const turn = chatTurn(message, `${persona.name} v${persona.version} (saved) · kept conversation`);
+    const body = { persona_id: persona.id };
+    if (conversation) body.conversation_id = conversation.id;
+    const started = (data) => {
+      conversation = { id: data.conversation_id, personaId: persona.id, turns: conversation ? conversation.turns + 1 : 1 };
+      showMode();
+    };
+    try {
+      await consume(turn, await ctx.client.chat(body, message, controller.signal), started);
+    } catch (err) {
+      if (err.name === "AbortError") turn.stop("stopped");
+      else turn.fail(`failed: ${err.message}`);
+      throw err;
+    }
+  }
+
+  async function previewTurn(choice, message) {
+    const body = choice.persona_id ? { persona_id: choice.persona_id } : { persona: choice.persona };
+    const turn = chatTurn(message, choice.label);
+    try {
+      await consume(turn, await ctx.client.preview(body, message, controller.signal));
+    } catch (err) {
+      if (err.status === 403 && choice.persona_id && ctx.state.current) {
+        // Preview is for owners and admins; a persona we may see but not edit answers in a kept conversation.
+        turn.fail("preview is for the persona's owner: answering in a kept conversation instead");
+        mustKeep();
+        return keptTurn(ctx.state.current, message);
+      }
+      if (err.name === "AbortError") turn.stop("stopped");
+      else turn.fail(`failed: ${err.message}`);
+      throw err;
+    }
+  }
 
   $("#chat-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const message = $("#chat-message").value.trim();
     if (!message) return;
-    const choice = ctx.choice();
-    if (!choice) return;
-    const body = choice.persona_id ? { persona_id: choice.persona_id } : { persona: choice.persona };
-    const turn = chatTurn(message, choice.label);
+    let run;
+    if (keep.checked) {
+      const persona = ctx.state.current;
+      if (!persona) {
+        showError(new Error("Save the persona first: a kept conversation uses the saved persona."), "Cannot keep a conversation");
+        return;
+      }
+      run = () => keptTurn(persona, message);
+    } else {
+      const choice = ctx.choice();
+      if (!choice) return;
+      run = () => previewTurn(choice, message);
+    }
     $("#chat-message").value = "";
     controller = new AbortController();
     stop.disabled = false;
-    await task(
-      "Chat failed",
-      async () => {
-        try {
-          for await (const { event, data } of await ctx.client.preview(body, message, controller.signal)) {
-            if (event === "start") turn.start(data);
-            else if (event === "content") turn.append(data.content);
-            else if (event === "usage") turn.usage(data);
-            else if (event === "done") turn.finish(data);
-            else if (event === "error") {
-              turn.fail(`error (${data.code}): ${data.message}`);
-              showError({ message: data.message, code: data.code }, `The provider failed (${data.code})`);
-            }
-          }
-          turn.stop("the stream ended early");
-        } catch (err) {
-          if (err.name === "AbortError") turn.stop("stopped");
-          else turn.fail(`failed: ${err.message}`);
-          throw err;
-        }
-      },
-      send,
-    );
+    await task("Chat failed", run, send);
     stop.disabled = true;
     controller = null;
   });
   stop.addEventListener("click", () => controller && controller.abort());
+  keep.addEventListener("change", newConversation);
+  $("#chat-new").addEventListener("click", newConversation);
   $("#chat-clear").addEventListener("click", () => $("#chat-log").replaceChildren());
   $("#chat-message").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) {
@@ -133,6 +223,8 @@ export function chatPanel(ctx) {
       $("#chat-form").requestSubmit();
     }
   });
+  showMode();
+  return { follow };
 }
 
 // Compare -----------------------------------------------------------------------------------------
