@@ -308,7 +308,7 @@ async def send(page: Page, message: str, answer: str) -> None:
     await expect(page.get_by_test_id("chat-status").last).to_contain_text("finished: stop")
 
 
-async def test_a_kept_conversation_continues_and_a_new_one_starts(page, base_url, alice, fake_llm):
+async def test_a_kept_conversation_continues_and_a_new_one_starts(page, base_url, alice, fake_llm, screenshots):
     persona = await make_persona(base_url, alice)
     chats: list[dict[str, Any]] = []
     page.on("request", lambda r: chats.append(r.post_data_json) if r.url.endswith("/api/v1/chat") else None)
@@ -332,6 +332,7 @@ async def test_a_kept_conversation_continues_and_a_new_one_starts(page, base_url
     upstream = [m["content"] for m in fake_llm.chat_requests()[-1].body["messages"] if m["role"] != "system"]
     assert upstream == ["I am Ann.", "Nice to meet you.", "Who am I?"]
     await expect(page.get_by_test_id("chat-conversation")).to_contain_text("2 turns")
+    await page.screenshot(path=screenshots / "playground-conversation.png")
 
     await page.get_by_role("button", name="New conversation").click()
     await expect(page.get_by_test_id("chat-log").locator("li")).to_have_count(0)
@@ -356,6 +357,24 @@ async def test_another_users_public_persona_answers_in_a_kept_conversation(page,
     await send(page, "Hello", "Hi Bob.")
     await expect(page.get_by_test_id("error")).to_be_hidden()
     _, messages = await conversation(base_url, bob, page)
+    assert messages == ["Hello"]
+
+
+async def test_a_preview_refused_with_403_is_answered_in_a_kept_conversation(page, base_url, alice, fake_llm):
+    # Should the page take a persona for the caller's own and preview be refused, the message still gets an answer.
+    persona = await make_persona(base_url, alice)
+    refused = {"success": False, "message": "Only its owner may preview it.", "error": {"code": "forbidden"}}
+    await page.route(f"**{PERSONAS}/preview", lambda route: route.fulfill(status=403, json=refused))
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Chat").click()
+    await page.get_by_label("Your message").fill("Hello")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.get_by_test_id("chat-status").first).to_contain_text("preview is for the persona's owner")
+    await expect(page.get_by_test_id("chat-answer").last).to_have_text("Hello from the fake model.")
+    await expect(page.get_by_label("Keep the conversation")).to_be_checked()
+    await expect(page.get_by_test_id("error")).to_be_hidden()
+    _, messages = await conversation(base_url, alice, page)
     assert messages == ["Hello"]
 
 
@@ -428,7 +447,7 @@ async def test_two_versions_answer_side_by_side(page, base_url, alice, fake_llm,
     await page.screenshot(path=screenshots / "playground-compare.png")
 
 
-async def test_four_candidates_answer_side_by_side(page, base_url, alice, fake_llm):
+async def test_four_candidates_answer_side_by_side(page, base_url, alice, fake_llm, screenshots):
     persona = await make_persona(base_url, alice, system_prompt="Version one of {{persona_name}}.")
     await api(base_url, alice, "PUT", f"{PERSONAS}/{persona['id']}", {"system_prompt": "Version two."})
     persona["system_prompt"] = "Version two."
@@ -454,6 +473,7 @@ async def test_four_candidates_answer_side_by_side(page, base_url, alice, fake_l
     systems = sorted(r.body["messages"][0]["content"].split(".")[0] for r in fake_llm.chat_requests()[-4:])
     one = f"Version one of {persona['name']}"
     assert systems == ["Draft words", one, one, "Version two"]
+    await page.screenshot(path=screenshots / "playground-compare-four.png")
 
     # A candidate can be taken out again, down to two.
     await page.get_by_role("button", name="Remove candidate 3").click()
