@@ -359,6 +359,12 @@ async def test_another_users_public_persona_answers_in_a_kept_conversation(page,
     _, messages = await conversation(base_url, bob, page)
     assert messages == ["Hello"]
 
+    # A draft of one's own goes back to previews.
+    await page.get_by_role("button", name="New draft").click()
+    await expect(page.get_by_label("Keep the conversation")).to_be_enabled()
+    await expect(page.get_by_label("Keep the conversation")).not_to_be_checked()
+    await expect(page.get_by_test_id("chat-log").locator("li")).to_have_count(0)
+
 
 async def test_a_preview_refused_with_403_is_answered_in_a_kept_conversation(page, base_url, alice, fake_llm):
     # Should the page take a persona for the caller's own and preview be refused, the message still gets an answer.

@@ -147,9 +147,11 @@ export function chatPanel(ctx) {
 
   /** Follow what the editor holds: another persona starts another conversation. */
   function follow(persona) {
+    const wasForced = keep.disabled;
     notOwned = persona !== null && !owned(persona);
     keep.disabled = notOwned;
-    if (notOwned) keep.checked = true;
+    // Keeping was forced for someone else's persona; one's own goes back to previews.
+    if (notOwned || wasForced) keep.checked = notOwned;
     if (conversation && (!persona || conversation.personaId !== persona.id)) newConversation();
     else showMode();
   }
