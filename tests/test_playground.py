@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import persona_body
+from tests.fakellm import Script
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -290,6 +291,99 @@ async def test_a_provider_failure_mid_answer_is_shown_in_the_chat(page, base_url
     await expect(page.get_by_test_id("error")).to_contain_text("The provider failed")
 
 
+async def conversation(base_url: str, account: Any, page: Page) -> tuple[str, list[str]]:
+    """The kept conversation the chat panel names, and its user messages as stored."""
+    line = page.get_by_test_id("chat-conversation")
+    await expect(line).to_have_attribute("data-conversation-id", re.compile(r"\S"))
+    conversation_id = await line.get_attribute("data-conversation-id")
+    assert conversation_id is not None
+    body = await api(base_url, account, "GET", f"/api/v1/chat/conversations/{conversation_id}")
+    return conversation_id, [m["content"] for m in body["messages"] if m["role"] == "user"]
+
+
+async def send(page: Page, message: str, answer: str) -> None:
+    await page.get_by_label("Your message").fill(message)
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.get_by_test_id("chat-answer").last).to_have_text(answer)
+    await expect(page.get_by_test_id("chat-status").last).to_contain_text("finished: stop")
+
+
+async def test_a_kept_conversation_continues_and_a_new_one_starts(page, base_url, alice, fake_llm, screenshots):
+    persona = await make_persona(base_url, alice)
+    chats: list[dict[str, Any]] = []
+    page.on("request", lambda r: chats.append(r.post_data_json) if r.url.endswith("/api/v1/chat") else None)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Chat").click()
+    await page.get_by_label("Keep the conversation").check()
+    await expect(page.get_by_test_id("chat-mode")).to_contain_text("unsaved edits in the editor are not used")
+
+    fake_llm.script(chunks=("Nice ", "to meet you."))
+    await send(page, "I am Ann.", "Nice to meet you.")
+    await expect(page.get_by_test_id("chat-meta").last).to_contain_text(f"{persona['name']} v1")
+    fake_llm.script(chunks=("You are ", "Ann."))
+    await send(page, "Who am I?", "You are Ann.")
+    await expect(page.get_by_test_id("chat-log").locator("li")).to_have_count(2)
+    first, messages = await conversation(base_url, alice, page)
+    assert messages == ["I am Ann.", "Who am I?"]
+    assert [c.get("conversation_id") for c in chats] == [None, first]
+    assert all(c["persona_id"] == persona["id"] for c in chats)
+    # The earlier turn went upstream with the second one.
+    upstream = [m["content"] for m in fake_llm.chat_requests()[-1].body["messages"] if m["role"] != "system"]
+    assert upstream == ["I am Ann.", "Nice to meet you.", "Who am I?"]
+    await expect(page.get_by_test_id("chat-conversation")).to_contain_text("2 turns")
+    await page.screenshot(path=screenshots / "playground-conversation.png")
+
+    await page.get_by_role("button", name="New conversation").click()
+    await expect(page.get_by_test_id("chat-log").locator("li")).to_have_count(0)
+    await send(page, "Hello again", "Hello from the fake model.")
+    second, messages = await conversation(base_url, alice, page)
+    assert second != first and messages == ["Hello again"]
+    assert chats[-1].get("conversation_id") is None
+
+
+async def test_another_users_public_persona_answers_in_a_kept_conversation(page, base_url, alice, bob, fake_llm):
+    persona = await make_persona(base_url, alice, visibility="public")
+    await open_playground(page, base_url, bob.key)
+    await page.locator(f'#persona-list [data-persona-id="{persona["id"]}"]').click()
+    await expect(page.locator("#editor-title")).to_have_text(persona["name"])
+    await expect(page.locator("#editor-readonly")).to_be_visible()
+    await page.get_by_role("tab", name="Chat").click()
+    await expect(page.get_by_label("Keep the conversation")).to_be_checked()
+    await expect(page.get_by_label("Keep the conversation")).to_be_disabled()
+    await expect(page.get_by_test_id("chat-conversation")).to_contain_text("not yours")
+
+    fake_llm.script(chunks=("Hi ", "Bob."))
+    await send(page, "Hello", "Hi Bob.")
+    await expect(page.get_by_test_id("error")).to_be_hidden()
+    _, messages = await conversation(base_url, bob, page)
+    assert messages == ["Hello"]
+
+    # A draft of one's own goes back to previews.
+    await page.get_by_role("button", name="New draft").click()
+    await expect(page.get_by_label("Keep the conversation")).to_be_enabled()
+    await expect(page.get_by_label("Keep the conversation")).not_to_be_checked()
+    await expect(page.get_by_test_id("chat-log").locator("li")).to_have_count(0)
+
+
+async def test_a_preview_refused_with_403_is_answered_in_a_kept_conversation(page, base_url, alice, fake_llm):
+    # Should the page take a persona for the caller's own and preview be refused, the message still gets an answer.
+    persona = await make_persona(base_url, alice)
+    refused = {"success": False, "message": "Only its owner may preview it.", "error": {"code": "forbidden"}}
+    await page.route(f"**{PERSONAS}/preview", lambda route: route.fulfill(status=403, json=refused))
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Chat").click()
+    await page.get_by_label("Your message").fill("Hello")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.get_by_test_id("chat-status").first).to_contain_text("preview is for the persona's owner")
+    await expect(page.get_by_test_id("chat-answer").last).to_have_text("Hello from the fake model.")
+    await expect(page.get_by_label("Keep the conversation")).to_be_checked()
+    await expect(page.get_by_test_id("error")).to_be_hidden()
+    _, messages = await conversation(base_url, alice, page)
+    assert messages == ["Hello"]
+
+
 # Errors --------------------------------------------------------------------------------------------------
 
 
@@ -338,8 +432,8 @@ async def test_two_versions_answer_side_by_side(page, base_url, alice, fake_llm,
     await open_playground(page, base_url, alice.key)
     await pick(page, persona)
     await page.get_by_role("tab", name="Compare").click()
-    await expect(page.get_by_label("Left")).to_have_value("v1")
-    await expect(page.get_by_label("Right")).to_have_value("v2")
+    await expect(page.get_by_label("Candidate 1", exact=True)).to_have_value("v1")
+    await expect(page.get_by_label("Candidate 2", exact=True)).to_have_value("v2")
 
     fake_llm.default = fake_llm.script(chunks=("Same ", "words ", "from ", "both."), chunk_delay=0.2)
     await page.get_by_role("button", name="Compare", exact=True).click()
@@ -357,6 +451,64 @@ async def test_two_versions_answer_side_by_side(page, base_url, alice, fake_llm,
     systems = sorted(r.body["messages"][0]["content"] for r in fake_llm.chat_requests()[-2:])
     assert systems[0].startswith(f"Version one of {persona['name']}.") and systems[1].startswith("Version two.")
     await page.screenshot(path=screenshots / "playground-compare.png")
+
+
+async def test_four_candidates_answer_side_by_side(page, base_url, alice, fake_llm, screenshots):
+    persona = await make_persona(base_url, alice, system_prompt="Version one of {{persona_name}}.")
+    await api(base_url, alice, "PUT", f"{PERSONAS}/{persona['id']}", {"system_prompt": "Version two."})
+    persona["system_prompt"] = "Version two."
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_label("System prompt").fill("Draft words.")
+    await page.get_by_role("tab", name="Compare").click()
+    await page.get_by_role("button", name="Add a candidate").click()
+    await page.get_by_role("button", name="Add a candidate").click()
+    await expect(page.get_by_role("button", name="Add a candidate")).to_be_disabled()
+    await expect(page.get_by_label("Candidate 3", exact=True)).to_have_value("draft")
+    await page.get_by_label("Candidate 4", exact=True).select_option("v1")
+
+    fake_llm.default = fake_llm.script(chunks=("Four ", "at ", "once."), chunk_delay=0.1)
+    await page.get_by_role("button", name="Compare", exact=True).click()
+    titles = ["Version 1", "Version 2 (current)", "Editor (unsaved draft)", "Version 1"]
+    for i, title in enumerate(titles):
+        column = page.get_by_test_id(f"compare-{i}")
+        await expect(column.locator(".answer-title")).to_have_text(title)
+        await expect(column.locator(".answer-text")).to_have_text("Four at once.")
+        await expect(column.locator(".meta")).to_contain_text("11 in / 7 out tokens")
+    await expect(page.get_by_test_id("compare-status")).to_have_text("4 candidates answered.")
+    systems = sorted(r.body["messages"][0]["content"].split(".")[0] for r in fake_llm.chat_requests()[-4:])
+    one = f"Version one of {persona['name']}"
+    assert systems == ["Draft words", one, one, "Version two"]
+    await page.screenshot(path=screenshots / "playground-compare-four.png")
+
+    # A candidate can be taken out again, down to two.
+    await page.get_by_role("button", name="Remove candidate 3").click()
+    await expect(page.get_by_label("Candidate 3", exact=True)).to_have_value("v1")
+    await page.get_by_role("button", name="Remove candidate 3").click()
+    await expect(page.get_by_role("button", name=re.compile("Remove candidate"))).to_have_count(0)
+
+
+async def test_stop_ends_a_comparison_and_every_candidate_upstream(page, base_url, alice, fake_llm):
+    persona = await make_persona(base_url, alice)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Compare").click()
+    await page.get_by_role("button", name="Add a candidate").click()
+    fake_llm.default = Script(chunks=tuple(f"w{n} " for n in range(60)), chunk_delay=0.2)
+    before = len(fake_llm.chat_requests())
+    await page.get_by_role("button", name="Compare", exact=True).click()
+    await expect(page.get_by_test_id("compare-0").locator(".answer-text")).to_contain_text("w1 ")
+    await page.get_by_role("button", name="Stop").click()
+    await expect(page.get_by_test_id("compare-status")).to_have_text("Stopped: 3 of 3 candidates were cut off.")
+    for i in range(3):
+        await expect(page.get_by_test_id(f"compare-{i}").locator(".meta")).to_contain_text("stopped")
+    await expect(page.get_by_test_id("error")).to_be_hidden()
+    await expect(page.get_by_role("button", name="Compare", exact=True)).to_be_enabled()
+    upstream = fake_llm.chat_requests()[before:]
+    assert len(upstream) == 3
+    for request in upstream:
+        assert await request.wait_disconnected(within=5.0), "a candidate kept talking to its provider"
+        assert not request.completed
 
 
 # Tests ---------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 import { readEvents } from "./sse.js";
 
 const PERSONAS = "/api/v1/chat/personas";
+const CHAT = "/api/v1/chat";
 
 export class ApiError extends Error {
   constructor(status, message, { code = null, field = null, details = null } = {}) {
@@ -97,6 +98,12 @@ export class Client {
   }
   compare(candidates, message, signal) {
     return this.stream(`${PERSONAS}/compare`, { candidates, message }, signal);
+  }
+
+  // Chat that keeps (and stores) a conversation
+  /** turn is {"persona_id", "conversation_id"?}; without a conversation_id a new one starts */
+  chat(turn, message, signal) {
+    return this.stream(CHAT, { ...turn, message }, signal);
   }
 
   // Versions

@@ -83,49 +83,141 @@ function chatTurn(message, label) {
   };
 }
 
+/** Whether the caller owns (or, as an admin, may edit) a saved persona: only then is its system prompt shown. */
+const owned = (persona) => persona !== null && persona.system_prompt !== null;
+
+/** Feed a chat stream's events into its turn; the `start` event goes to onStart too. */
+async function consume(turn, events, onStart = () => {}) {
+  for await (const { event, data } of events) {
+    if (event === "start") {
+      turn.start(data);
+      onStart(data);
+    } else if (event === "content") turn.append(data.content);
+    else if (event === "usage") turn.usage(data);
+    else if (event === "done") turn.finish(data);
+    else if (event === "error") {
+      turn.fail(`error (${data.code}): ${data.message}`);
+      showError({ message: data.message, code: data.code }, `The provider failed (${data.code})`);
+    }
+  }
+  turn.stop("the stream ended early");
+}
+
 export function chatPanel(ctx) {
   const send = $("#chat-send");
   const stop = $("#chat-stop");
+  const keep = $("#chat-keep");
   let controller = null;
+  let conversation = null; // {id, personaId, turns} of the kept conversation, once it has started
+  let notOwned = false; // the editor holds someone else's persona: preview is not for us
+
+  function showMode() {
+    const kept = keep.checked;
+    $("#chat-mode-preview").hidden = kept;
+    $("#chat-mode-kept").hidden = !kept;
+    $("#chat-new").hidden = !kept;
+    const line = $("#chat-conversation");
+    line.hidden = !kept;
+    if (conversation) {
+      line.dataset.conversationId = conversation.id;
+      const turns = `${conversation.turns} turn${conversation.turns === 1 ? "" : "s"}`;
+      line.textContent = `Conversation ${conversation.id} · ${turns} · stored`;
+    } else {
+      delete line.dataset.conversationId;
+      line.textContent = notOwned
+        ? "This persona is not yours, so it answers in a kept conversation through /api/v1/chat (with its saved version)."
+        : "A new conversation starts with the next message.";
+    }
+  }
+
+  function newConversation() {
+    if (controller) controller.abort();
+    conversation = null;
+    $("#chat-log").replaceChildren();
+    showMode();
+  }
+
+  /** Someone else's persona can only be chatted with in a kept conversation. */
+  function mustKeep() {
+    notOwned = true;
+    keep.checked = true;
+    keep.disabled = true;
+    showMode();
+  }
+
+  /** Follow what the editor holds: another persona starts another conversation. */
+  function follow(persona) {
+    const wasForced = keep.disabled;
+    notOwned = persona !== null && !owned(persona);
+    keep.disabled = notOwned;
+    // Keeping was forced for someone else's persona; one's own goes back to previews.
+    if (notOwned || wasForced) keep.checked = notOwned;
+    if (conversation && (!persona || conversation.personaId !== persona.id)) newConversation();
+    else showMode();
+  }
+
+  async function keptTurn(persona, message) {
+    const turn = chatTurn(message, `${persona.name} v${persona.version} (saved) · kept conversation`);
+    const body = { persona_id: persona.id };
+    if (conversation) body.conversation_id = conversation.id;
+    const started = (data) => {
+      conversation = { id: data.conversation_id, personaId: persona.id, turns: conversation ? conversation.turns + 1 : 1 };
+      showMode();
+    };
+    try {
+      await consume(turn, await ctx.client.chat(body, message, controller.signal), started);
+    } catch (err) {
+      if (err.name === "AbortError") turn.stop("stopped");
+      else turn.fail(`failed: ${err.message}`);
+      throw err;
+    }
+  }
+
+  async function previewTurn(choice, message) {
+    const body = choice.persona_id ? { persona_id: choice.persona_id } : { persona: choice.persona };
+    const turn = chatTurn(message, choice.label);
+    try {
+      await consume(turn, await ctx.client.preview(body, message, controller.signal));
+    } catch (err) {
+      if (err.status === 403 && choice.persona_id && ctx.state.current) {
+        // Preview is for owners and admins; a persona we may see but not edit answers in a kept conversation.
+        turn.fail("preview is for the persona's owner: answering in a kept conversation instead");
+        mustKeep();
+        return keptTurn(ctx.state.current, message);
+      }
+      if (err.name === "AbortError") turn.stop("stopped");
+      else turn.fail(`failed: ${err.message}`);
+      throw err;
+    }
+  }
 
   $("#chat-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const message = $("#chat-message").value.trim();
     if (!message) return;
-    const choice = ctx.choice();
-    if (!choice) return;
-    const body = choice.persona_id ? { persona_id: choice.persona_id } : { persona: choice.persona };
-    const turn = chatTurn(message, choice.label);
+    let run;
+    if (keep.checked) {
+      const persona = ctx.state.current;
+      if (!persona) {
+        showError(new Error("Save the persona first: a kept conversation uses the saved persona."), "Cannot keep a conversation");
+        return;
+      }
+      run = () => keptTurn(persona, message);
+    } else {
+      const choice = ctx.choice();
+      if (!choice) return;
+      run = () => previewTurn(choice, message);
+    }
     $("#chat-message").value = "";
     controller = new AbortController();
     stop.disabled = false;
-    await task(
-      "Chat failed",
-      async () => {
-        try {
-          for await (const { event, data } of await ctx.client.preview(body, message, controller.signal)) {
-            if (event === "start") turn.start(data);
-            else if (event === "content") turn.append(data.content);
-            else if (event === "usage") turn.usage(data);
-            else if (event === "done") turn.finish(data);
-            else if (event === "error") {
-              turn.fail(`error (${data.code}): ${data.message}`);
-              showError({ message: data.message, code: data.code }, `The provider failed (${data.code})`);
-            }
-          }
-          turn.stop("the stream ended early");
-        } catch (err) {
-          if (err.name === "AbortError") turn.stop("stopped");
-          else turn.fail(`failed: ${err.message}`);
-          throw err;
-        }
-      },
-      send,
-    );
+    await task("Chat failed", run, send);
     stop.disabled = true;
     controller = null;
   });
   stop.addEventListener("click", () => controller && controller.abort());
+  keep.addEventListener("change", newConversation);
+  $("#chat-new").addEventListener("click", newConversation);
   $("#chat-clear").addEventListener("click", () => $("#chat-log").replaceChildren());
   $("#chat-message").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) {
@@ -133,79 +225,157 @@ export function chatPanel(ctx) {
       $("#chat-form").requestSubmit();
     }
   });
+  showMode();
+  return { follow };
 }
 
 // Compare -----------------------------------------------------------------------------------------
 
+const MIN_CANDIDATES = 2;
+const MAX_CANDIDATES = 4; // what POST /compare takes
+
+/** One column of a comparison; it fills as that candidate's events arrive. */
+function compareColumn(i, title) {
+  const meta = el("p", { class: "meta" }, "waiting…");
+  const text = el("div", { class: "answer-text" });
+  const column = el(
+    "article",
+    { class: "answer streaming", id: `compare-${i}`, "data-testid": `compare-${i}` },
+    el("h3", { class: "answer-title" }, title),
+    meta,
+    text,
+  );
+  return {
+    column,
+    handle(event, data) {
+      if (event === "start") meta.textContent = describeStart(data);
+      else if (event === "content") text.append(data.content);
+      else if (event === "usage") meta.textContent += ` · ${data.input_tokens} in / ${data.output_tokens} out tokens`;
+      else if (event === "done") column.classList.remove("streaming");
+      else if (event === "error") {
+        column.classList.remove("streaming");
+        column.classList.add("failed");
+        text.append(el("p", { class: "error-text", role: "alert" }, `error (${data.code}): ${data.message}`));
+      }
+    },
+    /** The stream is over: a column still waiting says why it got no more. */
+    end(reason) {
+      if (!column.classList.contains("streaming")) return false;
+      column.classList.remove("streaming");
+      column.classList.add("stopped");
+      meta.textContent += ` · ${reason}`;
+      return true;
+    },
+  };
+}
+
 export function comparePanel(ctx) {
-  const selects = [$("#compare-a"), $("#compare-b")];
-  const columns = [$("#compare-0"), $("#compare-1")];
+  const list = $("#compare-candidates");
+  const box = $("#compare-columns");
+  const add = $("#compare-add");
+  const stop = $("#compare-stop");
+  const status = $("#compare-status");
+  let choices = [{ value: "draft", label: "Editor (unsaved draft)" }];
+  let picked = ["draft", "draft"]; // what each candidate is: "draft" or "v<n>"
   let controller = null;
 
+  /** The candidate pickers, one per entry of `picked`, with Remove beyond the first two. */
+  function showPickers() {
+    list.replaceChildren(
+      ...picked.map((value, i) => {
+        const id = `compare-pick-${i}`;
+        const select = el(
+          "select",
+          { id, onchange: () => (picked[i] = select.value) },
+          choices.map((c) => el("option", { value: c.value }, c.label)),
+        );
+        select.value = value;
+        const remove =
+          picked.length > MIN_CANDIDATES
+            ? el("button", { type: "button", class: "quiet", "aria-label": `Remove candidate ${i + 1}`, onclick: () => removePicker(i) }, "Remove")
+            : null;
+        return el("div", { class: "field candidate" }, el("label", { for: id }, `Candidate ${i + 1}`), el("div", { class: "row" }, select, remove));
+      }),
+    );
+    add.disabled = picked.length >= MAX_CANDIDATES;
+  }
+
+  function removePicker(i) {
+    picked.splice(i, 1);
+    showPickers();
+  }
+
+  add.addEventListener("click", () => {
+    if (picked.length >= MAX_CANDIDATES) return;
+    // The newest version nobody picked yet, else the editor's draft.
+    const free = choices.find((c) => c.value !== "draft" && !picked.includes(c.value));
+    picked.push(free ? free.value : "draft");
+    showPickers();
+  });
+
   function options(versions) {
-    const choices = [{ value: "draft", label: "Editor (unsaved draft)" }];
+    choices = [{ value: "draft", label: "Editor (unsaved draft)" }];
     versions.forEach((v, i) => {
       const note = v.change_note ? ` — ${v.change_note}` : "";
       choices.push({ value: `v${v.version}`, label: `Version ${v.version}${i === 0 ? " (current)" : ""}${note}` });
     });
-    for (const select of selects) select.replaceChildren(...choices.map((c) => el("option", { value: c.value }, c.label)));
     // The newest two versions by default; with a single version, it against the editor.
-    selects[0].value = versions[1] ? `v${versions[1].version}` : versions[0] ? `v${versions[0].version}` : "draft";
-    selects[1].value = versions[1] ? `v${versions[0].version}` : "draft";
+    picked = [
+      versions[1] ? `v${versions[1].version}` : versions[0] ? `v${versions[0].version}` : "draft",
+      versions[1] ? `v${versions[0].version}` : "draft",
+    ];
+    showPickers();
   }
 
-  function candidate(select) {
-    if (select.value === "draft") {
+  function candidate(value) {
+    if (value === "draft") {
       const choice = ctx.choice({ forceDraft: true });
       return choice ? { persona: choice.persona } : null;
     }
-    return { persona_id: ctx.state.current.id, version: Number(select.value.slice(1)) };
+    return { persona_id: ctx.state.current.id, version: Number(value.slice(1)) };
   }
 
   function clear() {
-    for (const column of columns) {
-      column.querySelector(".answer-title").textContent = "";
-      column.querySelector(".meta").textContent = "";
-      column.querySelector(".answer-text").textContent = "";
-      column.classList.remove("failed", "streaming");
-    }
+    box.replaceChildren();
+    status.textContent = "";
   }
 
   $("#compare-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    const candidates = selects.map(candidate);
+    const candidates = picked.map(candidate);
     if (candidates.includes(null)) return;
     const message = $("#compare-message").value || "Hello!";
-    clear();
-    columns.forEach((column, i) => {
-      column.querySelector(".answer-title").textContent = selects[i].selectedOptions[0].textContent;
-      column.querySelector(".meta").textContent = "waiting…";
-      column.classList.add("streaming");
-    });
+    const columns = picked.map((value, i) => compareColumn(i, choices.find((c) => c.value === value).label));
+    box.dataset.count = String(columns.length);
+    box.replaceChildren(...columns.map((c) => c.column));
+    status.textContent = `${columns.length} candidates answering…`;
     controller = new AbortController();
+    stop.disabled = false;
+    let stopped = false;
     await task(
       "Compare failed",
       async () => {
-        for await (const { event, data } of await ctx.client.compare(candidates, message, controller.signal)) {
-          const column = columns[data.candidate];
-          if (!column) continue;
-          const meta = column.querySelector(".meta");
-          if (event === "start") meta.textContent = describeStart(data);
-          else if (event === "content") column.querySelector(".answer-text").append(data.content);
-          else if (event === "usage") meta.textContent += ` · ${data.input_tokens} in / ${data.output_tokens} out tokens`;
-          else if (event === "done") column.classList.remove("streaming");
-          else if (event === "error") {
-            column.classList.remove("streaming");
-            column.classList.add("failed");
-            column.querySelector(".answer-text").append(el("p", { class: "error-text", role: "alert" }, `error (${data.code}): ${data.message}`));
+        try {
+          for await (const { event, data } of await ctx.client.compare(candidates, message, controller.signal)) {
+            const column = columns[data.candidate];
+            if (column) column.handle(event, data);
           }
+        } catch (err) {
+          stopped = err.name === "AbortError";
+          throw err;
         }
       },
       $("#compare"),
     );
-    for (const column of columns) column.classList.remove("streaming");
+    stop.disabled = true;
+    controller = null;
+    const unfinished = columns.filter((c) => c.end(stopped ? "stopped" : "no answer")).length;
+    if (stopped) status.textContent = `Stopped: ${unfinished} of ${columns.length} candidates were cut off.`;
+    else status.textContent = unfinished ? `${unfinished} of ${columns.length} candidates got no answer.` : `${columns.length} candidates answered.`;
   });
+  stop.addEventListener("click", () => controller && controller.abort());
 
+  showPickers();
   return { options, clear };
 }
 

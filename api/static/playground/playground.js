@@ -44,7 +44,7 @@ const ctx = {
 onFieldError(markField);
 
 const render = renderPanel(ctx);
-chatPanel(ctx);
+const chat = chatPanel(ctx);
 const compare = comparePanel(ctx);
 const tests = testsPanel(ctx);
 const versions = versionsPanel(ctx, { onVersions: (list) => compare.options(list) });
@@ -128,6 +128,7 @@ async function load(persona, draft = NEW_DRAFT) {
   $("#tests-run").disabled = !persona || !editable;
   $("#test-add").hidden = !persona || !editable;
   render.reset();
+  chat.follow(persona);
   compare.clear();
   updateStatus();
   showList();
