@@ -14,6 +14,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from api.anthropic_compat import AnthropicController
 from api.auth import ApiKeyMiddleware
 from api.authoring import AuthoringController
+from api.body import GuardedRequest
 from api.chat import ChatController, ConversationController
 from api.deps import dependencies
 from api.errors import exception_handlers
@@ -57,6 +58,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             playground_router(),
         ],
         dependencies=dependencies,
+        request_class=GuardedRequest,
         exception_handlers=exception_handlers,
         middleware=[DefineMiddleware(ApiKeyMiddleware, exclude=["^/schema", "^/health", "^/ready", "^/playground"])],
         lifespan=[lifespan],

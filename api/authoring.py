@@ -22,7 +22,7 @@ from api.authoring_schemas import (
     VersionsResponse,
 )
 from api.chat import answer, wants_stream
-from api.deps import AuthoringDep, CallerDep, Limit, Offset, ResourcesDep
+from api.deps import AuthoringDep, CallerDep, Limit, Offset, ResourcesDep, VersionNumber
 from api.schemas import MessageResponse, PersonaResponse
 from api.sse import candidate_body, sse_response
 from personas.suites import PersonaTestDraft
@@ -65,7 +65,7 @@ class AuthoringController(Controller):
 
     @get("/{persona_id:str}/versions/{version:str}")
     async def get_version(
-        self, persona_id: FromPath[UUID], version: FromPath[int], caller: CallerDep, authoring: AuthoringDep
+        self, persona_id: FromPath[UUID], version: FromPath[VersionNumber], caller: CallerDep, authoring: AuthoringDep
     ) -> PersonaResponse:
         """The persona as it was at ``version``."""
         persona = await authoring.history.get(caller, persona_id, version)
@@ -73,7 +73,7 @@ class AuthoringController(Controller):
 
     @post("/{persona_id:str}/versions/{version:str}/restore", status_code=200)
     async def restore_version(
-        self, persona_id: FromPath[UUID], version: FromPath[int], caller: CallerDep, authoring: AuthoringDep
+        self, persona_id: FromPath[UUID], version: FromPath[VersionNumber], caller: CallerDep, authoring: AuthoringDep
     ) -> PersonaResponse:
         """Save the content of ``version`` as a new version."""
         persona = await authoring.history.restore(caller, persona_id, version)
