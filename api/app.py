@@ -21,6 +21,7 @@ from api.errors import exception_handlers
 from api.health import health, health_head, ready, ready_head
 from api.keys import AdminController, KeyController
 from api.openai_compat import OpenAIController
+from api.openapi import StrictStructSchemaPlugin, document_errors
 from api.personas import PersonaController
 from api.playground import playground_router
 from api.portability import PortabilityController
@@ -40,7 +41,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             app.state.resources = resources
             yield
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health,
             health_head,
@@ -69,9 +70,12 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
+        plugins=[StrictStructSchemaPlugin()],
         logging_config=None,
         debug=False,
     )
+    document_errors(app)
+    return app
 
 
 def app_from_env() -> Litestar:

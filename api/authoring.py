@@ -23,6 +23,7 @@ from api.authoring_schemas import (
 )
 from api.chat import answer, wants_stream
 from api.deps import AuthoringDep, CallerDep, Limit, Offset, ResourcesDep, VersionNumber
+from api.openapi import OptionalBody
 from api.schemas import MessageResponse, PersonaResponse
 from api.sse import candidate_body, sse_response
 from personas.suites import PersonaTestDraft
@@ -151,7 +152,7 @@ class AuthoringController(Controller):
         await authoring.delete_test(caller, persona_id, test_id)
         return MessageResponse(message="Test deleted")
 
-    @post("/{persona_id:str}/tests/run", status_code=200)
+    @post("/{persona_id:str}/tests/run", status_code=200, operation_class=OptionalBody)
     async def run_tests(
         self,
         persona_id: FromPath[UUID],

@@ -11,6 +11,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.types import ReceiveMessage
 
 from api.deps import CallerDep, PorterDep
+from api.openapi import ImportBody
 from api.schemas import PersonaResponse
 from core.errors import BadRequest, PayloadTooLarge
 from personas.porter import ExportFormat
@@ -80,7 +81,7 @@ class PortabilityController(Controller):
         return Response(exported.content, media_type=MediaType.JSON, headers={"Content-Disposition": disposition})
 
     # The body is bounded by IMPORT_MAX_BYTES in read_upload rather than by a fixed per-route limit.
-    @post("/import", request_max_body_size=None)
+    @post("/import", request_max_body_size=None, operation_class=ImportBody)
     async def import_persona(
         self, request: Request[Any, Any, Any], caller: CallerDep, porter: PorterDep
     ) -> PersonaResponse:
