@@ -171,7 +171,8 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
         statuses.add(404)  # a path's id, or a conversation or persona named in the body
     # A persona's own routes are for its owner and admins, but for reading it.
     persona_scoped = path.startswith(_PERSONA) and not (method == "GET" and path == _PERSONA)
-    if persona_scoped or path.startswith("/api/v1/admin") or (method, path) in _PROVIDER_ROUTES:
+    # Only admins may set `is_default` (on create, update and restore) or manage users.
+    if persona_scoped or path.startswith("/api/v1/admin") or (method, path) in _PROVIDER_ROUTES | _CONFLICTS:
         statuses.add(403)
     if (method, path) in _CONFLICTS:
         statuses.add(409)
