@@ -22,8 +22,9 @@ from api.authoring_schemas import (
     VersionsResponse,
 )
 from api.chat import answer, wants_stream
+from api.chat_schemas import ChatResponse
 from api.deps import AuthoringDep, CallerDep, Limit, Offset, ResourcesDep, VersionNumber
-from api.openapi import OptionalBody
+from api.openapi import OptionalBody, Streams, answers
 from api.schemas import MessageResponse, PersonaResponse
 from api.sse import candidate_body, sse_response
 from personas.suites import PersonaTestDraft
@@ -101,7 +102,12 @@ class AuthoringController(Controller):
         persona = authoring.draft(caller, data.persona)
         return _rendered(await authoring.render(caller, persona, message=data.message))
 
-    @post("/preview", status_code=200)
+    @post(
+        "/preview",
+        status_code=200,
+        operation_class=Streams,
+        responses=answers(ChatResponse, "The answer, as from /api/v1/chat"),
+    )
     async def preview(
         self,
         data: JSONBody[PreviewRequest],
@@ -116,7 +122,12 @@ class AuthoringController(Controller):
         stream = wants_stream(data.stream, request)
         return await answer(turn, stream, resources.settings.heartbeat_seconds, stored=False)
 
-    @post("/compare", status_code=200)
+    @post(
+        "/compare",
+        status_code=200,
+        operation_class=Streams,
+        responses=answers(CompareResponse, "Each candidate's answer, or SSE with `candidate` in each event"),
+    )
     async def compare(
         self,
         data: JSONBody[CompareRequest],

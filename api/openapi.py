@@ -11,7 +11,7 @@ from litestar import Litestar
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.typing import FieldDefinition
 from msgspec import UNSET, Struct, UnsetType
@@ -24,7 +24,9 @@ __all__ = [
     "ImportBody",
     "OpenAIErrorBody",
     "OptionalBody",
+    "Streams",
     "StrictStructSchemaPlugin",
+    "answers",
     "document_errors",
 ]
 
@@ -122,6 +124,21 @@ class ImportBody(Operation):
                 "multipart/form-data": OpenAPIMediaType(schema=form),
             },
         )
+
+
+def answers(body: Any, description: str) -> dict[int, ResponseSpec]:
+    """The documented 200 of a handler whose return annotation (``Response[Any]``, bytes) does not say what it sends."""
+    return {200: ResponseSpec(data_container=body, description=description, generate_examples=False)}
+
+
+@dataclass
+class Streams(Operation):
+    """An operation that answers JSON, or Server-Sent Events when the body says ``"stream": true``."""
+
+    def __post_init__(self) -> None:
+        success = (self.responses or {}).get("200")
+        if isinstance(success, OpenAPIResponse) and success.content is not None:
+            success.content["text/event-stream"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
 
 
 _DESCRIPTIONS = {

@@ -11,7 +11,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.types import ReceiveMessage
 
 from api.deps import CallerDep, PorterDep
-from api.openapi import ImportBody
+from api.openapi import ImportBody, answers
 from api.schemas import PersonaResponse
 from core.errors import BadRequest, PayloadTooLarge
 from personas.porter import ExportFormat
@@ -71,7 +71,10 @@ class PortabilityController(Controller):
     path = "/api/v1/chat/personas"
     tags = ["personas"]
 
-    @get("/{persona_id:str}/export")
+    @get(
+        "/{persona_id:str}/export",
+        responses=answers(dict[str, Any], "Our persona document, or a Character Card V2"),
+    )
     async def export(
         self, persona_id: FromPath[UUID], caller: CallerDep, porter: PorterDep, format: FromQuery[ExportFormat] = "json"
     ) -> Response[bytes]:
