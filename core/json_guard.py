@@ -19,8 +19,9 @@ __all__ = ["MAX_JSON_DEPTH", "check_json", "surrogate_error"]
 
 MAX_JSON_DEPTH = 64
 
-# A JSON string (escapes included) or one bracket: strings are skipped whole, so brackets inside them don't count.
-_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_NOT_SHAPE = bytes(byte for byte in range(256) if byte not in b'"[]{}')
+_STRING = re.compile(rb'"[^"]*"')
+_EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
 _NUL_ESCAPE = b"\\u0000"
 # A surrogate escape that is not half of a valid pair: a high one not followed by a low one, or a low one alone.
 _LONE_SURROGATE = re.compile(
@@ -69,19 +70,26 @@ def _named(field: str | None, what: str) -> str:
 
 
 def _check_depth(body: bytes, what: str) -> None:
-    depth = 0
-    for token in _TOKENS.finditer(body):
-        first = body[token.start()]
-        if first in b"[{":
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise BadRequest(
-                    f"{what} nests arrays and objects more than {MAX_JSON_DEPTH} deep, the most this server "
-                    "reads: flatten it.",
-                    details={"max_depth": MAX_JSON_DEPTH},
-                )
-        elif first in b"]}":
-            depth -= 1
+    # The body's bare shape: escapes out (so every quote left delimits a string), then only quotes and
+    # brackets, then no strings. Each pass then takes away the innermost arrays and objects, one level.
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    shape = _STRING.sub(b"", body.translate(None, _NOT_SHAPE))
+    levels = 0
+    while shape and levels < MAX_JSON_DEPTH:
+        inner = _EMPTY_PAIR.sub(b"", shape)
+        if len(inner) == len(shape):  # unbalanced: measure what is left
+            break
+        shape, levels = inner, levels + 1
+    depth = levels
+    for byte in shape:
+        depth += 1 if byte in b"[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(
+                f"{what} nests arrays and objects more than {MAX_JSON_DEPTH} deep, the most this server "
+                "reads: flatten it.",
+                details={"max_depth": MAX_JSON_DEPTH},
+            )
 
 
 def _field_with_nul(body: bytes) -> str | None:

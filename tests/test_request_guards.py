@@ -169,3 +169,27 @@ async def test_a_version_past_integer_is_a_400_naming_it(client, alice):
         assert r.json()["error"]["field"] == "version", r.text
     r = await client.get(f"{PERSONAS}/{pid}/versions/{2**31 - 1}", headers=alice.headers)
     assert r.status_code == 404, r.text
+
+
+@pytest.mark.parametrize(
+    ("body", "refused"),
+    [
+        (nested(MAX_JSON_DEPTH), False),
+        (nested(MAX_JSON_DEPTH + 1), True),
+        (b"[{" * 32 + b"}]" * 32, False),
+        (b"[{" * 33 + b"}]" * 33, True),
+        (b"[" * 10_000, True),  # unbalanced too: the decoder would recurse just the same
+        (b'{"a": [1, 2}', False),  # malformed, not deep: the decoder says so
+        (b'["\\"' + b"[" * 100 + b'", []]', False),  # an escaped quote does not end the string
+        (b'["\\\\", ' + nested(MAX_JSON_DEPTH + 5) + b"]", True),  # an escaped backslash does not escape the quote
+    ],
+)
+def test_the_depth_scan_counts_only_brackets_outside_strings(body, refused):
+    from core.errors import BadRequest
+    from core.json_guard import check_json
+
+    if refused:
+        with pytest.raises(BadRequest, match="deep"):
+            check_json(body)
+    else:
+        check_json(body)
