@@ -13,6 +13,7 @@ from msgspec import Meta, Struct
 
 from api.deps import CallerDep, ResourcesDep
 from api.errors import anthropic_error
+from api.openapi import Streams
 from api.sse import Last, sse_response, with_heartbeat
 from api.trace import persona_headers
 from core.errors import BadRequest, ProviderError
@@ -339,7 +340,7 @@ class AnthropicController(Controller):
     path = "/v1"
     tags = ["anthropic-compatible"]
 
-    @post("/messages", status_code=200)
+    @post("/messages", status_code=200, operation_class=Streams)
     async def messages(
         self, data: JSONBody[MessagesRequest], caller: CallerDep, resources: ResourcesDep
     ) -> Response[Any]:

@@ -17,12 +17,14 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from api.anthropic_compat import AnthropicController
 from api.auth import ApiKeyMiddleware
 from api.authoring import AuthoringController
+from api.body import GuardedRequest
 from api.chat import ChatController, ConversationController
 from api.deps import dependencies
 from api.errors import exception_handlers
 from api.health import health, health_head, ready, ready_head
 from api.keys import AdminController, KeyController
 from api.openai_compat import OpenAIController
+from api.openapi import StrictStructSchemaPlugin, document_errors
 from api.personas import PersonaController
 from api.playground import playground_router
 from api.portability import PortabilityController
@@ -63,6 +65,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             playground_router(),
         ],
         dependencies=dependencies,
+        request_class=GuardedRequest,
         exception_handlers=exception_handlers,
         middleware=[DefineMiddleware(ApiKeyMiddleware, exclude=["^/schema", "^/health", "^/ready", "^/playground"])],
         lifespan=[lifespan],
@@ -73,11 +76,13 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
+        plugins=[StrictStructSchemaPlugin()],
         logging_config=None,
         debug=False,
     )
     # Around everything Litestar does, error answers and unknown paths included.
     app.asgi_handler = RequestIdMiddleware(app.asgi_handler)
+    document_errors(app)
     return app
 
 

@@ -22,7 +22,9 @@ from api.authoring_schemas import (
     VersionsResponse,
 )
 from api.chat import answer, wants_stream
-from api.deps import AuthoringDep, CallerDep, Limit, Offset, ResourcesDep
+from api.chat_schemas import ChatResponse
+from api.deps import AuthoringDep, CallerDep, Limit, Offset, ResourcesDep, VersionNumber
+from api.openapi import OptionalBody, Streams, answers
 from api.schemas import MessageResponse, PersonaResponse
 from api.sse import candidate_body, sse_response
 from personas.suites import PersonaTestDraft
@@ -65,7 +67,7 @@ class AuthoringController(Controller):
 
     @get("/{persona_id:str}/versions/{version:str}")
     async def get_version(
-        self, persona_id: FromPath[UUID], version: FromPath[int], caller: CallerDep, authoring: AuthoringDep
+        self, persona_id: FromPath[UUID], version: FromPath[VersionNumber], caller: CallerDep, authoring: AuthoringDep
     ) -> PersonaResponse:
         """The persona as it was at ``version``."""
         persona = await authoring.history.get(caller, persona_id, version)
@@ -73,7 +75,7 @@ class AuthoringController(Controller):
 
     @post("/{persona_id:str}/versions/{version:str}/restore", status_code=200)
     async def restore_version(
-        self, persona_id: FromPath[UUID], version: FromPath[int], caller: CallerDep, authoring: AuthoringDep
+        self, persona_id: FromPath[UUID], version: FromPath[VersionNumber], caller: CallerDep, authoring: AuthoringDep
     ) -> PersonaResponse:
         """Save the content of ``version`` as a new version."""
         persona = await authoring.history.restore(caller, persona_id, version)
@@ -100,7 +102,12 @@ class AuthoringController(Controller):
         persona = authoring.draft(caller, data.persona)
         return _rendered(await authoring.render(caller, persona, message=data.message))
 
-    @post("/preview", status_code=200)
+    @post(
+        "/preview",
+        status_code=200,
+        operation_class=Streams,
+        responses=answers(ChatResponse, "The answer, as from /api/v1/chat"),
+    )
     async def preview(
         self,
         data: JSONBody[PreviewRequest],
@@ -115,7 +122,12 @@ class AuthoringController(Controller):
         stream = wants_stream(data.stream, request)
         return await answer(turn, stream, resources.settings.heartbeat_seconds, stored=False)
 
-    @post("/compare", status_code=200)
+    @post(
+        "/compare",
+        status_code=200,
+        operation_class=Streams,
+        responses=answers(CompareResponse, "Each candidate's answer, or SSE with `candidate` in each event"),
+    )
     async def compare(
         self,
         data: JSONBody[CompareRequest],
@@ -151,7 +163,7 @@ class AuthoringController(Controller):
         await authoring.delete_test(caller, persona_id, test_id)
         return MessageResponse(message="Test deleted")
 
-    @post("/{persona_id:str}/tests/run", status_code=200)
+    @post("/{persona_id:str}/tests/run", status_code=200, operation_class=OptionalBody)
     async def run_tests(
         self,
         persona_id: FromPath[UUID],

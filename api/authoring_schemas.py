@@ -28,7 +28,8 @@ __all__ = [
     "VersionsResponse",
 ]
 
-Version = Annotated[int, Meta(ge=1)]
+# A persona's version is a PostgreSQL integer.
+Version = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 
 
 class _Body(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

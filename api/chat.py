@@ -20,6 +20,7 @@ from api.chat_schemas import (
     TokenUsage,
 )
 from api.deps import CallerDep, Limit, Offset, ResourcesDep
+from api.openapi import Streams, answers
 from api.schemas import MessageResponse
 from api.sse import chat_body, sse_response
 from providers import ChatMessage
@@ -27,6 +28,9 @@ from runtime.pipeline import TurnInput
 from runtime.turn import Turn, TurnResult
 
 __all__ = ["ChatController", "ConversationController", "chat_response", "wants_stream"]
+
+
+_ANSWER = 'The answer as JSON, or as Server-Sent Events with `"stream": true` or `Accept: text/event-stream`'
 
 
 def wants_stream(stream: bool, request: Request[Any, Any, Any]) -> bool:
@@ -68,7 +72,7 @@ class ChatController(Controller):
     path = "/api/v1/chat"
     tags = ["chat"]
 
-    @post("/", status_code=200)
+    @post("/", status_code=200, operation_class=Streams, responses=answers(ChatResponse, _ANSWER))
     async def chat(
         self, data: JSONBody[ChatRequest], caller: CallerDep, resources: ResourcesDep, request: Request[Any, Any, Any]
     ) -> Response[Any]:

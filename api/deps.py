@@ -25,6 +25,7 @@ __all__ = [
     "PersonasDep",
     "PorterDep",
     "ResourcesDep",
+    "VersionNumber",
     "dependencies",
 ]
 
@@ -66,6 +67,8 @@ AccountsDep = NamedDependency[Accounts]
 PorterDep = NamedDependency[PersonaPorter]
 AuthoringDep = NamedDependency[AuthoringService]
 
-# Paging of every list route.
+# Paging of every list route. Numbers are bounded by the columns and SQL parameters they meet (OFFSET is a
+# bigint, a version an integer), so an out-of-range one is a 400 naming it rather than a driver overflow.
 Limit = Annotated[int, Parameter(ge=1, le=200, description="Page size")]
-Offset = Annotated[int, Parameter(ge=0, description="Items to skip")]
+Offset = Annotated[int, Parameter(ge=0, le=2**63 - 1, description="Items to skip")]
+VersionNumber = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="A saved version of the persona")]

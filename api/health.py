@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Response, get, head
+from litestar.openapi import ResponseSpec
 
 from api.deps import ResourcesDep
 
@@ -20,7 +21,16 @@ async def health_head() -> None:
     """The process is up (what load balancers and uptime checks that send HEAD ask)."""
 
 
-@get("/ready", exclude_from_auth=True, tags=["operations"])
+_UNAVAILABLE = {
+    503: ResponseSpec(
+        data_container=dict[str, object],
+        description="A dependency is down, or the server is shutting down",
+        generate_examples=False,
+    )
+}
+
+
+@get("/ready", exclude_from_auth=True, tags=["operations"], responses=_UNAVAILABLE)
 async def ready(resources: ResourcesDep) -> Response[dict[str, object]]:
     """The database answers (and Redis, when one is configured)."""
     checks = await resources.readiness()
@@ -28,7 +38,7 @@ async def ready(resources: ResourcesDep) -> Response[dict[str, object]]:
     return Response({"status": "ready" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
 
-@head("/ready", exclude_from_auth=True, tags=["operations"])
+@head("/ready", exclude_from_auth=True, tags=["operations"], responses=_UNAVAILABLE)
 async def ready_head(resources: ResourcesDep) -> Response[None]:
     """The status of ``GET /ready``, without its body."""
     checks = await resources.readiness()

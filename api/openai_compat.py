@@ -13,6 +13,7 @@ from litestar.params import FromPath, JSONBody
 from msgspec import Meta, Struct
 
 from api.deps import CallerDep, ResourcesDep
+from api.openapi import Streams
 from api.sse import DONE, HEARTBEAT, Last, sse_response, with_heartbeat
 from api.trace import persona_headers
 from core.errors import BadRequest
@@ -245,7 +246,7 @@ class OpenAIController(Controller):
     async def model(self, model_id: FromPath[str], caller: CallerDep, resources: ResourcesDep) -> dict[str, Any]:
         return _model(await find_model_id(resources.personas, caller, model_id.lstrip("/")))
 
-    @post("/chat/completions", status_code=200)
+    @post("/chat/completions", status_code=200, operation_class=Streams)
     async def completions(
         self, data: JSONBody[CompletionRequest], caller: CallerDep, resources: ResourcesDep
     ) -> Response[Any]:

@@ -11,6 +11,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.types import ReceiveMessage
 
 from api.deps import CallerDep, PorterDep
+from api.openapi import ImportBody, answers
 from api.schemas import PersonaResponse
 from core.errors import BadRequest, PayloadTooLarge
 from personas.porter import ExportFormat
@@ -70,7 +71,10 @@ class PortabilityController(Controller):
     path = "/api/v1/chat/personas"
     tags = ["personas"]
 
-    @get("/{persona_id:str}/export")
+    @get(
+        "/{persona_id:str}/export",
+        responses=answers(dict[str, Any], "Our persona document, or a Character Card V2"),
+    )
     async def export(
         self, persona_id: FromPath[UUID], caller: CallerDep, porter: PorterDep, format: FromQuery[ExportFormat] = "json"
     ) -> Response[bytes]:
@@ -80,7 +84,7 @@ class PortabilityController(Controller):
         return Response(exported.content, media_type=MediaType.JSON, headers={"Content-Disposition": disposition})
 
     # The body is bounded by IMPORT_MAX_BYTES in read_upload rather than by a fixed per-route limit.
-    @post("/import", request_max_body_size=None)
+    @post("/import", request_max_body_size=None, operation_class=ImportBody)
     async def import_persona(
         self, request: Request[Any, Any, Any], caller: CallerDep, porter: PorterDep
     ) -> PersonaResponse:

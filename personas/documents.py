@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from core.errors import BadRequest
+from core.json_guard import check_json, surrogate_error
 from personas.cards import CARD_V2, CARD_V3, card_to_draft, validated
 from personas.models import Description, ModelSettings, Name, Persona, PersonaDraft, SystemPrompt, Tool, Visibility
 from personas.png import SIGNATURE, read_card_text
@@ -74,10 +75,13 @@ def load_document(payload: bytes, *, limit: int) -> Imported:
             "The upload is neither a PNG character card nor JSON: send our persona document, a character "
             "card's JSON, or a PNG card."
         )
+    check_json(payload, what="The document")
     try:
         value = msgspec.json.decode(payload)
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"The document is not valid JSON: {exc}.") from None
+        raise surrogate_error(payload, what="The document") or BadRequest(
+            f"The document is not valid JSON: {exc}."
+        ) from None
     return read_document(value)
 
 
@@ -119,10 +123,13 @@ def _card_json(text: str) -> Any:
             raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest("The PNG card's text chunk is not valid base64.") from None
+    check_json(raw, what="The PNG card's JSON")
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"The PNG card's text chunk does not hold valid JSON: {exc}.") from None
+        raise surrogate_error(raw, what="The PNG card's JSON") or BadRequest(
+            f"The PNG card's text chunk does not hold valid JSON: {exc}."
+        ) from None
 
 
 def persona_document(persona: Persona) -> PersonaDocument:

@@ -45,7 +45,8 @@ log = logging.getLogger("persona_runtime.authoring")
 # How many tests of one suite talk to the provider at once: enough to be quick, few enough to stay polite.
 TEST_CONCURRENCY = 4
 
-Version = Annotated[int, Meta(ge=1)]
+# A persona's version is a PostgreSQL integer.
+Version = Annotated[int, Meta(ge=1, le=2**31 - 1)]
 
 
 class PersonaChoice(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -147,7 +147,9 @@ async def test_versions_are_listed_newest_first_and_read_back_whole(client, alic
     assert set(old) == set(first)
 
 
-@pytest.mark.parametrize(("version", "status"), [("9", 404), ("0", 404), ("two", 400), ("1.5", 400)])
+@pytest.mark.parametrize(
+    ("version", "status"), [("9", 404), ("0", 400), ("-1", 400), ("2147483648", 400), ("two", 400), ("1.5", 400)]
+)
 async def test_a_missing_or_malformed_version_names_the_version(client, alice, version, status):
     persona = await make_persona(client, alice)
     for method, url in [

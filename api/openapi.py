@@ -1,0 +1,227 @@
+"""What /schema tells: strict request bodies, either-or persona choices, and each route's errors in its own shape."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+from litestar import Litestar
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
+from litestar.typing import FieldDefinition
+from msgspec import UNSET, Struct, UnsetType
+
+from runtime.authoring import PersonaChoice
+
+__all__ = [
+    "AnthropicErrorBody",
+    "ErrorBody",
+    "ImportBody",
+    "OpenAIErrorBody",
+    "OptionalBody",
+    "Streams",
+    "StrictStructSchemaPlugin",
+    "answers",
+    "document_errors",
+]
+
+
+class ErrorDetail(Struct, frozen=True, kw_only=True):
+    code: str
+    details: Any
+    field: str | UnsetType = UNSET
+
+
+class ErrorBody(Struct, frozen=True, kw_only=True):
+    """An error on /api/v1: ``message`` says what went wrong and how to fix it; ``error.field`` names the input."""
+
+    success: Literal[False]
+    message: str
+    error: ErrorDetail
+
+
+class OpenAIErrorDetail(Struct, frozen=True, kw_only=True):
+    message: str
+    type: str
+    code: str | None
+    param: str | None
+
+
+class OpenAIErrorBody(Struct, frozen=True, kw_only=True):
+    """An error on /v1/chat/completions and /v1/models, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+class AnthropicErrorDetail(Struct, frozen=True, kw_only=True):
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(Struct, frozen=True, kw_only=True):
+    """An error on /v1/messages, in Anthropic's shape."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+# Bodies that name their persona one way or the other: exactly one of the two fields is set (not null).
+_EITHER_OR = {PersonaChoice: ("persona_id", "persona")}
+
+
+class StrictStructSchemaPlugin(StructSchemaPlugin):
+    """Litestar's Struct schemas, plus what msgspec enforces: unknown fields refused, either-or fields."""
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        struct_type = field_definition.type_
+        if msgspec.inspect.type_info(struct_type).forbid_unknown_fields:  # type: ignore[attr-defined]
+            schema.additional_properties = False
+        for base, fields in _EITHER_OR.items():
+            if issubclass(struct_type, base):
+                schema.one_of = [self._only(struct_type, chosen, fields, schema_creator) for chosen in fields]
+        return schema
+
+    @staticmethod
+    def _only(struct_type: type, chosen: str, fields: tuple[str, ...], schema_creator: Any) -> Schema:
+        """The branch where ``chosen`` is set: its own type, without ``| None``; the other fields null or absent."""
+        annotation = typing.get_type_hints(struct_type, include_extras=True)[chosen]
+        (kept,) = [t for t in typing.get_args(annotation) if t is not type(None)]
+        null = Schema(type=OpenAPIType.NULL)
+        properties: dict[str, Any] = {name: null for name in fields if name != chosen}
+        if chosen != "persona_id":
+            properties["version"] = null  # a version goes with a saved persona only
+        properties[chosen] = schema_creator.for_field_definition(FieldDefinition.from_annotation(kept))
+        return Schema(required=[chosen], properties=properties)
+
+
+@dataclass
+class OptionalBody(Operation):
+    """An operation whose JSON body may be left out (the handler takes ``data: ... | None = None``)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.required = False
+
+
+@dataclass
+class ImportBody(Operation):
+    """The import route reads its body itself: a JSON document or card, a PNG card, or a form with one file."""
+
+    def __post_init__(self) -> None:
+        binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+        form = Schema(type=OpenAPIType.OBJECT, properties={"file": binary}, required=["file"])
+        self.request_body = RequestBody(
+            required=True,
+            content={
+                "application/json": OpenAPIMediaType(schema=Schema(type=OpenAPIType.OBJECT)),
+                "image/png": OpenAPIMediaType(schema=binary),
+                "multipart/form-data": OpenAPIMediaType(schema=form),
+            },
+        )
+
+
+def answers(body: Any, description: str) -> dict[int, ResponseSpec]:
+    """The documented 200 of a handler whose return annotation (``Response[Any]``, bytes) does not say what it sends."""
+    return {200: ResponseSpec(data_container=body, description=description, generate_examples=False)}
+
+
+@dataclass
+class Streams(Operation):
+    """An operation that answers JSON, or Server-Sent Events when the body says ``"stream": true``."""
+
+    def __post_init__(self) -> None:
+        success = (self.responses or {}).get("200")
+        if isinstance(success, OpenAPIResponse) and success.content is not None:
+            success.content["text/event-stream"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+
+
+_DESCRIPTIONS = {
+    400: "Bad input: the message names the field (`error.field` on /api/v1, `param` on /v1)",
+    401: "Missing, unknown, revoked or expired API key",
+    403: "The persona belongs to another user (only its owner or an admin may change it), or an admin-only route",
+    404: "Not found, or not visible to the caller",
+    409: "Conflicts with the current state (a taken name)",
+    413: "The request body is too large",
+    429: "A rate limit was reached; see `Retry-After`",
+    500: "Internal error; it has been logged",
+    502: "The LLM provider failed",
+    503: "The database is unavailable; try again in a moment",
+    504: "The LLM provider timed out",
+}
+
+# Routes that call a provider, and routes that act on a persona that may belong to someone else.
+_PROVIDER_ROUTES = {
+    ("POST", "/api/v1/chat"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/messages"),
+    ("POST", "/api/v1/chat/personas/preview"),
+    ("POST", "/api/v1/chat/personas/compare"),
+    ("POST", "/api/v1/chat/personas/{persona_id:str}/tests/run"),
+}
+_CONFLICTS = {
+    ("POST", "/api/v1/chat/personas"),
+    ("PUT", "/api/v1/chat/personas/{persona_id:str}"),
+    ("POST", "/api/v1/chat/personas/import"),
+    ("POST", "/api/v1/chat/personas/{persona_id:str}/versions/{version:str}/restore"),
+    ("POST", "/api/v1/admin/users"),
+}
+
+
+_PERSONA = "/api/v1/chat/personas/{persona_id:str}"
+
+
+def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
+    signature = handler.parsed_fn_signature.parameters
+    has_body = "data" in signature or path.endswith("/import")
+    statuses = {401, 500, 503}
+    if has_body:
+        statuses |= {400, 413}
+    if "{" in path or any(name in signature for name in ("limit", "offset", "format")):
+        statuses.add(400)
+    if "{" in path or (method, path) in _PROVIDER_ROUTES or path == "/api/v1/chat/personas/set":
+        statuses.add(404)  # a path's id, or a conversation or persona named in the body
+    # A persona's own routes are for its owner and admins, but for reading it.
+    persona_scoped = path.startswith(_PERSONA) and not (method == "GET" and path == _PERSONA)
+    # Only admins may set `is_default` (on create, update and restore) or manage users.
+    if persona_scoped or path.startswith("/api/v1/admin") or (method, path) in _PROVIDER_ROUTES | _CONFLICTS:
+        statuses.add(403)
+    if (method, path) in _CONFLICTS:
+        statuses.add(409)
+    if (method, path) in _PROVIDER_ROUTES:
+        statuses |= {429, 502, 504}
+    return statuses
+
+
+def _error_body(path: str) -> type[Struct]:
+    if path == "/v1/messages":
+        return AnthropicErrorBody
+    if path.startswith("/v1/"):
+        return OpenAIErrorBody
+    return ErrorBody
+
+
+def document_errors(app: Litestar) -> None:
+    """Give every route that needs a key the error answers it can give, in its prefix's error shape."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if (
+                not isinstance(handler, HTTPRouteHandler)
+                or handler.opt.get("exclude_from_auth")
+                or not handler.include_in_schema
+            ):
+                continue
+            body = _error_body(route.path)
+            responses = dict(handler.responses or {})
+            for method in handler.http_methods:
+                for status in _statuses(method, route.path, handler):
+                    responses.setdefault(
+                        status,
+                        ResponseSpec(data_container=body, description=_DESCRIPTIONS[status], generate_examples=False),
+                    )
+            handler.responses = responses
