@@ -320,7 +320,7 @@ BAD_DRAFTS = [
     {"version": 7},
     {"colour": "blue"},
     {"name": ""},
-    {"name": "  padded  "},
+    {"name": "two\nlines"},
     {"name": 42},
     {"system_prompt": "Hello {{mood}}"},
     {"visibility": "friends"},
