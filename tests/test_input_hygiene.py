@@ -1,13 +1,15 @@
-"""Input hygiene on the persona domain: names, template braces and text PostgreSQL cannot store."""
+"""Input hygiene: persona names, template braces, text PostgreSQL cannot store, and API key prefixes."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
 import pytest
 
 from personas.png import card_png
+from runtime.cli import main as cli_main
 from tests.conftest import persona_body
 
 PERSONAS = "/api/v1/chat/personas"
@@ -147,3 +149,24 @@ def test_lone_surrogates_are_refused_by_field():
         with pytest.raises(BadRequest) as caught:
             draft_persona(draft, None)
         assert caught.value.field == field
+
+
+# API key prefixes -------------------------------------------------------------------------------------
+
+
+async def test_a_short_chosen_key_shows_little_of_itself(resources, make_user, monkeypatch, capsys, database_url):
+    user = await make_user("keys")
+    short = "prk_chosen-dev-key-1"  # 20 characters, the shortest allowed
+    _, record = await resources.accounts.create_key(user.user.id, name="chosen", key=short)
+    assert short.startswith(record.prefix) and record.prefix == "prk_chos"
+    plain = "my-operators-own-key-24c"  # no marker
+    _, other = await resources.accounts.create_key(user.user.id, name="plain", key=plain)
+    assert plain.startswith(other.prefix) and len(other.prefix) <= len(plain) // 4
+    generated, made = await resources.accounts.create_key(user.user.id, name="random")
+    assert made.prefix == generated[:12]
+
+    # The CLI still finds a key by the prefix it showed.
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    code = await asyncio.to_thread(cli_main, ["keys", "revoke", record.prefix])
+    assert code == 0, capsys.readouterr().err
+    assert (await resources.accounts.get_key(record.id)).revoked_at is not None
