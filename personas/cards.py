@@ -42,7 +42,7 @@ import msgspec
 
 from core.errors import BadRequest
 from personas.models import ModelSettings, Persona, PersonaDraft
-from personas.template import VARIABLES, format_section
+from personas.template import VARIABLES, Placeholder, format_section, placeholders, substitute
 
 __all__ = ["CARD_V2", "CARD_V3", "DEFAULT_HEAD", "EXTENSION_KEY", "card_to_draft", "persona_to_card", "validated"]
 
@@ -57,7 +57,6 @@ DEFAULT_HEAD = (
 _DESCRIPTION_LIMIT = 4000
 _PROMPT_LIMIT = 100_000
 _V1_FIELDS = ("name", "description", "personality", "scenario", "first_mes", "mes_example")
-_MACRO = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`")
 _LEGACY_MACRO = re.compile(r"<(BOT|CHAR|USER)>", re.IGNORECASE)
 
@@ -177,8 +176,8 @@ def _template(text: str, *, original: str = "") -> str:
     ``{{original}}`` stands for the prompt the card's ``system_prompt`` replaces: ``original``."""
     text = _LEGACY_MACRO.sub(lambda m: "{{user_name}}" if m.group(1).lower() == "user" else "{{persona_name}}", text)
 
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
+    def replace(macro: Placeholder) -> str:
+        name = macro.name
         lowered = name.lower()
         if lowered == "char":
             return "{{persona_name}}"
@@ -194,14 +193,14 @@ def _template(text: str, *, original: str = "") -> str:
             return "{{" + name + "}}"
         return ""
 
-    return _MACRO.sub(replace, text)
+    return substitute(text, replace)
 
 
 def _literal(text: str, name: str) -> str:
     """Card macros in plain text (description, traits), which are shown as written, not rendered."""
     text = _LEGACY_MACRO.sub(lambda m: "the user" if m.group(1).lower() == "user" else name, text)
     spoken = {"char": name, "persona_name": name, "user": "the user", "user_name": "the user", "newline": "\n"}
-    return _MACRO.sub(lambda m: spoken.get(m.group(1).lower(), ""), text)
+    return substitute(text, lambda m: spoken.get(m.name.lower(), ""))
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -292,7 +291,7 @@ def _card_macros(persona: Persona) -> str:
     """Our system prompt in card macros; capabilities, which cards have no macro for, are written out."""
     prompt = persona.system_prompt or ""
     capabilities = format_section(persona.capabilities)
-    if capabilities and "capabilities" not in {m.group(1) for m in _MACRO.finditer(prompt)}:
+    if capabilities and "capabilities" not in {p.name for p in placeholders(prompt)}:
         prompt = f"{prompt.rstrip()}\n\n## Capabilities\n{{{{capabilities}}}}"
     names = {
         "persona_name": "{{char}}",
@@ -300,7 +299,7 @@ def _card_macros(persona: Persona) -> str:
         "traits": "{{personality}}",
         "capabilities": capabilities,
     }
-    return _MACRO.sub(lambda m: names.get(m.group(1), m.group(0)), prompt)
+    return substitute(prompt, lambda m: names.get(m.name, prompt[m.start : m.end]))
 
 
 def _personality_text(traits: dict[str, Any]) -> str:

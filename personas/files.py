@@ -18,7 +18,7 @@ import msgspec
 from core.errors import BadRequest
 from personas.documents import encode_document, load_document, persona_document, slug
 from personas.models import CONTENT_FIELDS, Persona, PersonaDraft
-from personas.service import check_draft, draft_persona
+from personas.service import check_draft, draft_persona, normalized
 from personas.store import PersonaStore
 
 __all__ = ["FileResult", "FilesError", "import_drafts", "read_directory", "write_directory"]
@@ -79,7 +79,7 @@ def read_directory(directory: Path, *, limit: int) -> list[tuple[str, PersonaDra
         try:
             if path.stat().st_size > limit:
                 raise BadRequest(f"larger than {limit} bytes (IMPORT_MAX_BYTES)")
-            draft = load_document(path.read_bytes(), limit=limit).draft
+            draft = normalized(load_document(path.read_bytes(), limit=limit).draft)
             check_draft(draft)
         except BadRequest as exc:
             problems.append(f"{path.name}: {exc.message}")

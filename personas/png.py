@@ -65,13 +65,14 @@ def _inflate(compressed: bytes, limit: int, keyword: str) -> bytes:
     return out
 
 
-def _decode(kind: bytes, body: bytes, limit: int) -> TextChunk | None:
+def _decode(kind: bytes, body: bytes, limit: int, seen: set[str]) -> TextChunk | None:
     keyword_bytes, sep, rest = body.partition(b"\0")
     if not sep:
         return None  # a malformed text chunk is not ours to judge; we only look for card keywords
     keyword = keyword_bytes.decode("latin-1")
-    if keyword.lower() not in CARD_KEYWORDS:
+    if keyword.lower() not in CARD_KEYWORDS or keyword.lower() in seen:
         return None
+    seen.add(keyword.lower())
     if kind == b"tEXt":
         return TextChunk(keyword, rest.decode("latin-1"))
     if kind == b"zTXt":
@@ -97,11 +98,16 @@ def _decode(kind: bytes, body: bytes, limit: int) -> TextChunk | None:
 
 
 def text_chunks(data: bytes, *, limit: int) -> list[TextChunk]:
-    """The card text chunks of a PNG (validating every chunk's CRC on the way)."""
+    """The card text chunks of a PNG (validating every chunk's CRC on the way): the first of each card keyword.
+
+    Later chunks of a keyword are skipped without being inflated, so a file of many small compressed chunks
+    cannot make one import decompress ``limit`` bytes again and again (and hold every copy).
+    """
     found = []
+    seen: set[str] = set()
     for kind, body in _chunks(data):
         if kind in _TEXT_TYPES:
-            chunk = _decode(kind, body, limit)
+            chunk = _decode(kind, body, limit, seen)
             if chunk is not None:
                 found.append(chunk)
     return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 from uuid import UUID
 
@@ -43,7 +44,8 @@ class PersonaPorter:
 
     async def import_(self, caller: Caller, payload: bytes) -> tuple[Persona, str]:
         """Create a persona owned by the caller from an upload; returns it and the format it came in."""
-        imported = load_document(payload, limit=self.max_bytes)
+        # Inflating, base64- and JSON-decoding megabytes is CPU work: off the event loop, so other requests go on.
+        imported = await asyncio.to_thread(load_document, payload, limit=self.max_bytes)
         try:
             persona = await self.personas.create(caller, imported.draft)
         except Conflict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID, uuid4
@@ -12,8 +13,16 @@ from core.errors import BadRequest, Forbidden, NotFound
 from personas.models import Caller, Persona, PersonaDraft, PersonaPatch, Tool
 from personas.store import PersonaStore
 from personas.template import check_template
+from personas.text import check_json, check_name, check_text, normalize_name
 
-__all__ = ["MAX_EXTENSIONS_BYTES", "PersonaService", "PreferenceSource", "check_draft", "draft_persona"]
+__all__ = [
+    "MAX_EXTENSIONS_BYTES",
+    "PersonaService",
+    "PreferenceSource",
+    "check_draft",
+    "draft_persona",
+    "normalized",
+]
 
 PreferenceSource = Literal["preference", "default"]
 
@@ -42,23 +51,58 @@ def present(persona: Persona, caller: Caller) -> Persona:
     return msgspec.structs.replace(persona, system_prompt=None, extensions={})
 
 
-def check_draft(draft: PersonaDraft | Persona) -> None:
-    """The rules beyond field types, shared by saved personas and unsaved drafts."""
-    if not draft.name.strip():
-        raise BadRequest("`name` must not be blank.", field="name")
-    if draft.name != draft.name.strip():
-        raise BadRequest("`name` must not start or end with spaces.", field="name")
+def check_draft(
+    draft: PersonaDraft | Persona, *, providers: Collection[str] | None = None, previous: Persona | None = None
+) -> None:
+    """The rules beyond field types, shared by saved personas and unsaved drafts.
+
+    ``providers``: the configured provider names, which ``model_settings`` must pick from (None: not checked).
+    ``previous``: the persona being changed; a system prompt or model settings it already had are not checked
+    again, so a persona saved under older rules can still be edited.
+    """
+    check_name(draft.name)
+    if draft.name != normalize_name(draft.name):
+        raise BadRequest(
+            "`name` must not start or end with spaces, nor hold invisible characters such as zero-width spaces.",
+            field="name",
+        )
+    check_text(draft.description, "description")
     if draft.system_prompt is not None:
-        check_template(draft.system_prompt)
+        check_text(draft.system_prompt, "system_prompt")
+        if previous is None or draft.system_prompt != previous.system_prompt:
+            check_template(draft.system_prompt)
     for field in ("personality_traits", "capabilities"):
+        check_json(getattr(draft, field), field)
         if len(_encoder.encode(getattr(draft, field))) > _MAX_OBJECT_BYTES:
             raise BadRequest(f"`{field}` is larger than {_MAX_OBJECT_BYTES} bytes of JSON.", field=field)
+    check_json(msgspec.to_builtins(draft.model_settings), "model_settings")
+    check_json(msgspec.to_builtins(draft.tools), "tools")
+    check_json(draft.extensions, "extensions")
+    if isinstance(draft, PersonaDraft) and draft.change_note is not None:
+        check_text(draft.change_note, "change_note")
     if len(_encoder.encode(draft.extensions)) > MAX_EXTENSIONS_BYTES:
         raise BadRequest(
             f"`extensions` is larger than {MAX_EXTENSIONS_BYTES} bytes of JSON; remove what you need not keep.",
             field="extensions",
         )
     _check_tools(draft.tools)
+    if providers is not None and (previous is None or draft.model_settings != previous.model_settings):
+        _check_providers(draft, providers)
+
+
+def _check_providers(draft: PersonaDraft | Persona, providers: Collection[str]) -> None:
+    settings = draft.model_settings
+    named = [("model_settings.provider", settings.provider)]
+    named += [(f"model_settings.fallbacks[{i}].provider", f.provider) for i, f in enumerate(settings.fallbacks)]
+    for field, provider in named:
+        if provider is not None and provider not in providers:
+            configured = ", ".join(sorted(providers))
+            raise BadRequest(
+                f"`{field}` names provider {provider!r}, which this server does not have; the configured "
+                f"providers are {configured}. Choose one of them, or leave `provider` out for the default.",
+                field=field,
+                details={"providers": sorted(providers)},
+            )
 
 
 def _check_tools(tools: list[Tool]) -> None:
@@ -77,9 +121,10 @@ def _check_tools(tools: list[Tool]) -> None:
             raise BadRequest(f"`tools[{index}].parameters` is too large.", field=f"tools[{index}].parameters")
 
 
-def draft_persona(draft: PersonaDraft, caller: Caller | None) -> Persona:
-    """A validated, unsaved persona built from a draft body."""
-    check_draft(draft)
+def draft_persona(draft: PersonaDraft, caller: Caller | None, *, providers: Collection[str] | None = None) -> Persona:
+    """A validated, unsaved persona built from a draft body (its name normalised: see :func:`normalize_name`)."""
+    draft = normalized(draft)
+    check_draft(draft, providers=providers)
     now = datetime.now(UTC)
     return Persona(
         id=uuid4(),
@@ -101,11 +146,22 @@ def draft_persona(draft: PersonaDraft, caller: Caller | None) -> Persona:
     )
 
 
-class PersonaService:
-    """The persona API's rules on top of :class:`PersonaStore`."""
+def normalized(draft: PersonaDraft) -> PersonaDraft:
+    """The draft with its name as it is stored and compared: names that differ only in invisible characters,
+    surrounding spaces or Unicode compatibility forms are one name, so they collide as duplicates."""
+    name = normalize_name(draft.name)
+    return draft if name == draft.name else msgspec.structs.replace(draft, name=name)
 
-    def __init__(self, store: PersonaStore) -> None:
+
+class PersonaService:
+    """The persona API's rules on top of :class:`PersonaStore`.
+
+    ``providers``: the configured provider names; a persona saved naming another is refused (None: any name).
+    """
+
+    def __init__(self, store: PersonaStore, providers: Collection[str] | None = None) -> None:
         self.store = store
+        self.providers = None if providers is None else frozenset(providers)
 
     async def list(self, caller: Caller, *, limit: int, offset: int) -> tuple[list[Persona], int]:
         personas, total = await self.store.list_visible(caller.user_id, limit=limit, offset=offset)
@@ -136,7 +192,7 @@ class PersonaService:
     async def create(self, caller: Caller, draft: PersonaDraft) -> Persona:
         if draft.is_default and not caller.is_admin:
             raise Forbidden("Only admins may set `is_default`; leave it out.", field="is_default")
-        persona = msgspec.structs.replace(draft_persona(draft, caller), version=1)
+        persona = msgspec.structs.replace(draft_persona(draft, caller, providers=self.providers), version=1)
         return await self.store.create(persona, actor=caller.user_id, change_note=draft.change_note)
 
     async def update(self, caller: Caller, persona_id: UUID, patch: PersonaPatch) -> Persona:
@@ -155,8 +211,10 @@ class PersonaService:
                     "persona that should become the default.",
                     field="is_default",
                 )
+        if isinstance(changes.get("name"), str):
+            changes["name"] = normalize_name(changes["name"])
         changed = msgspec.structs.replace(current, **changes)
-        check_draft(changed)
+        check_draft(changed, providers=self.providers, previous=current)
         note = patch.change_note if isinstance(patch.change_note, str) else None
         return await self.store.update(persona_id, changed, actor=caller.user_id, change_note=note)
 

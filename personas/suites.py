@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-import re
+import asyncio
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
 import asyncpg
 import msgspec
+import regex
 from msgspec import Meta, Struct
 
 from core.errors import BadRequest, NotFound
+from personas.text import check_text
 
-__all__ = ["Expectation", "PersonaTest", "PersonaTestDraft", "PersonaTestStore", "check_test", "judge"]
+__all__ = ["REGEX_SECONDS", "Expectation", "PersonaTest", "PersonaTestDraft", "PersonaTestStore", "check_test", "judge"]
 
 # Bounds that keep a suite cheap to store and to judge.
 MAX_PHRASES = 20
 MAX_TESTS_PER_PERSONA = 100
+# How long one answer may take to match a test's regex. A pattern such as ``(a|aa)+$`` backtracks
+# exponentially; it runs in a worker thread (the ``regex`` package releases the GIL and stops at the
+# timeout), so it costs the run this long at most and never holds up other requests.
+REGEX_SECONDS = 0.5
 Phrase = Annotated[str, Meta(min_length=1, max_length=500)]
 Pattern = Annotated[str, Meta(min_length=1, max_length=1000)]
 
@@ -52,6 +58,13 @@ class PersonaTest(Struct, frozen=True, kw_only=True):
 
 def check_test(draft: PersonaTestDraft) -> None:
     """Rules beyond field types: a test must expect something, and its regex must compile."""
+    check_text(draft.name, "name")
+    check_text(draft.message, "message")
+    for key in ("contains", "not_contains"):
+        for index, phrase in enumerate(getattr(draft.expect, key)):
+            check_text(phrase, f"expect.{key}[{index}]")
+    if draft.expect.regex is not None:
+        check_text(draft.expect.regex, "expect.regex")
     if not draft.name.strip():
         raise BadRequest("`name` must not be blank.", field="name")
     expect = draft.expect
@@ -62,14 +75,14 @@ def check_test(draft: PersonaTestDraft) -> None:
         )
     if expect.regex is not None:
         try:
-            re.compile(expect.regex)
-        except re.error as exc:
+            regex.compile(expect.regex)
+        except (regex.error, ValueError, OverflowError, RecursionError) as exc:
             raise BadRequest(
                 f"`expect.regex` is not a valid regular expression: {exc}.", field="expect.regex"
             ) from None
 
 
-def judge(expect: Expectation, answer: str) -> list[str]:
+async def judge(expect: Expectation, answer: str) -> list[str]:
     """What the answer got wrong, one sentence per unmet expectation; empty when it passes."""
     failures: list[str] = []
     folded = answer.casefold()
@@ -81,11 +94,24 @@ def judge(expect: Expectation, answer: str) -> list[str]:
         for phrase in expect.not_contains
         if phrase.casefold() in folded
     )
-    if expect.regex is not None and re.search(expect.regex, answer) is None:
-        failures.append(f"expected the answer to match the regex {expect.regex!r}")
+    if expect.regex is not None:
+        try:
+            found = await asyncio.to_thread(_search, expect.regex, answer)
+        except TimeoutError:
+            failures.append(
+                f"the regex {expect.regex!r} took too long (more than {REGEX_SECONDS} s) to match the answer: "
+                "simplify it (nested repetition such as (a+)+ or (a|aa)+ backtracks without end)"
+            )
+        else:
+            if not found:
+                failures.append(f"expected the answer to match the regex {expect.regex!r}")
     if expect.max_chars is not None and len(answer) > expect.max_chars:
         failures.append(f"answer is {len(answer)} characters, more than max_chars {expect.max_chars}")
     return failures
+
+
+def _search(pattern: str, answer: str) -> bool:
+    return regex.search(pattern, answer, timeout=REGEX_SECONDS, concurrent=True) is not None
 
 
 _COLUMNS = "id, persona_id, name, message, expect, created_by, created_at"

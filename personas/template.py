@@ -2,24 +2,106 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from core.errors import BadRequest
 
-__all__ = ["PER_TURN_VARIABLES", "VARIABLES", "check_template", "format_section", "render_template", "stable_prefix"]
+__all__ = [
+    "PER_TURN_VARIABLES",
+    "VARIABLES",
+    "Placeholder",
+    "check_template",
+    "format_section",
+    "placeholders",
+    "render_template",
+    "stable_prefix",
+    "substitute",
+]
 
 VARIABLES = ("user_name", "persona_name", "date", "traits", "capabilities")
 # Values that differ between users or days: a provider's prompt cache reuses only what comes before them.
 PER_TURN_VARIABLES = ("user_name", "date")
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+
+class Placeholder(NamedTuple):
+    """One ``{{ name }}`` in a template: where it starts and ends, and the name without its spaces."""
+
+    start: int
+    end: int
+    name: str
+
+
+def _scan(template: str) -> tuple[list[Placeholder], tuple[int, str] | None]:
+    """Every well-formed placeholder, and the first syntax problem (its position and what it is).
+
+    Linear in the template's length. ``{{`` opens a placeholder that the next ``}}`` closes, with no ``{``
+    or ``}`` in between; spaces around the name are allowed (``{{ user_name }}``). A run of three or more
+    ``{`` is text braces followed by a placeholder (``{{{user_name}}}`` puts the name in braces). Outside
+    placeholders single braces are text, and so is a ``}}`` that closes two of them (``{"a": {"b": 1}}``);
+    any other ``}}`` is stray.
+    """
+    found: list[Placeholder] = []
+    problem: tuple[int, str] | None = None
+    depth = 0  # text braces open
+    i, n = 0, len(template)
+    while i < n:
+        char = template[i]
+        if char == "{":
+            if template.startswith("{{", i) and not template.startswith("{{{", i):
+                j = i + 2
+                while j < n and template[j] not in "{}":
+                    j += 1
+                if template.startswith("}}", j):
+                    found.append(Placeholder(i, j + 2, template[i + 2 : j].strip()))
+                    i = j + 2
+                    continue
+                if problem is None:
+                    problem = (i, "`{{` that no `}}` closes (a placeholder is `{{name}}`, with no braces inside)")
+                depth += 2
+                i = j
+                continue
+            depth += 1
+        elif char == "}":
+            if depth:
+                depth -= 1
+            elif template.startswith("}}", i):
+                if problem is None:
+                    problem = (i, "stray `}}` that closes no `{{`")
+                i += 2
+                continue
+        i += 1
+    return found, problem
+
+
+def placeholders(template: str) -> list[Placeholder]:
+    """The template's well-formed placeholders, in order; malformed braces are left as text."""
+    return _scan(template)[0]
+
+
+def substitute(template: str, replace: Callable[[Placeholder], str]) -> str:
+    """The template with each placeholder replaced by ``replace(placeholder)``."""
+    parts: list[str] = []
+    at = 0
+    for placeholder in placeholders(template):
+        parts.append(template[at : placeholder.start])
+        parts.append(replace(placeholder))
+        at = placeholder.end
+    parts.append(template[at:])
+    return "".join(parts)
 
 
 def check_template(template: str, *, field: str = "system_prompt") -> None:
-    """Refuse a template that uses a variable the runtime cannot fill."""
-    unknown = sorted({m.group(1) for m in _PLACEHOLDER.finditer(template)} - set(VARIABLES))
+    """Refuse a template with malformed braces, or that uses a variable the runtime cannot fill."""
+    found, problem = _scan(template)
+    if problem is not None:
+        position, what = problem
+        raise BadRequest(
+            f"`{field}` has a {what} at position {position} (0-based). Write variables as {{{{user_name}}}}.",
+            field=field,
+            details={"position": position},
+        )
+    unknown = sorted({p.name for p in found} - set(VARIABLES))
     if unknown:
         names = ", ".join("{{" + name + "}}" for name in unknown)
         allowed = ", ".join("{{" + name + "}}" for name in VARIABLES)
@@ -59,8 +141,8 @@ def render_template(
     """Fill a template; traits and capabilities the template does not place are appended as sections."""
     sections = {"traits": format_section(traits), "capabilities": format_section(capabilities)}
     values = {"user_name": user_name, "persona_name": persona_name, "date": date, **sections}
-    used = {m.group(1) for m in _PLACEHOLDER.finditer(template)}
-    text = _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+    used = {p.name for p in placeholders(template)}
+    text = substitute(template, lambda p: values.get(p.name, template[p.start : p.end]))
     for name, title in (("traits", "Personality traits"), ("capabilities", "Capabilities")):
         if name not in used and sections[name]:
             text = f"{text.rstrip()}\n\n## {title}\n{sections[name]}"
@@ -79,5 +161,5 @@ def stable_prefix(
     at = probe.find(marker)
     if at < 0:
         return len(probe), None
-    first = next(m.group(1) for m in _PLACEHOLDER.finditer(template) if m.group(1) in PER_TURN_VARIABLES)
+    first = next(p.name for p in placeholders(template) if p.name in PER_TURN_VARIABLES)
     return at, first

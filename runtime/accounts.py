@@ -12,11 +12,22 @@ import msgspec
 
 from core.errors import BadRequest, Conflict, NotFound
 
-__all__ = ["KEY_PREFIX", "Accounts", "ApiKey", "User", "generate_key", "hash_key"]
+__all__ = ["KEY_PREFIX", "Accounts", "ApiKey", "User", "generate_key", "hash_key", "shown_prefix"]
 
 # Recognisable in a leaked-secret scan and in a config file; the random part carries 256 bits.
 KEY_PREFIX = "prk_"
-_SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 8
+# What ``prefix`` shows of a key: enough to tell keys apart, never enough to matter. At most 8 characters of
+# the secret after the fixed marker, and at most a quarter of it, so a short key chosen by an operator
+# (``BOOTSTRAP_ADMIN_KEY``) is not mostly shown.
+_SHOWN_SECRET_CHARS = 8
+
+
+def shown_prefix(key: str) -> str:
+    """The part of ``key`` that lists and logs may show: the ``prk_`` marker and a few characters after it."""
+    marker = KEY_PREFIX if key.startswith(KEY_PREFIX) else ""
+    secret = len(key) - len(marker)
+    return key[: len(marker) + min(_SHOWN_SECRET_CHARS, secret // 4)]
+
 
 _USER_COLUMNS = "id, name, display_name, is_admin, created_at"
 _KEY_COLUMNS = "id, user_id, name, prefix, created_at, last_used_at, expires_at, revoked_at"
@@ -137,7 +148,7 @@ class Accounts:
         expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
         try:
             record = await (conn or self._pool).fetchrow(
-                INSERT_KEY, user_id, name, key[:_SHOWN_PREFIX_LENGTH], hash_key(key), expires_at
+                INSERT_KEY, user_id, name, shown_prefix(key), hash_key(key), expires_at
             )
         except asyncpg.UniqueViolationError:
             raise Conflict("That key is already in use.", field="key") from None

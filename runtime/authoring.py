@@ -303,7 +303,7 @@ class AuthoringService:
             if outcome.error is not None:
                 failures = [f"the provider failed ({outcome.error.code}): {outcome.error.message}"]
             else:
-                failures = judge(test.expect, outcome.text)
+                failures = await judge(test.expect, outcome.text)
             return TestResult(
                 test_id=test.id, name=test.name, passed=not failures, response=outcome.text, failures=failures
             )

@@ -133,7 +133,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
         store = PersonaStore(
             pool, cache, ttl=settings.persona_cache_seconds, local_ttl=settings.persona_local_cache_seconds
         )
-        personas = PersonaService(store)
+        personas = PersonaService(store, providers=providers.names())
         conversations = ConversationStore(pool)
         chat = ChatPipeline(
             personas,

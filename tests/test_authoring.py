@@ -322,7 +322,7 @@ BAD_DRAFTS = [
     {"version": 7},
     {"colour": "blue"},
     {"name": ""},
-    {"name": "  padded  "},
+    {"name": "two\nlines"},
     {"name": 42},
     {"system_prompt": "Hello {{mood}}"},
     {"visibility": "friends"},
@@ -805,3 +805,45 @@ async def test_compare_candidates_answer_at_the_same_time(counting, make_user):
     )
     assert r.status_code == 200 and all(x["error"] is None for x in r.json()["results"]), r.text
     assert echo.most == 4
+
+
+# Regexes that backtrack without end -------------------------------------------------------------------
+
+
+async def test_health_still_answers_while_a_suite_runs_a_runaway_regex(llm_client, alice):
+    """A test regex that backtracks exponentially is stopped and reported, and holds up no other request."""
+    import asyncio
+
+    # The echo provider answers "[echo] " + the message, so each test's answer is known.
+    persona = await make_persona(llm_client, alice, model_settings={"provider": "echo"})
+    # The finding's own pattern: the regex engine answers it at once now, so it simply fails to match.
+    nested = {"regex": "(a+)+$"}
+    await add_test(llm_client, alice, persona["id"], name="nested", message="a" * 24 + "!", expect=nested)
+    # One that backtracks exponentially even there: stopped at its time budget and reported as too slow.
+    alternation = {"regex": "(a|aa)+$"}
+    await add_test(llm_client, alice, persona["id"], name="alternation", message="a" * 34 + "!", expect=alternation)
+
+    run = asyncio.create_task(llm_client.post(f"{PERSONAS}/{persona['id']}/tests/run", headers=alice.headers))
+    await asyncio.sleep(0.2)  # the answers are in and being judged
+    health = await llm_client.get("/health")
+    assert health.status_code == 200
+    assert not run.done(), "/health waited for the suite run to finish"
+
+    r = await run
+    assert r.status_code == 200, r.text
+    results = {x["name"]: x for x in r.json()["results"]}
+    assert results["nested"]["failures"] == ["expected the answer to match the regex '(a+)+$'"]
+    [slow] = results["alternation"]["failures"]
+    assert slow.startswith("the regex '(a|aa)+$' took too long")
+
+
+async def test_a_regex_that_does_not_compile_is_refused_when_the_test_is_saved(client, alice):
+    persona = await make_persona(client, alice)
+    for pattern in ("(unclosed", "a{2,1}", "[z-a]"):
+        r = await client.post(
+            f"{PERSONAS}/{persona['id']}/tests",
+            json={"name": "t", "message": "m", "expect": {"regex": pattern}},
+            headers=alice.headers,
+        )
+        assert r.status_code == 400, (pattern, r.text)
+        assert r.json()["error"]["field"] == "expect.regex"

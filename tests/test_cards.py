@@ -364,3 +364,21 @@ def test_our_document_round_trips_without_loss():
     assert encode_document(persona_document(again)) == document
     assert again.extensions == first.extensions
     assert json.loads(document)["format"] == FORMAT
+
+
+def test_a_png_inflates_only_the_first_chunk_of_each_card_keyword():
+    """A file of many small compressed chunks, each inflating to the limit, costs one inflate, not thousands."""
+    from personas.png import read_card_text, text_chunks
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bomb = chunk(b"zTXt", b"chara\0\0" + zlib.compress(b"A" * 1_000_000, 9))
+    real = card_png([("chara", "Zmlyc3Q=")])
+    # The real card's chunks, then 200 bombs after its chara chunk, each inflating to a megabyte.
+    head, iend = real[:-12], real[-12:]
+    data = head + bomb * 200 + iend
+    assert data.startswith(SIGNATURE)
+    chunks = text_chunks(data, limit=2_000_000)
+    assert [c.text for c in chunks] == ["Zmlyc3Q="]
+    assert read_card_text(data, limit=2_000_000) == "Zmlyc3Q="

@@ -428,10 +428,28 @@ async def test_bad_chat_requests_store_nothing(llm_client, fake_llm, alice, reso
     assert fake_llm.chat_requests() == []
 
 
-async def test_a_persona_with_an_unconfigured_provider_is_a_clear_400(client, alice):
-    persona = (
-        await client.post(PERSONAS, json=persona_body(model_settings={"provider": "anthropic"}), headers=alice.headers)
-    ).json()["persona"]
+async def test_a_persona_with_an_unconfigured_provider_is_a_clear_400(client, alice, resources):
+    persona = (await client.post(PERSONAS, json=persona_body(), headers=alice.headers)).json()["persona"]
+    # This app has only the offline echo provider.
+    for settings, field in [
+        ({"provider": "anthropic"}, "model_settings.provider"),
+        (
+            {"provider": "echo", "fallbacks": [{"provider": "echo"}, {"provider": "openai"}]},
+            "model_settings.fallbacks[1].provider",
+        ),
+    ]:
+        r = await client.post(PERSONAS, json=persona_body(model_settings=settings), headers=alice.headers)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["field"] == field
+        assert "echo" in r.json()["message"] and r.json()["error"]["details"]["providers"] == ["echo"]
+        r = await client.put(f"{PERSONAS}/{persona['id']}", json={"model_settings": settings}, headers=alice.headers)
+        assert r.status_code == 400 and r.json()["error"]["field"] == field, r.text
+    # A persona saved before its provider went away stays editable, and says so when chatted with.
+    await resources.pool.execute(
+        """UPDATE personas SET model_settings = '{"provider": "anthropic"}' WHERE id = $1""", uuid.UUID(persona["id"])
+    )
+    r = await client.put(f"{PERSONAS}/{persona['id']}", json={"description": "still editable"}, headers=alice.headers)
+    assert r.status_code == 200, r.text
     r = await client.post(CHAT, json={"message": "hi", "persona_id": persona["id"]}, headers=alice.headers)
     assert r.status_code == 400
     assert "anthropic" in r.json()["message"] and "echo" in r.json()["message"]

@@ -40,7 +40,7 @@ def png_of(card) -> bytes:
 
 async def test_export_gives_our_document_as_a_file(client, alice):
     persona = await create(
-        client, alice, model_settings={"provider": "openai", "temperature": 0.4}, tools=[{"name": "lookup"}]
+        client, alice, model_settings={"provider": "echo", "temperature": 0.4}, tools=[{"name": "lookup"}]
     )
     r = await client.get(f"{BASE}/{persona['id']}/export", headers=alice.headers)
     assert r.status_code == 200
