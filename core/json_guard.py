@@ -109,9 +109,9 @@ def _find_nul(value: Any, path: str) -> str | None:
         return path if "\x00" in value else None
     if isinstance(value, dict):
         for key, item in value.items():
-            where = f"{path}.{key}" if path else key
             if "\x00" in key:
-                return where
+                return path  # the object whose key it is: the key itself cannot be shown as it is
+            where = f"{path}.{key}" if path else key
             found = _find_nul(item, where)
             if found is not None:
                 return found
