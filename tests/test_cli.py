@@ -71,6 +71,7 @@ def start_serve(port: int, env: dict[str, str], *args: str) -> subprocess.Popen[
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a group of its own, so a test can end it and its workers together
     )
 
 

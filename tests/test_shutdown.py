@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 
 import asyncpg
@@ -58,9 +60,10 @@ async def test_sigterm_ends_a_long_stream_after_the_grace_and_keeps_its_partial_
         assert server.returncode == 0, err
         assert "Traceback" not in err
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        # The whole process group: killing only the master of `--workers 2` would leave its workers behind.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
     conn = await asyncpg.connect(database_url)
     try:
         stored = await conn.fetchrow(
