@@ -25,6 +25,45 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(type_name, encoder=_encode_json, decoder=msgspec.json.decode, schema="pg_catalog")
 
 
+class _Connection(asyncpg.Connection):
+    """A pooled connection that closes itself when its protocol breaks under a query.
+
+    A database restart caught mid-query can leave a connection open but unusable ("cannot switch to state
+    ..."); closed, the pool replaces it instead of handing it to the next request. That is what lets the pool
+    skip asyncpg's reset round trip on every release (see ``_keep_session``).
+    """
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._closing_if_broken(super().execute(*args, **kwargs))
+
+    async def fetch(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._closing_if_broken(super().fetch(*args, **kwargs))
+
+    async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._closing_if_broken(super().fetchrow(*args, **kwargs))
+
+    async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._closing_if_broken(super().fetchval(*args, **kwargs))
+
+    async def _closing_if_broken(self, query: Any) -> Any:
+        try:
+            return await query
+        except asyncpg.exceptions.InternalClientError:
+            self.terminate()
+            raise
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to undo when a connection goes back to the pool.
+
+    asyncpg's default reset is one more round trip per query (``RESET ALL``, ``UNLISTEN *``, unlocking
+    advisory locks). This code keeps no session state outside a transaction: its locks and settings are
+    transaction-scoped (``pg_advisory_xact_lock``, ``set_config(..., true)``), as a transaction-mode
+    connection pooler also requires. asyncpg still rolls back a transaction left open, a connection the
+    server closed is dropped, and one whose protocol broke closes itself (``_Connection``).
+    """
+
+
 async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
@@ -34,8 +73,8 @@ async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> as
         command_timeout=30,
         # A restarted server invalidates connections; don't keep idle ones around for long.
         max_inactive_connection_lifetime=60,
-        # asyncpg's own reset on release stays: it costs a round trip, but it is also what finds a connection
-        # a database restart broke (the reset fails) and closes it, instead of handing it to the next request.
+        reset=_keep_session,
+        connection_class=_Connection,
     )
     assert pool is not None
     return pool

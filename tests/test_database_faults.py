@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+import pytest
+
 from api.app import create_app
 from tests.conftest import make_settings, persona_body, running
 
@@ -93,3 +96,45 @@ async def test_an_answer_that_cannot_be_saved_is_not_reported_as_done(
                 break
             await asyncio.sleep(0.1)
         assert (stored[1]["status"], stored[1]["content"]) == ("complete", "one two three")
+
+
+async def test_connections_the_database_dropped_are_not_handed_to_later_requests(database_url):
+    from runtime.db import connect_pool, is_database_unavailable
+
+    pool = await connect_pool(database_url, min_size=2, max_size=2)
+    try:
+        pids = {await pool.fetchval("SELECT pg_backend_pid()") for _ in range(4)}
+        # The pool's connections, killed as a restart kills them.
+        killer = await asyncpg.connect(database_url)
+        await killer.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", list(pids))
+        await killer.close()
+        outcomes = []
+        for _ in range(4):
+            try:
+                outcomes.append(await pool.fetchval("SELECT 1"))
+            except Exception as exc:
+                assert is_database_unavailable(exc), repr(exc)
+                outcomes.append("unavailable")
+        # At most one failure per dropped connection, then fresh ones answer.
+        assert outcomes[-2:] == [1, 1] and outcomes.count("unavailable") <= len(pids)
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_whose_protocol_broke_closes_itself(database_url):
+    from runtime.db import connect_pool
+
+    pool = await connect_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            raw = conn._con  # the pooled connection behind asyncpg's proxy
+
+            async def broken() -> None:
+                raise asyncpg.exceptions.InternalClientError("cannot switch to state 15; protocol is failed")
+
+            with pytest.raises(asyncpg.exceptions.InternalClientError):
+                await raw._closing_if_broken(broken())
+            assert raw.is_closed()
+        assert await pool.fetchval("SELECT 1") == 1  # the pool made a new one
+    finally:
+        await pool.close()
