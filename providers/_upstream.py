@@ -20,9 +20,44 @@ from core.errors import (
 )
 from core.events import ProviderEvent
 from providers._http import HttpPool, HttpResponse, PoolFull
-from providers.base import ProviderConfig
+from providers.base import ProviderConfig, ProviderRequest
 
 _MAX_DETAIL = 300
+
+
+class HttpAdapter:
+    """What the HTTP adapters share: the streaming call through the lean client, shutdown, and closing.
+
+    A subclass sets ``name``, ``_api_key``, ``_client`` (the SDK client), ``_pool`` and ``_prepared``, and
+    says how its vendor's body is built (``build_body``) and its events are read (``_reader``).
+    """
+
+    name: str
+    _api_key: str | None
+    _client: Any
+    _pool: HttpPool
+    _prepared: bytes
+
+    def build_body(self, request: ProviderRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _reader(self) -> EventReader:
+        raise NotImplementedError
+
+    def stream_batches(self, request: ProviderRequest) -> AsyncGenerator[list[ProviderEvent], None]:
+        body = _encode(self.build_body(request))
+        return stream_batches(self.name, self._pool, self._prepared, body, self._reader(), self._api_key)
+
+    def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
+        return one_by_one(self.stream_batches(request))
+
+    def interrupt(self, exc: BaseException) -> None:
+        """End every answer under way with ``exc`` (at shutdown), and take no new ones."""
+        self._pool.interrupt(exc)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+        await self._client.close()
 
 
 def sdk_pool(client: Any, config: ProviderConfig) -> HttpPool:
@@ -192,6 +227,7 @@ class EventReader(Protocol):
 
 
 _decode_json = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
 
 
 def _error_body(raw: bytes) -> object:

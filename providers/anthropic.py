@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anthropic
@@ -139,9 +138,6 @@ def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
     return out
 
 
-_encode = msgspec.json.Encoder().encode
-
-
 class _Reader:
     """Anthropic's Messages stream events, until ``message_stop``."""
 
@@ -211,7 +207,7 @@ class _Reader:
         out.append(Finish(finish_reason=self.finish))
 
 
-class AnthropicProvider:
+class AnthropicProvider(_upstream.HttpAdapter):
     """Streams messages from Anthropic's Messages API.
 
     The official SDK holds the configuration: base URL, auth, version and client headers, timeouts. The
@@ -262,18 +258,5 @@ class AnthropicProvider:
             body["top_p"] = request.top_p
         return body
 
-    def stream_batches(self, request: ProviderRequest) -> AsyncGenerator[list[ProviderEvent], None]:
-        body = _encode(self.build_body(request))
-        reader = _Reader(self.name, self._api_key)
-        return _upstream.stream_batches(self.name, self._pool, self._prepared, body, reader, self._api_key)
-
-    def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
-        return _upstream.one_by_one(self.stream_batches(request))
-
-    def interrupt(self, exc: BaseException) -> None:
-        """End every answer under way with ``exc`` (at shutdown), and take no new ones."""
-        self._pool.interrupt(exc)
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
-        await self._client.close()
+    def _reader(self) -> _Reader:
+        return _Reader(self.name, self._api_key)

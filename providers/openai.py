@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx2
@@ -88,9 +87,6 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     return {"role": message.role, "content": message.content or ""}
 
 
-_encode = msgspec.json.Encoder().encode
-
-
 class _Reader:
     """OpenAI's ``chat.completion.chunk`` events, until ``data: [DONE]``."""
 
@@ -145,7 +141,7 @@ class _Reader:
         out.append(Finish(finish_reason=self.finish))
 
 
-class OpenAIProvider:
+class OpenAIProvider(_upstream.HttpAdapter):
     """Streams chat completions from OpenAI or any server that speaks its API.
 
     The official SDK holds the configuration: base URL, auth and client headers, timeouts. The streaming
@@ -200,18 +196,5 @@ class OpenAIProvider:
             body["max_tokens"] = request.max_tokens
         return body
 
-    def stream_batches(self, request: ProviderRequest) -> AsyncGenerator[list[ProviderEvent], None]:
-        body = _encode(self.build_body(request))
-        reader = _Reader(self.name, self._api_key)
-        return _upstream.stream_batches(self.name, self._pool, self._prepared, body, reader, self._api_key)
-
-    def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
-        return _upstream.one_by_one(self.stream_batches(request))
-
-    def interrupt(self, exc: BaseException) -> None:
-        """End every answer under way with ``exc`` (at shutdown), and take no new ones."""
-        self._pool.interrupt(exc)
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
-        await self._client.close()
+    def _reader(self) -> _Reader:
+        return _Reader(self.name, self._api_key)
