@@ -195,7 +195,9 @@ class ChatPipeline:
             provider=stream.route.provider,
             model=stream.route.model,
         )
-        return Turn(start=start, answer=stream, outcome=outcome, user_id=plan.caller.user_id, began=began)
+        return Turn(
+            start=start, answer=stream, outcome=outcome, spawn=self._spawn, user_id=plan.caller.user_id, began=began
+        )
 
     async def _history(self, conversation: Conversation | None) -> list[ChatMessage]:
         if conversation is None or self.history_messages <= 0:

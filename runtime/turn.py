@@ -227,9 +227,11 @@ class Turn:
         start: Start,
         answer: AnswerStream,
         outcome: Outcome | None,
+        spawn: Spawn,
         user_id: UUID | None = None,
         began: float | None = None,
     ) -> None:
+        self.spawn = spawn
         self.start = start
         self.answer = answer
         self.outcome = outcome
@@ -286,8 +288,7 @@ class Turn:
             if not settled:
                 # The client went away (or the task was cancelled): keep what was said, in a task of its own,
                 # because any await here would be cancelled with us.
-                spawn = self.outcome.spawn if self.outcome is not None else _spawn_detached
-                spawn(self._abandoned())
+                self.spawn(self._abandoned())
             else:
                 await self.answer.aclose()
 
@@ -341,12 +342,3 @@ class Turn:
 
     async def aclose(self) -> None:
         await self.answer.aclose()
-
-
-_detached: set[asyncio.Task[None]] = set()
-
-
-def _spawn_detached(work: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.get_running_loop().create_task(work)
-    _detached.add(task)
-    task.add_done_callback(_detached.discard)
