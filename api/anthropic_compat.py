@@ -167,6 +167,7 @@ def _turn_input(chat: ChatPipeline, data: MessagesRequest) -> TurnInput:
         system = tuple(block.text for block in data.system if block.text)
     tools = tuple(ToolSpec(name=t.name, description=t.description, parameters=t.input_schema) for t in data.tools or ())
     return TurnInput(
+        route="messages",
         messages=tuple(_turns(chat, data.messages)),
         system=system,
         tools=tools,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from litestar import Litestar
@@ -21,7 +21,7 @@ from api.body import GuardedRequest
 from api.chat import ChatController, ConversationController
 from api.deps import dependencies
 from api.errors import exception_handlers
-from api.health import health, health_head, ready, ready_head
+from api.health import health, health_head, metrics, ready, ready_head
 from api.keys import AdminController, KeyController
 from api.openai_compat import OpenAIController
 from api.openapi import StrictStructSchemaPlugin, document_errors
@@ -53,6 +53,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             health_head,
             ready,
             ready_head,
+            *([metrics] if settings.metrics else []),
             PersonaController,
             PortabilityController,
             AuthoringController,
@@ -67,7 +68,9 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
         dependencies=dependencies,
         request_class=GuardedRequest,
         exception_handlers=exception_handlers,
-        middleware=[DefineMiddleware(ApiKeyMiddleware, exclude=["^/schema", "^/health", "^/ready", "^/playground"])],
+        middleware=[
+            DefineMiddleware(ApiKeyMiddleware, exclude=["^/schema", "^/health", "^/ready", "^/metrics", "^/playground"])
+        ],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="persona-runtime",
@@ -81,9 +84,20 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
         debug=False,
     )
     # Around everything Litestar does, error answers and unknown paths included.
-    app.asgi_handler = RequestIdMiddleware(app.asgi_handler)
+    app.asgi_handler = RequestIdMiddleware(app.asgi_handler, count=_counter(app))
     document_errors(app)
     return app
+
+
+def _counter(app: Litestar) -> Callable[[str, str, int], None]:
+    """Counts each answer in the running app's metrics (none before its resources are open)."""
+
+    def count(route: str, method: str, status: int) -> None:
+        resources = getattr(app.state, "resources", None)
+        if resources is not None:
+            resources.metrics.http_requests.labels(route, method, str(status)).inc()
+
+    return count
 
 
 @contextlib.contextmanager

@@ -6,8 +6,9 @@ from litestar import Response, get, head
 from litestar.openapi import ResponseSpec
 
 from api.deps import ResourcesDep
+from runtime.metrics import CONTENT_TYPE
 
-__all__ = ["health", "health_head", "ready", "ready_head"]
+__all__ = ["health", "health_head", "metrics", "ready", "ready_head"]
 
 
 @get("/health", exclude_from_auth=True, tags=["operations"])
@@ -19,6 +20,12 @@ async def health() -> dict[str, str]:
 @head("/health", exclude_from_auth=True, tags=["operations"])
 async def health_head() -> None:
     """The process is up (what load balancers and uptime checks that send HEAD ask)."""
+
+
+@get("/metrics", exclude_from_auth=True, tags=["operations"], media_type=CONTENT_TYPE)
+async def metrics(resources: ResourcesDep) -> Response[bytes]:
+    """Prometheus text format, every worker's figures added up (``METRICS=off`` removes this route)."""
+    return Response(resources.metrics.render(), media_type=CONTENT_TYPE)
 
 
 _UNAVAILABLE = {

@@ -272,6 +272,7 @@ def _turn_input(chat: ChatPipeline, data: CompletionRequest) -> TurnInput:
         for t in data.tools or ()
     )
     return TurnInput(
+        route="chat_completions",
         messages=tuple(turns),
         system=tuple(system),
         tools=tools,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from runtime.logs import REQUEST_ID
@@ -15,10 +16,15 @@ _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestIdMiddleware:
-    """Pure ASGI, around the whole app (error answers and unknown routes included), a few microseconds each."""
+    """Pure ASGI, around the whole app (error answers and unknown routes included), a few microseconds each.
 
-    def __init__(self, app: Any) -> None:
+    ``count(route, method, status)``, when given, hears of every answer, for metrics: ``route`` is the
+    route's path template (``/api/v1/chat/personas/{persona_id:str}``), never the path a client sent.
+    """
+
+    def __init__(self, app: Any, count: Callable[[str, str, int], None] | None = None) -> None:
         self.app = app
+        self.count = count
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -33,10 +39,13 @@ class RequestIdMiddleware:
         if ident is None:
             ident = secrets.token_hex(8)
         header = (b"x-request-id", ident.encode("ascii"))
+        status = 500
 
         async def send_with_id(message: Any) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), header]
+                status = message["status"]
             await send(message)
 
         token = REQUEST_ID.set(ident)
@@ -44,3 +53,5 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             REQUEST_ID.reset(token)
+            if self.count is not None:
+                self.count(scope.get("path_template") or "unmatched", scope["method"], status)

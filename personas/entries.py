@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TypeVar
 from uuid import UUID
 
@@ -60,20 +61,28 @@ class SharedEntries:
     """The store's side of the shared cache. An entry that does not decode (garbage, or a shape this
     release does not know) is a miss: the caller reads PostgreSQL and overwrites it, never fails."""
 
-    def __init__(self, cache: Cache, *, ttl: int) -> None:
+    def __init__(self, cache: Cache, *, ttl: int, on_lookup: Callable[[str], None] | None = None) -> None:
         self._cache = cache
         self._ttl = ttl
+        self._on_lookup = on_lookup  # told "hit" or "miss", for metrics
 
     async def read(self, key: str, decoder: msgspec.json.Decoder[T]) -> T | UnsetType:
         """The value under ``key``, or UNSET when there is none to use."""
         raw = await self._cache.get(key)
         if raw is None:
+            if self._on_lookup is not None:
+                self._on_lookup("miss")
             return UNSET
         try:
-            return decoder.decode(raw)
+            value = decoder.decode(raw)
         except msgspec.DecodeError:  # msgspec.ValidationError included
             log.warning("cache entry %s does not decode; reading PostgreSQL and replacing it", key)
+            if self._on_lookup is not None:
+                self._on_lookup("miss")
             return UNSET
+        if self._on_lookup is not None:
+            self._on_lookup("hit")
+        return value
 
     async def write(self, key: str, value: object) -> None:
         await self._cache.set(key, _encoder.encode(value), self._ttl)

@@ -24,8 +24,10 @@ class LocalCache(Generic[K, V]):
     flight and leaves nothing behind, so the next read tries again.
     """
 
-    def __init__(self, *, ttl: float, max_entries: int) -> None:
+    def __init__(self, *, ttl: float, max_entries: int, on_lookup: Callable[[str], None] | None = None) -> None:
         self._ttl = ttl
+        # Told "hit", "miss" (this read loads) or "joined" (it waits for a load under way), for metrics.
+        self._on_lookup = on_lookup
         self._max = max_entries
         # In insertion order, which is expiry order since every entry lives equally long.
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
@@ -37,8 +39,12 @@ class LocalCache(Generic[K, V]):
         """The value for ``key``: kept, already being loaded, or loaded now by ``load``."""
         entry = self._entries.get(key)
         if entry is not None and entry[0] > time.monotonic():
+            if self._on_lookup is not None:
+                self._on_lookup("hit")
             return entry[1]
         flight = self._flights.get(key)
+        if self._on_lookup is not None:
+            self._on_lookup("miss" if flight is None else "joined")
         if flight is None:
             flight = asyncio.create_task(_run(load))
             self._flights[key] = flight

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -135,14 +136,28 @@ class PersonaStore:
     key share one load.
     """
 
-    def __init__(self, pool: asyncpg.Pool, cache: Cache, *, ttl: int = 300, local_ttl: float = 1.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        cache: Cache,
+        *,
+        ttl: int = 300,
+        local_ttl: float = 1.0,
+        on_lookup: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """``on_lookup(layer, result)`` hears of every cache look-up ("local" or "shared"), for metrics."""
         self._pool = pool
-        self._shared = SharedEntries(cache, ttl=ttl)
+        local = shared = None
+        if on_lookup is not None:
+            local, shared = (lambda result: on_lookup("local", result)), (lambda result: on_lookup("shared", result))
+        self._shared = SharedEntries(cache, ttl=ttl, on_lookup=shared)
         # Personas may carry megabytes of extensions: bound them harder than the ids.
-        self._personas: LocalCache[UUID, Persona | None] = LocalCache(ttl=local_ttl, max_entries=1_000)
-        self._defaults: LocalCache[str, Persona | None] = LocalCache(ttl=local_ttl, max_entries=1)
-        self._names: LocalCache[str, UUID | None] = LocalCache(ttl=local_ttl, max_entries=10_000)
-        self._preferences: LocalCache[UUID, UUID | None] = LocalCache(ttl=local_ttl, max_entries=10_000)
+        self._personas: LocalCache[UUID, Persona | None] = LocalCache(ttl=local_ttl, max_entries=1_000, on_lookup=local)
+        self._defaults: LocalCache[str, Persona | None] = LocalCache(ttl=local_ttl, max_entries=1, on_lookup=local)
+        self._names: LocalCache[str, UUID | None] = LocalCache(ttl=local_ttl, max_entries=10_000, on_lookup=local)
+        self._preferences: LocalCache[UUID, UUID | None] = LocalCache(
+            ttl=local_ttl, max_entries=10_000, on_lookup=local
+        )
 
     # Reads -----------------------------------------------------------------------------------------
     # Personas handed out here are shared by every request that reads them within ``local_ttl``: they are

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -28,10 +29,19 @@ class Authenticator:
     cached, the request gets a 503, and the failed lookup is not remembered.
     """
 
-    def __init__(self, accounts: Accounts, *, cache_seconds: float = 1.0, touch_interval: float = 15.0) -> None:
+    def __init__(
+        self,
+        accounts: Accounts,
+        *,
+        cache_seconds: float = 1.0,
+        touch_interval: float = 15.0,
+        on_lookup: Callable[[str], None] | None = None,
+    ) -> None:
         self._accounts = accounts
         self._touch_interval = touch_interval
-        self._lookups: LocalCache[bytes, KeyOwner | None] = LocalCache(ttl=cache_seconds, max_entries=50_000)
+        self._lookups: LocalCache[bytes, KeyOwner | None] = LocalCache(
+            ttl=cache_seconds, max_entries=50_000, on_lookup=on_lookup
+        )
         self._used: dict[UUID, datetime] = {}
         self._flusher: asyncio.Task[None] | None = None
         # One write at a time, so that a caller of flush() also waits for a write already under way.

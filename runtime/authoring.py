@@ -181,11 +181,18 @@ class AuthoringService:
         )
 
     async def preview(
-        self, caller: Caller, persona: Persona, *, message: str, provider: str | None = None, model: str | None = None
+        self,
+        caller: Caller,
+        persona: Persona,
+        *,
+        message: str,
+        provider: str | None = None,
+        model: str | None = None,
+        route: str = "preview",
     ) -> Turn:
         """A real provider call for a persona (saved or draft) that stores nothing."""
         self.chat.check_message(message)
-        turn = TurnInput(messages=_asked(message), persona=persona, provider=provider, model=model)
+        turn = TurnInput(messages=_asked(message), persona=persona, provider=provider, model=model, route=route)
         return await self.chat.run(caller, turn)
 
     # Comparisons ------------------------------------------------------------------------------------
@@ -197,7 +204,7 @@ class AuthoringService:
 
     async def compare(self, caller: Caller, message: str, personas: Sequence[Persona]) -> list[CandidateResult]:
         """Ask every candidate at once; a candidate that fails says why in its ``error``."""
-        outcomes = await asyncio.gather(*(self._ask(caller, p, message) for p in personas))
+        outcomes = await asyncio.gather(*(self._ask(caller, p, message, "compare") for p in personas))
         return [
             CandidateResult(
                 candidate=index,
@@ -223,7 +230,7 @@ class AuthoringService:
         async def run(index: int, persona: Persona) -> None:
             try:
                 try:
-                    turn = await self.preview(caller, persona, message=message)
+                    turn = await self.preview(caller, persona, message=message, route="compare")
                 except PersonaRuntimeError as exc:
                     await queue.put((index, ErrorEvent(code=exc.code, message=exc.message)))
                     return
@@ -254,14 +261,14 @@ class AuthoringService:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _ask(self, caller: Caller, persona: Persona, message: str) -> _Outcome:
+    async def _ask(self, caller: Caller, persona: Persona, message: str, route: str) -> _Outcome:
         """One whole answer, nothing stored; a failure (before or during the answer) becomes ``error``."""
         began = time.monotonic()
         pieces: list[str] = []
         usage: Usage | None = None
         error: Failure | None = None
         try:
-            turn = await self.preview(caller, persona, message=message)
+            turn = await self.preview(caller, persona, message=message, route=route)
             async with contextlib.aclosing(turn.batches()) as batches:
                 async for batch in batches:
                     for event in batch:
@@ -299,7 +306,7 @@ class AuthoringService:
 
         async def run(test: PersonaTest) -> TestResult:
             async with gate:
-                outcome = await self._ask(caller, persona, test.message)
+                outcome = await self._ask(caller, persona, test.message, "test_run")
             if outcome.error is not None:
                 failures = [f"the provider failed ({outcome.error.code}): {outcome.error.message}"]
             else:

@@ -8,8 +8,10 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -46,6 +48,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   BOOTSTRAP_ADMIN_KEY        on an empty database, user `admin` gets this key (unset: one is printed)
   HOST, PORT                 bind address (127.0.0.1, 8666)
   LOG_LEVEL, LOG_FORMAT      log threshold (INFO); text or json (text)
+  METRICS                    off removes GET /metrics (on)
   SHUTDOWN_GRACE_SECONDS     after SIGTERM, how long streams may run on (25)
   DATABASE_POOL_SIZE         database connections per process (10)
   PROVIDER_TIMEOUT           seconds a provider may stay silent (120)
@@ -131,6 +134,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     # uvicorn re-raises the SIGTERM that stopped it once it is done; as an exception it lets the embedded
     # database below be stopped too, where the default action would end the process on the spot.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    metrics_dir = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker writes its figures here and /metrics adds up all of them; a fresh folder per start.
+        metrics_dir = tempfile.mkdtemp(prefix="persona-runtime-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     embedded = None
     if settings.database_url is None:
         # Started here rather than in each worker, so that every worker shares one server.
@@ -149,6 +157,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -24,6 +24,7 @@ from personas.models import Caller, Persona
 from personas.service import PersonaService
 from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
 from runtime.conversations import Conversation, ConversationStore
+from runtime.metrics import Metrics
 from runtime.prompt import Route, SystemPrompts, build_request, plan_routes
 from runtime.resolve import PersonaSource, resolve_persona, resolve_persona_name
 from runtime.turn import Outcome, Turn, open_answer
@@ -54,6 +55,8 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     provider: str | None = None
     model: str | None = None
     store: bool = False
+    # Which route asked, for metrics: chat, chat_completions, messages, preview, compare, test_run.
+    route: str = "chat"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class ChatPipeline:
         default_provider: str,
         history_messages: int,
         max_message_chars: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.personas = personas
         self.conversations = conversations
@@ -89,6 +93,7 @@ class ChatPipeline:
         self.history_messages = history_messages
         self.max_message_chars = max_message_chars
         self.prompts = SystemPrompts()
+        self.metrics = metrics
         self._background: set[asyncio.Task[None]] = set()
 
     def check_message(self, message: str, field: str = "message") -> str:
@@ -175,7 +180,7 @@ class ChatPipeline:
             )
             outcome = Outcome(self.conversations, answer_id, began, self._spawn)
         try:
-            stream = await open_answer(self.providers, routes, plan.request)
+            stream = await open_answer(self.providers, routes, plan.request, metrics=self.metrics)
         except BaseException as exc:
             if outcome is not None:
                 failure = exc if isinstance(exc, PersonaRuntimeError) else None
@@ -196,7 +201,14 @@ class ChatPipeline:
             model=stream.route.model,
         )
         return Turn(
-            start=start, answer=stream, outcome=outcome, spawn=self._spawn, user_id=plan.caller.user_id, began=began
+            start=start,
+            answer=stream,
+            outcome=outcome,
+            spawn=self._spawn,
+            user_id=plan.caller.user_id,
+            began=began,
+            metrics=self.metrics,
+            route=plan.input.route,
         )
 
     async def _history(self, conversation: Conversation | None) -> list[ChatMessage]:

@@ -25,6 +25,7 @@ from runtime.authoring import AuthoringService
 from runtime.conversations import ConversationStore
 from runtime.db import connect_pool
 from runtime.embedded import EmbeddedPostgres
+from runtime.metrics import Metrics
 from runtime.migrate import apply_migrations
 from runtime.pipeline import ChatPipeline
 from runtime.settings import Settings
@@ -48,6 +49,7 @@ class Resources:
     chat: ChatPipeline
     authoring: AuthoringService
     porter: PersonaPorter
+    metrics: Metrics
 
     draining: bool = False
 
@@ -102,11 +104,20 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
         )
         stack.push_async_callback(cache.aclose)
 
+        metrics = Metrics()
+        stack.callback(metrics.close)
+
+        def looked_up(layer: str, result: str) -> None:
+            metrics.cache_requests.labels(layer=layer, result=result).inc()
+
         accounts = Accounts(pool)
         if settings.bootstrap_admin:
             await _bootstrap_admin(accounts, settings)
         auth = Authenticator(
-            accounts, cache_seconds=settings.key_cache_seconds, touch_interval=settings.key_touch_interval
+            accounts,
+            cache_seconds=settings.key_cache_seconds,
+            touch_interval=settings.key_touch_interval,
+            on_lookup=lambda result: looked_up("keys", result),
         )
         auth.start()
         stack.push_async_callback(auth.aclose)
@@ -131,7 +142,11 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
         log.info("providers: %s (default %s)", ", ".join(providers.names()), default)
 
         store = PersonaStore(
-            pool, cache, ttl=settings.persona_cache_seconds, local_ttl=settings.persona_local_cache_seconds
+            pool,
+            cache,
+            ttl=settings.persona_cache_seconds,
+            local_ttl=settings.persona_local_cache_seconds,
+            on_lookup=looked_up,
         )
         personas = PersonaService(store, providers=providers.names())
         conversations = ConversationStore(pool)
@@ -142,6 +157,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             default_provider=default,
             history_messages=settings.history_turns * 2,
             max_message_chars=settings.max_message_chars,
+            metrics=metrics,
         )
         stack.push_async_callback(chat.aclose)
         yield Resources(
@@ -157,6 +173,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             chat=chat,
             authoring=AuthoringService(chat, PersonaTestStore(pool)),
             porter=PersonaPorter(personas, max_bytes=settings.import_max_bytes),
+            metrics=metrics,
         )
 
 

@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     # `text` (readable) or `json` (one object a line).
     log_format: str = "text"
+    # GET /metrics (METRICS=off removes it).
+    metrics: bool = True
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -102,6 +104,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             shutdown_grace_seconds=float(number("SHUTDOWN_GRACE_SECONDS", 25.0, float)),
             log_level=(text("LOG_LEVEL") or "INFO").upper(),
             log_format=_log_format(text("LOG_FORMAT")),
+            metrics=(text("METRICS") or "on").lower() not in ("off", "false", "0", "no"),
             env=env,
         )
 

@@ -28,6 +28,7 @@ from core.events import (
 from providers import ProviderRequest, ProviderSet, ToolCall, assemble_tool_calls, batches_of
 from runtime.conversations import ConversationStore, MessageStatus
 from runtime.logs import REQUEST_ID
+from runtime.metrics import Metrics
 from runtime.prompt import Route
 
 __all__ = ["AnswerStream", "Collector", "Outcome", "Turn", "TurnResult", "open_answer"]
@@ -61,7 +62,9 @@ class AnswerStream:
         await self.rest.aclose()
 
 
-async def open_answer(providers: ProviderSet, routes: Sequence[Route], request: ProviderRequest) -> AnswerStream:
+async def open_answer(
+    providers: ProviderSet, routes: Sequence[Route], request: ProviderRequest, *, metrics: Metrics | None = None
+) -> AnswerStream:
     """Start the first route that answers, trying the next one when a provider fails before its first event.
 
     Raises the first route's error when none answers (with the others logged), so the status a client
@@ -79,6 +82,8 @@ async def open_answer(providers: ProviderSet, routes: Sequence[Route], request: 
         except _FALLBACK_ERRORS as exc:
             await stream.aclose()
             failures.append((route, exc))
+            if metrics is not None:
+                metrics.provider_errors.labels(provider=route.provider, kind=exc.code).inc()
             log.warning(
                 "provider %s failed before answering (%s); %s",
                 route.provider,
@@ -86,8 +91,10 @@ async def open_answer(providers: ProviderSet, routes: Sequence[Route], request: 
                 "trying the next fallback" if route is not routes[-1] else "no fallback left",
             )
             continue
-        except BaseException:
+        except BaseException as exc:
             await stream.aclose()
+            if metrics is not None and isinstance(exc, ProviderError):
+                metrics.provider_errors.labels(provider=route.provider, kind=exc.code).inc()
             raise
         return AnswerStream(route=route, first=first, rest=stream, attempts=failures)
     raise failures[0][1]
@@ -230,8 +237,12 @@ class Turn:
         spawn: Spawn,
         user_id: UUID | None = None,
         began: float | None = None,
+        metrics: Metrics | None = None,
+        route: str = "chat",
     ) -> None:
         self.spawn = spawn
+        self.metrics = metrics
+        self.route = route
         self.start = start
         self.answer = answer
         self.outcome = outcome
@@ -244,6 +255,8 @@ class Turn:
     async def batches(self) -> AsyncGenerator[list[TurnEvent], None]:
         said, route = self.said, self.answer.route
         settled = False
+        if self.metrics is not None:
+            self.metrics.streams_in_flight.inc()  # decremented when the turn ends, in _log
         try:
             lead: list[TurnEvent] = [self.start]
             final: list[TurnEvent] = []
@@ -263,6 +276,8 @@ class Turn:
                 settled = True
                 self.failure = exc
                 self._log("error")
+                if self.metrics is not None:
+                    self.metrics.provider_errors.labels(provider=route.provider, kind=exc.code).inc()
                 if self.outcome is not None:
                     await self.outcome.record(route, "incomplete", said, {"code": exc.code, "message": exc.message})
                 yield [*lead, ErrorEvent(code=exc.code, message=exc.message)]
@@ -300,11 +315,25 @@ class Turn:
             await self.outcome.record(self.answer.route, "incomplete", self.said, error)
 
     def _log(self, outcome: str) -> None:
-        """The turn's one ``chat turn`` line: who, which persona and why, where, how it ended, how long."""
-        if not log.isEnabledFor(logging.INFO):
-            return
+        """The turn's end, once: its metrics, and its one ``chat turn`` line (who, which persona and why, where,
+        how it ended, how long)."""
         now = time.monotonic()
         start, usage = self.start, self.said.usage
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.streams_in_flight.dec()
+            provider = start.provider
+            labels = (self.route, provider, start.model, start.persona_source, outcome)
+            metrics.chat_turns.labels(*labels).inc()
+            metrics.turn_seconds.labels(provider).observe(now - self.began)
+            if self.first_at is not None:
+                metrics.ttft.labels(provider).observe(self.first_at - self.began)
+            if usage is not None:
+                metrics.tokens.labels(provider, "input").inc(usage.input_tokens)
+                metrics.tokens.labels(provider, "output").inc(usage.output_tokens)
+                metrics.tokens.labels(provider, "cached").inc(usage.cached_input_tokens)
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(
             "chat turn",
             extra={

@@ -1,0 +1,93 @@
+"""Prometheus metrics: the series section 7 of the contract names, correct across ``--workers``.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (``serve`` sets it to a fresh folder for its workers), every worker
+writes its figures to files there and ``/metrics`` adds up all of them; without it (one process, tests) the
+figures live in this object's own registry. No label carries a key, a prompt or message text.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_PREFIX = "persona_runtime_"
+# First-token and whole-turn times, seconds: fine below a second, coarse above.
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """The runtime's series, created once per app; ``render()`` is the body of ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # In multiprocess mode the values go to files, and a registry of our own is only for rendering.
+        self.registry = CollectorRegistry()
+        registry = None if self.multiprocess else self.registry
+        self.http_requests = Counter(
+            _PREFIX + "http_requests_total",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.chat_turns = Counter(
+            _PREFIX + "chat_turns_total",
+            "Chat turns, by route, provider, model, persona source and outcome.",
+            ["route", "provider", "model", "persona_source", "outcome"],
+            registry=registry,
+        )
+        self.streams_in_flight = Gauge(
+            _PREFIX + "streams_in_flight",
+            "Answers being streamed right now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.ttft = Histogram(
+            _PREFIX + "ttft_seconds",
+            "Seconds to the first piece of an answer.",
+            ["provider"],
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.turn_seconds = Histogram(
+            _PREFIX + "turn_seconds", "Seconds a whole turn took.", ["provider"], buckets=_BUCKETS, registry=registry
+        )
+        self.provider_errors = Counter(
+            _PREFIX + "provider_errors_total",
+            "Provider failures, by provider and error code.",
+            ["provider", "kind"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            _PREFIX + "tokens_total",
+            "Tokens, by provider and kind (input, output, cached).",
+            ["provider", "kind"],
+            registry=registry,
+        )
+        self.cache_requests = Counter(
+            _PREFIX + "cache_requests_total",
+            "Cache look-ups, by layer and result.",
+            ["layer", "result"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            _PREFIX + "rate_limited_total",
+            "Requests refused by a rate limit, by scope.",
+            ["scope"],
+            registry=registry,
+        )
+
+    def render(self) -> bytes:
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """This process is done: its live gauges stop counting."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())
