@@ -9,6 +9,8 @@ never hidden by an entry cached before it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -80,6 +82,7 @@ class RedisCache:
         self._down_since: float | None = None
         self._next_try = 0.0
         self._unflushed: set[str] = set()
+        self._replayer: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "persona-runtime:") -> RedisCache:
@@ -119,6 +122,21 @@ class RedisCache:
             except (RedisError, OSError) as exc:
                 self._failed(exc)
         self._unflushed.update(keys)
+        self._replay_soon()
+
+    def _replay_soon(self) -> None:
+        """Make the missed deletes as soon as Redis answers, whether or not another request comes: other
+        instances read the stale entries until they are made."""
+        if self._replayer is None or self._replayer.done():
+            self._replayer = asyncio.get_running_loop().create_task(self._replay())
+
+    async def _replay(self) -> None:
+        while self._unflushed:
+            await asyncio.sleep(max(0.0, self._next_try - time.monotonic()) or self._retry_after)
+            try:
+                await self._usable(force=True)
+            except Exception:  # never let the replay die: the keys stay queued for the next try
+                log.exception("replaying missed cache deletes failed; trying again")
 
     async def ping(self) -> bool:
         try:
@@ -129,6 +147,10 @@ class RedisCache:
         return await self._usable(force=True)
 
     async def aclose(self) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
         await self._redis.aclose()
 
     async def _usable(self, *, force: bool = False) -> bool:

@@ -154,3 +154,27 @@ async def test_many_requests_meeting_redis_as_it_comes_back_all_succeed(redis_pr
     assert await cache.get("k") is None  # the missed delete was made before anything was read
     assert caplog.text.count("Redis is reachable again") == 1
     await cache.aclose()
+
+
+async def test_deletes_missed_while_redis_was_out_of_reach_are_made_with_no_further_request(redis_process):
+    # Another instance, which could reach Redis all along, reads the stale entry until the delete is made:
+    # it must not wait for this instance's next request.
+    from tests.proxy import TcpProxy
+
+    proxy = TcpProxy("127.0.0.1", int(redis_process.url.rsplit(":", 1)[1].split("/")[0]))
+    await proxy.start()
+    cache = RedisCache.from_url(f"redis://127.0.0.1:{proxy.port}/0", prefix="replay:")
+    elsewhere = aioredis.from_url(redis_process.url)
+    await cache.set("persona:x", b"old", 60)
+    await proxy.cut()
+    await cache.delete("persona:x")  # never reaches Redis
+    assert not cache.available and await elsewhere.exists("replay:persona:x")
+    await proxy.start()
+    for _ in range(50):  # no call on `cache` from here on
+        if not await elsewhere.exists("replay:persona:x"):
+            break
+        await asyncio.sleep(0.1)
+    assert not await elsewhere.exists("replay:persona:x")
+    await elsewhere.aclose()
+    await cache.aclose()
+    await proxy.cut()
