@@ -14,7 +14,7 @@ from msgspec import Meta, Struct
 from api.deps import CallerDep, ResourcesDep
 from api.errors import anthropic_error
 from api.openapi import Streams
-from api.sse import Last, sse_response, with_heartbeat
+from api.sse import Last, encoded_stream, sse_response
 from api.trace import persona_headers
 from core.errors import BadRequest, ProviderError
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
@@ -327,14 +327,8 @@ class _Events:
                 return Last(b"".join(parts))
         return b"".join(parts)
 
-    async def stream(self, turn: Turn, heartbeat: float) -> AsyncIterator[bytes]:
-        async for batch in with_heartbeat(turn.batches(), heartbeat):
-            if batch is None:
-                yield PING
-                continue
-            data = self.encode(batch)
-            if data:
-                yield data
+    def stream(self, turn: Turn, heartbeat: float) -> AsyncIterator[bytes]:
+        return encoded_stream(turn.batches(), heartbeat, self.encode, PING)
 
 
 class AnthropicController(Controller):

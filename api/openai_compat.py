@@ -14,7 +14,7 @@ from msgspec import Meta, Struct
 
 from api.deps import CallerDep, ResourcesDep
 from api.openapi import Streams
-from api.sse import DONE, HEARTBEAT, Last, sse_response, with_heartbeat
+from api.sse import DONE, Last, encoded_stream, sse_response
 from api.trace import persona_headers
 from core.errors import BadRequest
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
@@ -189,15 +189,9 @@ class _Chunks:
                 return Last(b"".join(parts))
         return b"".join(parts)
 
-    async def stream(self, turn: Turn, heartbeat: float) -> AsyncIterator[bytes]:
+    def stream(self, turn: Turn, heartbeat: float) -> AsyncIterator[bytes]:
         usage: list[Usage] = []
-        async for batch in with_heartbeat(turn.batches(), heartbeat):
-            if batch is None:
-                yield HEARTBEAT
-                continue
-            data = self.encode(batch, usage)
-            if data:
-                yield data
+        return encoded_stream(turn.batches(), heartbeat, lambda batch: self.encode(batch, usage))
 
 
 def _tool_call_piece(event: ToolCallDelta) -> dict[str, Any]:

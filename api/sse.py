@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -22,6 +22,7 @@ __all__ = [
     "SSEStream",
     "candidate_body",
     "chat_body",
+    "encoded_stream",
     "sse_response",
     "with_heartbeat",
 ]
@@ -138,16 +139,33 @@ def encode_events(events: list[TurnEvent], count: int) -> tuple[bytes, int]:
     return b"".join(parts), count
 
 
-async def chat_body(batches: AsyncIterator[list[TurnEvent]], heartbeat: float) -> AsyncIterator[bytes]:
-    """A turn as our SSE: each batch of events in one write, ``data: [DONE]`` with the last."""
-    count = 0
+async def encoded_stream(
+    batches: AsyncIterator[list[TurnEvent]],
+    heartbeat: float,
+    encode: Callable[[list[TurnEvent]], bytes],
+    silence: bytes = HEARTBEAT,
+) -> AsyncIterator[bytes]:
+    """Every codec's write loop: each batch of events encoded into one write, ``silence`` through long
+    silences. ``encode`` returns ``Last`` for the batch that ends the turn."""
     async for batch in with_heartbeat(batches, heartbeat):
         if batch is None:
-            yield HEARTBEAT
+            yield silence
             continue
-        data, count = encode_events(batch, count)
+        data = encode(batch)
         if data:
             yield data
+
+
+def chat_body(batches: AsyncIterator[list[TurnEvent]], heartbeat: float) -> AsyncIterator[bytes]:
+    """A turn as our SSE: each batch of events in one write, ``data: [DONE]`` with the last."""
+    count = 0
+
+    def encode(batch: list[TurnEvent]) -> bytes:
+        nonlocal count
+        data, count = encode_events(batch, count)
+        return data
+
+    return encoded_stream(batches, heartbeat, encode)
 
 
 async def candidate_body(events: AsyncIterator[tuple[int, TurnEvent]], heartbeat: float) -> AsyncIterator[bytes]:

@@ -256,7 +256,7 @@ class Turn:
         said, route = self.said, self.answer.route
         settled = False
         if self.metrics is not None:
-            self.metrics.streams_in_flight.inc()  # decremented when the turn ends, in _log
+            self.metrics.streams_in_flight.inc()  # decremented when the turn ends, in _ended
         try:
             lead: list[TurnEvent] = [self.start]
             final: list[TurnEvent] = []
@@ -275,7 +275,7 @@ class Turn:
             except ProviderError as exc:
                 settled = True
                 self.failure = exc
-                self._log("error")
+                self._ended("error")
                 if self.metrics is not None:
                     self.metrics.provider_errors.labels(provider=route.provider, kind=exc.code).inc()
                 if self.outcome is not None:
@@ -283,7 +283,7 @@ class Turn:
                 yield [*lead, ErrorEvent(code=exc.code, message=exc.message)]
                 return
             settled = True
-            self._log("complete" if said.finish else "incomplete")
+            self._ended("complete" if said.finish else "incomplete")
             final = [*lead, *final] if lead else final
             calls = [msgspec.to_builtins(c) for c in said.tool_calls()]
             done = Done(finish_reason=said.finish or "incomplete", message_id=self.start.message_id, tool_calls=calls)
@@ -308,13 +308,13 @@ class Turn:
                 await self.answer.aclose()
 
     async def _abandoned(self) -> None:
-        self._log("incomplete")
+        self._ended("incomplete")
         await self.answer.aclose()
         if self.outcome is not None:
             error = {"code": "client_disconnected", "message": "The client went away."}
             await self.outcome.record(self.answer.route, "incomplete", self.said, error)
 
-    def _log(self, outcome: str) -> None:
+    def _ended(self, outcome: str) -> None:
         """The turn's end, once: its metrics, and its one ``chat turn`` line (who, which persona and why, where,
         how it ended, how long)."""
         now = time.monotonic()
