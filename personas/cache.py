@@ -19,6 +19,8 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from personas.changes import UNHEARD_SECONDS
+
 __all__ = ["Cache", "MemoryCache", "RedisCache"]
 
 log = logging.getLogger("persona_runtime.cache")
@@ -33,16 +35,25 @@ class Cache(Protocol):
 
 
 class MemoryCache:
-    """A bounded in-process cache for a single instance (no ``REDIS_URL``).
+    """A bounded in-process cache, for instances without ``REDIS_URL`` (one, or the ``--workers`` of one).
 
-    Entries live at most ``max_ttl`` seconds: writes made outside this process (``persona-runtime personas
-    import``, another instance on the same database) cannot delete them, so they must not outlive that.
+    Writes made outside this process (another worker, ``persona-runtime personas import``) reach it only
+    as announcements, delete by delete. While it hears them (``set_hearing(True)``) entries live at most
+    ``heard_ttl`` seconds; otherwise, at most ``max_ttl``, so that an unheard write stays unseen no longer.
     """
 
-    def __init__(self, max_entries: int = 10_000, max_ttl: float = 10.0) -> None:
+    def __init__(self, max_entries: int = 10_000, max_ttl: float = UNHEARD_SECONDS, heard_ttl: float = 60.0) -> None:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._max = max_entries
+        self._unheard_ttl = max_ttl
+        self._heard_ttl = heard_ttl
         self._max_ttl = max_ttl
+
+    def set_hearing(self, heard: bool) -> None:
+        """Whether writes made elsewhere are announced to this process from now on. Either way what is kept
+        is dropped: while they were not, some may have been missed."""
+        self._max_ttl = self._heard_ttl if heard else self._unheard_ttl
+        self._entries.clear()
 
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)

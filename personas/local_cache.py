@@ -17,8 +17,8 @@ V = TypeVar("V")
 class LocalCache(Generic[K, V]):
     """An in-process layer in front of a slower read: a hit costs a dict lookup and a clock read.
 
-    Entries live ``ttl`` seconds, which bounds how long a write this process is not told about (one made
-    by another instance, or the CLI) stays unseen; ``forget`` drops them at once for writes made here.
+    Entries live ``ttl`` seconds, which bounds how long a write this process is not told about stays unseen;
+    ``forget`` drops them at once for writes it is told about (made here, or announced by another instance).
     Concurrent misses for one key share one load, a *flight*: a waiter that is cancelled (its client went
     away) leaves the load running for the others, and a load that fails raises in every waiter of that
     flight and leaves nothing behind, so the next read tries again.
@@ -63,6 +63,12 @@ class LocalCache(Generic[K, V]):
     def clear(self) -> None:
         self._entries.clear()
         self._flights.clear()
+
+    def retime(self, ttl: float) -> None:
+        """Keep entries ``ttl`` seconds from now on. Everything kept so far is dropped, which also keeps
+        insertion order the expiry order."""
+        self._ttl = ttl
+        self.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

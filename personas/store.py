@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,7 @@ from msgspec import UNSET
 
 from core.errors import Conflict, NotFound, ServiceUnavailable
 from personas.cache import Cache
+from personas.changes import PERSONA_SIGNAL, UNHEARD_SECONDS, Notify, PersonaChange, change_decoder
 from personas.entries import (
     DEFAULT_KEY,
     SharedEntries,
@@ -26,6 +28,8 @@ from personas.local_cache import LocalCache
 from personas.models import MU_ID, Persona
 
 __all__ = ["PersonaStore", "PersonaVersion", "VersionSummary"]
+
+log = logging.getLogger("persona_runtime.cache")
 
 _COLUMNS = """id, name, description, system_prompt, personality_traits, capabilities, model_settings, tools,
     visibility, extensions, is_active, is_default, version, created_by, created_at, updated_at"""
@@ -131,9 +135,12 @@ class PersonaStore:
     """Reads go to a local layer, then the shared cache, then PostgreSQL; writes commit in PostgreSQL, then
     delete the entries they change, in the shared cache and locally.
 
-    ``local_ttl`` bounds how long this process may serve a persona, preference or name another process
-    has changed since; writes made through this store are seen here at once. Concurrent misses for one
-    key share one load.
+    Each write also announces what it changed through ``notify``, inside its transaction, so that every
+    instance that hears it (:meth:`hear`) drops those entries too, whether or not the shared cache answers
+    at that moment. ``local_ttl`` is the last resort: it bounds how long this process may serve an entry
+    whose change it was not told of; while it cannot hear announcements (``set_hearing(False)``), at most
+    a second. Writes made through this store are seen here at once. Concurrent misses for one key share
+    one load.
     """
 
     def __init__(
@@ -144,9 +151,13 @@ class PersonaStore:
         ttl: int = 300,
         local_ttl: float = 1.0,
         on_lookup: Callable[[str, str], None] | None = None,
+        notify: Notify | None = None,
     ) -> None:
-        """``on_lookup(layer, result)`` hears of every cache look-up ("local" or "shared"), for metrics."""
+        """``on_lookup(layer, result)`` hears of every cache look-up ("local" or "shared"), for metrics.
+        Without ``notify`` writes are announced to no one: other instances see them after ``local_ttl``."""
         self._pool = pool
+        self._notify = notify
+        self._local_ttl = local_ttl
         local = shared = None
         if on_lookup is not None:
             local, shared = (lambda result: on_lookup("local", result)), (lambda result: on_lookup("shared", result))
@@ -158,6 +169,26 @@ class PersonaStore:
         self._preferences: LocalCache[UUID, UUID | None] = LocalCache(
             ttl=local_ttl, max_entries=10_000, on_lookup=local
         )
+
+    def set_hearing(self, heard: bool) -> None:
+        """Whether writes made elsewhere are announced to this process from now on. Either way the local
+        layer starts afresh: while they were not, some may have been missed."""
+        ttl = self._local_ttl if heard else min(self._local_ttl, UNHEARD_SECONDS)
+        for layer in (self._personas, self._defaults, self._names, self._preferences):
+            layer.retime(ttl)
+
+    async def hear(self, payload: bytes) -> None:
+        """A write somewhere (here too: harmless) changed these entries: drop them, in the shared cache
+        too, since the writer may have failed to."""
+        try:
+            change = change_decoder.decode(payload)
+        except msgspec.DecodeError:
+            log.warning("ignoring a persona change announcement that does not decode")
+            return
+        if change.persona_id is not None:
+            await self._forget(change.persona_id, default=change.default, names=change.names)
+        if change.user_id is not None:
+            await self._forget_preference(change.user_id)
 
     # Reads -----------------------------------------------------------------------------------------
     # Personas handed out here are shared by every request that reads them within ``local_ttl``: they are
@@ -282,6 +313,7 @@ class PersonaStore:
             created = _persona(record)
             if persona.is_default:
                 created = await self._move_default(conn, created.id)
+            await self._announce(conn, created.id, default=persona.is_default, names=(created.name,))
         # The name may have been looked up, and remembered as unknown, before it was taken.
         await self._forget(created.id, default=persona.is_default, names=(created.name,))
         return created
@@ -302,18 +334,24 @@ class PersonaStore:
             updated = _persona(record)
             if changed.is_default and not current["is_default"]:
                 updated = await self._move_default(conn, persona_id)
+            await self._announce(conn, persona_id, default=True, names=(current["name"], updated.name))
         await self._forget(persona_id, default=True, names=(current["name"], updated.name))
         return updated
 
     async def soft_delete(self, persona_id: UUID) -> bool:
-        name: str | None = await self._pool.fetchval(SOFT_DELETE, persona_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            name: str | None = await conn.fetchval(SOFT_DELETE, persona_id)
+            if name is not None:
+                await self._announce(conn, persona_id, default=True, names=(name,))
         await self._forget(persona_id, default=True, names=(name,) if name is not None else ())
         return name is not None
 
     async def set_preference(self, user_id: UUID, persona_id: UUID) -> None:
-        await self._pool.execute(SET_PREFERENCE, user_id, persona_id)
-        await self._shared.delete(preference_key(user_id))
-        self._preferences.forget(user_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(SET_PREFERENCE, user_id, persona_id)
+            if self._notify is not None:
+                await self._notify(conn, PERSONA_SIGNAL, PersonaChange(user_id=user_id))
+        await self._forget_preference(user_id)
 
     async def ensure_default(self) -> tuple[Persona, bool]:
         """Make sure an active default persona exists, restoring Mu if it is gone. Idempotent."""
@@ -336,7 +374,8 @@ class PersonaStore:
                     "Rename or delete that persona, then try again.",
                     field="name",
                 ) from None
-        restored = _persona(record)
+            restored = _persona(record)
+            await self._announce(conn, MU_ID, default=True, names=(restored.name,))
         await self._forget(MU_ID, default=True, names=(restored.name,))
         return restored, True
 
@@ -345,16 +384,34 @@ class PersonaStore:
         await conn.execute(CLEAR_DEFAULT, persona_id)
         return _persona(await conn.fetchrow(SET_DEFAULT, persona_id))
 
+    async def _announce(
+        self, conn: asyncpg.Connection, persona_id: UUID, *, default: bool, names: tuple[str, ...]
+    ) -> None:
+        if self._notify is not None:
+            change = PersonaChange(persona_id=persona_id, names=names, default=default)
+            await self._notify(conn, PERSONA_SIGNAL, change)
+
     async def _forget(self, persona_id: UUID, *, default: bool, names: tuple[str, ...]) -> None:
         keys = [persona_key(persona_id), *(name_key(name) for name in names)]
         if default:
             keys.append(DEFAULT_KEY)
-        # Shared entries first: a local miss in between must not reload what the write replaced.
+        # Local entries before and after the shared ones: before, so that a shared cache slow to answer
+        # does not keep them served meanwhile; after, so that what a local miss in between reloaded from
+        # the shared cache (the entry the write replaced) is not kept.
+        self._forget_locally(persona_id, default=default, names=names)
         await self._shared.delete(*keys)
+        self._forget_locally(persona_id, default=default, names=names)
+
+    def _forget_locally(self, persona_id: UUID, *, default: bool, names: tuple[str, ...]) -> None:
         self._personas.forget(persona_id)
         self._names.forget(*(name.lower() for name in names))
         if default:
             self._defaults.forget(DEFAULT_KEY)
+
+    async def _forget_preference(self, user_id: UUID) -> None:
+        self._preferences.forget(user_id)
+        await self._shared.delete(preference_key(user_id))
+        self._preferences.forget(user_id)
 
 
 def _text(value: UUID | None) -> str | None:

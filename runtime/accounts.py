@@ -11,8 +11,22 @@ import asyncpg
 import msgspec
 
 from core.errors import BadRequest, Conflict, NotFound
+from runtime.signals import notify
 
-__all__ = ["KEY_PREFIX", "Accounts", "ApiKey", "User", "generate_key", "hash_key", "shown_prefix"]
+__all__ = [
+    "KEY_PREFIX",
+    "KEY_SIGNAL",
+    "Accounts",
+    "ApiKey",
+    "KeyChange",
+    "User",
+    "generate_key",
+    "hash_key",
+    "shown_prefix",
+]
+
+# The signal a revocation sends, so that every instance drops what it remembers of the key at once.
+KEY_SIGNAL = "api_key"
 
 # Recognisable in a leaked-secret scan and in a config file; the random part carries 256 bits.
 KEY_PREFIX = "prk_"
@@ -84,6 +98,12 @@ class KeyOwner(msgspec.Struct, frozen=True, kw_only=True):
     user_name: str
     display_name: str | None
     is_admin: bool
+
+
+class KeyChange(msgspec.Struct, frozen=True, kw_only=True):
+    """What a key signal names: the key that changed (never the key or its hash)."""
+
+    key_id: UUID
 
 
 def generate_key() -> str:
@@ -171,7 +191,10 @@ class Accounts:
             return [_key(r) for r in await self._pool.fetch(FIND_KEYS_BY_PREFIX, id_or_prefix)]
 
     async def revoke_key(self, key_id: UUID) -> ApiKey | None:
-        record = await self._pool.fetchrow(REVOKE_KEY, key_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            record = await conn.fetchrow(REVOKE_KEY, key_id)
+            if record is not None:
+                await notify(conn, KEY_SIGNAL, KeyChange(key_id=key_id))
         return _key(record) if record else None
 
     async def key_owner(self, key: str) -> KeyOwner | None:

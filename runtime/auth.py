@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from core.errors import DatabaseUnavailable, Unauthorized
+from personas.changes import UNHEARD_SECONDS
 from personas.local_cache import LocalCache
 from personas.models import Caller
 from runtime.accounts import Accounts, KeyOwner, hash_key
@@ -23,10 +24,11 @@ log = logging.getLogger("persona_runtime.auth")
 class Authenticator:
     """Turns an API key into a :class:`Caller`, or refuses it.
 
-    A lookup is trusted for ``cache_seconds`` (one second by default), which bounds how long a revoked
-    key keeps working on any instance without any cross-instance messaging. Concurrent requests with a
-    key not looked up yet share one lookup. A database outage never lets a key through: with nothing
-    cached, the request gets a 503, and the failed lookup is not remembered.
+    A revocation anywhere is announced to every instance (:meth:`hear`), which drops its lookups at once.
+    A lookup is trusted for ``cache_seconds`` at most (one second by default), the last resort should an
+    announcement be missed; while announcements cannot be heard (``set_hearing(False)``), at most a second.
+    Concurrent requests with a key not looked up yet share one lookup. A database outage never lets a key
+    through: with nothing cached, the request gets a 503, and the failed lookup is not remembered.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class Authenticator:
         on_lookup: Callable[[str], None] | None = None,
     ) -> None:
         self._accounts = accounts
+        self._cache_seconds = cache_seconds
         self._touch_interval = touch_interval
         self._lookups: LocalCache[bytes, KeyOwner | None] = LocalCache(
             ttl=cache_seconds, max_entries=50_000, on_lookup=on_lookup
@@ -75,6 +78,16 @@ class Authenticator:
     def forget(self) -> None:
         """Drop every cached lookup (used after a revocation on this instance)."""
         self._lookups.clear()
+
+    async def hear(self, payload: bytes) -> None:
+        """A key was revoked somewhere (here too: harmless). Lookups are kept by the key's hash, which the
+        signal does not carry, so all of them go: revocations are rare, and a lookup is one query."""
+        self._lookups.clear()
+
+    def set_hearing(self, heard: bool) -> None:
+        """Whether revocations elsewhere are announced to this process from now on. Either way the lookups
+        kept so far go: while they were not, some may have been missed."""
+        self._lookups.retime(self._cache_seconds if heard else min(self._cache_seconds, UNHEARD_SECONDS))
 
     def start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_periodically(), name="api-key-last-used")

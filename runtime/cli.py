@@ -29,6 +29,7 @@ from runtime.logs import configure_logging
 from runtime.migrate import MigrationError, apply_migrations
 from runtime.serving import uvicorn_options
 from runtime.settings import Settings, SettingsError
+from runtime.signals import notify
 
 __all__ = ["main"]
 
@@ -38,6 +39,8 @@ log = logging.getLogger("persona_runtime")
 # What --help says about configuration: every variable the runtime reads, and what it is when unset.
 ENVIRONMENT = """environment variables (a .env file in the working directory is read too):
   DATABASE_URL               PostgreSQL DSN (unset: an embedded server, data under PERSONA_RUNTIME_HOME)
+  DATABASE_LISTEN_URL        DSN for the connection that listens for other instances' changes, past a
+                             transaction-mode pooler (DATABASE_URL)
   PERSONA_RUNTIME_HOME       data folder of the embedded defaults (~/.local/share/persona-runtime)
   REDIS_URL                  Redis for the shared cache (unset: in-process cache, one instance)
   REDIS_KEY_PREFIX           namespace of this deployment's Redis keys (persona-runtime:)
@@ -219,12 +222,13 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Namespace) -> int:
-    # Writes go through Redis when there is one, so running instances drop their cached copies.
+    # Writes are announced to running instances, and go through Redis when there is one: they drop their
+    # cached copies either way.
     cache: Cache = (
         RedisCache.from_url(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url else MemoryCache()
     )
     try:
-        store = PersonaStore(pool, cache)
+        store = PersonaStore(pool, cache, notify=notify)
         if args.action == "export":
             results = write_directory(args.directory, await store.list_active())
         else:

@@ -14,12 +14,13 @@ import msgspec
 
 from core.errors import ShuttingDown
 from personas.cache import Cache, MemoryCache, RedisCache
+from personas.changes import PERSONA_SIGNAL
 from personas.porter import PersonaPorter
 from personas.service import PersonaService
 from personas.store import PersonaStore
 from personas.suites import PersonaTestStore
 from providers import ProviderRegistry, ProviderSet, configs_from_env, default_provider
-from runtime.accounts import Accounts
+from runtime.accounts import KEY_SIGNAL, Accounts
 from runtime.auth import Authenticator
 from runtime.authoring import AuthoringService
 from runtime.conversations import ConversationStore
@@ -29,6 +30,7 @@ from runtime.metrics import Metrics
 from runtime.migrate import apply_migrations
 from runtime.pipeline import ChatPipeline
 from runtime.settings import Settings
+from runtime.signals import Signals, notify
 
 __all__ = ["Resources", "open_resources"]
 
@@ -50,6 +52,7 @@ class Resources:
     authoring: AuthoringService
     porter: PersonaPorter
     metrics: Metrics
+    signals: Signals
 
     draining: bool = False
 
@@ -85,7 +88,8 @@ class Resources:
 
 @contextlib.asynccontextmanager
 async def open_resources(settings: Settings, registry: ProviderRegistry | None = None) -> AsyncIterator[Resources]:
-    """Open the database (embedded if no DSN), migrate, bootstrap the admin, connect the cache."""
+    """Open the database (embedded if no DSN), migrate, bootstrap the admin, connect the cache, and listen
+    for the changes other instances announce."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = settings.database_url
         if dsn is None:
@@ -147,7 +151,23 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             ttl=settings.persona_cache_seconds,
             local_ttl=settings.persona_local_cache_seconds,
             on_lookup=looked_up,
+            notify=notify,
         )
+        # Every instance drops what a write anywhere changed, in memory and in the shared cache; while it
+        # cannot hear of writes, its in-process layers keep entries briefly instead.
+        signals = Signals(settings.database_listen_url or dsn)
+        signals.subscribe(PERSONA_SIGNAL, store.hear)
+        signals.subscribe(KEY_SIGNAL, auth.hear)
+
+        def hearing(heard: bool) -> None:
+            store.set_hearing(heard)
+            auth.set_hearing(heard)
+            if isinstance(cache, MemoryCache):
+                cache.set_hearing(heard)
+
+        signals.watch(hearing)
+        await signals.start()
+        stack.push_async_callback(signals.aclose)
         personas = PersonaService(store, providers=providers.names())
         conversations = ConversationStore(pool)
         chat = ChatPipeline(
@@ -174,6 +194,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             authoring=AuthoringService(chat, PersonaTestStore(pool)),
             porter=PersonaPorter(personas, max_bytes=settings.import_max_bytes),
             metrics=metrics,
+            signals=signals,
         )
 
 

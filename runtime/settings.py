@@ -19,6 +19,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the runtime reads from its environment. Provider variables stay in ``env``."""
 
     database_url: str | None = None
+    # Where the connection that listens for other instances' changes goes, when DATABASE_URL leads to a
+    # transaction-mode pooler (LISTEN needs a session of its own); unset, DATABASE_URL.
+    database_listen_url: str | None = None
     home: Path = Path("~/.local/share/persona-runtime").expanduser()
     redis_url: str | None = None
     # Namespace of this deployment's keys, so several deployments (or test databases) can share one Redis.
@@ -30,13 +33,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     bootstrap_admin: bool = True
     db_pool_min: int = 1
     db_pool_max: int = 10
-    # How long an API key lookup is trusted before it is checked again: bounds how late a revocation bites.
+    # How long an API key lookup is trusted before it is checked again: revocations are announced to every
+    # instance, so this bounds how late one bites only if that announcement is missed.
     key_cache_seconds: float = 1.0
     # How often buffered "last used" times of API keys are written.
     key_touch_interval: float = 15.0
     persona_cache_seconds: int = 300
     # How long each instance keeps personas, preferences and name lookups in memory without asking the
-    # shared cache: bounds how late it sees a write made on another instance (its own writes it sees at once).
+    # shared cache. Writes are announced to every instance, which drops what they changed at once; this
+    # bounds how late a write is seen only if its announcement is missed (and is cut to one second while
+    # announcements cannot be heard).
     persona_local_cache_seconds: float = 1.0
     history_turns: int = 20
     max_message_chars: int = 32_000
@@ -57,7 +63,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def __repr__(self) -> str:
         # The environment holds provider keys and the bootstrap key: never print it.
-        shown = ("database_url", "home", "redis_url", "host", "port")
+        shown = ("database_url", "database_listen_url", "home", "redis_url", "host", "port")
         return "Settings(" + ", ".join(f"{name}={_redact(getattr(self, name))!r}" for name in shown) + ")"
 
     @classmethod
@@ -87,6 +93,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         home = Path(text("PERSONA_RUNTIME_HOME") or "~/.local/share/persona-runtime").expanduser()
         return cls(
             database_url=text("DATABASE_URL"),
+            database_listen_url=text("DATABASE_LISTEN_URL"),
             home=home,
             redis_url=text("REDIS_URL"),
             redis_prefix=text("REDIS_KEY_PREFIX") or "persona-runtime:",
