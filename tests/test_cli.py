@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from tests.conftest import persona_body
 from tests.services import free_port
 
 
@@ -143,6 +144,33 @@ def test_bootstrap_admin_key_is_used_on_an_empty_database(cli_env):
         server.terminate()
         _, err = server.communicate(timeout=30)
     assert env["BOOTSTRAP_ADMIN_KEY"] not in err
+
+
+def test_workers_without_redis_serve_the_new_version_after_a_put(cli_env):
+    # Each worker keeps its own in-process cache: only the write's announcement reaches the other one.
+    env = dict(cli_env, BOOTSTRAP_ADMIN_KEY="prk_workers-key-for-the-cli-test-0123456789")
+    headers = {"X-API-Key": env["BOOTSTRAP_ADMIN_KEY"]}
+    port = free_port()
+    server = start_serve(port, env, "--workers", "2")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base)
+        created = httpx.post(f"{base}/api/v1/chat/personas", json=persona_body(), headers=headers)
+        assert created.status_code == 201, created.text
+        url = f"{base}/api/v1/chat/personas/{created.json()['persona']['id']}"
+
+        def versions() -> list[int]:
+            # A connection each, so that the reads are spread over both workers.
+            return [httpx.get(url, headers=headers).json()["persona"]["version"] for _ in range(10)]
+
+        assert versions() == [1] * 10  # and now kept by whichever workers answered
+        assert httpx.put(url, json={"description": "second version"}, headers=headers).status_code == 200
+        deadline = time.monotonic() + 1
+        while (seen := versions()) != [2] * 10:
+            assert time.monotonic() < deadline, seen
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
 
 
 @pytest.mark.parametrize(
