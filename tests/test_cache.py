@@ -119,7 +119,7 @@ async def test_memory_cache_expires_and_bounds_entries():
 
 
 async def test_memory_cache_keeps_nothing_longer_than_its_cap():
-    # Writes from outside the process (the CLI's imports) cannot invalidate it, so entries must expire soon.
+    # Until it is told that writes made elsewhere are announced to it, entries must expire soon.
     cache = MemoryCache(max_ttl=0.05)
     await cache.set("persona:x", b"old", 300)
     assert await cache.get("persona:x") == b"old"
@@ -178,3 +178,16 @@ async def test_deletes_missed_while_redis_was_out_of_reach_are_made_with_no_furt
     await elsewhere.aclose()
     await cache.aclose()
     await proxy.cut()
+
+
+async def test_memory_cache_keeps_entries_longer_only_while_it_hears_of_writes_elsewhere():
+    cache = MemoryCache(max_ttl=0.05, heard_ttl=60)
+    cache.set_hearing(True)
+    await cache.set("persona:x", b"heard", 300)
+    await asyncio.sleep(0.1)
+    assert await cache.get("persona:x") == b"heard"  # announced writes delete it: it may stay
+    cache.set_hearing(False)
+    assert await cache.get("persona:x") is None  # writes may go unheard from now on: start afresh
+    await cache.set("persona:x", b"unheard", 300)
+    await asyncio.sleep(0.1)
+    assert await cache.get("persona:x") is None

@@ -166,3 +166,12 @@ async def test_entries_are_bounded_oldest_first(bound):
     assert await cache.get("f", newest) == "f" and newest.calls == 0
     oldest = Loader("reloaded")
     assert await cache.get("a", oldest) == "reloaded" and oldest.calls == 1
+
+
+async def test_retime_drops_what_was_kept_and_keeps_new_entries_that_long():
+    cache: LocalCache[str, str] = LocalCache(ttl=60, max_entries=10)
+    assert await cache.get("k", Loader("kept a minute")) == "kept a minute"
+    cache.retime(0.05)  # as when this process stops hearing of writes elsewhere
+    assert await cache.get("k", Loader("reloaded")) == "reloaded"
+    await asyncio.sleep(0.1)
+    assert await cache.get("k", Loader("after the short time")) == "after the short time"

@@ -16,6 +16,7 @@ from litestar import Litestar
 
 from api.app import create_app
 from runtime.resources import Resources
+from runtime.settings import Settings
 from runtime.signals import CHANNEL, Signals, notify
 from tests.conftest import make_settings, persona_body, running
 
@@ -204,3 +205,13 @@ async def test_while_the_listener_cannot_reach_the_database_entries_are_kept_a_s
         assert (await second.get(url, headers=bob.headers)).status_code == 200
         assert (await first.put(url, json={"visibility": "private"}, headers=alice.headers)).status_code == 200
         await within(1, refused(second, url, bob.headers))
+
+
+def test_the_listening_connection_may_bypass_a_pooler_and_its_password_is_never_shown():
+    direct = "postgresql://runtime:s3cret@db:5432/personas"
+    settings = Settings.from_env(
+        {"DATABASE_URL": "postgresql://runtime:s3cret@pooler:6432/personas", "DATABASE_LISTEN_URL": direct}
+    )
+    assert settings.database_listen_url == direct
+    assert "s3cret" not in repr(settings) and "runtime:***@db:5432" in repr(settings)
+    assert Settings.from_env({"DATABASE_URL": direct}).database_listen_url is None  # DATABASE_URL is used then
