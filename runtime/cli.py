@@ -42,7 +42,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   DATABASE_LISTEN_URL        DSN for the connection that listens for other instances' changes, past a
                              transaction-mode pooler (DATABASE_URL)
   PERSONA_RUNTIME_HOME       data folder of the embedded defaults (~/.local/share/persona-runtime)
-  REDIS_URL                  Redis for the shared cache (unset: in-process cache, one instance)
+  REDIS_URL                  Redis for the shared cache (unset: an in-process cache in each process)
   REDIS_KEY_PREFIX           namespace of this deployment's Redis keys (persona-runtime:)
   OPENAI_API_KEY, OPENAI_BASE_URL          the openai provider (any OpenAI-compatible server)
   ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL    the anthropic provider
