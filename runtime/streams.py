@@ -37,6 +37,8 @@ _encode = msgspec.json.Encoder().encode
 # A stream of Redis entries is trimmed (approximately) past this many writes: a runaway answer must not
 # grow one key without bound. Each write holds every frame produced since the previous one.
 _MAX_ENTRIES = 10_000
+# The least time between two writes of one stream to Redis: a write holds every frame made since the last.
+_EVERY = 0.05
 # How often a reader of another instance's stream looks at the stored message while nothing arrives, to
 # notice an answer whose instance died.
 _STATUS_EVERY = 1.0
@@ -313,13 +315,13 @@ def _frames_of(entries: list[Any], after: int) -> tuple[list[bytes], str, bool, 
 
 
 class _RedisWriter:
-    """Appends one stream's frames to its Redis Stream, one pipelined write at a time.
+    """Appends one stream's frames to its Redis Stream, at most one write in flight and one per ``_EVERY``.
 
-    Frames produced while a write is under way go out together in the next one, so the number of round
-    trips follows the client's pace, not the number of events.
+    Frames produced meanwhile go out together in the next write, so the number of round trips follows
+    time, not the number of events: an answer shorter than ``_EVERY`` is written once, at its end.
     """
 
-    __slots__ = ("_busy", "_ended", "_key", "_n", "_pending", "_recorder", "_terminal")
+    __slots__ = ("_busy", "_ended", "_expires", "_key", "_n", "_pending", "_recorder", "_terminal", "_timer")
 
     def __init__(self, recorder: StreamRecorder, key: str) -> None:
         self._recorder = recorder
@@ -329,19 +331,32 @@ class _RedisWriter:
         self._ended = False
         self._terminal = False
         self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
+        # When the key's expiry was last pushed out (it is, at the first and last write and now and then).
+        self._expires: float | None = None
 
     def write(self, frames: list[bytes], *, end: bool, terminal: bool = False) -> None:
         self._pending.extend(frames)
         if end:
             self._ended, self._terminal = True, terminal
-        if not self._busy:
-            self._busy = True
-            self._recorder._spawn(self._flush())
+        if self._busy:
+            return  # the write under way takes these next
+        if end:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._start()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        self._busy = True
+        self._recorder._spawn(self._flush())
 
     async def _flush(self) -> None:
         recorder = self._recorder
         redis = recorder._redis
-        retention_ms = int(recorder.retention * 1000)
+        retention = recorder.retention
         try:
             while self._pending or self._ended:
                 frames, self._pending = self._pending, []
@@ -354,15 +369,24 @@ class _RedisWriter:
                     fields["end"] = b"1" if self._terminal else b"0"
                 if not recorder.redis_usable():
                     return  # kept on this instance only, while Redis is away
+                now = time.monotonic()
                 try:
-                    async with redis.pipeline(transaction=False) as pipe:
-                        pipe.xadd(self._key, fields, maxlen=_MAX_ENTRIES, approximate=True)
-                        pipe.pexpire(self._key, retention_ms)
-                        await pipe.execute()
+                    if ended or self._expires is None or now - self._expires > retention / 3:
+                        self._expires = now
+                        async with redis.pipeline(transaction=False) as pipe:
+                            pipe.xadd(self._key, fields, maxlen=_MAX_ENTRIES, approximate=True)
+                            pipe.pexpire(self._key, int(retention * 1000))
+                            await pipe.execute()
+                    else:
+                        await redis.xadd(self._key, fields, maxlen=_MAX_ENTRIES, approximate=True)
                 except (RedisError, OSError) as exc:
                     recorder.failed(exc)
                     return
                 if ended:
                     return
+                if not self._ended:
+                    break  # the next frames wait for the timer, the end for nothing
         finally:
             self._busy = False
+        if self._pending and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
