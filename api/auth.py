@@ -24,7 +24,7 @@ def _key_from_headers(connection: ASGIConnection[Any, Any, Any, Any]) -> str | N
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     # A browser's EventSource cannot send headers: the one route it reads may take the key in the query.
-    if connection.scope["method"] == "GET" and connection.scope["path"].endswith(_EVENTS):
+    if connection.scope.get("method") == "GET" and connection.scope["path"].endswith(_EVENTS):
         return connection.query_params.get("api_key") or None
     return None
 
