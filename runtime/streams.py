@@ -171,7 +171,7 @@ class StreamRecorder:
         recording = Recording(message_id, user_id)
         self._live[message_id] = recording
         if self._redis is not None:
-            self._writers[message_id] = _RedisWriter(self, self.key(message_id))
+            self._writers[message_id] = _RedisWriter(self, recording, self.key(message_id))
         return recording
 
     def add(self, recording: Recording, frames: list[bytes]) -> None:
@@ -188,8 +188,14 @@ class StreamRecorder:
         writer = self._writers.pop(message_id, None)
         if writer is not None:
             writer.write([], end=True, terminal=terminal)
-            return
+            if not writer.missed:
+                return  # else some of it never reached Redis: this instance can still replay it whole
+        self.keep(recording)
+
+    def keep(self, recording: Recording) -> None:
+        """Keep a finished recording in this process for the retention."""
         finished = self._finished
+        message_id = recording.message_id
         finished[message_id] = recording
         cutoff = time.monotonic() - self.retention
         while finished:
@@ -321,10 +327,23 @@ class _RedisWriter:
     time, not the number of events: an answer shorter than ``_EVERY`` is written once, at its end.
     """
 
-    __slots__ = ("_busy", "_ended", "_expires", "_key", "_n", "_pending", "_recorder", "_terminal", "_timer")
+    __slots__ = (
+        "_busy",
+        "_ended",
+        "_expires",
+        "_key",
+        "_n",
+        "_pending",
+        "_recorder",
+        "_recording",
+        "_terminal",
+        "_timer",
+        "missed",
+    )
 
-    def __init__(self, recorder: StreamRecorder, key: str) -> None:
+    def __init__(self, recorder: StreamRecorder, recording: Recording, key: str) -> None:
         self._recorder = recorder
+        self._recording = recording
         self._key = key
         self._pending: list[bytes] = []
         self._n = 0
@@ -334,6 +353,8 @@ class _RedisWriter:
         self._timer: asyncio.TimerHandle | None = None
         # When the key's expiry was last pushed out (it is, at the first and last write and now and then).
         self._expires: float | None = None
+        # Whether a write was skipped or failed (Redis away): the stream in Redis has a gap then.
+        self.missed = False
 
     def write(self, frames: list[bytes], *, end: bool, terminal: bool = False) -> None:
         self._pending.extend(frames)
@@ -368,6 +389,7 @@ class _RedisWriter:
                 if ended:
                     fields["end"] = b"1" if self._terminal else b"0"
                 if not recorder.redis_usable():
+                    self.missed = True
                     return  # kept on this instance only, while Redis is away
                 now = time.monotonic()
                 try:
@@ -380,6 +402,7 @@ class _RedisWriter:
                     else:
                         await redis.xadd(self._key, fields, maxlen=_MAX_ENTRIES, approximate=True)
                 except (RedisError, OSError) as exc:
+                    self.missed = True
                     recorder.failed(exc)
                     return
                 if ended:
@@ -388,5 +411,7 @@ class _RedisWriter:
                     break  # the next frames wait for the timer, the end for nothing
         finally:
             self._busy = False
+            if self.missed and self._ended:
+                recorder.keep(self._recording)
         if self._pending and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)

@@ -221,3 +221,22 @@ async def test_an_answer_whose_instance_stopped_renewing_is_swept_and_its_stream
     assert events[-2].event == "error" and events[-2].json["code"] == "interrupted"
     answer = await stored_answer(llm_client, alice, str(conversation.id))
     assert answer["status"] == "incomplete"
+
+
+async def test_a_stream_recorded_while_redis_is_down_is_still_replayed_by_its_instance(
+    database_url, redis_process, fake_llm, alice
+):
+    settings = make_settings(database_url, redis_process.url, env=llm_env(fake_llm))
+    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        redis_process.stop()
+        try:
+            fake_llm.script(chunks=("kept ", "here"))
+            r = await http.post(CHAT, json={"message": "no redis", "stream": True}, headers=alice.headers)
+            assert r.status_code == 200
+            sent, _ = parse_sse(r.text)
+            assert sent[-2].event == "done"
+            replay = await http.get(events_url(sent[0].json["message_id"]), headers=alice.headers)
+            assert replay.status_code == 200
+            assert [e.data for e in parse_sse(replay.text)[0]] == [e.data for e in sent]
+        finally:
+            redis_process.start()
