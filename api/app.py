@@ -18,7 +18,7 @@ from api.anthropic_compat import AnthropicController
 from api.auth import ApiKeyMiddleware
 from api.authoring import AuthoringController
 from api.body import GuardedRequest
-from api.chat import ChatController, ConversationController
+from api.chat import ChatController, ConversationController, MessageController
 from api.deps import dependencies
 from api.errors import exception_handlers
 from api.health import health, health_head, metrics, ready, ready_head
@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             AdminController,
             ChatController,
             ConversationController,
+            MessageController,
             OpenAIController,
             AnthropicController,
             playground_router(),

@@ -23,11 +23,19 @@ def _key_from_headers(connection: ASGIConnection[Any, Any, Any, Any]) -> str | N
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
+    # A browser's EventSource cannot send headers: the one route it reads may take the key in the query.
+    if connection.scope.get("method") == "GET" and connection.scope["path"].endswith(_EVENTS):
+        return connection.query_params.get("api_key") or None
     return None
 
 
+_EVENTS = "/events"
+
+
 class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
-    """Accepts ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (what the OpenAI and Anthropic SDKs send)."""
+    """Accepts ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (what the OpenAI and Anthropic SDKs send),
+    and ``?api_key=KEY`` on ``GET /api/v1/chat/messages/{id}/events`` only, for ``EventSource``. The access
+    log never shows that query value."""
 
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         resources: Resources = connection.app.state.resources

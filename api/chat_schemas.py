@@ -31,6 +31,15 @@ class ChatRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     stream: bool = False
     provider: ProviderName | None = None
     model: ModelName | None = None
+    # Keep generating when the client hangs up, so the answer can be resumed and is stored complete.
+    resumable: bool = False
+
+
+class CancelResponse(Struct, frozen=True, kw_only=True):
+    message: str
+    # The answer's stored status now: `incomplete` once stopped.
+    status: str
+    success: bool = True
 
 
 class TokenUsage(Struct, frozen=True, kw_only=True):

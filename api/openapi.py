@@ -146,7 +146,8 @@ _DESCRIPTIONS = {
     401: "Missing, unknown, revoked or expired API key",
     403: "The persona belongs to another user (only its owner or an admin may change it), or an admin-only route",
     404: "Not found, or not visible to the caller",
-    409: "Conflicts with the current state (a taken name)",
+    409: "Conflicts with the current state (a taken name, an answer that already ended)",
+    410: "The stream ended longer ago than `STREAM_RETENTION_SECONDS`; the message is in its conversation",
     413: "The request body is too large",
     429: "A rate limit was reached; see `Retry-After`",
     500: "Internal error; it has been logged",
@@ -171,6 +172,8 @@ _CONFLICTS = {
     ("POST", "/api/v1/chat/personas/{persona_id:str}/versions/{version:str}/restore"),
     ("POST", "/api/v1/admin/users"),
 }
+_ENDED = {("POST", "/api/v1/chat/messages/{message_id:str}/cancel")}
+_GONE = {("GET", "/api/v1/chat/messages/{message_id:str}/events")}
 
 
 _PERSONA = "/api/v1/chat/personas/{persona_id:str}"
@@ -191,8 +194,10 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
     # Only admins may set `is_default` (on create, update and restore) or manage users.
     if persona_scoped or path.startswith("/api/v1/admin") or (method, path) in _PROVIDER_ROUTES | _CONFLICTS:
         statuses.add(403)
-    if (method, path) in _CONFLICTS:
+    if (method, path) in _CONFLICTS | _ENDED:
         statuses.add(409)
+    if (method, path) in _GONE:
+        statuses.add(410)
     if (method, path) in _PROVIDER_ROUTES:
         statuses |= {429, 502, 504}
     return statuses

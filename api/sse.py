@@ -6,6 +6,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
+from uuid import UUID
 
 import msgspec
 from litestar.enums import MediaType
@@ -14,15 +15,18 @@ from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
 from core.events import Done, ErrorEvent, Start, TextDelta, TurnEvent, Usage
+from runtime.streams import Recording, StreamRecorder
 
 __all__ = [
     "DONE",
     "HEARTBEAT",
+    "ChatFrames",
     "Last",
     "SSEStream",
     "candidate_body",
     "chat_body",
     "encoded_stream",
+    "record",
     "sse_response",
     "with_heartbeat",
 ]
@@ -123,20 +127,18 @@ def with_heartbeat(source: AsyncIterator[T], interval: float) -> AsyncIterator[T
     return _Heartbeat(source, interval).items()
 
 
-def encode_events(events: list[TurnEvent], count: int) -> tuple[bytes, int]:
-    """Our SSE for a batch of events: ``event:`` (the ``type``), ``id:`` and the JSON ``data:`` of each."""
+def encode_events(events: list[TurnEvent], count: int, prefix: bytes = b"") -> tuple[list[bytes], int, bool]:
+    """Our SSE for a batch of events, one frame each: ``event:`` (the ``type``), ``id:`` (``prefix`` and the
+    event's number) and the JSON ``data:``; and whether the batch ends the turn."""
     parts = []
     for event in events:
         tag = _TAGS.get(type(event))
         if tag is None:
             continue
         count += 1
-        parts.append(b"event: %s\nid: %d\ndata: %s\n\n" % (tag, count, _encode(event)))
+        parts.append(b"event: %s\nid: %s%d\ndata: %s\n\n" % (tag, prefix, count, _encode(event)))
     last = events[-1] if events else None
-    if type(last) is Done or type(last) is ErrorEvent:
-        parts.append(DONE)
-        return Last(b"".join(parts)), count
-    return b"".join(parts), count
+    return parts, count, type(last) is Done or type(last) is ErrorEvent
 
 
 async def encoded_stream(
@@ -156,16 +158,70 @@ async def encoded_stream(
             yield data
 
 
-def chat_body(batches: AsyncIterator[list[TurnEvent]], heartbeat: float) -> AsyncIterator[bytes]:
+class ChatFrames:
+    """A turn's batches as our SSE, numbered ``<message_id>:<n>`` for a kept turn, and recorded when a
+    ``recording`` is given so the stream can be replayed (``GET /api/v1/chat/messages/{id}/events``)."""
+
+    __slots__ = ("count", "prefix", "recorder", "recording")
+
+    def __init__(
+        self,
+        message_id: UUID | None = None,
+        recorder: StreamRecorder | None = None,
+        recording: Recording | None = None,
+    ) -> None:
+        self.prefix = b"%s:" % str(message_id).encode() if message_id is not None else b""
+        self.count = 0
+        self.recorder = recorder
+        self.recording = recording
+
+    def encode(self, batch: list[TurnEvent]) -> bytes:
+        parts, self.count, last = encode_events(batch, self.count, self.prefix)
+        recording = self.recording
+        if recording is not None and self.recorder is not None:
+            if parts:
+                self.recorder.add(recording, parts)
+            if last:
+                self.recorder.close(recording, terminal=True)
+                self.recording = None
+        if last:
+            return Last(b"".join(parts) + DONE)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """The stream ended without its final event (the client left, the task was cancelled)."""
+        if self.recording is not None and self.recorder is not None:
+            self.recorder.close(self.recording, terminal=False)
+            self.recording = None
+
+
+def chat_body(
+    batches: AsyncIterator[list[TurnEvent]], heartbeat: float, frames: ChatFrames | None = None
+) -> AsyncIterator[bytes]:
     """A turn as our SSE: each batch of events in one write, ``data: [DONE]`` with the last."""
-    count = 0
+    frames = frames or ChatFrames()
+    body = encoded_stream(batches, heartbeat, frames.encode)
+    return body if frames.recording is None else _closing(body, frames)
 
-    def encode(batch: list[TurnEvent]) -> bytes:
-        nonlocal count
-        data, count = encode_events(batch, count)
-        return data
 
-    return encoded_stream(batches, heartbeat, encode)
+async def _closing(body: AsyncIterator[bytes], frames: ChatFrames) -> AsyncIterator[bytes]:
+    try:
+        async for piece in body:
+            yield piece
+    finally:
+        frames.close()
+        closer = getattr(body, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+async def record(batches: AsyncIterator[list[TurnEvent]], frames: ChatFrames) -> None:
+    """Read a whole turn into its recording with no client attached (a resumable stream's producer)."""
+    try:
+        async for batch in batches:
+            frames.encode(batch)
+    finally:
+        frames.close()
 
 
 async def candidate_body(events: AsyncIterator[tuple[int, TurnEvent]], heartbeat: float) -> AsyncIterator[bytes]:

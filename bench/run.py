@@ -38,6 +38,7 @@ from bench.report import (
     table,
     unavailable,
 )
+from bench.resume import ResumeResult, resume_streams, resume_table
 from bench.services import (
     ROOT,
     Account,
@@ -115,6 +116,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="N (default 100) concurrent first requests for one persona on a fresh runtime: database reads",
     )
+    modes.add_argument(
+        "--resume",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N resumable /api/v1/chat streams cut by the client and resumed with Last-Event-ID: resume latency "
+        "(give --chunk-delay so the cut falls mid-answer)",
+    )
+    modes.add_argument("--cut-after", type=int, default=3, help="content events read before the cut (default 3)")
     compare = parser.add_argument_group("comparison")
     compare.add_argument(
         "--compare", choices=["litellm"], help="measure LiteLLM's proxy too, same provider, client and loads"
@@ -278,6 +288,20 @@ async def _held(ctx: _Context) -> list[HeldResult]:
     return results
 
 
+async def _resume(ctx: _Context) -> list[ResumeResult]:
+    args = ctx.args
+    results = []
+    for workers in args.workers:
+        _log(f"resume: {args.resume} streams cut and resumed, {workers} worker(s) ...")
+        async with ctx.runtime(workers) as server:
+            results.append(
+                await resume_streams(
+                    server, ctx.account, args.resume, cut_after=args.cut_after, redis=bool(args.redis_url)
+                )
+            )
+    return results
+
+
 async def _cold(ctx: _Context) -> ColdResult:
     args = ctx.args
     _log("cold start: creating a persona through the HTTP API ...")
@@ -296,7 +320,7 @@ async def _cold(ctx: _Context) -> ColdResult:
 
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     shape = StreamShape(chunks=args.chunks, chunk_delay=args.chunk_delay, first_byte_delay=args.first_byte_delay)
-    outcome: dict[str, Any] = {"results": [], "held": [], "cold": None}
+    outcome: dict[str, Any] = {"results": [], "held": [], "cold": None, "resume": []}
     with tempfile.TemporaryDirectory(prefix="persona-bench-") as scratch, fake_provider(shape) as provider:
         workdir = Path(scratch)
         async with scratch_database(args.database_url, workdir) as database_url:
@@ -304,8 +328,10 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             ctx = _Context(args, provider, database_url, workdir, account)
             outcome["redis_prefix"] = ctx.redis_prefix
             try:
-                if not args.held and args.cold is None:
+                if not args.held and args.cold is None and not args.resume:
                     outcome["results"] = await _throughput(ctx)
+                if args.resume:
+                    outcome["resume"] = await _resume(ctx)
                 if args.held:
                     outcome["held"] = await _held(ctx)
                 if args.cold is not None:
@@ -361,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     if outcome["cold"] is not None:
         print()
         print(cold_table(outcome["cold"]))
+    for resumed in outcome["resume"]:
+        print()
+        print(resume_table(resumed))
     document = {
         "started_at": started.isoformat(timespec="seconds"),
         "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -383,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "compared": compared,
         "held": outcome["held"],
         "cold": outcome["cold"],
+        "resume": outcome["resume"],
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"

@@ -11,6 +11,7 @@ Every error a client can see is a ``PersonaRuntimeError`` subclass with a snake_
     ├── Forbidden                        403 forbidden
     ├── NotFound                         404 not_found
     ├── Conflict                         409 conflict
+    ├── StreamExpired                    410 stream_expired     (a finished stream past its retention)
     ├── ServiceUnavailable               503 service_unavailable
     │   └── DatabaseUnavailable          503 database_unavailable (carries ``retry_after``)
     └── ProviderError                    502 provider_error     (upstream LLM failed)
@@ -18,6 +19,7 @@ Every error a client can see is a ``PersonaRuntimeError`` subclass with a snake_
         ├── ProviderRejected             502 provider_rejected  (upstream 4xx: bad key, unknown model)
         ├── ProviderTimeout              504 provider_timeout
         ├── ShuttingDown                 503 shutting_down      (the server stopped before the answer ended)
+        ├── Cancelled                    409 cancelled          (stopped by POST /messages/{id}/cancel)
         └── ProviderRateLimited          429 provider_rate_limited (carries ``retry_after``)
 
 It sits at the ground of the import graph: ``personas/``, ``providers/`` and ``runtime/`` raise these,
@@ -30,6 +32,7 @@ from typing import Any
 
 __all__ = [
     "BadRequest",
+    "Cancelled",
     "Conflict",
     "DatabaseUnavailable",
     "Forbidden",
@@ -43,6 +46,7 @@ __all__ = [
     "ProviderUnavailable",
     "ServiceUnavailable",
     "ShuttingDown",
+    "StreamExpired",
     "Unauthorized",
 ]
 
@@ -93,6 +97,11 @@ class Conflict(PersonaRuntimeError):
     status = 409
 
 
+class StreamExpired(PersonaRuntimeError):
+    code = "stream_expired"
+    status = 410
+
+
 class ServiceUnavailable(PersonaRuntimeError):
     code = "service_unavailable"
     status = 503
@@ -138,6 +147,13 @@ class ShuttingDown(ProviderError):
 
     code = "shutting_down"
     status = 503
+
+
+class Cancelled(ProviderError):
+    """The answer was stopped on request; what was said so far is stored as incomplete."""
+
+    code = "cancelled"
+    status = 409
 
 
 class ProviderRateLimited(ProviderError):

@@ -53,6 +53,8 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   LOG_LEVEL, LOG_FORMAT      log threshold (INFO); text or json (text)
   METRICS                    off removes GET /metrics (on)
   SHUTDOWN_GRACE_SECONDS     after SIGTERM, how long streams may run on (25)
+  STREAM_RETENTION_SECONDS   how long a finished chat stream can be replayed (600; 0 records none)
+  STREAM_LEASE_SECONDS       silence after which a dead instance's answers are marked incomplete (30)
   DATABASE_POOL_SIZE         database connections per process (10)
   PROVIDER_TIMEOUT           seconds a provider may stay silent (120)
   PROVIDER_MAX_CONNECTIONS   upstream connections per provider and worker (10000)

@@ -11,7 +11,7 @@ import msgspec
 
 from core.errors import NotFound
 
-__all__ = ["Conversation", "ConversationStore", "MessageStatus", "StoredMessage"]
+__all__ = ["Conversation", "ConversationStore", "MessageState", "MessageStatus", "StoredMessage"]
 
 MessageStatus = Literal["pending", "complete", "incomplete", "error"]
 
@@ -32,12 +32,14 @@ question AS (
     INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source)
     SELECT id, 'user', $2, $3, $4, $5 FROM conversation RETURNING conversation_id
 ), answer AS (
-    INSERT INTO messages (conversation_id, role, status, persona_id, persona_version, persona_source, provider, model)
-    SELECT conversation_id, 'assistant', 'pending', $3, $4, $5, $6, $7 FROM question RETURNING id
+    INSERT INTO messages (conversation_id, role, status, persona_id, persona_version, persona_source, provider, model,
+                          lease_until)
+    SELECT conversation_id, 'assistant', 'pending', $3, $4, $5, $6, $7, clock_timestamp() + $8 * interval '1 second'
+    FROM question RETURNING id
 )"""
 BEGIN_TURN_NEW = f"""
 WITH conversation AS (
-    INSERT INTO conversations (user_id, title, persona_id, persona_version) VALUES ($1, $8, $3, $4)
+    INSERT INTO conversations (user_id, title, persona_id, persona_version) VALUES ($1, $9, $3, $4)
     RETURNING {_CONVERSATION}
 ), {_QUESTION_AND_ANSWER}
 SELECT conversation.*, answer.id AS answer_id FROM conversation, answer"""
@@ -48,8 +50,23 @@ WITH conversation AS (
 SELECT conversation.*, answer.id AS answer_id FROM conversation, answer"""
 FINISH_ANSWER = """
 UPDATE messages SET content = $2, status = $3, provider = $4, model = $5, usage = $6, latency_ms = $7,
-    finish_reason = $8, tool_calls = $9, error = $10
+    finish_reason = $8, tool_calls = $9, error = $10, lease_until = NULL
 WHERE id = $1"""
+GET_MESSAGE_STATE = """
+SELECT m.status, m.finish_reason, m.error FROM messages m JOIN conversations c ON c.id = m.conversation_id
+WHERE m.id = $1 AND c.user_id = $2 AND m.role = 'assistant'"""
+RENEW_LEASES = """
+UPDATE messages SET lease_until = clock_timestamp() + $2 * interval '1 second'
+WHERE id = ANY($1::uuid[]) AND status = 'pending'"""
+# Answers whose instance stopped renewing their lease: it died, so nobody will finish them.
+SWEEP_ABANDONED = """
+UPDATE messages SET status = 'incomplete', lease_until = NULL, error = $1
+WHERE status = 'pending' AND lease_until < clock_timestamp()
+RETURNING id"""
+# A cancel nobody answered: the answer's instance is gone, or its lease is about to say so.
+INTERRUPT_IF_ABANDONED = """
+UPDATE messages SET status = 'incomplete', lease_until = NULL, error = $2
+WHERE id = $1 AND status = 'pending' AND lease_until < clock_timestamp()"""
 LIST_MESSAGES = f"SELECT {_MESSAGE} FROM messages WHERE conversation_id = $1 ORDER BY seq"
 RECENT_HISTORY = """
 SELECT role, content FROM (
@@ -57,6 +74,20 @@ SELECT role, content FROM (
     WHERE conversation_id = $1 AND status IN ('complete', 'incomplete') AND content <> ''
     ORDER BY seq DESC LIMIT $2
 ) recent ORDER BY seq"""
+
+
+_ABANDONED = {
+    "code": "interrupted",
+    "message": "The instance generating this answer stopped before its end; what was said is kept as incomplete.",
+}
+
+
+class MessageState(msgspec.Struct, frozen=True, kw_only=True):
+    """Where an answer stands: ``pending`` while it is generated, then how it ended."""
+
+    status: MessageStatus
+    finish_reason: str | None
+    error: dict[str, Any] | None
 
 
 class Conversation(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,10 +130,15 @@ def title_for(message: str) -> str:
 
 
 class ConversationStore:
-    """A user sees only their own conversations: every read is scoped by ``user_id``."""
+    """A user sees only their own conversations: every read is scoped by ``user_id``.
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    An answer being generated holds a lease of ``lease_seconds``, renewed by its instance while it runs
+    (:meth:`renew`); :meth:`sweep` ends those whose instance stopped renewing.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, lease_seconds: float = 30.0) -> None:
         self._pool = pool
+        self.lease_seconds = lease_seconds
 
     async def get(self, user_id: UUID, conversation_id: UUID) -> Conversation:
         record = await self._pool.fetchrow(GET_CONVERSATION, conversation_id, user_id)
@@ -148,7 +184,7 @@ class ConversationStore:
 
         Returns the conversation and the id of the pending answer.
         """
-        args = (message, persona_id, persona_version, persona_source, provider, model)
+        args = (message, persona_id, persona_version, persona_source, provider, model, self.lease_seconds)
         if conversation is None:
             record = await self._pool.fetchrow(BEGIN_TURN_NEW, user_id, *args, title_for(message))
         else:
@@ -188,3 +224,19 @@ class ConversationStore:
             tool_calls,
             error,
         )
+
+    async def message_state(self, user_id: UUID, message_id: UUID) -> MessageState | None:
+        """The status of the caller's answer ``message_id``; None for another user's or an unknown one."""
+        record = await self._pool.fetchrow(GET_MESSAGE_STATE, message_id, user_id)
+        return msgspec.convert(dict(record), MessageState, strict=False) if record is not None else None
+
+    async def renew(self, message_ids: list[UUID]) -> None:
+        await self._pool.execute(RENEW_LEASES, message_ids, self.lease_seconds)
+
+    async def sweep(self) -> list[UUID]:
+        """Mark incomplete every pending answer whose lease ran out; their ids."""
+        return [r["id"] for r in await self._pool.fetch(SWEEP_ABANDONED, _ABANDONED)]
+
+    async def interrupt_if_abandoned(self, message_id: UUID) -> bool:
+        result = await self._pool.execute(INTERRUPT_IF_ABANDONED, message_id, _ABANDONED)
+        return result.endswith(" 1")

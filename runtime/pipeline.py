@@ -24,6 +24,7 @@ from personas.models import Caller, Persona
 from personas.service import PersonaService
 from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
 from runtime.conversations import Conversation, ConversationStore
+from runtime.leases import Leases
 from runtime.metrics import Metrics
 from runtime.prompt import Route, SystemPrompts, build_request, plan_routes
 from runtime.resolve import PersonaSource, resolve_persona, resolve_persona_name
@@ -85,8 +86,10 @@ class ChatPipeline:
         history_messages: int,
         max_message_chars: int,
         metrics: Metrics | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.personas = personas
+        self.leases = leases
         self.conversations = conversations
         self.providers = providers
         self.default_provider = default_provider
@@ -178,7 +181,7 @@ class ChatPipeline:
                 provider=routes[0].provider,
                 model=routes[0].model,
             )
-            outcome = Outcome(self.conversations, answer_id, began, self._spawn)
+            outcome = Outcome(self.conversations, answer_id, began, self._spawn, self.leases)
         try:
             stream = await open_answer(self.providers, routes, plan.request, metrics=self.metrics)
         except BaseException as exc:
@@ -200,7 +203,7 @@ class ChatPipeline:
             provider=stream.route.provider,
             model=stream.route.model,
         )
-        return Turn(
+        turn = Turn(
             start=start,
             answer=stream,
             outcome=outcome,
@@ -210,6 +213,9 @@ class ChatPipeline:
             metrics=self.metrics,
             route=plan.input.route,
         )
+        if outcome is not None and self.leases is not None:
+            self.leases.attach(outcome.message_id, turn.cancel)
+        return turn
 
     async def _history(self, conversation: Conversation | None) -> list[ChatMessage]:
         if conversation is None or self.history_messages <= 0:
@@ -218,6 +224,10 @@ class ChatPipeline:
         return [
             ChatMessage(role="assistant" if role == "assistant" else "user", content=content) for role, content in rows
         ]
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, kept until it ends; :meth:`aclose` waits for it (bounded)."""
+        self._spawn(work)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -8,11 +8,13 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from uuid import UUID
 
 import asyncpg
 import msgspec
+from redis.asyncio import Redis
 
-from core.errors import ShuttingDown
+from core.errors import Conflict, ShuttingDown
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.changes import PERSONA_SIGNAL
 from personas.porter import PersonaPorter
@@ -26,15 +28,20 @@ from runtime.authoring import AuthoringService
 from runtime.conversations import ConversationStore
 from runtime.db import connect_pool
 from runtime.embedded import EmbeddedPostgres
+from runtime.leases import Leases
 from runtime.metrics import Metrics
 from runtime.migrate import apply_migrations
 from runtime.pipeline import ChatPipeline
 from runtime.settings import Settings
 from runtime.signals import Signals, notify
+from runtime.streams import StreamRecorder
 
 __all__ = ["Resources", "open_resources"]
 
 log = logging.getLogger("persona_runtime")
+
+# The signal that stops an answer on whichever instance runs it; its payload is the message id.
+CANCEL = "cancel"
 
 
 @dataclass
@@ -53,8 +60,38 @@ class Resources:
     porter: PersonaPorter
     metrics: Metrics
     signals: Signals
+    streams: StreamRecorder
+    leases: Leases
 
     draining: bool = False
+
+    async def tell_instances(self, kind: str, payload: str) -> None:
+        """A signal to every instance (this one too), through PostgreSQL: present with or without Redis."""
+        await notify(self.pool, kind, payload)
+
+    async def cancel_answer(self, user_id: UUID, message_id: UUID) -> str | None:
+        """Stop the caller's answer ``message_id`` wherever it runs; its stored status after, or None when the
+        caller has no such message. An answer already ended is a :class:`Conflict`."""
+        conversations = self.conversations
+        state = await conversations.message_state(user_id, message_id)
+        if state is None:
+            return None
+        if state.status != "pending":
+            raise Conflict(f"The answer already ended (status `{state.status}`); there is nothing to stop.")
+        if not self.leases.cancel(message_id):
+            await self.tell_instances(CANCEL, str(message_id))
+        # Stopped within a second where it runs; wait for its instance to store what was said.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3.0
+        while loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            state = await conversations.message_state(user_id, message_id)
+            if state is None or state.status != "pending":
+                return state.status if state is not None else "incomplete"
+        # Nobody answered: the instance that ran it is gone (its lease says so once it runs out).
+        await conversations.interrupt_if_abandoned(message_id)
+        state = await conversations.message_state(user_id, message_id)
+        return state.status if state is not None else "incomplete"
 
     def begin_shutdown(self) -> None:
         """SIGTERM: ``/ready`` says 503 from now on, and streams still open after the grace are ended."""
@@ -169,7 +206,17 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
         await signals.start()
         stack.push_async_callback(signals.aclose)
         personas = PersonaService(store, providers=providers.names())
-        conversations = ConversationStore(pool)
+        conversations = ConversationStore(pool, lease_seconds=settings.stream_lease_seconds)
+        leases = Leases(conversations)
+        leases.start()
+        stack.push_async_callback(leases.aclose)
+
+        async def cancel_heard(payload: bytes) -> None:
+            with contextlib.suppress(ValueError, msgspec.DecodeError):
+                leases.cancel(UUID(msgspec.json.decode(payload, type=str)))
+
+        # A cancel asked of another instance reaches the one that runs the answer.
+        signals.subscribe(CANCEL, cancel_heard)
         chat = ChatPipeline(
             personas,
             conversations,
@@ -178,8 +225,19 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             history_messages=settings.history_turns * 2,
             max_message_chars=settings.max_message_chars,
             metrics=metrics,
+            leases=leases,
         )
         stack.push_async_callback(chat.aclose)
+        stream_redis = None
+        if settings.redis_url:
+            stream_redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
+            stack.push_async_callback(stream_redis.aclose)
+        streams = StreamRecorder(
+            stream_redis,
+            prefix=settings.redis_prefix,
+            retention=settings.stream_retention_seconds,
+            spawn=chat.spawn,
+        )
         yield Resources(
             settings=settings,
             pool=pool,
@@ -195,6 +253,8 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             porter=PersonaPorter(personas, max_bytes=settings.import_max_bytes),
             metrics=metrics,
             signals=signals,
+            streams=streams,
+            leases=leases,
         )
 
 

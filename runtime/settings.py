@@ -54,6 +54,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_seconds: float = 15.0
     # How long streams in flight may run on after SIGTERM before they are ended with `shutting_down`.
     shutdown_grace_seconds: float = 25.0
+    # How long a finished chat stream can be replayed (GET /api/v1/chat/messages/{id}/events); 0 records none.
+    stream_retention_seconds: float = 600.0
+    # How long an answer's instance may go silent before the answer is taken for abandoned (it died).
+    stream_lease_seconds: float = 30.0
     log_level: str = "INFO"
     # `text` (readable) or `json` (one object a line).
     log_format: str = "text"
@@ -109,6 +113,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             provider_connections=int(number("PROVIDER_MAX_CONNECTIONS", 10_000)),
             heartbeat_seconds=float(number("SSE_HEARTBEAT_SECONDS", 15.0, float)),
             shutdown_grace_seconds=float(number("SHUTDOWN_GRACE_SECONDS", 25.0, float)),
+            stream_retention_seconds=float(number("STREAM_RETENTION_SECONDS", 600.0, float)),
+            stream_lease_seconds=float(number("STREAM_LEASE_SECONDS", 30.0, float)),
             log_level=(text("LOG_LEVEL") or "INFO").upper(),
             log_format=_log_format(text("LOG_FORMAT")),
             metrics=(text("METRICS") or "on").lower() not in ("off", "false", "0", "no"),

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 
-from core.errors import ProviderError, ProviderTimeout, ProviderUnavailable, ServiceUnavailable
+from core.errors import Cancelled, ProviderError, ProviderTimeout, ProviderUnavailable, ServiceUnavailable
 from core.events import (
     Done,
     ErrorEvent,
@@ -27,6 +27,7 @@ from core.events import (
 )
 from providers import ProviderRequest, ProviderSet, ToolCall, assemble_tool_calls, batches_of
 from runtime.conversations import ConversationStore, MessageStatus
+from runtime.leases import Leases
 from runtime.logs import REQUEST_ID
 from runtime.metrics import Metrics
 from runtime.prompt import Route
@@ -137,15 +138,31 @@ class Collector:
 class Outcome:
     """Where a kept turn's answer is stored, and the saving of how it ended."""
 
-    def __init__(self, conversations: ConversationStore, message_id: UUID, began: float, spawn: Spawn) -> None:
+    def __init__(
+        self,
+        conversations: ConversationStore,
+        message_id: UUID,
+        began: float,
+        spawn: Spawn,
+        leases: Leases | None = None,
+    ) -> None:
         self.conversations = conversations
         self.message_id = message_id
         self.began = began
         self.spawn = spawn
+        # Held while the answer is pending: this instance renews it, so no other one marks it abandoned.
+        self.leases = leases
+        if leases is not None:
+            leases.hold(message_id)
+
+    def _settled(self) -> None:
+        if self.leases is not None:
+            self.leases.release(self.message_id)
 
     def failed_to_open(self, route: Route, failure: ProviderError | Exception | None) -> Coroutine[Any, Any, None]:
         code = getattr(failure, "code", None) or "cancelled"
         message = getattr(failure, "message", None) or "The request was cancelled."
+        self._settled()
         return self.conversations.finish_answer(
             self.message_id,
             content="",
@@ -182,19 +199,23 @@ class Outcome:
             )
             self.spawn(self._save_later(outcome))
             return False
+        self._settled()
         return True
 
     async def _save_later(self, outcome: dict[str, Any]) -> None:
         """Keep trying for a while (the database may be restarting); the client was told it is not saved."""
-        for delay in SAVE_RETRY_DELAYS:
-            await asyncio.sleep(delay)
-            try:
-                await self.conversations.finish_answer(self.message_id, **outcome)
-            except Exception:
-                continue
-            log.info("answer %s saved after a retry", self.message_id)
-            return
-        log.error("gave up saving the answer %s: the database stayed unavailable", self.message_id)
+        try:
+            for delay in SAVE_RETRY_DELAYS:
+                await asyncio.sleep(delay)
+                try:
+                    await self.conversations.finish_answer(self.message_id, **outcome)
+                except Exception:
+                    continue
+                log.info("answer %s saved after a retry", self.message_id)
+                return
+            log.error("gave up saving the answer %s: the database stayed unavailable", self.message_id)
+        finally:
+            self._settled()
 
     def _latency(self) -> int:
         return int((time.monotonic() - self.began) * 1000)
@@ -251,6 +272,20 @@ class Turn:
         self.user_id = user_id
         self.began = time.monotonic() if began is None else began
         self.first_at: float | None = None
+        # cancel(): why the answer is to stop, and the task reading it (interrupted when it waits on the provider).
+        self._stop: ProviderError | None = None
+        self._reader: asyncio.Task[Any] | None = None
+        self._waiting = False
+
+    def cancel(self, reason: ProviderError | None = None) -> None:
+        """Stop the answer: the provider call is closed, the stream ends with ``error`` (``cancelled``) and what
+        was said is stored ``incomplete``. Safe to call at any time, from any task."""
+        if self._stop is not None:
+            return
+        self._stop = reason or Cancelled("The answer was stopped on request.", provider=self.start.provider)
+        reader = self._reader
+        if self._waiting and reader is not None and not reader.done():
+            reader.cancel()
 
     async def batches(self) -> AsyncGenerator[list[TurnEvent], None]:
         said, route = self.said, self.answer.route
@@ -260,8 +295,13 @@ class Turn:
         try:
             lead: list[TurnEvent] = [self.start]
             final: list[TurnEvent] = []
+            self._reader = asyncio.current_task()
             try:
+                self._waiting = True
                 async for batch in self.answer.batches():
+                    self._waiting = False
+                    if self._stop is not None:
+                        raise self._stop
                     passed: list[Any] = said.add(batch)
                     if passed and self.first_at is None:
                         self.first_at = time.monotonic()
@@ -272,15 +312,23 @@ class Turn:
                         break
                     if out:
                         yield out
+                    if self._stop is not None:
+                        raise self._stop
+                    self._waiting = True
+                self._waiting = False
+            except asyncio.CancelledError:
+                self._waiting = False
+                stop, reader = self._stop, self._reader
+                if stop is None or reader is None or reader.uncancel() > 0:
+                    raise
+                settled = True
+                async for out in self._failed(stop, lead):
+                    yield out
+                return
             except ProviderError as exc:
                 settled = True
-                self.failure = exc
-                self._ended("error")
-                if self.metrics is not None:
-                    self.metrics.provider_errors.labels(provider=route.provider, kind=exc.code).inc()
-                if self.outcome is not None:
-                    await self.outcome.record(route, "incomplete", said, {"code": exc.code, "message": exc.message})
-                yield [*lead, ErrorEvent(code=exc.code, message=exc.message)]
+                async for out in self._failed(exc, lead):
+                    yield out
                 return
             settled = True
             self._ended("complete" if said.finish else "incomplete")
@@ -306,6 +354,17 @@ class Turn:
                 self.spawn(self._abandoned())
             else:
                 await self.answer.aclose()
+
+    async def _failed(self, exc: ProviderError, lead: list[TurnEvent]) -> AsyncIterator[list[TurnEvent]]:
+        self.failure = exc
+        cancelled = type(exc) is Cancelled
+        self._ended("incomplete" if cancelled else "error")
+        if self.metrics is not None and not cancelled:
+            self.metrics.provider_errors.labels(provider=self.answer.route.provider, kind=exc.code).inc()
+        if self.outcome is not None:
+            error = {"code": exc.code, "message": exc.message}
+            await self.outcome.record(self.answer.route, "incomplete", self.said, error)
+        yield [*lead, ErrorEvent(code=exc.code, message=exc.message)]
 
     async def _abandoned(self) -> None:
         self._ended("incomplete")

@@ -1,0 +1,417 @@
+"""Recorded streams: every chat stream's events kept as they are sent, so a client can resume it anywhere.
+
+A :class:`Recording` holds one answer's SSE frames on the instance that runs it; readers follow it
+live. With Redis the frames are also appended to a Redis Stream per message (``XADD``, pipelined, at
+most one write in flight per stream, so a fast stream costs a few round trips, not one per event),
+which any instance can replay and then follow. Without Redis, finished recordings stay in this
+process for the retention. A frame is the exact bytes sent to the first client (its ``id:`` is
+``<message_id>:<n>``), so a replay is the same stream, byte for byte.
+
+Streams are told apart from the stored message: the recording ends with the stream, and if it ends
+without a final event (the instance died, the client left a stream that was not resumable) the reader
+makes one from the message's stored status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Protocol
+from uuid import UUID
+
+import msgspec
+from redis.exceptions import RedisError
+
+from core.errors import StreamExpired
+
+__all__ = ["Recording", "StreamRecorder", "final_frame", "frame"]
+
+log = logging.getLogger("persona_runtime.streams")
+
+DONE = b"data: [DONE]\n\n"
+HEARTBEAT = b": keep-alive\n\n"
+_encode = msgspec.json.Encoder().encode
+# A stream of Redis entries is trimmed (approximately) past this many writes: a runaway answer must not
+# grow one key without bound. Each write holds every frame produced since the previous one.
+_MAX_ENTRIES = 10_000
+# The least time between two writes of one stream to Redis: a write holds every frame made since the last.
+_EVERY = 0.05
+# How often a reader of another instance's stream looks at the stored message while nothing arrives, to
+# notice an answer whose instance died.
+_STATUS_EVERY = 1.0
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class MessageState(Protocol):
+    """What a reader needs to know of the stored message when its stream ends without a final event."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+    @property
+    def error(self) -> dict[str, Any] | None: ...
+
+
+StatusOf = Callable[[], Coroutine[Any, Any, MessageState | None]]
+
+
+def frame(event: str, message_id: UUID, n: int, data: bytes) -> bytes:
+    return b"event: %s\nid: %s:%d\ndata: %s\n\n" % (event.encode(), str(message_id).encode(), n, data)
+
+
+def final_frame(message_id: UUID, n: int, state: MessageState | None) -> bytes:
+    """The event a stream that ended without one should have ended with, from what is stored."""
+    if state is not None and state.status == "complete":
+        done = {"type": "done", "finish_reason": state.finish_reason or "stop", "message_id": str(message_id)}
+        return frame("done", message_id, n, _encode(done))
+    error = (state.error if state is not None else None) or {}
+    code = str(error.get("code") or "interrupted")
+    message = str(error.get("message") or "The answer stopped before its end; what was said is stored as incomplete.")
+    return frame("error", message_id, n, _encode({"type": "error", "code": code, "message": message}))
+
+
+class Recording:
+    """One answer's frames on the instance that runs it, and the readers waiting for more."""
+
+    __slots__ = ("_wake", "ended", "ended_at", "frames", "message_id", "terminal", "user_id")
+
+    def __init__(self, message_id: UUID, user_id: UUID) -> None:
+        self.message_id = message_id
+        self.user_id = user_id
+        self.frames: list[bytes] = []
+        self.ended = False
+        # Whether the last frame is the stream's own `done` or `error`.
+        self.terminal = False
+        self.ended_at = 0.0
+        self._wake: asyncio.Future[None] | None = None
+
+    def add(self, frames: list[bytes]) -> None:
+        self.frames.extend(frames)
+        self._notify()
+
+    def end(self, *, terminal: bool) -> None:
+        self.ended = True
+        self.terminal = terminal
+        self.ended_at = time.monotonic()
+        self._notify()
+
+    def _notify(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def follow(self, after: int, heartbeat: float, status_of: StatusOf) -> AsyncIterator[bytes]:
+        """Frames after the ``after``-th, then each new one as it comes, to the end and ``data: [DONE]``."""
+        sent = after
+        loop = asyncio.get_running_loop()
+        while True:
+            if sent < len(self.frames):
+                chunk = b"".join(self.frames[sent:])
+                sent = len(self.frames)
+                yield chunk
+                continue
+            if self.ended:
+                if not self.terminal:
+                    yield final_frame(self.message_id, sent + 1, await status_of())
+                yield DONE
+                return
+            wake = self._wake
+            if wake is None or wake.done():
+                wake = self._wake = loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(wake), heartbeat)
+            except TimeoutError:
+                yield HEARTBEAT
+
+
+class StreamRecorder:
+    """The recordings of this instance's streams, and replays of any instance's (with Redis).
+
+    ``retention`` is how long a finished stream can be replayed; 0 records nothing.
+    """
+
+    def __init__(
+        self,
+        redis: Any | None,
+        *,
+        prefix: str,
+        retention: float,
+        spawn: Spawn,
+        max_finished: int = 10_000,
+        retry_after: float = 1.0,
+    ) -> None:
+        self._redis: Any = redis
+        self._prefix = prefix
+        self.retention = retention
+        self._spawn = spawn
+        self._live: dict[UUID, Recording] = {}
+        # Without Redis, finished recordings stay here for the retention (oldest first, bounded).
+        self._finished: OrderedDict[UUID, Recording] = OrderedDict()
+        self._max_finished = max_finished
+        self._retry_after = retry_after
+        self._down_until = 0.0
+        self._writers: dict[UUID, _RedisWriter] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.retention > 0
+
+    def key(self, message_id: UUID) -> str:
+        # The braces are a hash tag: every key of one message lands in one Redis Cluster slot.
+        return f"{self._prefix}stream:{{{message_id}}}"
+
+    # the instance running the answer ---------------------------------------------------------------
+
+    def open(self, message_id: UUID, user_id: UUID) -> Recording:
+        recording = Recording(message_id, user_id)
+        self._live[message_id] = recording
+        if self._redis is not None:
+            self._writers[message_id] = _RedisWriter(self, recording, self.key(message_id))
+        return recording
+
+    def add(self, recording: Recording, frames: list[bytes]) -> None:
+        recording.add(frames)
+        writer = self._writers.get(recording.message_id)
+        if writer is not None:
+            writer.write(frames, end=False)
+
+    def close(self, recording: Recording, *, terminal: bool) -> None:
+        """The stream ended (``terminal``: with its own final event)."""
+        recording.end(terminal=terminal)
+        message_id = recording.message_id
+        self._live.pop(message_id, None)
+        writer = self._writers.pop(message_id, None)
+        if writer is not None:
+            writer.write([], end=True, terminal=terminal)
+            if not writer.missed:
+                return  # else some of it never reached Redis: this instance can still replay it whole
+        self.keep(recording)
+
+    def keep(self, recording: Recording) -> None:
+        """Keep a finished recording in this process for the retention."""
+        finished = self._finished
+        message_id = recording.message_id
+        finished[message_id] = recording
+        cutoff = time.monotonic() - self.retention
+        while finished:
+            oldest = next(iter(finished.values()))
+            if len(finished) <= self._max_finished and oldest.ended_at > cutoff:
+                break
+            finished.popitem(last=False)
+
+    def live(self, message_id: UUID) -> Recording | None:
+        return self._live.get(message_id)
+
+    def running(self) -> list[Recording]:
+        return list(self._live.values())
+
+    # any instance -----------------------------------------------------------------------------------
+
+    async def replay(self, message_id: UUID, after: int, heartbeat: float, status_of: StatusOf) -> AsyncIterator[bytes]:
+        """The stream of ``message_id`` after its ``after``-th event, then live to its end.
+
+        Raises :class:`StreamExpired` (before anything is sent) when no recording is left to replay.
+        """
+        recording = self._live.get(message_id)
+        if recording is None:
+            recording = self._finished.get(message_id)
+            if recording is not None and recording.ended_at < time.monotonic() - self.retention:
+                recording = None
+        if recording is not None:
+            return recording.follow(after, heartbeat, status_of)
+        if self._redis is not None and time.monotonic() >= self._down_until:
+            first = await self._read(message_id, "-", after)
+            if first is not None:
+                return self._follow_redis(message_id, first, after, heartbeat, status_of)
+            state = await status_of()
+            if state is not None and state.status == "pending":
+                # Not written yet, or its instance died before its first write: wait for either.
+                return self._follow_redis(message_id, ([], "0-0", False, False), after, heartbeat, status_of)
+        raise StreamExpired(
+            f"The stream of message {message_id} can no longer be replayed (streams are kept "
+            f"{self.retention:.0f} s after they end); the stored message is in its conversation."
+        )
+
+    async def _read(self, message_id: UUID, start: str, after: int) -> tuple[list[bytes], str, bool, bool] | None:
+        """Frames numbered above ``after`` in entries from ``start`` on: (frames, last entry id, ended, terminal),
+        or None when the stream has no entries."""
+        try:
+            entries = await self._redis.xrange(self.key(message_id), min=start)
+        except (RedisError, OSError) as exc:
+            self.failed(exc)
+            return None
+        if not entries:
+            return None
+        return _frames_of(entries, after)
+
+    async def _follow_redis(
+        self,
+        message_id: UUID,
+        first: tuple[list[bytes], str, bool, bool],
+        after: int,
+        heartbeat: float,
+        status_of: StatusOf,
+    ) -> AsyncIterator[bytes]:
+        frames, last_id, ended, terminal = first
+        sent = after + len(frames)
+        key = self.key(message_id)
+        quiet_since = checked = time.monotonic()
+        while True:
+            if frames:
+                yield b"".join(frames)
+                quiet_since = time.monotonic()
+            if ended:
+                if not terminal:
+                    yield final_frame(message_id, sent + 1, await status_of())
+                yield DONE
+                return
+            try:
+                found = await self._redis.xread({key: last_id}, block=250)
+            except (RedisError, OSError) as exc:
+                self.failed(exc)
+                await asyncio.sleep(self._retry_after)
+                found = None
+            frames = []
+            if found:
+                entries = found[0][1]
+                frames, last_id, ended, terminal = _frames_of(entries, sent)
+                sent += len(frames)
+            now = time.monotonic()
+            if not frames and not ended:
+                if now - checked >= _STATUS_EVERY:
+                    checked = now
+                    state = await status_of()
+                    if state is None or state.status != "pending":
+                        # Its instance ended the message without finishing the stream (it died, or was swept).
+                        yield final_frame(message_id, sent + 1, state)
+                        yield DONE
+                        return
+                if now - quiet_since >= heartbeat:
+                    quiet_since = now
+                    yield HEARTBEAT
+
+    # Redis health ----------------------------------------------------------------------------------
+
+    def redis_usable(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def failed(self, exc: BaseException) -> None:
+        if time.monotonic() >= self._down_until:
+            log.warning("Redis unavailable for stream recording (%s); streams are kept on this instance only", exc)
+        self._down_until = time.monotonic() + self._retry_after
+
+
+def _frames_of(entries: list[Any], after: int) -> tuple[list[bytes], str, bool, bool]:
+    frames: list[bytes] = []
+    last_id = "0-0"
+    ended = terminal = False
+    for entry_id, fields in entries:
+        last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        for name, value in fields.items():
+            if name == b"end":
+                ended, terminal = True, value == b"1"
+            elif int(name) > after:
+                frames.append(value)
+    return frames, last_id, ended, terminal
+
+
+class _RedisWriter:
+    """Appends one stream's frames to its Redis Stream, at most one write in flight and one per ``_EVERY``.
+
+    Frames produced meanwhile go out together in the next write, so the number of round trips follows
+    time, not the number of events: an answer shorter than ``_EVERY`` is written once, at its end.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_ended",
+        "_expires",
+        "_key",
+        "_n",
+        "_pending",
+        "_recorder",
+        "_recording",
+        "_terminal",
+        "_timer",
+        "missed",
+    )
+
+    def __init__(self, recorder: StreamRecorder, recording: Recording, key: str) -> None:
+        self._recorder = recorder
+        self._recording = recording
+        self._key = key
+        self._pending: list[bytes] = []
+        self._n = 0
+        self._ended = False
+        self._terminal = False
+        self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
+        # When the key's expiry was last pushed out (it is, at the first and last write and now and then).
+        self._expires: float | None = None
+        # Whether a write was skipped or failed (Redis away): the stream in Redis has a gap then.
+        self.missed = False
+
+    def write(self, frames: list[bytes], *, end: bool, terminal: bool = False) -> None:
+        self._pending.extend(frames)
+        if end:
+            self._ended, self._terminal = True, terminal
+        if self._busy:
+            return  # the write under way takes these next
+        if end:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._start()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        self._busy = True
+        self._recorder._spawn(self._flush())
+
+    async def _flush(self) -> None:
+        recorder = self._recorder
+        redis = recorder._redis
+        retention = recorder.retention
+        try:
+            while self._pending or self._ended:
+                frames, self._pending = self._pending, []
+                ended = self._ended
+                fields: dict[Any, bytes] = {}
+                for piece in frames:
+                    self._n += 1
+                    fields[self._n] = piece
+                if ended:
+                    fields["end"] = b"1" if self._terminal else b"0"
+                if not recorder.redis_usable():
+                    self.missed = True
+                    return  # kept on this instance only, while Redis is away
+                now = time.monotonic()
+                try:
+                    if ended or self._expires is None or now - self._expires > retention / 3:
+                        self._expires = now
+                        async with redis.pipeline(transaction=False) as pipe:
+                            pipe.xadd(self._key, fields, maxlen=_MAX_ENTRIES, approximate=True)
+                            pipe.pexpire(self._key, int(retention * 1000))
+                            await pipe.execute()
+                    else:
+                        await redis.xadd(self._key, fields, maxlen=_MAX_ENTRIES, approximate=True)
+                except (RedisError, OSError) as exc:
+                    self.missed = True
+                    recorder.failed(exc)
+                    return
+                if ended:
+                    return
+                if not self._ended:
+                    break  # the next frames wait for the timer, the end for nothing
+        finally:
+            self._busy = False
+            if self.missed and self._ended:
+                recorder.keep(self._recording)
+        if self._pending and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
