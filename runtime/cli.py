@@ -39,7 +39,7 @@ log = logging.getLogger("persona_runtime")
 ENVIRONMENT = """environment variables (a .env file in the working directory is read too):
   DATABASE_URL               PostgreSQL DSN (unset: an embedded server, data under PERSONA_RUNTIME_HOME)
   PERSONA_RUNTIME_HOME       data folder of the embedded defaults (~/.local/share/persona-runtime)
-  REDIS_URL                  Redis for the shared cache (unset: in-process cache, one instance)
+  REDIS_URL                  Redis or Redis Cluster for the shared cache (unset: in-process cache, one instance)
   REDIS_KEY_PREFIX           namespace of this deployment's Redis keys (persona-runtime:)
   OPENAI_API_KEY, OPENAI_BASE_URL          the openai provider (any OpenAI-compatible server)
   ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL    the anthropic provider
@@ -51,6 +51,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   METRICS                    off removes GET /metrics (on)
   SHUTDOWN_GRACE_SECONDS     after SIGTERM, how long streams may run on (25)
   DATABASE_POOL_SIZE         database connections per process (10)
+  DATABASE_POOL_MODE         transaction behind a transaction-mode pooler such as PgBouncer (session)
   PROVIDER_TIMEOUT           seconds a provider may stay silent (120)
   PROVIDER_MAX_CONNECTIONS   upstream connections per provider and worker (10000)
   PERSONA_LOCAL_CACHE_SECONDS   how long a process keeps personas in memory (1)
@@ -175,7 +176,7 @@ async def _database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         dsn = await asyncio.to_thread(embedded.start)
     try:
         await apply_migrations(dsn)
-        pool = await connect_pool(dsn, min_size=1, max_size=2)
+        pool = await connect_pool(dsn, min_size=1, max_size=2, pool_mode=settings.database_pool_mode)
         try:
             yield pool
         finally:
@@ -221,7 +222,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Namespace) -> int:
     # Writes go through Redis when there is one, so running instances drop their cached copies.
     cache: Cache = (
-        RedisCache.from_url(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url else MemoryCache()
+        await RedisCache.open(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url else MemoryCache()
     )
     try:
         store = PersonaStore(pool, cache)

@@ -8,11 +8,13 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 import asyncpg
 import msgspec
 
 from core.errors import ShuttingDown
+from core.redis_client import RedisClient, open_redis
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.porter import PersonaPorter
 from personas.service import PersonaService
@@ -50,8 +52,16 @@ class Resources:
     authoring: AuthoringService
     porter: PersonaPorter
     metrics: Metrics
+    # The one Redis client of this process (a cluster client for a Redis Cluster), or None without REDIS_URL.
+    # Typed loosely because the handlers' dependency check (msgspec) refuses a union of two client classes;
+    # ``redis`` gives it its type.
+    redis_client: Any = None
 
     draining: bool = False
+
+    @property
+    def redis(self) -> RedisClient | None:
+        return cast("RedisClient | None", self.redis_client)
 
     def begin_shutdown(self) -> None:
         """SIGTERM: ``/ready`` says 503 from now on, and streams still open after the grace are ended."""
@@ -93,15 +103,21 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             dsn = await asyncio.to_thread(embedded.start)
             stack.callback(embedded.stop)
         await apply_migrations(dsn)
-        pool = await connect_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        pool = await connect_pool(
+            dsn,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            pool_mode=settings.database_pool_mode,
+        )
         stack.push_async_callback(pool.close)
 
-        cache: Cache
-        cache = (
-            RedisCache.from_url(settings.redis_url, prefix=settings.redis_prefix)
-            if settings.redis_url
-            else MemoryCache()
-        )
+        redis: RedisClient | None = None
+        cache: Cache = MemoryCache()
+        if settings.redis_url:
+            # One client shared by everything that talks to Redis, closed after all of them.
+            redis = await open_redis(settings.redis_url)
+            stack.push_async_callback(redis.aclose)
+            cache = RedisCache(redis, prefix=settings.redis_prefix)
         stack.push_async_callback(cache.aclose)
 
         metrics = Metrics()
@@ -174,6 +190,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             authoring=AuthoringService(chat, PersonaTestStore(pool)),
             porter=PersonaPorter(personas, max_bytes=settings.import_max_bytes),
             metrics=metrics,
+            redis_client=redis,
         )
 
 
