@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-__all__ = ["REDIS_ERRORS", "RedisClient", "is_cluster", "open_redis"]
+__all__ = ["REDIS_ERRORS", "RedisClient", "is_cluster", "open_redis", "ping"]
 
 log = logging.getLogger("persona_runtime.redis")
 
@@ -31,6 +31,13 @@ _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 def is_cluster(client: RedisClient) -> bool:
     return isinstance(client, RedisCluster)
+
+
+async def ping(client: RedisClient) -> bool:
+    """Redis answers; on a cluster, every primary does (the cluster client's own PING asks one node only)."""
+    if isinstance(client, RedisCluster):
+        return bool(await client.ping(target_nodes=RedisCluster.PRIMARIES))
+    return bool(await client.ping())
 
 
 async def open_redis(

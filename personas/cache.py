@@ -19,7 +19,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
-from core.redis_client import REDIS_ERRORS, RedisClient, open_redis
+from core.redis_client import REDIS_ERRORS, RedisClient, open_redis, ping
 
 __all__ = ["Cache", "MemoryCache", "RedisCache"]
 
@@ -160,7 +160,7 @@ class RedisCache:
 
     async def ping(self) -> bool:
         try:
-            await self._redis.ping()
+            await ping(self._redis)
         except REDIS_ERRORS as exc:
             self._failed(exc)
             return False
@@ -190,7 +190,7 @@ class RedisCache:
                 if pending:
                     await self._redis.delete(*(self._prefix + k for k in pending))
                 else:
-                    await self._redis.ping()
+                    await ping(self._redis)
                 self._unflushed -= pending
                 if not self._unflushed:
                     break

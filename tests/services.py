@@ -197,7 +197,9 @@ class RedisClusterProcess:
             [
                 *(server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
                 *("--cluster-enabled", "yes", "--cluster-config-file", str(self._dir / f"nodes-{port}.conf")),
-                *("--cluster-node-timeout", "2000", "--dir", str(self._dir), "--logfile", str(log)),
+                # The bus port is a free one too: the default (port + 10000) may be taken or past 65535.
+                *("--cluster-port", str(free_port()), "--cluster-node-timeout", "2000"),
+                *("--dir", str(self._dir), "--logfile", str(log)),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -219,6 +221,10 @@ class RedisClusterProcess:
         finally:
             for c in clients:
                 c.close()
+
+    def stop_node(self, port: int) -> None:
+        """Stop one node: the slots it holds have no server until it is back."""
+        _stop(self._processes.pop(port))
 
     def close(self) -> None:
         for process in self._processes.values():

@@ -11,6 +11,7 @@ from core.redis_client import open_redis
 from personas.cache import RedisCache
 from personas.entries import persona_key
 from tests.conftest import make_settings, persona_body, running
+from tests.services import RedisClusterProcess
 
 BASE = "/api/v1/chat/personas"
 
@@ -71,3 +72,24 @@ async def test_one_delete_of_keys_held_by_different_nodes_removes_them_all(redis
     finally:
         await cache.aclose()
         await watcher.aclose()
+
+
+async def test_ready_says_redis_is_unavailable_when_one_node_is_down_and_requests_still_succeed(
+    database_url, make_user
+):
+    cluster = RedisClusterProcess()  # this test's own: it stops a node
+    try:
+        await asyncio.to_thread(cluster.start)
+        alice = await make_user("alice")
+        async with running(create_app(make_settings(database_url, cluster.url))) as api:
+            assert (await api.get("/ready")).json()["checks"]["redis"] == "ok"
+            persona = (await api.post(BASE, json=persona_body(), headers=alice.headers)).json()["persona"]
+            # The node that is not the one REDIS_URL names: the cluster client's own PING would not notice it.
+            cluster.stop_node(cluster.ports[-1])
+            ready = await api.get("/ready")
+            assert ready.status_code == 503 and ready.json()["checks"]["redis"] == "unavailable"
+            for _ in range(3):
+                r = await api.get(f"{BASE}/{persona['id']}", headers=alice.headers)
+                assert r.status_code == 200
+    finally:
+        await asyncio.to_thread(cluster.close)
