@@ -125,7 +125,14 @@ def test_version_and_help(tmp_path):
     assert version.returncode == 0 and version.stdout.startswith("persona-runtime ")
     helped = cli("--help")
     assert helped.returncode == 0
-    for variable in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY", "LOG_FORMAT", "PROVIDER_MAX_CONNECTIONS"):
+    for variable in (
+        "DATABASE_URL",
+        "DATABASE_POOL_MODE",
+        "REDIS_URL",
+        "OPENAI_API_KEY",
+        "LOG_FORMAT",
+        "PROVIDER_MAX_CONNECTIONS",
+    ):
         assert variable in helped.stdout
 
 
