@@ -1,4 +1,5 @@
-"""The persona cache: Redis when configured, else in-process. A cache failure never fails a request.
+"""The persona cache: Redis (a single server or a Redis Cluster) when configured, else in-process. A cache
+failure never fails a request.
 
 PostgreSQL is the truth and the cache may be flushed at any moment, so every method here degrades to
 "miss" or "no-op" on error. While Redis is unreachable the cache stops trying for a short while (so a
@@ -17,8 +18,8 @@ from collections import OrderedDict
 from typing import Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from core.redis_client import REDIS_ERRORS, RedisClient, open_redis, ping
 from personas.changes import UNHEARD_SECONDS
 
 __all__ = ["Cache", "MemoryCache", "RedisCache"]
@@ -84,10 +85,23 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Cache-aside on a shared Redis, so every instance sees the same entries and the same deletes."""
+    """Cache-aside on a shared Redis, so every instance sees the same entries and the same deletes.
 
-    def __init__(self, client: Redis, *, prefix: str = "persona-runtime:", retry_after: float = 1.0) -> None:
+    ``client`` may be a cluster client: every call here names one key, except the deletes, which the
+    cluster client splits by slot. A client handed in is the app's shared one and is left open by
+    :meth:`aclose` unless ``close_client`` says this cache owns it.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = "persona-runtime:",
+        retry_after: float = 1.0,
+        close_client: bool = False,
+    ) -> None:
         self._redis = client
+        self._close_client = close_client
         self._prefix = prefix
         self._retry_after = retry_after
         self._down_since: float | None = None
@@ -99,7 +113,12 @@ class RedisCache:
     def from_url(cls, url: str, *, prefix: str = "persona-runtime:") -> RedisCache:
         # Short timeouts: a slow cache must cost less than the database read it is meant to save.
         client = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=10)
-        return cls(client, prefix=prefix)
+        return cls(client, prefix=prefix, close_client=True)
+
+    @classmethod
+    async def open(cls, url: str, *, prefix: str = "persona-runtime:") -> RedisCache:
+        """A cache with a client of its own, a cluster client when ``url`` names a Redis Cluster."""
+        return cls(await open_redis(url), prefix=prefix, close_client=True)
 
     @property
     def available(self) -> bool:
@@ -110,7 +129,7 @@ class RedisCache:
             return None
         try:
             value = await self._redis.get(self._prefix + key)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             return None
         return value if isinstance(value, bytes) else None
@@ -120,7 +139,7 @@ class RedisCache:
             return
         try:
             await self._redis.set(self._prefix + key, value, ex=ttl)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
 
     async def delete(self, *keys: str) -> None:
@@ -130,7 +149,7 @@ class RedisCache:
             try:
                 await self._redis.delete(*(self._prefix + k for k in keys))
                 return
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
         self._unflushed.update(keys)
         self._replay_soon()
@@ -151,8 +170,8 @@ class RedisCache:
 
     async def ping(self) -> bool:
         try:
-            await self._redis.ping()
-        except (RedisError, OSError) as exc:
+            await ping(self._redis)
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             return False
         return await self._usable(force=True)
@@ -162,7 +181,8 @@ class RedisCache:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
-        await self._redis.aclose()
+        if self._close_client:
+            await self._redis.aclose()
 
     async def _usable(self, *, force: bool = False) -> bool:
         down_since = self._down_since
@@ -180,11 +200,11 @@ class RedisCache:
                 if pending:
                     await self._redis.delete(*(self._prefix + k for k in pending))
                 else:
-                    await self._redis.ping()
+                    await ping(self._redis)
                 self._unflushed -= pending
                 if not self._unflushed:
                     break
-        except (RedisError, OSError):
+        except REDIS_ERRORS:
             self._next_try = time.monotonic() + self._retry_after
             return False
         if self._down_since is not None:  # another request may have seen it back already

@@ -42,7 +42,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   DATABASE_LISTEN_URL        DSN for the connection that listens for other instances' changes, past a
                              transaction-mode pooler (DATABASE_URL)
   PERSONA_RUNTIME_HOME       data folder of the embedded defaults (~/.local/share/persona-runtime)
-  REDIS_URL                  Redis for the shared cache (unset: an in-process cache in each process)
+  REDIS_URL                  Redis or Redis Cluster for the shared cache (unset: an in-process cache in each process)
   REDIS_KEY_PREFIX           namespace of this deployment's Redis keys (persona-runtime:)
   OPENAI_API_KEY, OPENAI_BASE_URL          the openai provider (any OpenAI-compatible server)
   ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL    the anthropic provider
@@ -56,6 +56,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   STREAM_RETENTION_SECONDS   how long a finished chat stream can be replayed (600; 0 records none)
   STREAM_LEASE_SECONDS       silence after which a dead instance's answers are marked incomplete (30)
   DATABASE_POOL_SIZE         database connections per process (10)
+  DATABASE_POOL_MODE         transaction behind a transaction-mode pooler such as PgBouncer (session)
   PROVIDER_TIMEOUT           seconds a provider may stay silent (120)
   PROVIDER_MAX_CONNECTIONS   upstream connections per provider and worker (10000)
   PERSONA_LOCAL_CACHE_SECONDS   how long a process keeps personas in memory (1)
@@ -180,7 +181,7 @@ async def _database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         dsn = await asyncio.to_thread(embedded.start)
     try:
         await apply_migrations(dsn)
-        pool = await connect_pool(dsn, min_size=1, max_size=2)
+        pool = await connect_pool(dsn, min_size=1, max_size=2, pool_mode=settings.database_pool_mode)
         try:
             yield pool
         finally:
@@ -227,7 +228,7 @@ async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Names
     # Writes are announced to running instances, and go through Redis when there is one: they drop their
     # cached copies either way.
     cache: Cache = (
-        RedisCache.from_url(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url else MemoryCache()
+        await RedisCache.open(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url else MemoryCache()
     )
     try:
         store = PersonaStore(pool, cache, notify=notify)

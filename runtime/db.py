@@ -64,7 +64,16 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, pool_mode: str = "session") -> asyncpg.Pool:
+    """The pool; ``pool_mode="transaction"`` when ``dsn`` is a pooler in transaction mode (PgBouncer).
+
+    Such a pooler hands each transaction (each statement, outside one) to whichever server connection is
+    free, so a statement prepared under a name on one is unknown on the next. With the cache size at 0
+    asyncpg prepares nothing by name and sends each query's parse, bind and execute in one message batch,
+    which the pooler keeps on one server connection. Direct connections keep the cache: a cached
+    statement saves the parse on every query of the hot path.
+    """
+    extra: dict[str, Any] = {"statement_cache_size": 0} if pool_mode == "transaction" else {}
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -75,6 +84,7 @@ async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> as
         max_inactive_connection_lifetime=60,
         reset=_keep_session,
         connection_class=_Connection,
+        **extra,
     )
     assert pool is not None
     return pool

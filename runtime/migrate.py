@@ -62,37 +62,51 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 async def apply_migrations(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Apply what is pending and return it. Safe when several processes call it at once."""
+    """Apply what is pending and return it. Safe when several processes call it at once.
+
+    Each migration is applied in a transaction of its own that first takes the advisory lock, a
+    transaction-level one (``pg_advisory_xact_lock``), and checks what is applied again under it: a
+    session-level lock would be held by whichever server connection a transaction-mode pooler (PgBouncer)
+    lent for that statement, and its unlock sent down another one. So migrations run the same through such
+    a pooler as on a direct connection.
+    """
     migrations = load_migrations(directory)
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, statement_cache_size=0)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
-        try:
-            await conn.execute(_CREATE_TABLE)
-            applied = {row["version"]: row for row in await conn.fetch(_APPLIED)}
-            known = {m.version for m in migrations}
-            for version in applied.keys() - known:
-                raise MigrationError(
-                    f"the database has migration {version} ({applied[version]['name']}) that this code "
-                    "does not know: run a newer release"
-                )
-            pending = []
-            for migration in migrations:
-                row = applied.get(migration.version)
-                if row is None:
-                    pending.append(migration)
-                elif row["checksum"] != migration.checksum:
-                    raise MigrationError(
-                        f"migration {migration.version:04d}_{migration.name}.sql was edited after it was "
-                        "applied; migrations are forward-only: restore the file and add a new one"
-                    )
-            for migration in pending:
-                async with conn.transaction():
-                    await conn.execute(migration.sql)
-                    await conn.execute(_RECORD, migration.version, migration.name, migration.checksum)
-                log.info("applied migration %04d_%s", migration.version, migration.name)
-            return pending
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+        applied: list[Migration] = []
+        while True:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+                pending = await _pending(conn, migrations)
+                if not pending:
+                    return applied
+                migration = pending[0]
+                await conn.execute(migration.sql)
+                await conn.execute(_RECORD, migration.version, migration.name, migration.checksum)
+            log.info("applied migration %04d_%s", migration.version, migration.name)
+            applied.append(migration)
     finally:
         await conn.close()
+
+
+async def _pending(conn: asyncpg.Connection, migrations: list[Migration]) -> list[Migration]:
+    """The migrations the database lacks, oldest first; refused when it and the files disagree."""
+    await conn.execute(_CREATE_TABLE)
+    applied = {row["version"]: row for row in await conn.fetch(_APPLIED)}
+    known = {m.version for m in migrations}
+    for version in applied.keys() - known:
+        raise MigrationError(
+            f"the database has migration {version} ({applied[version]['name']}) that this code "
+            "does not know: run a newer release"
+        )
+    pending = []
+    for migration in migrations:
+        row = applied.get(migration.version)
+        if row is None:
+            pending.append(migration)
+        elif row["checksum"] != migration.checksum:
+            raise MigrationError(
+                f"migration {migration.version:04d}_{migration.name}.sql was edited after it was "
+                "applied; migrations are forward-only: restore the file and add a new one"
+            )
+    return pending

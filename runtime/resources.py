@@ -8,13 +8,14 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, cast
 from uuid import UUID
 
 import asyncpg
 import msgspec
-from redis.asyncio import Redis
 
 from core.errors import Conflict, ShuttingDown
+from core.redis_client import RedisClient, open_redis
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.changes import PERSONA_SIGNAL
 from personas.porter import PersonaPorter
@@ -63,7 +64,16 @@ class Resources:
     streams: StreamRecorder
     leases: Leases
 
+    # The one Redis client of this process (a cluster client for a Redis Cluster), or None without REDIS_URL.
+    # Typed loosely because the handlers' dependency check (msgspec) refuses a union of two client classes;
+    # ``redis`` gives it its type.
+    redis_client: Any = None
+
     draining: bool = False
+
+    @property
+    def redis(self) -> RedisClient | None:
+        return cast("RedisClient | None", self.redis_client)
 
     async def tell_instances(self, kind: str, payload: str) -> None:
         """A signal to every instance (this one too), through PostgreSQL: present with or without Redis."""
@@ -134,15 +144,21 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             dsn = await asyncio.to_thread(embedded.start)
             stack.callback(embedded.stop)
         await apply_migrations(dsn)
-        pool = await connect_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        pool = await connect_pool(
+            dsn,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            pool_mode=settings.database_pool_mode,
+        )
         stack.push_async_callback(pool.close)
 
-        cache: Cache
-        cache = (
-            RedisCache.from_url(settings.redis_url, prefix=settings.redis_prefix)
-            if settings.redis_url
-            else MemoryCache()
-        )
+        redis: RedisClient | None = None
+        cache: Cache = MemoryCache()
+        if settings.redis_url:
+            # One client shared by everything that talks to Redis, closed after all of them.
+            redis = await open_redis(settings.redis_url)
+            stack.push_async_callback(redis.aclose)
+            cache = RedisCache(redis, prefix=settings.redis_prefix)
         stack.push_async_callback(cache.aclose)
 
         metrics = Metrics()
@@ -228,12 +244,8 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             leases=leases,
         )
         stack.push_async_callback(chat.aclose)
-        stream_redis = None
-        if settings.redis_url:
-            stream_redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
-            stack.push_async_callback(stream_redis.aclose)
         streams = StreamRecorder(
-            stream_redis,
+            redis,
             prefix=settings.redis_prefix,
             retention=settings.stream_retention_seconds,
             spawn=chat.spawn,
@@ -255,6 +267,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             signals=signals,
             streams=streams,
             leases=leases,
+            redis_client=redis,
         )
 
 

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import msgspec
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["POOL_MODES", "Settings", "SettingsError"]
+
+# How connections reach PostgreSQL (DATABASE_POOL_MODE): `session`, a connection of our own per pooled
+# connection (direct, or a pooler in session mode); `transaction`, a pooler such as PgBouncer in
+# transaction mode, which hands each transaction to any server connection.
+POOL_MODES = ("session", "transaction")
 
 
 class SettingsError(ValueError):
@@ -33,6 +38,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     bootstrap_admin: bool = True
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # `transaction` turns off asyncpg's named prepared statements, which a transaction-mode pooler (PgBouncer
+    # 1.18) cannot carry from one transaction's server connection to the next.
+    database_pool_mode: str = "session"
     # How long an API key lookup is trusted before it is checked again: revocations are announced to every
     # instance, so this bounds how late one bites only if that announcement is missed.
     key_cache_seconds: float = 1.0
@@ -105,6 +113,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             port=int(number("PORT", 8666)),
             bootstrap_admin_key=text("BOOTSTRAP_ADMIN_KEY"),
             db_pool_max=int(number("DATABASE_POOL_SIZE", 10)),
+            database_pool_mode=_pool_mode(text("DATABASE_POOL_MODE")),
             persona_local_cache_seconds=float(number("PERSONA_LOCAL_CACHE_SECONDS", 1.0, float)),
             history_turns=int(number("HISTORY_TURNS", 20)),
             max_message_chars=int(number("MAX_MESSAGE_CHARS", 32_000)),
@@ -127,6 +136,18 @@ def _log_format(value: str | None) -> str:
     if fmt not in ("text", "json"):
         raise SettingsError(f"LOG_FORMAT must be `text` or `json`, got {value!r}")
     return fmt
+
+
+def _pool_mode(value: str | None) -> str:
+    mode = (value or "session").lower()
+    if mode == "statement":
+        raise SettingsError(
+            "DATABASE_POOL_MODE=statement is not supported: chat turns and persona writes need multi-statement "
+            "transactions; run the pooler in transaction mode and set DATABASE_POOL_MODE=transaction"
+        )
+    if mode not in POOL_MODES:
+        raise SettingsError(f"DATABASE_POOL_MODE must be `session` or `transaction`, got {value!r}")
+    return mode
 
 
 def _redact(value: object) -> object:

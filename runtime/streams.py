@@ -23,9 +23,9 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import msgspec
-from redis.exceptions import RedisError
 
 from core.errors import StreamExpired
+from core.redis_client import REDIS_ERRORS
 
 __all__ = ["Recording", "StreamRecorder", "final_frame", "frame"]
 
@@ -242,7 +242,7 @@ class StreamRecorder:
         or None when the stream has no entries."""
         try:
             entries = await self._redis.xrange(self.key(message_id), min=start)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self.failed(exc)
             return None
         if not entries:
@@ -272,7 +272,7 @@ class StreamRecorder:
                 return
             try:
                 found = await self._redis.xread({key: last_id}, block=250)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 self.failed(exc)
                 await asyncio.sleep(self._retry_after)
                 found = None
@@ -401,7 +401,7 @@ class _RedisWriter:
                             await pipe.execute()
                     else:
                         await redis.xadd(self._key, fields, maxlen=_MAX_ENTRIES, approximate=True)
-                except (RedisError, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     self.missed = True
                     recorder.failed(exc)
                     return

@@ -26,7 +26,7 @@ from tests.fakellm import FakeLLM
 from tests.proxy import TcpProxy
 from tests.services import RedisProcess, env_url, free_port
 
-pytest_plugins = ["tests.fakellm_plugin"]
+pytest_plugins = ["tests.fakellm_plugin", "tests.cluster"]
 
 # Provider keys the tests hand to the runtime: they must never show up in a log or an answer.
 OPENAI_TEST_KEY = "sk-test-openai-key-4c6f5e1d"

@@ -128,6 +128,7 @@ def test_version_and_help(tmp_path):
     for variable in (
         "DATABASE_URL",
         "DATABASE_LISTEN_URL",
+        "DATABASE_POOL_MODE",
         "REDIS_URL",
         "OPENAI_API_KEY",
         "LOG_FORMAT",

@@ -1,0 +1,78 @@
+"""One Redis client for the whole app: a single server or a Redis Cluster, told apart when it connects.
+
+``REDIS_URL`` stays an ordinary ``redis://`` (or ``rediss://``) URL either way: the server is asked
+``INFO cluster`` once, and a ``cluster_enabled:1`` answer gets a cluster client, which sends each
+command to the node that holds its key's slot and splits multi-key commands (``DEL a b c``) by slot.
+The scheme ``redis+cluster://`` (``rediss+cluster://``) says "cluster" without asking, for a cluster
+that may be unreachable when the process starts: without it, an unreachable server is taken for a
+single one (the cache works without Redis meanwhile; a restart picks the right client).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeAlias
+
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+
+__all__ = ["REDIS_ERRORS", "RedisClient", "is_cluster", "open_redis", "ping"]
+
+log = logging.getLogger("persona_runtime.redis")
+
+RedisClient: TypeAlias = Redis | RedisCluster
+
+# What a Redis call raises when the server (or a cluster node) is out of reach or misbehaves: the cluster
+# client's own errors ("no reachable node", "slot not covered") do not derive from RedisError.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster(client: RedisClient) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+async def ping(client: RedisClient) -> bool:
+    """Redis answers; on a cluster, every primary does (the cluster client's own PING asks one node only)."""
+    if isinstance(client, RedisCluster):
+        return bool(await client.ping(target_nodes=RedisCluster.PRIMARIES))
+    return bool(await client.ping())
+
+
+async def open_redis(
+    url: str,
+    *,
+    socket_timeout: float | None = 0.5,
+    socket_connect_timeout: float | None = 0.5,
+    health_check_interval: float = 10,
+) -> RedisClient:
+    """A client for ``url``: ``RedisCluster`` when the server says it is a cluster node, else ``Redis``.
+
+    The short default timeouts suit the cache, whose every call must cost less than the database read it
+    saves; a caller that blocks on purpose (``XREAD BLOCK``) asks for longer ones.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_connect_timeout,
+        "health_check_interval": health_check_interval,
+    }
+    scheme, _, rest = url.partition("://")
+    if scheme in _CLUSTER_SCHEMES:
+        log.info("Redis Cluster (named by the %s:// scheme)", scheme)
+        return RedisCluster.from_url(f"{_CLUSTER_SCHEMES[scheme]}://{rest}", **options)
+    single = Redis.from_url(url, **options)
+    try:
+        info = await single.info("cluster")
+    except REDIS_ERRORS as exc:
+        log.warning(
+            "Redis did not answer at start-up (%s); using it as a single server. If REDIS_URL names a Redis "
+            "Cluster, write it as redis+cluster://... so that the cluster client is used from the start",
+            type(exc).__name__,
+        )
+        return single
+    if not info.get("cluster_enabled"):
+        return single
+    await single.aclose()
+    log.info("Redis Cluster detected (INFO cluster: cluster_enabled:1)")
+    return RedisCluster.from_url(url, **options)
