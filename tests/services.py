@@ -299,6 +299,13 @@ class PgBouncerProcess:
             for path in self._dir.iterdir():
                 os.chmod(path, 0o644)
             command[1:1] = ["-u", "nobody"]
+            if self._server_host.startswith("/"):
+                # The session's embedded PostgreSQL listens on a socket in a private temporary folder: let
+                # `nobody` through the folders on the way to it (not read them).
+                folder = Path(self._server_host)
+                while folder != folder.parent and not (folder.stat().st_mode & 0o001):
+                    os.chmod(folder, folder.stat().st_mode | 0o011)
+                    folder = folder.parent
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port, self._process, "pgbouncer", log)
 
