@@ -63,6 +63,8 @@ SWEEP_ABANDONED = """
 UPDATE messages SET status = 'incomplete', lease_until = NULL, error = $1
 WHERE status = 'pending' AND lease_until < clock_timestamp()
 RETURNING id"""
+# What an abandoned answer had said, from its stream's recording (only if nothing was saved meanwhile).
+KEEP_PARTIAL = "UPDATE messages SET content = $2 WHERE id = $1 AND status = 'incomplete' AND content = ''"
 # A cancel nobody answered: the answer's instance is gone, or its lease is about to say so.
 INTERRUPT_IF_ABANDONED = """
 UPDATE messages SET status = 'incomplete', lease_until = NULL, error = $2
@@ -236,6 +238,9 @@ class ConversationStore:
     async def sweep(self) -> list[UUID]:
         """Mark incomplete every pending answer whose lease ran out; their ids."""
         return [r["id"] for r in await self._pool.fetch(SWEEP_ABANDONED, _ABANDONED)]
+
+    async def keep_partial(self, message_id: UUID, content: str) -> None:
+        await self._pool.execute(KEEP_PARTIAL, message_id, content)
 
     async def interrupt_if_abandoned(self, message_id: UUID) -> bool:
         result = await self._pool.execute(INTERRUPT_IF_ABANDONED, message_id, _ABANDONED)

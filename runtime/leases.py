@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from runtime.conversations import ConversationStore
@@ -25,8 +25,14 @@ log = logging.getLogger("persona_runtime.leases")
 class Leases:
     """The answers this instance is generating, with how to stop each (for a cancel from any instance)."""
 
-    def __init__(self, conversations: ConversationStore) -> None:
+    def __init__(
+        self,
+        conversations: ConversationStore,
+        said: Callable[[UUID], Awaitable[str | None]] | None = None,
+    ) -> None:
+        """``said(message_id)`` recovers what an abandoned answer had streamed (from its recording)."""
         self._conversations = conversations
+        self.said = said
         self._held: dict[UUID, Callable[[], None] | None] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -73,6 +79,11 @@ class Leases:
         if self._held:
             await self._conversations.renew(list(self._held))
         swept = await self._conversations.sweep()
+        if swept and self.said is not None:
+            for message_id in swept:
+                text = await self.said(message_id)
+                if text:
+                    await self._conversations.keep_partial(message_id, text)
         if swept:
             log.warning(
                 "%d answer(s) left pending by a stopped instance marked incomplete: %s",

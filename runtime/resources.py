@@ -250,6 +250,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             retention=settings.stream_retention_seconds,
             spawn=chat.spawn,
         )
+        leases.said = streams.said
         yield Resources(
             settings=settings,
             pool=pool,

@@ -295,6 +295,20 @@ class StreamRecorder:
                     quiet_since = now
                     yield HEARTBEAT
 
+    async def said(self, message_id: UUID) -> str | None:
+        """The answer text a recording in Redis holds (its ``content`` events joined), or None without one."""
+        if self._redis is None or not self.redis_usable():
+            return None
+        found = await self._read(message_id, "-", 0)
+        if found is None:
+            return None
+        pieces = []
+        for piece in found[0]:
+            if piece.startswith(b"event: content\n"):
+                data = piece.split(b"\ndata: ", 1)[1]
+                pieces.append(msgspec.json.decode(data)["content"])
+        return "".join(pieces)
+
     # Redis health ----------------------------------------------------------------------------------
 
     def redis_usable(self) -> bool:

@@ -177,6 +177,8 @@ async def _scale_out(
         "LOG_LEVEL": "WARNING",
         "SHUTDOWN_GRACE_SECONDS": "1",
         "SSE_HEARTBEAT_SECONDS": "0.5",
+        # An instance killed mid-answer has its answers marked incomplete by the others within seconds.
+        "STREAM_LEASE_SECONDS": "1.5",
     }
     log_dir = Path(tempfile.mkdtemp(prefix="prt-scale-out-"))
     instances = [ServeInstance(f"runtime{n}", env, log_dir) for n in (1, 2, 3)]
