@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 from redis.asyncio import Redis, RedisCluster
 
 from api.app import create_app
 from core.redis_client import open_redis
 from personas.cache import RedisCache
 from personas.entries import persona_key
-from tests.conftest import make_settings, persona_body, running
+from tests.conftest import llm_env, make_settings, persona_body, running, serving
 from tests.services import RedisClusterProcess
+from tests.sse import parse_sse
 
 BASE = "/api/v1/chat/personas"
 
@@ -93,3 +95,39 @@ async def test_ready_says_redis_is_unavailable_when_one_node_is_down_and_request
                 assert r.status_code == 200
     finally:
         await asyncio.to_thread(cluster.close)
+
+
+async def test_a_stream_recorded_on_one_instance_is_resumed_on_another_through_the_cluster(
+    database_url, redis_cluster, make_user, fake_llm
+):
+
+    alice = await make_user("alice")
+    settings = make_settings(database_url, redis_cluster.url, env=llm_env(fake_llm))
+    fake_llm.script(chunks=tuple(f"slot{n} " for n in range(8)), chunk_delay=0.1)
+    body = {"message": "across the cluster", "stream": True, "resumable": True}
+    async with serving(create_app(settings)) as one_url, serving(create_app(settings)) as two_url:
+        async with (
+            httpx.AsyncClient(base_url=one_url, headers=alice.headers, timeout=30) as one,
+            one.stream("POST", "/api/v1/chat", json=body) as response,
+        ):
+            text = ""
+            async for chunk in response.aiter_text():
+                text += chunk
+                if len(parse_sse(text)[0]) >= 3:
+                    break
+        seen = parse_sse(text)[0][:3]
+        start = seen[0].json
+        async with httpx.AsyncClient(base_url=two_url, headers=alice.headers, timeout=30) as two:
+            resumed = await two.get(
+                f"/api/v1/chat/messages/{start['message_id']}/events", headers={"Last-Event-ID": seen[-1].id}
+            )
+            rest, _ = parse_sse(resumed.text)
+            stored = (await two.get(f"/api/v1/chat/conversations/{start['conversation_id']}")).json()["messages"][-1]
+    said = "".join(e.json["content"] for e in [*seen, *rest] if e.event == "content")
+    assert rest[-2].event == "done" and said == stored["content"] == "".join(f"slot{n} " for n in range(8))
+    # The recording is one key on one node, named with the message's hash tag.
+    cluster = RedisCluster.from_url(redis_cluster.url)
+    try:
+        assert await cluster.exists(f"{settings.redis_prefix}stream:{{{start['message_id']}}}") == 1
+    finally:
+        await cluster.aclose()
