@@ -11,6 +11,7 @@ Every error a client can see is a ``PersonaRuntimeError`` subclass with a snake_
     ├── Forbidden                        403 forbidden
     ├── NotFound                         404 not_found
     ├── Conflict                         409 conflict
+    ├── RateLimited                      429 rate_limited       (a key's or persona's limit; carries ``retry_after``)
     ├── ServiceUnavailable               503 service_unavailable
     │   └── DatabaseUnavailable          503 database_unavailable (carries ``retry_after``)
     └── ProviderError                    502 provider_error     (upstream LLM failed)
@@ -41,6 +42,7 @@ __all__ = [
     "ProviderRejected",
     "ProviderTimeout",
     "ProviderUnavailable",
+    "RateLimited",
     "ServiceUnavailable",
     "ShuttingDown",
     "Unauthorized",
@@ -91,6 +93,21 @@ class NotFound(PersonaRuntimeError):
 class Conflict(PersonaRuntimeError):
     code = "conflict"
     status = 409
+
+
+class RateLimited(PersonaRuntimeError):
+    """A rate limit or token budget of the key or the persona is used up: retry in ``retry_after`` seconds.
+
+    ``scope`` says whose limit it is: ``key`` or ``persona``.
+    """
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float, scope: str, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+        self.scope = scope
 
 
 class ServiceUnavailable(PersonaRuntimeError):

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import asyncpg
 import msgspec
+from redis.asyncio import Redis
 
 from core.errors import ShuttingDown
 from personas.cache import Cache, MemoryCache, RedisCache
+from personas.models import Limits
 from personas.porter import PersonaPorter
 from personas.service import PersonaService
 from personas.store import PersonaStore
@@ -25,6 +27,7 @@ from runtime.authoring import AuthoringService
 from runtime.conversations import ConversationStore
 from runtime.db import connect_pool
 from runtime.embedded import EmbeddedPostgres
+from runtime.limits import Limiter
 from runtime.metrics import Metrics
 from runtime.migrate import apply_migrations
 from runtime.pipeline import ChatPipeline
@@ -50,6 +53,7 @@ class Resources:
     authoring: AuthoringService
     porter: PersonaPorter
     metrics: Metrics
+    limiter: Limiter
 
     draining: bool = False
 
@@ -110,6 +114,22 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
         def looked_up(layer: str, result: str) -> None:
             metrics.cache_requests.labels(layer=layer, result=result).inc()
 
+        counters: Redis | None = None
+        if settings.redis_url:
+            # The limits' own connections: a slow counter store must cost a request little, and never fail it.
+            counters = Redis.from_url(
+                settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=10
+            )
+            stack.push_async_callback(counters.aclose)
+        limiter = Limiter(
+            counters,
+            prefix=settings.redis_prefix,
+            defaults=Limits(
+                requests_per_minute=settings.key_requests_per_minute, tokens_per_day=settings.key_tokens_per_day
+            ),
+            on_refused=lambda scope: metrics.rate_limited.labels(scope=scope).inc(),
+        )
+
         accounts = Accounts(pool)
         if settings.bootstrap_admin:
             await _bootstrap_admin(accounts, settings)
@@ -158,6 +178,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             history_messages=settings.history_turns * 2,
             max_message_chars=settings.max_message_chars,
             metrics=metrics,
+            limiter=limiter,
         )
         stack.push_async_callback(chat.aclose)
         yield Resources(
@@ -174,6 +195,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             authoring=AuthoringService(chat, PersonaTestStore(pool)),
             porter=PersonaPorter(personas, max_bytes=settings.import_max_bytes),
             metrics=metrics,
+            limiter=limiter,
         )
 
 
