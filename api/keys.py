@@ -62,9 +62,10 @@ class KeyController(Controller):
 
     @post("/")
     async def create_key(
-        self, data: JSONBody[CreateKeyRequest], caller: CallerDep, accounts: AccountsDep
+        self, data: JSONBody[CreateKeyRequest], caller: CallerDep, resources: ResourcesDep
     ) -> CreateKeyResponse:
-        key, record = await accounts.create_key(
+        resources.limiter.check_chosen(data.limits, caller)
+        key, record = await resources.accounts.create_key(
             caller.user_id, name=data.name, expires_in_days=data.expires_in_days, limits=data.limits
         )
         return CreateKeyResponse(key=key, api_key=_out(record))

@@ -28,7 +28,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from core.errors import RateLimited
+from core.errors import Forbidden, RateLimited
 from personas.models import Caller, Limits, Persona
 
 __all__ = [
@@ -239,6 +239,20 @@ class Limiter:
             tokens_per_minute=own.tokens_per_minute or defaults.tokens_per_minute,
             tokens_per_day=own.tokens_per_day or defaults.tokens_per_day,
         )
+
+    def check_chosen(self, limits: Limits | None, caller: Caller) -> None:
+        """A user may give a key of their own tighter limits than the defaults; only an admin may loosen them
+        (or, since a limit left out means the default, set them on another user's key)."""
+        if caller.is_admin or limits is None:
+            return
+        for name, default in msgspec.structs.asdict(self.defaults).items():
+            chosen = getattr(limits, name)
+            if default is not None and chosen is not None and chosen > default:
+                raise Forbidden(
+                    f"`limits.{name}` is above this server's default of {default}: only an admin may give a key "
+                    "looser limits. Leave it out for the default, or ask an admin.",
+                    field=f"limits.{name}",
+                )
 
     def _scopes(self, caller: Caller, personas: Sequence[Persona]) -> list[_Scope]:
         scopes: list[_Scope] = []
