@@ -8,13 +8,17 @@ flight and no further: a request is refused only when a budget is already spent.
 
 On Redis every scope is one Lua script call that reads its counters and counts the request, all keys of a
 scope under one hash tag (``{rl:key:<id>}``), so it runs on a Redis Cluster too; the scopes of a request go
-in one pipeline, one round trip. While Redis is unreachable each process counts on its own (the outage is
-logged once, Redis is tried again a second later): limits never vanish, and a request never fails because
-the counter store did. A request no limit applies to costs nothing here.
+in one pipeline, one round trip. A turn's tokens ride along with the next check of its scope (which so
+sees them), or are sent by a background flush within ``FLUSH_SECONDS``, whichever comes first: one round
+trip per request in all, and other instances see the tokens at most that late. While Redis is unreachable
+each process counts on its own (the outage is logged once, Redis is tried again a second later): limits
+never vanish, and a request never fails because the counter store did. A request no limit applies to costs
+nothing here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import math
@@ -48,14 +52,28 @@ DAY = 86_400
 # window's end works; a little more leaves room for clocks a few seconds apart).
 _MINUTE_TTL = 2 * MINUTE
 _DAY_TTL = DAY + 3_600
+# Longest a turn's tokens wait in this process for the next check of their scope before they are sent.
+FLUSH_SECONDS = 0.25
+# A counter store slower than this counts as down for the request (per-process counting takes over).
+_REDIS_TIMEOUT = 0.5
 
-# Reads the scope's three counters and, unless a limit is reached, counts ``cost`` requests. A limit of 0
-# is none. Returns {refused (0, 1 requests, 2 tokens a minute, 3 tokens a day), requests, tokens, tokens today}.
+# Adds the scope's tokens not counted yet (ARGV[6]), reads its three counters and, unless a limit is reached,
+# counts ``cost`` requests. A limit of 0 is none. Returns {refused (0, 1 requests, 2 tokens a minute, 3 tokens
+# a day), requests, tokens, tokens today}.
 ADMIT_SCRIPT = """
 local rpm, tpm, tpd, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local spent = tonumber(ARGV[6])
 local r = tonumber(redis.call('GET', KEYS[1]) or '0')
-local t = tonumber(redis.call('GET', KEYS[2]) or '0')
-local d = tonumber(redis.call('GET', KEYS[3]) or '0')
+local t, d
+if spent > 0 then
+  t = redis.call('INCRBY', KEYS[2], spent)
+  if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+  d = redis.call('INCRBY', KEYS[3], spent)
+  if redis.call('TTL', KEYS[3]) < 0 then redis.call('EXPIRE', KEYS[3], ARGV[7]) end
+else
+  t = tonumber(redis.call('GET', KEYS[2]) or '0')
+  d = tonumber(redis.call('GET', KEYS[3]) or '0')
+end
 local refused = 0
 if rpm > 0 and r + cost > rpm then refused = 1
 elseif tpm > 0 and t >= tpm then refused = 2
@@ -192,14 +210,14 @@ class Admission:
         self._windows = windows
         self.headers = headers
 
-    def spend(self, persona_id: UUID, tokens: int, spawn: Spawn) -> None:
-        """Count a turn's ``tokens`` against the key and the persona it spoke as, in the background."""
+    def spend(self, persona_id: UUID, tokens: int) -> None:
+        """Count a turn's ``tokens`` against the key and the persona it spoke as (sent in the background)."""
         if tokens <= 0:
             return
         prefix = f"rl:persona:{persona_id}:"
-        scopes = [s for s in self._scopes if s.kind == "key" or s.tag.startswith(prefix)]
-        if scopes:
-            spawn(self._limiter.add_tokens(scopes, tokens))
+        for scope in self._scopes:
+            if scope.kind == "key" or scope.tag.startswith(prefix):
+                self._limiter.add_tokens(scope.tag, tokens)
 
 
 class Limiter:
@@ -224,6 +242,10 @@ class Limiter:
         self._next_try = 0.0
         self._admit_sha: str | None = None
         self._add_sha: str | None = None
+        # Tokens of finished turns not sent to Redis yet, by scope tag; and the task that will send them.
+        self._pending: dict[str, int] = {}
+        self._flusher: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # Which limits apply ---------------------------------------------------------------------------
 
@@ -304,17 +326,23 @@ class Limiter:
     ) -> list[_Reading]:
         if self._usable():
             assert self._redis is not None
+            spent = [self._pending.pop(s.tag, 0) for s in scopes]
             try:
-                return await self._read_redis(scopes, keys, windows)
+                async with asyncio.timeout(_REDIS_TIMEOUT):
+                    return await self._read_redis(scopes, keys, spent)
             except (RedisError, OSError) as exc:
                 self._failed(exc)
+                for scope, tokens in zip(scopes, spent, strict=True):
+                    self._count_here(scope.tag, tokens, now)
         return [self._local.admit(k, s, now) for s, k in zip(scopes, keys, strict=True)]
 
     async def _read_redis(
-        self, scopes: list[_Scope], keys: list[tuple[str, str, str]], windows: _Windows
+        self, scopes: list[_Scope], keys: list[tuple[str, str, str]], spent: list[int]
     ) -> list[_Reading]:
-        assert self._redis is not None
-        calls = [(list(k), [*_limit_args(s.limits), s.cost, _MINUTE_TTL]) for s, k in zip(scopes, keys, strict=True)]
+        calls = [
+            (list(k), [*_limit_args(s.limits), s.cost, _MINUTE_TTL, tokens, _DAY_TTL])
+            for s, k, tokens in zip(scopes, keys, spent, strict=True)
+        ]
         results = await self._run(ADMIT_SCRIPT, "_admit_sha", calls)
         self._recovered()
         return [
@@ -354,31 +382,71 @@ class Limiter:
 
     # Counting afterwards ----------------------------------------------------------------------------
 
-    async def add_tokens(self, scopes: Sequence[_Scope], tokens: int) -> None:
-        """Add a turn's tokens to the windows of now (the turn may have run into the next minute)."""
+    def add_tokens(self, tag: str, tokens: int) -> None:
+        """Count a turn's tokens in the scope ``tag``: with the scope's next check, or the flush soon after."""
+        if self._redis is None or self._down_since is not None:
+            self._count_here(tag, tokens, time.time())
+            return
+        self._pending[tag] = self._pending.get(tag, 0) + tokens
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_soon)
+
+    def _count_here(self, tag: str, tokens: int, now: float) -> None:
+        if tokens:
+            _, t, d = _Windows(now).keys(self._prefix, tag)
+            self._local.add(t, tokens, _MINUTE_TTL, now)
+            self._local.add(d, tokens, _DAY_TTL, now)
+
+    def _flush_soon(self) -> None:
+        self._flusher = None
+        task = asyncio.get_running_loop().create_task(self.flush())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def flush(self) -> None:
+        """Send the tokens no check has taken along yet (in one round trip)."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
         now = time.time()
         windows = _Windows(now)
         calls = []
-        for scope in scopes:
-            _, t, d = windows.keys(self._prefix, scope.tag)
+        for tag, tokens in pending.items():
+            _, t, d = windows.keys(self._prefix, tag)
             calls.append(([t, d], [tokens, _MINUTE_TTL, _DAY_TTL]))
-        await self._add(calls, now)
+        if await self._add(calls):
+            return
+        for tag, tokens in pending.items():
+            self._count_here(tag, tokens, now)
+
+    async def aclose(self) -> None:
+        """At shutdown: send the tokens still waiting."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        await self.flush()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _take_back(self, scopes: Sequence[_Scope], windows: _Windows) -> None:
         calls = [([windows.keys(self._prefix, s.tag)[0]], [-s.cost, _MINUTE_TTL]) for s in scopes]
-        await self._add(calls, time.time())
+        if not await self._add(calls):
+            now = time.time()
+            for keys, args in calls:
+                self._local.add(keys[0], args[0], _MINUTE_TTL, now)
 
-    async def _add(self, calls: list[tuple[list[str], list[Any]]], now: float) -> None:
-        if self._usable():
-            try:
+    async def _add(self, calls: list[tuple[list[str], list[Any]]]) -> bool:
+        """Run the adding script for each call on Redis; False when it cannot be reached."""
+        if not self._usable():
+            return False
+        try:
+            async with asyncio.timeout(_REDIS_TIMEOUT):
                 await self._run(ADD_SCRIPT, "_add_sha", calls)
-                self._recovered()
-                return
-            except (RedisError, OSError) as exc:
-                self._failed(exc)
-        for keys, args in calls:
-            for key, ttl in zip(keys, args[1:], strict=True):
-                self._local.add(key, args[0], ttl, now)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return False
+        self._recovered()
+        return True
 
     async def usage(self, key_ids: Sequence[UUID]) -> list[KeyUsage]:
         """What each key used in the current windows (zeros for a key nothing counts)."""
@@ -391,7 +459,8 @@ class Limiter:
                 pipe = self._redis.pipeline(transaction=False)
                 for keys in names:
                     pipe.mget(keys)
-                found = await pipe.execute()
+                async with asyncio.timeout(_REDIS_TIMEOUT):
+                    found = await pipe.execute()
                 self._recovered()
                 return [KeyUsage(**_usage(values)) for values in found]
             except (RedisError, OSError) as exc:

@@ -323,7 +323,7 @@ class Turn:
         now = time.monotonic()
         start, usage = self.start, self.said.usage
         if self.admission is not None and usage is not None:
-            self.admission.spend(start.persona.id, usage.input_tokens + usage.output_tokens, self.spawn)
+            self.admission.spend(start.persona.id, usage.input_tokens + usage.output_tokens)
         metrics = self.metrics
         if metrics is not None:
             metrics.streams_in_flight.dec()
