@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import anthropic
 import httpx
+import msgspec
 import openai
 import pytest
 import redis.asyncio as aioredis
 
 from api.app import create_app
+from core.errors import RateLimited
+from personas.models import Caller, Limits, ModelSettings, Persona
+from runtime.limits import Limiter
 from tests.conftest import Account, make_settings, persona_body, running
 
 CHAT = "/api/v1/chat"
@@ -396,3 +402,40 @@ async def test_rate_limited_metric_counts_refusals_by_scope(client, resources, a
     assert resources.metrics.rate_limited.labels(scope="key")._value.get() == before + 1
     text = (await client.get("/metrics")).text
     assert 'outcome="rejected"' in text
+
+
+async def test_the_check_reloads_its_script_after_redis_forgets_it_for_one_scope_and_several(redis_process):
+    """EVALSHA, and EVAL when Redis answers NOSCRIPT (a restart, SCRIPT FLUSH), with one scope or two."""
+    client = aioredis.from_url(redis_process.url)
+    limiter = Limiter(client, prefix="t:")
+    now = datetime.now(UTC)
+    persona = Persona(
+        id=uuid.uuid4(), name="P", description="", system_prompt="x", personality_traits={}, capabilities={},
+        model_settings=ModelSettings(), tools=[], visibility="public", limits=Limits(requests_per_minute=3),
+        is_active=True, is_default=False, version=1, created_by=None, created_at=now, updated_at=now,
+    )  # fmt: skip
+    caller = Caller(
+        user_id=uuid.uuid4(), user_name="u", display_name=None, is_admin=False, key_id=uuid.uuid4(),
+        key_limits=Limits(requests_per_minute=10, tokens_per_day=100),
+    )  # fmt: skip
+    spawned: list[Any] = []
+    try:
+        first = await limiter.admit(caller, [persona], spawned.append)
+        assert first is not None and first.headers["x-ratelimit-remaining-requests"] == "2"
+        await client.script_flush()
+        second = await limiter.admit(caller, [persona], spawned.append)
+        assert second is not None and second.headers["x-ratelimit-remaining-requests"] == "1"
+        second.spend(persona.id, 150)
+        await limiter.flush()
+        with pytest.raises(RateLimited) as refused:  # the key's day budget is spent
+            await limiter.admit(caller, [persona], spawned.append)
+        assert refused.value.scope == "key"
+        keys = sorted([k.decode() async for k in client.scan_iter(match="t:*")])
+        assert keys and all("{rl:" in k for k in keys)  # every counter under its scope's hash tag
+        for work in spawned:  # the persona's request, counted by the refused check, is given back
+            await work
+        persona_only = msgspec.structs.replace(caller, key_limits=None)
+        third = await limiter.admit(persona_only, [persona], spawned.append)
+        assert third is not None and third.headers["x-ratelimit-remaining-requests"] == "0"
+    finally:
+        await client.aclose()
