@@ -22,7 +22,7 @@ from api.chat import ChatController, ConversationController, MessageController
 from api.deps import dependencies
 from api.errors import exception_handlers
 from api.health import health, health_head, metrics, ready, ready_head
-from api.keys import AdminController, KeyController
+from api.keys import AdminController, AdminKeyController, KeyController
 from api.openai_compat import OpenAIController
 from api.openapi import StrictStructSchemaPlugin, document_errors
 from api.personas import PersonaController
@@ -59,6 +59,7 @@ def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) 
             AuthoringController,
             KeyController,
             AdminController,
+            AdminKeyController,
             ChatController,
             ConversationController,
             MessageController,

@@ -138,10 +138,11 @@ class AuthoringController(Controller):
     ) -> Response[Any]:
         """Two to four candidates answer the same message at once; nothing is stored."""
         personas = await authoring.candidates(caller, data.message, data.candidates)
+        batch = await authoring.comparison(caller, data.message, personas)
         if wants_stream(data.stream, request):
-            events = authoring.compare_events(caller, data.message, personas)
+            events = authoring.compare_events(batch)
             return sse_response(candidate_body(events, resources.settings.heartbeat_seconds))
-        return Response(CompareResponse(results=await authoring.compare(caller, data.message, personas)))
+        return Response(CompareResponse(results=await authoring.compare_batch(batch, personas)))
 
     # Test suites ------------------------------------------------------------------------------------
 

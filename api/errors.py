@@ -28,6 +28,10 @@ _PERSONA_BODY = re.compile(r"^/api/v1/chat/personas(?:/[0-9a-fA-F-]{36})?/?$")
 _IN_DRAFT = re.compile(r"^(?:candidates\[\d+\]\.)?persona\.")
 
 
+# Our codes OpenAI has a name of its own for, which its SDKs and clients look for.
+_OPENAI_CODES = {"rate_limited": "rate_limit_exceeded"}
+
+
 def openai_error_type(status: int) -> str:
     return {
         400: "invalid_request_error",
@@ -83,6 +87,7 @@ def _render(
     if _is_anthropic(path):
         body: dict[str, Any] = anthropic_error(anthropic_error_type(status), message)
     elif path.startswith("/v1/"):
+        code = _OPENAI_CODES.get(code, code)
         body = {"error": {"message": message, "type": openai_error_type(status), "code": code, "param": field}}
     else:
         error: dict[str, Any] = {"code": code, "details": details}

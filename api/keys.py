@@ -1,11 +1,11 @@
-"""API keys over HTTP: a user's own keys, and admins creating users and their keys."""
+"""API keys over HTTP: a user's own keys, and admins creating users and their keys and setting their limits."""
 
 from __future__ import annotations
 
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, delete, get, post
+from litestar import Controller, delete, get, patch, post
 from litestar.params import FromPath, JSONBody
 
 from api.deps import AccountsDep, CallerDep, ResourcesDep
@@ -14,6 +14,8 @@ from api.schemas import (
     CreateKeyRequest,
     CreateKeyResponse,
     CreateUserRequest,
+    KeyLimitsRequest,
+    KeyResponse,
     KeysResponse,
     MessageResponse,
     UserOut,
@@ -21,12 +23,28 @@ from api.schemas import (
 )
 from core.errors import Forbidden, NotFound
 from runtime.accounts import ApiKey
+from runtime.limits import KeyUsage
 
-__all__ = ["AdminController", "KeyController"]
+__all__ = ["AdminController", "AdminKeyController", "KeyController"]
 
 
-def _out(key: ApiKey) -> ApiKeyOut:
-    return msgspec.convert(key, ApiKeyOut, from_attributes=True)
+def _out(key: ApiKey, usage: KeyUsage | None = None) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        created_at=key.created_at,
+        last_used_at=key.last_used_at,
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
+        limits=key.limits,
+        usage=usage,
+    )
+
+
+def _require_admin(caller: CallerDep, what: str) -> None:
+    if not caller.is_admin:
+        raise Forbidden(f"Only admins may {what}.")
 
 
 class KeyController(Controller):
@@ -34,14 +52,22 @@ class KeyController(Controller):
     tags = ["keys"]
 
     @get("/")
-    async def list_keys(self, caller: CallerDep, accounts: AccountsDep) -> KeysResponse:
-        return KeysResponse(keys=[_out(k) for k in await accounts.list_keys(caller.user_id)])
+    async def list_keys(self, caller: CallerDep, resources: ResourcesDep) -> KeysResponse:
+        """The caller's keys, each with its limits and what it used in the current windows."""
+        keys = await resources.accounts.list_keys(caller.user_id)
+        limiter = resources.limiter
+        counted = [k for k in keys if limiter.key_limits(k.limits).any]
+        usage = dict(zip([k.id for k in counted], await limiter.usage([k.id for k in counted]), strict=True))
+        return KeysResponse(keys=[_out(k, usage.get(k.id)) for k in keys])
 
     @post("/")
     async def create_key(
-        self, data: JSONBody[CreateKeyRequest], caller: CallerDep, accounts: AccountsDep
+        self, data: JSONBody[CreateKeyRequest], caller: CallerDep, resources: ResourcesDep
     ) -> CreateKeyResponse:
-        key, record = await accounts.create_key(caller.user_id, name=data.name, expires_in_days=data.expires_in_days)
+        resources.limiter.check_chosen(data.limits, caller)
+        key, record = await resources.accounts.create_key(
+            caller.user_id, name=data.name, expires_in_days=data.expires_in_days, limits=data.limits
+        )
         return CreateKeyResponse(key=key, api_key=_out(record))
 
     @delete("/{key_id:str}", status_code=200)
@@ -58,16 +84,11 @@ class AdminController(Controller):
     path = "/api/v1/admin/users"
     tags = ["admin"]
 
-    @staticmethod
-    def _require_admin(caller: CallerDep) -> None:
-        if not caller.is_admin:
-            raise Forbidden("Only admins may manage users.")
-
     @post("/")
     async def create_user(
         self, data: JSONBody[CreateUserRequest], caller: CallerDep, accounts: AccountsDep
     ) -> UserResponse:
-        self._require_admin(caller)
+        _require_admin(caller, "manage users")
         user = await accounts.create_user(data.name, display_name=data.display_name, is_admin=data.is_admin)
         return UserResponse(user=msgspec.convert(user, UserOut, from_attributes=True))
 
@@ -75,6 +96,25 @@ class AdminController(Controller):
     async def create_key(
         self, user_id: FromPath[UUID], data: JSONBody[CreateKeyRequest], caller: CallerDep, accounts: AccountsDep
     ) -> CreateKeyResponse:
-        self._require_admin(caller)
-        key, record = await accounts.create_key(user_id, name=data.name, expires_in_days=data.expires_in_days)
+        _require_admin(caller, "manage users")
+        key, record = await accounts.create_key(
+            user_id, name=data.name, expires_in_days=data.expires_in_days, limits=data.limits
+        )
         return CreateKeyResponse(key=key, api_key=_out(record))
+
+
+class AdminKeyController(Controller):
+    path = "/api/v1/admin/keys"
+    tags = ["admin"]
+
+    @patch("/{key_id:str}")
+    async def set_limits(
+        self, key_id: FromPath[UUID], data: JSONBody[KeyLimitsRequest], caller: CallerDep, resources: ResourcesDep
+    ) -> KeyResponse:
+        """Replace a key's limits; they bite on every instance within a second (the key lookup's cache)."""
+        _require_admin(caller, "change a key's limits")
+        key = await resources.accounts.set_key_limits(key_id, data.limits)
+        if key is None:
+            raise NotFound(f"API key {key_id} not found.", field="key_id")
+        resources.auth.forget()
+        return KeyResponse(api_key=_out(key), message=f"Limits of API key {key.prefix}… changed")

@@ -149,7 +149,7 @@ _DESCRIPTIONS = {
     409: "Conflicts with the current state (a taken name, an answer that already ended)",
     410: "The stream ended longer ago than `STREAM_RETENTION_SECONDS`; the message is in its conversation",
     413: "The request body is too large",
-    429: "A rate limit was reached; see `Retry-After`",
+    429: "A rate limit of the key or persona (or the provider's) was reached; see `Retry-After`",
     500: "Internal error; it has been logged",
     502: "The LLM provider failed",
     503: "The database is unavailable; try again in a moment",
@@ -191,8 +191,14 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
         statuses.add(404)  # a path's id, or a conversation or persona named in the body
     # A persona's own routes are for its owner and admins, but for reading it.
     persona_scoped = path.startswith(_PERSONA) and not (method == "GET" and path == _PERSONA)
-    # Only admins may set `is_default` (on create, update and restore) or manage users.
-    if persona_scoped or path.startswith("/api/v1/admin") or (method, path) in _PROVIDER_ROUTES | _CONFLICTS:
+    # Only admins may set `is_default` (on create, update and restore), manage users or loosen a key's limits.
+    loosening = (method, path) == ("POST", "/api/v1/keys")
+    if (
+        persona_scoped
+        or loosening
+        or path.startswith("/api/v1/admin")
+        or (method, path) in _PROVIDER_ROUTES | _CONFLICTS
+    ):
         statuses.add(403)
     if (method, path) in _CONFLICTS | _ENDED:
         statuses.add(409)

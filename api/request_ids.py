@@ -1,4 +1,8 @@
-"""Request ids: every response carries ``X-Request-ID``, and every log line of the request names it."""
+"""Request ids: every response carries ``X-Request-ID``, and every log line of the request names it.
+
+The same wrapper sends the rate limit headers of a request that was admitted under limits (``x-ratelimit-*``),
+on its answer whatever it is: JSON, a stream (before its first byte) or a 429.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from runtime.limits import LIMIT_HEADERS, rate_limit_headers
 from runtime.logs import REQUEST_ID
 
 __all__ = ["RequestIdMiddleware"]
@@ -40,18 +45,24 @@ class RequestIdMiddleware:
             ident = secrets.token_hex(8)
         header = (b"x-request-id", ident.encode("ascii"))
         status = 500
+        limits: list[dict[str, str]] = []
 
         async def send_with_id(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = [*message.get("headers", ()), header]
+                if limits:
+                    headers += [(k.encode(), v.encode()) for k, v in rate_limit_headers(limits).items()]
+                message["headers"] = headers
                 status = message["status"]
             await send(message)
 
         token = REQUEST_ID.set(ident)
+        limits_token = LIMIT_HEADERS.set(limits)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            LIMIT_HEADERS.reset(limits_token)
             REQUEST_ID.reset(token)
             if self.count is not None:
                 self.count(scope.get("path_template") or "unmatched", scope["method"], status)

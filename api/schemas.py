@@ -8,7 +8,8 @@ from uuid import UUID
 
 from msgspec import Meta, Struct
 
-from personas.models import Persona
+from personas.models import Limits, Persona
+from runtime.limits import KeyUsage
 
 __all__ = [
     "ApiKeyOut",
@@ -17,6 +18,8 @@ __all__ = [
     "CreateUserRequest",
     "CurrentPersonaResponse",
     "InitializeDefaultResponse",
+    "KeyLimitsRequest",
+    "KeyResponse",
     "KeysResponse",
     "MessageResponse",
     "PersonaListResponse",
@@ -81,6 +84,9 @@ class ApiKeyOut(Struct, frozen=True, kw_only=True):
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    limits: Limits
+    # What the key used in the current windows; null when no limit applies to it (nothing is counted then).
+    usage: KeyUsage | None = None
 
 
 class KeysResponse(_Reply, frozen=True, kw_only=True):
@@ -90,6 +96,18 @@ class KeysResponse(_Reply, frozen=True, kw_only=True):
 class CreateKeyRequest(_Body, frozen=True, kw_only=True):
     name: Annotated[str, Meta(min_length=1, max_length=100)]
     expires_in_days: Annotated[int, Meta(ge=1, le=3650)] | None = None
+    limits: Limits | None = None
+
+
+class KeyLimitsRequest(_Body, frozen=True, kw_only=True):
+    """A key's new limits: each one left out or null is no limit of its own (the defaults then apply)."""
+
+    limits: Limits
+
+
+class KeyResponse(_Reply, frozen=True, kw_only=True):
+    api_key: ApiKeyOut
+    message: str
 
 
 class CreateKeyResponse(_Reply, frozen=True, kw_only=True):

@@ -148,6 +148,14 @@ def _parser() -> argparse.ArgumentParser:
         "the run's keys have a prefix of their own and are deleted at the end",
     )
     services.add_argument("--server-log-level", default="WARNING", help="the runtime's LOG_LEVEL (default WARNING)")
+    services.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_env_setting,
+        help="an environment variable for the runtime, such as KEY_REQUESTS_PER_MINUTE=1000000 (repeatable)",
+    )
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results", help="where the JSON goes")
     return parser
 
@@ -176,8 +184,15 @@ class _Context:
             workdir=self.workdir,
             workers=workers,
             redis_prefix=self.redis_prefix,
-            extra_env=extra_env,
+            extra_env={**dict(self.args.server_env), **(extra_env or {})},
         )
+
+
+def _env_setting(value: str) -> tuple[str, str]:
+    name, equals, setting = value.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+    return name, setting
 
 
 def _log(message: str) -> None:

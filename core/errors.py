@@ -12,6 +12,7 @@ Every error a client can see is a ``PersonaRuntimeError`` subclass with a snake_
     ├── NotFound                         404 not_found
     ├── Conflict                         409 conflict
     ├── StreamExpired                    410 stream_expired     (a finished stream past its retention)
+    ├── RateLimited                      429 rate_limited       (a key's or persona's limit; carries ``retry_after``)
     ├── ServiceUnavailable               503 service_unavailable
     │   └── DatabaseUnavailable          503 database_unavailable (carries ``retry_after``)
     └── ProviderError                    502 provider_error     (upstream LLM failed)
@@ -44,6 +45,7 @@ __all__ = [
     "ProviderRejected",
     "ProviderTimeout",
     "ProviderUnavailable",
+    "RateLimited",
     "ServiceUnavailable",
     "ShuttingDown",
     "StreamExpired",
@@ -100,6 +102,21 @@ class Conflict(PersonaRuntimeError):
 class StreamExpired(PersonaRuntimeError):
     code = "stream_expired"
     status = 410
+
+
+class RateLimited(PersonaRuntimeError):
+    """A rate limit or token budget of the key or the persona is used up: retry in ``retry_after`` seconds.
+
+    ``scope`` says whose limit it is: ``key`` or ``persona``.
+    """
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float, scope: str, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+        self.scope = scope
 
 
 class ServiceUnavailable(PersonaRuntimeError):

@@ -18,7 +18,17 @@ import msgspec
 from core.errors import BadRequest
 from core.json_guard import check_json, surrogate_error
 from personas.cards import CARD_V2, CARD_V3, card_to_draft, validated
-from personas.models import Description, ModelSettings, Name, Persona, PersonaDraft, SystemPrompt, Tool, Visibility
+from personas.models import (
+    Description,
+    Limits,
+    ModelSettings,
+    Name,
+    Persona,
+    PersonaDraft,
+    SystemPrompt,
+    Tool,
+    Visibility,
+)
 from personas.png import SIGNATURE, read_card_text
 
 __all__ = [
@@ -49,6 +59,7 @@ class DocumentPersona(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     model_settings: ModelSettings = msgspec.field(default_factory=ModelSettings)
     tools: list[Tool] = msgspec.field(default_factory=list)
     visibility: Visibility = "private"
+    limits: Limits = msgspec.field(default_factory=Limits)
 
 
 class PersonaDocument(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -147,6 +158,7 @@ def persona_document(persona: Persona) -> PersonaDocument:
             model_settings=persona.model_settings,
             tools=persona.tools,
             visibility=persona.visibility,
+            limits=persona.limits,
         ),
         extensions=persona.extensions,
     )

@@ -7,7 +7,7 @@ from uuid import UUID
 import msgspec
 
 from core.errors import NotFound
-from personas.models import CONTENT_FIELDS, Caller, ModelSettings, Persona, Tool
+from personas.models import CONTENT_FIELDS, Caller, Limits, ModelSettings, Persona, Tool
 from personas.service import PersonaService, check_draft
 from personas.store import PersonaVersion, VersionSummary
 
@@ -31,6 +31,7 @@ def as_of(current: Persona, saved: PersonaVersion) -> Persona:
         tools=msgspec.convert(saved.tools, list[Tool]),
         visibility=saved.visibility,
         extensions=saved.extensions,
+        limits=msgspec.convert(saved.limits, Limits),
         version=saved.version,
         updated_at=saved.created_at,
     )

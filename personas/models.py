@@ -15,6 +15,7 @@ __all__ = [
     "WRITABLE_FIELDS",
     "Caller",
     "Fallback",
+    "Limits",
     "ModelSettings",
     "Persona",
     "PersonaDraft",
@@ -38,6 +39,8 @@ Temperature = Annotated[float, Meta(ge=0, le=2)]
 TopP = Annotated[float, Meta(ge=0, le=1)]
 MaxTokens = Annotated[int, Meta(ge=1, le=1_000_000)]
 ChangeNote = Annotated[str, Meta(max_length=1000)]
+# A rate limit or budget: a positive whole number (Redis counts it exactly up to 2**53).
+LimitValue = Annotated[int, Meta(ge=1, le=1_000_000_000_000)]
 # Round-trip data (an imported card's own fields): kept and versioned with the persona, never rendered.
 Extensions = dict[str, Any]
 
@@ -62,6 +65,25 @@ class ModelSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     prompt_cache: bool = True
 
 
+class Limits(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Rate limits and token budgets of a key or a persona; None is no limit.
+
+    A key's bound everything done with it; a persona's bound each user's use of that persona.
+    """
+
+    requests_per_minute: LimitValue | None = None
+    tokens_per_minute: LimitValue | None = None
+    tokens_per_day: LimitValue | None = None
+
+    @property
+    def any(self) -> bool:
+        return (
+            self.requests_per_minute is not None
+            or self.tokens_per_minute is not None
+            or (self.tokens_per_day is not None)
+        )
+
+
 class Tool(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A function the model may call; ``parameters`` is a JSON Schema object."""
 
@@ -83,6 +105,7 @@ class Persona(Struct, frozen=True, kw_only=True):
     tools: list[Tool]
     visibility: Visibility
     extensions: Extensions = msgspec.field(default_factory=dict)
+    limits: Limits = msgspec.field(default_factory=Limits)
     is_active: bool
     is_default: bool
     version: int
@@ -103,6 +126,7 @@ class PersonaDraft(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     tools: Annotated[list[Tool], Meta(max_length=64)] = msgspec.field(default_factory=list)
     visibility: Visibility = "private"
     extensions: Extensions = msgspec.field(default_factory=dict)
+    limits: Limits = msgspec.field(default_factory=Limits)
     is_default: bool = False
     change_note: ChangeNote | None = None
 
@@ -119,6 +143,7 @@ class PersonaPatch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     tools: Annotated[list[Tool], Meta(max_length=64)] | UnsetType = UNSET
     visibility: Visibility | UnsetType = UNSET
     extensions: Extensions | UnsetType = UNSET
+    limits: Limits | UnsetType = UNSET
     is_default: bool | UnsetType = UNSET
     change_note: ChangeNote | UnsetType | None = UNSET
 
@@ -134,6 +159,7 @@ CONTENT_FIELDS = (
     "tools",
     "visibility",
     "extensions",
+    "limits",
 )
 
 WRITABLE_FIELDS = (*CONTENT_FIELDS, "is_default", "change_note")
@@ -147,6 +173,8 @@ class Caller(Struct, frozen=True, kw_only=True):
     display_name: str | None
     is_admin: bool
     key_id: UUID | None = None
+    # The key's own limits (defaults for keys without their own are the limiter's), known from the key lookup.
+    key_limits: Limits | None = None
 
     @property
     def shown_name(self) -> str:

@@ -137,6 +137,7 @@ def draft_persona(draft: PersonaDraft, caller: Caller | None, *, providers: Coll
         tools=draft.tools,
         visibility=draft.visibility,
         extensions=draft.extensions,
+        limits=draft.limits,
         is_active=True,
         is_default=draft.is_default,
         version=0,

@@ -25,14 +25,14 @@ from personas.entries import (
     preference_key,
 )
 from personas.local_cache import LocalCache
-from personas.models import MU_ID, Persona
+from personas.models import MU_ID, Limits, Persona
 
 __all__ = ["PersonaStore", "PersonaVersion", "VersionSummary"]
 
 log = logging.getLogger("persona_runtime.cache")
 
 _COLUMNS = """id, name, description, system_prompt, personality_traits, capabilities, model_settings, tools,
-    visibility, extensions, is_active, is_default, version, created_by, created_at, updated_at"""
+    visibility, extensions, limits, is_active, is_default, version, created_by, created_at, updated_at"""
 
 GET = f"SELECT {_COLUMNS} FROM personas WHERE id = $1"
 GET_FOR_UPDATE = f"SELECT {_COLUMNS} FROM personas WHERE id = $1 FOR UPDATE"
@@ -47,12 +47,13 @@ LIST_ACTIVE = f"SELECT {_COLUMNS} FROM personas WHERE is_active ORDER BY lower(n
 FIND_ACTIVE_BY_NAME = f"SELECT {_COLUMNS} FROM personas WHERE is_active AND lower(name) = lower($1)"
 INSERT = f"""
 INSERT INTO personas (name, description, system_prompt, personality_traits, capabilities, model_settings,
-                      tools, visibility, extensions, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                      tools, visibility, extensions, limits, created_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 RETURNING {_COLUMNS}"""
 UPDATE = f"""
 UPDATE personas SET name = $2, description = $3, system_prompt = $4, personality_traits = $5,
-    capabilities = $6, model_settings = $7, tools = $8, visibility = $9, extensions = $10, version = version + 1
+    capabilities = $6, model_settings = $7, tools = $8, visibility = $9, extensions = $10, limits = $11,
+    version = version + 1
 WHERE id = $1
 RETURNING {_COLUMNS}"""
 CLEAR_DEFAULT = "UPDATE personas SET is_default = false WHERE is_default AND id <> $1"
@@ -71,7 +72,7 @@ SELECT version, created_at, created_by, change_note, count(*) OVER () AS total F
 WHERE persona_id = $1 ORDER BY version DESC LIMIT $2 OFFSET $3"""
 GET_VERSION = """
 SELECT persona_id, version, name, description, system_prompt, personality_traits, capabilities,
-       model_settings, tools, visibility, extensions, created_by, change_note, created_at
+       model_settings, tools, visibility, extensions, limits, created_by, change_note, created_at
 FROM persona_versions WHERE persona_id = $1 AND version = $2"""
 
 
@@ -92,6 +93,7 @@ class PersonaVersion(msgspec.Struct, frozen=True, kw_only=True):
     change_note: str | None
     created_at: datetime
     extensions: dict[str, Any] = msgspec.field(default_factory=dict)
+    limits: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class VersionSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,6 +123,7 @@ def _content(persona: Persona) -> tuple[Any, ...]:
         msgspec.to_builtins(persona.tools),
         persona.visibility,
         persona.extensions,
+        _limits_column(persona.limits),
     )
 
 
@@ -412,6 +415,11 @@ class PersonaStore:
         self._preferences.forget(user_id)
         await self._shared.delete(preference_key(user_id))
         self._preferences.forget(user_id)
+
+
+def _limits_column(limits: Limits) -> dict[str, int]:
+    """Only the limits that are set: ``{}`` for none, as the column's default is."""
+    return {name: value for name, value in msgspec.structs.asdict(limits).items() if value is not None}
 
 
 def _text(value: UUID | None) -> str | None:

@@ -11,6 +11,7 @@ import asyncpg
 import msgspec
 
 from core.errors import BadRequest, Conflict, NotFound
+from personas.models import Limits
 from runtime.signals import notify
 
 __all__ = [
@@ -19,9 +20,11 @@ __all__ = [
     "Accounts",
     "ApiKey",
     "KeyChange",
+    "KeyOwner",
     "User",
     "generate_key",
     "hash_key",
+    "limits_column",
     "shown_prefix",
 ]
 
@@ -44,22 +47,23 @@ def shown_prefix(key: str) -> str:
 
 
 _USER_COLUMNS = "id, name, display_name, is_admin, created_at"
-_KEY_COLUMNS = "id, user_id, name, prefix, created_at, last_used_at, expires_at, revoked_at"
+_KEY_COLUMNS = "id, user_id, name, prefix, created_at, last_used_at, expires_at, revoked_at, limits"
 
 INSERT_USER = f"""
 INSERT INTO users (name, display_name, is_admin) VALUES ($1, $2, $3) RETURNING {_USER_COLUMNS}"""
 GET_USER_BY_NAME = f"SELECT {_USER_COLUMNS} FROM users WHERE lower(name) = lower($1)"
 COUNT_USERS = "SELECT count(*) FROM users"
 INSERT_KEY = f"""
-INSERT INTO api_keys (user_id, name, prefix, key_hash, expires_at) VALUES ($1, $2, $3, $4, $5)
+INSERT INTO api_keys (user_id, name, prefix, key_hash, expires_at, limits) VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING {_KEY_COLUMNS}"""
 LIST_KEYS = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id"
 GET_KEY = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1"
 FIND_KEYS_BY_PREFIX = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE prefix = $1"
 REVOKE_KEY = f"""
 UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING {_KEY_COLUMNS}"""
+SET_KEY_LIMITS = f"UPDATE api_keys SET limits = $2 WHERE id = $1 RETURNING {_KEY_COLUMNS}"
 AUTHENTICATE = """
-SELECT k.id AS key_id, k.expires_at, k.revoked_at, u.id AS user_id, u.name AS user_name, u.display_name,
+SELECT k.id AS key_id, k.expires_at, k.revoked_at, k.limits, u.id AS user_id, u.name AS user_name, u.display_name,
        u.is_admin
 FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1"""
 TOUCH_KEYS = """
@@ -88,6 +92,7 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    limits: Limits = msgspec.field(default_factory=Limits)
 
 
 class KeyOwner(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,6 +103,14 @@ class KeyOwner(msgspec.Struct, frozen=True, kw_only=True):
     user_name: str
     display_name: str | None
     is_admin: bool
+    limits: Limits = msgspec.field(default_factory=Limits)
+
+
+def limits_column(limits: Limits | None) -> dict[str, int]:
+    """Only the limits that are set: ``{}`` for none."""
+    if limits is None:
+        return {}
+    return {name: value for name, value in msgspec.structs.asdict(limits).items() if value is not None}
 
 
 class KeyChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,6 +170,7 @@ class Accounts:
         name: str = "",
         expires_in_days: int | None = None,
         key: str | None = None,
+        limits: Limits | None = None,
         conn: asyncpg.Connection | None = None,
     ) -> tuple[str, ApiKey]:
         """Create a key (random unless ``key`` is given) and return it with its record: the only time it is seen."""
@@ -168,7 +182,7 @@ class Accounts:
         expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
         try:
             record = await (conn or self._pool).fetchrow(
-                INSERT_KEY, user_id, name, shown_prefix(key), hash_key(key), expires_at
+                INSERT_KEY, user_id, name, shown_prefix(key), hash_key(key), expires_at, limits_column(limits)
             )
         except asyncpg.UniqueViolationError:
             raise Conflict("That key is already in use.", field="key") from None
@@ -195,6 +209,10 @@ class Accounts:
             record = await conn.fetchrow(REVOKE_KEY, key_id)
             if record is not None:
                 await notify(conn, KEY_SIGNAL, KeyChange(key_id=key_id))
+        return _key(record) if record else None
+
+    async def set_key_limits(self, key_id: UUID, limits: Limits) -> ApiKey | None:
+        record = await self._pool.fetchrow(SET_KEY_LIMITS, key_id, limits_column(limits))
         return _key(record) if record else None
 
     async def key_owner(self, key: str) -> KeyOwner | None:

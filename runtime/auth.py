@@ -73,6 +73,7 @@ class Authenticator:
             display_name=owner.display_name,
             is_admin=owner.is_admin,
             key_id=owner.key_id,
+            key_limits=owner.limits if owner.limits.any else None,
         )
 
     def forget(self) -> None:

@@ -25,13 +25,15 @@ from personas.models import Caller, Persona, PersonaDraft
 from personas.service import draft_persona
 from personas.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
 from providers import ChatMessage
-from runtime.pipeline import ChatPipeline, TurnInput
+from runtime.limits import Admission
+from runtime.pipeline import ChatPipeline, TurnInput, TurnPlan
 from runtime.prompt import cache_report
 from runtime.turn import Turn
 
 __all__ = [
     "TEST_CONCURRENCY",
     "AuthoringService",
+    "Batch",
     "CandidateResult",
     "Failure",
     "PersonaChoice",
@@ -97,6 +99,15 @@ class SuiteRun(Struct, frozen=True, kw_only=True):
     passed: int
     failed: int
     results: list[TestResult]
+
+
+@dataclass
+class Batch:
+    """Turns asked together (a comparison's candidates, a suite's tests), admitted under the limits at once:
+    each is a plan, or the error that kept it from being planned."""
+
+    plans: list[TurnPlan | PersonaRuntimeError]
+    admission: Admission | None
 
 
 @dataclass
@@ -202,9 +213,31 @@ class AuthoringService:
         self.chat.check_message(message)
         return [await self.choose(caller, c, where=f"candidates[{i}].") for i, c in enumerate(choices)]
 
+    async def batch(self, caller: Caller, asked: Sequence[tuple[Persona, str]], route: str) -> Batch:
+        """Plan every ``(persona, message)`` and admit them together: each counts as a request, and when the
+        limits do not allow all of them, none is asked (a 429 before any provider call)."""
+        plans: list[TurnPlan | PersonaRuntimeError] = []
+        for persona, message in asked:
+            try:
+                plans.append(
+                    await self.chat.plan(caller, TurnInput(messages=_asked(message), persona=persona, route=route))
+                )
+            except PersonaRuntimeError as exc:
+                plans.append(exc)
+        admission = await self.chat.admit([p for p in plans if isinstance(p, TurnPlan)])
+        return Batch(plans, admission)
+
+    async def comparison(self, caller: Caller, message: str, personas: Sequence[Persona]) -> Batch:
+        """The candidates of a comparison, admitted under the limits (each one a request)."""
+        return await self.batch(caller, [(p, message) for p in personas], "compare")
+
     async def compare(self, caller: Caller, message: str, personas: Sequence[Persona]) -> list[CandidateResult]:
         """Ask every candidate at once; a candidate that fails says why in its ``error``."""
-        outcomes = await asyncio.gather(*(self._ask(caller, p, message, "compare") for p in personas))
+        batch = await self.comparison(caller, message, personas)
+        return await self.compare_batch(batch, personas)
+
+    async def compare_batch(self, batch: Batch, personas: Sequence[Persona]) -> list[CandidateResult]:
+        outcomes = await asyncio.gather(*(self._ask(plan, batch.admission) for plan in batch.plans))
         return [
             CandidateResult(
                 candidate=index,
@@ -217,9 +250,7 @@ class AuthoringService:
             for index, (persona, outcome) in enumerate(zip(personas, outcomes, strict=True))
         ]
 
-    async def compare_events(
-        self, caller: Caller, message: str, personas: Sequence[Persona]
-    ) -> AsyncIterator[tuple[int, TurnEvent]]:
+    async def compare_events(self, batch: Batch) -> AsyncIterator[tuple[int, TurnEvent]]:
         """Every candidate's chat events, tagged with its index, interleaved as they arrive.
 
         A candidate that fails before answering contributes one ``error`` event. When the consumer stops
@@ -227,16 +258,18 @@ class AuthoringService:
         """
         queue: asyncio.Queue[tuple[int, TurnEvent] | None] = asyncio.Queue()
 
-        async def run(index: int, persona: Persona) -> None:
+        async def run(index: int, plan: TurnPlan | PersonaRuntimeError) -> None:
             try:
                 try:
-                    turn = await self.preview(caller, persona, message=message, route="compare")
+                    if isinstance(plan, PersonaRuntimeError):
+                        raise plan
+                    turn = await self.chat.open(plan, batch.admission)
                 except PersonaRuntimeError as exc:
                     await queue.put((index, ErrorEvent(code=exc.code, message=exc.message)))
                     return
-                async with contextlib.aclosing(turn.batches()) as batches:
-                    async for batch in batches:
-                        for event in batch:
+                async with contextlib.aclosing(turn.batches()) as pieces:
+                    async for piece in pieces:
+                        for event in piece:
                             if type(event) is not ToolCallDelta:
                                 await queue.put((index, event))
             except Exception:
@@ -247,7 +280,7 @@ class AuthoringService:
             finally:
                 await queue.put(None)
 
-        tasks = [asyncio.create_task(run(i, p)) for i, p in enumerate(personas)]
+        tasks = [asyncio.create_task(run(i, p)) for i, p in enumerate(batch.plans)]
         try:
             running = len(tasks)
             while running:
@@ -261,14 +294,16 @@ class AuthoringService:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _ask(self, caller: Caller, persona: Persona, message: str, route: str) -> _Outcome:
+    async def _ask(self, plan: TurnPlan | PersonaRuntimeError, admission: Admission | None) -> _Outcome:
         """One whole answer, nothing stored; a failure (before or during the answer) becomes ``error``."""
         began = time.monotonic()
         pieces: list[str] = []
         usage: Usage | None = None
         error: Failure | None = None
         try:
-            turn = await self.preview(caller, persona, message=message, route=route)
+            if isinstance(plan, PersonaRuntimeError):
+                raise plan
+            turn = await self.chat.open(plan, admission)
             async with contextlib.aclosing(turn.batches()) as batches:
                 async for batch in batches:
                     for event in batch:
@@ -302,11 +337,13 @@ class AuthoringService:
         """Every test of the persona against its current (or given) version, a few at a time; nothing stored."""
         persona = await self.history.get(caller, persona_id, version)
         tests = await self.tests.list(persona_id)
+        # Each test is a request: the suite runs when the limits allow all of them, else none (a 429).
+        batch = await self.batch(caller, [(persona, t.message) for t in tests], "test_run")
         gate = asyncio.Semaphore(TEST_CONCURRENCY)
 
-        async def run(test: PersonaTest) -> TestResult:
+        async def run(test: PersonaTest, plan: TurnPlan | PersonaRuntimeError) -> TestResult:
             async with gate:
-                outcome = await self._ask(caller, persona, test.message, "test_run")
+                outcome = await self._ask(plan, batch.admission)
             if outcome.error is not None:
                 failures = [f"the provider failed ({outcome.error.code}): {outcome.error.message}"]
             else:
@@ -315,6 +352,6 @@ class AuthoringService:
                 test_id=test.id, name=test.name, passed=not failures, response=outcome.text, failures=failures
             )
 
-        results = await asyncio.gather(*(run(t) for t in tests))
+        results = await asyncio.gather(*(run(t, p) for t, p in zip(tests, batch.plans, strict=True)))
         passed = sum(r.passed for r in results)
         return SuiteRun(persona=_ref(persona), passed=passed, failed=len(results) - passed, results=list(results))

@@ -20,6 +20,7 @@ import asyncpg
 from core.errors import PersonaRuntimeError
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.files import FileResult, import_drafts, read_directory, write_directory
+from personas.models import Limits
 from personas.store import PersonaStore
 from providers import configs_from_env, default_provider
 from runtime.accounts import Accounts
@@ -42,7 +43,8 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   DATABASE_LISTEN_URL        DSN for the connection that listens for other instances' changes, past a
                              transaction-mode pooler (DATABASE_URL)
   PERSONA_RUNTIME_HOME       data folder of the embedded defaults (~/.local/share/persona-runtime)
-  REDIS_URL                  Redis or Redis Cluster for the shared cache (unset: an in-process cache in each process)
+  REDIS_URL                  Redis or Redis Cluster for the shared cache, rate limits and stream recordings
+                             (unset: in-process, each process on its own)
   REDIS_KEY_PREFIX           namespace of this deployment's Redis keys (persona-runtime:)
   OPENAI_API_KEY, OPENAI_BASE_URL          the openai provider (any OpenAI-compatible server)
   ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL    the anthropic provider
@@ -55,6 +57,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   SHUTDOWN_GRACE_SECONDS     after SIGTERM, how long streams may run on (25)
   STREAM_RETENTION_SECONDS   how long a finished chat stream can be replayed (600; 0 records none)
   STREAM_LEASE_SECONDS       silence after which a dead instance's answers are marked incomplete (30)
+  KEY_REQUESTS_PER_MINUTE, KEY_TOKENS_PER_DAY   limits of keys without their own (no limit)
   DATABASE_POOL_SIZE         database connections per process (10)
   DATABASE_POOL_MODE         transaction behind a transaction-mode pooler such as PgBouncer (session)
   PROVIDER_TIMEOUT           seconds a provider may stay silent (120)
@@ -63,6 +66,16 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   HISTORY_TURNS, MAX_MESSAGE_CHARS, IMPORT_MAX_BYTES, SSE_HEARTBEAT_SECONDS   limits and pacing
   SSL_CERT_FILE, SSL_CERT_DIR, HTTPS_PROXY, NO_PROXY   how providers are reached
 """
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if not 1 <= number <= 1_000_000_000_000:
+        raise argparse.ArgumentTypeError(f"{value} must be between 1 and 10**12")
+    return number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument("--user", required=True, help="name of the user who owns the key")
     create_key.add_argument("--name", default="", help="a label to recognise the key by")
     create_key.add_argument("--expires-in-days", type=int)
+    create_key.add_argument("--requests-per-minute", type=_positive, metavar="N", help="the key's request rate limit")
+    create_key.add_argument("--tokens-per-minute", type=_positive, metavar="N", help="the key's token rate limit")
+    create_key.add_argument("--tokens-per-day", type=_positive, metavar="N", help="the key's daily token budget")
     revoke = keys.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("key", metavar="KEY_ID_OR_PREFIX")
 
@@ -208,7 +224,14 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             if owner is None:
                 print(f"persona-runtime: no user named {args.user!r}", file=sys.stderr)
                 return 1
-            key, record = await accounts.create_key(owner.id, name=args.name, expires_in_days=args.expires_in_days)
+            limits = Limits(
+                requests_per_minute=args.requests_per_minute,
+                tokens_per_minute=args.tokens_per_minute,
+                tokens_per_day=args.tokens_per_day,
+            )
+            key, record = await accounts.create_key(
+                owner.id, name=args.name, expires_in_days=args.expires_in_days, limits=limits
+            )
             print(f"created key {record.id} ({record.prefix}…) for {owner.name}; it is shown only once:")
             print(key)
             return 0

@@ -18,19 +18,27 @@ from uuid import UUID
 
 import msgspec
 
-from core.errors import BadRequest, PayloadTooLarge, PersonaRuntimeError
+from core.errors import BadRequest, PayloadTooLarge, PersonaRuntimeError, RateLimited
 from core.events import PersonaRef, Start
 from personas.models import Caller, Persona
 from personas.service import PersonaService
 from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
 from runtime.conversations import Conversation, ConversationStore
 from runtime.leases import Leases
+from runtime.limits import Admission, Limiter
 from runtime.metrics import Metrics
 from runtime.prompt import Route, SystemPrompts, build_request, plan_routes
 from runtime.resolve import PersonaSource, resolve_persona, resolve_persona_name
 from runtime.turn import Outcome, Turn, open_answer
 
-__all__ = ["ChatPipeline", "TurnInput", "TurnPlan"]
+__all__ = ["UNCHECKED", "ChatPipeline", "TurnInput", "TurnPlan"]
+
+
+class _Unchecked:
+    """``open``'s default: the turn's limits are checked there (a batch checked them all beforehand)."""
+
+
+UNCHECKED = _Unchecked()
 
 
 class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,9 +95,11 @@ class ChatPipeline:
         max_message_chars: int,
         metrics: Metrics | None = None,
         leases: Leases | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.personas = personas
         self.leases = leases
+        self.limiter = limiter
         self.conversations = conversations
         self.providers = providers
         self.default_provider = default_provider
@@ -163,8 +173,26 @@ class ChatPipeline:
         """Plan the turn and open its answer. Errors up to here are HTTP statuses; later ones are in-band."""
         return await self.open(await self.plan(caller, turn))
 
-    async def open(self, plan: TurnPlan) -> Turn:
-        """Store the question (when the turn is kept), then open the provider stream, trying fallbacks."""
+    async def admit(self, plans: list[TurnPlan]) -> Admission | None:
+        """Count the planned turns (all one caller's) against the key's and personas' limits, or refuse them all
+        with a 429 before any provider is called. None when no limit applies."""
+        if self.limiter is None or not plans:
+            return None
+        try:
+            return await self.limiter.admit(plans[0].caller, [p.persona for p in plans], self._spawn)
+        except RateLimited:
+            if self.metrics is not None:
+                for plan in plans:
+                    route = plan.routes[0]
+                    labels = (plan.input.route, route.provider, route.model, plan.source, "rejected")
+                    self.metrics.chat_turns.labels(*labels).inc()
+            raise
+
+    async def open(self, plan: TurnPlan, admission: Admission | _Unchecked | None = UNCHECKED) -> Turn:
+        """Check the limits (unless ``admission`` says they were), store the question (when the turn is kept),
+        then open the provider stream, trying fallbacks."""
+        if isinstance(admission, _Unchecked):
+            admission = await self.admit([plan])
         persona, routes = plan.persona, plan.routes
         began = time.monotonic()
         conversation: Conversation | None = None
@@ -212,6 +240,7 @@ class ChatPipeline:
             began=began,
             metrics=self.metrics,
             route=plan.input.route,
+            admission=admission,
         )
         if outcome is not None and self.leases is not None:
             self.leases.attach(outcome.message_id, turn.cancel)

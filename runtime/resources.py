@@ -13,11 +13,13 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
+from redis.asyncio import Redis
 
 from core.errors import Conflict, ShuttingDown
-from core.redis_client import RedisClient, open_redis
+from core.redis_client import RedisClient, is_cluster, open_redis
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.changes import PERSONA_SIGNAL
+from personas.models import Limits
 from personas.porter import PersonaPorter
 from personas.service import PersonaService
 from personas.store import PersonaStore
@@ -30,6 +32,7 @@ from runtime.conversations import ConversationStore
 from runtime.db import connect_pool
 from runtime.embedded import EmbeddedPostgres
 from runtime.leases import Leases
+from runtime.limits import Limiter
 from runtime.metrics import Metrics
 from runtime.migrate import apply_migrations
 from runtime.pipeline import ChatPipeline
@@ -63,6 +66,7 @@ class Resources:
     signals: Signals
     streams: StreamRecorder
     leases: Leases
+    limiter: Limiter
 
     # The one Redis client of this process (a cluster client for a Redis Cluster), or None without REDIS_URL.
     # Typed loosely because the handlers' dependency check (msgspec) refuses a union of two client classes;
@@ -167,6 +171,25 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
         def looked_up(layer: str, result: str) -> None:
             metrics.cache_requests.labels(layer=layer, result=result).inc()
 
+        counters: RedisClient | None = None
+        if redis is not None and is_cluster(redis):
+            counters = redis  # each script call goes to its scope's node through the cluster client
+        elif settings.redis_url:
+            # The limits' own connections: a slow counter store must cost a request little, and never fail it.
+            # No socket timeout here: redis-py would run every read in a task of its own for it; the limiter
+            # bounds each call itself (asyncio.timeout), at a fraction of the cost.
+            counters = Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, health_check_interval=10)
+            stack.push_async_callback(counters.aclose)
+        limiter = Limiter(
+            counters,
+            prefix=settings.redis_prefix,
+            defaults=Limits(
+                requests_per_minute=settings.key_requests_per_minute, tokens_per_day=settings.key_tokens_per_day
+            ),
+            on_refused=lambda scope: metrics.rate_limited.labels(scope=scope).inc(),
+        )
+        stack.push_async_callback(limiter.aclose)
+
         accounts = Accounts(pool)
         if settings.bootstrap_admin:
             await _bootstrap_admin(accounts, settings)
@@ -242,6 +265,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             max_message_chars=settings.max_message_chars,
             metrics=metrics,
             leases=leases,
+            limiter=limiter,
         )
         stack.push_async_callback(chat.aclose)
         streams = StreamRecorder(
@@ -269,6 +293,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             streams=streams,
             leases=leases,
             redis_client=redis,
+            limiter=limiter,
         )
 
 

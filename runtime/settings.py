@@ -71,6 +71,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_format: str = "text"
     # GET /metrics (METRICS=off removes it).
     metrics: bool = True
+    # Limits of keys that set none of their own (section 9 of the contract); None is no limit.
+    key_requests_per_minute: int | None = None
+    key_tokens_per_day: int | None = None
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -127,8 +130,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             log_level=(text("LOG_LEVEL") or "INFO").upper(),
             log_format=_log_format(text("LOG_FORMAT")),
             metrics=(text("METRICS") or "on").lower() not in ("off", "false", "0", "no"),
+            key_requests_per_minute=_limit(text("KEY_REQUESTS_PER_MINUTE"), "KEY_REQUESTS_PER_MINUTE"),
+            key_tokens_per_day=_limit(text("KEY_TOKENS_PER_DAY"), "KEY_TOKENS_PER_DAY"),
             env=env,
         )
+
+
+def _limit(value: str | None, name: str) -> int | None:
+    """A limit from the environment: a positive whole number, or unset (or 0, or ``none``) for no limit."""
+    if value is None or value.lower() in ("0", "none", "off"):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a positive whole number, got {value!r}") from None
+    if not 1 <= number <= 1_000_000_000_000:
+        raise SettingsError(f"{name} must be between 1 and 10**12 (or 0 for no limit), got {value!r}")
+    return number
 
 
 def _log_format(value: str | None) -> str:

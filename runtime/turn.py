@@ -28,6 +28,7 @@ from core.events import (
 from providers import ProviderRequest, ProviderSet, ToolCall, assemble_tool_calls, batches_of
 from runtime.conversations import ConversationStore, MessageStatus
 from runtime.leases import Leases
+from runtime.limits import Admission
 from runtime.logs import REQUEST_ID
 from runtime.metrics import Metrics
 from runtime.prompt import Route
@@ -260,8 +261,10 @@ class Turn:
         began: float | None = None,
         metrics: Metrics | None = None,
         route: str = "chat",
+        admission: Admission | None = None,
     ) -> None:
         self.spawn = spawn
+        self.admission = admission
         self.metrics = metrics
         self.route = route
         self.start = start
@@ -378,6 +381,8 @@ class Turn:
         how it ended, how long)."""
         now = time.monotonic()
         start, usage = self.start, self.said.usage
+        if self.admission is not None and usage is not None:
+            self.admission.spend(start.persona.id, usage.input_tokens + usage.output_tokens)
         metrics = self.metrics
         if metrics is not None:
             metrics.streams_in_flight.dec()

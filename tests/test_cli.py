@@ -43,6 +43,12 @@ def test_users_and_keys_from_the_command_line(cli_env):
     assert key not in key_run.stderr
 
     assert run_cli("keys", "create", "--user", "nobody", env=cli_env).returncode == 1
+    limited = run_cli(
+        "keys", "create", "--user", "dora", "--requests-per-minute", "1", "--tokens-per-day", "5000", env=cli_env
+    )
+    assert limited.returncode == 0, limited.stderr
+    limited_key = limited.stdout.strip().splitlines()[-1]
+    assert run_cli("keys", "create", "--user", "dora", "--requests-per-minute", "0", env=cli_env).returncode == 2
     assert run_cli("users", "create", "dora", env=cli_env).returncode == 1  # taken
 
     port = free_port()
@@ -52,6 +58,12 @@ def test_users_and_keys_from_the_command_line(cli_env):
         wait_until_up(base)
         with httpx.Client(base_url=base) as http:
             assert http.get("/api/v1/chat/personas", headers={"X-API-Key": key}).status_code == 200
+            shown = http.get("/api/v1/keys", headers={"X-API-Key": limited_key}).json()["keys"]
+            limits = next(k["limits"] for k in shown if limited_key.startswith(k["prefix"]))
+            assert limits == {"requests_per_minute": 1, "tokens_per_minute": None, "tokens_per_day": 5000}
+            chat = {"message": "Hi"}
+            assert http.post("/api/v1/chat", json=chat, headers={"X-API-Key": limited_key}).status_code == 200
+            assert http.post("/api/v1/chat", json=chat, headers={"X-API-Key": limited_key}).status_code == 429
             revoked = run_cli("keys", "revoke", key[:12], env=cli_env)
             assert revoked.returncode == 0, revoked.stderr
             time.sleep(1.1)

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,32 @@ async def test_javascript_fetch_example_runs_as_written(echo_server):
     result = await run("node", str(EXAMPLES / "chat_stream.mjs"), "Hi", "from", "node", env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[echo] Hi from node"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the limits examples use curl, which is not installed here")
+async def test_limits_examples_run_as_written(echo_server, tmp_path):
+    database_url, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("limits-admin", is_admin=True)
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    script = bash_blocks(ROOT / "docs" / "api.md", "## Limits")
+    left = 60 - time.time() % 60  # the example counts within one minute: start it with time to spare
+    if left < 8:
+        await asyncio.sleep(left + 0.1)
+    env = {**cli_env(database_url), "KEY": key, "BASE": url}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.lower()
+    assert out.count("http/1.1 200") == 2 and out.count("http/1.1 429") == 1, out
+    assert "x-ratelimit-remaining-requests: 1" in out and "x-ratelimit-remaining-requests: 0" in out
+    assert "retry-after:" in out
+    assert '"requests_this_minute":2' in out
+    assert '"requests_per_minute":100' in out

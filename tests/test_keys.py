@@ -55,7 +55,17 @@ async def test_create_list_and_revoke_keys_over_http(client, alice, resources):
     key = created["key"]
     assert key.startswith(KEY_PREFIX) and len(key) >= 40
     info = created["api_key"]
-    assert set(info) == {"id", "name", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at"}
+    assert set(info) == {
+        "id",
+        "name",
+        "prefix",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+        "limits",
+        "usage",
+    }
     assert key.startswith(info["prefix"]) and info["prefix"] != key
     # Stored only as a hash.
     row = await resources.pool.fetchrow("SELECT * FROM api_keys WHERE id = $1::uuid", info["id"])

@@ -57,6 +57,7 @@ async def test_export_gives_our_document_as_a_file(client, alice):
         "model_settings",
         "tools",
         "visibility",
+        "limits",
     }
     assert document["persona"]["system_prompt"] == persona["system_prompt"]
     assert document["persona"]["model_settings"]["temperature"] == 0.4
