@@ -4,6 +4,7 @@ an instance killed mid-answer leaves behind."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -133,3 +134,29 @@ async def test_an_instance_killed_mid_answer_leaves_it_incomplete_and_its_stream
     assert text_of(events).startswith(text_of(seen))
     assert events[-2].event == "error" and events[-2].json["code"] == "interrupted"
     assert events[-1].data == "[DONE]"
+
+
+async def test_a_keys_rate_limit_holds_across_instances_behind_the_balancer(scale_out, fake_llm):
+    left = 60 - time.time() % 60
+    if left < 8:  # counters are per minute: start with time to spare
+        await asyncio.sleep(left + 0.1)
+    async with httpx.AsyncClient(base_url=scale_out.url, headers=scale_out.admin_headers, timeout=30) as http:
+        user = await http.post("/api/v1/admin/users", json={"name": f"limited-{time.time_ns()}"})
+        assert user.status_code == 201, user.text
+        made = await http.post(
+            f"/api/v1/admin/users/{user.json()['user']['id']}/keys",
+            json={"name": "three a minute", "limits": {"requests_per_minute": 3}},
+        )
+        assert made.status_code == 201, made.text
+        headers = {"X-API-Key": made.json()["key"]}
+        before = await asyncio.to_thread(counts, scale_out, CHAT, "POST")
+        answers = []
+        for _ in range(3):
+            fake_llm.script(chunks=("ok",))
+            answers.append(await http.post(CHAT, json={"message": "count me"}, headers=headers))
+        refused = await http.post(CHAT, json={"message": "one too many"}, headers=headers)
+        after = await asyncio.to_thread(counts, scale_out, CHAT, "POST")
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert sum(1 for a, b in zip(before, after, strict=True) if b > a) == 3, "three instances answered"
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
