@@ -143,7 +143,8 @@ class PersonaPatch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     tools: Annotated[list[Tool], Meta(max_length=64)] | UnsetType = UNSET
     visibility: Visibility | UnsetType = UNSET
     extensions: Extensions | UnsetType = UNSET
-    limits: Limits | UnsetType = UNSET
+    # null is no limits, like {}.
+    limits: Limits | UnsetType | None = UNSET
     is_default: bool | UnsetType = UNSET
     change_note: ChangeNote | UnsetType | None = UNSET
 

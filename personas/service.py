@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 import msgspec
 
 from core.errors import BadRequest, Forbidden, NotFound
-from personas.models import Caller, Persona, PersonaDraft, PersonaPatch, Tool
+from personas.models import Caller, Limits, Persona, PersonaDraft, PersonaPatch, Tool
 from personas.store import PersonaStore
 from personas.template import check_template
 from personas.text import check_json, check_name, check_text, normalize_name
@@ -203,6 +203,8 @@ class PersonaService:
             for f in patch.__struct_fields__
             if f != "change_note" and getattr(patch, f) is not msgspec.UNSET
         }
+        if "limits" in changes and changes["limits"] is None:
+            changes["limits"] = Limits()
         if "is_default" in changes:
             if not caller.is_admin:
                 raise Forbidden("Only admins may set `is_default`; leave it out.", field="is_default")

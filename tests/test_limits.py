@@ -119,6 +119,15 @@ async def test_persona_limits_are_written_shown_versioned_and_exported(client, a
     assert r.json()["persona"]["limits"]["requests_per_minute"] is None
     old = await client.get(f"{url}/versions/1", headers=alice.headers)
     assert old.json()["persona"]["limits"]["requests_per_minute"] == 30
+    cleared = await client.put(url, json={"limits": None}, headers=alice.headers)
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["persona"]["limits"] == {
+        "requests_per_minute": None,
+        "tokens_per_minute": None,
+        "tokens_per_day": None,
+    }
+    restored = await client.post(f"{url}/versions/2/restore", headers=alice.headers)
+    assert restored.json()["persona"]["limits"]["tokens_per_day"] == 100_000
 
     document = (await client.get(f"{url}/export", headers=alice.headers)).json()
     assert document["persona"]["limits"]["tokens_per_day"] == 100_000
