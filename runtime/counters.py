@@ -20,9 +20,9 @@ from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
-from core.redis_client import REDIS_ERRORS
+from core.redis_client import REDIS_ERRORS, packed, send
 from personas.models import Limits
 
 __all__ = ["DAY", "FLUSH_SECONDS", "MINUTE", "Counters", "KeyUsage", "Reading", "Scope", "Windows"]
@@ -239,19 +239,7 @@ class Counters:
             return list(
                 await asyncio.gather(*(self._redis.execute_command(*c) for c in commands), return_exceptions=True)
             )
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()
-        try:
-            await connection.send_packed_command(b"".join(_packed(*c) for c in commands))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        finally:
-            await pool.release(connection)
+        return await send(self._redis, [packed(*c) for c in commands])
 
     def add_tokens(self, tag: str, tokens: int) -> None:
         """Count a turn's tokens in the scope ``tag``: with the scope's next check, or the flush soon after."""
@@ -367,15 +355,6 @@ class Counters:
                 "Redis is reachable again after %.1fs; rate limits counted there", time.monotonic() - self._down_since
             )
             self._down_since = None
-
-
-def _packed(*args: str | int) -> bytes:
-    """One command in Redis's protocol (RESP): an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
 
 
 def _limit_args(limits: Limits) -> tuple[int, int, int]:

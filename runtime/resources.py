@@ -175,7 +175,8 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
         if redis is not None and is_cluster(redis):
             counters = redis  # each script call goes to its scope's node through the cluster client
         elif settings.redis_url:
-            # The limits' own connections: a slow counter store must cost a request little, and never fail it.
+            # The hot path's own connections (the limits' checks, stream recordings): a slow Redis must cost a
+            # request little, and never fail it.
             # No socket timeout here: redis-py would run every read in a task of its own for it; the limiter
             # bounds each call itself (asyncio.timeout), at a fraction of the cost.
             counters = Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, health_check_interval=10)
@@ -270,6 +271,8 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
         stack.push_async_callback(chat.aclose)
         streams = StreamRecorder(
             redis,
+            # The limits' client, without a socket timeout: stream writes are on the hot path too.
+            writer=counters if isinstance(counters, Redis) else None,
             prefix=settings.redis_prefix,
             retention=settings.stream_retention_seconds,
             spawn=chat.spawn,

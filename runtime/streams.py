@@ -23,9 +23,10 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import msgspec
+from redis.asyncio import Redis
 
 from core.errors import StreamExpired
-from core.redis_client import REDIS_ERRORS
+from core.redis_client import REDIS_ERRORS, packed, send
 
 __all__ = ["Recording", "StreamRecorder", "final_frame", "frame"]
 
@@ -39,6 +40,9 @@ _encode = msgspec.json.Encoder().encode
 _MAX_ENTRIES = 10_000
 # The least time between two writes of one stream to Redis: a write holds every frame made since the last.
 _EVERY = 0.05
+# How long one write may take before it is given up (the stream goes on; that part is kept here only).
+_WRITE_TIMEOUT = 0.5
+_WRITE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_ERRORS)
 # How often a reader of another instance's stream looks at the stored message while nothing arrives, to
 # notice an answer whose instance died.
 _STATUS_EVERY = 1.0
@@ -132,13 +136,15 @@ class Recording:
 class StreamRecorder:
     """The recordings of this instance's streams, and replays of any instance's (with Redis).
 
-    ``retention`` is how long a finished stream can be replayed; 0 records nothing.
+    ``retention`` is how long a finished stream can be replayed; 0 records nothing. ``redis`` reads (and,
+    on a Redis Cluster, writes); ``writer``, a single server's client, writes on the hot path.
     """
 
     def __init__(
         self,
         redis: Any | None,
         *,
+        writer: Redis | None = None,
         prefix: str,
         retention: float,
         spawn: Spawn,
@@ -146,6 +152,8 @@ class StreamRecorder:
         retry_after: float = 1.0,
     ) -> None:
         self._redis: Any = redis
+        # A single server's client without a socket timeout, for the writes of the hot path (see _RedisWriter).
+        self._writer = writer
         self._prefix = prefix
         self.retention = retention
         self._spawn = spawn
@@ -321,16 +329,22 @@ class StreamRecorder:
 
 
 def _frames_of(entries: list[Any], after: int) -> tuple[list[bytes], str, bool, bool]:
+    """The frames numbered above ``after`` in ``entries``, the last entry's id, and whether (and how) the
+    stream ended. An entry holds consecutive frames from number ``f`` on, joined in ``d``; ``e`` marks the end
+    (``1`` when the stream's own final event came before it)."""
     frames: list[bytes] = []
     last_id = "0-0"
     ended = terminal = False
     for entry_id, fields in entries:
         last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        for name, value in fields.items():
-            if name == b"end":
-                ended, terminal = True, value == b"1"
-            elif int(name) > after:
-                frames.append(value)
+        data = fields.get(b"d")
+        if data:
+            pieces = [piece + b"\n\n" for piece in data.split(b"\n\n")[:-1]]
+            skip = after - int(fields[b"f"]) + 1
+            frames.extend(pieces[skip:] if skip > 0 else pieces)
+        end = fields.get(b"e")
+        if end is not None:
+            ended, terminal = True, end == b"1"
     return frames, last_id, ended, terminal
 
 
@@ -383,6 +397,29 @@ class _RedisWriter:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
 
+    async def _write(self, first: int, data: bytes, ended: bool, expire_ms: int) -> None:
+        """One entry (frames ``first``… joined in ``data``, and the end mark), and the key's expiry if given."""
+        fields: list[bytes | str | int] = ["f", first, "d", data]
+        if ended:
+            fields += ["e", b"1" if self._terminal else b"0"]
+        writer = self._recorder._writer
+        if writer is not None:
+            # Encoded here, written with the expiry in one go: a fraction of redis-py's general command path.
+            commands = [packed("XADD", self._key, "MAXLEN", "~", _MAX_ENTRIES, "*", *fields)]
+            if expire_ms:
+                commands.append(packed("PEXPIRE", self._key, expire_ms))
+            for reply in await send(writer, commands):
+                if isinstance(reply, Exception):
+                    raise reply
+            return
+        async with self._recorder._redis.pipeline(transaction=False) as pipe:  # a Redis Cluster
+            pipe.xadd(
+                self._key, dict(zip(fields[::2], fields[1::2], strict=True)), maxlen=_MAX_ENTRIES, approximate=True
+            )
+            if expire_ms:
+                pipe.pexpire(self._key, expire_ms)
+            await pipe.execute()
+
     def _start(self) -> None:
         self._timer = None
         self._busy = True
@@ -390,35 +427,26 @@ class _RedisWriter:
 
     async def _flush(self) -> None:
         recorder = self._recorder
-        redis = recorder._redis
         retention = recorder.retention
         try:
             while self._pending or self._ended:
                 frames, self._pending = self._pending, []
                 ended = self._ended
-                fields: dict[Any, bytes] = {}
-                for piece in frames:
-                    self._n += 1
-                    fields[self._n] = piece
-                if ended:
-                    fields["end"] = b"1" if self._terminal else b"0"
+                first, self._n = self._n + 1, self._n + len(frames)
                 if not recorder.redis_usable():
                     self.missed = True
                     return  # kept on this instance only, while Redis is away
                 now = time.monotonic()
+                expire = ended or self._expires is None or now - self._expires > retention / 3
                 try:
-                    if ended or self._expires is None or now - self._expires > retention / 3:
-                        self._expires = now
-                        async with redis.pipeline(transaction=False) as pipe:
-                            pipe.xadd(self._key, fields, maxlen=_MAX_ENTRIES, approximate=True)
-                            pipe.pexpire(self._key, int(retention * 1000))
-                            await pipe.execute()
-                    else:
-                        await redis.xadd(self._key, fields, maxlen=_MAX_ENTRIES, approximate=True)
-                except REDIS_ERRORS as exc:
+                    async with asyncio.timeout(_WRITE_TIMEOUT):
+                        await self._write(first, b"".join(frames), ended, int(retention * 1000) if expire else 0)
+                except _WRITE_ERRORS as exc:
                     self.missed = True
                     recorder.failed(exc)
                     return
+                if expire:
+                    self._expires = now
                 if ended:
                     return
                 if not self._ended:
