@@ -1,11 +1,12 @@
 """Recorded streams: every chat stream's events kept as they are sent, so a client can resume it anywhere.
 
 A :class:`Recording` holds one answer's SSE frames on the instance that runs it; readers follow it
-live. With Redis the frames are also appended to a Redis Stream per message (``XADD``, pipelined, at
-most one write in flight per stream, so a fast stream costs a few round trips, not one per event),
-which any instance can replay and then follow. Without Redis, finished recordings stay in this
-process for the retention. A frame is the exact bytes sent to the first client (its ``id:`` is
-``<message_id>:<n>``), so a replay is the same stream, byte for byte.
+live. With Redis the frames are also appended to a Redis Stream per message (``XADD``), by one flush
+for all streams every 50 ms at most, each stream's new frames one entry: a short answer is one entry,
+and under load one round trip carries many streams' entries. Any instance can replay a recording and
+follow it. Without Redis, finished recordings stay in this process for the retention. A frame is the
+exact bytes sent to the first client (its ``id:`` is ``<message_id>:<n>``), so a replay is the same
+stream, byte for byte.
 
 Streams are told apart from the stored message: the recording ends with the stream, and if it ends
 without a final event (the instance died, the client left a stream that was not resumable) the reader
@@ -40,6 +41,8 @@ _encode = msgspec.json.Encoder().encode
 _MAX_ENTRIES = 10_000
 # The least time between two writes of one stream to Redis: a write holds every frame made since the last.
 _EVERY = 0.05
+# Looks for a recording not in Redis yet, before it is taken for expired.
+_LATE_TRIES = 3
 # How long one write may take before it is given up (the stream goes on; that part is kept here only).
 _WRITE_TIMEOUT = 0.5
 _WRITE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_ERRORS)
@@ -152,7 +155,7 @@ class StreamRecorder:
         retry_after: float = 1.0,
     ) -> None:
         self._redis: Any = redis
-        # A single server's client without a socket timeout, for the writes of the hot path (see _RedisWriter).
+        # A single server's client without a socket timeout, for the writes of the hot path (see _Outbox).
         self._writer = writer
         self._prefix = prefix
         self.retention = retention
@@ -164,6 +167,7 @@ class StreamRecorder:
         self._retry_after = retry_after
         self._down_until = 0.0
         self._writers: dict[UUID, _RedisWriter] = {}
+        self._outbox = _Outbox(self)
 
     @property
     def enabled(self) -> bool:
@@ -179,14 +183,14 @@ class StreamRecorder:
         recording = Recording(message_id, user_id)
         self._live[message_id] = recording
         if self._redis is not None:
-            self._writers[message_id] = _RedisWriter(self, recording, self.key(message_id))
+            self._writers[message_id] = _RedisWriter(recording, self.key(message_id))
         return recording
 
     def add(self, recording: Recording, frames: list[bytes]) -> None:
         recording.add(frames)
         writer = self._writers.get(recording.message_id)
         if writer is not None:
-            writer.write(frames, end=False)
+            self._outbox.write(writer, frames)
 
     def close(self, recording: Recording, *, terminal: bool) -> None:
         """The stream ended (``terminal``: with its own final event)."""
@@ -195,7 +199,7 @@ class StreamRecorder:
         self._live.pop(message_id, None)
         writer = self._writers.pop(message_id, None)
         if writer is not None:
-            writer.write([], end=True, terminal=terminal)
+            self._outbox.write(writer, [], end=True, terminal=terminal)
             if not writer.missed:
                 return  # else some of it never reached Redis: this instance can still replay it whole
         self.keep(recording)
@@ -234,6 +238,12 @@ class StreamRecorder:
             return recording.follow(after, heartbeat, status_of)
         if self._redis is not None and time.monotonic() >= self._down_until:
             first = await self._read(message_id, "-", after)
+            for _ in range(_LATE_TRIES):
+                if first is not None:
+                    break
+                # Its last write may still be on its way from the instance that ran it.
+                await asyncio.sleep(_EVERY)
+                first = await self._read(message_id, "-", after)
             if first is not None:
                 return self._follow_redis(message_id, first, after, heartbeat, status_of)
             state = await status_of()
@@ -349,76 +359,67 @@ def _frames_of(entries: list[Any], after: int) -> tuple[list[bytes], str, bool, 
 
 
 class _RedisWriter:
-    """Appends one stream's frames to its Redis Stream, at most one write in flight and one per ``_EVERY``.
+    """One stream's frames not yet in Redis, and how far it got there."""
 
-    Frames produced meanwhile go out together in the next write, so the number of round trips follows
-    time, not the number of events: an answer shorter than ``_EVERY`` is written once, at its end.
-    """
+    __slots__ = ("ended", "expires", "key", "missed", "n", "pending", "recording", "terminal")
 
-    __slots__ = (
-        "_busy",
-        "_ended",
-        "_expires",
-        "_key",
-        "_n",
-        "_pending",
-        "_recorder",
-        "_recording",
-        "_terminal",
-        "_timer",
-        "missed",
-    )
-
-    def __init__(self, recorder: StreamRecorder, recording: Recording, key: str) -> None:
-        self._recorder = recorder
-        self._recording = recording
-        self._key = key
-        self._pending: list[bytes] = []
-        self._n = 0
-        self._ended = False
-        self._terminal = False
-        self._busy = False
-        self._timer: asyncio.TimerHandle | None = None
-        # When the key's expiry was last pushed out (it is, at the first and last write and now and then).
-        self._expires: float | None = None
+    def __init__(self, recording: Recording, key: str) -> None:
+        self.recording = recording
+        self.key = key
+        self.pending: list[bytes] = []
+        self.n = 0
+        self.ended = False
+        self.terminal = False
+        # When the key's expiry was last pushed out (at the first and last write, and now and then between).
+        self.expires: float | None = None
         # Whether a write was skipped or failed (Redis away): the stream in Redis has a gap then.
         self.missed = False
 
-    def write(self, frames: list[bytes], *, end: bool, terminal: bool = False) -> None:
-        self._pending.extend(frames)
+    def entry(self, now: float, retention: float) -> tuple[list[bytes | str | int], int]:
+        """The entry for the frames pending (numbered from ``n + 1``, joined) and the expiry to set, if any."""
+        frames, self.pending = self.pending, []
+        fields: list[bytes | str | int] = ["f", self.n + 1, "d", b"".join(frames)]
+        self.n += len(frames)
+        if self.ended:
+            fields += ["e", b"1" if self.terminal else b"0"]
+        expire = self.ended or self.expires is None or now - self.expires > retention / 3
+        if expire:
+            self.expires = now
+        return fields, int(retention * 1000) if expire else 0
+
+
+class _Outbox:
+    """Every stream's frames on their way to Redis, sent by one flush for all streams at most every ``_EVERY``.
+
+    A flush sends one entry per stream that has new frames (all its frames since the last flush) and the
+    keys' expiries in one round trip, so under load the cost of a write is shared by many streams, and an
+    answer shorter than ``_EVERY`` is written once, at its end. One flush at a time keeps each stream's
+    entries in order.
+    """
+
+    def __init__(self, recorder: StreamRecorder) -> None:
+        self._recorder = recorder
+        self._dirty: dict[UUID, _RedisWriter] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy = False
+
+    def write(self, writer: _RedisWriter, frames: list[bytes], *, end: bool = False, terminal: bool = False) -> None:
+        writer.pending.extend(frames)
         if end:
-            self._ended, self._terminal = True, terminal
+            writer.ended, writer.terminal = True, terminal
+        self._dirty[writer.recording.message_id] = writer
         if self._busy:
-            return  # the write under way takes these next
+            return  # the flush under way is followed by another
         if end:
+            # A stream's end goes at once (with whatever else is waiting): its client may be about to resume
+            # the stream elsewhere, and the message it names is already stored.
             if self._timer is not None:
                 self._timer.cancel()
-            self._start()
+            self._busy = True
+            self._timer = None
+            self._recorder._spawn(self._flush())
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
-
-    async def _write(self, first: int, data: bytes, ended: bool, expire_ms: int) -> None:
-        """One entry (frames ``first``… joined in ``data``, and the end mark), and the key's expiry if given."""
-        fields: list[bytes | str | int] = ["f", first, "d", data]
-        if ended:
-            fields += ["e", b"1" if self._terminal else b"0"]
-        writer = self._recorder._writer
-        if writer is not None:
-            # Encoded here, written with the expiry in one go: a fraction of redis-py's general command path.
-            commands = [packed("XADD", self._key, "MAXLEN", "~", _MAX_ENTRIES, "*", *fields)]
-            if expire_ms:
-                commands.append(packed("PEXPIRE", self._key, expire_ms))
-            for reply in await send(writer, commands):
-                if isinstance(reply, Exception):
-                    raise reply
-            return
-        async with self._recorder._redis.pipeline(transaction=False) as pipe:  # a Redis Cluster
-            pipe.xadd(
-                self._key, dict(zip(fields[::2], fields[1::2], strict=True)), maxlen=_MAX_ENTRIES, approximate=True
-            )
-            if expire_ms:
-                pipe.pexpire(self._key, expire_ms)
-            await pipe.execute()
 
     def _start(self) -> None:
         self._timer = None
@@ -427,33 +428,50 @@ class _RedisWriter:
 
     async def _flush(self) -> None:
         recorder = self._recorder
-        retention = recorder.retention
+        writers = list(self._dirty.values())
+        self._dirty.clear()
         try:
-            while self._pending or self._ended:
-                frames, self._pending = self._pending, []
-                ended = self._ended
-                first, self._n = self._n + 1, self._n + len(frames)
-                if not recorder.redis_usable():
-                    self.missed = True
-                    return  # kept on this instance only, while Redis is away
-                now = time.monotonic()
-                expire = ended or self._expires is None or now - self._expires > retention / 3
-                try:
-                    async with asyncio.timeout(_WRITE_TIMEOUT):
-                        await self._write(first, b"".join(frames), ended, int(retention * 1000) if expire else 0)
-                except _WRITE_ERRORS as exc:
-                    self.missed = True
-                    recorder.failed(exc)
-                    return
-                if expire:
-                    self._expires = now
-                if ended:
-                    return
-                if not self._ended:
-                    break  # the next frames wait for the timer, the end for nothing
+            if not recorder.redis_usable():
+                self._missed(writers)  # kept on their instance only, while Redis is away
+                return
+            now = time.monotonic()
+            entries = [(w, *w.entry(now, recorder.retention)) for w in writers]
+            try:
+                async with asyncio.timeout(_WRITE_TIMEOUT):
+                    await self._send(entries)
+            except _WRITE_ERRORS as exc:
+                recorder.failed(exc)
+                self._missed(writers)
         finally:
             self._busy = False
-            if self.missed and self._ended:
-                recorder.keep(self._recording)
-        if self._pending and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
+            if self._dirty and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
+
+    async def _send(self, entries: list[tuple[_RedisWriter, list[bytes | str | int], int]]) -> None:
+        recorder = self._recorder
+        writer = recorder._writer
+        if writer is not None:
+            # Encoded here and written in one go: a fraction of redis-py's general command path.
+            commands = []
+            for stream, fields, expire_ms in entries:
+                commands.append(packed("XADD", stream.key, "MAXLEN", "~", _MAX_ENTRIES, "*", *fields))
+                if expire_ms:
+                    commands.append(packed("PEXPIRE", stream.key, expire_ms))
+            failed = [reply for reply in await send(writer, commands) if isinstance(reply, Exception)]
+            if failed:
+                raise failed[0]
+            return
+        async with recorder._redis.pipeline(transaction=False) as pipe:  # a Redis Cluster: each to its node
+            for stream, fields, expire_ms in entries:
+                entry = dict(zip(fields[::2], fields[1::2], strict=True))
+                pipe.xadd(stream.key, entry, maxlen=_MAX_ENTRIES, approximate=True)
+                if expire_ms:
+                    pipe.pexpire(stream.key, expire_ms)
+            await pipe.execute()
+
+    def _missed(self, writers: list[_RedisWriter]) -> None:
+        for writer in writers:
+            writer.missed = True
+            writer.pending.clear()
+            if writer.ended:
+                self._recorder.keep(writer.recording)
