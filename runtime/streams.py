@@ -41,8 +41,9 @@ _encode = msgspec.json.Encoder().encode
 _MAX_ENTRIES = 10_000
 # The least time between two writes of one stream to Redis: a write holds every frame made since the last.
 _EVERY = 0.05
-# Looks for a recording not in Redis yet, before it is taken for expired.
-_LATE_TRIES = 3
+# Looks for a recording not in Redis yet (its last flush is at most ``_EVERY`` and a round trip away),
+# before a stored answer without one is taken for expired.
+_LATE_TRIES = 4
 # How long one write may take before it is given up (the stream goes on; that part is kept here only).
 _WRITE_TIMEOUT = 0.5
 _WRITE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_ERRORS)
@@ -200,8 +201,8 @@ class StreamRecorder:
         writer = self._writers.pop(message_id, None)
         if writer is not None:
             self._outbox.write(writer, [], end=True, terminal=terminal)
-            if not writer.missed:
-                return  # else some of it never reached Redis: this instance can still replay it whole
+        # Kept here until its end is in Redis (for good, if some of it never got there): meanwhile, and
+        # while Redis is away, this instance can still replay it whole.
         self.keep(recording)
 
     def keep(self, recording: Recording) -> None:
@@ -393,7 +394,7 @@ class _Outbox:
 
     A flush sends one entry per stream that has new frames (all its frames since the last flush) and the
     keys' expiries in one round trip, so under load the cost of a write is shared by many streams, and an
-    answer shorter than ``_EVERY`` is written once, at its end. One flush at a time keeps each stream's
+    answer shorter than ``_EVERY`` is written once, after its end. One flush at a time keeps each stream's
     entries in order.
     """
 
@@ -408,17 +409,9 @@ class _Outbox:
         if end:
             writer.ended, writer.terminal = True, terminal
         self._dirty[writer.recording.message_id] = writer
-        if self._busy:
-            return  # the flush under way is followed by another
-        if end:
-            # A stream's end goes at once (with whatever else is waiting): its client may be about to resume
-            # the stream elsewhere, and the message it names is already stored.
-            if self._timer is not None:
-                self._timer.cancel()
-            self._busy = True
-            self._timer = None
-            self._recorder._spawn(self._flush())
-        elif self._timer is None:
+        if not self._busy and self._timer is None:
+            # A stream's end waits for the timer too, with the others: a replay looks again for a while
+            # (``_LATE_TRIES``) before it takes a stored answer without a recording for expired.
             self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
 
     def _start(self) -> None:
@@ -442,6 +435,10 @@ class _Outbox:
             except _WRITE_ERRORS as exc:
                 recorder.failed(exc)
                 self._missed(writers)
+                return
+            for writer in writers:
+                if writer.ended and not writer.missed:
+                    recorder._finished.pop(writer.recording.message_id, None)  # Redis has all of it
         finally:
             self._busy = False
             if self._dirty and self._timer is None:

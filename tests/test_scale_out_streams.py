@@ -155,8 +155,15 @@ async def test_a_keys_rate_limit_holds_across_instances_behind_the_balancer(scal
             fake_llm.script(chunks=("ok",))
             answers.append(await http.post(CHAT, json={"message": "count me"}, headers=headers))
         refused = await http.post(CHAT, json={"message": "one too many"}, headers=headers)
-        after = await asyncio.to_thread(counts, scale_out, CHAT, "POST")
     assert [a.status_code for a in answers] == [200, 200, 200]
-    assert sum(1 for a, b in zip(before, after, strict=True) if b > a) == 3, "three instances answered"
+    served: list[float] = []
+
+    async def all_counted() -> bool:  # an answer is counted once it has ended
+        after = await asyncio.to_thread(counts, scale_out, CHAT, "POST")
+        served[:] = [b - a for a, b in zip(before, after, strict=True)]
+        return sum(served) == 3
+
+    assert await eventually(all_counted), served
+    assert served == [1, 1, 1], "each instance answered one of the three"
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
