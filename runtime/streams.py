@@ -16,6 +16,7 @@ makes one from the message's stored status.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from core.errors import StreamExpired
 from core.redis_client import REDIS_ERRORS, packed, send
@@ -46,6 +48,25 @@ _EVERY = 0.05
 _LATE_TRIES = 4
 # How long one write may take before it is given up (the stream goes on; that part is kept here only).
 _WRITE_TIMEOUT = 0.5
+# A flush on a single Redis server: for each stream (KEYS), its entry and, when asked, its expiry. ARGV is
+# the trimming bound, then four values a stream: the first frame's number, the frames, the end mark ('' for
+# none) and the expiry in ms (0 for none).
+_APPEND_SCRIPT = """
+local maxlen = ARGV[1]
+for i, key in ipairs(KEYS) do
+  local at = 1 + (i - 1) * 4
+  local first, data, ended, ttl = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], tonumber(ARGV[at + 4])
+  if ended == '' then
+    redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'f', first, 'd', data)
+  else
+    redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'f', first, 'd', data, 'e', ended)
+  end
+  if ttl > 0 then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+return #KEYS
+"""
 _WRITE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_ERRORS)
 # How often a reader of another instance's stream looks at the stored message while nothing arrives, to
 # notice an answer whose instance died.
@@ -401,6 +422,7 @@ class _Outbox:
     def __init__(self, recorder: StreamRecorder) -> None:
         self._recorder = recorder
         self._dirty: dict[UUID, _RedisWriter] = {}
+        self._sha: str | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._busy = False
 
@@ -448,15 +470,19 @@ class _Outbox:
         recorder = self._recorder
         writer = recorder._writer
         if writer is not None:
-            # Encoded here and written in one go: a fraction of redis-py's general command path.
-            commands = []
-            for stream, fields, expire_ms in entries:
-                commands.append(packed("XADD", stream.key, "MAXLEN", "~", _MAX_ENTRIES, "*", *fields))
-                if expire_ms:
-                    commands.append(packed("PEXPIRE", stream.key, expire_ms))
-            failed = [reply for reply in await send(writer, commands) if isinstance(reply, Exception)]
-            if failed:
-                raise failed[0]
+            # One script call for every stream of the flush: one command to encode, one reply to read.
+            args: list[bytes | str | int] = [len(entries)]
+            args += [stream.key for stream, _, _ in entries]
+            args.append(_MAX_ENTRIES)
+            for _, fields, expire_ms in entries:
+                args += [fields[1], fields[3], fields[5] if len(fields) > 4 else b"", expire_ms]
+            if self._sha is None:
+                self._sha = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
+            (reply,) = await send(writer, [packed("EVALSHA", self._sha, *args)])
+            if isinstance(reply, NoScriptError):  # a Redis that restarted, or was flushed: EVAL loads it
+                (reply,) = await send(writer, [packed("EVAL", _APPEND_SCRIPT, *args)])
+            if isinstance(reply, Exception):
+                raise reply
             return
         async with recorder._redis.pipeline(transaction=False) as pipe:  # a Redis Cluster: each to its node
             for stream, fields, expire_ms in entries:

@@ -260,3 +260,26 @@ async def test_a_cancel_sent_to_another_instance_stops_the_answer_where_it_runs(
     assert await fake_llm.last_request.wait_disconnected(within=1.0), "the provider call was closed"
     answer = await stored_answer(llm_client, alice, first[0].json["conversation_id"])
     assert answer["status"] == "incomplete" and len(answer["content"].split()) < len(WORDS)
+
+
+async def test_recording_goes_on_after_redis_forgot_its_script(database_url, redis_process, fake_llm, alice):
+    import redis.asyncio as aioredis
+
+    settings = make_settings(database_url, redis_process.url, env=llm_env(fake_llm))
+    async with (
+        serving(create_app(settings)) as one_url,
+        serving(create_app(settings)) as two_url,
+        httpx.AsyncClient(base_url=one_url, timeout=30) as one,
+        httpx.AsyncClient(base_url=two_url, timeout=30) as two,
+    ):
+        for n in range(2):
+            if n == 1:  # as after a Redis restart: the script the recordings are written with is gone
+                client = aioredis.from_url(redis_process.url)
+                await client.script_flush()
+                await client.aclose()
+            fake_llm.script(chunks=(f"take {n} ", "recorded"))
+            r = await one.post(CHAT, json={"message": "again", "stream": True}, headers=alice.headers)
+            sent, _ = parse_sse(r.text)
+            replay = await two.get(events_url(sent[0].json["message_id"]), headers=alice.headers)
+            assert replay.status_code == 200, replay.text
+            assert [e.data for e in parse_sse(replay.text)[0]] == [e.data for e in sent]
