@@ -183,7 +183,8 @@ class StreamRecorder:
         self.retention = retention
         self._spawn = spawn
         self._live: dict[UUID, Recording] = {}
-        # Without Redis, finished recordings stay here for the retention (oldest first, bounded).
+        # Finished recordings, oldest first, bounded: for the retention without Redis, else until Redis has
+        # all of them (for the retention if it never will).
         self._finished: OrderedDict[UUID, Recording] = OrderedDict()
         self._max_finished = max_finished
         self._retry_after = retry_after
@@ -237,12 +238,6 @@ class StreamRecorder:
             if len(finished) <= self._max_finished and oldest.ended_at > cutoff:
                 break
             finished.popitem(last=False)
-
-    def live(self, message_id: UUID) -> Recording | None:
-        return self._live.get(message_id)
-
-    def running(self) -> list[Recording]:
-        return list(self._live.values())
 
     # any instance -----------------------------------------------------------------------------------
 
