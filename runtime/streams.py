@@ -351,7 +351,10 @@ class StreamRecorder:
 
     def failed(self, exc: BaseException) -> None:
         if time.monotonic() >= self._down_until:
-            log.warning("Redis unavailable for stream recording (%s); streams are kept on this instance only", exc)
+            log.warning(
+                "Redis unavailable for stream recording (%s); streams are kept on this instance only",
+                type(exc).__name__,
+            )
         self._down_until = time.monotonic() + self._retry_after
 
 
