@@ -11,12 +11,13 @@ single one (the cache works without Redis meanwhile; a restart picks the right c
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, TypeAlias
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-__all__ = ["REDIS_ERRORS", "RedisClient", "is_cluster", "open_redis", "packed", "ping", "send"]
+__all__ = ["REDIS_ERRORS", "Outage", "RedisClient", "is_cluster", "open_redis", "packed", "ping", "send"]
 
 log = logging.getLogger("persona_runtime.redis")
 
@@ -27,6 +28,58 @@ RedisClient: TypeAlias = Redis | RedisCluster
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+class Outage:
+    """Whether to try Redis now, for one use of it: after a failure, one try every ``retry_after`` seconds
+    while the others do without. The outage is logged once, on ``logger``, and so is its end.
+
+    ``use`` names the use (``rate limits``), ``meanwhile`` what happens without Redis, ``after`` what
+    happens again once it answers.
+    """
+
+    __slots__ = ("_after", "_down_since", "_logger", "_meanwhile", "_next_try", "_use", "retry_after")
+
+    def __init__(
+        self, logger: logging.Logger, use: str, *, meanwhile: str, after: str, retry_after: float = 1.0
+    ) -> None:
+        self._logger = logger
+        self._use = use
+        self._meanwhile = meanwhile
+        self._after = after
+        self.retry_after = retry_after
+        self._down_since: float | None = None
+        self._next_try = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def usable(self) -> bool:
+        """Up, or down long enough that this caller is the one to try again."""
+        if self._down_since is None:
+            return True
+        now = time.monotonic()
+        if now < self._next_try:
+            return False
+        self._next_try = now + self.retry_after
+        return True
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._logger.warning(
+                "Redis unavailable for %s (%s); %s until it is back", self._use, type(exc).__name__, self._meanwhile
+            )
+            self._down_since = now
+        self._next_try = now + self.retry_after
+
+    def recovered(self) -> None:
+        if self._down_since is not None:
+            self._logger.warning(
+                "Redis is reachable again after %.1fs; %s", time.monotonic() - self._down_since, self._after
+            )
+            self._down_since = None
 
 
 def packed(*args: bytes | str | int) -> bytes:

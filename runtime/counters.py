@@ -22,7 +22,7 @@ import msgspec
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
-from core.redis_client import REDIS_ERRORS, packed, send
+from core.redis_client import REDIS_ERRORS, Outage, packed, send
 from personas.models import Limits
 
 __all__ = ["DAY", "FLUSH_SECONDS", "MINUTE", "Counters", "KeyUsage", "Reading", "Scope", "Windows"]
@@ -168,10 +168,14 @@ class Counters:
     ) -> None:
         self._redis: Any = redis
         self._prefix = prefix
-        self._retry_after = retry_after
+        self._outage = Outage(
+            log,
+            "rate limits",
+            meanwhile="each process counts on its own",
+            after="rate limits counted there",
+            retry_after=retry_after,
+        )
         self._local = LocalCounters()
-        self._down_since: float | None = None
-        self._next_try = 0.0
         self._admit_sha: str | None = None
         self._add_sha: str | None = None
         # Tokens of finished turns not sent to Redis yet, by scope tag; and the timer that will send them.
@@ -190,7 +194,7 @@ class Counters:
                 async with asyncio.timeout(_REDIS_TIMEOUT):
                     return await self._read_redis(scopes, keys, spent)
             except REDIS_ERRORS as exc:
-                self._failed(exc)
+                self._outage.failed(exc)
                 for scope, tokens in zip(scopes, spent, strict=True):
                     self._count_here(scope.tag, tokens, now)
         return [self._local.admit(k, s, now) for s, k in zip(scopes, keys, strict=True)]
@@ -203,7 +207,7 @@ class Counters:
             for s, k, tokens in zip(scopes, keys, spent, strict=True)
         ]
         results = await self._run(ADMIT_SCRIPT, "_admit_sha", calls)
-        self._recovered()
+        self._outage.recovered()
         return [
             Reading(scope, int(res[0]), int(res[1]), int(res[2]), int(res[3]))
             for scope, res in zip(scopes, results, strict=True)
@@ -243,7 +247,7 @@ class Counters:
 
     def add_tokens(self, tag: str, tokens: int) -> None:
         """Count a turn's tokens in the scope ``tag``: with the scope's next check, or the flush soon after."""
-        if self._redis is None or self._down_since is not None:
+        if self._redis is None or self._outage.down:
             self._count_here(tag, tokens, time.time())
             return
         self._pending[tag] = self._pending.get(tag, 0) + tokens
@@ -302,9 +306,9 @@ class Counters:
             async with asyncio.timeout(_REDIS_TIMEOUT):
                 await self._run(ADD_SCRIPT, "_add_sha", calls)
         except REDIS_ERRORS as exc:
-            self._failed(exc)
+            self._outage.failed(exc)
             return False
-        self._recovered()
+        self._outage.recovered()
         return True
 
     async def usage(self, key_ids: Sequence[UUID]) -> list[KeyUsage]:
@@ -320,41 +324,16 @@ class Counters:
                     pipe.mget(keys)
                 async with asyncio.timeout(_REDIS_TIMEOUT):
                     found = await pipe.execute()
-                self._recovered()
+                self._outage.recovered()
                 return [KeyUsage(**_usage(values)) for values in found]
             except REDIS_ERRORS as exc:
-                self._failed(exc)
+                self._outage.failed(exc)
         return [KeyUsage(**_usage([self._local.get(k, now) for k in keys])) for keys in names]
 
     # Redis outages ----------------------------------------------------------------------------------
 
     def _usable(self) -> bool:
-        if self._redis is None:
-            return False
-        # While Redis is down, one request a second tries it again; the others count here.
-        if self._down_since is not None:
-            now = time.monotonic()
-            if now < self._next_try:
-                return False
-            self._next_try = now + self._retry_after
-        return True
-
-    def _failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if self._down_since is None:
-            log.warning(
-                "Redis unavailable for rate limits (%s); each process counts on its own until it is back",
-                type(exc).__name__,
-            )
-            self._down_since = now
-        self._next_try = now + self._retry_after
-
-    def _recovered(self) -> None:
-        if self._down_since is not None:
-            log.warning(
-                "Redis is reachable again after %.1fs; rate limits counted there", time.monotonic() - self._down_since
-            )
-            self._down_since = None
+        return self._redis is not None and self._outage.usable()
 
 
 def _limit_args(limits: Limits) -> tuple[int, int, int]:

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from core.errors import StreamExpired
-from core.redis_client import REDIS_ERRORS, packed, send
+from core.redis_client import REDIS_ERRORS, Outage, packed, send
 
 __all__ = ["Recording", "StreamRecorder", "final_frame", "frame"]
 
@@ -187,8 +187,13 @@ class StreamRecorder:
         # all of them (for the retention if it never will).
         self._finished: OrderedDict[UUID, Recording] = OrderedDict()
         self._max_finished = max_finished
-        self._retry_after = retry_after
-        self._down_until = 0.0
+        self._outage = Outage(
+            log,
+            "stream recording",
+            meanwhile="streams are kept on this instance only",
+            after="streams recorded there",
+            retry_after=retry_after,
+        )
         self._writers: dict[UUID, _RedisWriter] = {}
         self._outbox = _Outbox(self)
 
@@ -253,7 +258,7 @@ class StreamRecorder:
                 recording = None
         if recording is not None:
             return recording.follow(after, heartbeat, status_of)
-        if self._redis is not None and time.monotonic() >= self._down_until:
+        if self._redis is not None and self._outage.usable():
             first = await self._read(message_id, "-", after)
             for _ in range(_LATE_TRIES):
                 if first is not None:
@@ -278,8 +283,9 @@ class StreamRecorder:
         try:
             entries = await self._redis.xrange(self.key(message_id), min=start)
         except REDIS_ERRORS as exc:
-            self.failed(exc)
+            self._outage.failed(exc)
             return None
+        self._outage.recovered()
         if not entries:
             return None
         return _frames_of(entries, after)
@@ -308,8 +314,8 @@ class StreamRecorder:
             try:
                 found = await self._redis.xread({key: last_id}, block=250)
             except REDIS_ERRORS as exc:
-                self.failed(exc)
-                await asyncio.sleep(self._retry_after)
+                self._outage.failed(exc)
+                await asyncio.sleep(self._outage.retry_after)
                 found = None
             frames = []
             if found:
@@ -332,7 +338,7 @@ class StreamRecorder:
 
     async def said(self, message_id: UUID) -> str | None:
         """The answer text a recording in Redis holds (its ``content`` events joined), or None without one."""
-        if self._redis is None or not self.redis_usable():
+        if self._redis is None or not self._outage.usable():
             return None
         found = await self._read(message_id, "-", 0)
         if found is None:
@@ -343,19 +349,6 @@ class StreamRecorder:
                 data = piece.split(b"\ndata: ", 1)[1]
                 pieces.append(msgspec.json.decode(data)["content"])
         return "".join(pieces)
-
-    # Redis health ----------------------------------------------------------------------------------
-
-    def redis_usable(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    def failed(self, exc: BaseException) -> None:
-        if time.monotonic() >= self._down_until:
-            log.warning(
-                "Redis unavailable for stream recording (%s); streams are kept on this instance only",
-                type(exc).__name__,
-            )
-        self._down_until = time.monotonic() + self._retry_after
 
 
 def _frames_of(entries: list[Any], after: int) -> tuple[list[bytes], str, bool, bool]:
@@ -444,7 +437,7 @@ class _Outbox:
         writers = list(self._dirty.values())
         self._dirty.clear()
         try:
-            if not recorder.redis_usable():
+            if not recorder._outage.usable():
                 self._missed(writers)  # kept on their instance only, while Redis is away
                 return
             now = time.monotonic()
@@ -453,9 +446,10 @@ class _Outbox:
                 async with asyncio.timeout(_WRITE_TIMEOUT):
                     await self._send(entries)
             except _WRITE_ERRORS as exc:
-                recorder.failed(exc)
+                recorder._outage.failed(exc)
                 self._missed(writers)
                 return
+            recorder._outage.recovered()
             for writer in writers:
                 if writer.ended and not writer.missed:
                     recorder._finished.pop(writer.recording.message_id, None)  # Redis has all of it
