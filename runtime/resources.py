@@ -79,10 +79,6 @@ class Resources:
     def redis(self) -> RedisClient | None:
         return cast("RedisClient | None", self.redis_client)
 
-    async def tell_instances(self, kind: str, payload: str) -> None:
-        """A signal to every instance (this one too), through PostgreSQL: present with or without Redis."""
-        await notify(self.pool, kind, payload)
-
     async def cancel_answer(self, user_id: UUID, message_id: UUID) -> str | None:
         """Stop the caller's answer ``message_id`` wherever it runs; its stored status after, or None when the
         caller has no such message. An answer already ended is a :class:`Conflict`."""
@@ -93,7 +89,8 @@ class Resources:
         if state.status != "pending":
             raise Conflict(f"The answer already ended (status `{state.status}`); there is nothing to stop.")
         if not self.leases.cancel(message_id):
-            await self.tell_instances(CANCEL, str(message_id))
+            # To every instance, through PostgreSQL: present with or without Redis.
+            await notify(self.pool, CANCEL, str(message_id))
         # Stopped within a second where it runs; wait for its instance to store what was said.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 3.0

@@ -59,9 +59,9 @@ def bash_block(markdown: Path, heading: str) -> str:
     return match.group(1)
 
 
-async def run(*command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+async def run(*command: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
-        subprocess.run, list(command), env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+        subprocess.run, list(command), env=env, capture_output=True, text=True, timeout=120, cwd=cwd
     )
 
 
@@ -155,15 +155,7 @@ async def portability_examples(database_url: str, url: str, app: Any, workdir: P
     script = "\n".join(bash_blocks(doc, heading, lang="sh") for heading in ("## Export", "## Import"))
     script = script.replace("http://127.0.0.1:8666", url).replace("PYTHONPATH=.", f"PYTHONPATH={ROOT}")
     env = {**cli_env(database_url), "KEY": key}
-    result = await asyncio.to_thread(
-        subprocess.run,
-        ["bash", "-euo", "pipefail", "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=workdir,
-    )
+    result = await run("bash", "-euo", "pipefail", "-c", script, env=env, cwd=workdir)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.count('{"success":true,"persona"') == 3, out
@@ -264,15 +256,7 @@ async def test_limits_examples_run_as_written(echo_server, tmp_path):
     if left < 8:
         await asyncio.sleep(left + 0.1)
     env = {**cli_env(database_url), "KEY": key, "BASE": url}
-    result = await asyncio.to_thread(
-        subprocess.run,
-        ["bash", "-euo", "pipefail", "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    result = await run("bash", "-euo", "pipefail", "-c", script, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout.lower()
     assert out.count("http/1.1 200") == 2 and out.count("http/1.1 429") == 1, out

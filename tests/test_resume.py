@@ -147,20 +147,27 @@ async def test_a_stream_past_its_retention_is_gone(database_url, redis_url, fake
             assert (await stored_answer(http, alice, start["conversation_id"]))["content"] == "brief"
 
 
-async def test_cancel_stops_a_running_answer_and_keeps_what_was_said(llm_client, fake_llm, alice):
+async def cancel_mid_answer(
+    llm_client: httpx.AsyncClient, canceller: httpx.AsyncClient, fake_llm: FakeLLM, alice, message: str
+) -> tuple[list[Event], list[Event]]:
+    """A resumable answer on ``llm_client``, cancelled through ``canceller`` after two events: the events
+    before the cancel and the rest of the stream."""
     fake_llm.script(chunks=WORDS, chunk_delay=0.2)
-    body = {"message": "go on", "stream": True, "resumable": True}
+    body = {"message": message, "stream": True, "resumable": True}
     async with llm_client.stream("POST", CHAT, json=body, headers=alice.headers) as r:
         chunks = r.aiter_text()
         first = await read_events(chunks, 2)
         message_id = first[0].json["message_id"]
-        cancelled = await llm_client.post(f"{CHAT}/messages/{message_id}/cancel", headers=alice.headers)
+        cancelled = await canceller.post(f"{CHAT}/messages/{message_id}/cancel", headers=alice.headers)
         assert cancelled.status_code == 200, cancelled.text
         assert cancelled.json()["status"] == "incomplete"
-        rest = ""
-        async for chunk in chunks:
-            rest += chunk
-    tail, _ = parse_sse(rest)
+        rest = "".join([chunk async for chunk in chunks])
+    return first, parse_sse(rest)[0]
+
+
+async def test_cancel_stops_a_running_answer_and_keeps_what_was_said(llm_client, fake_llm, alice):
+    first, tail = await cancel_mid_answer(llm_client, llm_client, fake_llm, alice, "go on")
+    message_id = first[0].json["message_id"]
     assert tail[-2].event == "error" and tail[-2].json["code"] == "cancelled" and tail[-1].data == "[DONE]"
     assert await fake_llm.last_request.wait_disconnected(within=1.0)
     answer = await stored_answer(llm_client, alice, first[0].json["conversation_id"])
@@ -245,17 +252,7 @@ async def test_a_stream_recorded_while_redis_is_down_is_still_replayed_by_its_in
 async def test_a_cancel_sent_to_another_instance_stops_the_answer_where_it_runs(
     llm_client, other_instance, fake_llm, alice
 ):
-    fake_llm.script(chunks=WORDS, chunk_delay=0.2)
-    body = {"message": "elsewhere", "stream": True, "resumable": True}
-    async with llm_client.stream("POST", CHAT, json=body, headers=alice.headers) as r:
-        chunks = r.aiter_text()
-        first = await read_events(chunks, 2)
-        message_id = first[0].json["message_id"]
-        cancelled = await other_instance.post(f"{CHAT}/messages/{message_id}/cancel", headers=alice.headers)
-        assert cancelled.status_code == 200, cancelled.text
-        assert cancelled.json()["status"] == "incomplete"
-        rest = "".join([chunk async for chunk in chunks])
-    tail, _ = parse_sse(rest)
+    first, tail = await cancel_mid_answer(llm_client, other_instance, fake_llm, alice, "elsewhere")
     assert tail[-2].event == "error" and tail[-2].json["code"] == "cancelled"
     assert await fake_llm.last_request.wait_disconnected(within=1.0), "the provider call was closed"
     answer = await stored_answer(llm_client, alice, first[0].json["conversation_id"])
