@@ -29,10 +29,10 @@ from api.personas import PersonaController
 from api.playground import playground_router
 from api.portability import PortabilityController
 from api.request_ids import RequestIdMiddleware
+from core.logs import configure_logging
 from providers import ProviderRegistry
-from runtime.logs import configure_logging
-from runtime.resources import Resources, open_resources
-from runtime.settings import Settings
+from runtime.server.resources import Resources, open_resources
+from runtime.server.settings import Settings
 
 __all__ = ["app_from_env", "create_app"]
 

@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from personas.models import Caller
-from runtime.resources import Resources
+from runtime.server.resources import Resources
 
 __all__ = ["ApiKeyMiddleware", "caller"]
 

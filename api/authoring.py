@@ -27,8 +27,8 @@ from api.deps import AuthoringDep, CallerDep, Limit, Offset, ResourcesDep, Versi
 from api.openapi import OptionalBody, Streams, answers
 from api.schemas import MessageResponse, PersonaResponse
 from api.sse import candidate_body, sse_response
-from personas.suites import PersonaTestDraft
-from runtime.authoring import Rendered
+from runtime.authoring.service import Rendered
+from runtime.authoring.suites import PersonaTestDraft
 
 __all__ = ["AuthoringController"]
 

@@ -11,8 +11,8 @@ from api.chat_schemas import ModelName, ProviderName
 from core.events import PersonaRef
 from personas.models import PersonaDraft
 from personas.store import VersionSummary
-from personas.suites import PersonaTest
-from runtime.authoring import CandidateResult, PersonaChoice, TestResult
+from runtime.authoring.service import CandidateResult, PersonaChoice, TestResult
+from runtime.authoring.suites import PersonaTest
 
 __all__ = [
     "CompareRequest",

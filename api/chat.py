@@ -28,11 +28,11 @@ from api.schemas import MessageResponse
 from api.sse import ChatFrames, chat_body, record, sse_response
 from core.errors import BadRequest, NotFound
 from providers import ChatMessage
-from runtime.conversations import MessageState
-from runtime.pipeline import TurnInput
-from runtime.resources import Resources
-from runtime.streams import StatusOf
-from runtime.turn import Turn, TurnResult
+from runtime.chat.conversations import MessageState
+from runtime.chat.pipeline import TurnInput
+from runtime.chat.recordings import StatusOf
+from runtime.chat.turn import Turn, TurnResult
+from runtime.server.resources import Resources
 
 __all__ = ["ChatController", "ConversationController", "MessageController", "chat_response", "wants_stream"]
 

@@ -12,9 +12,9 @@ from api.auth import caller
 from personas.models import Caller
 from personas.porter import PersonaPorter
 from personas.service import PersonaService
-from runtime.accounts import Accounts
-from runtime.authoring import AuthoringService
-from runtime.resources import Resources
+from runtime.access.accounts import Accounts
+from runtime.authoring.service import AuthoringService
+from runtime.server.resources import Resources
 
 __all__ = [
     "AccountsDep",

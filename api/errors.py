@@ -11,10 +11,10 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from core.db import is_database_unavailable
 from core.errors import PersonaRuntimeError
+from core.logs import REQUEST_ID
 from personas.models import WRITABLE_FIELDS
-from runtime.db import is_database_unavailable
-from runtime.logs import REQUEST_ID
 
 __all__ = ["anthropic_error", "anthropic_error_type", "exception_handlers", "openai_error_type"]
 

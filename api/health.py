@@ -6,7 +6,7 @@ from litestar import Response, get, head
 from litestar.openapi import ResponseSpec
 
 from api.deps import ResourcesDep
-from runtime.metrics import CONTENT_TYPE
+from core.metrics import CONTENT_TYPE
 
 __all__ = ["health", "health_head", "metrics", "ready", "ready_head"]
 

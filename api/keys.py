@@ -22,8 +22,8 @@ from api.schemas import (
     UserResponse,
 )
 from core.errors import Forbidden, NotFound
-from runtime.accounts import ApiKey
-from runtime.limits import KeyUsage
+from runtime.access.accounts import ApiKey
+from runtime.access.limits import KeyUsage
 
 __all__ = ["AdminController", "AdminKeyController", "KeyController"]
 

@@ -19,9 +19,9 @@ from api.trace import persona_headers
 from core.errors import BadRequest
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 from providers import ChatMessage, ToolCall, ToolSpec
-from runtime.pipeline import ChatPipeline, TurnInput
-from runtime.resolve import find_model_id, list_model_ids, persona_name_of_model
-from runtime.turn import Turn, TurnResult
+from runtime.chat.pipeline import ChatPipeline, TurnInput
+from runtime.chat.resolve import find_model_id, list_model_ids, persona_name_of_model
+from runtime.chat.turn import Turn, TurnResult
 
 __all__ = ["OpenAIController"]
 

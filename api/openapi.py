@@ -16,7 +16,7 @@ from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.typing import FieldDefinition
 from msgspec import UNSET, Struct, UnsetType
 
-from runtime.authoring import PersonaChoice
+from runtime.authoring.service import PersonaChoice
 
 __all__ = [
     "AnthropicErrorBody",

@@ -11,8 +11,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from runtime.limits import LIMIT_HEADERS, rate_limit_headers
-from runtime.logs import REQUEST_ID
+from core.logs import REQUEST_ID
+from runtime.access.limits import LIMIT_HEADERS, rate_limit_headers
 
 __all__ = ["RequestIdMiddleware"]
 

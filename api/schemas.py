@@ -9,7 +9,7 @@ from uuid import UUID
 from msgspec import Meta, Struct
 
 from personas.models import Limits, Persona
-from runtime.limits import KeyUsage
+from runtime.access.limits import KeyUsage
 
 __all__ = [
     "ApiKeyOut",

@@ -15,7 +15,7 @@ from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
 from core.events import Done, ErrorEvent, Start, TextDelta, TurnEvent, Usage
-from runtime.streams import Recording, StreamRecorder
+from runtime.chat.recordings import Recording, StreamRecorder
 
 __all__ = [
     "DONE",

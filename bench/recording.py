@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from api.sse import ChatFrames
 from core.events import Done, PersonaRef, Start, TextDelta, TurnEvent, Usage
-from runtime.streams import StreamRecorder
+from runtime.chat.recordings import StreamRecorder
 
 __all__ = ["main"]
 

@@ -230,7 +230,7 @@ async def scratch_database(server_url: str, workdir: Path) -> AsyncIterator[str]
     """A fresh database on ``server_url`` (or on an embedded server when that is unreachable), dropped after."""
     embedded = None
     if not await _reachable(server_url):
-        from runtime.embedded import EmbeddedPostgres
+        from runtime.server.embedded import EmbeddedPostgres
 
         print(f"bench: {_redact(server_url)} is unreachable; starting an embedded PostgreSQL", file=sys.stderr)
         embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="bench-pg-", dir=workdir)))
@@ -301,9 +301,9 @@ class Account:
 async def create_account(database_url: str) -> Account:
     """A fresh, non-admin user with one API key, made through the runtime's own account code (after the
     runtime's migrations, which its start-up would apply too)."""
-    from runtime.accounts import Accounts
-    from runtime.db import connect_pool
-    from runtime.migrate import apply_migrations
+    from core.db import connect_pool
+    from runtime.access.accounts import Accounts
+    from runtime.server.migrate import apply_migrations
 
     await apply_migrations(database_url)
 

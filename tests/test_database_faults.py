@@ -99,7 +99,7 @@ async def test_an_answer_that_cannot_be_saved_is_not_reported_as_done(
 
 
 async def test_connections_the_database_dropped_are_not_handed_to_later_requests(database_url):
-    from runtime.db import connect_pool, is_database_unavailable
+    from core.db import connect_pool, is_database_unavailable
 
     pool = await connect_pool(database_url, min_size=2, max_size=2)
     try:
@@ -122,7 +122,7 @@ async def test_connections_the_database_dropped_are_not_handed_to_later_requests
 
 
 async def test_a_connection_whose_protocol_broke_closes_itself(database_url):
-    from runtime.db import connect_pool
+    from core.db import connect_pool
 
     pool = await connect_pool(database_url, min_size=1, max_size=1)
     try:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from personas.png import card_png
-from runtime.cli import main as cli_main
+from runtime.server.cli import main as cli_main
 from tests.conftest import persona_body
 
 PERSONAS = "/api/v1/chat/personas"

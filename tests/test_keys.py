@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from runtime.accounts import KEY_PREFIX, hash_key
+from runtime.access.accounts import KEY_PREFIX, hash_key
 
 PERSONAS = "/api/v1/chat/personas"
 

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from api.app import create_app
 from core.errors import RateLimited
 from personas.models import Caller, Limits, ModelSettings, Persona
-from runtime.limits import Limiter
+from runtime.access.limits import Limiter
 from tests.conftest import Account, make_settings, persona_body, running
 
 CHAT = "/api/v1/chat"

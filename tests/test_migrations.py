@@ -11,8 +11,8 @@ import pytest
 
 from api.app import create_app
 from personas.models import MU_ID
-from runtime.accounts import Accounts
-from runtime.migrate import MIGRATIONS_DIR, MigrationError, apply_migrations, load_migrations
+from runtime.access.accounts import Accounts
+from runtime.server.migrate import MIGRATIONS_DIR, MigrationError, apply_migrations, load_migrations
 from tests.conftest import make_settings, running
 
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from runtime.logs import REQUEST_ID, JsonFormatter, TextFormatter, configure_logging
+from core.logs import REQUEST_ID, JsonFormatter, TextFormatter, configure_logging
 from tests.conftest import persona_body
 
 CHAT = "/api/v1/chat"

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from core.db import connect_pool
 from core.errors import ServiceUnavailable
 from personas.cache import MemoryCache, RedisCache
 from personas.entries import (
@@ -30,9 +31,8 @@ from personas.entries import (
 from personas.models import Persona, PersonaPatch
 from personas.service import PersonaService
 from personas.store import FIND_ACTIVE_BY_NAME, GET, GET_DEFAULT, GET_PREFERENCE, PersonaStore
-from runtime.accounts import AUTHENTICATE, Accounts
-from runtime.auth import Authenticator
-from runtime.db import connect_pool
+from runtime.access.accounts import AUTHENTICATE, Accounts
+from runtime.access.auth import Authenticator
 from tests.conftest import persona_body
 
 BASE = "/api/v1/chat/personas"
@@ -168,7 +168,7 @@ async def test_hot_reads_skip_redis_and_another_instances_write_shows_after_the_
 
 async def test_writes_are_seen_at_once_by_the_process_that_made_them(create_database, redis_process):
     # A database of its own: this test moves the default persona.
-    from runtime.migrate import apply_migrations
+    from runtime.server.migrate import apply_migrations
 
     dsn = await create_database()
     await apply_migrations(dsn)

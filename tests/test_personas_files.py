@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from runtime.cli import main
+from runtime.server.cli import main
 from tests.test_cards import v2_card
 
 

@@ -11,9 +11,9 @@ import asyncpg
 import pytest
 
 from api.app import create_app
-from runtime.db import connect_pool
-from runtime.migrate import apply_migrations, load_migrations
-from runtime.settings import Settings, SettingsError
+from core.db import connect_pool
+from runtime.server.migrate import apply_migrations, load_migrations
+from runtime.server.settings import Settings, SettingsError
 from tests.conftest import llm_env, make_settings, persona_body, running
 
 BASE = "/api/v1/chat/personas"

@@ -15,9 +15,9 @@ import pytest
 from litestar import Litestar
 
 from api.app import create_app
-from runtime.resources import Resources
-from runtime.settings import Settings
-from runtime.signals import CHANNEL, Signals, notify
+from core.signals import CHANNEL, Signals, notify
+from runtime.server.resources import Resources
+from runtime.server.settings import Settings
 from tests.conftest import make_settings, persona_body, running
 
 BASE = "/api/v1/chat/personas"

@@ -19,7 +19,7 @@ from core.events import Finish, ProviderEvent, TextDelta, Usage
 from providers import EchoProvider, ProviderRegistry, ProviderRequest
 from providers._http import HttpPool, PoolFull, ReadTimeout, default_ssl_context
 from providers._upstream import SSESplitter
-from runtime.serving import NoDelayProtocol, uvicorn_options
+from runtime.server.serving import NoDelayProtocol, uvicorn_options
 from tests.conftest import make_settings, running
 
 # -- a small HTTP/1.1 server of our own: keep-alive, chunked answers, scripted per test -------------------------

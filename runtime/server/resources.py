@@ -15,30 +15,30 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
+from core.db import connect_pool
 from core.errors import Conflict, ShuttingDown
+from core.metrics import Metrics
 from core.redis_client import RedisClient, is_cluster, open_redis
+from core.signals import Signals, notify
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.changes import PERSONA_SIGNAL
 from personas.models import Limits
 from personas.porter import PersonaPorter
 from personas.service import PersonaService
 from personas.store import PersonaStore
-from personas.suites import PersonaTestStore
 from providers import ProviderRegistry, ProviderSet, configs_from_env, default_provider
-from runtime.accounts import KEY_SIGNAL, Accounts
-from runtime.auth import Authenticator
-from runtime.authoring import AuthoringService
-from runtime.conversations import ConversationStore
-from runtime.db import connect_pool
-from runtime.embedded import EmbeddedPostgres
-from runtime.leases import Leases
-from runtime.limits import Limiter
-from runtime.metrics import Metrics
-from runtime.migrate import apply_migrations
-from runtime.pipeline import ChatPipeline
-from runtime.settings import Settings
-from runtime.signals import Signals, notify
-from runtime.streams import StreamRecorder
+from runtime.access.accounts import KEY_SIGNAL, Accounts
+from runtime.access.auth import Authenticator
+from runtime.access.limits import Limiter
+from runtime.authoring.service import AuthoringService
+from runtime.authoring.suites import PersonaTestStore
+from runtime.chat.conversations import ConversationStore
+from runtime.chat.leases import Leases
+from runtime.chat.pipeline import ChatPipeline
+from runtime.chat.recordings import StreamRecorder
+from runtime.server.embedded import EmbeddedPostgres
+from runtime.server.migrate import apply_migrations
+from runtime.server.settings import Settings
 
 __all__ = ["Resources", "open_resources"]
 

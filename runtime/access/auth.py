@@ -9,12 +9,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
+from core.db import is_database_unavailable
 from core.errors import DatabaseUnavailable, Unauthorized
 from personas.changes import UNHEARD_SECONDS
 from personas.local_cache import LocalCache
 from personas.models import Caller
-from runtime.accounts import Accounts, KeyOwner, hash_key
-from runtime.db import is_database_unavailable
+from runtime.access.accounts import Accounts, KeyOwner, hash_key
 
 __all__ = ["Authenticator"]
 

@@ -17,20 +17,20 @@ from pathlib import Path
 
 import asyncpg
 
+from core.db import connect_pool
 from core.errors import PersonaRuntimeError
+from core.logs import configure_logging
+from core.signals import notify
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.files import FileResult, import_drafts, read_directory, write_directory
 from personas.models import Limits
 from personas.store import PersonaStore
 from providers import configs_from_env, default_provider
-from runtime.accounts import Accounts
-from runtime.db import connect_pool
-from runtime.embedded import EmbeddedPostgres, EmbeddedUnavailable
-from runtime.logs import configure_logging
-from runtime.migrate import MigrationError, apply_migrations
-from runtime.serving import uvicorn_options
-from runtime.settings import Settings, SettingsError
-from runtime.signals import notify
+from runtime.access.accounts import Accounts
+from runtime.server.embedded import EmbeddedPostgres, EmbeddedUnavailable
+from runtime.server.migrate import MigrationError, apply_migrations
+from runtime.server.serving import uvicorn_options
+from runtime.server.settings import Settings, SettingsError
 
 __all__ = ["main"]
 

@@ -14,7 +14,7 @@ __all__ = ["MIGRATIONS_DIR", "Migration", "MigrationError", "apply_migrations", 
 
 log = logging.getLogger("persona_runtime.migrate")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 # Any fixed number shared by every instance: whoever holds it migrates, the others wait and find nothing to do.
 _LOCK_ID = 0x70657273_6F6E61  # "persona"

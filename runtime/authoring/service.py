@@ -1,6 +1,6 @@
 """Authoring: dry runs, previews, side-by-side comparisons and test suites for persona authors.
 
-Everything here goes through the chat pipeline a real turn takes (:class:`runtime.pipeline.ChatPipeline`), so
+Everything here goes through the chat pipeline a real turn takes (:class:`runtime.chat.pipeline.ChatPipeline`), so
 what an author sees rendered or previewed is what a chat would send. Nothing here writes a conversation or
 a message.
 """
@@ -20,15 +20,15 @@ from msgspec import Meta, Struct
 
 from core.errors import BadRequest, PersonaRuntimeError
 from core.events import ErrorEvent, PersonaRef, TextDelta, ToolCallDelta, TurnEvent, Usage
-from personas.history import PersonaHistory
 from personas.models import Caller, Persona, PersonaDraft
 from personas.service import draft_persona
-from personas.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
 from providers import ChatMessage
-from runtime.limits import Admission
-from runtime.pipeline import ChatPipeline, TurnInput, TurnPlan
-from runtime.prompt import cache_report
-from runtime.turn import Turn
+from runtime.access.limits import Admission
+from runtime.authoring.history import PersonaHistory
+from runtime.authoring.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
+from runtime.chat.pipeline import ChatPipeline, TurnInput, TurnPlan
+from runtime.chat.prompt import cache_report
+from runtime.chat.turn import Turn
 
 __all__ = [
     "TEST_CONCURRENCY",

@@ -25,13 +25,13 @@ from core.events import (
     TurnEvent,
     Usage,
 )
+from core.logs import REQUEST_ID
+from core.metrics import Metrics
 from providers import ProviderRequest, ProviderSet, ToolCall, assemble_tool_calls, batches_of
-from runtime.conversations import ConversationStore, MessageStatus
-from runtime.leases import Leases
-from runtime.limits import Admission
-from runtime.logs import REQUEST_ID
-from runtime.metrics import Metrics
-from runtime.prompt import Route
+from runtime.access.limits import Admission
+from runtime.chat.conversations import ConversationStore, MessageStatus
+from runtime.chat.leases import Leases
+from runtime.chat.prompt import Route
 
 __all__ = ["AnswerStream", "Collector", "Outcome", "Turn", "TurnResult", "open_answer"]
 

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
-from runtime.conversations import ConversationStore
+from runtime.chat.conversations import ConversationStore
 
 __all__ = ["Leases"]
 

@@ -8,7 +8,7 @@ from uuid import UUID
 from core.errors import NotFound
 from personas.models import Caller, Persona
 from personas.service import PersonaService, can_see
-from runtime.conversations import Conversation
+from runtime.chat.conversations import Conversation
 
 __all__ = [
     "PERSONA_MODEL",

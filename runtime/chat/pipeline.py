@@ -20,16 +20,16 @@ import msgspec
 
 from core.errors import BadRequest, PayloadTooLarge, PersonaRuntimeError, RateLimited
 from core.events import PersonaRef, Start
+from core.metrics import Metrics
 from personas.models import Caller, Persona
 from personas.service import PersonaService
 from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
-from runtime.conversations import Conversation, ConversationStore
-from runtime.leases import Leases
-from runtime.limits import Admission, Limiter
-from runtime.metrics import Metrics
-from runtime.prompt import Route, SystemPrompts, build_request, plan_routes
-from runtime.resolve import PersonaSource, resolve_persona, resolve_persona_name
-from runtime.turn import Outcome, Turn, open_answer
+from runtime.access.limits import Admission, Limiter
+from runtime.chat.conversations import Conversation, ConversationStore
+from runtime.chat.leases import Leases
+from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes
+from runtime.chat.resolve import PersonaSource, resolve_persona, resolve_persona_name
+from runtime.chat.turn import Outcome, Turn, open_answer
 
 __all__ = ["UNCHECKED", "ChatPipeline", "TurnInput", "TurnPlan"]
 

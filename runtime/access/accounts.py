@@ -11,8 +11,8 @@ import asyncpg
 import msgspec
 
 from core.errors import BadRequest, Conflict, NotFound
+from core.signals import notify
 from personas.models import Limits
-from runtime.signals import notify
 
 __all__ = [
     "KEY_PREFIX",

@@ -7,7 +7,7 @@ when admitted; its tokens when its usage is known, so a token budget can be over
 flight and no further: a request is refused only when a budget is already spent.
 
 The counting itself (one Lua script call per scope on Redis, one round trip per request; per-process
-counters without Redis and while it is unreachable) is :mod:`runtime.counters`. Here: which limits apply,
+counters without Redis and while it is unreachable) is :mod:`runtime.access.counters`. Here: which limits apply,
 the refusal, and the ``x-ratelimit-*`` headers. A request no limit applies to costs nothing here: no
 counter is touched.
 """
@@ -26,7 +26,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from core.errors import Forbidden, RateLimited
 from personas.models import Caller, Limits, Persona
-from runtime.counters import Counters, KeyUsage, Reading, Scope, Windows
+from runtime.access.counters import Counters, KeyUsage, Reading, Scope, Windows
 
 __all__ = [
     "LIMIT_HEADERS",

@@ -1,0 +1,1 @@
+"""Access: users and API keys, authentication, rate limits and token budgets and where they are counted."""

@@ -1,0 +1,1 @@
+"""Authoring: dry runs, previews, comparisons, test suites and version history for persona authors."""
