@@ -30,11 +30,12 @@ class Notify(Protocol):
 
 
 class PersonaChange(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """The entries a write made stale: a persona (and the names it had and has, and the default, which
-    may be it), or a user's preference."""
+    """The entries a write made stale: a persona (the names it had and has, public and among its ``owner``'s,
+    None being the system, and the default, which may be it), or a user's preference."""
 
     persona_id: UUID | None = None
     names: tuple[str, ...] = ()
+    owner: UUID | None = None
     default: bool = False
     user_id: UUID | None = None
 

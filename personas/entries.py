@@ -19,6 +19,7 @@ __all__ = [
     "SharedEntries",
     "id_decoder",
     "name_key",
+    "owned_name_key",
     "persona_decoder",
     "persona_key",
     "preference_key",
@@ -53,8 +54,13 @@ def preference_key(user_id: UUID) -> str:
 
 
 def name_key(name: str) -> str:
-    """Names are unique regardless of case, so they are looked up lowercased."""
+    """The public persona of a name. Names are unique regardless of case, so they are looked up lowercased."""
     return f"{_PREFIX}name:{name.lower()}"
+
+
+def owned_name_key(owner: UUID | None, name: str) -> str:
+    """One owner's persona of a name (``system`` for personas nobody owns)."""
+    return f"{_PREFIX}owned-name:{owner or 'system'}:{name.lower()}"
 
 
 class SharedEntries:

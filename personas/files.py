@@ -102,7 +102,7 @@ async def import_drafts(
     results = []
     for file, draft in drafts:
         note = f"imported from {file}"
-        current = await store.find_by_name(draft.name)
+        current = await store.find_owned(draft.name, owner)
         if current is None:
             persona = msgspec.structs.replace(draft_persona(draft, None), version=1, created_by=owner)
             await store.create(persona, actor=owner, change_note=note)

@@ -20,6 +20,7 @@ from personas.entries import (
     SharedEntries,
     id_decoder,
     name_key,
+    owned_name_key,
     persona_decoder,
     persona_key,
     preference_key,
@@ -44,7 +45,11 @@ ORDER BY is_default DESC, lower(name), id
 LIMIT $2 OFFSET $3"""
 COUNT_VISIBLE = "SELECT count(*) FROM personas WHERE is_active AND (visibility = 'public' OR created_by = $1)"
 LIST_ACTIVE = f"SELECT {_COLUMNS} FROM personas WHERE is_active ORDER BY lower(name), id"
-FIND_ACTIVE_BY_NAME = f"SELECT {_COLUMNS} FROM personas WHERE is_active AND lower(name) = lower($1)"
+# Names are unique per owner and among public personas (the system's, created_by null, count as one owner).
+FIND_PUBLIC_BY_NAME = f"""SELECT {_COLUMNS} FROM personas
+WHERE is_active AND visibility = 'public' AND lower(name) = lower($1)"""
+FIND_OWNED_BY_NAME = f"""SELECT {_COLUMNS} FROM personas
+WHERE is_active AND created_by IS NOT DISTINCT FROM $2 AND lower(name) = lower($1)"""
 INSERT = f"""
 INSERT INTO personas (name, description, system_prompt, personality_traits, capabilities, model_settings,
                       tools, visibility, extensions, limits, created_by)
@@ -58,7 +63,7 @@ WHERE id = $1
 RETURNING {_COLUMNS}"""
 CLEAR_DEFAULT = "UPDATE personas SET is_default = false WHERE is_default AND id <> $1"
 SET_DEFAULT = f"UPDATE personas SET is_default = true WHERE id = $1 RETURNING {_COLUMNS}"
-SOFT_DELETE = "UPDATE personas SET is_active = false WHERE id = $1 AND is_active RETURNING name"
+SOFT_DELETE = "UPDATE personas SET is_active = false WHERE id = $1 AND is_active RETURNING name, created_by"
 RESTORE_MU = f"UPDATE personas SET is_active = true, is_default = true WHERE id = $1 RETURNING {_COLUMNS}"
 SET_ACTOR = """SELECT set_config('persona_runtime.actor', coalesce($1::text, ''), true),
     set_config('persona_runtime.change_note', coalesce($2::text, ''), true)"""
@@ -108,6 +113,17 @@ class VersionSummary(msgspec.Struct, frozen=True, kw_only=True):
 _LONGEST_KEPT_NAME = 400
 
 
+# The owner slot of a public name's local entry (any real owner is a UUID or None, the system).
+_PUBLIC = object()
+
+
+def _named(persona: Persona, name: str, owner: UUID | None, *, owned: bool) -> bool:
+    """Whether ``persona`` still is what the lookup of ``name`` (owned by ``owner``, or public) found."""
+    if not persona.is_active or persona.name.lower() != name.lower():
+        return False
+    return persona.created_by == owner if owned else persona.visibility == "public"
+
+
 def _persona(record: asyncpg.Record) -> Persona:
     return msgspec.convert(dict(record), Persona, strict=False)
 
@@ -127,11 +143,25 @@ def _content(persona: Persona) -> tuple[Any, ...]:
     )
 
 
-def _name_taken(name: str) -> Conflict:
-    return Conflict(
-        f"A persona named {name!r} already exists; choose another `name` (names are unique regardless of case).",
-        field="name",
-    )
+def _name_taken(name: str, error: asyncpg.UniqueViolationError) -> Conflict:
+    """The 409 for a name the database refused, saying which rule it broke (never whose persona has it)."""
+    constraint = getattr(error, "constraint_name", None)
+    if constraint == "personas_public_name_key":
+        message = (
+            f"A public persona named {name!r} already exists; choose another `name`, or keep this persona private "
+            "(names are compared regardless of case)."
+        )
+    elif constraint == "personas_reserved_name":
+        message = (
+            f"The name {name!r} is reserved for the default persona; choose another `name`, or keep this persona "
+            "private."
+        )
+    else:
+        message = (
+            f"This persona's owner already has a persona named {name!r}; choose another `name` (names are "
+            "compared regardless of case)."
+        )
+    return Conflict(message, field="name")
 
 
 class PersonaStore:
@@ -168,7 +198,10 @@ class PersonaStore:
         # Personas may carry megabytes of extensions: bound them harder than the ids.
         self._personas: LocalCache[UUID, Persona | None] = LocalCache(ttl=local_ttl, max_entries=1_000, on_lookup=local)
         self._defaults: LocalCache[str, Persona | None] = LocalCache(ttl=local_ttl, max_entries=1, on_lookup=local)
-        self._names: LocalCache[str, UUID | None] = LocalCache(ttl=local_ttl, max_entries=10_000, on_lookup=local)
+        # (owner, lowercased name) for one owner's names, (_PUBLIC, lowercased name) for public ones.
+        self._names: LocalCache[tuple[object, str], UUID | None] = LocalCache(
+            ttl=local_ttl, max_entries=10_000, on_lookup=local
+        )
         self._preferences: LocalCache[UUID, UUID | None] = LocalCache(
             ttl=local_ttl, max_entries=10_000, on_lookup=local
         )
@@ -189,7 +222,7 @@ class PersonaStore:
             log.warning("ignoring a persona change announcement that does not decode")
             return
         if change.persona_id is not None:
-            await self._forget(change.persona_id, default=change.default, names=change.names)
+            await self._forget(change.persona_id, default=change.default, names=change.names, owner=change.owner)
         if change.user_id is not None:
             await self._forget_preference(change.user_id)
 
@@ -208,22 +241,34 @@ class PersonaStore:
     async def get_default(self) -> Persona | None:
         return await self._defaults.get(DEFAULT_KEY, self._load_default)
 
-    async def find_by_name(self, name: str) -> Persona | None:
-        """The active persona called ``name``, in any case."""
+    async def find_by_name(self, name: str, user_id: UUID | None = None) -> Persona | None:
+        """What ``persona/<name>`` names for ``user_id``: their own active persona of that name (any case), else
+        the public one."""
+        if user_id is not None:
+            own = await self.find_owned(name, user_id)
+            if own is not None:
+                return own
+        return await self._find(name, None)
+
+    async def find_owned(self, name: str, owner: UUID | None) -> Persona | None:
+        """The active persona called ``name`` (any case) that ``owner`` owns (None: the system)."""
+        return await self._find(name, owner, owned=True)
+
+    async def _find(self, name: str, owner: UUID | None, *, owned: bool = False) -> Persona | None:
         if len(name) > _LONGEST_KEPT_NAME:
-            return await self._select_by_name(name)
-        key = name.lower()
-        persona_id = await self._names.get(key, lambda: self._load_name(name))
+            return await self._select_by_name(name, owner, owned=owned)
+        key = (owner if owned else _PUBLIC, name.lower())
+        persona_id = await self._names.get(key, lambda: self._load_name(name, owner, owned=owned))
         if persona_id is None:
             return None
         persona = await self.get(persona_id)
-        if persona is not None and persona.is_active and persona.name.lower() == key:
+        if persona is not None and _named(persona, name, owner, owned=owned):
             return persona
-        # The name moved since it was looked up (a rename or delete elsewhere): ask the truth, and let the
-        # next lookup start afresh.
-        await self._shared.delete(name_key(name))
+        # The name moved since it was looked up (a rename, delete or publish elsewhere): ask the truth, and let
+        # the next lookup start afresh.
+        await self._shared.delete(owned_name_key(owner, name) if owned else name_key(name))
         self._names.forget(key)
-        return await self._select_by_name(name)
+        return await self._select_by_name(name, owner, owned=owned)
 
     async def list_active(self) -> list[Persona]:
         """Every active persona, whoever owns it, by name: for operators exporting the whole set."""
@@ -276,12 +321,12 @@ class PersonaStore:
         await self._shared.write(DEFAULT_KEY, persona.id)
         return persona
 
-    async def _load_name(self, name: str) -> UUID | None:
-        key = name_key(name)
+    async def _load_name(self, name: str, owner: UUID | None, *, owned: bool) -> UUID | None:
+        key = owned_name_key(owner, name) if owned else name_key(name)
         cached = await self._shared.read(key, id_decoder)
         if isinstance(cached, UUID):
             return cached
-        persona = await self._select_by_name(name)
+        persona = await self._select_by_name(name, owner, owned=owned)
         if persona is None:
             # Kept locally only: an unknown name costs one query per process per ``local_ttl``, and no
             # shared entry can outlive a create whose delete it missed.
@@ -290,8 +335,11 @@ class PersonaStore:
         await self._shared.write(persona_key(persona.id), persona)
         return persona.id
 
-    async def _select_by_name(self, name: str) -> Persona | None:
-        record = await self._pool.fetchrow(FIND_ACTIVE_BY_NAME, name)
+    async def _select_by_name(self, name: str, owner: UUID | None, *, owned: bool) -> Persona | None:
+        if owned:
+            record = await self._pool.fetchrow(FIND_OWNED_BY_NAME, name, owner)
+        else:
+            record = await self._pool.fetchrow(FIND_PUBLIC_BY_NAME, name)
         return _persona(record) if record else None
 
     async def _load_preference(self, user_id: UUID) -> UUID | None:
@@ -311,14 +359,15 @@ class PersonaStore:
             await conn.execute(SET_ACTOR, _text(actor), change_note)
             try:
                 record = await conn.fetchrow(INSERT, *_content(persona), persona.created_by)
-            except asyncpg.UniqueViolationError:
-                raise _name_taken(persona.name) from None
+            except asyncpg.UniqueViolationError as exc:
+                raise _name_taken(persona.name, exc) from None
             created = _persona(record)
             if persona.is_default:
                 created = await self._move_default(conn, created.id)
-            await self._announce(conn, created.id, default=persona.is_default, names=(created.name,))
+            names, owner = (created.name,), created.created_by
+            await self._announce(conn, created.id, default=persona.is_default, names=names, owner=owner)
         # The name may have been looked up, and remembered as unknown, before it was taken.
-        await self._forget(created.id, default=persona.is_default, names=(created.name,))
+        await self._forget(created.id, default=persona.is_default, names=names, owner=owner)
         return created
 
     async def update(
@@ -332,22 +381,25 @@ class PersonaStore:
             await conn.execute(SET_ACTOR, _text(actor), change_note)
             try:
                 record = await conn.fetchrow(UPDATE, persona_id, *_content(changed))
-            except asyncpg.UniqueViolationError:
-                raise _name_taken(changed.name) from None
+            except asyncpg.UniqueViolationError as exc:
+                raise _name_taken(changed.name, exc) from None
             updated = _persona(record)
             if changed.is_default and not current["is_default"]:
                 updated = await self._move_default(conn, persona_id)
-            await self._announce(conn, persona_id, default=True, names=(current["name"], updated.name))
-        await self._forget(persona_id, default=True, names=(current["name"], updated.name))
+            names, owner = (current["name"], updated.name), updated.created_by
+            await self._announce(conn, persona_id, default=True, names=names, owner=owner)
+        await self._forget(persona_id, default=True, names=names, owner=owner)
         return updated
 
     async def soft_delete(self, persona_id: UUID) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
-            name: str | None = await conn.fetchval(SOFT_DELETE, persona_id)
-            if name is not None:
-                await self._announce(conn, persona_id, default=True, names=(name,))
-        await self._forget(persona_id, default=True, names=(name,) if name is not None else ())
-        return name is not None
+            deleted = await conn.fetchrow(SOFT_DELETE, persona_id)
+            names: tuple[str, ...] = (deleted["name"],) if deleted is not None else ()
+            owner: UUID | None = deleted["created_by"] if deleted is not None else None
+            if deleted is not None:
+                await self._announce(conn, persona_id, default=True, names=names, owner=owner)
+        await self._forget(persona_id, default=True, names=names, owner=owner)
+        return deleted is not None
 
     async def set_preference(self, user_id: UUID, persona_id: UUID) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -378,8 +430,8 @@ class PersonaStore:
                     field="name",
                 ) from None
             restored = _persona(record)
-            await self._announce(conn, MU_ID, default=True, names=(restored.name,))
-        await self._forget(MU_ID, default=True, names=(restored.name,))
+            await self._announce(conn, MU_ID, default=True, names=(restored.name,), owner=None)
+        await self._forget(MU_ID, default=True, names=(restored.name,), owner=None)
         return restored, True
 
     async def _move_default(self, conn: asyncpg.Connection, persona_id: UUID) -> Persona:
@@ -388,26 +440,29 @@ class PersonaStore:
         return _persona(await conn.fetchrow(SET_DEFAULT, persona_id))
 
     async def _announce(
-        self, conn: asyncpg.Connection, persona_id: UUID, *, default: bool, names: tuple[str, ...]
+        self, conn: asyncpg.Connection, persona_id: UUID, *, default: bool, names: tuple[str, ...], owner: UUID | None
     ) -> None:
         if self._notify is not None:
-            change = PersonaChange(persona_id=persona_id, names=names, default=default)
+            change = PersonaChange(persona_id=persona_id, names=names, default=default, owner=owner)
             await self._notify(conn, PERSONA_SIGNAL, change)
 
-    async def _forget(self, persona_id: UUID, *, default: bool, names: tuple[str, ...]) -> None:
+    async def _forget(
+        self, persona_id: UUID, *, default: bool, names: tuple[str, ...], owner: UUID | None = None
+    ) -> None:
         keys = [persona_key(persona_id), *(name_key(name) for name in names)]
+        keys += [owned_name_key(owner, name) for name in names]
         if default:
             keys.append(DEFAULT_KEY)
         # Local entries before and after the shared ones: before, so that a shared cache slow to answer
         # does not keep them served meanwhile; after, so that what a local miss in between reloaded from
         # the shared cache (the entry the write replaced) is not kept.
-        self._forget_locally(persona_id, default=default, names=names)
+        self._forget_locally(persona_id, default=default, names=names, owner=owner)
         await self._shared.delete(*keys)
-        self._forget_locally(persona_id, default=default, names=names)
+        self._forget_locally(persona_id, default=default, names=names, owner=owner)
 
-    def _forget_locally(self, persona_id: UUID, *, default: bool, names: tuple[str, ...]) -> None:
+    def _forget_locally(self, persona_id: UUID, *, default: bool, names: tuple[str, ...], owner: UUID | None) -> None:
         self._personas.forget(persona_id)
-        self._names.forget(*(name.lower() for name in names))
+        self._names.forget(*((slot, name.lower()) for name in names for slot in (_PUBLIC, owner)))
         if default:
             self._defaults.forget(DEFAULT_KEY)
 

@@ -103,3 +103,38 @@ async def test_every_saved_state_is_a_version(client, alice, resources):
         (2, "second", "tweak"),
     ]
     assert all(str(r["created_by"]) == alice.id for r in rows)
+
+
+@pytest.mark.parametrize("squatter", ["public", "system"])
+async def test_a_persona_that_took_mus_name_while_it_was_deleted_gives_it_back(
+    create_database, tmp_path: Path, squatter: str
+):
+    """Before names were per owner, a public or system persona could take "mu" while Mu was deleted; the
+    migration that reserves the name moves it aside, so Mu can always be restored."""
+    dsn = await create_database()
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if int(path.name[:4]) < 7:
+            shutil.copy(path, folder / path.name)
+    await apply_migrations(dsn, folder)
+    conn = await asyncpg.connect(dsn)
+    try:
+        owner = await conn.fetchval("INSERT INTO users (name) VALUES ('squatter') RETURNING id")
+        await conn.execute("UPDATE personas SET is_active = false, is_default = false WHERE id = $1", MU_ID)
+        taken = await conn.fetchval(
+            """INSERT INTO personas (name, description, system_prompt, visibility, created_by)
+            VALUES ('MU', 'x', 'x', 'public', $1) RETURNING id""",
+            owner if squatter == "public" else None,
+        )
+        await apply_migrations(dsn)
+        await conn.execute("UPDATE personas SET is_active = true, is_default = true WHERE id = $1", MU_ID)
+        row = await conn.fetchrow("SELECT name, visibility, is_active FROM personas WHERE id = $1", taken)
+        assert row["is_active"]
+        if squatter == "public":
+            assert (row["name"], row["visibility"]) == ("MU", "private")  # still its owner's, no longer public
+        else:
+            assert row["name"] == "MU (renamed)"
+        assert await conn.fetchval("SELECT name FROM personas WHERE is_default AND is_active") == "Mu"
+    finally:
+        await conn.close()

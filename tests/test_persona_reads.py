@@ -24,13 +24,14 @@ from personas.entries import (
     DEFAULT_KEY,
     id_decoder,
     name_key,
+    owned_name_key,
     persona_decoder,
     persona_key,
     preference_key,
 )
 from personas.models import Persona, PersonaPatch
 from personas.service import PersonaService
-from personas.store import FIND_ACTIVE_BY_NAME, GET, GET_DEFAULT, GET_PREFERENCE, PersonaStore
+from personas.store import FIND_OWNED_BY_NAME, FIND_PUBLIC_BY_NAME, GET, GET_DEFAULT, GET_PREFERENCE, PersonaStore
 from runtime.access.accounts import AUTHENTICATE, Accounts
 from runtime.access.auth import Authenticator
 from tests.conftest import persona_body
@@ -127,15 +128,15 @@ async def test_a_hundred_lookups_by_name_in_any_case_run_one_query(client, alice
     pool = CountingPool(resources.pool)
     store = PersonaStore(pool, RedisCache.from_url(redis_process.url), local_ttl=60)
     spellings = [name, name.upper(), name.lower()] * 34
-    found = await asyncio.gather(*(store.find_by_name(s) for s in spellings))
+    found = await asyncio.gather(*(store.find_by_name(s, alice.user.id) for s in spellings))
     assert {p.id for p in found if p is not None} == {persona.id} and None not in found
     # The name's query brings the whole row, which is cached for the read by id that follows.
-    assert pool.queries == Counter({FIND_ACTIVE_BY_NAME: 1})
+    assert pool.queries == Counter({FIND_OWNED_BY_NAME: 1})
 
     # Another instance sharing the Redis asks PostgreSQL nothing at all.
     other = CountingPool(resources.pool)
     elsewhere = PersonaStore(other, RedisCache.from_url(redis_process.url))
-    assert (await elsewhere.find_by_name(name.lower())).id == persona.id
+    assert (await elsewhere.find_by_name(name.lower(), alice.user.id)).id == persona.id
     assert other.queries == Counter()
 
 
@@ -145,7 +146,7 @@ async def test_a_name_no_persona_has_is_looked_up_once_per_process(client, resou
     missing = f"Nobody {uuid.uuid4().hex}"
     assert await asyncio.gather(*(store.find_by_name(missing) for _ in range(50))) == [None] * 50
     assert await store.find_by_name(missing) is None
-    assert pool.queries == Counter({FIND_ACTIVE_BY_NAME: 1})
+    assert pool.queries == Counter({FIND_PUBLIC_BY_NAME: 1})
 
 
 async def test_hot_reads_skip_redis_and_another_instances_write_shows_after_the_local_bound(
@@ -209,20 +210,20 @@ async def test_a_rename_moves_the_name_at_once(client, alice, resources, redis_p
     old, new = f"Before {tag}", f"After {tag}"
     persona = await created(client, alice, name=old)
     store = PersonaStore(resources.pool, RedisCache.from_url(redis_process.url), local_ttl=60)
-    assert (await store.find_by_name(old.upper())).id == persona.id
-    assert await store.find_by_name(new) is None  # remembered as unknown
+    assert (await store.find_by_name(old.upper(), alice.user.id)).id == persona.id
+    assert await store.find_by_name(new, alice.user.id) is None  # remembered as unknown
 
     current = await edit(store, persona.id, name=new)
-    assert await store.find_by_name(old) is None
-    assert (await store.find_by_name(new.lower())).name == new
+    assert await store.find_by_name(old, alice.user.id) is None
+    assert (await store.find_by_name(new.lower(), alice.user.id)).name == new
 
     # The old name is free again, and a persona created with it is found by it.
     draft = msgspec.structs.replace(current, name=old)
     successor = await store.create(draft, actor=None, change_note=None)
-    assert (await store.find_by_name(old)).id == successor.id
+    assert (await store.find_by_name(old, alice.user.id)).id == successor.id
 
     assert await store.soft_delete(successor.id)
-    assert await store.find_by_name(old) is None
+    assert await store.find_by_name(old, alice.user.id) is None
 
 
 async def test_a_name_renamed_elsewhere_is_not_served_once_its_persona_is_read_again(
@@ -233,13 +234,13 @@ async def test_a_name_renamed_elsewhere_is_not_served_once_its_persona_is_read_a
     persona = await created(client, alice, name=old)
     here = PersonaStore(resources.pool, RedisCache.from_url(redis_process.url), local_ttl=60)
     elsewhere = PersonaStore(resources.pool, RedisCache.from_url(redis_process.url))
-    assert (await here.find_by_name(old)).id == persona.id
+    assert (await here.find_by_name(old, alice.user.id)).id == persona.id
 
     await edit(elsewhere, persona.id, name=new)
     # An edit here reloads the persona under its new name while this process still maps the old name to it.
     await edit(here, persona.id, description="x")
-    assert await here.find_by_name(old) is None
-    assert (await here.find_by_name(new)).id == persona.id
+    assert await here.find_by_name(old, alice.user.id) is None
+    assert (await here.find_by_name(new, alice.user.id)).id == persona.id
 
 
 @pytest.mark.parametrize("garbage", [b"\xff\x00 not json", b'{"id": 5, "name": []}', b"[1, 2, 3]"])
@@ -251,7 +252,7 @@ async def test_a_cached_entry_that_does_not_decode_is_reloaded_and_replaced(
     persona = await created(client, alice, name=name)
     await client.post(f"{BASE}/set", json={"persona_id": str(persona.id)}, headers=alice.headers)
     default_id = (await resources.pool.fetchrow(GET_DEFAULT))["id"]
-    keys = [persona_key(persona.id), preference_key(alice.user.id), DEFAULT_KEY, name_key(name)]
+    keys = [persona_key(persona.id), preference_key(alice.user.id), DEFAULT_KEY, owned_name_key(alice.user.id, name)]
     raw = aioredis.from_url(redis_process.url)
     for key in keys:
         await raw.set(PREFIX + key, garbage)
@@ -260,14 +261,14 @@ async def test_a_cached_entry_that_does_not_decode_is_reloaded_and_replaced(
     assert (await store.get(persona.id)).name == name
     assert await store.get_preference(alice.user.id) == persona.id
     assert (await store.get_default()).id == default_id
-    assert (await store.find_by_name(name)).id == persona.id
+    assert (await store.find_by_name(name, alice.user.id)).id == persona.id
     assert "does not decode" in caplog.text
 
     # Each entry was overwritten with one that decodes.
     assert persona_decoder.decode(await raw.get(PREFIX + persona_key(persona.id))).name == name
     assert id_decoder.decode(await raw.get(PREFIX + preference_key(alice.user.id))) == persona.id
     assert id_decoder.decode(await raw.get(PREFIX + DEFAULT_KEY)) == default_id
-    assert id_decoder.decode(await raw.get(PREFIX + name_key(name))) == persona.id
+    assert id_decoder.decode(await raw.get(PREFIX + owned_name_key(alice.user.id, name))) == persona.id
     await raw.aclose()
 
 

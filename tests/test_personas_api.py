@@ -82,16 +82,46 @@ async def test_create_returns_the_full_persona(llm_client, alice):
     assert got.json()["persona"] == persona
 
 
-async def test_names_are_unique_among_active_personas_regardless_of_case(client, alice, bob):
+async def test_names_are_unique_per_owner_and_among_public_personas_regardless_of_case(client, alice, bob):
     name = f"Echo {uuid.uuid4().hex[:6]}"
     first = await create(client, alice, name=name)
-    r = await client.post(BASE, json=persona_body(name.upper()), headers=bob.headers)
+    # The same owner cannot have two of one name, in any case.
+    r = await client.post(BASE, json=persona_body(name.upper()), headers=alice.headers)
+    assert r.status_code == 409 and r.json()["error"]["field"] == "name"
+    # Another user may keep a private persona of that name; nothing tells them someone else has one.
+    theirs = await create(client, bob, name=name.lower())
+    assert theirs["name"] == name.lower() and theirs["visibility"] == "private"
+    # Publishing: the first public one takes the name among public personas.
+    r = await client.put(f"{BASE}/{first['id']}", json={"visibility": "public"}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    r = await client.put(f"{BASE}/{theirs['id']}", json={"visibility": "public"}, headers=bob.headers)
+    assert r.status_code == 409 and r.json()["error"]["field"] == "name"
+    assert "public persona" in r.json()["message"]
+    r = await client.post(BASE, json=persona_body(name, visibility="public"), headers=bob.headers)
     assert r.status_code == 409
-    assert r.json()["error"]["field"] == "name"
     # Soft delete frees the name.
     assert (await client.delete(f"{BASE}/{first['id']}", headers=alice.headers)).status_code == 200
-    again = await client.post(BASE, json=persona_body(name.lower()), headers=bob.headers)
-    assert again.status_code == 201
+    r = await client.put(f"{BASE}/{theirs['id']}", json={"visibility": "public"}, headers=bob.headers)
+    assert r.status_code == 200, r.text
+    await client.delete(f"{BASE}/{theirs['id']}", headers=bob.headers)
+
+
+async def test_a_model_name_means_the_callers_own_persona_else_the_public_one(client, llm_client, alice, bob):
+    name = f"Twin {uuid.uuid4().hex[:6]}"
+    public = await create(client, alice, name=name, visibility="public")
+    own = await create(client, bob, name=name)
+    try:
+        for account, expected in ((bob, own), (alice, public)):
+            r = await client.post(
+                "/v1/chat/completions",
+                json={"model": f"persona/{name.upper()}", "messages": [{"role": "user", "content": "hi"}]},
+                headers=account.headers,
+            )
+            assert r.status_code == 200, r.text
+            assert r.headers["x-persona-id"] == expected["id"]
+    finally:
+        await client.delete(f"{BASE}/{own['id']}", headers=bob.headers)
+        await client.delete(f"{BASE}/{public['id']}", headers=alice.headers)
 
 
 async def test_update_bumps_version_and_keeps_unsent_fields(client, alice):
@@ -252,6 +282,31 @@ async def test_deleted_mu_is_restored_by_initialize_default(client, admin, alice
         r = await client.post(f"{BASE}/initialize-default", headers=alice.headers)
     assert r.status_code == 200 and r.json()["persona"]["is_active"] is True
     assert (await client.get(f"{BASE}/{MU_ID}", headers=alice.headers)).status_code == 200
+
+
+async def test_no_one_can_take_mus_name_while_it_is_deleted(client, admin, alice, bob):
+    assert (await client.delete(f"{BASE}/{MU_ID}", headers=admin.headers)).status_code == 200
+    squatter = None
+    try:
+        # A private "mu" of one's own is fine, and blocks no one.
+        squatter = await create(client, alice, name="mu")
+        # Among public personas the name stays Mu's, for admins too.
+        for account in (alice, admin):
+            r = await client.post(BASE, json=persona_body("MU", visibility="public"), headers=account.headers)
+            assert r.status_code == 409 and "reserved for the default persona" in r.json()["message"]
+        r = await client.put(f"{BASE}/{squatter['id']}", json={"visibility": "public"}, headers=alice.headers)
+        assert r.status_code == 409 and r.json()["error"]["field"] == "name"
+        # Everyone still gets the default, which comes back whatever others named their personas.
+        for account in (bob, alice):
+            current = await client.get(f"{BASE}/current", headers=account.headers)
+            assert current.status_code == 200 and current.json()["persona"]["id"] == str(MU_ID)
+        chat = await client.post("/api/v1/chat", json={"message": "hello"}, headers=bob.headers)
+        assert chat.status_code == 200 and chat.json()["persona"]["name"] == "Mu"
+    finally:
+        r = await client.post(f"{BASE}/initialize-default", headers=bob.headers)
+        if squatter is not None:
+            await client.delete(f"{BASE}/{squatter['id']}", headers=alice.headers)
+    assert r.status_code == 200 and r.json()["persona"]["id"] == str(MU_ID)
 
 
 async def test_is_default_is_for_admins_only(client, alice):

@@ -213,13 +213,17 @@ async def test_multipart_needs_exactly_one_file(client, alice, resources):
 async def test_name_collision_is_409_and_creates_nothing(client, alice, bob, resources):
     taken = await create(client, alice)
     before = await count(resources)
-    r = await client.post(IMPORT, json=v2_card(name=taken["name"].upper()), headers=bob.headers)
+    r = await client.post(IMPORT, json=v2_card(name=taken["name"].upper()), headers=alice.headers)
     assert r.status_code == 409
     assert r.json()["error"]["field"] == "name"
     assert "Rename the persona" in r.json()["message"] and "nothing was imported" in r.json()["message"]
-    r = await client.post(IMPORT, files={"file": ("x.png", png_of(v2_card(name=taken["name"])))}, headers=bob.headers)
+    r = await client.post(IMPORT, files={"file": ("x.png", png_of(v2_card(name=taken["name"])))}, headers=alice.headers)
     assert r.status_code == 409
     assert await count(resources) == before
+    # Another user's private persona of that name is no collision: names are unique per owner.
+    r = await client.post(IMPORT, json=v2_card(name=taken["name"]), headers=bob.headers)
+    assert r.status_code == 201, r.text
+    assert await count(resources) == before + 1
 
 
 @pytest.mark.parametrize(

@@ -46,8 +46,8 @@ async def resolve_persona(
 
 
 async def resolve_persona_name(personas: PersonaService, caller: Caller, name: str) -> Persona:
-    """The persona called ``name`` (any case) if the caller may use it."""
-    persona = await personas.store.find_by_name(name)
+    """The persona called ``name`` (any case) if the caller may use it: their own, else the public one."""
+    persona = await personas.store.find_by_name(name, caller.user_id)
     if persona is None or not can_see(persona, caller):
         raise NotFound(f"No persona named {name!r} that you may use.", field="model")
     return persona
