@@ -12,7 +12,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from personas.models import Caller
 from runtime.server.resources import Resources
 
-__all__ = ["ApiKeyMiddleware", "caller"]
+__all__ = ["KEY_IN_QUERY", "ApiKeyMiddleware", "caller"]
 
 
 def _key_from_headers(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -23,13 +23,15 @@ def _key_from_headers(connection: ASGIConnection[Any, Any, Any, Any]) -> str | N
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    # A browser's EventSource cannot send headers: the one route it reads may take the key in the query.
-    if connection.scope.get("method") == "GET" and connection.scope["path"].endswith(_EVENTS):
+    # A browser's EventSource cannot send headers: the one route it reads says so (``opt``), found by the route
+    # the request matched, never by the look of its path.
+    if connection.scope.get("method") == "GET" and connection.route_handler.opt.get(KEY_IN_QUERY):
         return connection.query_params.get("api_key") or None
     return None
 
 
-_EVENTS = "/events"
+# A route handler's ``opt`` flag: this GET route may take the key as ``?api_key=`` (for EventSource).
+KEY_IN_QUERY = "key_in_query"
 
 
 class ApiKeyMiddleware(AbstractAuthenticationMiddleware):

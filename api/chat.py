@@ -12,6 +12,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from msgspec import UNSET
 
+from api.auth import KEY_IN_QUERY
 from api.chat_schemas import (
     CancelResponse,
     ChatRequest,
@@ -153,6 +154,7 @@ class MessageController(Controller):
 
     @get(
         "/{message_id:str}/events",
+        opt={KEY_IN_QUERY: True},
         operation_class=Streams,
         responses=answers(None, "The answer's events after `Last-Event-ID` (or `?after=`), then live to its end"),
     )

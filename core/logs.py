@@ -7,10 +7,11 @@ import logging
 import re
 import time
 from typing import Any
+from urllib.parse import unquote_plus
 
 import msgspec
 
-__all__ = ["REQUEST_ID", "JsonFormatter", "TextFormatter", "configure_logging"]
+__all__ = ["REQUEST_ID", "JsonFormatter", "TextFormatter", "configure_logging", "scrub_query"]
 
 # The id of the request being served, for every log line written while serving it ("-" outside one).
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -18,8 +19,11 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is a field of the line.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
-# A key in a query string (``?api_key=...``, ``&key=...``) never reaches a log.
-_SECRET_QUERY = re.compile(r"([?&](?:api_key|key|token|access_token)=)[^&\s\"]*", re.IGNORECASE)
+# A key in a query string never reaches a log: the value of a parameter whose name, percent-decoded, is one of
+# these (``?api_key=``, ``?api%5Fkey=``, ``?%61pi_key=``), and any value that decodes to one of our keys.
+_SECRET_NAMES = frozenset({"api_key", "apikey", "api-key", "x-api-key", "key", "token", "access_token"})
+_KEY_MARK = "prk_"
+_PARAMETER = re.compile(r"([?&;])([^=&;#\s\"]*)(=)([^&;#\s\"]*)")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -30,12 +34,37 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+def _decoded(text: str) -> str:
+    """``text`` percent-decoded until it stops changing (a few rounds at most), as anything reading it might."""
+    for _ in range(3):
+        decoded = unquote_plus(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def _mask(match: re.Match[str]) -> str:
+    name, value = _decoded(match.group(2)).strip().lower(), match.group(4)
+    if name in _SECRET_NAMES or _KEY_MARK in _decoded(value):
+        return f"{match.group(1)}{match.group(2)}=***"
+    return match.group(0)
+
+
+def scrub_query(target: str) -> str:
+    """A request target (path and query) with every secret in its query string replaced by ``***``."""
+    if "?" not in target:
+        return target
+    path, _, query = target.partition("?")
+    return path + _PARAMETER.sub(_mask, "?" + query)
+
+
 class _ScrubQuery(logging.Filter):
     """uvicorn's access log puts the request's path with its query string in the record's arguments."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(_SECRET_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(scrub_query(a) if isinstance(a, str) else a for a in record.args)
         return True
 
 
