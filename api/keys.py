@@ -64,9 +64,13 @@ class KeyController(Controller):
     async def create_key(
         self, data: JSONBody[CreateKeyRequest], caller: CallerDep, resources: ResourcesDep
     ) -> CreateKeyResponse:
-        resources.limiter.check_chosen(data.limits, caller)
+        limits = resources.limiter.bound_chosen(data.limits, caller)
         key, record = await resources.accounts.create_key(
-            caller.user_id, name=data.name, expires_in_days=data.expires_in_days, limits=data.limits
+            caller.user_id,
+            name=data.name,
+            expires_in_days=data.expires_in_days,
+            limits=limits,
+            max_live=resources.settings.max_keys_per_user,
         )
         return CreateKeyResponse(key=key, api_key=_out(record))
 
@@ -94,11 +98,15 @@ class AdminController(Controller):
 
     @post("/{user_id:str}/keys")
     async def create_key(
-        self, user_id: FromPath[UUID], data: JSONBody[CreateKeyRequest], caller: CallerDep, accounts: AccountsDep
+        self, user_id: FromPath[UUID], data: JSONBody[CreateKeyRequest], caller: CallerDep, resources: ResourcesDep
     ) -> CreateKeyResponse:
         _require_admin(caller, "manage users")
-        key, record = await accounts.create_key(
-            user_id, name=data.name, expires_in_days=data.expires_in_days, limits=data.limits
+        key, record = await resources.accounts.create_key(
+            user_id,
+            name=data.name,
+            expires_in_days=data.expires_in_days,
+            limits=data.limits,
+            max_live=resources.settings.max_keys_per_user,
         )
         return CreateKeyResponse(key=key, api_key=_out(record))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -56,6 +57,10 @@ COUNT_USERS = "SELECT count(*) FROM users"
 INSERT_KEY = f"""
 INSERT INTO api_keys (user_id, name, prefix, key_hash, expires_at, limits) VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING {_KEY_COLUMNS}"""
+# Serialises one user's key creations, so the count of live keys cannot be raced past its bound.
+LOCK_USER_KEYS = "SELECT pg_advisory_xact_lock(hashtextextended('api_keys:' || $1::uuid::text, 0))"
+COUNT_LIVE_KEYS = """SELECT count(*) FROM api_keys
+WHERE user_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"""
 LIST_KEYS = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id"
 GET_KEY = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1"
 FIND_KEYS_BY_PREFIX = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE prefix = $1"
@@ -172,23 +177,40 @@ class Accounts:
         key: str | None = None,
         limits: Limits | None = None,
         conn: asyncpg.Connection | None = None,
+        max_live: int | None = None,
     ) -> tuple[str, ApiKey]:
-        """Create a key (random unless ``key`` is given) and return it with its record: the only time it is seen."""
+        """Create a key (random unless ``key`` is given) and return it with its record: the only time it is seen.
+
+        ``max_live`` bounds the user's live (unrevoked, unexpired) keys: one more is a 409."""
         if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
             raise BadRequest("`expires_in_days` must be between 1 and 3650.", field="expires_in_days")
         key = key or generate_key()
         if len(key) < 20:
             raise BadRequest("An API key must be at least 20 characters long.", field="key")
         expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+        row = (user_id, name, shown_prefix(key), hash_key(key), expires_at, limits_column(limits))
         try:
-            record = await (conn or self._pool).fetchrow(
-                INSERT_KEY, user_id, name, shown_prefix(key), hash_key(key), expires_at, limits_column(limits)
-            )
+            if conn is not None:
+                record = await self._insert_key(conn, row, max_live)
+            else:
+                async with self._pool.acquire() as own, own.transaction():
+                    record = await self._insert_key(own, row, max_live)
         except asyncpg.UniqueViolationError:
             raise Conflict("That key is already in use.", field="key") from None
         except asyncpg.ForeignKeyViolationError:
             raise NotFound(f"User {user_id} not found.", field="user_id") from None
         return key, _key(record)
+
+    async def _insert_key(self, conn: asyncpg.Connection, row: tuple[Any, ...], max_live: int | None) -> Any:
+        if max_live is not None:
+            await conn.execute(LOCK_USER_KEYS, row[0])
+            live = await conn.fetchval(COUNT_LIVE_KEYS, row[0])
+            if live >= max_live:
+                raise Conflict(
+                    f"This user already has {live} live API keys, the most one may hold ({max_live}): revoke one "
+                    "they no longer use (DELETE /api/v1/keys/{id}) and try again."
+                )
+        return await conn.fetchrow(INSERT_KEY, *row)
 
     async def list_keys(self, user_id: UUID) -> list[ApiKey]:
         return [_key(r) for r in await self._pool.fetch(LIST_KEYS, user_id)]

@@ -121,19 +121,31 @@ class Limiter:
             tokens_per_day=own.tokens_per_day or defaults.tokens_per_day,
         )
 
-    def check_chosen(self, limits: Limits | None, caller: Caller) -> None:
-        """A user may give a key of their own tighter limits than the defaults; only an admin may loosen them
-        (or, since a limit left out means the default, set them on another user's key)."""
-        if caller.is_admin or limits is None:
-            return
-        for name, default in msgspec.structs.asdict(self.defaults).items():
-            chosen = getattr(limits, name)
-            if default is not None and chosen is not None and chosen > default:
+    def bound_chosen(self, limits: Limits | None, caller: Caller) -> Limits | None:
+        """The limits a key that ``caller`` creates for themselves gets: what they chose, never looser than the
+        key they are using nor than the server's defaults. Asking for looser is a 403 naming the field; a limit
+        left out takes the using key's where that one is tighter than the default. Admins choose freely."""
+        if caller.is_admin:
+            return limits
+        using = self.key_limits(caller.key_limits)  # the using key's own limits, its unset ones the defaults'
+        chosen = limits or Limits()
+        bounded: dict[str, int | None] = {}
+        for name, bound in msgspec.structs.asdict(using).items():
+            value = getattr(chosen, name)
+            default = getattr(self.defaults, name)
+            if bound is not None and value is not None and value > bound:
+                whose = "this server's default" if bound == default else "the limit of the key you are using"
                 raise Forbidden(
-                    f"`limits.{name}` is above this server's default of {default}: only an admin may give a key "
-                    "looser limits. Leave it out for the default, or ask an admin.",
+                    f"`limits.{name}` is above {whose}, {bound}: a key you make is never looser than that. "
+                    "Leave it out, choose at most that, or ask an admin.",
                     field=f"limits.{name}",
                 )
+            # Left out, the new key would get the default: keep the using key's limit when it is tighter.
+            if value is None and bound is not None and bound != default:
+                value = bound
+            bounded[name] = value
+        result = Limits(**bounded)
+        return result if result.any or limits is not None else None
 
     def _scopes(self, caller: Caller, personas: Sequence[Persona]) -> list[Scope]:
         scopes: list[Scope] = []

@@ -58,6 +58,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   STREAM_RETENTION_SECONDS   how long a finished chat stream can be replayed (600; 0 records none)
   STREAM_LEASE_SECONDS       silence after which a dead instance's answers are marked incomplete (30)
   KEY_REQUESTS_PER_MINUTE, KEY_TOKENS_PER_DAY   limits of keys without their own (no limit)
+  MAX_KEYS_PER_USER          live API keys one user may hold (100)
   DATABASE_POOL_SIZE         database connections per process (10)
   DATABASE_POOL_MODE         transaction behind a transaction-mode pooler such as PgBouncer (session)
   PROVIDER_TIMEOUT           seconds a provider may stay silent (120)
@@ -230,7 +231,11 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                 tokens_per_day=args.tokens_per_day,
             )
             key, record = await accounts.create_key(
-                owner.id, name=args.name, expires_in_days=args.expires_in_days, limits=limits
+                owner.id,
+                name=args.name,
+                expires_in_days=args.expires_in_days,
+                limits=limits,
+                max_live=settings.max_keys_per_user,
             )
             print(f"created key {record.id} ({record.prefix}…) for {owner.name}; it is shown only once:")
             print(key)

@@ -74,6 +74,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Limits of keys that set none of their own (section 9 of the contract); None is no limit.
     key_requests_per_minute: int | None = None
     key_tokens_per_day: int | None = None
+    # Live (unrevoked, unexpired) API keys one user may hold.
+    max_keys_per_user: int = 100
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -132,8 +134,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             metrics=(text("METRICS") or "on").lower() not in ("off", "false", "0", "no"),
             key_requests_per_minute=_limit(text("KEY_REQUESTS_PER_MINUTE"), "KEY_REQUESTS_PER_MINUTE"),
             key_tokens_per_day=_limit(text("KEY_TOKENS_PER_DAY"), "KEY_TOKENS_PER_DAY"),
+            max_keys_per_user=_at_least_one(int(number("MAX_KEYS_PER_USER", 100)), "MAX_KEYS_PER_USER"),
             env=env,
         )
+
+
+def _at_least_one(value: int, name: str) -> int:
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1, got {value}")
+    return value
 
 
 def _limit(value: str | None, name: str) -> int | None:
