@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, assert_never
 
 import msgspec
 from litestar import Controller, Response, post
@@ -14,14 +14,16 @@ from msgspec import Meta, Struct
 from api.deps import CallerDep, ResourcesDep
 from api.errors import anthropic_error
 from api.openapi import Streams
-from api.sse import Last, encoded_stream, sse_response
+from api.sse import sse_response
 from api.trace import persona_headers
 from core.errors import BadRequest, ProviderError
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 from providers import ChatMessage, ToolCall, ToolSpec
-from runtime.chat.pipeline import ChatPipeline, TurnInput
+from runtime.chat.collector import TurnResult
+from runtime.chat.frames import Last, encoded_stream
+from runtime.chat.pipeline import TurnInput
 from runtime.chat.resolve import persona_name_of_model
-from runtime.chat.turn import Turn, TurnResult
+from runtime.chat.turn import Turn
 
 __all__ = ["AnthropicController", "MessagesRequest"]
 
@@ -103,43 +105,50 @@ def _joined(blocks: list[_Text]) -> str:
     return "\n\n".join(block.text for block in blocks)
 
 
-def _turns(chat: ChatPipeline, messages: list[_Message]) -> list[ChatMessage]:
-    """The conversation in provider-neutral form: a user turn's tool results become ``tool`` turns before its text."""
+def _turns(messages: list[_Message]) -> tuple[list[ChatMessage], list[str | None]]:
+    """The conversation in provider-neutral form: a user turn's tool results become ``tool`` turns before its text.
+    With each turn, the field its text came in: the pipeline checks what users and tools said (None: not
+    checked, the client's own assistant turns and empty tool results)."""
     turns: list[ChatMessage] = []
+    fields: list[str | None] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}].content"
+        user = message.role == "user"
         if isinstance(message.content, str):
-            if message.role == "user":
-                chat.check_message(message.content, field=where)
             turns.append(ChatMessage(role=message.role, content=message.content))
+            fields.append(where if user else None)
             continue
         texts: list[_Text] = []
         calls: list[ToolCall] = []
         for j, block in enumerate(message.content):
-            if type(block) is _Text:
-                texts.append(block)
-            elif type(block) is _ToolUse:
-                if message.role != "assistant":
-                    raise BadRequest(f"`{where}[{j}]`: `tool_use` blocks belong in assistant turns.", field=where)
-                calls.append(ToolCall(id=block.id, name=block.name, arguments=_encode(block.input).decode()))
-            elif type(block) is _ToolResult:
-                if message.role != "user":
-                    raise BadRequest(f"`{where}[{j}]`: `tool_result` blocks belong in user turns.", field=where)
-                result = block.content if isinstance(block.content, str) else _joined(block.content)
-                if result:
-                    chat.check_message(result, field=f"{where}[{j}].content")
-                turns.append(ChatMessage(role="tool", content=result, tool_call_id=block.tool_use_id))
+            match block:
+                case _Text():
+                    texts.append(block)
+                case _ToolUse():
+                    if user:
+                        raise BadRequest(f"`{where}[{j}]`: `tool_use` blocks belong in assistant turns.", field=where)
+                    calls.append(ToolCall(id=block.id, name=block.name, arguments=_encode(block.input).decode()))
+                case _ToolResult():
+                    if not user:
+                        raise BadRequest(f"`{where}[{j}]`: `tool_result` blocks belong in user turns.", field=where)
+                    result = block.content if isinstance(block.content, str) else _joined(block.content)
+                    turns.append(ChatMessage(role="tool", content=result, tool_call_id=block.tool_use_id))
+                    fields.append(f"{where}[{j}].content" if result else None)
+                case _:
+                    assert_never(block)
         text = _joined(texts) if texts else None
-        if message.role == "assistant":
+        if not user:
             if text is not None or calls:
                 turns.append(ChatMessage(role="assistant", content=text, tool_calls=tuple(calls)))
+                fields.append(None)
         elif text is not None:
-            turns.append(ChatMessage(role="user", content=chat.check_message(text, field=where)))
+            turns.append(ChatMessage(role="user", content=text))
+            fields.append(where)
         elif not message.content:
             raise BadRequest(f"`{where}` is empty: send at least one content block.", field=where)
     if not any(turn.role != "assistant" for turn in turns):
         raise BadRequest("`messages` has no user message.", field="messages")
-    return turns
+    return turns, fields
 
 
 def _unsupported(data: MessagesRequest) -> None:
@@ -155,22 +164,28 @@ def _unsupported(data: MessagesRequest) -> None:
         raise BadRequest("`stop_sequences` is not supported here: leave it out.", field="stop_sequences")
 
 
-def _turn_input(chat: ChatPipeline, data: MessagesRequest) -> TurnInput:
+def _turn_input(data: MessagesRequest) -> TurnInput:
     """Anthropic's body as a turn: nothing stored, since an Anthropic client sends the whole conversation each time."""
     persona_name = persona_name_of_model(data.model)
     _unsupported(data)
     if data.system is None:
         system: tuple[str, ...] = ()
+        system_fields: tuple[str, ...] = ()
     elif isinstance(data.system, str):
-        system = (data.system,) if data.system else ()
+        system, system_fields = ((data.system,), ("system",)) if data.system else ((), ())
     else:
-        system = tuple(block.text for block in data.system if block.text)
+        given = [(block.text, f"system[{k}].text") for k, block in enumerate(data.system) if block.text]
+        system, system_fields = tuple(t for t, _ in given), tuple(f for _, f in given)
     tools = tuple(ToolSpec(name=t.name, description=t.description, parameters=t.input_schema) for t in data.tools or ())
+    turns, fields = _turns(data.messages)
     return TurnInput(
         route="messages",
-        messages=tuple(_turns(chat, data.messages)),
+        messages=tuple(turns),
+        message_fields=tuple(fields),
         system=system,
+        system_fields=system_fields,
         tools=tools,
+        tool_fields=tuple(f"tools[{i}]" for i in range(len(tools))),
         temperature=data.temperature,
         top_p=data.top_p,
         max_tokens=data.max_tokens,
@@ -211,7 +226,7 @@ def _message(result: TurnResult, model: str) -> dict[str, Any]:
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": _stop_reason(result.done.finish_reason),
+        "stop_reason": _stop_reason(result.finish_reason),
         "stop_sequence": None,
         "usage": _usage(usage),
     }
@@ -308,23 +323,25 @@ class _Events:
     def encode(self, batch: list[TurnEvent]) -> bytes:
         parts: list[bytes] = []
         for event in batch:
-            kind = type(event)
-            if kind is TextDelta:
-                if self.text is None:
-                    self.text = self._start(parts, {"type": "text", "text": ""})
-                parts.append(_TEXT_DELTA % self.text + _encode(event.content) + b"}}\n\n")  # type: ignore[union-attr]
-            elif kind is ToolCallDelta:
-                self._tool_piece(parts, event)  # type: ignore[arg-type]
-            elif kind is Start:
-                parts.append(self._message_start())
-            elif kind is Usage:
-                self.usage = event  # type: ignore[assignment]
-            elif kind is Done:
-                return self._end(parts, event)  # type: ignore[arg-type]
-            elif kind is ErrorEvent:
-                error_type = _STREAM_ERROR_TYPES.get(event.code, "api_error")  # type: ignore[union-attr]
-                parts.append(_event(b"error", anthropic_error(error_type, event.message)))  # type: ignore[union-attr]
-                return Last(b"".join(parts))
+            match event:
+                case TextDelta(content=content):
+                    if self.text is None:
+                        self.text = self._start(parts, {"type": "text", "text": ""})
+                    parts.append(_TEXT_DELTA % self.text + _encode(content) + b"}}\n\n")
+                case ToolCallDelta():
+                    self._tool_piece(parts, event)
+                case Start():
+                    parts.append(self._message_start())
+                case Usage():
+                    self.usage = event
+                case Done():
+                    return self._end(parts, event)
+                case ErrorEvent(code=code, message=message):
+                    error_type = _STREAM_ERROR_TYPES.get(code, "api_error")
+                    parts.append(_event(b"error", anthropic_error(error_type, message)))
+                    return Last(b"".join(parts))
+                case _:
+                    assert_never(event)
         return b"".join(parts)
 
     def stream(self, turn: Turn, heartbeat: float) -> AsyncIterator[bytes]:
@@ -339,7 +356,7 @@ class AnthropicController(Controller):
     async def messages(
         self, data: JSONBody[MessagesRequest], caller: CallerDep, resources: ResourcesDep
     ) -> Response[Any]:
-        turn = await resources.chat.run(caller, _turn_input(resources.chat, data))
+        turn = await resources.chat.run(caller, _turn_input(data))
         headers = persona_headers(turn.start)
         if data.stream:
             return sse_response(_Events(data.model).stream(turn, resources.settings.heartbeat_seconds), headers)

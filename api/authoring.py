@@ -21,14 +21,15 @@ from api.authoring_schemas import (
     TestsResponse,
     VersionsResponse,
 )
-from api.chat import answer, wants_stream
+from api.chat import encoded, wants_stream
 from api.chat_schemas import ChatResponse
 from api.deps import AuthoringDep, CallerDep, Limit, Offset, ResourcesDep, VersionNumber
 from api.openapi import OptionalBody, Streams, answers
 from api.schemas import MessageResponse, PersonaResponse
-from api.sse import candidate_body, sse_response
+from api.sse import sse_response
 from runtime.authoring.service import Rendered
 from runtime.authoring.suites import PersonaTestDraft
+from runtime.chat.frames import candidate_body
 
 __all__ = ["AuthoringController"]
 
@@ -119,8 +120,8 @@ class AuthoringController(Controller):
         """A real answer from a draft or a saved version, answered like /api/v1/chat; nothing is stored."""
         persona = await authoring.choose(caller, data)
         turn = await authoring.preview(caller, persona, message=data.message, provider=data.provider, model=data.model)
-        stream = wants_stream(data.stream, request)
-        return await answer(turn, stream, resources.settings.heartbeat_seconds, stored=False)
+        stream, heartbeat = wants_stream(data.stream, request), resources.settings.heartbeat_seconds
+        return encoded(await resources.chat.answer(turn, stream=stream, heartbeat=heartbeat), stored=False)
 
     @post(
         "/compare",
@@ -137,7 +138,7 @@ class AuthoringController(Controller):
         request: AnyRequest,
     ) -> Response[Any]:
         """Two to four candidates answer the same message at once; nothing is stored."""
-        personas = await authoring.candidates(caller, data.message, data.candidates)
+        personas = await authoring.candidates(caller, data.candidates)
         batch = await authoring.comparison(caller, data.message, personas)
         if wants_stream(data.stream, request):
             events = authoring.compare_events(batch)

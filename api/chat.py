@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -26,16 +24,20 @@ from api.chat_schemas import (
 from api.deps import CallerDep, Limit, Offset, ResourcesDep
 from api.openapi import Streams, answers
 from api.schemas import MessageResponse
-from api.sse import ChatFrames, chat_body, record, sse_response
+from api.sse import sse_response
 from core.errors import BadRequest, NotFound
 from providers import ChatMessage
-from runtime.chat.conversations import MessageState
-from runtime.chat.pipeline import TurnInput
-from runtime.chat.recordings import StatusOf
-from runtime.chat.turn import Turn, TurnResult
-from runtime.server.resources import Resources
+from runtime.chat.collector import TurnResult
+from runtime.chat.pipeline import Answer, TurnInput
 
-__all__ = ["ChatController", "ConversationController", "MessageController", "chat_response", "wants_stream"]
+__all__ = [
+    "ChatController",
+    "ConversationController",
+    "MessageController",
+    "chat_response",
+    "encoded",
+    "wants_stream",
+]
 
 
 _ANSWER = 'The answer as JSON, or as Server-Sent Events with `"stream": true` or `Accept: text/event-stream`'
@@ -63,17 +65,17 @@ def chat_response(result: TurnResult, *, stored: bool = True) -> ChatResponse:
         )
         if usage
         else None,
-        finish_reason=result.done.finish_reason,
+        finish_reason=result.finish_reason,
         stored=UNSET if stored else False,
-        tool_calls=result.done.tool_calls or UNSET,
+        tool_calls=result.done.tool_calls if result.done is not None and result.done.tool_calls else UNSET,
     )
 
 
-async def answer(turn: Turn, stream: bool, heartbeat: float, *, stored: bool = True) -> Response[Any]:
-    """Stream the turn as SSE, or wait for all of it and answer JSON."""
-    if stream:
-        return sse_response(chat_body(turn.batches(), heartbeat))
-    return Response(chat_response(await turn.collect(), stored=stored))
+def encoded(answer: Answer, *, stored: bool = True) -> Response[Any]:
+    """A turn's answer on the wire: JSON when whole, else our SSE."""
+    if isinstance(answer, TurnResult):
+        return Response(chat_response(answer, stored=stored))
+    return sse_response(answer)
 
 
 class ChatController(Controller):
@@ -84,9 +86,9 @@ class ChatController(Controller):
     async def chat(
         self, data: JSONBody[ChatRequest], caller: CallerDep, resources: ResourcesDep, request: Request[Any, Any, Any]
     ) -> Response[Any]:
-        resources.chat.check_message(data.message)
         asked = TurnInput(
             messages=(ChatMessage(role="user", content=data.message),),
+            message_fields=("message",),
             persona_id=data.persona_id,
             conversation_id=data.conversation_id,
             provider=data.provider,
@@ -94,40 +96,8 @@ class ChatController(Controller):
             store=True,
         )
         turn = await resources.chat.run(caller, asked)
-        heartbeat = resources.settings.heartbeat_seconds
-        if not wants_stream(data.stream, request):
-            if not data.resumable:
-                return Response(chat_response(await turn.collect()))
-            # Collected in a task of its own, so the answer is finished and stored even if the client leaves.
-            collecting = asyncio.ensure_future(turn.collect())
-            resources.chat.spawn(_settle(collecting))
-            return Response(chat_response(await asyncio.shield(collecting)))
-        message_id = turn.start.message_id
-        assert message_id is not None  # a kept turn
-        streams = resources.streams
-        if not streams.enabled:
-            return sse_response(chat_body(turn.batches(), heartbeat, ChatFrames(message_id)))
-        recording = streams.open(message_id, caller.user_id)
-        frames = ChatFrames(message_id, streams, recording)
-        if not data.resumable:
-            return sse_response(chat_body(turn.batches(), heartbeat, frames))
-        # The answer is read into its recording by a task of its own; this client is one reader of it, and
-        # may leave and come back (GET /api/v1/chat/messages/{id}/events) while the answer goes on.
-        resources.chat.spawn(record(turn.batches(), frames))
-        state = _state_of(resources, caller.user_id, message_id)
-        return sse_response(recording.follow(0, heartbeat, state))
-
-
-async def _settle(task: asyncio.Future[Any]) -> None:
-    with contextlib.suppress(BaseException):
-        await task
-
-
-def _state_of(resources: Resources, user_id: UUID, message_id: UUID) -> StatusOf:
-    async def state() -> MessageState | None:
-        return await resources.conversations.message_state(user_id, message_id)
-
-    return state
+        stream, heartbeat = wants_stream(data.stream, request), resources.settings.heartbeat_seconds
+        return encoded(await resources.chat.answer(turn, stream=stream, resumable=data.resumable, heartbeat=heartbeat))
 
 
 def _after(message_id: UUID, last_event_id: str | None, after: str | None) -> int:
@@ -167,7 +137,7 @@ class MessageController(Controller):
         after: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Response[Any]:
         seen = _after(message_id, last_event_id, after)
-        state = _state_of(resources, caller.user_id, message_id)
+        state = resources.chat.status_of(caller.user_id, message_id)
         if await state() is None:
             raise _unknown_message(message_id)
         heartbeat = resources.settings.heartbeat_seconds

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, assert_never
 
 import msgspec
 from litestar import Controller, Response, get, post
@@ -14,14 +14,16 @@ from msgspec import Meta, Struct
 
 from api.deps import CallerDep, ResourcesDep
 from api.openapi import Streams
-from api.sse import DONE, Last, encoded_stream, sse_response
+from api.sse import sse_response
 from api.trace import persona_headers
 from core.errors import BadRequest
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 from providers import ChatMessage, ToolCall, ToolSpec
-from runtime.chat.pipeline import ChatPipeline, TurnInput
+from runtime.chat.collector import TurnResult
+from runtime.chat.frames import DONE, Last, encoded_stream
+from runtime.chat.pipeline import TurnInput
 from runtime.chat.resolve import find_model_id, list_model_ids, persona_name_of_model
-from runtime.chat.turn import Turn, TurnResult
+from runtime.chat.turn import Turn
 
 __all__ = ["OpenAIController"]
 
@@ -94,16 +96,22 @@ def _text(message: _Message, index: int) -> str | None:
     return "".join(parts)
 
 
-def _split(messages: list[_Message]) -> tuple[list[str], list[ChatMessage]]:
-    """The client's system messages, and the conversation in provider-neutral form."""
+def _split(messages: list[_Message]) -> tuple[list[str], list[str], list[ChatMessage], list[str]]:
+    """The client's system messages and the conversation in provider-neutral form, each with the field it
+    came in (``messages[i].content``)."""
     system: list[str] = []
+    system_fields: list[str] = []
     turns: list[ChatMessage] = []
+    fields: list[str] = []
     for index, message in enumerate(messages):
         text = _text(message, index)
         if message.role in ("system", "developer"):
             if text:
                 system.append(text)
-        elif message.role == "tool":
+                system_fields.append(f"messages[{index}].content")
+            continue
+        fields.append(f"messages[{index}].content")
+        if message.role == "tool":
             if not message.tool_call_id:
                 raise BadRequest(
                     f"messages[{index}] is a tool result without `tool_call_id`.",
@@ -120,7 +128,7 @@ def _split(messages: list[_Message]) -> tuple[list[str], list[ChatMessage]]:
             turns.append(ChatMessage(role="user", content=text or ""))
     if not turns:
         raise BadRequest("`messages` has no user message.", field="messages")
-    return system, turns
+    return system, system_fields, turns, fields
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
@@ -163,30 +171,27 @@ class _Chunks:
     def encode(self, batch: list[TurnEvent], usage: list[Usage]) -> bytes:
         parts = []
         for event in batch:
-            kind = type(event)
-            if kind is TextDelta:
-                parts.append(self._text + _encode(event.content) + b'},"finish_reason":null}]}\n\n')  # type: ignore[union-attr]
-            elif kind is Start:
-                parts.append(self.chunk({"role": "assistant", "content": ""}))
-            elif kind is ToolCallDelta:
-                parts.append(self.chunk({"tool_calls": [_tool_call_piece(event)]}))  # type: ignore[arg-type]
-            elif kind is Usage:
-                usage.append(event)  # type: ignore[arg-type]
-            elif kind is Done:
-                parts.append(self.chunk({}, finish=event.finish_reason))  # type: ignore[union-attr]
-                if self.include_usage and usage:
-                    parts.append(self.chunk(None, usage=usage[-1]))
-                parts.append(DONE)
-                return Last(b"".join(parts))
-            elif kind is ErrorEvent:
-                error = {
-                    "message": event.message,  # type: ignore[union-attr]
-                    "type": "api_error",
-                    "code": event.code,  # type: ignore[union-attr]
-                    "param": None,
-                }
-                parts.append(b"data: " + _encode({"error": error}) + b"\n\n" + DONE)
-                return Last(b"".join(parts))
+            match event:
+                case TextDelta(content=content):
+                    parts.append(self._text + _encode(content) + b'},"finish_reason":null}]}\n\n')
+                case Start():
+                    parts.append(self.chunk({"role": "assistant", "content": ""}))
+                case ToolCallDelta():
+                    parts.append(self.chunk({"tool_calls": [_tool_call_piece(event)]}))
+                case Usage():
+                    usage.append(event)
+                case Done(finish_reason=finish):
+                    parts.append(self.chunk({}, finish=finish))
+                    if self.include_usage and usage:
+                        parts.append(self.chunk(None, usage=usage[-1]))
+                    parts.append(DONE)
+                    return Last(b"".join(parts))
+                case ErrorEvent(code=code, message=message):
+                    error = {"message": message, "type": "api_error", "code": code, "param": None}
+                    parts.append(b"data: " + _encode({"error": error}) + b"\n\n" + DONE)
+                    return Last(b"".join(parts))
+                case _:
+                    assert_never(event)
         return b"".join(parts)
 
     def stream(self, turn: Turn, heartbeat: float) -> AsyncIterator[bytes]:
@@ -215,7 +220,7 @@ def _completion(result: TurnResult, model: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": result.done.finish_reason}],
+        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
     }
     if result.usage is not None:
         body["usage"] = _usage(result.usage)
@@ -244,7 +249,7 @@ class OpenAIController(Controller):
     async def completions(
         self, data: JSONBody[CompletionRequest], caller: CallerDep, resources: ResourcesDep
     ) -> Response[Any]:
-        turn = await resources.chat.run(caller, _turn_input(resources.chat, data))
+        turn = await resources.chat.run(caller, _turn_input(data))
         headers = persona_headers(turn.start)
         if data.stream:
             chunks = _Chunks(data.model, data.stream_options is not None and data.stream_options.include_usage)
@@ -252,15 +257,12 @@ class OpenAIController(Controller):
         return Response(_completion(await turn.collect(), data.model), headers=headers)
 
 
-def _turn_input(chat: ChatPipeline, data: CompletionRequest) -> TurnInput:
+def _turn_input(data: CompletionRequest) -> TurnInput:
     """OpenAI's body as a turn: nothing stored, since an OpenAI client sends the whole conversation each time."""
     if data.n != 1:
         raise BadRequest("Only `n` = 1 is supported.", field="n")
     persona_name = persona_name_of_model(data.model)
-    system, turns = _split(data.messages)
-    for index, turn in enumerate(turns):
-        if turn.content is not None:
-            chat.check_message(turn.content, field=f"messages[{index}].content")
+    system, system_fields, turns, fields = _split(data.messages)
     tools = tuple(
         ToolSpec(name=t.function.name, description=t.function.description, parameters=t.function.parameters)
         for t in data.tools or ()
@@ -270,6 +272,9 @@ def _turn_input(chat: ChatPipeline, data: CompletionRequest) -> TurnInput:
         messages=tuple(turns),
         system=tuple(system),
         tools=tools,
+        message_fields=tuple(fields),
+        system_fields=tuple(system_fields),
+        tool_fields=tuple(f"tools[{i}].function" for i in range(len(tools))),
         temperature=data.temperature,
         top_p=data.top_p,
         max_tokens=data.max_tokens or data.max_completion_tokens,

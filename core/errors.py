@@ -14,14 +14,22 @@ Every error a client can see is a ``PersonaRuntimeError`` subclass with a snake_
     ├── StreamExpired                    410 stream_expired     (a finished stream past its retention)
     ├── RateLimited                      429 rate_limited       (a key's or persona's limit; carries ``retry_after``)
     ├── ServiceUnavailable               503 service_unavailable
-    │   └── DatabaseUnavailable          503 database_unavailable (carries ``retry_after``)
+    │   ├── DatabaseUnavailable          503 database_unavailable (carries ``retry_after``)
+    │   └── Pending                    * 503 pending            (streamed, not saved yet: the database is away)
     └── ProviderError                    502 provider_error     (upstream LLM failed)
         ├── ProviderUnavailable          502 provider_unavailable (connection refused, 5xx)
         ├── ProviderRejected             502 provider_rejected  (upstream 4xx: bad key, unknown model)
         ├── ProviderTimeout              504 provider_timeout
-        ├── ShuttingDown                 503 shutting_down      (the server stopped before the answer ended)
-        ├── Cancelled                    409 cancelled          (stopped by POST /messages/{id}/cancel)
-        └── ProviderRateLimited          429 provider_rate_limited (carries ``retry_after``)
+        ├── ProviderRateLimited          429 provider_rate_limited (carries ``retry_after``)
+        ├── ShuttingDown               * 503 shutting_down      (the server stopped before the answer ended)
+        ├── Cancelled                  * 409 cancelled          (stopped by POST /messages/{id}/cancel)
+        ├── ClientDisconnected         * 499 client_disconnected (the client left; stored, never sent)
+        └── Interrupted                * 502 interrupted        (the stream ended without its end: its
+                                                                 instance stopped, or it was swept)
+
+``*`` marks the in-band end codes: how an answer that already started ended, in its ``error`` event
+and its stored message, rather than an HTTP status. Each has a ``default`` message, so the places that
+end a turn name the class and nothing else (``Interrupted()``).
 
 It sits at the ground of the import graph: ``personas/``, ``providers/`` and ``runtime/`` raise these,
 ``api/`` renders them, and this module imports nothing of theirs.
@@ -34,11 +42,14 @@ from typing import Any
 __all__ = [
     "BadRequest",
     "Cancelled",
+    "ClientDisconnected",
     "Conflict",
     "DatabaseUnavailable",
     "Forbidden",
+    "Interrupted",
     "NotFound",
     "PayloadTooLarge",
+    "Pending",
     "PersonaRuntimeError",
     "ProviderError",
     "ProviderRateLimited",
@@ -58,8 +69,11 @@ class PersonaRuntimeError(Exception):
 
     code = "internal_error"
     status = 500
+    # The message when none is given.
+    default = "Internal error; it has been logged."
 
-    def __init__(self, message: str, *, field: str | None = None, details: Any = None) -> None:
+    def __init__(self, message: str = "", *, field: str | None = None, details: Any = None) -> None:
+        message = message or self.default
         super().__init__(message)
         self.message = message
         self.field = field
@@ -131,13 +145,25 @@ class DatabaseUnavailable(ServiceUnavailable):
     retry_after: float | None = 2.0
 
 
+class Pending(ServiceUnavailable):
+    """The answer reached the client but not the database yet. A retry may still keep it, so the stream says
+    neither "done" nor "not saved": the message's status in the conversation tells the end of the story."""
+
+    code = "pending"
+    default = (
+        "The answer was streamed but is not saved yet: the database is unavailable. It is being retried "
+        "for about half a minute; the message's status in the conversation (GET /api/v1/chat/conversations/{id}) "
+        "is `pending` until it is kept."
+    )
+
+
 class ProviderError(PersonaRuntimeError):
     """The upstream LLM provider failed; ``provider`` names which one."""
 
     code = "provider_error"
     status = 502
 
-    def __init__(self, message: str, *, provider: str = "", details: Any = None) -> None:
+    def __init__(self, message: str = "", *, provider: str = "", details: Any = None) -> None:
         super().__init__(message, details=details)
         self.provider = provider
 
@@ -164,6 +190,7 @@ class ShuttingDown(ProviderError):
 
     code = "shutting_down"
     status = 503
+    default = "The server is shutting down; the answer was cut short. Send the message again."
 
 
 class Cancelled(ProviderError):
@@ -171,6 +198,23 @@ class Cancelled(ProviderError):
 
     code = "cancelled"
     status = 409
+    default = "The answer was stopped on request."
+
+
+class ClientDisconnected(ProviderError):
+    """The client went away before the answer ended: stored with the partial answer, sent to nobody."""
+
+    code = "client_disconnected"
+    status = 499
+    default = "The client went away."
+
+
+class Interrupted(ProviderError):
+    """A stream ended without its own final event and its stored message says nothing better: its instance
+    stopped mid-answer, or the answer was swept as abandoned."""
+
+    code = "interrupted"
+    default = "The answer stopped before its end; what was said is stored as incomplete."
 
 
 class ProviderRateLimited(ProviderError):
@@ -178,7 +222,7 @@ class ProviderRateLimited(ProviderError):
     status = 429
 
     def __init__(
-        self, message: str, *, provider: str = "", retry_after: float | None = None, details: Any = None
+        self, message: str = "", *, provider: str = "", retry_after: float | None = None, details: Any = None
     ) -> None:
         super().__init__(message, provider=provider, details=details)
         self.retry_after = retry_after

@@ -12,6 +12,8 @@ from uuid import UUID
 
 import msgspec
 
+from core.errors import PersonaRuntimeError
+
 __all__ = [
     "Done",
     "ErrorEvent",
@@ -23,6 +25,7 @@ __all__ = [
     "ToolCallDelta",
     "TurnEvent",
     "Usage",
+    "error_event",
 ]
 
 
@@ -106,3 +109,8 @@ class ErrorEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", ta
 
 
 TurnEvent = Start | TextDelta | ToolCallDelta | Usage | Done | ErrorEvent
+
+
+def error_event(error: PersonaRuntimeError) -> ErrorEvent:
+    """The in-band ``error`` event of an error of the tree."""
+    return ErrorEvent(code=error.code, message=error.message)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from core.errors import BadRequest, PersonaRuntimeError
-from core.events import ErrorEvent, PersonaRef, TextDelta, ToolCallDelta, TurnEvent, Usage
+from core.events import PersonaRef, TurnEvent, Usage, error_event
 from personas.models import Caller, Persona, PersonaDraft
 from personas.service import draft_persona
 from providers import ChatMessage
@@ -76,7 +76,8 @@ class Failure(Struct, frozen=True, kw_only=True):
 
 
 class CandidateResult(Struct, frozen=True, kw_only=True):
-    """One candidate's answer in a comparison; ``error`` is set (and ``response`` partial) when it failed."""
+    """One candidate's answer in a comparison; ``error`` is set (and ``response`` partial) when it failed.
+    ``tool_calls`` only when the model asked for tools, as in a chat answer."""
 
     candidate: int
     persona: PersonaRef
@@ -84,6 +85,7 @@ class CandidateResult(Struct, frozen=True, kw_only=True):
     usage: Usage | None
     latency_ms: int
     error: Failure | None
+    tool_calls: list[dict[str, Any]] | UnsetType = UNSET
 
 
 class TestResult(Struct, frozen=True, kw_only=True):
@@ -116,6 +118,7 @@ class _Outcome:
     usage: Usage | None
     latency_ms: int
     error: Failure | None
+    tool_calls: list[dict[str, Any]]
 
 
 @contextlib.contextmanager
@@ -130,12 +133,19 @@ def _within(prefix: str) -> Iterator[None]:
         raise
 
 
-def _asked(message: str) -> tuple[ChatMessage, ...]:
-    return (ChatMessage(role="user", content=message),)
+def _asked(message: str, persona: Persona | None = None, **more: Any) -> TurnInput:
+    """A turn asking ``persona`` the body's ``message``."""
+    return TurnInput(
+        messages=(ChatMessage(role="user", content=message),), message_fields=("message",), persona=persona, **more
+    )
 
 
 def _ref(persona: Persona) -> PersonaRef:
     return PersonaRef(id=persona.id, name=persona.name, version=persona.version)
+
+
+def _since(began: float) -> int:
+    return int((time.monotonic() - began) * 1000)
 
 
 class AuthoringService:
@@ -176,10 +186,7 @@ class AuthoringService:
         self, caller: Caller, persona: Persona, *, message: str, conversation_id: UUID | None = None
     ) -> Rendered:
         """What a chat with ``persona`` would send, in ``conversation_id`` (the caller's) if given. No provider call."""
-        self.chat.check_message(message)
-        plan = await self.chat.plan(
-            caller, TurnInput(messages=_asked(message), persona=persona, conversation_id=conversation_id)
-        )
+        plan = await self.chat.plan(caller, _asked(message, persona, conversation_id=conversation_id))
         system_prompt = plan.request.system or ""
         cacheable, warnings = cache_report(persona, system_prompt)
         return Rendered(
@@ -202,26 +209,28 @@ class AuthoringService:
         route: str = "preview",
     ) -> Turn:
         """A real provider call for a persona (saved or draft) that stores nothing."""
-        self.chat.check_message(message)
-        turn = TurnInput(messages=_asked(message), persona=persona, provider=provider, model=model, route=route)
-        return await self.chat.run(caller, turn)
+        return await self.chat.run(caller, _asked(message, persona, provider=provider, model=model, route=route))
 
     # Comparisons ------------------------------------------------------------------------------------
 
-    async def candidates(self, caller: Caller, message: str, choices: Sequence[PersonaChoice]) -> list[Persona]:
+    async def candidates(self, caller: Caller, choices: Sequence[PersonaChoice]) -> list[Persona]:
         """Every candidate's persona, or the first input error (before any provider is called)."""
-        self.chat.check_message(message)
         return [await self.choose(caller, c, where=f"candidates[{i}].") for i, c in enumerate(choices)]
 
-    async def batch(self, caller: Caller, asked: Sequence[tuple[Persona, str]], route: str) -> Batch:
+    async def batch(
+        self, caller: Caller, asked: Sequence[tuple[Persona, str]], route: str, *, shared: bool = False
+    ) -> Batch:
         """Plan every ``(persona, message)`` and admit them together: each counts as a request, and when the
-        limits do not allow all of them, none is asked (a 429 before any provider call)."""
+        limits do not allow all of them, none is asked (a 429 before any provider call). A plan's error is
+        that turn's; but with a ``shared`` message (a comparison's), a bad message is the request's (a 4xx)."""
         plans: list[TurnPlan | PersonaRuntimeError] = []
         for persona, message in asked:
             try:
-                plans.append(
-                    await self.chat.plan(caller, TurnInput(messages=_asked(message), persona=persona, route=route))
-                )
+                plans.append(await self.chat.plan(caller, _asked(message, persona, route=route)))
+            except BadRequest as exc:
+                if shared and exc.field == "message":
+                    raise
+                plans.append(exc)
             except PersonaRuntimeError as exc:
                 plans.append(exc)
         admission = await self.chat.admit([p for p in plans if isinstance(p, TurnPlan)])
@@ -229,7 +238,7 @@ class AuthoringService:
 
     async def comparison(self, caller: Caller, message: str, personas: Sequence[Persona]) -> Batch:
         """The candidates of a comparison, admitted under the limits (each one a request)."""
-        return await self.batch(caller, [(p, message) for p in personas], "compare")
+        return await self.batch(caller, [(p, message) for p in personas], "compare", shared=True)
 
     async def compare(self, caller: Caller, message: str, personas: Sequence[Persona]) -> list[CandidateResult]:
         """Ask every candidate at once; a candidate that fails says why in its ``error``."""
@@ -246,6 +255,7 @@ class AuthoringService:
                 usage=outcome.usage,
                 latency_ms=outcome.latency_ms,
                 error=outcome.error,
+                tool_calls=outcome.tool_calls or UNSET,
             )
             for index, (persona, outcome) in enumerate(zip(personas, outcomes, strict=True))
         ]
@@ -253,8 +263,9 @@ class AuthoringService:
     async def compare_events(self, batch: Batch) -> AsyncIterator[tuple[int, TurnEvent]]:
         """Every candidate's chat events, tagged with its index, interleaved as they arrive.
 
-        A candidate that fails before answering contributes one ``error`` event. When the consumer stops
-        early, every candidate's upstream call is cancelled.
+        A candidate that fails before answering contributes one ``error`` event. Tool call pieces go along
+        like the rest (the stream's ``done`` carries the whole calls). When the consumer stops early, every
+        candidate's upstream call is cancelled.
         """
         queue: asyncio.Queue[tuple[int, TurnEvent] | None] = asyncio.Queue()
 
@@ -265,18 +276,15 @@ class AuthoringService:
                         raise plan
                     turn = await self.chat.open(plan, batch.admission)
                 except PersonaRuntimeError as exc:
-                    await queue.put((index, ErrorEvent(code=exc.code, message=exc.message)))
+                    await queue.put((index, error_event(exc)))
                     return
                 async with contextlib.aclosing(turn.batches()) as pieces:
                     async for piece in pieces:
                         for event in piece:
-                            if type(event) is not ToolCallDelta:
-                                await queue.put((index, event))
+                            await queue.put((index, event))
             except Exception:
                 log.exception("comparison candidate %d failed", index)
-                await queue.put(
-                    (index, ErrorEvent(code="internal_error", message="Internal error; it has been logged."))
-                )
+                await queue.put((index, error_event(PersonaRuntimeError())))
             finally:
                 await queue.put(None)
 
@@ -297,32 +305,23 @@ class AuthoringService:
     async def _ask(self, plan: TurnPlan | PersonaRuntimeError, admission: Admission | None) -> _Outcome:
         """One whole answer, nothing stored; a failure (before or during the answer) becomes ``error``."""
         began = time.monotonic()
-        pieces: list[str] = []
-        usage: Usage | None = None
-        error: Failure | None = None
         try:
             if isinstance(plan, PersonaRuntimeError):
                 raise plan
-            turn = await self.chat.open(plan, admission)
-            async with contextlib.aclosing(turn.batches()) as batches:
-                async for batch in batches:
-                    for event in batch:
-                        if isinstance(event, TextDelta):
-                            pieces.append(event.content)
-                        elif isinstance(event, Usage):
-                            usage = event
-                        elif isinstance(event, ErrorEvent):
-                            error = Failure(code=event.code, message=event.message)
+            result = await (await self.chat.open(plan, admission)).result()
         except PersonaRuntimeError as exc:
-            error = Failure(code=exc.code, message=exc.message)
-        return _Outcome("".join(pieces), usage, int((time.monotonic() - began) * 1000), error)
+            return _Outcome("", None, _since(began), Failure(code=exc.code, message=exc.message), [])
+        end = result.error
+        error = Failure(code=end.code, message=end.message) if end is not None else None
+        calls = result.done.tool_calls if result.done is not None else []
+        return _Outcome(result.text, result.usage, _since(began), error, calls)
 
     # Test suites ------------------------------------------------------------------------------------
 
     async def add_test(self, caller: Caller, persona_id: UUID, draft: PersonaTestDraft) -> PersonaTest:
         await self.chat.personas.get_editable(caller, persona_id)
         check_test(draft)
-        self.chat.check_message(draft.message)
+        _asked(draft.message).check(self.chat.max_message_chars)  # the test's turn will be checked the same
         return await self.tests.add(persona_id, draft, created_by=caller.user_id)
 
     async def list_tests(self, caller: Caller, persona_id: UUID) -> list[PersonaTest]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import msgspec
@@ -25,13 +25,21 @@ from personas.models import Caller, Persona
 from personas.service import PersonaService
 from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
 from runtime.access.limits import Admission, Limiter
-from runtime.chat.conversations import Conversation, ConversationStore
+from runtime.chat.collector import TurnResult
+from runtime.chat.conversations import Conversation, ConversationStore, MessageState
+from runtime.chat.frames import ChatFrames, chat_body, record
 from runtime.chat.leases import Leases
 from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes
 from runtime.chat.resolve import PersonaSource, resolve_persona, resolve_persona_name
 from runtime.chat.turn import Outcome, Turn, open_answer
 
-__all__ = ["UNCHECKED", "ChatPipeline", "TurnInput", "TurnPlan"]
+if TYPE_CHECKING:
+    from runtime.chat.recordings import StatusOf, StreamRecorder
+
+__all__ = ["UNCHECKED", "Answer", "ChatPipeline", "TurnInput", "TurnPlan"]
+
+# How a turn's answer goes out: whole (for a JSON answer), or as the bytes of our SSE stream.
+Answer = TurnResult | AsyncIterator[bytes]
 
 
 class _Unchecked:
@@ -49,6 +57,11 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     client's own system text, sent after the persona's. The persona is ``persona`` (a draft or a saved
     version an author picked), else ``persona_name`` (``persona/<name>``), else resolved: ``persona_id``,
     the conversation's, the user's preference, the default. ``store`` keeps the turn in the conversation.
+
+    The ``*_fields`` name the wire field each piece of client text came in, so an error names what the
+    client sent: one per message (None: not checked, such as an assistant turn of an Anthropic body), one
+    per system text, and one per tool (where its ``name`` and ``description`` are). Left empty, they are
+    ``messages[i].content``, ``system[i]`` and ``tools[i]``.
     """
 
     messages: tuple[ChatMessage, ...]
@@ -66,6 +79,43 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     store: bool = False
     # Which route asked, for metrics: chat, chat_completions, messages, preview, compare, test_run.
     route: str = "chat"
+    message_fields: tuple[str | None, ...] = ()
+    system_fields: tuple[str, ...] = ()
+    tool_fields: tuple[str, ...] = ()
+
+    def check(self, max_chars: int) -> None:
+        """Every input check of a turn: each message's text, the client's system text and its tools."""
+        fields = self.message_fields
+        for index, message in enumerate(self.messages):
+            field = fields[index] if index < len(fields) else f"messages[{index}].content"
+            if field is not None and message.content is not None:
+                _check_text(message.content, field, max_chars, "send the text of your message")
+        fields = self.system_fields
+        for index, text in enumerate(self.system):
+            field = fields[index] if index < len(fields) else f"system[{index}]"
+            _check_text(text, field, max_chars, "send the system text, or leave it out")
+        fields = self.tool_fields
+        seen: set[str] = set()
+        for index, tool in enumerate(self.tools):
+            where = fields[index] if index < len(fields) else f"tools[{index}]"
+            if tool.name in seen:
+                raise BadRequest(
+                    f"`{where}.name` {tool.name!r} names a tool given before it: give each tool a name of its own.",
+                    field=f"{where}.name",
+                )
+            seen.add(tool.name)
+            if len(tool.description) > max_chars:
+                field = f"{where}.description"
+                raise PayloadTooLarge(
+                    f"`{field}` is {len(tool.description)} characters long; the limit is {max_chars}.", field=field
+                )
+
+
+def _check_text(text: str, field: str, max_chars: int, fix: str) -> None:
+    if not text.strip():
+        raise BadRequest(f"`{field}` is empty: {fix}.", field=field)
+    if len(text) > max_chars:
+        raise PayloadTooLarge(f"`{field}` is {len(text)} characters long; the limit is {max_chars}.", field=field)
 
 
 @dataclass(frozen=True)
@@ -107,16 +157,9 @@ class ChatPipeline:
         self.max_message_chars = max_message_chars
         self.prompts = SystemPrompts()
         self.metrics = metrics
+        # Where streams are recorded for replays (set once the recorder is made; None records nothing).
+        self.streams: StreamRecorder | None = None
         self._background: set[asyncio.Task[None]] = set()
-
-    def check_message(self, message: str, field: str = "message") -> str:
-        if not message.strip():
-            raise BadRequest(f"`{field}` is empty: send the text of your message.", field=field)
-        if len(message) > self.max_message_chars:
-            raise PayloadTooLarge(
-                f"`{field}` is {len(message)} characters long; the limit is {self.max_message_chars}.", field=field
-            )
-        return message
 
     # resolve → plan ---------------------------------------------------------------------------------
 
@@ -135,7 +178,11 @@ class ChatPipeline:
         return persona, source, conversation
 
     async def plan(self, caller: Caller, turn: TurnInput) -> TurnPlan:
-        """Everything about a turn short of calling the provider: the persona and why, the routes, the request."""
+        """Everything about a turn short of calling the provider: the persona and why, the routes, the request.
+
+        The turn's input is checked first (a 400 or 413 naming the client's field), before anything is read.
+        """
+        turn.check(self.max_message_chars)
         persona, source, conversation = await self.resolve(caller, turn)
         routes = plan_routes(persona, self.providers, self.default_provider, provider=turn.provider, model=turn.model)
         own = system = self.prompts.render(persona, caller)
@@ -246,6 +293,34 @@ class ChatPipeline:
             self.leases.attach(outcome.message_id, turn.cancel)
         return turn
 
+    async def answer(self, turn: Turn, *, stream: bool, resumable: bool = False, heartbeat: float) -> Answer:
+        """How ``turn``'s answer goes out: whole, or as our SSE stream (recorded for replays when it is kept and
+        recordings are on). ``resumable`` answers are read to their end by a task of their own, whether or
+        not the client stays: a stream's client is then one reader of its recording, and may come back."""
+        if not stream:
+            if not resumable:
+                return await turn.collect()
+            collecting = asyncio.ensure_future(turn.collect())
+            self._spawn(_settle(collecting))
+            return await asyncio.shield(collecting)
+        message_id, streams = turn.start.message_id, self.streams
+        if message_id is None or turn.user_id is None or streams is None or not streams.enabled:
+            return chat_body(turn.batches(), heartbeat, ChatFrames(message_id))
+        recording = streams.open(message_id, turn.user_id)
+        frames = ChatFrames(message_id, streams, recording)
+        if not resumable:
+            return chat_body(turn.batches(), heartbeat, frames)
+        self._spawn(record(turn.batches(), frames))
+        return recording.follow(0, heartbeat, self.status_of(turn.user_id, message_id))
+
+    def status_of(self, user_id: UUID, message_id: UUID) -> StatusOf:
+        """How a reader of a recording asks where the stored message stands."""
+
+        async def state() -> MessageState | None:
+            return await self.conversations.message_state(user_id, message_id)
+
+        return state
+
     async def _history(self, conversation: Conversation | None) -> list[ChatMessage]:
         if conversation is None or self.history_messages <= 0:
             return []
@@ -268,3 +343,8 @@ class ChatPipeline:
         if self._background:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*self._background, return_exceptions=True), timeout=10)
+
+
+async def _settle(task: asyncio.Future[Any]) -> None:
+    with contextlib.suppress(BaseException):
+        await task

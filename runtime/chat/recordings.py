@@ -24,20 +24,18 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol
 from uuid import UUID
 
-import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from core.errors import StreamExpired
 from core.redis_client import REDIS_ERRORS, Outage, packed, send
+from runtime.chat.collector import Collector
+from runtime.chat.frames import DONE, HEARTBEAT, decode, encode_events, final_event
 
-__all__ = ["Recording", "StreamRecorder", "final_frame", "frame"]
+__all__ = ["Recording", "StreamRecorder", "final_frame"]
 
 log = logging.getLogger("persona_runtime.streams")
 
-DONE = b"data: [DONE]\n\n"
-HEARTBEAT = b": keep-alive\n\n"
-_encode = msgspec.json.Encoder().encode
 # A stream of Redis entries is trimmed (approximately) past this many writes: a runaway answer must not
 # grow one key without bound. Each write holds every frame produced since the previous one.
 _MAX_ENTRIES = 10_000
@@ -89,19 +87,11 @@ class MessageState(Protocol):
 StatusOf = Callable[[], Coroutine[Any, Any, MessageState | None]]
 
 
-def frame(event: str, message_id: UUID, n: int, data: bytes) -> bytes:
-    return b"event: %s\nid: %s:%d\ndata: %s\n\n" % (event.encode(), str(message_id).encode(), n, data)
-
-
 def final_frame(message_id: UUID, n: int, state: MessageState | None) -> bytes:
-    """The event a stream that ended without one should have ended with, from what is stored."""
-    if state is not None and state.status == "complete":
-        done = {"type": "done", "finish_reason": state.finish_reason or "stop", "message_id": str(message_id)}
-        return frame("done", message_id, n, _encode(done))
-    error = (state.error if state is not None else None) or {}
-    code = str(error.get("code") or "interrupted")
-    message = str(error.get("message") or "The answer stopped before its end; what was said is stored as incomplete.")
-    return frame("error", message_id, n, _encode({"type": "error", "code": code, "message": message}))
+    """The ``n``-th frame of a stream that ended without its final event: the one it should have ended
+    with, from what is stored."""
+    (part,), _, _ = encode_events((final_event(message_id, state),), n - 1, b"%s:" % str(message_id).encode())
+    return part
 
 
 class Recording:
@@ -343,12 +333,9 @@ class StreamRecorder:
         found = await self._read(message_id, "-", 0)
         if found is None:
             return None
-        pieces = []
-        for piece in found[0]:
-            if piece.startswith(b"event: content\n"):
-                data = piece.split(b"\ndata: ", 1)[1]
-                pieces.append(msgspec.json.decode(data)["content"])
-        return "".join(pieces)
+        said = Collector()
+        said.add([event for event in map(decode, found[0]) if event is not None])
+        return said.text
 
 
 def _frames_of(entries: list[Any], after: int) -> tuple[list[bytes], str, bool, bool]:

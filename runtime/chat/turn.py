@@ -13,22 +13,22 @@ from uuid import UUID
 
 import msgspec
 
-from core.errors import Cancelled, ProviderError, ProviderTimeout, ProviderUnavailable, ServiceUnavailable
-from core.events import (
-    Done,
-    ErrorEvent,
-    Finish,
-    ProviderEvent,
-    Start,
-    TextDelta,
-    ToolCallDelta,
-    TurnEvent,
-    Usage,
+from core.errors import (
+    Cancelled,
+    ClientDisconnected,
+    Pending,
+    PersonaRuntimeError,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    ServiceUnavailable,
 )
+from core.events import Done, Finish, ProviderEvent, Start, TurnEvent, error_event
 from core.logs import REQUEST_ID
 from core.metrics import Metrics
-from providers import ProviderRequest, ProviderSet, ToolCall, assemble_tool_calls, batches_of
+from providers import ProviderRequest, ProviderSet, batches_of
 from runtime.access.limits import Admission
+from runtime.chat.collector import Collector, TurnResult
 from runtime.chat.conversations import ConversationStore, MessageStatus
 from runtime.chat.leases import Leases
 from runtime.chat.prompt import Route
@@ -102,40 +102,6 @@ async def open_answer(
     raise failures[0][1]
 
 
-class Collector:
-    """What a turn said so far: the text pieces, tool call pieces, usage and finish reason."""
-
-    __slots__ = ("deltas", "finish", "pieces", "usage")
-
-    def __init__(self) -> None:
-        self.pieces: list[str] = []
-        self.deltas: list[ToolCallDelta] = []
-        self.usage: Usage | None = None
-        self.finish: str | None = None
-
-    def add(self, batch: list[ProviderEvent]) -> list[ProviderEvent]:
-        """Take in one batch; what of it goes on to the client (everything but ``Finish``)."""
-        for event in batch:
-            kind = type(event)
-            if kind is TextDelta:
-                self.pieces.append(event.content)  # type: ignore[union-attr]
-            elif kind is Usage:
-                self.usage = event  # type: ignore[assignment]
-            elif kind is ToolCallDelta:
-                self.deltas.append(event)  # type: ignore[arg-type]
-            elif kind is Finish:
-                self.finish = event.finish_reason  # type: ignore[union-attr]
-                return [e for e in batch if type(e) is not Finish]
-        return batch
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
-
-    def tool_calls(self) -> tuple[ToolCall, ...]:
-        return assemble_tool_calls(self.deltas) if self.deltas else ()
-
-
 class Outcome:
     """Where a kept turn's answer is stored, and the saving of how it ended."""
 
@@ -160,9 +126,9 @@ class Outcome:
         if self.leases is not None:
             self.leases.release(self.message_id)
 
-    def failed_to_open(self, route: Route, failure: ProviderError | Exception | None) -> Coroutine[Any, Any, None]:
-        code = getattr(failure, "code", None) or "cancelled"
-        message = getattr(failure, "message", None) or "The request was cancelled."
+    def failed_to_open(self, route: Route, failure: PersonaRuntimeError | None) -> Coroutine[Any, Any, None]:
+        """Save the answer as an error: the provider could not be reached (None: the request was cancelled)."""
+        failure = failure or Cancelled("The request was cancelled.")
         self._settled()
         return self.conversations.finish_answer(
             self.message_id,
@@ -174,7 +140,7 @@ class Outcome:
             latency_ms=self._latency(),
             finish_reason=None,
             tool_calls=None,
-            error={"code": code, "message": message},
+            error={"code": failure.code, "message": failure.message},
         )
 
     async def record(self, route: Route, status: MessageStatus, said: Collector, error: dict[str, Any] | None) -> bool:
@@ -222,27 +188,6 @@ class Outcome:
         return int((time.monotonic() - self.began) * 1000)
 
 
-@dataclass
-class TurnResult:
-    """A whole answer, for codecs that do not stream."""
-
-    start: Start
-    text: str
-    usage: Usage | None
-    done: Done
-    tool_calls: tuple[ToolCall, ...]
-
-
-# The answer reached the client but not the database yet. A retry may still keep it, so the stream says
-# neither "done" nor "not saved": the message's status in the conversation tells the end of the story.
-_PENDING = ErrorEvent(
-    code="pending",
-    message="The answer was streamed but is not saved yet: the database is unavailable. It is being retried "
-    "for about half a minute; the message's status in the conversation (GET /api/v1/chat/conversations/{id}) "
-    "is `pending` until it is kept.",
-)
-
-
 class Turn:
     """One answer on its way: ``start`` is known; ``batches()`` streams it once and records how it ended.
 
@@ -278,17 +223,37 @@ class Turn:
         # cancel(): why the answer is to stop, and the task reading it (interrupted when it waits on the provider).
         self._stop: ProviderError | None = None
         self._reader: asyncio.Task[Any] | None = None
-        self._waiting = False
+        self._reading = False
 
     def cancel(self, reason: ProviderError | None = None) -> None:
         """Stop the answer: the provider call is closed, the stream ends with ``error`` (``cancelled``) and what
         was said is stored ``incomplete``. Safe to call at any time, from any task."""
         if self._stop is not None:
             return
-        self._stop = reason or Cancelled("The answer was stopped on request.", provider=self.start.provider)
+        self._stop = reason or Cancelled(provider=self.start.provider)
         reader = self._reader
-        if self._waiting and reader is not None and not reader.done():
-            reader.cancel()
+        if self._reading and reader is not None:
+            reader.cancel()  # interrupts the read in _next, which raises the stop in its place
+
+    async def _next(self, source: AsyncIterator[list[ProviderEvent]]) -> list[ProviderEvent] | None:
+        """The provider's next batch (None at its end): the one await a cancel interrupts, raising the stop.
+
+        Only this await is interrupted: between reads the task is the client's (writing what was read), and
+        a cancel then is seen at the next read, before it starts.
+        """
+        if self._stop is not None:
+            raise self._stop
+        self._reading = True
+        try:
+            return await anext(source, None)
+        except asyncio.CancelledError:
+            reader = self._reader
+            # Ours when it is the only cancel the task had; another (the client left) goes on up.
+            if self._stop is None or reader is None or reader.uncancel() > 0:
+                raise
+            raise self._stop from None
+        finally:
+            self._reading = False
 
     async def batches(self) -> AsyncGenerator[list[TurnEvent], None]:
         said, route = self.said, self.answer.route
@@ -298,13 +263,11 @@ class Turn:
         try:
             lead: list[TurnEvent] = [self.start]
             final: list[TurnEvent] = []
+            failure: ProviderError | None = None
             self._reader = asyncio.current_task()
+            source = self.answer.batches()
             try:
-                self._waiting = True
-                async for batch in self.answer.batches():
-                    self._waiting = False
-                    if self._stop is not None:
-                        raise self._stop
+                while (batch := await self._next(source)) is not None:
                     passed: list[Any] = said.add(batch)
                     if passed and self.first_at is None:
                         self.first_at = time.monotonic()
@@ -315,29 +278,19 @@ class Turn:
                         break
                     if out:
                         yield out
-                    if self._stop is not None:
-                        raise self._stop
-                    self._waiting = True
-                self._waiting = False
-            except asyncio.CancelledError:
-                self._waiting = False
-                stop, reader = self._stop, self._reader
-                if stop is None or reader is None or reader.uncancel() > 0:
-                    raise
-                settled = True
-                async for out in self._failed(stop, lead):
-                    yield out
-                return
             except ProviderError as exc:
-                settled = True
-                async for out in self._failed(exc, lead):
-                    yield out
-                return
+                failure = exc
             settled = True
-            self._ended("complete" if said.finish else "incomplete")
+            if failure is not None:
+                yield await self._failed(failure, lead)
+                return
+            status: MessageStatus = "complete" if said.finish else "incomplete"
+            self._ended(status)
             final = [*lead, *final] if lead else final
             calls = [msgspec.to_builtins(c) for c in said.tool_calls()]
-            done = Done(finish_reason=said.finish or "incomplete", message_id=self.start.message_id, tool_calls=calls)
+            done = said.end = Done(
+                finish_reason=said.finish or "incomplete", message_id=self.start.message_id, tool_calls=calls
+            )
             if self.outcome is None:
                 final.append(done)  # nothing to store: the end goes out with the last piece
                 yield final
@@ -345,9 +298,9 @@ class Turn:
             # The answer's last piece goes out before it is saved; `done` only once it is.
             if final:
                 yield final
-            status: MessageStatus = "complete" if said.finish else "incomplete"
             if not await self.outcome.record(route, status, said, None):
-                yield [_PENDING]
+                said.end = error_event(Pending())
+                yield [said.end]
                 return
             yield [done]
         finally:
@@ -358,22 +311,24 @@ class Turn:
             else:
                 await self.answer.aclose()
 
-    async def _failed(self, exc: ProviderError, lead: list[TurnEvent]) -> AsyncIterator[list[TurnEvent]]:
+    async def _failed(self, exc: ProviderError, lead: list[TurnEvent]) -> list[TurnEvent]:
         self.failure = exc
-        cancelled = type(exc) is Cancelled
+        cancelled = isinstance(exc, Cancelled)
         self._ended("incomplete" if cancelled else "error")
         if self.metrics is not None and not cancelled:
             self.metrics.provider_errors.labels(provider=self.answer.route.provider, kind=exc.code).inc()
         if self.outcome is not None:
             error = {"code": exc.code, "message": exc.message}
             await self.outcome.record(self.answer.route, "incomplete", self.said, error)
-        yield [*lead, ErrorEvent(code=exc.code, message=exc.message)]
+        self.said.end = error_event(exc)
+        return [*lead, self.said.end]
 
     async def _abandoned(self) -> None:
         self._ended("incomplete")
         await self.answer.aclose()
         if self.outcome is not None:
-            error = {"code": "client_disconnected", "message": "The client went away."}
+            gone = ClientDisconnected()
+            error = {"code": gone.code, "message": gone.message}
             await self.outcome.record(self.answer.route, "incomplete", self.said, error)
 
     def _ended(self, outcome: str) -> None:
@@ -416,22 +371,22 @@ class Turn:
             },
         )
 
+    async def result(self) -> TurnResult:
+        """Read the whole answer; how it ended is the result's ``done`` or ``error`` (the partial answer is kept
+        as incomplete)."""
+        async with contextlib.aclosing(self.batches()) as batches:
+            async for _ in batches:
+                pass
+        return self.said.result(self.start)
+
     async def collect(self) -> TurnResult:
         """Read the whole answer; a failure midway is raised (the partial answer is kept as incomplete)."""
-        async with contextlib.aclosing(self.batches()) as batches:
-            async for batch in batches:
-                last = batch[-1]
-                if type(last) is ErrorEvent:
-                    raise self.failure or ServiceUnavailable(last.message)
-                if type(last) is Done:
-                    return TurnResult(
-                        start=self.start,
-                        text=self.said.text,
-                        usage=self.said.usage,
-                        done=last,
-                        tool_calls=self.said.tool_calls(),
-                    )
-        raise ProviderUnavailable("The provider stream ended without an answer.", provider=self.start.provider)
+        result = await self.result()
+        if result.error is not None:
+            raise self.failure or ServiceUnavailable(result.error.message)
+        if result.done is None:
+            raise ProviderUnavailable("The provider stream ended without an answer.", provider=self.start.provider)
+        return result
 
     async def aclose(self) -> None:
         await self.answer.aclose()

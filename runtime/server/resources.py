@@ -275,6 +275,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
             spawn=chat.spawn,
         )
         leases.said = streams.said
+        chat.streams = streams
         yield Resources(
             settings=settings,
             pool=pool,
