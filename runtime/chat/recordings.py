@@ -3,10 +3,12 @@
 A :class:`Recording` holds one answer's SSE frames on the instance that runs it; readers follow it
 live. With Redis the frames are also appended to a Redis Stream per message (``XADD``), by one flush
 for all streams every 50 ms at most, each stream's new frames one entry: a short answer is one entry,
-and under load one round trip carries many streams' entries. Any instance can replay a recording and
-follow it. Without Redis, finished recordings stay in this process for the retention. A frame is the
-exact bytes sent to the first client (its ``id:`` is ``<message_id>:<n>``), so a replay is the same
-stream, byte for byte.
+and under load one round trip carries many streams' entries. Each entry starts at the first frame Redis
+does not hold yet, so after Redis was away the next one catches it up and the stream there is whole again.
+Any instance can replay a recording and follow it; a reader takes each frame once, by its number, and
+never hands out a stream with a gap. Without Redis, finished recordings stay in this process for the
+retention. A frame is the exact bytes sent to the first client (its ``id:`` is ``<message_id>:<n>``),
+so a replay is the same stream, byte for byte.
 
 Streams are told apart from the stored message: the recording ends with the stream, and if it ends
 without a final event (the instance died, the client left a stream that was not resumable) the reader
@@ -21,7 +23,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 from redis.asyncio import Redis
@@ -44,31 +46,49 @@ _EVERY = 0.05
 # Looks for a recording not in Redis yet (its last flush is at most ``_EVERY`` and a round trip away),
 # before a stored answer without one is taken for expired.
 _LATE_TRIES = 4
-# How long one write may take before it is given up (the stream goes on; that part is kept here only).
+# How long one write may take before it is given up (the stream goes on; the next write sends it again).
 _WRITE_TIMEOUT = 0.5
 # A flush on a single Redis server: for each stream (KEYS), its entry and, when asked, its expiry. ARGV is
 # the trimming bound, then four values a stream: the first frame's number, the frames, the end mark ('' for
-# none) and the expiry in ms (0 for none).
+# none) and the expiry in ms (0 for none). Past a stream's first frame its key must be there already
+# (NOMKSTREAM): when Redis lost it (a restart without persistence, an outage longer than the expiry) the
+# entry is not written, so that no key starts in the middle of a stream, and its position is returned for
+# the writer to start that stream again from its first frame.
 _APPEND_SCRIPT = """
 local maxlen = ARGV[1]
+local lost = {}
 for i, key in ipairs(KEYS) do
   local at = 1 + (i - 1) * 4
   local first, data, ended, ttl = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], tonumber(ARGV[at + 4])
-  if ended == '' then
-    redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'f', first, 'd', data)
-  else
-    redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'f', first, 'd', data, 'e', ended)
+  local add = {'XADD', key, 'MAXLEN', '~', maxlen, '*', 'f', first, 'd', data}
+  if first ~= '1' then
+    table.insert(add, 3, 'NOMKSTREAM')
   end
-  if ttl > 0 then
+  if ended ~= '' then
+    add[#add + 1] = 'e'
+    add[#add + 1] = ended
+  end
+  if not redis.call(unpack(add)) then
+    lost[#lost + 1] = i
+  elseif ttl > 0 then
     redis.call('PEXPIRE', key, ttl)
   end
 end
-return #KEYS
+return lost
 """
 _WRITE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_ERRORS)
 # How often a reader of another instance's stream looks at the stored message while nothing arrives, to
 # notice an answer whose instance died.
 _STATUS_EVERY = 1.0
+# The stream's last event when Redis lacks frames after those a reader got.
+_HOLE = _encode(
+    {
+        "type": "error",
+        "code": "stream_expired",
+        "message": "Part of this stream is no longer recorded, so it cannot be resumed whole; "
+        "the stored message is in its conversation.",
+    }
+)
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -167,11 +187,8 @@ class StreamRecorder:
         retry_after: float = 1.0,
     ) -> None:
         self._redis: Any = redis
-        # A single server's client without a socket timeout, for the writes of the hot path (see _Outbox).
-        self._writer = writer
         self._prefix = prefix
         self.retention = retention
-        self._spawn = spawn
         self._live: dict[UUID, Recording] = {}
         # Finished recordings, oldest first, bounded: for the retention without Redis, else until Redis has
         # all of them (for the retention if it never will).
@@ -185,7 +202,16 @@ class StreamRecorder:
             retry_after=retry_after,
         )
         self._writers: dict[UUID, _RedisWriter] = {}
-        self._outbox = _Outbox(self)
+        self._outbox = _Outbox(
+            # A single server's client without a socket timeout for the hot path's writes, else the
+            # reading client (a Redis Cluster's routes each stream to its node).
+            writer if writer is not None else redis,
+            script=writer is not None,
+            outage=self._outage,
+            spawn=spawn,
+            retention=retention,
+            stored=self._stored,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -208,7 +234,7 @@ class StreamRecorder:
         recording.add(frames)
         writer = self._writers.get(recording.message_id)
         if writer is not None:
-            self._outbox.write(writer, frames)
+            self._outbox.write(writer)
 
     def close(self, recording: Recording, *, terminal: bool) -> None:
         """The stream ended (``terminal``: with its own final event)."""
@@ -217,9 +243,9 @@ class StreamRecorder:
         self._live.pop(message_id, None)
         writer = self._writers.pop(message_id, None)
         if writer is not None:
-            self._outbox.write(writer, [], end=True, terminal=terminal)
-        # Kept here until its end is in Redis (for good, if some of it never got there): meanwhile, and
-        # while Redis is away, this instance can still replay it whole.
+            self._outbox.write(writer)
+        # Kept here until its end is in Redis (for good, if it never gets there): meanwhile, and while
+        # Redis is away, this instance can still replay it whole.
         self.keep(recording)
 
     def keep(self, recording: Recording) -> None:
@@ -234,12 +260,17 @@ class StreamRecorder:
                 break
             finished.popitem(last=False)
 
+    def _stored(self, recording: Recording) -> None:
+        """Redis holds all of a finished recording: any instance replays it from there."""
+        self._finished.pop(recording.message_id, None)
+
     # any instance -----------------------------------------------------------------------------------
 
     async def replay(self, message_id: UUID, after: int, heartbeat: float, status_of: StatusOf) -> AsyncIterator[bytes]:
         """The stream of ``message_id`` after its ``after``-th event, then live to its end.
 
-        Raises :class:`StreamExpired` (before anything is sent) when no recording is left to replay.
+        Raises :class:`StreamExpired` (before anything is sent) when no recording is left to replay, or
+        when Redis lacks some of the frames asked for.
         """
         recording = self._live.get(message_id)
         if recording is None:
@@ -257,19 +288,25 @@ class StreamRecorder:
                 await asyncio.sleep(_EVERY)
                 first = await self._read(message_id, "-", after)
             if first is not None:
+                if first.hole:
+                    raise StreamExpired(
+                        f"Part of the stream of message {message_id} after event {after} is no longer "
+                        "recorded, so it cannot be replayed; the stored message is in its conversation."
+                    )
                 return self._follow_redis(message_id, first, after, heartbeat, status_of)
             state = await status_of()
             if state is not None and state.status == "pending":
                 # Not written yet, or its instance died before its first write: wait for either.
-                return self._follow_redis(message_id, ([], "0-0", False, False), after, heartbeat, status_of)
+                return self._follow_redis(
+                    message_id, _Found([], "0-0", False, False, False), after, heartbeat, status_of
+                )
         raise StreamExpired(
             f"The stream of message {message_id} can no longer be replayed (streams are kept "
             f"{self.retention:.0f} s after they end); the stored message is in its conversation."
         )
 
-    async def _read(self, message_id: UUID, start: str, after: int) -> tuple[list[bytes], str, bool, bool] | None:
-        """Frames numbered above ``after`` in entries from ``start`` on: (frames, last entry id, ended, terminal),
-        or None when the stream has no entries."""
+    async def _read(self, message_id: UUID, start: str, after: int) -> _Found | None:
+        """Frames numbered above ``after`` in entries from ``start`` on, or None when the stream has no entries."""
         try:
             entries = await self._redis.xrange(self.key(message_id), min=start)
         except REDIS_ERRORS as exc:
@@ -283,12 +320,12 @@ class StreamRecorder:
     async def _follow_redis(
         self,
         message_id: UUID,
-        first: tuple[list[bytes], str, bool, bool],
+        first: _Found,
         after: int,
         heartbeat: float,
         status_of: StatusOf,
     ) -> AsyncIterator[bytes]:
-        frames, last_id, ended, terminal = first
+        frames, last_id, ended, terminal, hole = first
         sent = after + len(frames)
         key = self.key(message_id)
         quiet_since = checked = time.monotonic()
@@ -296,6 +333,11 @@ class StreamRecorder:
             if frames:
                 yield b"".join(frames)
                 quiet_since = time.monotonic()
+            if hole:
+                # Redis lost frames after these (it restarted, say): the rest must not look whole.
+                yield frame("error", message_id, sent + 1, _HOLE)
+                yield DONE
+                return
             if ended:
                 if not terminal:
                     yield final_frame(message_id, sent + 1, await status_of())
@@ -309,11 +351,10 @@ class StreamRecorder:
                 found = None
             frames = []
             if found:
-                entries = found[0][1]
-                frames, last_id, ended, terminal = _frames_of(entries, sent)
+                frames, last_id, ended, terminal, hole = _frames_of(found[0][1], sent)
                 sent += len(frames)
             now = time.monotonic()
-            if not frames and not ended:
+            if not frames and not ended and not hole:
                 if now - checked >= _STATUS_EVERY:
                     checked = now
                     state = await status_of()
@@ -338,77 +379,145 @@ class StreamRecorder:
         return said.text
 
 
-def _frames_of(entries: list[Any], after: int) -> tuple[list[bytes], str, bool, bool]:
-    """The frames numbered above ``after`` in ``entries``, the last entry's id, and whether (and how) the
-    stream ended. An entry holds consecutive frames from number ``f`` on, joined in ``d``; ``e`` marks the end
-    (``1`` when the stream's own final event came before it)."""
+class _Found(NamedTuple):
+    """What a read of a recording in Redis found: the frames wanted, in order, each once."""
+
+    frames: list[bytes]
+    # The last entry's id, to read on from.
+    last_id: str
+    ended: bool
+    # Whether the stream's own final event came before its end.
+    terminal: bool
+    # Whether Redis lacks frames after these (``frames`` stop before the gap).
+    hole: bool
+
+
+def _frames_of(entries: list[Any], after: int) -> _Found:
+    """The frames numbered above ``after`` in ``entries``.
+
+    An entry holds consecutive frames from number ``f`` on, joined in ``d``; ``e`` marks the end (``1`` when
+    the stream's own final event came before it). Entries may overlap (a write that timed out but landed is
+    sent again, with what came since): a frame is taken once, by its number. An entry starting past the next
+    frame wanted is a gap: what Redis lost is never skipped over in silence.
+    """
     frames: list[bytes] = []
+    have = after
     last_id = "0-0"
     ended = terminal = False
     for entry_id, fields in entries:
+        first = int(fields[b"f"])
+        if first > have + 1:
+            return _Found(frames, last_id, False, False, True)
         last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         data = fields.get(b"d")
         if data:
-            pieces = [piece + b"\n\n" for piece in data.split(b"\n\n")[:-1]]
-            skip = after - int(fields[b"f"]) + 1
-            frames.extend(pieces[skip:] if skip > 0 else pieces)
+            pieces = data.split(b"\n\n")[:-1]
+            skip = have - first + 1
+            for piece in pieces[skip:] if skip > 0 else pieces:
+                frames.append(piece + b"\n\n")
+            have = max(have, first + len(pieces) - 1)
         end = fields.get(b"e")
         if end is not None:
             ended, terminal = True, end == b"1"
-    return frames, last_id, ended, terminal
+    return _Found(frames, last_id, ended, terminal, False)
+
+
+class _Entry(msgspec.Struct, gc=False):
+    """One stream's write to Redis: frames ``first`` to ``last`` joined in ``data``, its end mark (``b""``
+    while it goes on, ``b"1"`` after its own final event, ``b"0"`` without one) and the key's expiry to
+    set, in ms (0 to leave it)."""
+
+    key: str
+    first: int
+    last: int
+    data: bytes
+    end: bytes
+    expire_ms: int
 
 
 class _RedisWriter:
-    """One stream's frames not yet in Redis, and how far it got there."""
+    """How far one stream's recording got into Redis.
 
-    __slots__ = ("ended", "expires", "key", "missed", "n", "pending", "recording", "terminal")
+    The frames stay in the :class:`Recording` (its readers here need them anyway), so a write takes every
+    frame past the last one Redis took: after a write failed or was skipped while Redis was away, the next
+    one catches Redis up, and the stream there is whole again, numbered as it was sent.
+    """
+
+    __slots__ = ("end_stored", "expires", "key", "recording", "stored")
 
     def __init__(self, recording: Recording, key: str) -> None:
         self.recording = recording
         self.key = key
-        self.pending: list[bytes] = []
-        self.n = 0
-        self.ended = False
-        self.terminal = False
+        # The frames Redis holds: 1 to ``stored``.
+        self.stored = 0
+        self.end_stored = False
         # When the key's expiry was last pushed out (at the first and last write, and now and then between).
         self.expires: float | None = None
-        # Whether a write was skipped or failed (Redis away): the stream in Redis has a gap then.
-        self.missed = False
 
-    def entry(self, now: float, retention: float) -> tuple[list[bytes | str | int], int]:
-        """The entry for the frames pending (numbered from ``n + 1``, joined) and the expiry to set, if any."""
-        frames, self.pending = self.pending, []
-        fields: list[bytes | str | int] = ["f", self.n + 1, "d", b"".join(frames)]
-        self.n += len(frames)
-        if self.ended:
-            fields += ["e", b"1" if self.terminal else b"0"]
-        expire = self.ended or self.expires is None or now - self.expires > retention / 3
-        if expire:
+    @property
+    def behind(self) -> bool:
+        recording = self.recording
+        return self.stored < len(recording.frames) or (recording.ended and not self.end_stored)
+
+    def entry(self, now: float, retention: float) -> _Entry:
+        """Every frame Redis does not hold yet, the end mark and, now and then, the key's expiry."""
+        recording = self.recording
+        frames = recording.frames
+        end = (b"1" if recording.terminal else b"0") if recording.ended else b""
+        expire = recording.ended or self.expires is None or now - self.expires > retention / 3
+        data = b"".join(frames[self.stored :])
+        return _Entry(self.key, self.stored + 1, len(frames), data, end, int(retention * 1000) if expire else 0)
+
+    def took(self, entry: _Entry, now: float) -> None:
+        """Redis holds ``entry`` now (and the key's expiry, if it came with it)."""
+        self.stored = entry.last
+        self.end_stored = entry.end != b""
+        if entry.expire_ms:
             self.expires = now
-        return fields, int(retention * 1000) if expire else 0
+
+    def lost(self) -> None:
+        """Redis no longer has the stream (it restarted empty, or the key expired during an outage): the next
+        write starts it again from its first frame."""
+        self.stored = 0
+        self.end_stored = False
+        self.expires = None
 
 
 class _Outbox:
     """Every stream's frames on their way to Redis, sent by one flush for all streams at most every ``_EVERY``.
 
-    A flush sends one entry per stream that has new frames (all its frames since the last flush) and the
-    keys' expiries in one round trip, so under load the cost of a write is shared by many streams, and an
-    answer shorter than ``_EVERY`` is written once, after its end. One flush at a time keeps each stream's
-    entries in order.
+    A flush sends one entry per stream that Redis is behind on (all its frames since the last write that
+    landed) and the keys' expiries in one round trip: one script call on a single server (``script``), a
+    pipeline of commands on a Redis Cluster. Under load the cost of a write is shared by many streams, and
+    an answer shorter than ``_EVERY`` is written once, after its end. One flush at a time keeps each
+    stream's entries in order. While Redis is away (``outage``) the streams wait here; ``stored`` hears of
+    each finished stream Redis has whole.
     """
 
-    def __init__(self, recorder: StreamRecorder) -> None:
-        self._recorder = recorder
-        self._dirty: dict[UUID, _RedisWriter] = {}
-        self._sha: str | None = None
+    def __init__(
+        self,
+        client: Any,
+        *,
+        script: bool,
+        outage: Outage,
+        spawn: Spawn,
+        retention: float,
+        stored: Callable[[Recording], None],
+    ) -> None:
+        self._client = client
+        self._script = script
+        self._outage = outage
+        self._spawn = spawn
+        self._retention = retention
+        self._stored = stored
+        self._dirty: dict[str, _RedisWriter] = {}
+        self._sha = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
         self._timer: asyncio.TimerHandle | None = None
         self._busy = False
 
-    def write(self, writer: _RedisWriter, frames: list[bytes], *, end: bool = False, terminal: bool = False) -> None:
-        writer.pending.extend(frames)
-        if end:
-            writer.ended, writer.terminal = True, terminal
-        self._dirty[writer.recording.message_id] = writer
+    def write(self, writer: _RedisWriter) -> None:
+        """The stream has new frames, or has ended: write them with the next flush."""
+        self._dirty[writer.key] = writer
         if not self._busy and self._timer is None:
             # A stream's end waits for the timer too, with the others: a replay looks again for a while
             # (``_LATE_TRIES``) before it takes a stored answer without a recording for expired.
@@ -417,63 +526,79 @@ class _Outbox:
     def _start(self) -> None:
         self._timer = None
         self._busy = True
-        self._recorder._spawn(self._flush())
+        self._spawn(self._flush())
 
     async def _flush(self) -> None:
-        recorder = self._recorder
         writers = list(self._dirty.values())
         self._dirty.clear()
         try:
-            if not recorder._outage.usable():
-                self._missed(writers)  # kept on their instance only, while Redis is away
+            if not self._outage.usable():
+                self._later(writers)
                 return
             now = time.monotonic()
-            entries = [(w, *w.entry(now, recorder.retention)) for w in writers]
+            entries = [writer.entry(now, self._retention) for writer in writers]
             try:
                 async with asyncio.timeout(_WRITE_TIMEOUT):
-                    await self._send(entries)
+                    lost = await self._send(entries)
             except _WRITE_ERRORS as exc:
-                recorder._outage.failed(exc)
-                self._missed(writers)
+                # It may have landed all the same: the next write sends these frames again, and a reader
+                # takes each frame once, by its number.
+                self._outage.failed(exc)
+                self._later(writers)
                 return
-            recorder._outage.recovered()
-            for writer in writers:
-                if writer.ended and not writer.missed:
-                    recorder._finished.pop(writer.recording.message_id, None)  # Redis has all of it
+            self._outage.recovered()
+            for i, (writer, entry) in enumerate(zip(writers, entries, strict=True)):
+                if lost and i in lost:
+                    writer.lost()
+                    self._dirty.setdefault(writer.key, writer)
+                    continue
+                writer.took(entry, now)
+                if writer.behind:  # new frames came meanwhile
+                    self._dirty.setdefault(writer.key, writer)
+                elif writer.recording.ended:
+                    self._stored(writer.recording)
         finally:
             self._busy = False
             if self._dirty and self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
 
-    async def _send(self, entries: list[tuple[_RedisWriter, list[bytes | str | int], int]]) -> None:
-        recorder = self._recorder
-        writer = recorder._writer
-        if writer is not None:
+    def _later(self, writers: list[_RedisWriter]) -> None:
+        """Redis is away: the streams wait for it here, the ones that ended within the retention."""
+        cutoff = time.monotonic() - self._retention
+        for writer in writers:
+            recording = writer.recording
+            if not recording.ended or recording.ended_at > cutoff:
+                self._dirty.setdefault(writer.key, writer)
+
+    async def _send(self, entries: list[_Entry]) -> set[int]:
+        """Write ``entries``; the positions of those whose stream Redis no longer has (and did not take)."""
+        if self._script:
             # One script call for every stream of the flush: one command to encode, one reply to read.
             args: list[bytes | str | int] = [len(entries)]
-            args += [stream.key for stream, _, _ in entries]
+            args += [entry.key for entry in entries]
             args.append(_MAX_ENTRIES)
-            for _, fields, expire_ms in entries:
-                args += [fields[1], fields[3], fields[5] if len(fields) > 4 else b"", expire_ms]
-            if self._sha is None:
-                self._sha = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
-            (reply,) = await send(writer, [packed("EVALSHA", self._sha, *args)])
+            for entry in entries:
+                args += [entry.first, entry.data, entry.end, entry.expire_ms]
+            (reply,) = await send(self._client, [packed("EVALSHA", self._sha, *args)])
             if isinstance(reply, NoScriptError):  # a Redis that restarted, or was flushed: EVAL loads it
-                (reply,) = await send(writer, [packed("EVAL", _APPEND_SCRIPT, *args)])
+                (reply,) = await send(self._client, [packed("EVAL", _APPEND_SCRIPT, *args)])
             if isinstance(reply, Exception):
                 raise reply
-            return
-        async with recorder._redis.pipeline(transaction=False) as pipe:  # a Redis Cluster: each to its node
-            for stream, fields, expire_ms in entries:
-                entry = dict(zip(fields[::2], fields[1::2], strict=True))
-                pipe.xadd(stream.key, entry, maxlen=_MAX_ENTRIES, approximate=True)
-                if expire_ms:
-                    pipe.pexpire(stream.key, expire_ms)
-            await pipe.execute()
-
-    def _missed(self, writers: list[_RedisWriter]) -> None:
-        for writer in writers:
-            writer.missed = True
-            writer.pending.clear()
-            if writer.ended:
-                self._recorder.keep(writer.recording)
+            return {int(i) - 1 for i in reply} if reply else set()
+        async with self._client.pipeline(transaction=False) as pipe:  # a Redis Cluster: each to its node
+            for entry in entries:
+                fields: dict[str, bytes | int] = {"f": entry.first, "d": entry.data}
+                if entry.end:
+                    fields["e"] = entry.end
+                # Past its first frame, a stream Redis lost is not made again from the middle (see the script).
+                pipe.xadd(entry.key, fields, maxlen=_MAX_ENTRIES, approximate=True, nomkstream=entry.first > 1)
+                if entry.expire_ms:
+                    pipe.pexpire(entry.key, entry.expire_ms)
+            replies = await pipe.execute()
+        lost: set[int] = set()
+        at = 0
+        for i, entry in enumerate(entries):
+            if replies[at] is None:
+                lost.add(i)
+            at += 2 if entry.expire_ms else 1
+        return lost
