@@ -73,6 +73,7 @@ class HttpProxy:
         self.request_lines: list[str] = []
         self.authorizations: list[str | None] = []
         self.connections = 0
+        self.refuse: int | None = None  # set: answer every request with this status (407, say)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
@@ -108,6 +109,11 @@ class HttpProxy:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             request_line, headers = await self._head(reader)
             method, target, _ = request_line.split(" ")
+            if self.refuse is not None:
+                writer.write(b"HTTP/1.1 %d Refused\r\ncontent-length: 0\r\nconnection: close\r\n\r\n" % self.refuse)
+                await writer.drain()
+                writer.close()
+                return
             if method == "CONNECT":
                 host, port = target.rsplit(":", 1)
                 up_reader, up_writer = await asyncio.open_connection(host, int(port))

@@ -499,3 +499,27 @@ async def test_an_answer_read_at_once_goes_to_the_client_in_one_write(
     assert len(messages) == 1 and messages[0]["more_body"] is False
     text = messages[0]["body"].decode()
     assert text.count("piece") == 20 and text.endswith("data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("origin_tls", [False, True], ids=["http-origin", "https-origin"])
+async def test_a_proxy_that_refuses_is_an_error_without_its_credentials(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, origin_tls: bool
+) -> None:
+    from core.errors import ProviderError
+
+    server_context, _ = _tls_pair()
+    async with HttpProxy() as proxy, Origin(tls=server_context if origin_tls else None) as origin:
+        proxy.refuse = 407  # before any TLS to the origin: no need to trust its certificate
+        _clear_proxies(monkeypatch)
+        monkeypatch.setenv("ALL_PROXY", proxy.url())
+        provider = ProviderRegistry.with_builtins(plugins=False).create(
+            ProviderConfig(name="behind", kind="openai", api_key="sk-k", base_url=origin.url)
+        )
+        request = ProviderRequest(model="m", system=None, messages=(ChatMessage(role="user", content="hi"),))
+        with pytest.raises(ProviderError) as caught:
+            async for _ in provider.stream(request):
+                pass
+        await provider.aclose()
+    assert proxy.request_lines[0].startswith("CONNECT " if origin_tls else "POST http://")
+    shown = f"{caught.value} {caught.value.__cause__!r} {caplog.text}"
+    assert "s3cret" not in shown and "dXNlcjpzM2NyZXQ=" not in shown
