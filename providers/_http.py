@@ -5,13 +5,17 @@ client does the same in about 0.03 ms. It does only what the adapters need: a PO
 head, a response whose body arrives as the bytes of each socket read (chunked encoding undone by
 ``httptools``, the parser uvicorn uses), keep-alive reuse, TLS, a connection bound per pool, connect
 and read timeouts, back-pressure (reading pauses while the consumer is behind), and the proxy the
-environment names (``HTTPS_PROXY``, ``NO_PROXY``, ...), reached through a ``CONNECT`` tunnel.
+environment names (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``): an ``http://`` or
+``https://`` proxy (TLS to the proxy itself), which reaches https origins through a ``CONNECT`` tunnel
+and plain-http ones by absolute-form requests. Other proxies (SOCKS) are refused with a message, never
+bypassed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import ssl
 import time
@@ -22,12 +26,24 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 import httptools
 
-__all__ = ["HttpPool", "HttpResponse", "PoolFull", "ReadTimeout", "default_ssl_context"]
+__all__ = [
+    "HttpPool",
+    "HttpResponse",
+    "PoolFull",
+    "Proxy",
+    "ReadTimeout",
+    "UnsupportedProxy",
+    "default_ssl_context",
+    "proxy_for",
+]
 
 # Body bytes held for a slow consumer before the socket stops being read.
 _HIGH_WATER = 256 * 1024
 # Idle keep-alive connections older than this are not reused: servers close them (uvicorn after 5 s).
 _KEEPALIVE_SECONDS = 4.0
+# How long a finished answer's connection may wait for the rest of its body so it can be reused; closing
+# the pool waits as long for those still waiting.
+DRAIN_SECONDS = 1.0
 
 
 class ReadTimeout(TimeoutError):
@@ -201,15 +217,75 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
 
-def _proxy_for(scheme: str, host: str) -> SplitResult | None:
-    """The HTTP proxy the environment names for ``scheme`` (``HTTPS_PROXY``, ``ALL_PROXY``, ...), unless
-    ``NO_PROXY`` exempts ``host``, as the SDKs' own HTTP stack reads them."""
-    proxies = urllib.request.getproxies()
-    url = proxies.get(scheme) or proxies.get("all")
-    if not url or urllib.request.proxy_bypass(host):
+class UnsupportedProxy(ValueError):
+    """A proxy variable names a proxy this client cannot speak to; ``variable`` is its name."""
+
+    def __init__(self, message: str, variable: str) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
+class Proxy:
+    """A forward proxy from the environment: where it is and the ``Proxy-Authorization`` it wants.
+
+    ``name`` is the variable it came from. Neither the repr nor any message shows its credentials.
+    """
+
+    __slots__ = ("authorization", "host", "name", "port", "tls")
+
+    def __init__(self, name: str, parts: SplitResult) -> None:
+        self.name = name
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.tls else 80)
+        self.authorization: str | None = None
+        if parts.username:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            self.authorization = "Basic " + base64.b64encode(credentials).decode()
+
+    def __repr__(self) -> str:
+        return f"Proxy({self.name}={'https' if self.tls else 'http'}://{self.host}:{self.port})"
+
+
+def _variable(env: Mapping[str, str], scheme: str) -> tuple[str, str] | None:
+    """The ``<scheme>_proxy`` variable that is set and its value, lower case first as ``urllib`` reads them."""
+    for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY"):
+        value = env.get(name, "").strip()
+        if value:
+            return name, value
+    return None
+
+
+def proxy_for(url: str, env: Mapping[str, str] | None = None) -> Proxy | None:
+    """The proxy the environment (default: the process's) names for ``url``: ``HTTPS_PROXY`` or
+    ``HTTP_PROXY`` by its scheme, else ``ALL_PROXY``; none when ``NO_PROXY`` exempts its host.
+
+    Raises ``UnsupportedProxy`` (a ``ValueError``), naming the variable, for a proxy this client cannot
+    speak to (SOCKS): answers must not go around a proxy the operator set.
+    """
+    env = os.environ if env is None else env
+    parts = urlsplit(url)
+    found = _variable(env, parts.scheme) or _variable(env, "all")
+    if found is None:
         return None
-    proxy = urlsplit(url if "://" in url else "http://" + url)
-    return proxy if proxy.scheme == "http" and proxy.hostname else None
+    exempt = _variable(env, "no")
+    # urllib's reading of NO_PROXY (``*``, host names, domain suffixes, ports), as the SDKs' stack reads it too.
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if exempt is not None and bypass(parts.hostname or "", {"no": exempt[1]}):
+        return None
+    name, value = found
+    proxy = urlsplit(value if "://" in value else "http://" + value)
+    if proxy.scheme not in ("http", "https") or not proxy.hostname:
+        where = proxy.hostname or ""
+        with contextlib.suppress(ValueError):
+            where += f":{proxy.port}" if proxy.port else ""
+        raise UnsupportedProxy(
+            f"{name} is a {proxy.scheme}:// proxy ({where}), which providers cannot be reached through: only "
+            f"http:// and https:// proxies are supported. Set {name} to an http:// or https:// proxy, or add "
+            f"{parts.hostname} to NO_PROXY to reach that provider directly.",
+            name,
+        )
+    return Proxy(name, proxy)
 
 
 class HttpResponse:
@@ -245,6 +321,10 @@ class HttpResponse:
         connection, self._connection = self._connection, None
         assert connection is not None
         return HttpResponse(self._pool, connection)
+
+    def drain(self) -> None:
+        """Be done with the response, the pool reading the rest of its body in the background (briefly)."""
+        self._pool.drain(self.detach())
 
     async def read(self) -> bytes:
         """The rest of the body."""
@@ -284,13 +364,23 @@ class HttpPool:
         self.connect_timeout = connect_timeout
         host = self.host if ":" not in self.host else f"[{self.host}]"
         default_port = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
-        authority = host if default_port else f"{host}:{self.port}"
-        lines = [f"Host: {authority}", *(f"{k}: {v}" for k, v in headers.items() if k.lower() != "host")]
+        self._authority = host if default_port else f"{host}:{self.port}"
+        self._proxy = proxy_for(base_url)
+        # A plain-http origin is asked through its proxy in absolute form, the proxy's credentials in the
+        # head (no tunnel: many proxies allow CONNECT to port 443 only); an https origin gets a CONNECT tunnel.
+        self._forward = self._proxy if self._proxy is not None and not self.tls else None
+        lines = [f"Host: {self._authority}", *(f"{k}: {v}" for k, v in headers.items() if k.lower() != "host")]
+        if self._forward is not None and self._forward.authorization:
+            lines.append(f"Proxy-Authorization: {self._forward.authorization}")
         self._head_lines = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self._ssl = (ssl_context or default_ssl_context()) if self.tls else None
-        self._proxy = _proxy_for(parts.scheme, self.host)
+        # TLS to an https:// proxy is checked as TLS to an origin is (SSL_CERT_FILE may name a company's CA).
+        self._proxy_ssl = None
+        if self._proxy is not None and self._proxy.tls:
+            self._proxy_ssl = self._ssl or ssl_context or default_ssl_context()
         self._idle: deque[_Connection] = deque()
         self._busy: set[_Connection] = set()
+        self._draining: set[asyncio.Task[None]] = set()
         self._interrupted: BaseException | None = None
         self.max_connections = max_connections
         self._slots = asyncio.Semaphore(max_connections)
@@ -298,8 +388,10 @@ class HttpPool:
 
     def prepare(self, path: str) -> bytes:
         """The request line and headers for a JSON POST to ``path`` (below the base URL), less its length."""
-        target = (self.base_path + "/" + path.lstrip("/")).encode("latin-1")
-        return b"POST " + target + b" HTTP/1.1\r\n" + self._head_lines + b"Content-Length: "
+        target = self.base_path + "/" + path.lstrip("/")
+        if self._forward is not None:
+            target = f"http://{self._authority}{target}"
+        return b"POST " + target.encode("latin-1") + b" HTTP/1.1\r\n" + self._head_lines + b"Content-Length: "
 
     async def post(self, prepared: bytes, body: bytes) -> HttpResponse:
         """Send a prepared POST and wait for the response's status and headers."""
@@ -355,47 +447,60 @@ class HttpPool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        proxy = self._proxy
         async with asyncio.timeout(self.connect_timeout):
-            if self._proxy is not None:
-                return await self._tunnel(self._proxy)
+            if proxy is None:
+                _, connection = await loop.create_connection(
+                    _Connection, self.host, self.port, ssl=self._ssl, server_hostname=self.host if self._ssl else None
+                )
+                return connection
             _, connection = await loop.create_connection(
-                _Connection, self.host, self.port, ssl=self._ssl, server_hostname=self.host if self._ssl else None
+                _Connection,
+                proxy.host,
+                proxy.port,
+                ssl=self._proxy_ssl,
+                server_hostname=proxy.host if self._proxy_ssl else None,
             )
+            if self._forward is None:
+                try:
+                    await self._tunnel(connection, proxy)
+                except BaseException:
+                    connection.abort()
+                    raise
         return connection
 
-    async def _tunnel(self, proxy: SplitResult) -> _Connection:
-        """A connection through an HTTP proxy's ``CONNECT`` tunnel, TLS inside it for an https origin."""
-        loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(_Connection, proxy.hostname or "", proxy.port or 80)
-        target = f"{self.host}:{self.port}"
+    async def _tunnel(self, connection: _Connection, proxy: Proxy) -> None:
+        """Turn a connection to the proxy into a ``CONNECT`` tunnel to the origin, with TLS to the origin inside."""
+        target = f"{self.host}:{self.port}" if ":" not in self.host else f"[{self.host}]:{self.port}"
         head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-        if proxy.username:
-            credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
-            head += f"Proxy-Authorization: Basic {base64.b64encode(credentials).decode()}\r\n"
+        if proxy.authorization:
+            head += f"Proxy-Authorization: {proxy.authorization}\r\n"
         connection.begin((head + "\r\n").encode("latin-1"))
-        try:
-            while not connection.headers_done:
-                await connection.wait(self.connect_timeout)
-        except BaseException:
-            connection.abort()
-            raise
+        while not connection.headers_done:
+            await connection.wait(self.connect_timeout)
         if connection.status != 200:
-            connection.abort()
             raise _Closed(f"the proxy refused the tunnel (HTTP {connection.status})")
         # What follows the proxy's answer is the origin's: no body of the proxy's to read.
         connection.take()
-        if self._ssl is not None:
-            assert connection.transport is not None
-            connection.transport = await loop.start_tls(
-                connection.transport, connection, self._ssl, server_hostname=self.host
-            )
-        return connection
+        assert connection.transport is not None and self._ssl is not None
+        connection.transport = await asyncio.get_running_loop().start_tls(
+            connection.transport, connection, self._ssl, server_hostname=self.host
+        )
 
     def interrupt(self, exc: BaseException) -> None:
         """End every response under way with ``exc`` (raised where it is being read), and refuse new requests."""
         self._interrupted = exc
         for connection in list(self._busy):
             connection.interrupt(exc)
+
+    def drain(self, response: HttpResponse) -> None:
+        """Read the rest of ``response``'s body in the background, so that its connection can be reused.
+
+        The wait is bounded (``DRAIN_SECONDS``); ``aclose`` waits for the drains still running.
+        """
+        task = asyncio.get_running_loop().create_task(_drain(response))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
 
     def release(self, connection: _Connection) -> None:
         self._busy.discard(connection)
@@ -407,6 +512,24 @@ class HttpPool:
         self._slots.release()
 
     async def aclose(self) -> None:
+        """Drop the idle connections, after the drains under way have ended (waited for ``DRAIN_SECONDS`` at most)."""
         self._closed = True
+        if self._draining:
+            draining = set(self._draining)
+            _, late = await asyncio.wait(draining, timeout=DRAIN_SECONDS)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         while self._idle:
             self._idle.pop().abort()
+
+
+async def _drain(response: HttpResponse) -> None:
+    # The answer is complete whatever happens here (a timeout, a lost connection, an interrupt at shutdown):
+    # the connection is then dropped rather than reused.
+    try:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(DRAIN_SECONDS):
+                await response.read()
+    finally:
+        response.close()

@@ -1,8 +1,8 @@
-"""What the HTTP adapters share: the streaming call, SSE framing, status mapping and secret-free messages."""
+"""The upstream call the HTTP adapters share: the streaming POST, SSE framing, status mapping and secret-free
+messages."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import email.utils
 import time
@@ -20,57 +20,8 @@ from core.errors import (
 )
 from core.events import ProviderEvent
 from providers._http import HttpPool, HttpResponse, PoolFull
-from providers.base import ProviderConfig, ProviderRequest
 
 _MAX_DETAIL = 300
-
-
-class HttpAdapter:
-    """What the HTTP adapters share: the streaming call through the lean client, shutdown, and closing.
-
-    A subclass sets ``name``, ``_api_key``, ``_client`` (the SDK client), ``_pool`` and ``_prepared``, and
-    says how its vendor's body is built (``build_body``) and its events are read (``_reader``).
-    """
-
-    name: str
-    _api_key: str | None
-    _client: Any
-    _pool: HttpPool
-    _prepared: bytes
-
-    def build_body(self, request: ProviderRequest) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _reader(self) -> EventReader:
-        raise NotImplementedError
-
-    def stream_batches(self, request: ProviderRequest) -> AsyncGenerator[list[ProviderEvent], None]:
-        body = _encode(self.build_body(request))
-        return stream_batches(self.name, self._pool, self._prepared, body, self._reader(), self._api_key)
-
-    def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
-        return one_by_one(self.stream_batches(request))
-
-    def interrupt(self, exc: BaseException) -> None:
-        """End every answer under way with ``exc`` (at shutdown), and take no new ones."""
-        self._pool.interrupt(exc)
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
-        await self._client.close()
-
-
-def sdk_pool(client: Any, config: ProviderConfig) -> HttpPool:
-    """The streaming client for an official SDK client's origin, sending the headers the SDK sends (auth too)."""
-    headers = {**client.default_headers, **client.auth_headers}
-    headers["Accept"] = "text/event-stream"
-    return HttpPool(
-        str(client.base_url),
-        headers={k: v for k, v in headers.items() if isinstance(v, str)},
-        max_connections=config.max_connections,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.timeout,
-    )
 
 
 async def one_by_one(batches: AsyncGenerator[list[ProviderEvent], None]) -> AsyncIterator[ProviderEvent]:
@@ -227,7 +178,6 @@ class EventReader(Protocol):
 
 
 _decode_json = msgspec.json.Decoder().decode
-_encode = msgspec.json.Encoder().encode
 
 
 def _error_body(raw: bytes) -> object:
@@ -298,21 +248,10 @@ async def stream_batches(
 def _finish_reading(response: HttpResponse) -> None:
     """Read what is left of a finished body (usually nothing but its end) so the connection can be reused.
 
-    When the end has not arrived yet, a task waits for it briefly; the answer is complete either way.
+    When the end has not arrived yet, the pool waits for it briefly in the background; the answer is
+    complete either way.
     """
     if response.complete:
         response.close()
-        return
-    task = asyncio.get_running_loop().create_task(_drain(response.detach()))
-    _draining.add(task)
-    task.add_done_callback(_draining.discard)
-
-
-_draining: set[asyncio.Task[None]] = set()
-
-
-async def _drain(response: HttpResponse, seconds: float = 1.0) -> None:
-    with contextlib.suppress(TimeoutError, OSError):
-        async with asyncio.timeout(seconds):
-            await response.read()
-    response.close()
+    else:
+        response.drain()

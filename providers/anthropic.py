@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import anthropic
-import httpx2
 import msgspec
+from anthropic._constants import ANTHROPIC_API_VERSION  # the API version the installed SDK speaks
 
 from core.errors import BadRequest, ProviderUnavailable
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
-from providers.base import ChatMessage, ProviderConfig, ProviderRequest
+from providers._adapter import HttpAdapter, sdk_headers
+from providers.base import ChatMessage, ProviderRequest
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "DEFAULT_MODEL", "AnthropicProvider"]
 
@@ -207,32 +208,25 @@ class _Reader:
         out.append(Finish(finish_reason=self.finish))
 
 
-class AnthropicProvider(_upstream.HttpAdapter):
+class AnthropicProvider(HttpAdapter):
     """Streams messages from Anthropic's Messages API.
 
-    The official SDK holds the configuration: base URL, auth, version and client headers, timeouts. The
-    streaming call goes through a lean keep-alive client with a request head prepared once, and each SSE
-    event is decoded with msgspec into our events.
+    The request carries the headers the official SDK sends (its auth, API version, user agent and platform
+    headers); the SSE events are decoded with msgspec into our events.
     """
 
     kind = "anthropic"
+    DEFAULT_BASE_URL = DEFAULT_BASE_URL
+    DEFAULT_MODEL = DEFAULT_MODEL
+    PATH = "v1/messages"
 
-    def __init__(self, config: ProviderConfig) -> None:
-        self.name = config.name
-        self.default_model = config.default_model or DEFAULT_MODEL
-        self._api_key = config.api_key
-        self._client = anthropic.AsyncAnthropic(
-            # An explicit key and URL keep the SDK from reading ANTHROPIC_* variables or profiles.
-            api_key=config.api_key or "unused",
-            base_url=config.base_url or DEFAULT_BASE_URL,
-            timeout=httpx2.Timeout(config.timeout, connect=config.connect_timeout),
-            max_retries=0,  # retries and fallbacks belong to the runtime; SDK retries would stack
-        )
-        self._pool = _upstream.sdk_pool(self._client, config)
-        self._prepared = self._pool.prepare("v1/messages")
-
-    def __repr__(self) -> str:
-        return f"AnthropicProvider(name={self.name!r}, base_url={str(self._client.base_url)!r})"
+    def _headers(self, api_key: str) -> dict[str, str]:
+        # The SDK's API version and its auth header for an API key (a bearer token, as this SDK sends it).
+        return {
+            **sdk_headers(anthropic, "AsyncAnthropic"),
+            "Authorization": f"Bearer {api_key}",
+            "anthropic-version": ANTHROPIC_API_VERSION,
+        }
 
     def build_body(self, request: ProviderRequest) -> dict[str, Any]:
         body: dict[str, Any] = {

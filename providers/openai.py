@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx2
 import msgspec
 import openai
 
 from core.errors import ProviderUnavailable
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
-from providers.base import ChatMessage, ProviderConfig, ProviderRequest
+from providers._adapter import HttpAdapter, sdk_headers
+from providers.base import ChatMessage, ProviderRequest
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "OpenAIProvider"]
 
@@ -141,32 +141,20 @@ class _Reader:
         out.append(Finish(finish_reason=self.finish))
 
 
-class OpenAIProvider(_upstream.HttpAdapter):
+class OpenAIProvider(HttpAdapter):
     """Streams chat completions from OpenAI or any server that speaks its API.
 
-    The official SDK holds the configuration: base URL, auth and client headers, timeouts. The streaming
-    call itself goes through a lean keep-alive client with a request head prepared once, and each SSE
-    chunk is decoded with msgspec into our events.
+    The request carries the headers the official SDK sends (its auth, user agent and platform headers); the
+    SSE chunks are decoded with msgspec into our events.
     """
 
     kind = "openai"
+    DEFAULT_BASE_URL = DEFAULT_BASE_URL
+    DEFAULT_MODEL = DEFAULT_MODEL
+    PATH = "chat/completions"
 
-    def __init__(self, config: ProviderConfig) -> None:
-        self.name = config.name
-        self.default_model = config.default_model or DEFAULT_MODEL
-        self._api_key = config.api_key
-        self._client = openai.AsyncOpenAI(
-            # An explicit key and URL keep the SDK from reading OPENAI_* variables behind our back.
-            api_key=config.api_key or "unused",
-            base_url=config.base_url or DEFAULT_BASE_URL,
-            timeout=httpx2.Timeout(config.timeout, connect=config.connect_timeout),
-            max_retries=0,  # retries and fallbacks belong to the runtime; SDK retries would stack
-        )
-        self._pool = _upstream.sdk_pool(self._client, config)
-        self._prepared = self._pool.prepare("chat/completions")
-
-    def __repr__(self) -> str:
-        return f"OpenAIProvider(name={self.name!r}, base_url={str(self._client.base_url)!r})"
+    def _headers(self, api_key: str) -> dict[str, str]:
+        return {**sdk_headers(openai, "AsyncOpenAI"), "Authorization": f"Bearer {api_key}"}
 
     def build_body(self, request: ProviderRequest) -> dict[str, Any]:
         messages: list[dict[str, Any]] = []

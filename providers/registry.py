@@ -11,9 +11,11 @@ from typing import TypeAlias
 import msgspec
 
 from core.errors import BadRequest
+from providers._http import UnsupportedProxy, proxy_for
 from providers.base import Provider, ProviderConfig
 
 __all__ = [
+    "BUILTIN_BASE_URLS",
     "BUILTIN_DEFAULT_MODELS",
     "ENTRY_POINT_GROUP",
     "ProviderFactory",
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "persona_runtime.providers"
 BUILTIN_DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5", "echo": "echo-1"}
+# Where the built-in HTTP kinds go without a base URL (their adapters' DEFAULT_BASE_URL).
+BUILTIN_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 PLACEHOLDER_KEY = "unused"  # local OpenAI-compatible servers want some key but check none
 
 ProviderFactory: TypeAlias = Callable[[ProviderConfig], Provider]
@@ -181,7 +185,8 @@ def configs_from_env(env: Mapping[str, str]) -> list[ProviderConfig]:
     server that needs no key); ``ANTHROPIC_*`` likewise ``anthropic``. Each
     ``PROVIDER_<NAME>_BASE_URL`` adds an OpenAI-compatible provider ``<name>``, with optional
     ``_API_KEY``, ``_MODEL`` and ``_KIND``. ``echo`` is always there. ``DEFAULT_MODEL`` becomes
-    the default model of the default provider.
+    the default model of the default provider. A proxy variable the built-in adapters cannot use (SOCKS)
+    is refused here, naming it.
     """
     configs: list[ProviderConfig] = []
     for name in ("openai", "anthropic"):
@@ -218,12 +223,25 @@ def configs_from_env(env: Mapping[str, str]) -> list[ProviderConfig]:
             )
         )
     configs.append(ProviderConfig(name="echo", kind="echo", default_model=BUILTIN_DEFAULT_MODELS["echo"]))
+    for config in configs:
+        _check_proxy(config, env)
 
     model = _get(env, "DEFAULT_MODEL")
     if model is not None:
         chosen = default_provider(configs, env)
         configs = [msgspec.structs.replace(c, default_model=model) if c.name == chosen else c for c in configs]
     return configs
+
+
+def _check_proxy(config: ProviderConfig, env: Mapping[str, str]) -> None:
+    """Refuse at start a proxy the built-in HTTP adapters cannot use, rather than go around it."""
+    url = config.base_url or BUILTIN_BASE_URLS.get(config.kind)
+    if url is None or config.kind not in BUILTIN_BASE_URLS:
+        return  # echo needs no network; a plugin reaches its API its own way
+    try:
+        proxy_for(url, env)
+    except UnsupportedProxy as exc:
+        raise BadRequest(f"Provider {config.name!r} cannot start: {exc}", field=exc.variable) from None
 
 
 def default_provider(configs: Iterable[ProviderConfig], env: Mapping[str, str]) -> str:

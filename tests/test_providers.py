@@ -263,6 +263,47 @@ async def test_the_api_key_goes_in_the_auth_header_and_env_variables_do_not_over
     assert "sk-from-env" not in json.dumps(headers)
 
 
+# Headers the SDKs set per request (retry count, timeouts) or for their own HTTP stack, which ours is not.
+_PER_REQUEST = {
+    "accept",
+    "accept-encoding",
+    "connection",
+    "content-length",
+    "host",
+    "x-stainless-retry-count",
+    "x-stainless-read-timeout",
+    "x-stainless-timeout",
+}
+
+
+async def test_requests_carry_the_headers_the_official_sdk_sends(fake_llm: FakeLLM, provider: Provider) -> None:
+    import anthropic
+    import openai
+
+    if provider.kind == "openai":
+        sdk_openai = openai.AsyncOpenAI(api_key=SECRET, base_url=fake_llm.openai_base_url, max_retries=0)
+        async with sdk_openai:
+            messages: Any = [{"role": "user", "content": "hi"}]
+            async for _ in await sdk_openai.chat.completions.create(model="m", messages=messages, stream=True):
+                pass
+    else:
+        sdk_anthropic = anthropic.AsyncAnthropic(api_key=SECRET, base_url=fake_llm.anthropic_base_url, max_retries=0)
+        async with sdk_anthropic:
+            messages = [{"role": "user", "content": "hi"}]
+            async for _ in await sdk_anthropic.messages.create(model="m", max_tokens=5, messages=messages, stream=True):
+                pass
+    sdk_request = fake_llm.last_request
+    await collect(provider, ask())
+    ours = fake_llm.last_request
+    assert ours.path == sdk_request.path
+    sent = {k: v for k, v in ours.headers.items() if k not in _PER_REQUEST}
+    assert sent == {k: v for k, v in sdk_request.headers.items() if k not in _PER_REQUEST}
+    assert sent["user-agent"].startswith("AsyncOpenAI/" if provider.kind == "openai" else "AsyncAnthropic/")
+    assert ours.headers["accept"] == "text/event-stream"
+    if provider.kind == "anthropic":
+        assert sent["anthropic-version"] == anthropic._constants.ANTHROPIC_API_VERSION
+
+
 # -- what comes back ---------------------------------------------------------------------
 
 

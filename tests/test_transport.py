@@ -16,11 +16,12 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from core.events import Finish, ProviderEvent, TextDelta, Usage
-from providers import EchoProvider, ProviderRegistry, ProviderRequest
-from providers._http import HttpPool, PoolFull, ReadTimeout, default_ssl_context
+from providers import ChatMessage, EchoProvider, ProviderConfig, ProviderRegistry, ProviderRequest
+from providers._http import HttpPool, PoolFull, ReadTimeout, UnsupportedProxy, default_ssl_context, proxy_for
 from providers._upstream import SSESplitter
 from runtime.server.serving import NoDelayProtocol, uvicorn_options
 from tests.conftest import make_settings, running
+from tests.proxy import HttpProxy
 
 # -- a small HTTP/1.1 server of our own: keep-alive, chunked answers, scripted per test -------------------------
 
@@ -44,6 +45,7 @@ class Origin:
         self.requests = 0
         self.close_idle = False
         self.hold: asyncio.Event | None = None
+        self.hold_end: asyncio.Event | None = None  # set: the body's last chunk is sent
         self.writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
 
@@ -87,6 +89,9 @@ class Origin:
                 for start in range(0, len(self.body), size):
                     piece = self.body[start : start + size]
                     writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                if self.hold_end is not None:
+                    await writer.drain()
+                    await self.hold_end.wait()
                 writer.write(b"0\r\n\r\n")
                 await writer.drain()
                 if not self.keep_alive or self.close_idle:
@@ -130,80 +135,95 @@ async def test_https_origins_are_reached_over_tls_with_the_certificate_checked()
         await strict.aclose()
 
 
-class TunnelProxy:
-    """An HTTP proxy on loopback that only tunnels (``CONNECT``), counting the tunnels it opens."""
-
-    def __init__(self) -> None:
-        self.tunnels: list[str] = []
-        self.authorization: str | None = None
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> TunnelProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://user:s3cret@127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        method, target, _ = head[0].split(" ")
-        self.authorization = next(
-            (h.split(":", 1)[1].strip() for h in head if h.lower().startswith("proxy-auth")), None
-        )
-        if method != "CONNECT":
-            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n")
-            writer.close()
-            return
-        self.tunnels.append(target)
-        host, port = target.rsplit(":", 1)
-        up_reader, up_writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
-@pytest.mark.parametrize("tls", [False, True])
-async def test_origins_are_reached_through_the_proxy_the_environment_names(
-    monkeypatch: pytest.MonkeyPatch, tls: bool
-) -> None:
+def _tls_pair() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for localhost and 127.0.0.1, and a client context that trusts it."""
     authority = trustme.CA()
-    server_context = trusting = None
-    if tls:
-        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        authority.issue_cert("localhost").configure_cert(server_context)
-        trusting = default_ssl_context()
-        authority.configure_trust(trusting)
-    async with TunnelProxy() as proxy, Origin(tls=server_context) as origin:
-        for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("HTTPS_PROXY" if tls else "HTTP_PROXY", proxy.url)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
+    trusting = default_ssl_context()
+    authority.configure_trust(trusting)
+    return server_context, trusting
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def _clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.mark.parametrize("proxy_tls", [False, True], ids=["http-proxy", "https-proxy"])
+@pytest.mark.parametrize("origin_tls", [False, True], ids=["http-origin", "https-origin"])
+async def test_origins_are_reached_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch, proxy_tls: bool, origin_tls: bool
+) -> None:
+    server_context, trusting = _tls_pair()
+    async with (
+        HttpProxy(tls=server_context if proxy_tls else None) as proxy,
+        Origin(tls=server_context if origin_tls else None) as origin,
+    ):
+        _clear_proxies(monkeypatch)
+        monkeypatch.setenv("HTTPS_PROXY" if origin_tls else "HTTP_PROXY", proxy.url())
         pool = pool_for(origin, ssl_context=trusting)
         prepared = pool.prepare("chat/completions")
         assert [await (await pool.post(prepared, b"{}")).read() for _ in range(2)] == [b"data: hi\n\n"] * 2
         await pool.aclose()
-        assert proxy.tunnels == [origin.url.split("/")[2]]  # one tunnel, kept alive for both requests
-        assert proxy.authorization == "Basic dXNlcjpzM2NyZXQ="  # user:s3cret from the proxy URL
+        authority = origin.url.split("/")[2]
+        if origin_tls:
+            # One tunnel, kept alive for both requests; what travels inside it the proxy cannot read.
+            assert proxy.request_lines == [f"CONNECT {authority} HTTP/1.1"]
+        else:
+            # No tunnel for a plain-http origin: each request is asked of the proxy in absolute form.
+            assert proxy.request_lines == [f"POST http://{authority}/v1/chat/completions HTTP/1.1"] * 2
+        assert proxy.connections == 1
+        assert set(proxy.authorizations) == {"Basic dXNlcjpzM2NyZXQ="}  # user:s3cret from the proxy URL
 
         # NO_PROXY names hosts reached directly.
         monkeypatch.setenv("NO_PROXY", "localhost")
         direct = pool_for(origin, ssl_context=trusting)
         assert await (await direct.post(direct.prepare("chat/completions"), b"{}")).read() == b"data: hi\n\n"
         await direct.aclose()
-        assert len(proxy.tunnels) == 1
+        assert proxy.connections == 1
+
+
+async def test_a_proxy_without_credentials_gets_no_authorization(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with HttpProxy() as proxy, Origin() as origin:
+        _clear_proxies(monkeypatch)
+        monkeypatch.setenv("ALL_PROXY", proxy.url().replace("user:s3cret@", ""))
+        pool = pool_for(origin)
+        assert await (await pool.post(pool.prepare("chat/completions"), b"{}")).read() == b"data: hi\n\n"
+        await pool.aclose()
+        assert proxy.authorizations == [None] and proxy.request_lines[0].startswith("POST http://localhost:")
+
+
+@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "ALL_PROXY", "https_proxy"])
+@pytest.mark.parametrize("url", ["socks5://user:s3cret@127.0.0.1:1080", "socks5h://user:s3cret@proxy.example:1080"])
+def test_a_socks_proxy_is_refused_naming_its_variable_not_its_credentials(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str
+) -> None:
+    _clear_proxies(monkeypatch)
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(UnsupportedProxy) as caught:
+        HttpPool("https://api.example.com/v1", headers={}, max_connections=1, connect_timeout=1, read_timeout=1)
+    message = str(caught.value)
+    assert caught.value.variable == variable
+    assert message.startswith(f"{variable} is a socks5")
+    assert "NO_PROXY" in message and "http:// or https://" in message
+    assert "s3cret" not in message and "user" not in message
+    # A host NO_PROXY exempts is reached directly, whatever the proxy.
+    monkeypatch.setenv("NO_PROXY", "api.example.com")
+    assert proxy_for("https://api.example.com/v1") is None
+
+
+def test_a_proxy_never_shows_its_credentials() -> None:
+    proxy = proxy_for("https://api.example.com", {"HTTPS_PROXY": "https://user:s3cret@proxy.example:3129"})
+    assert proxy is not None and proxy.tls and (proxy.host, proxy.port) == ("proxy.example", 3129)
+    assert repr(proxy) == "Proxy(HTTPS_PROXY=https://proxy.example:3129)"
+    # A bare host:port is an http:// proxy, as curl and the SDKs read it.
+    bare = proxy_for("http://api.example.com", {"http_proxy": "proxy.example:3128"})
+    assert bare is not None and not bare.tls and bare.port == 3128 and bare.authorization is None
 
 
 async def test_a_server_that_closes_gets_a_new_connection_each_time() -> None:
@@ -278,6 +298,59 @@ async def test_a_slow_reader_stops_the_socket_being_read() -> None:
         assert 0 < held < 2_000_000  # reading paused well before the whole body was taken in
         assert len(await response.read()) == len(big)
         await pool.aclose()
+
+
+# -- the rest of a finished answer, read in the background, and closing ----------------------------------------
+
+_FINISHED = (
+    b'data: {"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+    b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: [DONE]\n\n'
+)
+
+
+def _drains() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__name__", "") == "_drain"]
+
+
+async def _answer_whose_body_has_not_ended(origin: Origin) -> Any:
+    """An OpenAI adapter that has streamed a whole answer whose body's last chunk the origin holds back."""
+    provider = ProviderRegistry.with_builtins(plugins=False).create(
+        ProviderConfig(name="held", kind="openai", api_key="k", base_url=origin.url)
+    )
+    request = ProviderRequest(model="m", system=None, messages=(ChatMessage(role="user", content="hi"),))
+    events = [event async for event in provider.stream(request)]
+    assert events[-1] == Finish(finish_reason="stop")  # the answer is complete before its body has ended
+    assert len(_drains()) == 1
+    return provider
+
+
+async def test_closing_waits_for_a_drain_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_proxies(monkeypatch)
+    async with Origin(_FINISHED) as origin:
+        origin.hold_end = asyncio.Event()
+        provider = await _answer_whose_body_has_not_ended(origin)
+        (drain,) = _drains()
+        closing = asyncio.create_task(provider.aclose())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not closing.done()  # waiting for the drain, not leaving it behind
+        origin.hold_end.set()
+        await closing
+        assert drain.done() and not drain.cancelled()
+        assert _drains() == []
+
+
+async def test_closing_ends_a_drain_that_outlives_its_bound_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_proxies(monkeypatch)
+    async with Origin(_FINISHED) as origin:
+        origin.hold_end = asyncio.Event()  # never set: the body never ends
+        provider = await _answer_whose_body_has_not_ended(origin)
+        (drain,) = _drains()
+        await provider.aclose()
+        # Ended, its connection dropped: nothing is left pending to be destroyed with the event loop.
+        assert drain.done() and _drains() == []
+        assert drain.cancelled() or drain.exception() is None
+        origin.hold_end.set()
 
 
 # -- SSE framing -------------------------------------------------------------------------------------------------
@@ -426,3 +499,27 @@ async def test_an_answer_read_at_once_goes_to_the_client_in_one_write(
     assert len(messages) == 1 and messages[0]["more_body"] is False
     text = messages[0]["body"].decode()
     assert text.count("piece") == 20 and text.endswith("data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("origin_tls", [False, True], ids=["http-origin", "https-origin"])
+async def test_a_proxy_that_refuses_is_an_error_without_its_credentials(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, origin_tls: bool
+) -> None:
+    from core.errors import ProviderError
+
+    server_context, _ = _tls_pair()
+    async with HttpProxy() as proxy, Origin(tls=server_context if origin_tls else None) as origin:
+        proxy.refuse = 407  # before any TLS to the origin: no need to trust its certificate
+        _clear_proxies(monkeypatch)
+        monkeypatch.setenv("ALL_PROXY", proxy.url())
+        provider = ProviderRegistry.with_builtins(plugins=False).create(
+            ProviderConfig(name="behind", kind="openai", api_key="sk-k", base_url=origin.url)
+        )
+        request = ProviderRequest(model="m", system=None, messages=(ChatMessage(role="user", content="hi"),))
+        with pytest.raises(ProviderError) as caught:
+            async for _ in provider.stream(request):
+                pass
+        await provider.aclose()
+    assert proxy.request_lines[0].startswith("CONNECT " if origin_tls else "POST http://")
+    shown = f"{caught.value} {caught.value.__cause__!r} {caplog.text}"
+    assert "s3cret" not in shown and "dXNlcjpzM2NyZXQ=" not in shown
