@@ -26,10 +26,12 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from core.errors import StreamExpired
+from core.events import Done, ErrorEvent, error_event
 from core.redis_client import REDIS_ERRORS, Outage, packed, send
 from runtime.chat.collector import Collector
 from runtime.chat.frames import DONE, HEARTBEAT, decode, encode_events, final_event
@@ -81,13 +83,11 @@ _WRITE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_ERRORS)
 # notice an answer whose instance died.
 _STATUS_EVERY = 1.0
 # The stream's last event when Redis lacks frames after those a reader got.
-_HOLE = _encode(
-    {
-        "type": "error",
-        "code": "stream_expired",
-        "message": "Part of this stream is no longer recorded, so it cannot be resumed whole; "
-        "the stored message is in its conversation.",
-    }
+_HOLE = error_event(
+    StreamExpired(
+        "Part of this stream is no longer recorded, so it cannot be resumed whole; the stored message is in its "
+        "conversation."
+    )
 )
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
@@ -110,7 +110,12 @@ StatusOf = Callable[[], Coroutine[Any, Any, MessageState | None]]
 def final_frame(message_id: UUID, n: int, state: MessageState | None) -> bytes:
     """The ``n``-th frame of a stream that ended without its final event: the one it should have ended
     with, from what is stored."""
-    (part,), _, _ = encode_events((final_event(message_id, state),), n - 1, b"%s:" % str(message_id).encode())
+    return _frame(message_id, n, final_event(message_id, state))
+
+
+def _frame(message_id: UUID, n: int, event: Done | ErrorEvent) -> bytes:
+    """``event`` as the ``n``-th frame of the stream of ``message_id``, by the one encoder."""
+    (part,), _, _ = encode_events((event,), n - 1, b"%s:" % str(message_id).encode())
     return part
 
 
@@ -335,7 +340,7 @@ class StreamRecorder:
                 quiet_since = time.monotonic()
             if hole:
                 # Redis lost frames after these (it restarted, say): the rest must not look whole.
-                yield frame("error", message_id, sent + 1, _HOLE)
+                yield _frame(message_id, sent + 1, _HOLE)
                 yield DONE
                 return
             if ended:
