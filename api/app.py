@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -37,12 +38,15 @@ from runtime.server.settings import Settings
 __all__ = ["app_from_env", "create_app"]
 
 
-def create_app(settings: Settings, *, registry: ProviderRegistry | None = None) -> Litestar:
-    """The application; ``registry`` replaces the built-in provider kinds (tests, embedding)."""
+def create_app(
+    settings: Settings, *, registry: ProviderRegistry | None = None, clock: Callable[[], float] = time.time
+) -> Litestar:
+    """The application; ``registry`` replaces the built-in provider kinds (tests, embedding), ``clock`` the
+    wall time the rate limits' windows are read from (tests)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_resources(settings, registry) as resources:
+        async with open_resources(settings, registry, clock=clock) as resources:
             app.state.resources = resources
             with _notified_of_sigterm(resources):
                 yield

@@ -22,6 +22,7 @@ from runtime.access.accounts import Accounts, User
 from runtime.server.embedded import EmbeddedPostgres
 from runtime.server.resources import Resources
 from runtime.server.settings import Settings
+from tests.clock import SetClock
 from tests.fakellm import FakeLLM
 from tests.proxy import TcpProxy
 from tests.services import RedisProcess, env_url, free_port
@@ -139,8 +140,23 @@ def make_settings(database_url: str, redis_url: str | None, **overrides: Any) ->
 
 
 @pytest.fixture(scope="session")
-async def app(database_url: str, redis_url: str) -> AsyncIterator[Litestar]:
-    yield create_app(make_settings(database_url, redis_url))
+def limits_clock() -> SetClock:
+    """The clock the session's apps read their rate limits' windows from: wall time unless a test sets it."""
+    return SetClock()
+
+
+@pytest.fixture
+def minute(limits_clock: SetClock) -> Iterator[SetClock]:
+    """The session apps' limits clock stopped a second into a minute, for this test: no window ends under it
+    unless the test moves the clock on."""
+    limits_clock.start_of_minute()
+    yield limits_clock
+    limits_clock.release()
+
+
+@pytest.fixture(scope="session")
+async def app(database_url: str, redis_url: str, limits_clock: SetClock) -> AsyncIterator[Litestar]:
+    yield create_app(make_settings(database_url, redis_url), clock=limits_clock)
 
 
 @pytest.fixture(scope="session")
@@ -180,9 +196,9 @@ def http_client(app: Litestar) -> httpx.AsyncClient:
 
 
 @pytest.fixture(scope="session")
-async def second_client(database_url: str, redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+async def second_client(database_url: str, redis_url: str, limits_clock: SetClock) -> AsyncIterator[httpx.AsyncClient]:
     """Another instance of the runtime on the same database and Redis, as a second server would be."""
-    async with running(create_app(make_settings(database_url, redis_url))) as other:
+    async with running(create_app(make_settings(database_url, redis_url), clock=limits_clock)) as other:
         yield other
 
 
@@ -285,7 +301,9 @@ async def serving(app: Litestar) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def llm_app(database_url: str, redis_url: str, fake_llm_server: FakeLLM) -> AsyncIterator[Litestar]:
+async def llm_app(
+    database_url: str, redis_url: str, fake_llm_server: FakeLLM, limits_clock: SetClock
+) -> AsyncIterator[Litestar]:
     """The runtime with real providers (through the real SDKs) aimed at the fake LLM server, on a real port."""
     settings = make_settings(
         database_url,
@@ -295,7 +313,7 @@ async def llm_app(database_url: str, redis_url: str, fake_llm_server: FakeLLM) -
         request_timeout=2.0,
         max_message_chars=2000,
     )
-    app = create_app(settings)
+    app = create_app(settings, clock=limits_clock)
     async with serving(app) as url:
         app.state.base_url = url
         yield app

@@ -11,6 +11,7 @@ from providers.echo import EchoProvider
 from tests.conftest import make_settings, persona_body, running
 from tests.fakellm import Script
 from tests.sse import parse_sse
+from tests.waiting import eventually
 
 CHAT = "/api/v1/chat"
 PERSONAS = "/api/v1/chat/personas"
@@ -810,7 +811,7 @@ async def test_compare_candidates_answer_at_the_same_time(counting, make_user):
 # Regexes that backtrack without end -------------------------------------------------------------------
 
 
-async def test_health_still_answers_while_a_suite_runs_a_runaway_regex(llm_client, alice):
+async def test_health_still_answers_while_a_suite_runs_a_runaway_regex(llm_app, llm_client, alice):
     """A test regex that backtracks exponentially is stopped and reported, and holds up no other request."""
     import asyncio
 
@@ -823,8 +824,20 @@ async def test_health_still_answers_while_a_suite_runs_a_runaway_regex(llm_clien
     alternation = {"regex": "(a|aa)+$"}
     await add_test(llm_client, alice, persona["id"], name="alternation", message="a" * 34 + "!", expect=alternation)
 
+    turns = llm_app.state.resources.metrics.chat_turns
+
+    def answered() -> float:
+        return sum(
+            sample.value
+            for metric in turns.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.labels["provider"] == "echo"
+        )
+
+    before = answered()
     run = asyncio.create_task(llm_client.post(f"{PERSONAS}/{persona['id']}/tests/run", headers=alice.headers))
-    await asyncio.sleep(0.2)  # the answers are in and being judged
+    # Both answers are in, so the run is judging them: the runaway regex for up to half a second.
+    assert await eventually(lambda: answered() == before + 2)
     health = await llm_client.get("/health")
     assert health.status_code == 200
     assert not run.done(), "/health waited for the suite run to finish"

@@ -12,13 +12,16 @@ from api.app import create_app
 from personas.cache import MemoryCache, RedisCache
 from personas.entries import persona_key
 from tests.conftest import make_settings, persona_body, running
+from tests.waiting import eventually
 
 BASE = "/api/v1/chat/personas"
 
 
-async def seen_elsewhere(resources) -> None:
-    """Wait out the other instance's in-memory layer: what it read before a write may be served that long."""
-    await asyncio.sleep(resources.settings.persona_local_cache_seconds + 0.05)
+async def seen_elsewhere(resources, check) -> None:
+    """Until ``check`` holds on the other instance, which may serve what its in-memory layer read before a
+    write for PERSONA_LOCAL_CACHE_SECONDS (a moment more is allowed for the requests themselves)."""
+    within = resources.settings.persona_local_cache_seconds + 1
+    assert await eventually(check, within=within), f"not seen on the other instance within {within:.0f} s"
 
 
 async def test_a_write_on_one_instance_is_seen_on_another_within_a_second(
@@ -32,13 +35,21 @@ async def test_a_write_on_one_instance_is_seen_on_another_within_a_second(
     assert await r.exists(resources.settings.redis_prefix + persona_key(persona["id"])) == 1
 
     await client.put(url, json={"description": "changed on instance one"}, headers=alice.headers)
-    await seen_elsewhere(resources)
-    seen = (await second_client.get(url, headers=alice.headers)).json()["persona"]
-    assert seen["version"] == 2 and seen["description"] == "changed on instance one"
+    seen: dict = {}
+
+    async def changed() -> bool:
+        seen.update((await second_client.get(url, headers=alice.headers)).json()["persona"])
+        return seen["version"] == 2
+
+    await seen_elsewhere(resources, changed)
+    assert seen["description"] == "changed on instance one"
 
     await client.delete(url, headers=alice.headers)
-    await seen_elsewhere(resources)
-    assert (await second_client.get(url, headers=alice.headers)).status_code == 404
+
+    async def gone() -> bool:
+        return (await second_client.get(url, headers=alice.headers)).status_code == 404
+
+    await seen_elsewhere(resources, gone)
     await r.aclose()
 
 
@@ -46,9 +57,14 @@ async def test_preference_change_is_seen_by_another_instance(client, second_clie
     persona = (await client.post(BASE, json=persona_body(), headers=alice.headers)).json()["persona"]
     assert (await second_client.get(f"{BASE}/current", headers=alice.headers)).json()["source"] == "default"
     await client.post(f"{BASE}/set", json={"persona_id": persona["id"]}, headers=alice.headers)
-    await seen_elsewhere(resources)
-    current = (await second_client.get(f"{BASE}/current", headers=alice.headers)).json()
-    assert current["source"] == "preference" and current["persona"]["id"] == persona["id"]
+    current: dict = {}
+
+    async def chosen() -> bool:
+        current.update((await second_client.get(f"{BASE}/current", headers=alice.headers)).json())
+        return current["source"] == "preference"
+
+    await seen_elsewhere(resources, chosen)
+    assert current["persona"]["id"] == persona["id"]
 
 
 async def test_requests_are_answered_while_redis_is_down_and_the_cache_recovers(
@@ -76,11 +92,19 @@ async def test_requests_are_answered_while_redis_is_down_and_the_cache_recovers(
         assert len(outage_logs) == 1
 
         redis_process.start()
-        await asyncio.sleep(1.1)
-        assert (await api.get(url, headers=alice.headers)).json()["persona"]["version"] == 2
-        assert (await api.get("/ready")).status_code == 200
+
+        async def ready_again() -> bool:  # Redis is tried again a second after it failed
+            return (await api.get("/ready")).status_code == 200
+
+        assert await eventually(ready_again, within=5, interval=0.1)
         client = aioredis.from_url(redis_process.url)
-        assert await client.exists(app.state.resources.settings.redis_prefix + persona_key(persona["id"])) == 1
+        key = app.state.resources.settings.redis_prefix + persona_key(persona["id"])
+
+        async def cached_again() -> bool:  # once this process's in-memory second is up, reads fill Redis again
+            assert (await api.get(url, headers=alice.headers)).json()["persona"]["version"] == 2
+            return bool(await client.exists(key) == 1)
+
+        assert await eventually(cached_again, within=5, interval=0.1)
         await client.aclose()
 
 
@@ -96,9 +120,13 @@ async def test_deletes_missed_during_an_outage_are_replayed_before_the_cache_is_
         assert await cache.get("persona:x") is None  # degraded: a miss, served from PostgreSQL
     finally:
         redis_process.resume()
-    await asyncio.sleep(1.1)
-    assert await cache.get("persona:x") is None  # the missed delete went first
-    assert cache.available
+
+    async def back() -> bool:  # tried again a second after it failed: the missed delete goes first
+        found = await cache.get("persona:x")
+        assert found is None, "the stale entry was read before the missed delete was made"
+        return cache.available
+
+    assert await eventually(back, within=5, interval=0.1)
     await cache.set("persona:x", b"new", 60)
     assert await cache.get("persona:x") == b"new"
     await cache.aclose()
@@ -170,11 +198,11 @@ async def test_deletes_missed_while_redis_was_out_of_reach_are_made_with_no_furt
     await cache.delete("persona:x")  # never reaches Redis
     assert not cache.available and await elsewhere.exists("replay:persona:x")
     await proxy.start()
-    for _ in range(50):  # no call on `cache` from here on
-        if not await elsewhere.exists("replay:persona:x"):
-            break
-        await asyncio.sleep(0.1)
-    assert not await elsewhere.exists("replay:persona:x")
+
+    async def deleted() -> bool:  # no call on `cache` from here on
+        return not await elsewhere.exists("replay:persona:x")
+
+    assert await eventually(deleted, within=5, interval=0.1)
     await elsewhere.aclose()
     await cache.aclose()
     await proxy.cut()

@@ -229,7 +229,9 @@ async def test_history_goes_upstream_and_the_conversation_keeps_its_persona(llm_
 
 
 async def test_a_deleted_conversation_persona_falls_back_to_the_preference(llm_client, fake_llm, alice):
-    persona = await make_persona(llm_client, alice)
+    persona, preferred = await make_persona(llm_client, alice), await make_persona(llm_client, alice)
+    chosen = await llm_client.post(f"{PERSONAS}/set", json={"persona_id": preferred["id"]}, headers=alice.headers)
+    assert chosen.status_code == 200, chosen.text
     fake_llm.script()
     first = (
         await llm_client.post(CHAT, json={"message": "a", "persona_id": persona["id"]}, headers=alice.headers)
@@ -241,7 +243,7 @@ async def test_a_deleted_conversation_persona_falls_back_to_the_preference(llm_c
             CHAT, json={"message": "b", "conversation_id": first["conversation_id"]}, headers=alice.headers
         )
     ).json()
-    assert second["persona_source"] in ("preference", "default") and second["persona"]["id"] != persona["id"]
+    assert second["persona_source"] == "preference" and second["persona"]["id"] == preferred["id"]
 
 
 async def test_history_is_bounded(database_url, redis_url, fake_llm, make_user):

@@ -10,6 +10,7 @@ import pytest
 
 from api.app import create_app
 from tests.conftest import make_settings, persona_body, running
+from tests.waiting import eventually
 
 PERSONAS = "/api/v1/chat/personas"
 
@@ -70,9 +71,11 @@ async def test_an_answer_that_cannot_be_saved_is_not_reported_as_done(
 
         fake_llm.script(chunks=("one ", "two ", "three"), chunk_delay=0.3)
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            asked = len(fake_llm.chat_requests())
             request = http.post("/api/v1/chat", json={"message": "count", "stream": True}, headers=alice.headers)
             answer = asyncio.ensure_future(request)
-            await asyncio.sleep(0.4)  # the question is stored and the answer is streaming
+            # The provider is asked once the question is stored; the answer streams on for 0.6 s from then.
+            assert await eventually(lambda: len(fake_llm.chat_requests()) > asked)
             await proxy.cut()
             r = await answer
         events, _ = parse_sse(r.text)
@@ -90,11 +93,13 @@ async def test_an_answer_that_cannot_be_saved_is_not_reported_as_done(
 
         # When the database is back, the answer is kept after all.
         await proxy.start()
-        for _ in range(100):
+
+        async def settled() -> bool:
+            nonlocal stored
             stored = await resources.pool.fetch(query, conversation_id)
-            if stored[1]["status"] != "pending":
-                break
-            await asyncio.sleep(0.1)
+            return bool(stored[1]["status"] != "pending")
+
+        assert await eventually(settled, within=10, interval=0.1)
         assert (stored[1]["status"], stored[1]["content"]) == ("complete", "one two three")
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import pytest
 
 from api.app import create_app
 from tests.conftest import make_settings, serving
+from tests.services import required_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
@@ -66,10 +65,22 @@ async def run(*command: str, env: dict[str, str], cwd: Path = ROOT) -> subproces
 
 
 @pytest.fixture
-async def echo_server(create_database, redis_url):
+def curl() -> str:
+    """curl, which the shell examples use: the test skips without it, or fails in CI (``.ci/run`` installs it)."""
+    return required_binary("/usr/bin/curl", "curl")
+
+
+@pytest.fixture
+def node() -> str:
+    """Node.js 18 or later, for the fetch example: skipped without it, or failed in CI, as ``curl`` is."""
+    return required_binary("/usr/bin/node", "nodejs")
+
+
+@pytest.fixture
+async def echo_server(create_database, redis_url, limits_clock):
     """A fresh database and the runtime on it with no provider configured, on a real port."""
     database_url = await create_database()
-    app = create_app(make_settings(database_url, redis_url))
+    app = create_app(make_settings(database_url, redis_url), clock=limits_clock)
     async with serving(app) as url:
         yield database_url, url, app
 
@@ -115,7 +126,7 @@ async def readme_walk_through(database_url: str, url: str) -> None:
     assert '"object":"chat.completion"' in out and '"type":"message"' in out
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the walk-through uses curl, which is not installed here")
+@pytest.mark.usefixtures("curl")
 async def test_readme_walk_through_runs_as_written(echo_server):
     database_url, url, _ = echo_server
     await readme_walk_through(database_url, url)
@@ -141,7 +152,7 @@ async def authoring_example(database_url: str, url: str) -> None:
     assert "[('user', 'Hi Quill'), ('assistant', '[echo] Hi Quill'), ('user', 'And now?')]" in out
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the worked example uses curl, which is not installed here")
+@pytest.mark.usefixtures("curl")
 async def test_authoring_worked_example_runs_as_written(echo_server):
     database_url, url, _ = echo_server
     await authoring_example(database_url, url)
@@ -164,13 +175,13 @@ async def portability_examples(database_url: str, url: str, app: Any, workdir: P
     assert '"spec":"chara_card_v2"' in card.replace(" ", "")
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the import examples use curl, which is not installed here")
+@pytest.mark.usefixtures("curl")
 async def test_portability_examples_run_as_written(echo_server, tmp_path):
     database_url, url, app = echo_server
     await portability_examples(database_url, url, app, tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the guides use curl, which is not installed here")
+@pytest.mark.usefixtures("curl")
 @pytest.mark.parametrize("order", [("readme", "authoring", "portability"), ("portability", "authoring", "readme")])
 async def test_each_guide_also_runs_after_the_others(echo_server, tmp_path, order):
     """A reader who follows one guide, then another, on the same server meets no name taken by the first."""
@@ -217,7 +228,7 @@ async def test_anthropic_sdk_example_runs_as_written(echo_server):
     assert re.search(r"^\[[0-9a-f-]{36} v\d+, request\]$", result.stderr, re.MULTILINE), result.stderr
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the examples use curl, which is not installed here")
+@pytest.mark.usefixtures("curl")
 async def test_anthropic_curl_examples_run_as_written(echo_server):
     database_url, url, app = echo_server
     accounts = app.state.resources.accounts
@@ -233,7 +244,7 @@ async def test_anthropic_curl_examples_run_as_written(echo_server):
     assert stream.rstrip().endswith('event: message_stop\ndata: {"type":"message_stop"}')
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed: the fetch example needs Node 18+")
+@pytest.mark.usefixtures("node")
 async def test_javascript_fetch_example_runs_as_written(echo_server):
     _, url, app = echo_server
     accounts = app.state.resources.accounts
@@ -245,16 +256,13 @@ async def test_javascript_fetch_example_runs_as_written(echo_server):
     assert result.stdout.strip() == "[echo] Hi from node"
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the limits examples use curl, which is not installed here")
-async def test_limits_examples_run_as_written(echo_server, tmp_path):
+@pytest.mark.usefixtures("curl")
+async def test_limits_examples_run_as_written(echo_server, tmp_path, minute):
     database_url, url, app = echo_server
     accounts = app.state.resources.accounts
     owner = await accounts.create_user("limits-admin", is_admin=True)
     key, _ = await accounts.create_key(owner.id, name="docs")
     script = bash_blocks(ROOT / "docs" / "api.md", "## Limits")
-    left = 60 - time.time() % 60  # the example counts within one minute: start it with time to spare
-    if left < 8:
-        await asyncio.sleep(left + 0.1)
     env = {**cli_env(database_url), "KEY": key, "BASE": url}
     result = await run("bash", "-euo", "pipefail", "-c", script, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

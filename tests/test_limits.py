@@ -19,8 +19,10 @@ import redis.asyncio as aioredis
 from api.app import create_app
 from core.errors import RateLimited
 from personas.models import Caller, Limits, ModelSettings, Persona
+from runtime.access.counters import DAY, MINUTE
 from runtime.access.limits import Limiter
 from tests.conftest import Account, make_settings, persona_body, running
+from tests.waiting import eventually
 
 CHAT = "/api/v1/chat"
 PERSONAS = "/api/v1/chat/personas"
@@ -28,12 +30,9 @@ LIMIT_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
 TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
 
 
-@pytest.fixture(autouse=True)
-async def whole_minute() -> None:
-    """Counters are per minute: start each test with time to spare, so none straddles a window's end."""
-    left = 60 - time.time() % 60
-    if left < 8:
-        await asyncio.sleep(left + 0.1)
+# Counters are per minute: each test runs with the limits' clock stopped a second into one, so no window ends
+# under it unless the test moves the clock on.
+pytestmark = pytest.mark.usefixtures("minute")
 
 
 async def limited_key(http: httpx.AsyncClient, admin: Account, user: Account, **limits: Any) -> dict[str, str]:
@@ -342,12 +341,55 @@ async def test_a_request_no_limit_applies_to_counts_nothing(client, resources, a
     assert found == []
 
 
+# Windows -------------------------------------------------------------------------------------------------
+
+
+async def test_the_minute_starts_afresh_when_the_clock_passes_it_and_the_day_when_it_passes_the_day(
+    client, admin, alice, minute
+):
+    minute.set(time.time() // DAY * DAY + DAY / 2 + 1)  # noon UTC, a second into the minute
+    headers = await limited_key(client, admin, alice, requests_per_minute=1, tokens_per_day=1_000_000)
+    first = await chat(client, headers)
+    assert first.status_code == 200 and first.headers["x-ratelimit-reset-requests"] == "59s"
+    used = await until_tokens(client, headers, 1)
+    assert used["requests_this_minute"] == 1 and used["tokens_this_minute"] == used["tokens_today"] > 0
+    refused = await chat(client, headers)
+    assert_refused(refused)
+    assert refused.headers["retry-after"] == "59"
+
+    minute.advance(MINUTE - 2)  # the minute's last second: still refused, and told to wait that second
+    refused = await chat(client, headers)
+    assert_refused(refused)
+    assert refused.headers["retry-after"] == "1"
+
+    minute.advance(1)  # the next minute: its requests and tokens start from nothing, the day's tokens go on
+    assert (await key_usage(client, headers))["usage"] == {
+        "requests_this_minute": 0,
+        "tokens_this_minute": 0,
+        "tokens_today": used["tokens_today"],
+    }
+    again = await chat(client, headers)
+    assert again.status_code == 200, again.text
+    assert again.headers["x-ratelimit-remaining-requests"] == "0"
+    assert again.headers["x-ratelimit-reset-requests"] == "1m0s"
+    today = await until_tokens(client, headers, used["tokens_today"] + 1)
+    assert today["requests_this_minute"] == 1 and today["tokens_this_minute"] < today["tokens_today"]
+
+    minute.set(minute() // DAY * DAY + DAY)  # midnight UTC: a new day's budget
+    assert (await key_usage(client, headers))["usage"] == {
+        "requests_this_minute": 0,
+        "tokens_this_minute": 0,
+        "tokens_today": 0,
+    }
+    assert (await chat(client, headers)).status_code == 200
+
+
 # Defaults, instances, outages -------------------------------------------------------------------------------
 
 
-async def test_env_defaults_apply_to_keys_without_their_own(database_url, redis_url, make_user):
+async def test_env_defaults_apply_to_keys_without_their_own(database_url, redis_url, make_user, minute):
     settings = make_settings(database_url, redis_url, key_requests_per_minute=1, key_tokens_per_day=1_000_000)
-    async with running(create_app(settings)) as api:
+    async with running(create_app(settings, clock=minute)) as api:
         user, admin = await make_user("dora"), await make_user("boss", admin=True)
         first = await chat(api, user.headers)
         assert first.headers["x-ratelimit-limit-requests"] == "1"
@@ -379,10 +421,10 @@ async def test_two_instances_sharing_redis_enforce_one_budget(client, second_cli
 
 
 async def test_with_redis_gone_each_process_still_limits_and_requests_succeed(
-    database_url, redis_process, make_user, caplog
+    database_url, redis_process, make_user, caplog, minute
 ):
     caplog.set_level(logging.WARNING, logger="persona_runtime.limits")
-    async with running(create_app(make_settings(database_url, redis_process.url))) as api:
+    async with running(create_app(make_settings(database_url, redis_process.url), clock=minute)) as api:
         user, admin = await make_user("erin"), await make_user("boss", admin=True)
         headers = await limited_key(api, admin, user, requests_per_minute=2)
         assert (await chat(api, headers)).status_code == 200
@@ -397,9 +439,14 @@ async def test_with_redis_gone_each_process_still_limits_and_requests_succeed(
         outage = [r for r in caplog.records if "Redis unavailable for rate limits" in r.getMessage()]
         assert len(outage) == 1
 
-        redis_process.start()  # empty again: Redis counts afresh once it is tried, a second later
-        await asyncio.sleep(1.1)
-        assert (await chat(api, headers)).status_code == 200
+        redis_process.start()  # empty again: Redis counts afresh once it is tried, a second after the failure
+
+        async def admitted() -> bool:  # refused by this process's count until then, never an error
+            r = await chat(api, headers)
+            assert r.status_code in (200, 429), r.text
+            return r.status_code == 200
+
+        assert await eventually(admitted, within=5, interval=0.1)
         assert "reachable again" in caplog.text
 
 
@@ -413,10 +460,10 @@ async def test_rate_limited_metric_counts_refusals_by_scope(client, resources, a
     assert 'outcome="rejected"' in text
 
 
-async def test_the_check_reloads_its_script_after_redis_forgets_it_for_one_scope_and_several(redis_process):
+async def test_the_check_reloads_its_script_after_redis_forgets_it_for_one_scope_and_several(redis_process, minute):
     """EVALSHA, and EVAL when Redis answers NOSCRIPT (a restart, SCRIPT FLUSH), with one scope or two."""
     client = aioredis.from_url(redis_process.url)
-    limiter = Limiter(client, prefix="t:")
+    limiter = Limiter(client, prefix="t:", clock=minute)
     now = datetime.now(UTC)
     persona = Persona(
         id=uuid.uuid4(), name="P", description="", system_prompt="x", personality_traits={}, capabilities={},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 from redis.asyncio import Redis, RedisCluster
@@ -15,6 +14,7 @@ from personas.entries import persona_key
 from tests.conftest import llm_env, make_settings, persona_body, running, serving
 from tests.services import RedisClusterProcess
 from tests.sse import parse_sse
+from tests.waiting import eventually
 
 BASE = "/api/v1/chat/personas"
 
@@ -46,14 +46,25 @@ async def test_a_write_on_one_instance_is_seen_on_another_through_the_cluster(da
         # The entry is in the cluster, under this deployment's prefix.
         assert await watcher.exists(settings.redis_prefix + persona_key(persona["persona"]["id"])) == 1
 
+        # The other instance may serve what its in-memory layer holds for that long; a moment more for the
+        # requests themselves.
+        within = settings.persona_local_cache_seconds + 1
         await one.put(url, json={"description": "changed on instance one"}, headers=alice.headers)
-        await asyncio.sleep(settings.persona_local_cache_seconds + 0.05)  # the other's in-memory layer
-        seen = (await two.get(url, headers=alice.headers)).json()["persona"]
-        assert seen["version"] == 2 and seen["description"] == "changed on instance one"
+        seen: dict = {}
+
+        async def changed() -> bool:
+            seen.update((await two.get(url, headers=alice.headers)).json()["persona"])
+            return seen["version"] == 2
+
+        assert await eventually(changed, within=within), seen
+        assert seen["description"] == "changed on instance one"
 
         await one.delete(url, headers=alice.headers)
-        await asyncio.sleep(settings.persona_local_cache_seconds + 0.05)
-        assert (await two.get(url, headers=alice.headers)).status_code == 404
+
+        async def gone() -> bool:
+            return (await two.get(url, headers=alice.headers)).status_code == 404
+
+        assert await eventually(gone, within=within)
     await watcher.aclose()
 
 
@@ -134,13 +145,13 @@ async def test_a_stream_recorded_on_one_instance_is_resumed_on_another_through_t
         await cluster.aclose()
 
 
-async def test_two_instances_on_a_cluster_share_one_rate_limit(database_url, redis_cluster, make_user, admin, fake_llm):
+async def test_two_instances_on_a_cluster_share_one_rate_limit(
+    database_url, redis_cluster, make_user, admin, fake_llm, minute
+):
     alice = await make_user("alice")
     settings = make_settings(database_url, redis_cluster.url, env=llm_env(fake_llm))
-    left = 60 - time.time() % 60
-    if left < 8:  # counters are per minute: start with time to spare
-        await asyncio.sleep(left + 0.1)
-    async with running(create_app(settings)) as one, running(create_app(settings)) as two:
+    # Counters are per minute: both instances read one clock, stopped a second into a minute.
+    async with running(create_app(settings, clock=minute)) as one, running(create_app(settings, clock=minute)) as two:
         made = await one.post(
             f"/api/v1/admin/users/{alice.id}/keys",
             json={"name": "two a minute", "limits": {"requests_per_minute": 2}},

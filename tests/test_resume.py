@@ -14,6 +14,7 @@ from personas.models import MU_ID
 from tests.conftest import llm_env, make_settings, serving
 from tests.fakellm import FakeLLM
 from tests.sse import Event, parse_sse
+from tests.waiting import eventually
 
 CHAT = "/api/v1/chat"
 WORDS = tuple(f"word{n} " for n in range(12))
@@ -139,8 +140,13 @@ async def test_a_stream_past_its_retention_is_gone(database_url, redis_url, fake
             r = await http.post(CHAT, json={"message": "short-lived", "stream": True}, headers=alice.headers)
             start = parse_sse(r.text)[0][0].json
             assert (await http.get(events_url(start["message_id"]), headers=alice.headers)).status_code == 200
-            await asyncio.sleep(0.8)
-            gone = await http.get(events_url(start["message_id"]), headers=alice.headers)
+            url = events_url(start["message_id"])
+
+            async def expired(url: str = url, http: httpx.AsyncClient = http) -> bool:  # 0.5 s after its end
+                return (await http.get(url, headers=alice.headers)).status_code != 200
+
+            assert await eventually(expired, within=3, interval=0.05)
+            gone = await http.get(url, headers=alice.headers)
             assert gone.status_code == 410, gone.text
             assert gone.json()["error"]["code"] == "stream_expired"
             # The message itself is kept.
@@ -221,9 +227,13 @@ async def test_an_answer_whose_instance_stopped_renewing_is_swept_and_its_stream
         conversations.lease_seconds = saved
     # A reader waiting on it is told it ended once the lease runs out and a sweep marks it incomplete.
     reader = asyncio.create_task(llm_client.get(events_url(str(message_id)), headers=alice.headers))
-    await asyncio.sleep(0.5)
-    await resources.leases.tick()
-    replay = await asyncio.wait_for(reader, 10)
+
+    async def swept() -> bool:  # a sweep after the lease's 0.3 s
+        await resources.leases.tick()
+        return reader.done()
+
+    assert await eventually(swept, within=10, interval=0.1)
+    replay = reader.result()
     events, _ = parse_sse(replay.text)
     assert events[-2].event == "error" and events[-2].json["code"] == "interrupted"
     answer = await stored_answer(llm_client, alice, str(conversation.id))

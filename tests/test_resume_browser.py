@@ -11,6 +11,7 @@ import httpx
 from tests.proxy import TcpProxy
 from tests.sse import parse_sse
 from tests.test_playground import browser, page, pytestmark  # noqa: F401  (Chromium fixtures and skip rules)
+from tests.waiting import eventually
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "follow_answer.js"
 CHAT = "/api/v1/chat"
@@ -39,7 +40,8 @@ async def test_event_source_reconnects_with_last_event_id_and_misses_nothing(llm
             following = asyncio.ensure_future(
                 page.evaluate("([key, id]) => followAnswer(location.origin, key, id)", [alice.key, start["message_id"]])
             )
-            await asyncio.sleep(0.8)  # some events have arrived through the proxy
+            # Some of the answer's events have gone through the proxy to the browser (the answer takes 3 s).
+            assert await eventually(lambda: proxy.returned.count(b"event: content") >= 3, within=10)
             await proxy.cut()  # the network drops mid-answer
             await proxy.start()
             result = await asyncio.wait_for(following, 30)

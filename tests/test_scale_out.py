@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 import httpx
 
 from tests.cluster import ScaleOut
 from tests.conftest import persona_body
 from tests.sse import parse_sse
+from tests.waiting import eventually
 
 BASE = "/api/v1/chat/personas"
 REQUESTS = "persona_runtime_http_requests_total"
@@ -18,17 +18,6 @@ REQUESTS = "persona_runtime_http_requests_total"
 # Another instance's write shows within PERSONA_LOCAL_CACHE_SECONDS (1 s) and a revocation within the key
 # cache's second; the polls below allow one more second for requests on a machine shared with other tests.
 SEEN_WITHIN = 2.0
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = SEEN_WITHIN) -> bool:
-    """Poll ``check`` until it holds or ``within`` seconds have passed; whether it came to hold."""
-    deadline = time.monotonic() + within
-    while True:
-        if await check():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
 
 
 def answered(scale_out: ScaleOut, route: str) -> list[float]:
@@ -67,7 +56,7 @@ async def test_a_persona_edited_through_the_balancer_is_seen_at_its_new_version_
                 seen = [(await direct.get(url)).json()["persona"] for direct in directs]
                 return all(p["version"] == 2 and p["description"] == "edited through the balancer" for p in seen)
 
-            assert await eventually(everywhere_at_version_2)
+            assert await eventually(everywhere_at_version_2, within=SEEN_WITHIN)
         finally:
             for direct in directs:
                 await direct.aclose()
@@ -98,7 +87,7 @@ async def test_a_key_revoked_through_the_balancer_is_refused_by_every_instance(s
             async def refused_everywhere() -> bool:
                 return all([(await direct.get("/api/v1/keys")).status_code == 401 for direct in directs])
 
-            assert await eventually(refused_everywhere)
+            assert await eventually(refused_everywhere, within=SEEN_WITHIN)
             assert (await http.get("/api/v1/keys", headers=headers)).status_code == 401
         finally:
             for direct in directs:

@@ -22,6 +22,7 @@ from providers._upstream import SSESplitter
 from runtime.server.serving import NoDelayProtocol, uvicorn_options
 from tests.conftest import make_settings, running
 from tests.proxy import HttpProxy
+from tests.waiting import eventually
 
 # -- a small HTTP/1.1 server of our own: keep-alive, chunked answers, scripted per test -------------------------
 
@@ -43,6 +44,7 @@ class Origin:
         self.chunk_bytes = chunk_bytes  # 0: the whole body in one chunk
         self.connections = 0
         self.requests = 0
+        self.closed = 0  # connections this server has closed
         self.close_idle = False
         self.hold: asyncio.Event | None = None
         self.hold_end: asyncio.Event | None = None  # set: the body's last chunk is sent
@@ -97,6 +99,7 @@ class Origin:
                 if not self.keep_alive or self.close_idle:
                     break
         writer.close()
+        self.closed += 1
 
 
 def pool_for(origin: Origin, **options: Any) -> HttpPool:
@@ -242,7 +245,7 @@ async def test_a_kept_alive_connection_the_server_dropped_is_retried_once_on_a_n
         pool = pool_for(origin)
         prepared = pool.prepare("chat/completions")
         assert await (await pool.post(prepared, b"{}")).read() == b"data: hi\n\n"
-        await asyncio.sleep(0.05)
+        assert await eventually(lambda: origin.closed == 1)
         assert await (await pool.post(prepared, b"{}")).read() == b"data: hi\n\n"
         await pool.aclose()
     assert origin.connections == 2 and origin.requests == 2
@@ -254,8 +257,8 @@ async def test_the_pool_holds_no_more_connections_than_its_bound() -> None:
         pool = pool_for(origin, max_connections=2)
         prepared = pool.prepare("chat/completions")
         posts = [asyncio.create_task(pool.post(prepared, b"{}")) for _ in range(4)]
-        await asyncio.sleep(0.2)
-        assert origin.requests == 2  # the other two wait for a free connection
+        assert await eventually(lambda: origin.requests == 2)
+        assert not any(post.done() for post in posts)  # the other two wait for a free connection
         origin.hold.set()
         for post in posts:
             await (await post).read()
@@ -269,7 +272,7 @@ async def test_a_stream_past_the_bound_is_told_so_rather_than_left_waiting() -> 
         pool = pool_for(origin, max_connections=1, connect_timeout=0.2)
         prepared = pool.prepare("chat/completions")
         first = asyncio.create_task(pool.post(prepared, b"{}"))
-        await asyncio.sleep(0.05)
+        assert await eventually(lambda: origin.requests == 1)  # the one connection is taken
         with pytest.raises(PoolFull, match="all 1 connections are in use"):
             await pool.post(prepared, b"{}")
         origin.hold.set()
@@ -291,9 +294,10 @@ async def test_a_slow_reader_stops_the_socket_being_read() -> None:
     async with Origin(big, chunk_bytes=64 * 1024) as origin:
         pool = pool_for(origin)
         response = await pool.post(pool.prepare("chat/completions"), b"{}")
-        await asyncio.sleep(0.3)  # the server has written everything it could; we read nothing
         connection = response._connection
-        assert connection is not None
+        assert connection is not None and connection.transport is not None
+        # We read nothing: the socket stops being read once enough is held.
+        assert await eventually(lambda: not connection.transport.is_reading())
         held = connection.buffered
         assert 0 < held < 2_000_000  # reading paused well before the whole body was taken in
         assert len(await response.read()) == len(big)

@@ -6,6 +6,10 @@ tokens, and the tokens of this UTC day. Every check is one script call per scope
 turn's tokens ride along with the next check of their scope, or go in a background flush within
 ``FLUSH_SECONDS``. While Redis is unreachable this process counts on its own (the outage logged once, Redis
 tried again a second later), and nothing here ever raises for the counter store's sake.
+
+Which window a count goes in is the runtime's own clock's to say (``clock``, wall time unless a test sets
+one): the window's number is in its key's name and a key's expiry is relative, so the scripts never read
+Redis's time, and instances whose clocks agree count in the same windows.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -25,9 +29,12 @@ from redis.exceptions import NoScriptError
 from core.redis_client import REDIS_ERRORS, Outage, packed, send
 from personas.models import Limits
 
-__all__ = ["DAY", "FLUSH_SECONDS", "MINUTE", "Counters", "KeyUsage", "Reading", "Scope", "Windows"]
+__all__ = ["DAY", "FLUSH_SECONDS", "MINUTE", "Clock", "Counters", "KeyUsage", "Reading", "Scope", "Windows"]
 
 log = logging.getLogger("persona_runtime.limits")
+
+# What the windows are read from: seconds since the epoch (``time.time``, unless a test sets the time).
+Clock = Callable[[], float]
 
 MINUTE = 60
 DAY = 86_400
@@ -164,10 +171,16 @@ class Counters:
     """The counter store: Redis when configured and reachable, else this process's own counters."""
 
     def __init__(
-        self, redis: Redis | RedisCluster | None, *, prefix: str = "persona-runtime:", retry_after: float = 1.0
+        self,
+        redis: Redis | RedisCluster | None,
+        *,
+        prefix: str = "persona-runtime:",
+        retry_after: float = 1.0,
+        clock: Clock = time.time,
     ) -> None:
         self._redis: Any = redis
         self._prefix = prefix
+        self._clock = clock
         self._outage = Outage(
             log,
             "rate limits",
@@ -248,7 +261,7 @@ class Counters:
     def add_tokens(self, tag: str, tokens: int) -> None:
         """Count a turn's tokens in the scope ``tag``: with the scope's next check, or the flush soon after."""
         if self._redis is None or self._outage.down:
-            self._count_here(tag, tokens, time.time())
+            self._count_here(tag, tokens, self._clock())
             return
         self._pending[tag] = self._pending.get(tag, 0) + tokens
         if self._flusher is None:
@@ -271,7 +284,7 @@ class Counters:
         pending, self._pending = self._pending, {}
         if not pending:
             return
-        now = time.time()
+        now = self._clock()
         windows = Windows(now)
         calls = []
         for tag, tokens in pending.items():
@@ -294,7 +307,7 @@ class Counters:
     async def take_back(self, scopes: Sequence[Scope], windows: Windows) -> None:
         calls = [([windows.keys(self._prefix, s.tag)[0]], [-s.cost, _MINUTE_TTL]) for s in scopes]
         if not await self._add(calls):
-            now = time.time()
+            now = self._clock()
             for keys, args in calls:
                 self._local.add(keys[0], args[0], _MINUTE_TTL, now)
 
@@ -313,7 +326,7 @@ class Counters:
 
     async def usage(self, key_ids: Sequence[UUID]) -> list[KeyUsage]:
         """What each key used in the current windows (zeros for a key nothing counts)."""
-        now = time.time()
+        now = self._clock()
         windows = Windows(now)
         names = [windows.keys(self._prefix, f"rl:key:{key_id}") for key_id in key_ids]
         if names and self._usable():

@@ -9,7 +9,7 @@ flight and no further: a request is refused only when a budget is already spent.
 The counting itself (one Lua script call per scope on Redis, one round trip per request; per-process
 counters without Redis and while it is unreachable) is :mod:`runtime.access.counters`. Here: which limits apply,
 the refusal, and the ``x-ratelimit-*`` headers. A request no limit applies to costs nothing here: no
-counter is touched.
+counter is touched. The windows are read from ``clock`` (wall time; a test may set its own).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from core.errors import Forbidden, RateLimited
 from personas.models import Caller, Limits, Persona
-from runtime.access.counters import Counters, KeyUsage, Reading, Scope, Windows
+from runtime.access.counters import Clock, Counters, KeyUsage, Reading, Scope, Windows
 
 __all__ = [
     "LIMIT_HEADERS",
@@ -91,10 +91,12 @@ class Limiter:
         defaults: Limits | None = None,
         on_refused: Callable[[str], None] | None = None,
         retry_after: float = 1.0,
+        clock: Clock = time.time,
     ) -> None:
         self.defaults = defaults or Limits()
         self._on_refused = on_refused
-        self.counters = Counters(redis, prefix=prefix, retry_after=retry_after)
+        self._clock = clock
+        self.counters = Counters(redis, prefix=prefix, retry_after=retry_after, clock=clock)
 
     async def usage(self, key_ids: Sequence[UUID]) -> list[KeyUsage]:
         """What each key used in the current windows (zeros for a key nothing counts)."""
@@ -174,7 +176,7 @@ class Limiter:
         scopes = self._scopes(caller, personas)
         if not scopes:
             return None
-        now = time.time()
+        now = self._clock()
         windows = Windows(now)
         keys = [self.counters.keys(windows, s.tag) for s in scopes]
         readings = await self.counters.check(scopes, keys, now)

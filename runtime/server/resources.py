@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -29,6 +30,7 @@ from personas.store import PersonaStore
 from providers import ProviderRegistry, ProviderSet, configs_from_env, default_provider
 from runtime.access.accounts import KEY_SIGNAL, Accounts
 from runtime.access.auth import Authenticator
+from runtime.access.counters import Clock
 from runtime.access.limits import Limiter
 from runtime.authoring.service import AuthoringService
 from runtime.authoring.suites import PersonaTestStore
@@ -135,9 +137,11 @@ class Resources:
 
 
 @contextlib.asynccontextmanager
-async def open_resources(settings: Settings, registry: ProviderRegistry | None = None) -> AsyncIterator[Resources]:
+async def open_resources(
+    settings: Settings, registry: ProviderRegistry | None = None, *, clock: Clock = time.time
+) -> AsyncIterator[Resources]:
     """Open the database (embedded if no DSN), migrate, bootstrap the admin, connect the cache, and listen
-    for the changes other instances announce."""
+    for the changes other instances announce. ``clock`` is what the rate limits' windows are read from."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = settings.database_url
         if dsn is None:
@@ -185,6 +189,7 @@ async def open_resources(settings: Settings, registry: ProviderRegistry | None =
                 requests_per_minute=settings.key_requests_per_minute, tokens_per_day=settings.key_tokens_per_day
             ),
             on_refused=lambda scope: metrics.rate_limited.labels(scope=scope).inc(),
+            clock=clock,
         )
         stack.push_async_callback(limiter.aclose)
 
