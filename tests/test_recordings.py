@@ -17,7 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.errors import StreamExpired
-from runtime.chat.recordings import DONE, HEARTBEAT, Recording, StreamRecorder, frame
+from core.events import Done, TextDelta, TurnEvent
+from runtime.chat.frames import encode_events
+from runtime.chat.recordings import DONE, HEARTBEAT, Recording, StreamRecorder
 
 LOGGER = "persona_runtime.streams"
 
@@ -83,6 +85,12 @@ async def instances(request, redis_process) -> AsyncIterator[tuple[Instance, Ins
     await elsewhere.aclose()
 
 
+def frame(message_id: uuid.UUID, n: int, event: TurnEvent) -> bytes:
+    """The ``n``-th frame of a stream, as the chat codec writes it."""
+    (part,), _, _ = encode_events((event,), n - 1, b"%s:" % str(message_id).encode())
+    return part
+
+
 class Answer:
     """A stream being recorded: numbered content frames added a few at a time, as the SSE codec adds them."""
 
@@ -96,13 +104,13 @@ class Answer:
         frames = []
         for _ in range(count):
             self.n += 1
-            frames.append(frame("content", self.message_id, self.n, b'{"content":"w%d "}' % self.n))
+            frames.append(frame(self.message_id, self.n, TextDelta(content=f"w{self.n} ")))
         self.recorder.add(self.recording, frames)
 
     def finish(self) -> None:
         self.n += 1
-        done = b'{"type":"done","finish_reason":"stop","message_id":"%s"}' % str(self.message_id).encode()
-        self.recorder.add(self.recording, [frame("done", self.message_id, self.n, done)])
+        done = Done(finish_reason="stop", message_id=self.message_id)
+        self.recorder.add(self.recording, [frame(self.message_id, self.n, done)])
         self.recorder.close(self.recording, terminal=True)
 
 
@@ -208,7 +216,7 @@ async def test_a_stream_whose_first_write_failed_still_gets_its_expiry(instances
 
 
 def content(message_id: uuid.UUID, first: int, last: int) -> bytes:
-    return b"".join(frame("content", message_id, n, b'{"content":"w%d "}' % n) for n in range(first, last + 1))
+    return b"".join(frame(message_id, n, TextDelta(content=f"w{n} ")) for n in range(first, last + 1))
 
 
 async def test_frames_written_twice_are_replayed_once_and_a_stream_missing_some_is_not_replayed(redis_url):
