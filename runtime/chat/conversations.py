@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from core.errors import NotFound
+from core.errors import Interrupted, NotFound
 
 __all__ = ["Conversation", "ConversationStore", "MessageState", "MessageStatus", "StoredMessage"]
 
@@ -78,10 +78,10 @@ SELECT role, content FROM (
 ) recent ORDER BY seq"""
 
 
-_ABANDONED = {
-    "code": "interrupted",
-    "message": "The instance generating this answer stopped before its end; what was said is kept as incomplete.",
-}
+_STOPPED = Interrupted(
+    "The instance generating this answer stopped before its end; what was said is kept as incomplete."
+)
+_ABANDONED = {"code": _STOPPED.code, "message": _STOPPED.message}
 
 
 class MessageState(msgspec.Struct, frozen=True, kw_only=True):

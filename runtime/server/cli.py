@@ -65,7 +65,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   PROVIDER_MAX_CONNECTIONS   upstream connections per provider and worker (10000)
   PERSONA_LOCAL_CACHE_SECONDS   how long a process keeps personas in memory (1)
   HISTORY_TURNS, MAX_MESSAGE_CHARS, IMPORT_MAX_BYTES, SSE_HEARTBEAT_SECONDS   limits and pacing
-  SSL_CERT_FILE, SSL_CERT_DIR, HTTPS_PROXY, NO_PROXY   how providers are reached
+  SSL_CERT_FILE, SSL_CERT_DIR, HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY   how providers are reached
 """
 
 

@@ -116,9 +116,7 @@ class Resources:
         asyncio.get_running_loop().call_later(grace, self._end_streams)
 
     def _end_streams(self) -> None:
-        self.providers.interrupt(
-            ShuttingDown("The server is shutting down; the answer was cut short. Send the message again.")
-        )
+        self.providers.interrupt(ShuttingDown())
 
     async def readiness(self) -> dict[str, str]:
         """What ``/ready`` reports: each dependency and whether it answers now (and whether we are stopping)."""
