@@ -2,20 +2,25 @@
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (``serve`` sets it to a fresh folder for its workers), every worker
 writes its figures to files there and ``/metrics`` adds up all of them; without it (one process, tests) the
-figures live in this object's own registry. No label carries a key, a prompt or message text.
+figures live in this object's own registry. No label carries a key, a prompt, message text or anything else a
+user chose: providers and models are labelled only by the names this server is configured with, any other
+``other`` (:meth:`Metrics.allow`), so the number of series stays bounded whatever clients send.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "OTHER", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PREFIX = "persona_runtime_"
 # First-token and whole-turn times, seconds: fine below a second, coarse above.
+# The label of a provider or model this server was not configured with.
+OTHER = "other"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -24,6 +29,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._providers: frozenset[str] = frozenset()
+        self._models: frozenset[str] = frozenset()
         # In multiprocess mode the values go to files, and a registry of our own is only for rendering.
         self.registry = CollectorRegistry()
         registry = None if self.multiprocess else self.registry
@@ -79,6 +86,19 @@ class Metrics:
             ["scope"],
             registry=registry,
         )
+
+    def allow(self, *, providers: Iterable[str], models: Iterable[str]) -> None:
+        """The provider and model names that may be label values: the configured ones."""
+        self._providers = frozenset(providers)
+        self._models = frozenset(models)
+
+    def provider(self, name: str) -> str:
+        """``name`` as a label value: itself when configured, else ``other``."""
+        return name if name in self._providers else OTHER
+
+    def model(self, name: str) -> str:
+        """``name`` as a label value: itself when configured (a provider's default model), else ``other``."""
+        return name if name in self._models else OTHER
 
     def render(self) -> bytes:
         if not self.multiprocess:

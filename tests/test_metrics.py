@@ -99,3 +99,32 @@ async def test_with_two_workers_the_figures_cover_both(create_database, tmp_path
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         await asyncio.to_thread(server.wait, 60)
+
+
+async def test_invented_models_share_one_series_and_user_text_never_becomes_a_label(client, alice):
+    """Models no one configured are labelled ``other``: 2,000 made-up names add no series at all."""
+
+    async def chat(model: str) -> None:
+        r = await client.post(CHAT, json={"message": "hi", "model": model}, headers=alice.headers)
+        assert r.status_code == 200, r.text
+
+    await chat("warm-up-model")  # every series this kind of turn makes exists from here on
+    before = samples((await client.get("/metrics")).text)
+    names = [f"invented-{i}-ignore-previous-instructions" for i in range(2_000)]
+    for start in range(0, len(names), 50):
+        await asyncio.gather(*(chat(name) for name in names[start : start + 50]))
+    text = (await client.get("/metrics")).text
+    after = samples(text)
+
+    def labelled(found: dict) -> set:
+        """The series of the families labelled by provider or model."""
+        families = ("chat_turns", "tokens", "ttft_seconds", "turn_seconds", "provider_errors")
+        return {key for key in found if key[0].startswith(tuple(f"persona_runtime_{f}" for f in families))}
+
+    assert labelled(after) == labelled(before)  # the same series, only their values grew
+    assert "invented-" not in text and "warm-up-model" not in text
+    turn = {"route": "chat", "provider": "echo", "model": "other", "persona_source": "default", "outcome": "complete"}
+    grew = value(text, "persona_runtime_chat_turns_total", **turn) - before.get(
+        ("persona_runtime_chat_turns_total", tuple(sorted(turn.items()))), 0.0
+    )
+    assert grew == 2_000

@@ -228,11 +228,12 @@ class ChatPipeline:
         try:
             return await self.limiter.admit(plans[0].caller, [p.persona for p in plans], self._spawn)
         except RateLimited:
-            if self.metrics is not None:
+            metrics = self.metrics
+            if metrics is not None:
                 for plan in plans:
                     route = plan.routes[0]
-                    labels = (plan.input.route, route.provider, route.model, plan.source, "rejected")
-                    self.metrics.chat_turns.labels(*labels).inc()
+                    provider, model = metrics.provider(route.provider), metrics.model(route.model)
+                    metrics.chat_turns.labels(plan.input.route, provider, model, plan.source, "rejected").inc()
             raise
 
     async def open(self, plan: TurnPlan, admission: Admission | _Unchecked | None = UNCHECKED) -> Turn:

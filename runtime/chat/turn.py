@@ -85,7 +85,7 @@ async def open_answer(
             await stream.aclose()
             failures.append((route, exc))
             if metrics is not None:
-                metrics.provider_errors.labels(provider=route.provider, kind=exc.code).inc()
+                metrics.provider_errors.labels(provider=metrics.provider(route.provider), kind=exc.code).inc()
             log.warning(
                 "provider %s failed before answering (%s); %s",
                 route.provider,
@@ -96,7 +96,7 @@ async def open_answer(
         except BaseException as exc:
             await stream.aclose()
             if metrics is not None and isinstance(exc, ProviderError):
-                metrics.provider_errors.labels(provider=route.provider, kind=exc.code).inc()
+                metrics.provider_errors.labels(provider=metrics.provider(route.provider), kind=exc.code).inc()
             raise
         return AnswerStream(route=route, first=first, rest=stream, attempts=failures)
     raise failures[0][1]
@@ -316,7 +316,8 @@ class Turn:
         cancelled = isinstance(exc, Cancelled)
         self._ended("incomplete" if cancelled else "error")
         if self.metrics is not None and not cancelled:
-            self.metrics.provider_errors.labels(provider=self.answer.route.provider, kind=exc.code).inc()
+            metrics = self.metrics
+            metrics.provider_errors.labels(provider=metrics.provider(self.answer.route.provider), kind=exc.code).inc()
         if self.outcome is not None:
             error = {"code": exc.code, "message": exc.message}
             await self.outcome.record(self.answer.route, "incomplete", self.said, error)
@@ -341,8 +342,8 @@ class Turn:
         metrics = self.metrics
         if metrics is not None:
             metrics.streams_in_flight.dec()
-            provider = start.provider
-            labels = (self.route, provider, start.model, start.persona_source, outcome)
+            provider = metrics.provider(start.provider)
+            labels = (self.route, provider, metrics.model(start.model), start.persona_source, outcome)
             metrics.chat_turns.labels(*labels).inc()
             metrics.turn_seconds.labels(provider).observe(now - self.began)
             if self.first_at is not None:

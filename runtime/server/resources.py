@@ -207,6 +207,7 @@ async def open_resources(
             msgspec.structs.replace(c, timeout=settings.request_timeout, max_connections=settings.provider_connections)
             for c in configs_from_env(settings.env)
         ]
+        metrics.allow(providers=[c.name for c in configs], models=[c.default_model for c in configs if c.default_model])
         default = default_provider(configs, settings.env)
         providers = (registry or ProviderRegistry.with_builtins()).build(configs)
         stack.push_async_callback(providers.aclose)
