@@ -26,6 +26,7 @@ from api.health import health, health_head, metrics, ready, ready_head
 from api.keys import AdminController, AdminKeyController, KeyController
 from api.openai_compat import OpenAIController
 from api.openapi import StrictStructSchemaPlugin, document_errors
+from api.path_params import path_params_guard
 from api.personas import PersonaController
 from api.playground import playground_router
 from api.portability import PortabilityController
@@ -75,7 +76,10 @@ def create_app(
         request_class=GuardedRequest,
         exception_handlers=exception_handlers,
         middleware=[
-            DefineMiddleware(ApiKeyMiddleware, exclude=["^/schema", "^/health", "^/ready", "^/metrics", "^/playground"])
+            path_params_guard,
+            DefineMiddleware(
+                ApiKeyMiddleware, exclude=["^/schema", "^/health", "^/ready", "^/metrics", "^/playground"]
+            ),
         ],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(

@@ -1,11 +1,13 @@
-"""The request class of the app: every JSON body is checked (depth, NUL, surrogates, UTF-8) before it is decoded."""
+"""The request class of the app: every JSON body is checked (depth, NUL, surrogates, UTF-8) before it is decoded,
+and against its handler's body type strictly after."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request
-from litestar.exceptions import SerializationException
+from litestar.exceptions import SerializationException, ValidationException
 from litestar.types import Empty
 
 from core.errors import BadRequest
@@ -27,7 +29,7 @@ class GuardedRequest(Request[Any, Any, Any]):
         body = await self.body()
         check_json(body)
         try:
-            return await super().json()
+            value = await super().json()
         except SerializationException as exc:
             reason = str(exc)
             if "UTF-8" in reason:
@@ -39,3 +41,18 @@ class GuardedRequest(Request[Any, Any, Any]):
             if error is not None:
                 raise error from None
             raise
+        self._check_strictly(value)
+        return value
+
+    def _check_strictly(self, value: Any) -> None:
+        """Litestar converts a body to its handler's type with msgspec's lax rules, where ``0`` is ``false`` and
+        ``"5"`` is 5; the document promises JSON's own types, so the body must convert under the strict ones too."""
+        handler = self.scope.get("route_handler")
+        signature = getattr(handler, "parsed_fn_signature", None)
+        data = signature.parameters.get("data") if signature is not None else None
+        if data is None or value is None:
+            return
+        try:
+            msgspec.convert(value, data.annotation, strict=True, str_keys=True)
+        except msgspec.ValidationError as exc:
+            raise ValidationException(str(exc)) from exc

@@ -16,6 +16,7 @@ from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.typing import FieldDefinition
 from msgspec import UNSET, Struct, UnsetType
 
+from core.events import Done, ErrorEvent, Start, TextDelta, Usage
 from runtime.authoring.service import PersonaChoice
 
 __all__ = [
@@ -133,12 +134,143 @@ def answers(body: Any, description: str) -> dict[int, ResponseSpec]:
 
 @dataclass
 class Streams(Operation):
-    """An operation that answers JSON, or Server-Sent Events when the body says ``"stream": true``."""
+    """An operation that answers JSON, or Server-Sent Events when the body says ``"stream": true`` (the replay
+    route answers events only).
+
+    For ``text/event-stream`` the schema describes one event, ``{"event", "id", "data"}``, as OpenAPI 3.1 tools
+    read it (3.2 calls it ``itemSchema``): ``data`` is the line's text, and the JSON object it carries is its
+    ``contentSchema``, in the route's own vocabulary.
+    """
 
     def __post_init__(self) -> None:
         success = (self.responses or {}).get("200")
-        if isinstance(success, OpenAPIResponse) and success.content is not None:
-            success.content["text/event-stream"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+        if not isinstance(success, OpenAPIResponse):
+            return
+        if success.content is None:
+            success.content = {}
+        success.content["text/event-stream"] = OpenAPIMediaType(schema=_stream_schema(self.operation_id or ""))
+
+
+# Each SSE vocabulary as JSON Schema: our turn events (as core.events encodes them), OpenAI's chunks, Anthropic's.
+_OUR_EVENTS = (Start, TextDelta, Usage, Done, ErrorEvent)
+_DONE_FRAME = {
+    "type": "object",
+    "description": "The stream's last line, `data: [DONE]`",
+    "properties": {"data": {"const": "[DONE]"}},
+    "required": ["data"],
+}
+_OPENAI_CHUNK = {
+    "type": "object",
+    "description": "A `chat.completion.chunk`, or `{\"error\": {...}}` when the answer fails after it started",
+    "anyOf": [
+        {"properties": {"object": {"const": "chat.completion.chunk"}, "choices": {"type": "array"}},
+         "required": ["id", "object", "created", "model", "choices"]},
+        {"properties": {"error": {"type": "object"}}, "required": ["error"]},
+    ],
+}  # fmt: skip
+_ANTHROPIC_EVENT = {
+    "type": "object",
+    "description": "One of Anthropic's stream events (`message_start` ... `message_stop`, `ping`, `error`)",
+    "properties": {"type": {"type": "string"}},
+    "required": ["type"],
+}
+
+
+def _stream_schema(operation_id: str) -> Schema:
+    if operation_id.startswith("V1ChatCompletions"):
+        frames = [_frame(None, _OPENAI_CHUNK), _DONE_FRAME]
+        what = "OpenAI's chunks, then `data: [DONE]`"
+    elif operation_id.startswith("V1Messages"):
+        frames = [_frame({"type": "string"}, _ANTHROPIC_EVENT)]
+        what = "Anthropic's events; `event` is the `type` of `data`"
+    else:
+        compared = operation_id.startswith("ApiV1ChatPersonasCompare")
+        frames = [*_our_frames(candidate=compared), _DONE_FRAME]
+        what = "the turn's events, named by `event` and numbered by `id`, then `data: [DONE]`" + (
+            "; each candidate's events carry its index in `candidate`" if compared else ""
+        )
+    return _schema({"description": f"One Server-Sent Event: {what}.", "oneOf": frames})
+
+
+def _frame(event: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any]:
+    # `data` is text on the wire; a JSON object always starts with "{", which also tells it from [DONE].
+    json_text = {"type": "string", "pattern": "^\\{", "contentMediaType": "application/json", "contentSchema": data}
+    properties: dict[str, Any] = {"data": json_text, "id": {"type": "string"}}
+    if event is not None:
+        properties["event"] = event
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": ["data"] if event is None else ["event", "data"],
+    }
+
+
+def _our_frames(*, candidate: bool) -> list[dict[str, Any]]:
+    schemas, components = msgspec.json.schema_components(_OUR_EVENTS, ref_template="{name}")
+    frames = []
+    for event_type, schema in zip(_OUR_EVENTS, schemas, strict=True):
+        data = _inlined(schema, components)
+        if candidate:
+            data["properties"]["candidate"] = {"type": "integer", "minimum": 0}
+            data["required"] = [*data["required"], "candidate"]
+        frames.append(_frame({"const": event_type.__struct_config__.tag}, data))
+    return frames
+
+
+def _inlined(schema: Any, components: dict[str, Any]) -> Any:
+    """``schema`` with every ``$ref`` replaced by the component it names (the event types do not recurse)."""
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inlined(components[schema["$ref"]], components)
+        return {key: _inlined(value, components) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inlined(item, components) for item in schema]
+    return schema
+
+
+_SCHEMA_KEYS = {
+    "anyOf": "any_of",
+    "oneOf": "one_of",
+    "additionalProperties": "additional_properties",
+    "contentMediaType": "content_media_type",
+    "contentSchema": "content_schema",
+}
+
+
+_PLAIN_KEYWORDS = {
+    "const",
+    "required",
+    "additionalProperties",
+    "title",
+    "description",
+    "default",
+    "minimum",
+    "pattern",
+    "contentMediaType",
+}
+
+
+def _schema(value: dict[str, Any]) -> Schema:
+    """A JSON Schema dict as Litestar's ``Schema`` (the keywords the stream schemas use)."""
+    fields: dict[str, Any] = {}
+    for key, item in value.items():
+        name = _SCHEMA_KEYS.get(key, key)
+        if key == "type":
+            item = OpenAPIType(item)
+        elif key == "format":
+            item = OpenAPIFormat(item)
+        elif key in ("anyOf", "oneOf"):
+            item = [_schema(branch) for branch in item]
+        elif key == "properties":
+            item = {prop: _schema(schema) for prop, schema in item.items()}
+        elif key in ("items", "contentSchema"):
+            item = _schema(item)
+        elif key == "enum":
+            item = list(item)
+        elif key not in _PLAIN_KEYWORDS:
+            raise ValueError(f"JSON Schema keyword {key!r} has no translation here")
+        fields[name] = item
+    return Schema(**fields)
 
 
 _DESCRIPTIONS = {
@@ -146,7 +278,8 @@ _DESCRIPTIONS = {
     401: "Missing, unknown, revoked or expired API key",
     403: "The persona belongs to another user (only its owner or an admin may change it), or an admin-only route",
     404: "Not found, or not visible to the caller",
-    409: "Conflicts with the current state (a taken name, an answer that already ended)",
+    409: "Conflicts with the current state: a taken name, an answer that already ended or was stopped, or the "
+    "default persona Mu that cannot be restored while another active persona is named Mu",
     410: "The stream ended longer ago than `STREAM_RETENTION_SECONDS`; the message is in its conversation",
     413: "The request body is too large",
     429: "A rate limit of the key or persona (or the provider's) was reached; see `Retry-After`",
@@ -172,7 +305,13 @@ _CONFLICTS = {
     ("POST", "/api/v1/chat/personas/{persona_id:str}/versions/{version:str}/restore"),
     ("POST", "/api/v1/admin/users"),
 }
-_ENDED = {("POST", "/api/v1/chat/messages/{message_id:str}/cancel")}
+# An answer that ended before the cancel came; a JSON answer stopped by a cancel (`cancelled`).
+_ENDED = {("POST", "/api/v1/chat/messages/{message_id:str}/cancel"), ("POST", "/api/v1/chat")}
+# Routes that restore the default persona when it is gone, which a persona now named Mu blocks.
+_RESTORES_DEFAULT = {
+    ("GET", "/api/v1/chat/personas/current"),
+    ("POST", "/api/v1/chat/personas/initialize-default"),
+}
 _GONE = {("GET", "/api/v1/chat/messages/{message_id:str}/events")}
 
 
@@ -200,7 +339,7 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
         or (method, path) in _PROVIDER_ROUTES | _CONFLICTS
     ):
         statuses.add(403)
-    if (method, path) in _CONFLICTS | _ENDED:
+    if (method, path) in _CONFLICTS | _ENDED | _RESTORES_DEFAULT:
         statuses.add(409)
     if (method, path) in _GONE:
         statuses.add(410)

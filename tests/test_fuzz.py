@@ -2,7 +2,8 @@
 
 Schemathesis generates valid and invalid requests for each operation (fixed seed, bounded cases) and
 sends them to the app served on loopback, authenticated with a test user's key. Every answer must be
-below 500 and match what the document says: its status, its content type and its body.
+below 500 and match what the document says: its status, its content type and its body, a stream of
+Server-Sent Events included: each event against the one the document describes, its ``data`` decoded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import msgspec
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.errors import Unsatisfiable
@@ -37,17 +39,19 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 class Fuzz:
     """One fuzzing run against a served app: what was sent, what came back, what failed."""
 
-    def __init__(self, base_url: str, key: str) -> None:
+    def __init__(self, base_url: str, key: str, document: dict[str, Any]) -> None:
         self.base_url = base_url
         self.headers = {"X-API-Key": key}
+        self.document = document
         self.cases = 0
+        self.streams: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
         self.failures: list[str] = []
 
-    def run(self, document: dict[str, Any]) -> int:
+    def run(self) -> int:
         """Every operation: valid and invalid cases with generated ids, then valid ones with the caller's own ids."""
         operations = 0
-        for result in schemathesis.openapi.from_dict(document).get_all_operations():
+        for result in schemathesis.openapi.from_dict(self.document).get_all_operations():
             operation = result.ok()
             operations += 1
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -63,7 +67,42 @@ class Fuzz:
                 ids = {k: v for k, v in self.own_ids().items() if k in names}
                 strategy = operation.as_strategy(path_parameters=ids)
                 self.cases += self.operation(strategy, f"{operation.label} with own ids")
+            success = self.document["paths"][operation.path][operation.method.lower()]["responses"].get("200", {})
+            if "text/event-stream" in success.get("content", {}):
+                self.stream(operation)
         return operations
+
+    def stream(self, operation: Any) -> None:
+        """A request the operation answers with a stream (generated bodies seldom are one), checked like the rest."""
+        ids = self.own_ids()
+        message = [{"role": "user", "content": "hi"}]
+        bodies = {
+            "/api/v1/chat": {"message": "hi", "stream": True},
+            f"{PERSONAS}/preview": {"persona_id": ids["persona_id"], "message": "hi", "stream": True},
+            f"{PERSONAS}/compare": {
+                "message": "hi",
+                "stream": True,
+                "candidates": [{"persona_id": ids["persona_id"]}, {"persona": persona_body()}],
+            },
+            "/v1/chat/completions": {"model": "persona", "messages": message, "stream": True},
+            "/v1/messages": {"model": "persona", "max_tokens": 16, "messages": message, "stream": True},
+        }
+        if operation.method.lower() == "get":  # the replay of a streamed answer (a JSON answer has none)
+            with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=30) as http:
+                streamed = http.post("/api/v1/chat", json={"message": "hi", "stream": True}).text
+            message_id = msgspec.json.decode(streamed.split("data: ", 1)[1].split("\n", 1)[0])["message_id"]
+            case = operation.Case(path_parameters={"message_id": message_id})
+        else:
+            case = operation.Case(body=bodies[operation.path], media_type="application/json")
+        self.cases += 1
+        response = case.call(base_url=self.base_url, headers=self.headers, timeout=30)
+        self.statuses[response.status_code] += 1
+        try:
+            assert response.headers["content-type"][0].startswith("text/event-stream"), response.text[:300]
+            case.validate_response(response, checks=CHECKS)
+            self.count_stream(case, response)
+        except AssertionError as exc:
+            self.failures.append(f"{operation.label} streamed {response.status_code}: {exc}\n  {response.text[:300]}")
 
     def own_ids(self) -> dict[str, str]:
         """A persona with one test, a conversation with it and a second key, all the caller's."""
@@ -103,6 +142,7 @@ class Fuzz:
             self.statuses[response.status_code] += 1
             try:
                 case.validate_response(response, checks=CHECKS)
+                self.count_stream(case, response)
             except BaseException as exc:  # every failure is collected, so that one run reports them all
                 if isinstance(exc, KeyboardInterrupt):
                     raise
@@ -113,6 +153,11 @@ class Fuzz:
         run()
         return len(sent)
 
+    def count_stream(self, case: Any, response: Any) -> None:
+        # Schemathesis checked each event against the documented one, its `data` decoded by `contentSchema`.
+        if response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
+            self.streams[case.operation.label] += 1
+
 
 async def test_every_operation_answers_below_500_and_as_documented(database_url, redis_url, make_user):
     account = await make_user("fuzz")
@@ -120,12 +165,13 @@ async def test_every_operation_answers_below_500_and_as_documented(database_url,
     async with serving(app) as url:
         async with httpx.AsyncClient(base_url=url) as http:
             document = (await http.get("/schema/openapi.json")).json()
-        fuzz = Fuzz(url, account.key)
-        operations = await asyncio.to_thread(fuzz.run, document)
+        fuzz = Fuzz(url, account.key, document)
+        operations = await asyncio.to_thread(fuzz.run)
     print(
-        f"fuzzed {operations} operations with {fuzz.cases} cases, answers {dict(sorted(fuzz.statuses.items()))}: "
-        f"{len(fuzz.failures)} failures"
+        f"fuzzed {operations} operations with {fuzz.cases} cases, answers {dict(sorted(fuzz.statuses.items()))}, "
+        f"streams {dict(fuzz.streams)}: {len(fuzz.failures)} failures"
     )
     assert operations >= 30
     assert sum(n for status, n in fuzz.statuses.items() if status < 300) > 100  # the cases reach the handlers
     assert not fuzz.failures, "\n".join(fuzz.failures[:20])
+    assert len(fuzz.streams) == 6, fuzz.streams  # every streaming route's answer was read and checked

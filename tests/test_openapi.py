@@ -64,3 +64,75 @@ async def test_errors_are_documented_in_each_prefix_shape(openapi, path, method,
 async def test_the_import_route_documents_its_three_kinds_of_body(openapi):
     body = openapi["paths"][f"{PERSONAS}/import"]["post"]["requestBody"]
     assert set(body["content"]) == {"application/json", "image/png", "multipart/form-data"}
+
+
+STREAMING = [
+    ("/api/v1/chat", "post"),
+    (f"{PERSONAS}/preview", "post"),
+    (f"{PERSONAS}/compare", "post"),
+    ("/api/v1/chat/messages/{message_id}/events", "get"),
+    ("/v1/chat/completions", "post"),
+    ("/v1/messages", "post"),
+]
+
+
+@pytest.mark.parametrize(("path", "method"), STREAMING)
+async def test_each_streamed_event_documents_its_data_as_a_json_object(openapi, path, method):
+    event = openapi["paths"][path][method]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    carrying = [frame for frame in event["oneOf"] if frame["properties"]["data"].get("const") != "[DONE]"]
+    assert carrying
+    for frame in carrying:
+        data = frame["properties"]["data"]
+        assert data["contentMediaType"] == "application/json"
+        assert data["contentSchema"]["type"] == "object"
+    if path.startswith("/api/"):  # ours: one frame per event name, its data the event's fields
+        names = [frame["properties"]["event"]["const"] for frame in carrying]
+        assert names == ["start", "content", "usage", "done", "error"]
+        start = carrying[0]["properties"]["data"]["contentSchema"]
+        assert {"persona", "provider", "model"} <= set(start["required"])
+        assert ("candidate" in start["required"]) == path.endswith("/compare")
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        (f"{PERSONAS}/current", "get"),
+        (f"{PERSONAS}/initialize-default", "post"),
+        (PERSONAS, "post"),
+        (f"{PERSONAS}/{{persona_id}}", "put"),
+        (f"{PERSONAS}/import", "post"),
+        (f"{PERSONAS}/{{persona_id}}/versions/{{version}}/restore", "post"),
+        ("/api/v1/admin/users", "post"),
+        ("/api/v1/chat/messages/{message_id}/cancel", "post"),
+        ("/api/v1/chat", "post"),
+    ],
+)
+async def test_every_route_that_can_answer_409_documents_it(openapi, path, method):
+    assert "409" in openapi["paths"][path][method]["responses"]
+
+
+async def test_the_default_persona_blocked_by_another_named_mu_is_the_documented_409(create_database):
+    """Mu deleted and its name taken: restoring the default conflicts, on both routes that restore it."""
+    from api.app import create_app
+    from personas.models import MU_ID
+    from runtime.server.migrate import apply_migrations
+    from tests.conftest import make_settings, persona_body, running
+
+    url = await create_database()
+    await apply_migrations(url)
+    app = create_app(make_settings(url, None))
+    async with running(app) as http:
+        accounts = app.state.resources.accounts
+        user = await accounts.create_user("mu-fan", display_name="Fan")
+        key, _ = await accounts.create_key(user.id, name="t")
+        headers = {"X-API-Key": key}
+        pool = app.state.resources.pool
+        await pool.execute("UPDATE personas SET is_active = false, is_default = false WHERE id = $1", MU_ID)
+        r = await http.post(PERSONAS, json=persona_body("Mu"), headers=headers)
+        assert r.status_code == 201, r.text
+        document = (await http.get("/schema/openapi.json")).json()
+        for method, path in (("GET", "/current"), ("POST", "/initialize-default")):
+            r = await http.request(method, f"{PERSONAS}{path}", headers=headers)
+            assert r.status_code == 409, r.text
+            assert r.json()["error"]["field"] == "name"
+            assert "409" in document["paths"][f"{PERSONAS}{path}"][method.lower()]["responses"]
