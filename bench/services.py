@@ -38,6 +38,7 @@ __all__ = [
     "runtime_server",
     "scratch_database",
     "spawn",
+    "spawn_command",
     "wait_ready",
 ]
 
@@ -97,8 +98,13 @@ def spawn(
     args: list[str], env: dict[str, str], *, python: str = sys.executable, cwd: Path = ROOT, **kwargs: object
 ) -> subprocess.Popen[bytes]:
     """``python args...`` in its own session, from the repository root unless told otherwise."""
+    return spawn_command([python, *args], env, cwd=cwd, **kwargs)
+
+
+def spawn_command(argv: list[str], env: dict[str, str], *, cwd: Path, **kwargs: object) -> subprocess.Popen[bytes]:
+    """``argv`` in its own session, with a SIGTERM when the benchmark dies."""
     return subprocess.Popen(  # type: ignore[call-overload]
-        [python, *args], cwd=cwd, env=env, preexec_fn=_child_setup, **kwargs
+        argv, cwd=cwd, env=env, preexec_fn=_child_setup, **kwargs
     )
 
 
