@@ -42,6 +42,13 @@ def _control(*args: str) -> None:
     subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=120)
 
 
+def _io_calls(pid: str) -> tuple[int, int]:
+    """The process's read and write system calls so far (``syscr``, ``syscw`` of ``/proc/PID/io``; libuv
+    reads and writes sockets with read/readv and write/writev, which these count)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["syscr"]), int(fields["syscw"])
+
+
 def _dump(pid: str, workdir: Path) -> int:
     """Dump the counters since the last zeroing and read their total."""
     for old in workdir.glob("callgrind.out.*"):
@@ -63,6 +70,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, float]:
             out = workdir / "callgrind.out"
             # Instrumented only from the warmup on: start-up (imports, migrations) runs at valgrind's plain speed.
             wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--instr-atstart=no"]
+            counting = not args.syscalls_only
             env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
             runtime = runtime_server(
                 database_url,
@@ -72,7 +80,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, float]:
                 workdir=workdir,
                 workers=1,
                 extra_env=env,
-                wrapper=wrapper,
+                wrapper=wrapper if counting else None,
                 ready_within=600,
                 root=args.root,
             )
@@ -93,19 +101,26 @@ async def _measure(args: argparse.Namespace) -> dict[str, float]:
                         streamed=False,
                     ),
                 }
-                await asyncio.to_thread(_control, "--instr=on", pid)
+                if counting:
+                    await asyncio.to_thread(_control, "--instr=on", pid)
                 for name in args.paths:
                     target = targets[name]
                     warm = await run_sequential(target, args.warmup, 0)
                     if any(s.error for s in warm.samples):
                         raise RuntimeError(f"{name}: {next(s.error for s in warm.samples if s.error)}")
-                    await asyncio.to_thread(_control, "--zero", pid)
+                    if counting:
+                        await asyncio.to_thread(_control, "--zero", pid)
+                    reads, writes = _io_calls(pid)
                     run = await run_sequential(target, args.requests, 0)
+                    reads_after, writes_after = _io_calls(pid)
                     errors = [s.error for s in run.samples if s.error]
                     if errors:
                         raise RuntimeError(f"{name}: {errors[0]}")
-                    figures[name] = await asyncio.to_thread(_dump, pid, workdir) / args.requests
-                    print(f"{name}: {figures[name] / 1e6:.3f} M instructions per request", flush=True)
+                    figures[name] = await asyncio.to_thread(_dump, pid, workdir) / args.requests if counting else 0
+                    counted = f"{figures[name] / 1e6:.3f} M instructions per request, " if counting else ""
+                    calls = (reads_after - reads) / args.requests, (writes_after - writes) / args.requests
+                    note = " (valgrind's own included)" if counting else ""
+                    print(f"{name}: {counted}{calls[0]:.2f} reads and {calls[1]:.2f} writes per request{note}")
     return figures
 
 
@@ -123,12 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--server-log-level", default="WARNING")
     parser.add_argument(
+        "--syscalls-only",
+        action="store_true",
+        help="no valgrind: only the read and write system calls per request (valgrind adds its own)",
+    )
+    parser.add_argument(
         "--root", type=Path, default=ROOT, help="the checkout whose runtime is measured (default this one)"
     )
     args = parser.parse_args(argv)
     if unknown := [p for p in args.paths if p not in PATHS]:
         parser.error(f"unknown paths: {', '.join(unknown)}")
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+    if not args.syscalls_only and (shutil.which("valgrind") is None or shutil.which("callgrind_control") is None):
         print("bench.instructions needs valgrind (callgrind and callgrind_control)", file=sys.stderr)
         return 2
     asyncio.run(_measure(args))
