@@ -6,8 +6,8 @@ on its answer whatever it is: JSON, a stream (before its first byte) or a 429.
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +18,13 @@ __all__ = ["RequestIdMiddleware"]
 
 # A client's own id is kept when it is 1 to 128 of these characters; anything else gets a new one.
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def _new_id() -> str:
+    """64 random bits as 16 hex digits. An id names a request in logs and error bodies and guards nothing, so
+    it comes from ``random`` (seeded from the OS, reseeded in a forked child), not from ``secrets``, whose
+    every call is a system call: ~0.8 µs against ~2.8 µs."""
+    return f"{random.getrandbits(64):016x}"
 
 
 class RequestIdMiddleware:
@@ -42,7 +49,7 @@ class RequestIdMiddleware:
                     ident = value.decode("ascii")
                 break
         if ident is None:
-            ident = secrets.token_hex(8)
+            ident = _new_id()
         header = (b"x-request-id", ident.encode("ascii"))
         status = 500
         limits: list[dict[str, str]] = []

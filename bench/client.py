@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from bench.events import CONTENT, END, FAILED, EventScanner, openai_event, runtime_event
+from bench.events import CONTENT, END, FAILED, EventScanner, completion_event, openai_event, runtime_event
 from bench.response import PARSER, ParseError, ResponseParser, new_parser
 
 __all__ = [
@@ -42,29 +42,41 @@ class Target:
     port: int
     request: bytes
     classify: Callable[[bytes], int]
+    # False: one JSON body (``"stream": false``), whose content counts as arriving when the body has.
+    streamed: bool = True
 
 
-def _request(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, int, bytes]:
+def _request(url: str, body: bytes, headers: dict[str, str], *, streamed: bool = True) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    lines = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
+    accept = "text/event-stream" if streamed else "application/json"
+    lines = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {host}:{port}", f"Accept: {accept}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     lines.append(f"Content-Length: {len(body)}")
     return host, port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def completions_target(
-    name: str, url: str, headers: dict[str, str], *, model: str, system: str | None, include_usage: bool | None = None
+    name: str,
+    url: str,
+    headers: dict[str, str],
+    *,
+    model: str,
+    system: str | None,
+    include_usage: bool | None = None,
+    streamed: bool = True,
 ) -> Target:
-    """An OpenAI-shaped streaming chat completion (the provider, the runtime's /v1, LiteLLM)."""
+    """An OpenAI-shaped chat completion (the provider, the runtime's /v1, LiteLLM, Portkey), streamed or, with
+    ``streamed=False``, one JSON answer (``"stream": false``)."""
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": MESSAGE})
-    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
-    if include_usage if include_usage is not None else bool(system):
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": streamed}
+    if streamed and (include_usage if include_usage is not None else bool(system)):
         # What the runtime itself asks its provider for, so the direct baseline streams the same bytes.
         body["stream_options"] = {"include_usage": True}
-    host, port, request = _request(url, msgspec.json.encode(body), {"Content-Type": "application/json", **headers})
-    return Target(name, host, port, request, openai_event)
+    encoded = msgspec.json.encode(body)
+    host, port, request = _request(url, encoded, {"Content-Type": "application/json", **headers}, streamed=streamed)
+    return Target(name, host, port, request, openai_event, streamed)
 
 
 def chat_target(name: str, url: str, headers: dict[str, str]) -> Target:
@@ -119,6 +131,8 @@ class Connection(asyncio.Protocol):
         self._status = 0
         self._error: str | None = None
         self._error_body = b""
+        self._streamed = True
+        self._body: list[bytes] = []
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,6 +169,9 @@ class Connection(asyncio.Protocol):
             if len(self._error_body) < 300:
                 self._error_body += data[:300]
             return
+        if not self._streamed:
+            self._body.append(data)
+            return
         if self._ended is not None or self._error is not None:
             return  # past [DONE]: the rest of the body is read, not looked at
         kind = self.scanner.feed(data)
@@ -176,6 +193,8 @@ class Connection(asyncio.Protocol):
         if self._status != 200:
             snippet = self._error_body.decode(errors="replace").strip()[:200]
             self._error = f"HTTP {self._status}" + (f": {snippet}" if snippet else "")
+        elif not self._streamed:
+            self._completed(b"".join(self._body))
         elif self._error is None and self._ended is None:
             self._error = "stream ended without [DONE]"
         elif self._error is None and self._first is None:
@@ -184,6 +203,17 @@ class Connection(asyncio.Protocol):
             self.transport.close()
             self.closed = True
         self._resolve()
+
+    def _completed(self, body: bytes) -> None:
+        """A whole JSON answer: its content (one piece) arrived with the body's last block."""
+        kind = completion_event(body)
+        if kind == CONTENT:
+            self.scanner.pieces = 1
+            self._first = self._ended = self._now
+        elif kind == FAILED:
+            self._error = "error body: " + _message(b"data:" + body)
+        else:
+            self._error = "no content"
 
     # requests
     def send(self, target: Target, timeout: float = REQUEST_TIMEOUT) -> asyncio.Future[Sample]:
@@ -196,6 +226,8 @@ class Connection(asyncio.Protocol):
         self._first = self._ended = self._error = None
         self._status = 0
         self._error_body = b""
+        self._streamed = target.streamed
+        self._body = []
         self.state = SENT
         self._timer = loop.call_later(timeout, self._on_timeout)
         self._started = time.perf_counter()

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["CONTENT", "END", "FAILED", "NOTHING", "EventScanner", "openai_event", "runtime_event"]
+__all__ = [
+    "CONTENT",
+    "END",
+    "FAILED",
+    "NOTHING",
+    "EventScanner",
+    "completion_event",
+    "openai_event",
+    "runtime_event",
+]
 
 # What one server-sent event tells the client: nothing, a content piece, the end, or a failure.
 NOTHING, CONTENT, END, FAILED = 0, 1, 2, 3
@@ -44,6 +53,14 @@ def openai_event(event: bytes) -> int:
     if _ERROR_KEY in data:
         return FAILED
     return CONTENT if _has_text_content(data) else NOTHING
+
+
+def completion_event(body: bytes) -> int:
+    """A whole ``chat.completion`` JSON body (``"stream": false``): CONTENT when it holds text, FAILED on an
+    ``"error"`` key, else NOTHING."""
+    if _ERROR_KEY in body:
+        return FAILED
+    return CONTENT if _has_text_content(body) else NOTHING
 
 
 def runtime_event(event: bytes) -> int:

@@ -100,13 +100,20 @@ def unavailable(path: str, load: str, clients: int, why: str, workers: int | Non
     return PhaseResult(path, load, clients, 0, 0, nan, dict(nan), math.nan, {}, math.nan, workers, note=why)
 
 
-def added_latency(results: list[PhaseResult], baseline: str) -> list[dict[str, Any]]:
-    """For each other path and load: its TTFT and total percentiles minus the direct path's (p50 and p95)."""
-    base = {r.load: r for r in results if r.path == baseline}
+def added_latency(
+    results: list[PhaseResult], baseline: str, others: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """For each other path and load: its TTFT and total percentiles minus the direct path's (p50 and p95).
+
+    ``others`` names another baseline for some paths (a non-streamed path against the non-streamed direct one).
+    """
+    others = others or {}
+    baselines = {baseline, *others.values()}
+    base = {(r.path, r.load): r for r in results if r.path in baselines}
     added = []
     for result in results:
-        direct = base.get(result.load)
-        if result.path == baseline or direct is None or not result.streams:
+        direct = base.get((others.get(result.path, baseline), result.load))
+        if result.path in baselines or direct is None or not result.streams:
             continue
         added.append(
             {

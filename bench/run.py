@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from bench import litellm_proxy
+from bench import litellm_proxy, portkey_gateway
 from bench.client import PARSER, Run, Target, chat_target, completions_target, run_concurrent, run_sequential
 from bench.cold_start import ColdResult, cold_start, create_persona
 from bench.fake_provider import StreamShape, raise_open_files_limit
@@ -56,8 +56,29 @@ DIRECT = "direct provider"
 CHAT = "runtime /api/v1/chat"
 COMPLETIONS = "runtime /v1/chat/completions"
 LITELLM = "LiteLLM /v1/chat/completions"
-PATHS = {"direct": DIRECT, "chat": CHAT, "completions": COMPLETIONS}
-ORDER = {DIRECT: 0, CHAT: 1, COMPLETIONS: 2, LITELLM: 3}
+PORTKEY = "Portkey /v1/chat/completions"
+# The same requests with ``"stream": false``: one JSON answer each.
+DIRECT_JSON = "direct provider non-stream"
+COMPLETIONS_JSON = "runtime /v1 non-stream"
+PORTKEY_JSON = "Portkey /v1 non-stream"
+PATHS = {
+    "direct": DIRECT,
+    "chat": CHAT,
+    "completions": COMPLETIONS,
+    "direct-json": DIRECT_JSON,
+    "completions-json": COMPLETIONS_JSON,
+}
+ORDER = {
+    DIRECT: 0,
+    CHAT: 1,
+    COMPLETIONS: 2,
+    LITELLM: 3,
+    PORTKEY: 4,
+    DIRECT_JSON: 5,
+    COMPLETIONS_JSON: 6,
+    PORTKEY_JSON: 7,
+}
+PEERS = ("litellm", "portkey")
 # Stands in for Mu's rendered prompt, so the direct request is about the size of the runtime's.
 SYSTEM_PROMPT = (
     "You are Mu, a cheerful, supportive robot companion talking with Bench. Today is 2026-01-01.\n\n"
@@ -75,6 +96,22 @@ def _worker_counts(text: str) -> list[int]:
     return list(dict.fromkeys(counts))
 
 
+def _peers(text: str) -> list[str]:
+    peers = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [p for p in peers if p not in PEERS]
+    if not peers or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(PEERS)}, got {text!r}")
+    return list(dict.fromkeys(peers))
+
+
+def _paths(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in PATHS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(PATHS)}, got {text!r}")
+    return [PATHS[n] for n in dict.fromkeys(names)]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     load = parser.add_argument_group("load (the throughput phases)")
@@ -86,7 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrent-warmup", type=int, default=5, help="warmup requests per concurrent client (default 5)"
     )
     load.add_argument(
-        "--paths", default="direct,chat,completions", help="comma-separated subset of direct, chat, completions"
+        "--paths",
+        type=_paths,
+        default=[DIRECT, CHAT, COMPLETIONS],
+        help="comma-separated subset of direct, chat, completions, direct-json, completions-json (the last two: "
+        '"stream": false; added by --compare portkey) (default direct,chat,completions)',
     )
     runtime = parser.add_argument_group("the runtime")
     runtime.add_argument(
@@ -127,10 +168,15 @@ def _parser() -> argparse.ArgumentParser:
     modes.add_argument("--cut-after", type=int, default=3, help="content events read before the cut (default 3)")
     compare = parser.add_argument_group("comparison")
     compare.add_argument(
-        "--compare", choices=["litellm"], help="measure LiteLLM's proxy too, same provider, client and loads"
+        "--compare",
+        type=_peers,
+        default=[],
+        metavar="litellm,portkey",
+        help="measure LiteLLM's proxy and/or Portkey's gateway too, same provider, client and loads",
     )
     compare.add_argument("--litellm-version", default=litellm_proxy.VERSION, help="(default %(default)s)")
     compare.add_argument("--litellm-workers", type=int, default=2, help="LiteLLM's --num_workers (default 2)")
+    compare.add_argument("--portkey-version", default=portkey_gateway.VERSION, help="(default %(default)s)")
     provider = parser.add_argument_group("fake provider")
     provider.add_argument("--chunks", type=int, default=35, help="content chunks per answer (default 35)")
     provider.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks (default 0)")
@@ -234,17 +280,26 @@ async def _phase(ctx: _Context, target: Target, clients: int, server: ServerProc
 
 async def _throughput(ctx: _Context) -> list[PhaseResult]:
     args = ctx.args
-    paths = [PATHS[p.strip()] for p in args.paths.split(",") if p.strip()]
+    paths = list(args.paths)
+    if "portkey" in args.compare:
+        # Portkey is compared on non-streamed requests (its streams fail under Node 20): ours and the floor too.
+        paths += [p for p in (DIRECT_JSON, COMPLETIONS_JSON) if p not in paths]
     loads = [1, args.clients]
     results: list[PhaseResult] = []
     headers = ctx.account.headers
-    if DIRECT in paths:
-        direct = completions_target(
-            DIRECT, ctx.provider.url + "/v1/chat/completions", {}, model="gpt-4o-mini", system=SYSTEM_PROMPT
-        )
-        for clients in loads:
-            results.append(await _phase(ctx, direct, clients, None, DIRECT))
-    runtime_paths = [p for p in paths if p != DIRECT]
+    for path, streamed in ((DIRECT, True), (DIRECT_JSON, False)):
+        if path in paths:
+            direct = completions_target(
+                path,
+                ctx.provider.url + "/v1/chat/completions",
+                {},
+                model="gpt-4o-mini",
+                system=SYSTEM_PROMPT,
+                streamed=streamed,
+            )
+            for clients in loads:
+                results.append(await _phase(ctx, direct, clients, None, path))
+    runtime_paths = [p for p in paths if p not in (DIRECT, DIRECT_JSON)]
     if runtime_paths:
         for workers in args.workers:
             async with ctx.runtime(workers) as server:
@@ -253,12 +308,22 @@ async def _throughput(ctx: _Context) -> list[PhaseResult]:
                     COMPLETIONS: completions_target(
                         COMPLETIONS, server.url + "/v1/chat/completions", headers, model="persona", system=None
                     ),
+                    COMPLETIONS_JSON: completions_target(
+                        COMPLETIONS_JSON,
+                        server.url + "/v1/chat/completions",
+                        headers,
+                        model="persona",
+                        system=None,
+                        streamed=False,
+                    ),
                 }
                 for clients in loads:
                     for path in runtime_paths:
                         results.append(await _phase(ctx, targets[path], clients, server, path))
-    if args.compare == "litellm":
+    if "litellm" in args.compare:
         results += await _litellm(ctx, loads)
+    if "portkey" in args.compare:
+        results += await _portkey(ctx, loads)
     results.sort(key=lambda r: (r.clients, ORDER.get(r.path, 9), r.workers or 0))
     return results
 
@@ -286,6 +351,44 @@ async def _litellm(ctx: _Context, loads: list[int]) -> list[PhaseResult]:
         return [
             unavailable(LITELLM, "1 client" if c == 1 else f"{c} clients", c, f"not measured: {exc}") for c in loads
         ]
+
+
+async def _portkey(ctx: _Context, loads: list[int]) -> list[PhaseResult]:
+    """Portkey's gateway, non-streamed; streamed too when a first streamed request through it succeeds."""
+    args = ctx.args
+    loads_named = [(c, "1 client" if c == 1 else f"{c} clients") for c in loads]
+    try:
+        folder = await portkey_gateway.install(args.portkey_version)
+        _log(f"starting Portkey's gateway {args.portkey_version} (one Node process) ...")
+        async with portkey_gateway.portkey_gateway(folder, ctx.workdir) as server:
+            note = f"Portkey {args.portkey_version} on Node {_node_version()}, its own folder ({folder})"
+            url, headers = server.url + "/v1/chat/completions", portkey_gateway.headers(ctx.provider.url)
+            plain = completions_target(
+                PORTKEY_JSON, url, headers, model=portkey_gateway.MODEL, system=SYSTEM_PROMPT, streamed=False
+            )
+            results = [await _phase(ctx, plain, clients, server, PORTKEY_JSON) for clients in loads]
+            streamed = completions_target(PORTKEY, url, headers, model=portkey_gateway.MODEL, system=SYSTEM_PROMPT)
+            probe = (await run_sequential(streamed, 1, 0)).samples[0]
+            if probe.error is None:
+                results += [await _phase(ctx, streamed, clients, server, PORTKEY) for clients in loads]
+            else:
+                _log(f"Portkey's streamed request failed ({probe.error}); streams not measured")
+                why = f"streams not measured: a first streamed request failed: {probe.error}"
+                results += [unavailable(PORTKEY, load, c, why, workers=1) for c, load in loads_named]
+            for result in results:
+                result.note = note if result.note is None else f"{result.note}; {note}"
+            return results
+    except portkey_gateway.PortkeyUnavailable as exc:
+        _log(f"Portkey could not be measured: {exc}")
+        return [
+            unavailable(p, load, c, f"not measured: {exc}") for p in (PORTKEY_JSON, PORTKEY) for c, load in loads_named
+        ]
+
+
+def _node_version() -> str:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        return subprocess.check_output(["node", "--version"], text=True).strip().lstrip("v")
+    return "?"
 
 
 async def _held(ctx: _Context) -> list[HeldResult]:
@@ -390,8 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; every process and the scratch database were cleaned up", file=sys.stderr)
         return 130
     results: list[PhaseResult] = outcome["results"]
-    added = added_latency(results, DIRECT)
-    compared = ratios(results, COMPLETIONS, LITELLM, args.clients)
+    added = added_latency(results, DIRECT, {COMPLETIONS_JSON: DIRECT_JSON, PORTKEY_JSON: DIRECT_JSON})
+    compared = ratios(results, COMPLETIONS, LITELLM, args.clients) + ratios(results, COMPLETIONS, PORTKEY, args.clients)
+    compared += ratios(results, COMPLETIONS_JSON, PORTKEY_JSON, args.clients)
     print()
     if results:
         print(table(results, added, compared))

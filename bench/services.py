@@ -38,6 +38,7 @@ __all__ = [
     "runtime_server",
     "scratch_database",
     "spawn",
+    "spawn_command",
     "wait_ready",
 ]
 
@@ -97,8 +98,13 @@ def spawn(
     args: list[str], env: dict[str, str], *, python: str = sys.executable, cwd: Path = ROOT, **kwargs: object
 ) -> subprocess.Popen[bytes]:
     """``python args...`` in its own session, from the repository root unless told otherwise."""
+    return spawn_command([python, *args], env, cwd=cwd, **kwargs)
+
+
+def spawn_command(argv: list[str], env: dict[str, str], *, cwd: Path, **kwargs: object) -> subprocess.Popen[bytes]:
+    """``argv`` in its own session, with a SIGTERM when the benchmark dies."""
     return subprocess.Popen(  # type: ignore[call-overload]
-        [python, *args], cwd=cwd, env=env, preexec_fn=_child_setup, **kwargs
+        argv, cwd=cwd, env=env, preexec_fn=_child_setup, **kwargs
     )
 
 
@@ -160,9 +166,13 @@ async def runtime_server(
     workers: int = 1,
     redis_prefix: str = "persona-bench:",
     extra_env: dict[str, str] | None = None,
+    wrapper: list[str] | None = None,
+    ready_within: float = 60.0,
+    root: Path = ROOT,
 ) -> AsyncIterator[ServerProcess]:
     """``python -m runtime serve --workers N`` (migrations, then uvicorn) on a free loopback port, ready to answer,
-    its process tree (master and workers) fixed once start-up is over."""
+    its process tree (master and workers) fixed once start-up is over. ``wrapper`` goes before the Python
+    command (``valgrind --tool=callgrind ...``); ``root`` is the checkout whose runtime runs (this one by default)."""
     port = free_port()
     env = child_env(
         {
@@ -180,17 +190,30 @@ async def runtime_server(
     )
     if redis_url:
         env["REDIS_URL"] = redis_url
+    if root != ROOT:
+        env["PYTHONPATH"] = os.pathsep.join([str(root), env["PYTHONPATH"]])
     log = workdir / f"runtime-{workers}w-{port}.log"
     with log.open("wb") as sink:
-        popen = spawn(
-            ["-m", "runtime", "serve", "--port", str(port), "--workers", str(workers)],
+        popen = spawn_command(
+            [
+                *(wrapper or []),
+                sys.executable,
+                "-m",
+                "runtime",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
             env,
+            cwd=root,
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
     server = ServerProcess("persona-runtime", popen, f"http://127.0.0.1:{port}", log, workers)
     try:
-        await wait_ready(server, "/ready")
+        await wait_ready(server, "/ready", within=ready_within)
         await server.tree.settle(workers)
         yield server
     finally:

@@ -35,6 +35,26 @@ async def test_streams_are_timed_and_connections_kept(provider: tuple[FakeProvid
     assert fake.requests == 28
 
 
+async def test_non_streamed_answers_are_timed_at_their_body(provider: tuple[FakeProvider, str]) -> None:
+    fake, url = provider
+    target = completions_target("json", url + "/v1/chat/completions", {}, model="m", system="x", streamed=False)
+    assert b'"stream":false' in target.request and b"stream_options" not in target.request
+    assert b"Accept: application/json" in target.request
+    run = await run_concurrent(target, 2, 3, 1)
+    assert len(run.samples) == 6
+    assert all(s.error is None and s.pieces == 1 and s.ttft == s.total for s in run.samples)
+    assert run.connects == 0
+    assert fake.connections == 2
+
+
+async def test_a_non_streamed_answer_without_text_is_an_error(provider: tuple[FakeProvider, str]) -> None:
+    fake, url = provider
+    fake.pieces = []
+    target = completions_target("json", url + "/v1/chat/completions", {}, model="m", system=None, streamed=False)
+    run = await run_sequential(target, 1, 0)
+    assert [s.error for s in run.samples] == ["no content"]
+
+
 async def test_paced_stream_has_first_content_before_the_end(provider: tuple[FakeProvider, str]) -> None:
     fake, url = provider
     fake.shape = StreamShape(chunks=7, chunk_delay=0.01)

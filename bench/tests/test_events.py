@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.events import CONTENT, END, FAILED, NOTHING, EventScanner, openai_event, runtime_event
+from bench.events import CONTENT, END, FAILED, NOTHING, EventScanner, completion_event, openai_event, runtime_event
 
 
 def test_openai_content_and_not_content() -> None:
@@ -52,3 +52,10 @@ def test_scanner_crlf_and_failure_message() -> None:
     assert scanner.failure == b'event: error\ndata: {"message":"boom"}'
     scanner.reset(openai_event)
     assert scanner.pieces == 0 and scanner.failure == b""
+
+
+def test_a_whole_completion_body() -> None:
+    body = b'{"object":"chat.completion","choices":[{"message":{"role":"assistant","content":"Hi"}}]}'
+    assert completion_event(body) == CONTENT
+    assert completion_event(b'{"choices":[{"message":{"role":"assistant","content":""}}]}') == NOTHING
+    assert completion_event(b'{"error":{"message":"no"}}') == FAILED
