@@ -14,9 +14,9 @@ from litestar.response import Stream
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
-from runtime.chat.frames import ChatFrames, Last
+from runtime.chat.frames import Last
 
-__all__ = ["ChatFrames", "SSEStream", "sse_response"]
+__all__ = ["SSEStream", "sse_response"]
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

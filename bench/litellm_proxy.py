@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from bench.services import ServerProcess, free_port, spawn, wait_ready
+from bench.services import ServerProcess, free_port, run_install_step, spawn, wait_ready
 
 __all__ = ["MODEL", "VERSION", "LiteLLMUnavailable", "install", "litellm_proxy"]
 
@@ -50,13 +50,8 @@ def _install_sync(version: str) -> Path:
     ]
     with log.open("wb") as sink:
         for step in steps:
-            try:
-                code = subprocess.run(step, stdout=sink, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT).returncode
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise LiteLLMUnavailable(f"{step[2]} failed: {exc}") from None
-            if code != 0:
-                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-                raise LiteLLMUnavailable(f"`{' '.join(step[-4:])}` exited with {code}: {tail[0][:200]}")
+            name = " ".join(step[-4:])
+            run_install_step(step, log, sink, timeout=INSTALL_TIMEOUT, unavailable=LiteLLMUnavailable, name=name)
     (venv / _READY_MARK).write_text(version + "\n")
     return python
 

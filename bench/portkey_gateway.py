@@ -12,7 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from bench.services import ServerProcess, free_port, spawn_command, wait_ready
+from bench.services import ServerProcess, free_port, run_install_step, spawn_command, wait_ready
 
 __all__ = ["PACKAGE", "VERSION", "PortkeyUnavailable", "headers", "install", "portkey_gateway"]
 
@@ -65,15 +65,12 @@ def _install_sync(version: str) -> Path:
     folder.mkdir(parents=True)
     log = folder.parent / f"portkey-{version}-install.log"
     print(f"bench: installing {PACKAGE}@{version} into {folder} (once; log {log}) ...", file=sys.stderr, flush=True)
+    name = f"npm install {PACKAGE}@{version}"
     with log.open("wb") as sink:
         step = install_command(folder, version)
-        try:
-            code = subprocess.run(step, stdout=sink, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT).returncode
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise PortkeyUnavailable(f"npm install failed: {exc}") from None
-    if code != 0 or not entry.exists():
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-        raise PortkeyUnavailable(f"`npm install {PACKAGE}@{version}` exited with {code}: {tail[0][:200]}")
+        run_install_step(step, log, sink, timeout=INSTALL_TIMEOUT, unavailable=PortkeyUnavailable, name=name)
+    if not entry.exists():
+        raise PortkeyUnavailable(f"`{name}` left no {_ENTRY}: see {log}")
     (folder / _READY_MARK).write_text(version + "\n")
     return folder
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from api.sse import ChatFrames
 from core.events import Done, PersonaRef, Start, TextDelta, TurnEvent, Usage
+from runtime.chat.frames import ChatFrames
 from runtime.chat.recordings import StreamRecorder
 
 __all__ = ["main"]

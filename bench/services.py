@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -147,6 +148,21 @@ def fake_provider(shape: StreamShape) -> Iterator[ServerProcess]:
         elif popen.poll() is None:
             popen.kill()
             popen.wait()
+
+
+def run_install_step(
+    step: list[str], log: Path, sink: Any, *, timeout: float, unavailable: type[Exception], name: str
+) -> None:
+    """Run one step of a peer's one-time install with its output in ``log``; a failure raises ``unavailable``
+    naming the step (``name``) and the log's last line."""
+    try:
+        code = subprocess.run(step, stdout=sink, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise unavailable(f"{name} failed: {exc}") from None
+    if code != 0:
+        sink.flush()
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        raise unavailable(f"`{name}` exited with {code}: {tail[0][:200]}")
 
 
 def free_port() -> int:
