@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, assert_never
 from uuid import UUID
 
@@ -155,7 +155,7 @@ class _Heartbeat(Generic[T]):
                 self._waiter.set_result(None)
         self._timer = self._loop.call_at(self._last + self._interval, self._tick)
 
-    async def items(self) -> AsyncIterator[T | None]:
+    async def items(self) -> AsyncGenerator[T | None, None]:
         try:
             while True:
                 while not self._items:
@@ -176,7 +176,7 @@ class _Heartbeat(Generic[T]):
             self._reader.cancel()
 
 
-def with_heartbeat(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
+def with_heartbeat(source: AsyncIterator[T], interval: float) -> AsyncGenerator[T | None, None]:
     """Items of ``source``, with ``None`` whenever ``interval`` seconds pass without one.
 
     Closing or cancelling the result cancels the reading task, which ends the source (and so the
@@ -193,13 +193,17 @@ async def encoded_stream(
 ) -> AsyncIterator[bytes]:
     """Every codec's write loop: each batch of events encoded into one write, ``silence`` through long
     silences. ``encode`` returns ``Last`` for the batch that ends the turn."""
-    async for batch in with_heartbeat(batches, heartbeat):
-        if batch is None:
-            yield silence
-            continue
-        data = encode(batch)
-        if data:
-            yield data
+    beats = with_heartbeat(batches, heartbeat)
+    try:
+        async for batch in beats:
+            if batch is None:
+                yield silence
+                continue
+            data = encode(batch)
+            if data:
+                yield data
+    finally:
+        await beats.aclose()  # at once, not by the garbage collector's hook (a loop wake-up and a task)
 
 
 class ChatFrames:

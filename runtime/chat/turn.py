@@ -55,7 +55,7 @@ class AnswerStream:
     rest: AsyncGenerator[list[ProviderEvent], None]
     attempts: list[tuple[Route, ProviderError]] = field(default_factory=list)
 
-    async def batches(self) -> AsyncIterator[list[ProviderEvent]]:
+    async def batches(self) -> AsyncGenerator[list[ProviderEvent], None]:
         yield self.first
         async for batch in self.rest:
             yield batch
@@ -258,6 +258,7 @@ class Turn:
     async def batches(self) -> AsyncGenerator[list[TurnEvent], None]:
         said, route = self.said, self.answer.route
         settled = False
+        source = self.answer.batches()
         if self.metrics is not None:
             self.metrics.streams_in_flight.inc()  # decremented when the turn ends, in _ended
         try:
@@ -265,7 +266,6 @@ class Turn:
             final: list[TurnEvent] = []
             failure: ProviderError | None = None
             self._reader = asyncio.current_task()
-            source = self.answer.batches()
             try:
                 while (batch := await self._next(source)) is not None:
                     passed: list[Any] = said.add(batch)
@@ -309,6 +309,9 @@ class Turn:
                 # because any await here would be cancelled with us.
                 self.spawn(self._abandoned())
             else:
+                # Closed here rather than left to the garbage collector, whose asyncio hook wakes the loop
+                # and starts a task for every generator it finds unclosed.
+                await source.aclose()
                 await self.answer.aclose()
 
     async def _failed(self, exc: ProviderError, lead: list[TurnEvent]) -> list[TurnEvent]:
