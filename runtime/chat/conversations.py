@@ -59,15 +59,13 @@ RENEW_LEASES = """
 UPDATE messages SET lease_until = clock_timestamp() + $2 * interval '1 second'
 WHERE id = ANY($1::uuid[]) AND status = 'pending'"""
 # Answers whose instance stopped renewing their lease: it died, so nobody will finish them.
-SWEEP_ABANDONED = """
-UPDATE messages SET status = 'incomplete', lease_until = NULL, error = $1
-WHERE status = 'pending' AND lease_until < clock_timestamp()
-RETURNING id"""
-# What an abandoned answer had said, from its stream's recording (only if nothing was saved meanwhile).
-KEEP_PARTIAL = "UPDATE messages SET content = $2 WHERE id = $1 AND status = 'incomplete' AND content = ''"
-# A cancel nobody answered: the answer's instance is gone, or its lease is about to say so.
-INTERRUPT_IF_ABANDONED = """
-UPDATE messages SET status = 'incomplete', lease_until = NULL, error = $2
+FIND_ABANDONED = "SELECT id FROM messages WHERE status = 'pending' AND lease_until < clock_timestamp()"
+# An answer whose lease ran out (its instance died, or a cancel found nobody running it) marked incomplete, in
+# the same statement as what its stream's recording held ($3; kept only if nothing was saved meanwhile), so
+# no reader ever sees it incomplete but emptier than its stream was.
+MARK_ABANDONED = """
+UPDATE messages SET status = 'incomplete', lease_until = NULL, error = $2,
+    content = CASE WHEN content = '' THEN coalesce($3, '') ELSE content END
 WHERE id = $1 AND status = 'pending' AND lease_until < clock_timestamp()"""
 LIST_MESSAGES = f"SELECT {_MESSAGE} FROM messages WHERE conversation_id = $1 ORDER BY seq"
 RECENT_HISTORY = """
@@ -235,13 +233,12 @@ class ConversationStore:
     async def renew(self, message_ids: list[UUID]) -> None:
         await self._pool.execute(RENEW_LEASES, message_ids, self.lease_seconds)
 
-    async def sweep(self) -> list[UUID]:
-        """Mark incomplete every pending answer whose lease ran out; their ids."""
-        return [r["id"] for r in await self._pool.fetch(SWEEP_ABANDONED, _ABANDONED)]
+    async def abandoned(self) -> list[UUID]:
+        """The pending answers whose lease ran out."""
+        return [r["id"] for r in await self._pool.fetch(FIND_ABANDONED)]
 
-    async def keep_partial(self, message_id: UUID, content: str) -> None:
-        await self._pool.execute(KEEP_PARTIAL, message_id, content)
-
-    async def interrupt_if_abandoned(self, message_id: UUID) -> bool:
-        result = await self._pool.execute(INTERRUPT_IF_ABANDONED, message_id, _ABANDONED)
+    async def mark_abandoned(self, message_id: UUID, said: str | None) -> bool:
+        """Mark the answer incomplete if its lease ran out, with ``said`` (what its recording held) as its text
+        when nothing was saved; whether it was this call that marked it."""
+        result = await self._pool.execute(MARK_ABANDONED, message_id, _ABANDONED, said)
         return result.endswith(" 1")

@@ -75,15 +75,15 @@ class Leases:
             except Exception as exc:  # the database is away: try again next period
                 log.debug("could not renew or sweep answer leases (%s)", type(exc).__name__)
 
+    async def mark_abandoned(self, message_id: UUID) -> bool:
+        """Mark an answer whose lease ran out incomplete, with what its recording held; whether this did it."""
+        said = await self.said(message_id) if self.said is not None else None
+        return await self._conversations.mark_abandoned(message_id, said or None)
+
     async def tick(self) -> None:
         if self._held:
             await self._conversations.renew(list(self._held))
-        swept = await self._conversations.sweep()
-        if swept and self.said is not None:
-            for message_id in swept:
-                text = await self.said(message_id)
-                if text:
-                    await self._conversations.keep_partial(message_id, text)
+        swept = [m for m in await self._conversations.abandoned() if await self.mark_abandoned(m)]
         if swept:
             log.warning(
                 "%d answer(s) left pending by a stopped instance marked incomplete: %s",

@@ -102,7 +102,7 @@ class Resources:
             if state is None or state.status != "pending":
                 return state.status if state is not None else "incomplete"
         # Nobody answered: the instance that ran it is gone (its lease says so once it runs out).
-        await conversations.interrupt_if_abandoned(message_id)
+        await self.leases.mark_abandoned(message_id)
         state = await conversations.message_state(user_id, message_id)
         return state.status if state is not None else "incomplete"
 
