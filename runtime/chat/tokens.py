@@ -1,0 +1,181 @@
+"""Token counts, offline: a model family's own tokenizer where a package ships it, else an estimate.
+
+OpenAI's families (cl100k, o200k) are counted exactly with ``bpe-openai``, which embeds their vocabularies
+(tiktoken fetches them from the network on first use, so it is not used). Anthropic's and open models'
+tokenizers ship with no package we can use offline: their counts are estimated from UTF-8 bytes, on the
+generous side, and a conversation corrects the estimate with what the provider reported for its earlier
+turns (:func:`calibrated`).
+
+Also here: how many tokens a model takes (:func:`context_window_for`), from a table of well-known models.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "ESTIMATE",
+    "MESSAGE_OVERHEAD",
+    "Tokenizer",
+    "calibrated",
+    "context_window_for",
+    "estimate_tokens",
+    "tokenizer_for",
+]
+
+# Tokens each message costs beyond its text (role markers and separators), as OpenAI's chat format spends.
+MESSAGE_OVERHEAD = 4
+
+# Bytes per token the estimate assumes: English runs at about 3.9 bytes per cl100k token and Claude's
+# tokenizer cuts finer, so 3.5 counts a little more than either (10 % over cl100k on a mixed sample).
+_BYTES_PER_TOKEN = 3.5
+
+# A conversation's correction of the estimate stays within these bounds, so one odd report cannot make
+# the budget absurd.
+_RATIO_BOUNDS = (0.75, 2.0)
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of ``text`` by its UTF-8 length (an ASCII string's length is its byte count)."""
+    size = len(text) if text.isascii() else len(text.encode())
+    return int(size / _BYTES_PER_TOKEN + 0.999)
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """Counts tokens of text; ``name`` is what render reports (``o200k_base``, ``estimate``)."""
+
+    name: str
+    count: Callable[[str], int]
+
+    @property
+    def exact(self) -> bool:
+        return self.name != ESTIMATE.name
+
+
+ESTIMATE = Tokenizer(name="estimate", count=estimate_tokens)
+
+_encodings: dict[str, Tokenizer] = {}
+_loading = threading.Lock()
+
+
+def _encoding(name: str) -> Tokenizer:
+    """An exact tokenizer from ``bpe-openai``, loaded once (about 0.3 s) on first use."""
+    found = _encodings.get(name)
+    if found is not None:
+        return found
+    with _loading:
+        found = _encodings.get(name)
+        if found is None:
+            try:
+                import bpe_openai  # loaded only when an OpenAI model is first counted
+
+                encoding: Any = bpe_openai.get_encoding(name)
+            except Exception:  # the package missing or broken: counting goes on, estimated
+                found = ESTIMATE
+            else:
+                encode = encoding.encode_ordinary
+
+                def count(text: str) -> int:
+                    return len(encode(text)) if text else 0
+
+                found = Tokenizer(name=name, count=count)
+            _encodings[name] = found
+    return found
+
+
+# Model name prefixes of OpenAI's families, longest first where they overlap.
+_OPENAI_ENCODINGS = (
+    ("gpt-4o", "o200k_base"),
+    ("gpt-4.1", "o200k_base"),
+    ("gpt-4.5", "o200k_base"),
+    ("gpt-5", "o200k_base"),
+    ("o1", "o200k_base"),
+    ("o3", "o200k_base"),
+    ("o4", "o200k_base"),
+    ("chatgpt-4o", "o200k_base"),
+    ("gpt-4", "cl100k_base"),
+    ("gpt-3.5", "cl100k_base"),
+    ("gpt-35", "cl100k_base"),
+)
+
+
+def tokenizer_for(model: str) -> Tokenizer:
+    """The tokenizer of ``model``'s family: exact for OpenAI's models, else the estimate."""
+    name = model.lower().rsplit("/", 1)[-1]
+    for prefix, encoding in _OPENAI_ENCODINGS:
+        if name.startswith(prefix):
+            return _encoding(encoding)
+    return ESTIMATE
+
+
+# Tokens well-known models take, request and answer together, by name prefix (first match wins: the more
+# specific prefixes come first). Open models are matched by their family's name anywhere in the id, since
+# OpenAI-compatible servers name them freely (`meta-llama/Llama-3.1-8B-Instruct`, `llama3.1:8b`).
+_WINDOWS: tuple[tuple[str, int], ...] = (
+    ("gpt-4.1", 1_047_576),
+    ("gpt-5", 400_000),
+    ("gpt-4o", 128_000),
+    ("chatgpt-4o", 128_000),
+    ("gpt-4-turbo", 128_000),
+    ("gpt-4-32k", 32_768),
+    ("gpt-4", 8_192),
+    ("gpt-3.5-turbo", 16_385),
+    ("o1-mini", 128_000),
+    ("o1", 200_000),
+    ("o3", 200_000),
+    ("o4", 200_000),
+    ("claude-sonnet-4", 200_000),
+    ("claude-opus-4", 200_000),
+    ("claude-3", 200_000),
+    ("claude-haiku-4", 200_000),
+    ("claude", 200_000),
+)
+_OPEN_WINDOWS: tuple[tuple[str, int], ...] = (
+    ("llama-3.1", 131_072),
+    ("llama3.1", 131_072),
+    ("llama-3.2", 131_072),
+    ("llama3.2", 131_072),
+    ("llama-3.3", 131_072),
+    ("llama3.3", 131_072),
+    ("llama-3", 8_192),
+    ("llama3", 8_192),
+    ("qwen2.5", 32_768),
+    ("qwen3", 32_768),
+    ("mistral-large", 131_072),
+    ("mistral-nemo", 131_072),
+    ("mistral", 32_768),
+    ("mixtral", 32_768),
+    ("gemma-3", 131_072),
+    ("gemma3", 131_072),
+    ("gemma-2", 8_192),
+    ("gemma2", 8_192),
+    ("phi-4", 16_384),
+    ("phi4", 16_384),
+    ("deepseek", 65_536),
+)
+
+
+def context_window_for(model: str) -> int | None:
+    """The window of a well-known model, or None when the table does not know it."""
+    name = model.lower()
+    base = name.rsplit("/", 1)[-1]
+    for prefix, window in _WINDOWS:
+        if base.startswith(prefix):
+            return window
+    for family, window in _OPEN_WINDOWS:
+        if family in name:
+            return window
+    return None
+
+
+def calibrated(ratio: float | None) -> float:
+    """A conversation's correction of estimated counts (provider-reported input tokens over our estimate of
+    the same request), within bounds; 1 when it has none yet."""
+    if ratio is None or ratio != ratio:  # no report yet, or NaN
+        return 1.0
+    low, high = _RATIO_BOUNDS
+    return min(max(ratio, low), high)
