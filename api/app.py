@@ -31,6 +31,7 @@ from api.personas import PersonaController
 from api.playground import playground_router
 from api.portability import PortabilityController
 from api.request_ids import RequestIdMiddleware
+from api.responses import ResponsesController
 from core.logs import configure_logging
 from providers import ProviderRegistry
 from runtime.server.resources import Resources, open_resources
@@ -70,6 +71,7 @@ def create_app(
             MessageController,
             OpenAIController,
             AnthropicController,
+            ResponsesController,
             playground_router(),
         ],
         dependencies=dependencies,

@@ -174,12 +174,21 @@ _ANTHROPIC_EVENT = {
     "properties": {"type": {"type": "string"}},
     "required": ["type"],
 }
+_RESPONSES_EVENT = {
+    "type": "object",
+    "description": "One of OpenAI's Responses events (`response.created` ... `response.completed`, `response.failed`)",
+    "properties": {"type": {"type": "string", "pattern": "^response\\."}, "sequence_number": {"type": "integer"}},
+    "required": ["type", "sequence_number"],
+}
 
 
 def _stream_schema(operation_id: str) -> Schema:
     if operation_id.startswith("V1ChatCompletions"):
         frames = [_frame(None, _OPENAI_CHUNK), _DONE_FRAME]
         what = "OpenAI's chunks, then `data: [DONE]`"
+    elif operation_id.startswith("V1Responses"):
+        frames = [_frame({"type": "string", "pattern": "^response\\."}, _RESPONSES_EVENT)]
+        what = "OpenAI's Responses events; `event` is the `type` of `data`, and `sequence_number` counts them"
     elif operation_id.startswith("V1Messages"):
         frames = [_frame({"type": "string"}, _ANTHROPIC_EVENT)]
         what = "Anthropic's events; `event` is the `type` of `data`"
@@ -294,6 +303,7 @@ _PROVIDER_ROUTES = {
     ("POST", "/api/v1/chat"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/messages"),
+    ("POST", "/v1/responses"),
     ("POST", "/api/v1/chat/personas/preview"),
     ("POST", "/api/v1/chat/personas/compare"),
     ("POST", "/api/v1/chat/personas/{persona_id:str}/tests/run"),

@@ -244,6 +244,23 @@ async def test_anthropic_curl_examples_run_as_written(echo_server):
     assert stream.rstrip().endswith('event: message_stop\ndata: {"type":"message_stop"}')
 
 
+@pytest.mark.usefixtures("curl")
+async def test_responses_curl_examples_run_as_written(echo_server):
+    database_url, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("responses-curl")
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    script = bash_blocks(ROOT / "docs" / "api.md", "## OpenAI Responses API")
+    env = {**cli_env(database_url), "BASE": url, "KEY": key}
+    result = await run("bash", "-euo", "pipefail", "-c", script, env=env)
+    assert result.returncode == 0, result.stderr
+    first, rest = result.stdout.split("\n", 1)
+    assert '"object":"response"' in first and '"text":"[echo] Hi!"' in first
+    assert rest.lstrip().startswith("event: response.created") and "event: response.completed" in rest
+    assert "again!" in rest
+    assert rest.rstrip().endswith('"object":"response.deleted","deleted":true}')
+
+
 @pytest.mark.usefixtures("node")
 async def test_javascript_fetch_example_runs_as_written(echo_server):
     _, url, app = echo_server

@@ -86,6 +86,7 @@ class Fuzz:
             },
             "/v1/chat/completions": {"model": "persona", "messages": message, "stream": True},
             "/v1/messages": {"model": "persona", "max_tokens": 16, "messages": message, "stream": True},
+            "/v1/responses": {"model": "persona", "input": "hi", "stream": True},
         }
         if operation.method.lower() == "get":  # the replay of a streamed answer (a JSON answer has none)
             with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=30) as http:
@@ -174,4 +175,4 @@ async def test_every_operation_answers_below_500_and_as_documented(database_url,
     assert operations >= 30
     assert sum(n for status, n in fuzz.statuses.items() if status < 300) > 100  # the cases reach the handlers
     assert not fuzz.failures, "\n".join(fuzz.failures[:20])
-    assert len(fuzz.streams) == 6, fuzz.streams  # every streaming route's answer was read and checked
+    assert len(fuzz.streams) == 7, fuzz.streams  # every streaming route's answer was read and checked

@@ -38,6 +38,7 @@ from runtime.chat.conversations import ConversationStore
 from runtime.chat.leases import Leases
 from runtime.chat.pipeline import ChatPipeline
 from runtime.chat.recordings import StreamRecorder
+from runtime.chat.responses import ResponseStore
 from runtime.server.embedded import EmbeddedPostgres
 from runtime.server.migrate import apply_migrations
 from runtime.server.settings import Settings
@@ -59,6 +60,7 @@ class Resources:
     auth: Authenticator
     personas: PersonaService
     conversations: ConversationStore
+    responses: ResponseStore
     providers: ProviderSet
     default_provider: str
     chat: ChatPipeline
@@ -288,6 +290,7 @@ async def open_resources(
             auth=auth,
             personas=personas,
             conversations=conversations,
+            responses=ResponseStore(pool, settings.response_retention_days),
             providers=providers,
             default_provider=default,
             chat=chat,

@@ -66,6 +66,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_retention_seconds: float = 600.0
     # How long an answer's instance may go silent before the answer is taken for abandoned (it died).
     stream_lease_seconds: float = 30.0
+    # How long a stored /v1/responses response can be continued, read or deleted.
+    response_retention_days: float = 30.0
     log_level: str = "INFO"
     # `text` (readable) or `json` (one object a line).
     log_format: str = "text"
@@ -128,6 +130,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             heartbeat_seconds=float(number("SSE_HEARTBEAT_SECONDS", 15.0, float)),
             shutdown_grace_seconds=float(number("SHUTDOWN_GRACE_SECONDS", 25.0, float)),
             stream_retention_seconds=float(number("STREAM_RETENTION_SECONDS", 600.0, float)),
+            response_retention_days=float(number("RESPONSE_RETENTION_DAYS", 30.0, float)),
             stream_lease_seconds=float(number("STREAM_LEASE_SECONDS", 30.0, float)),
             log_level=(text("LOG_LEVEL") or "INFO").upper(),
             log_format=_log_format(text("LOG_FORMAT")),
