@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,12 +33,24 @@ def _last_user_message(messages: tuple[ChatMessage, ...]) -> str:
     return ""
 
 
+def _tool_results(messages: tuple[ChatMessage, ...]) -> str:
+    """The tool results that end the conversation (after the model's calls), joined; empty if it ends otherwise."""
+    results: list[str] = []
+    for message in reversed(messages):
+        if message.role != "tool":
+            break
+        results.append(message.content or "")
+    return "; ".join(reversed(results))
+
+
 class EchoProvider:
     """Answers ``"[echo] " + the last user message``, streamed a word at a time.
 
     Usage counts whitespace-separated words: the system prompt and every message in, the answer
-    out. When the request offers tools and the last user message reads ``/tool NAME {json}``,
-    it calls tool NAME with those arguments instead, so tool round trips can be tried offline.
+    out. When the request offers tools and the latest message is the user's and reads
+    ``/tool NAME {json}``, it calls tool NAME with those arguments instead (a fresh call id each
+    time), so tool round trips can be tried offline; once the results come back it answers with
+    them in text, which ends the loop.
     ``delay`` (seconds) is slept before each piece, to imitate a slow model.
     """
 
@@ -71,15 +84,19 @@ class EchoProvider:
     async def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
         input_tokens = _words(request.system) + sum(_words(m.content) for m in request.messages)
         last = _last_user_message(request.messages)
-        command = _TOOL_COMMAND.fullmatch(last.strip()) if request.tools else None
+        latest = request.messages[-1] if request.messages else None
+        asked = latest is not None and latest.role == "user" and bool(request.tools)
+        command = _TOOL_COMMAND.fullmatch(last.strip()) if asked else None
         if command and command.group(1) in {t.name for t in request.tools}:
             await self._pause()
             arguments = command.group(2).strip() or "{}"
-            yield ToolCallDelta(index=0, id="call_echo_0", name=command.group(1), arguments=arguments)
+            call_id = f"call_echo_{secrets.token_hex(12)}"
+            yield ToolCallDelta(index=0, id=call_id, name=command.group(1), arguments=arguments)
             yield Usage(input_tokens=input_tokens, output_tokens=_words(arguments))
             yield Finish(finish_reason="tool_calls")
             return
-        answer = PREFIX + last
+        results = _tool_results(request.messages)
+        answer = PREFIX + (f"the tool said: {results}" if results else last)
         for piece in _WORD_PIECES.findall(answer):
             await self._pause()
             yield TextDelta(content=piece)

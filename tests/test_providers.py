@@ -528,14 +528,37 @@ async def test_echo_calls_a_tool_on_request() -> None:
     echo = EchoProvider()
     command = '/tool get_weather {"city": "Paris"}'
     events = await collect(echo, ask(command, tools=(WEATHER,)))
-    assert assemble_tool_calls(events) == (
-        ToolCall(id="call_echo_0", name="get_weather", arguments='{"city": "Paris"}'),
-    )
+    (call,) = assemble_tool_calls(events)
+    assert (call.name, call.arguments) == ("get_weather", '{"city": "Paris"}')
+    assert call.id.startswith("call_echo_")
     assert events[-1] == Finish(finish_reason="tool_calls")
+    # every call has an id of its own, so a client can tell the results of two apart
+    (again,) = assemble_tool_calls(await collect(echo, ask(command, tools=(WEATHER,))))
+    assert again.id != call.id
     # without that tool on offer, the command is only text
     plain = await collect(echo, ask(command))
     assert "".join(e.content for e in plain if isinstance(e, TextDelta)) == "[echo] " + command
     assert plain[-1] == Finish(finish_reason="stop")
+
+
+async def test_echo_answers_a_tool_result_in_text_which_ends_the_loop() -> None:
+    echo = EchoProvider()
+    command = '/tool get_weather {"city": "Paris"}'
+    (call,) = assemble_tool_calls(await collect(echo, ask(command, tools=(WEATHER,))))
+    request = ProviderRequest(
+        model="",
+        system=SYSTEM,
+        tools=(WEATHER,),
+        messages=(
+            ChatMessage(role="user", content=command),
+            ChatMessage(role="assistant", content=None, tool_calls=(call,)),
+            ChatMessage(role="tool", content='{"sky": "clear"}', tool_call_id=call.id),
+        ),
+    )
+    events = await collect(echo, request)
+    assert assemble_tool_calls(events) == ()
+    assert "".join(e.content for e in events if isinstance(e, TextDelta)) == '[echo] the tool said: {"sky": "clear"}'
+    assert events[-1] == Finish(finish_reason="stop")
 
 
 def test_echo_build_body_shows_the_request() -> None:

@@ -290,3 +290,42 @@ async def test_recording_goes_on_after_redis_forgot_its_script(database_url, red
             replay = await two.get(events_url(sent[0].json["message_id"]), headers=alice.headers)
             assert replay.status_code == 200, replay.text
             assert [e.data for e in parse_sse(replay.text)[0]] == [e.data for e in sent]
+
+
+async def _recorded_up_to(client, key: str) -> int:
+    """How many frames of a stream Redis holds: each entry has its first number, and frames ending in a blank line."""
+    entries = await client.xrange(key)
+    return max((int(fields[b"f"]) + fields[b"d"].count(b"\n\n") - 1 for _, fields in entries), default=0)
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+async def test_a_resumable_answer_sends_no_event_before_redis_has_it(
+    llm_app, llm_client, fake_llm, alice, redis_url, resumable
+):
+    import redis.asyncio as aioredis
+
+    fake_llm.script(chunks=WORDS, chunk_delay=0.01)
+    streams = llm_app.state.resources.streams
+    client = aioredis.Redis.from_url(redis_url)
+    ahead: list[bool] = []
+    try:
+        body = {"message": "long one", "stream": True, "resumable": resumable}
+        async with llm_client.stream("POST", CHAT, json=body, headers=alice.headers) as r:
+            text = ""
+            async for chunk in r.aiter_text():
+                text += chunk
+                events, _ = parse_sse(text)
+                numbered = [e for e in events if e.id]
+                if not numbered:
+                    continue
+                message_id, n = numbered[-1].id.rsplit(":", 1)
+                # Checked as each event arrives: was it in Redis before it reached the client?
+                ahead.append(await _recorded_up_to(client, streams.key(uuid.UUID(message_id))) >= int(n))
+        events, _ = parse_sse(text)
+        assert events[-1].data == "[DONE]" and len(ahead) >= len(WORDS) // 2
+    finally:
+        await client.aclose()
+    if resumable:
+        assert all(ahead), ahead
+    else:  # other streams keep their batched writes, which follow what the client got
+        assert not all(ahead), ahead

@@ -307,7 +307,8 @@ class ChatPipeline:
         message_id, streams = turn.start.message_id, self.streams
         if message_id is None or turn.user_id is None or streams is None or not streams.enabled:
             return chat_body(turn.batches(), heartbeat, ChatFrames(message_id))
-        recording = streams.open(message_id, turn.user_id)
+        # A resumable answer's recording is written ahead: its client is one of its readers.
+        recording = streams.open(message_id, turn.user_id, write_ahead=resumable)
         frames = ChatFrames(message_id, streams, recording)
         if not resumable:
             return chat_body(turn.batches(), heartbeat, frames)

@@ -122,7 +122,7 @@ def _frame(message_id: UUID, n: int, event: Done | ErrorEvent) -> bytes:
 class Recording:
     """One answer's frames on the instance that runs it, and the readers waiting for more."""
 
-    __slots__ = ("_wake", "ended", "ended_at", "frames", "message_id", "terminal", "user_id")
+    __slots__ = ("_wake", "durable", "ended", "ended_at", "frames", "message_id", "terminal", "user_id")
 
     def __init__(self, message_id: UUID, user_id: UUID) -> None:
         self.message_id = message_id
@@ -132,6 +132,9 @@ class Recording:
         # Whether the last frame is the stream's own `done` or `error`.
         self.terminal = False
         self.ended_at = 0.0
+        # Written ahead (a resumable answer's, with Redis): readers get only the first ``durable`` frames,
+        # the ones Redis holds, so a crash keeps at least what anyone saw. None: every frame at once.
+        self.durable: int | None = None
         self._wake: asyncio.Future[None] | None = None
 
     def add(self, frames: list[bytes]) -> None:
@@ -144,6 +147,18 @@ class Recording:
         self.ended_at = time.monotonic()
         self._notify()
 
+    def stored(self, count: int) -> None:
+        """Redis holds the first ``count`` frames: readers of a recording written ahead may have them."""
+        if self.durable is not None and count > self.durable:
+            self.durable = count
+            self._notify()
+
+    def release(self) -> None:
+        """Stop holding frames back (Redis is away): readers get each frame as it comes, from memory."""
+        if self.durable is not None:
+            self.durable = None
+            self._notify()
+
     def _notify(self) -> None:
         wake, self._wake = self._wake, None
         if wake is not None and not wake.done():
@@ -154,12 +169,13 @@ class Recording:
         sent = after
         loop = asyncio.get_running_loop()
         while True:
-            if sent < len(self.frames):
-                chunk = b"".join(self.frames[sent:])
-                sent = len(self.frames)
+            shown = len(self.frames) if self.durable is None else min(self.durable, len(self.frames))
+            if sent < shown:
+                chunk = b"".join(self.frames[sent:shown])
+                sent = shown
                 yield chunk
                 continue
-            if self.ended:
+            if self.ended and sent == len(self.frames):
                 if not self.terminal:
                     yield final_frame(self.message_id, sent + 1, await status_of())
                 yield DONE
@@ -228,11 +244,17 @@ class StreamRecorder:
 
     # the instance running the answer ---------------------------------------------------------------
 
-    def open(self, message_id: UUID, user_id: UUID) -> Recording:
+    def open(self, message_id: UUID, user_id: UUID, *, write_ahead: bool = False) -> Recording:
+        """Start recording an answer. ``write_ahead`` (a resumable answer): with Redis, its readers get each
+        frame only once Redis has it, written at once rather than with the next batch."""
         recording = Recording(message_id, user_id)
         self._live[message_id] = recording
         if self._redis is not None:
-            self._writers[message_id] = _RedisWriter(recording, self.key(message_id))
+            writer = _RedisWriter(recording, self.key(message_id))
+            if write_ahead and self._outage.usable():
+                recording.durable = 0
+                writer.ahead = True
+            self._writers[message_id] = writer
         return recording
 
     def add(self, recording: Recording, frames: list[bytes]) -> None:
@@ -448,7 +470,7 @@ class _RedisWriter:
     one catches Redis up, and the stream there is whole again, numbered as it was sent.
     """
 
-    __slots__ = ("end_stored", "expires", "key", "recording", "stored")
+    __slots__ = ("ahead", "end_stored", "expires", "key", "recording", "stored")
 
     def __init__(self, recording: Recording, key: str) -> None:
         self.recording = recording
@@ -458,6 +480,8 @@ class _RedisWriter:
         self.end_stored = False
         # When the key's expiry was last pushed out (at the first and last write, and now and then between).
         self.expires: float | None = None
+        # Written ahead: each write goes at once, and readers wait for it.
+        self.ahead = False
 
     @property
     def behind(self) -> bool:
@@ -479,6 +503,7 @@ class _RedisWriter:
         self.end_stored = entry.end != b""
         if entry.expire_ms:
             self.expires = now
+        self.recording.stored(entry.last)
 
     def lost(self) -> None:
         """Redis no longer has the stream (it restarted empty, or the key expired during an outage): the next
@@ -517,16 +542,31 @@ class _Outbox:
         self._stored = stored
         self._dirty: dict[str, _RedisWriter] = {}
         self._sha = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._busy = False
+        # A stream written ahead is among the dirty ones: flush without waiting.
+        self._urgent = False
 
     def write(self, writer: _RedisWriter) -> None:
         """The stream has new frames, or has ended: write them with the next flush."""
         self._dirty[writer.key] = writer
-        if not self._busy and self._timer is None:
-            # A stream's end waits for the timer too, with the others: a replay looks again for a while
-            # (``_LATE_TRIES``) before it takes a stored answer without a recording for expired.
-            self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
+        if writer.ahead:
+            self._urgent = True
+        if not self._busy:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        """The next flush: at once when a stream written ahead waits for it, else after ``_EVERY``, so that
+        a stream's end waits with the others (a replay looks again for a while, ``_LATE_TRIES``, before it
+        takes a stored answer without a recording for expired)."""
+        loop = asyncio.get_running_loop()
+        if self._urgent:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_soon(self._start)
+            self._urgent = False
+        elif self._timer is None:
+            self._timer = loop.call_later(_EVERY, self._start)
 
     def _start(self) -> None:
         self._timer = None
@@ -564,14 +604,20 @@ class _Outbox:
                     self._stored(writer.recording)
         finally:
             self._busy = False
-            if self._dirty and self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(_EVERY, self._start)
+            if self._dirty:
+                self._urgent = any(writer.ahead for writer in self._dirty.values())
+                self._schedule()
 
     def _later(self, writers: list[_RedisWriter]) -> None:
-        """Redis is away: the streams wait for it here, the ones that ended within the retention."""
+        """Redis is away: the streams wait for it here, the ones that ended within the retention. Streams
+        written ahead stop waiting for it: their readers get each frame from this instance's memory, as
+        other streams' do, rather than a stalled answer."""
         cutoff = time.monotonic() - self._retention
         for writer in writers:
             recording = writer.recording
+            if writer.ahead:
+                writer.ahead = False
+                recording.release()
             if not recording.ended or recording.ended_at > cutoff:
                 self._dirty.setdefault(writer.key, writer)
 
