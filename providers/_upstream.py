@@ -159,6 +159,29 @@ class SSESplitter:
                 events.append((name, b"\n".join(lines)))
         return events
 
+    def feed_plain(self, data: bytes) -> list[bytes] | None:
+        """The ``data`` of each event completed by ``data``, when every one of them is a lone ``data: `` line
+        and no CR is about: the shape OpenAI-compatible servers send, cut in one pass over the read.
+
+        ``None``, with nothing consumed, for any other shape: :meth:`feed` reads it then.
+        """
+        whole = self._buffer + data if self._buffer else data
+        if b"\r" in whole:
+            return None
+        cut = whole.rfind(b"\n\n")
+        if cut < 0:
+            self._buffer = whole
+            return []
+        complete = whole[:cut]
+        if not complete.startswith(b"data: "):
+            return None
+        payloads = complete[6:].split(b"\n\ndata: ")
+        # Any other line (an `event:`, a comment, a data line of several) or a blank line more shows up here.
+        if complete.count(b"\n") != 2 * (len(payloads) - 1):
+            return None
+        self._buffer = whole[cut + 2 :]
+        return payloads
+
     def end(self) -> list[tuple[bytes, bytes]]:
         """An event the stream ended without its blank line."""
         rest, self._buffer = self._buffer, b""
@@ -174,6 +197,14 @@ class EventReader(Protocol):
 
     def end(self, out: list[ProviderEvent]) -> None:
         """Append the closing ``Usage`` and ``Finish``, or raise when the stream broke off before its end."""
+        ...
+
+
+class PlainReader(EventReader, Protocol):
+    """A reader that also takes a read's events at once when each is a lone ``data:`` line."""
+
+    def feed_plain(self, payloads: list[bytes], out: list[ProviderEvent]) -> bool:
+        """:meth:`feed` for each of ``payloads`` (events without a name), in order."""
         ...
 
 
@@ -212,12 +243,16 @@ async def stream_batches(
             raw = await response.read()
             raise error_for_status(name, response.status, response.headers, _error_body(raw), secret)
         splitter = SSESplitter()
+        plain: PlainReader | None = reader if hasattr(reader, "feed_plain") else None  # type: ignore[assignment]
         while True:
             data = await response.chunk()
-            events = splitter.end() if data is None else splitter.feed(data)
+            payloads = splitter.feed_plain(data) if plain is not None and data is not None else None
+            events = () if payloads is not None else splitter.end() if data is None else splitter.feed(data)
             out: list[ProviderEvent] = []
             finished = False
             try:
+                if payloads is not None:
+                    finished = plain.feed_plain(payloads, out)  # type: ignore[union-attr]
                 for event, payload in events:
                     if reader.feed(event, payload, out):
                         finished = True

@@ -65,7 +65,9 @@ class _Chunk(msgspec.Struct):
     error: Any = None
 
 
-_decode_chunk = msgspec.json.Decoder(_Chunk).decode
+_decoder = msgspec.json.Decoder(_Chunk)
+_decode_chunk = _decoder.decode
+_decode_chunks = _decoder.decode_lines
 
 
 def _message(message: ChatMessage) -> dict[str, Any]:
@@ -103,6 +105,29 @@ class _Reader:
             chunk = _decode_chunk(data)
         except msgspec.DecodeError as exc:
             raise _upstream.broken_stream_error(self.name, "it sent a malformed chunk") from exc
+        self._take(chunk, out)
+        return False
+
+    def feed_plain(self, payloads: list[bytes], out: list[ProviderEvent]) -> bool:
+        """A read's chunks decoded in one call, one JSON document per line (each on its own, as ``feed`` would)."""
+        finished = b"[DONE]" in payloads
+        if finished:
+            payloads = payloads[: payloads.index(b"[DONE]")]
+        if not payloads:
+            return finished
+        try:
+            chunks = _decode_chunks(b"\n".join(payloads))
+        except msgspec.DecodeError:
+            chunks = []
+        if len(chunks) != len(payloads):  # a malformed or empty one: one by one, to fail where `feed` does
+            for data in payloads:
+                self.feed(b"", data, out)
+            return finished
+        for chunk in chunks:
+            self._take(chunk, out)
+        return finished
+
+    def _take(self, chunk: _Chunk, out: list[ProviderEvent]) -> None:
         if chunk.error is not None:
             detail = _upstream.redact(_upstream.upstream_message({"error": chunk.error}), self.secret)
             raise ProviderUnavailable(
@@ -124,7 +149,6 @@ class _Reader:
                     )
             if choice.finish_reason:
                 self.finish = _FINISH_REASONS.get(choice.finish_reason, "stop")
-        return False
 
     def end(self, out: list[ProviderEvent]) -> None:
         if self.finish is None:

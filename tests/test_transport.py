@@ -15,6 +15,7 @@ import trustme
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from core.errors import ProviderError
 from core.events import Finish, ProviderEvent, TextDelta, Usage
 from providers import ChatMessage, EchoProvider, ProviderConfig, ProviderRegistry, ProviderRequest
 from providers._http import HttpPool, PoolFull, ReadTimeout, UnsupportedProxy, default_ssl_context, proxy_for
@@ -379,6 +380,73 @@ def test_an_event_the_stream_ends_without_its_blank_line_is_kept() -> None:
     splitter = SSESplitter()
     assert splitter.feed(b"data: a\n\ndata: b") == [(b"", b"a")]
     assert splitter.end() == [(b"", b"b")]
+
+
+def _plain_or_general(splitter: SSESplitter, data: bytes) -> list[tuple[bytes, bytes]]:
+    payloads = splitter.feed_plain(data)
+    return splitter.feed(data) if payloads is None else [(b"", payload) for payload in payloads]
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b'data: {"a":1}\n\ndata: {"b":2}\n\ndata: [DONE]\n\n',
+        b'data: {"a":1}\n\nevent: named\ndata: {"b":2}\n\ndata: x\n\n',
+        b"data: a\n\n: ping\n\ndata: b\n\n",
+        b"data: a\ndata: b\n\ndata: c\n\n",
+        b"data: a\n\n\ndata: b\n\n",
+        b"data: a\r\n\r\ndata: b\n\n",
+        b"data:a\n\ndata: b\n\n",
+        b"data: \n\ndata: b\n\n",
+    ],
+)
+def test_the_one_pass_cut_of_plain_data_events_agrees_with_the_general_one(stream: bytes) -> None:
+    whole = SSESplitter().feed(stream)
+    for size in (1, 2, 3, 7, len(stream)):
+        splitter = SSESplitter()
+        pieces = [stream[i : i + size] for i in range(0, len(stream), size)]
+        assert [event for piece in pieces for event in _plain_or_general(splitter, piece)] == whole, size
+
+
+def test_the_one_pass_cut_leaves_other_shapes_to_the_general_one_untouched() -> None:
+    splitter = SSESplitter()
+    assert splitter.feed_plain(b"data: a\n\nevent: e\ndata: b\n\ndata: c") is None
+    assert splitter.feed(b"data: a\n\nevent: e\ndata: b\n\ndata: c") == [(b"", b"a"), (b"e", b"b")]
+    assert splitter.feed_plain(b"\n\n") == [b"c"]
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b"", b'{"choices":[]}, {"choices":[]}'])
+async def test_a_malformed_chunk_among_others_of_one_read_fails_after_the_chunks_before_it(garbage: bytes) -> None:
+    body = (
+        b'data: {"choices":[{"delta":{"content":"one"}}]}\n\ndata: ' + garbage + b"\n\n"
+        b'data: {"choices":[{"delta":{"content":"two"}}]}\n\ndata: [DONE]\n\n'
+    )
+    async with Origin(body) as origin:
+        provider = ProviderRegistry.with_builtins(plugins=False).create(
+            ProviderConfig(name="sloppy", kind="openai", api_key="k", base_url=origin.url)
+        )
+        request = ProviderRequest(model="m", system=None, messages=(ChatMessage(role="user", content="hi"),))
+        events: list[ProviderEvent] = []
+        with pytest.raises(ProviderError, match="malformed chunk"):
+            async for event in provider.stream(request):
+                events.append(event)
+        await provider.aclose()
+    assert events == [TextDelta(content="one")]
+
+
+async def test_the_chunks_of_one_read_come_out_in_order_up_to_done() -> None:
+    body = b"".join(b'data: {"choices":[{"delta":{"content":"%d"}}]}\n\n' % i for i in range(5)) + (
+        b'data: {"choices":[{"delta":{},"finish_reason":"length"}]}\n\ndata: [DONE]\n\n'
+        b'data: {"choices":[{"delta":{"content":"after"}}]}\n\n'
+    )
+    async with Origin(body) as origin:
+        provider = ProviderRegistry.with_builtins(plugins=False).create(
+            ProviderConfig(name="plain", kind="openai", api_key="k", base_url=origin.url)
+        )
+        request = ProviderRequest(model="m", system=None, messages=(ChatMessage(role="user", content="hi"),))
+        events = [event async for event in provider.stream(request)]
+        await provider.aclose()
+    assert events == [*(TextDelta(content=str(i)) for i in range(5)), Finish(finish_reason="length")]
 
 
 # -- Nagle off on every accepted socket, whatever the worker count -------------------------------------------------
