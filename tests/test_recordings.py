@@ -94,10 +94,10 @@ def frame(message_id: uuid.UUID, n: int, event: TurnEvent) -> bytes:
 class Answer:
     """A stream being recorded: numbered content frames added a few at a time, as the SSE codec adds them."""
 
-    def __init__(self, recorder: StreamRecorder) -> None:
+    def __init__(self, recorder: StreamRecorder, *, write_ahead: bool = False) -> None:
         self.recorder = recorder
         self.message_id = uuid.uuid4()
-        self.recording: Recording = recorder.open(self.message_id, uuid.uuid4())
+        self.recording: Recording = recorder.open(self.message_id, uuid.uuid4(), write_ahead=write_ahead)
         self.n = 0
 
     def send(self, count: int = 1) -> None:
@@ -176,6 +176,33 @@ async def test_a_stream_recorded_across_a_redis_outage_is_resumed_elsewhere_afte
         assert numbers(stream, answer.message_id) == list(range(after + 1, answer.n + 1)), after
     whole = await replayed(elsewhere.recorder, answer.message_id, 0)
     assert whole == b"".join(answer.recording.frames) + DONE  # byte for byte what the first client got
+
+
+async def test_a_stream_written_ahead_waits_for_redis_and_stops_waiting_while_redis_is_away(instances, redis_process):
+    here, elsewhere = instances
+    answer = Answer(here.recorder, write_ahead=True)
+    key = here.recorder.key(answer.message_id)
+    reader = answer.recording.follow(0, 30, complete)
+    answer.send(3)
+    first = await anext(reader)
+    # What the reader got, Redis already held.
+    assert numbers(first, answer.message_id) == [1, 2, 3]
+    assert await in_redis(here.client, key)
+    redis_process.pause()  # hung: the write times out, and the frames are no longer held for it
+    try:
+        answer.send(2)
+        during = await asyncio.wait_for(anext(reader), 10)
+        assert numbers(during, answer.message_id) == [4, 5]
+        assert here.logged("Redis unavailable")
+    finally:
+        redis_process.resume()
+    await keep_answering(answer, here, "reachable again")
+    answer.finish()
+    rest = b"".join([chunk async for chunk in reader if chunk != HEARTBEAT])
+    assert numbers(rest, answer.message_id) == list(range(6, answer.n + 1)) and rest.endswith(DONE)
+    await until(partial(in_redis, here.client, key, ended=True), "the stream's end reached Redis")
+    whole = await replayed(elsewhere.recorder, answer.message_id, 0)
+    assert whole == b"".join(answer.recording.frames) + DONE
 
 
 async def test_a_stream_whose_recording_redis_lost_is_written_again_from_its_start(instances, redis_process):
