@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from uuid import UUID
 
 import msgspec
 from litestar import Controller, delete, get, patch, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, Parameter
 
-from api.deps import AccountsDep, CallerDep, ResourcesDep
+from api.deps import AccountsDep, CallerDep, Limit, Offset, ResourcesDep
 from api.schemas import (
     ApiKeyOut,
     CreateKeyRequest,
@@ -18,6 +19,7 @@ from api.schemas import (
     KeyResponse,
     KeysResponse,
     MessageResponse,
+    UserListResponse,
     UserOut,
     UserResponse,
 )
@@ -87,6 +89,19 @@ class KeyController(Controller):
 class AdminController(Controller):
     path = "/api/v1/admin/users"
     tags = ["admin"]
+
+    @get("/")
+    async def list_users(
+        self,
+        caller: CallerDep,
+        accounts: AccountsDep,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        q: Annotated[str | None, Parameter(max_length=100, description="Part of a name or display name")] = None,
+    ) -> UserListResponse:
+        _require_admin(caller, "list users")
+        users, total = await accounts.list_users(q, limit=limit, offset=offset)
+        return UserListResponse(users=[msgspec.convert(u, UserOut, from_attributes=True) for u in users], total=total)
 
     @post("/")
     async def create_user(

@@ -132,3 +132,8 @@ class UserOut(Struct, frozen=True, kw_only=True):
 
 class UserResponse(_Reply, frozen=True, kw_only=True):
     user: UserOut
+
+
+class UserListResponse(_Reply, frozen=True, kw_only=True):
+    users: list[UserOut]
+    total: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -149,6 +150,37 @@ async def test_admin_creates_users_and_their_keys(client, admin, alice):
     assert r.status_code == 403
     r = await client.post(f"/api/v1/admin/users/{alice.id}/keys", json={"name": "x"}, headers=alice.headers)
     assert r.status_code == 403
+
+
+async def test_admins_page_through_users_and_find_them_by_name(client, admin, alice):
+    tag = uuid.uuid4().hex[:8]
+    made = []
+    for n, display in enumerate(("Dora Explorer", None, "Ezra")):
+        body = {"name": f"list-{tag}-{n}", **({"display_name": display} if display else {})}
+        made.append((await client.post("/api/v1/admin/users", json=body, headers=admin.headers)).json()["user"])
+    r = await client.get("/api/v1/admin/users", params={"q": f"LIST-{tag}"}, headers=admin.headers)
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert page["success"] is True and page["total"] == 3
+    assert [u["name"] for u in page["users"]] == [u["name"] for u in made]  # in name order
+    assert page["users"][0] == made[0]
+    # By display name, and in pages whose total stays the whole count.
+    by_display = await client.get("/api/v1/admin/users", params={"q": "dora exp"}, headers=admin.headers)
+    assert made[0]["id"] in [u["id"] for u in by_display.json()["users"]]
+    second = await client.get(
+        "/api/v1/admin/users", params={"q": f"list-{tag}", "limit": 2, "offset": 2}, headers=admin.headers
+    )
+    assert [u["name"] for u in second.json()["users"]] == [made[2]["name"]] and second.json()["total"] == 3
+    past = await client.get("/api/v1/admin/users", params={"q": f"list-{tag}", "offset": 10}, headers=admin.headers)
+    assert past.json() == {"success": True, "users": [], "total": 3}
+    # A search with % or _ in it is plain text, not a pattern.
+    assert (await client.get("/api/v1/admin/users", params={"q": "%"}, headers=admin.headers)).json()["total"] == 0
+    everyone = (await client.get("/api/v1/admin/users", headers=admin.headers)).json()
+    assert everyone["total"] >= 4
+    # Only admins list users; a bad page size names its field.
+    assert (await client.get("/api/v1/admin/users", headers=alice.headers)).status_code == 403
+    bad = await client.get("/api/v1/admin/users", params={"limit": 0}, headers=admin.headers)
+    assert bad.status_code == 400 and "limit" in bad.text
 
 
 async def test_no_key_is_ever_logged(client, alice, caplog):

@@ -54,6 +54,11 @@ INSERT_USER = f"""
 INSERT INTO users (name, display_name, is_admin) VALUES ($1, $2, $3) RETURNING {_USER_COLUMNS}"""
 GET_USER_BY_NAME = f"SELECT {_USER_COLUMNS} FROM users WHERE lower(name) = lower($1)"
 COUNT_USERS = "SELECT count(*) FROM users"
+# A page of users, by name; ``$1`` (NULL: everyone) is found anywhere in the name or display name, any case.
+LIST_USERS = f"""
+SELECT {_USER_COLUMNS}, count(*) OVER () AS total FROM users
+WHERE $1::text IS NULL OR strpos(lower(name), lower($1)) > 0 OR strpos(lower(coalesce(display_name, '')), lower($1)) > 0
+ORDER BY lower(name), id LIMIT $2 OFFSET $3"""
 INSERT_KEY = f"""
 INSERT INTO api_keys (user_id, name, prefix, key_hash, expires_at, limits) VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING {_KEY_COLUMNS}"""
@@ -163,6 +168,16 @@ class Accounts:
         except asyncpg.UniqueViolationError:
             raise Conflict(f"A user named {name!r} already exists; choose another `name`.", field="name") from None
         return _user(record)
+
+    async def list_users(self, search: str | None, *, limit: int, offset: int) -> tuple[list[User], int]:
+        """A page of users in name order, those whose name or display name contains ``search`` (any case);
+        and how many there are in all."""
+        search = search or None
+        records = await self._pool.fetch(LIST_USERS, search, limit, offset)
+        if not records and offset > 0:  # past the last page: the count still answers
+            first = await self._pool.fetch(LIST_USERS, search, 1, 0)
+            return [], first[0]["total"] if first else 0
+        return [_user(r) for r in records], records[0]["total"] if records else 0
 
     async def get_user_by_name(self, name: str) -> User | None:
         record = await self._pool.fetchrow(GET_USER_BY_NAME, name)
