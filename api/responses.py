@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, assert_never
 
 import msgspec
@@ -333,6 +334,20 @@ def _output(result: TurnResult) -> list[dict[str, Any]]:
     return output
 
 
+@dataclass
+class _OpenCall:
+    """A function call item being streamed: where it is in the output, and what it has said so far."""
+
+    item_id: str
+    index: int
+    call_id: str
+    name: str
+    arguments: str = ""
+
+    def tool_call(self) -> ToolCall:
+        return ToolCall(id=self.call_id, name=self.name, arguments=self.arguments)
+
+
 class _Events:
     """The Responses stream codec: our events in, OpenAI's numbered ``response.*`` events out, one write a batch.
 
@@ -346,7 +361,7 @@ class _Events:
         self.output: list[dict[str, Any]] = []
         self.text: list[str] = []
         self.message_id: str | None = None
-        self.calls: dict[int, list[Any]] = {}  # our index -> [item id, output index, call id, name, arguments]
+        self.calls: dict[int, _OpenCall] = {}  # by our tool call index
         self.open_call: int | None = None
         self.usage: Usage | None = None
         self.ending: str | None = None  # the finish reason, from the end of the turn until the last event
@@ -386,36 +401,38 @@ class _Events:
             self._close_message(parts)
             self._close_call(parts)
             item_id, index = _item_id("fc"), len(self.output)
-            call = self.calls[delta.index] = [item_id, index, delta.id or _item_id("call"), delta.name or "", ""]
-            item = _call_item(item_id, ToolCall(id=call[2], name=call[3], arguments=""), "in_progress")
+            call = self.calls[delta.index] = _OpenCall(item_id, index, delta.id or _item_id("call"), delta.name or "")
+            item = _call_item(item_id, call.tool_call(), "in_progress")
             self.output.append(item)
             self.open_call = delta.index
             parts.append(self.event("response.output_item.added", {"output_index": index, "item": item}))
         if delta.arguments:
-            call[4] += delta.arguments
+            call.arguments += delta.arguments
             parts.append(
                 self.event(
                     "response.function_call_arguments.delta",
-                    {"item_id": call[0], "output_index": call[1], "delta": delta.arguments},
+                    {"item_id": call.item_id, "output_index": call.index, "delta": delta.arguments},
                 )
             )
 
     def _close_call(self, parts: list[bytes]) -> None:
         if self.open_call is None:
             return
-        item_id, index, call_id, name, arguments = self.calls[self.open_call]
+        call = self.calls[self.open_call]
+        where = {"item_id": call.item_id, "output_index": call.index}
         parts.append(
             self.event(
-                "response.function_call_arguments.done",
-                {"item_id": item_id, "output_index": index, "name": name, "arguments": arguments},
+                "response.function_call_arguments.done", {**where, "name": call.name, "arguments": call.arguments}
             )
         )
-        self.output[index] = _call_item(item_id, ToolCall(id=call_id, name=name, arguments=arguments), "completed")
-        parts.append(self.event("response.output_item.done", {"output_index": index, "item": self.output[index]}))
+        self.output[call.index] = _call_item(call.item_id, call.tool_call(), "completed")
+        parts.append(
+            self.event("response.output_item.done", {"output_index": call.index, "item": self.output[call.index]})
+        )
         self.open_call = None
 
     def tool_calls(self) -> tuple[ToolCall, ...]:
-        return tuple(ToolCall(id=c[2], name=c[3], arguments=c[4]) for c in self.calls.values())
+        return tuple(call.tool_call() for call in self.calls.values())
 
     def encode(self, batch: list[TurnEvent]) -> bytes:
         parts: list[bytes] = []
