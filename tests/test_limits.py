@@ -21,6 +21,7 @@ from core.errors import RateLimited
 from personas.models import Caller, Limits, ModelSettings, Persona
 from runtime.access.counters import DAY, MINUTE
 from runtime.access.limits import Limiter
+from runtime.chat.pipeline import ANSWER_RESERVE
 from tests.conftest import Account, make_settings, persona_body, running
 from tests.waiting import eventually
 
@@ -296,11 +297,48 @@ async def test_a_spent_daily_token_budget_refuses_the_next_request(llm_client, f
     assert len(fake_llm.chat_requests()) == asked
 
 
-async def until_tokens(http: httpx.AsyncClient, headers: dict[str, str], tokens: int) -> dict[str, int]:
-    """The key's usage once its tokens are counted (they are added in the background after the answer)."""
+async def test_parallel_requests_spend_at_most_the_token_budget_and_one_answer(llm_client, fake_llm, admin, alice):
+    # Each answer holds its input and 1024 tokens for its answer while it runs: the first of 20 at once takes
+    # the minute's 50, so the other 19 are refused before any provider call.
+    headers = await limited_key(llm_client, admin, alice, tokens_per_minute=50)
+    for _ in range(20):
+        fake_llm.script(input_tokens=20, output_tokens=15, chunk_delay=0.05)
+    answers = await asyncio.gather(*(chat(llm_client, headers, stream=True) for _ in range(20)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] + [429] * 19
+    assert len(fake_llm.chat_requests()) == 1
+    refused = next(a for a in answers if a.status_code == 429)
+    assert "held by answers in flight" in refused.json()["message"]
+    # Once the answer ends its hold settles to what it used; the budget has room again.
+    usage = await until_tokens(llm_client, headers, 35)
+    assert usage["tokens_this_minute"] == 35 and usage["requests_this_minute"] == 1
+    fake_llm.script(input_tokens=20, output_tokens=15)
+    again = await chat(llm_client, headers)
+    assert again.status_code == 200 and again.headers["x-ratelimit-remaining-tokens"] == "15"
+    await until_tokens(llm_client, headers, 70)
+    assert_refused(await chat(llm_client, headers))
+
+
+async def test_a_failed_answer_gives_back_what_it_held(llm_client, fake_llm, admin, alice):
+    headers = await limited_key(llm_client, admin, alice, tokens_per_minute=50)
+    fake_llm.script(status=500)
+    failed = await chat(llm_client, headers)
+    assert failed.status_code == 502, failed.text
+    await until_tokens(llm_client, headers, 0)
+    fake_llm.script(input_tokens=11, output_tokens=7)
+    assert (await chat(llm_client, headers)).status_code == 200
+    await until_tokens(llm_client, headers, 18)
+
+
+async def until_tokens(
+    http: httpx.AsyncClient, headers: dict[str, str], tokens: int, *, at_least: bool = False
+) -> dict[str, int]:
+    """The key's usage once its tokens are ``tokens`` (or, ``at_least``, that many and no answer's hold, which is
+    ANSWER_RESERVE or more): an answer's tokens are held while it runs and settled in the background after it ends."""
     for _ in range(100):
         usage: dict[str, int] = (await key_usage(http, headers))["usage"]
-        if usage["tokens_today"] >= tokens:
+        today = usage["tokens_today"]
+        if today == tokens or (at_least and tokens <= today < tokens + ANSWER_RESERVE):
             return usage
         await asyncio.sleep(0.02)
     raise AssertionError(f"the key's tokens never reached {tokens}: {usage}")
@@ -351,7 +389,7 @@ async def test_the_minute_starts_afresh_when_the_clock_passes_it_and_the_day_whe
     headers = await limited_key(client, admin, alice, requests_per_minute=1, tokens_per_day=1_000_000)
     first = await chat(client, headers)
     assert first.status_code == 200 and first.headers["x-ratelimit-reset-requests"] == "59s"
-    used = await until_tokens(client, headers, 1)
+    used = await until_tokens(client, headers, 1, at_least=True)
     assert used["requests_this_minute"] == 1 and used["tokens_this_minute"] == used["tokens_today"] > 0
     refused = await chat(client, headers)
     assert_refused(refused)
@@ -372,7 +410,7 @@ async def test_the_minute_starts_afresh_when_the_clock_passes_it_and_the_day_whe
     assert again.status_code == 200, again.text
     assert again.headers["x-ratelimit-remaining-requests"] == "0"
     assert again.headers["x-ratelimit-reset-requests"] == "1m0s"
-    today = await until_tokens(client, headers, used["tokens_today"] + 1)
+    today = await until_tokens(client, headers, used["tokens_today"] + 1, at_least=True)
     assert today["requests_this_minute"] == 1 and today["tokens_this_minute"] < today["tokens_today"]
 
     minute.set(minute() // DAY * DAY + DAY)  # midnight UTC: a new day's budget

@@ -48,14 +48,16 @@ FLUSH_SECONDS = 0.25
 _REDIS_TIMEOUT = 0.5
 
 # Adds the scope's tokens not counted yet (ARGV[6]), reads its three counters and, unless a limit is reached,
-# counts ``cost`` requests. A limit of 0 is none. Returns {refused (0, 1 requests, 2 tokens a minute, 3 tokens
-# a day), requests, tokens, tokens today}.
+# counts ``cost`` requests and reserves ``reserve`` tokens (ARGV[8]) in the minute's and the day's counters. A
+# token budget refuses once what is spent and held by answers in flight reaches it, so at most one answer (the
+# one admitted last) can take it past its limit. A limit of 0 is none. Returns {refused (0, 1 requests, 2 tokens
+# a minute, 3 tokens a day), requests, tokens, tokens today}, the tokens with the reservation.
 ADMIT_SCRIPT = """
 local rpm, tpm, tpd, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local spent = tonumber(ARGV[6])
+local spent, reserve = tonumber(ARGV[6]), tonumber(ARGV[8])
 local r = tonumber(redis.call('GET', KEYS[1]) or '0')
 local t, d
-if spent > 0 then
+if spent ~= 0 then
   t = redis.call('INCRBY', KEYS[2], spent)
   if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
   d = redis.call('INCRBY', KEYS[3], spent)
@@ -72,10 +74,17 @@ end
 if refused == 0 then
   r = redis.call('INCRBY', KEYS[1], cost)
   if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+  if reserve > 0 then
+    t = redis.call('INCRBY', KEYS[2], reserve)
+    if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+    d = redis.call('INCRBY', KEYS[3], reserve)
+    if redis.call('TTL', KEYS[3]) < 0 then redis.call('EXPIRE', KEYS[3], ARGV[7]) end
+  end
 end
 return {refused, r, t, d}
 """
-# Adds a turn's tokens to the scope's minute and day counters (or, with a negative count, takes back requests).
+# Adds a turn's tokens to the scope's minute and day counters (a negative count gives back what a reservation
+# held beyond the turn's use; with one key, takes back requests).
 ADD_SCRIPT = """
 for i, key in ipairs(KEYS) do
   redis.call('INCRBY', key, ARGV[1])
@@ -87,13 +96,15 @@ return 0
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """One scope's counters for one request: whose (``kind``), its hash tag, its limits, how many requests."""
+    """One scope's counters for one request: whose (``kind``), its hash tag, its limits, how many requests, and
+    how many tokens its answers may take (``reserve``: held at admission, settled on usage)."""
 
     kind: str  # "key" or "persona"
     tag: str
     limits: Limits
     cost: int
     label: str  # how a refusal names it: "This API key", "Persona 'Mu'"
+    reserve: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +135,18 @@ class Windows:
         self.minute_left = MINUTE - into_minute
         self.day_left = DAY - into_day
 
+    @property
+    def numbers(self) -> tuple[int, int]:
+        """The minute's and the day's numbers: where tokens counted now belong."""
+        return int(self.minute), int(self.day)
+
     def keys(self, prefix: str, tag: str) -> tuple[str, str, str]:
-        base = f"{prefix}{{{tag}}}:"
-        return f"{base}r:{int(self.minute)}", f"{base}t:{int(self.minute)}", f"{base}d:{int(self.day)}"
+        return _keys(prefix, tag, int(self.minute), int(self.day))
+
+
+def _keys(prefix: str, tag: str, minute: int, day: int) -> tuple[str, str, str]:
+    base = f"{prefix}{{{tag}}}:"
+    return f"{base}r:{minute}", f"{base}t:{minute}", f"{base}d:{day}"
 
 
 class LocalCounters:
@@ -155,7 +175,7 @@ class LocalCounters:
     def admit(self, keys: tuple[str, str, str], scope: Scope, now: float) -> Reading:
         r, t, d = (self.get(k, now) for k in keys)
         limits = scope.limits
-        refused = 0
+        refused, reserve = 0, scope.reserve
         if limits.requests_per_minute is not None and r + scope.cost > limits.requests_per_minute:
             refused = 1
         elif limits.tokens_per_minute is not None and t >= limits.tokens_per_minute:
@@ -164,6 +184,9 @@ class LocalCounters:
             refused = 3
         if not refused:
             r = self.add(keys[0], scope.cost, _MINUTE_TTL, now)
+            if reserve:
+                t = self.add(keys[1], reserve, _MINUTE_TTL, now)
+                d = self.add(keys[2], reserve, _DAY_TTL, now)
         return Reading(scope, refused, r, t, d)
 
 
@@ -191,8 +214,9 @@ class Counters:
         self._local = LocalCounters()
         self._admit_sha: str | None = None
         self._add_sha: str | None = None
-        # Tokens of finished turns not sent to Redis yet, by scope tag; and the timer that will send them.
-        self._pending: dict[str, int] = {}
+        # Tokens of finished turns not sent to Redis yet, by scope tag and the (minute, day) windows they belong
+        # in; and the timer that will send them.
+        self._pending: dict[tuple[str, int, int], int] = {}
         self._flusher: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -202,21 +226,22 @@ class Counters:
     async def check(self, scopes: list[Scope], keys: list[tuple[str, str, str]], now: float) -> list[Reading]:
         if self._usable():
             assert self._redis is not None
-            spent = [self._pending.pop(s.tag, 0) for s in scopes]
+            minute, day = Windows(now).numbers
+            spent = [self._pending.pop((s.tag, minute, day), 0) for s in scopes]
             try:
                 async with asyncio.timeout(_REDIS_TIMEOUT):
                     return await self._read_redis(scopes, keys, spent)
             except REDIS_ERRORS as exc:
                 self._outage.failed(exc)
                 for scope, tokens in zip(scopes, spent, strict=True):
-                    self._count_here(scope.tag, tokens, now)
+                    self._count_here(scope.tag, tokens, now, minute, day)
         return [self._local.admit(k, s, now) for s, k in zip(scopes, keys, strict=True)]
 
     async def _read_redis(
         self, scopes: list[Scope], keys: list[tuple[str, str, str]], spent: list[int]
     ) -> list[Reading]:
         calls = [
-            (list(k), [*_limit_args(s.limits), s.cost, _MINUTE_TTL, tokens, _DAY_TTL])
+            (list(k), [*_limit_args(s.limits), s.cost, _MINUTE_TTL, tokens, _DAY_TTL, s.reserve])
             for s, k, tokens in zip(scopes, keys, spent, strict=True)
         ]
         results = await self._run(ADMIT_SCRIPT, "_admit_sha", calls)
@@ -258,18 +283,25 @@ class Counters:
             )
         return await send(self._redis, [packed(*c) for c in commands])
 
-    def add_tokens(self, tag: str, tokens: int) -> None:
-        """Count a turn's tokens in the scope ``tag``: with the scope's next check, or the flush soon after."""
-        if self._redis is None or self._outage.down:
-            self._count_here(tag, tokens, self._clock())
+    def add_tokens(self, tag: str, tokens: int, windows: tuple[int, int] | None = None) -> None:
+        """Count ``tokens`` (negative: give back part of a reservation) in the scope ``tag``, in the (minute, day)
+        ``windows`` they belong to (the current ones by default): with the scope's next check, or the flush
+        soon after."""
+        if not tokens:
             return
-        self._pending[tag] = self._pending.get(tag, 0) + tokens
+        now = self._clock()
+        minute, day = windows or Windows(now).numbers
+        if self._redis is None or self._outage.down:
+            self._count_here(tag, tokens, now, minute, day)
+            return
+        slot = (tag, minute, day)
+        self._pending[slot] = self._pending.get(slot, 0) + tokens
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_soon)
 
-    def _count_here(self, tag: str, tokens: int, now: float) -> None:
+    def _count_here(self, tag: str, tokens: int, now: float, minute: int, day: int) -> None:
         if tokens:
-            _, t, d = Windows(now).keys(self._prefix, tag)
+            _, t, d = _keys(self._prefix, tag, minute, day)
             self._local.add(t, tokens, _MINUTE_TTL, now)
             self._local.add(d, tokens, _DAY_TTL, now)
 
@@ -284,16 +316,15 @@ class Counters:
         pending, self._pending = self._pending, {}
         if not pending:
             return
-        now = self._clock()
-        windows = Windows(now)
         calls = []
-        for tag, tokens in pending.items():
-            _, t, d = windows.keys(self._prefix, tag)
+        for (tag, minute, day), tokens in pending.items():
+            _, t, d = _keys(self._prefix, tag, minute, day)
             calls.append(([t, d], [tokens, _MINUTE_TTL, _DAY_TTL]))
         if await self._add(calls):
             return
-        for tag, tokens in pending.items():
-            self._count_here(tag, tokens, now)
+        now = self._clock()
+        for (tag, minute, day), tokens in pending.items():
+            self._count_here(tag, tokens, now, minute, day)
 
     async def aclose(self) -> None:
         """At shutdown: send the tokens still waiting."""

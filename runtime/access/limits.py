@@ -3,8 +3,10 @@
 A key's limits (its own, else ``KEY_REQUESTS_PER_MINUTE`` / ``KEY_TOKENS_PER_DAY``) bound everything done
 with it; a persona's bound each user's use of it. Each is a *scope* with up to three fixed windows: the
 requests of this minute, the tokens of this minute and the tokens of this UTC day. A request is counted
-when admitted; its tokens when its usage is known, so a token budget can be overrun by the answers in
-flight and no further: a request is refused only when a budget is already spent.
+when admitted, and where a token budget applies it holds what it may use (its input, estimated, and its
+``max_tokens``, else 1024) until its usage settles the hold when the turn ends, however it ends (the
+difference goes back in the windows it was held in). A request is refused once what is spent and held
+reaches the budget, so parallel requests overrun it by at most the one answer admitted last.
 
 The counting itself (one Lua script call per scope on Redis, one round trip per request; per-process
 counters without Redis and while it is unreachable) is :mod:`runtime.access.counters`. Here: which limits apply,
@@ -61,23 +63,46 @@ def reset_duration(seconds: float) -> str:
 
 
 class Admission:
-    """A request let through: the rate limit headers of its answer, and where each turn's tokens go."""
+    """A request let through: the rate limit headers of its answer, where each turn's tokens go, and what each
+    turn reserved (by persona, one entry a turn), to be settled once."""
 
-    __slots__ = ("_limiter", "_scopes", "headers")
+    __slots__ = ("_limiter", "_reserved", "_scopes", "_windows", "headers")
 
-    def __init__(self, limiter: Limiter, scopes: Sequence[Scope], headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        limiter: Limiter,
+        scopes: Sequence[Scope],
+        headers: dict[str, str],
+        reserved: dict[UUID, list[int]] | None = None,
+        windows: tuple[int, int] | None = None,
+    ) -> None:
         self._limiter = limiter
         self._scopes = scopes
+        self._reserved = reserved or {}
+        self._windows = windows
         self.headers = headers
 
     def spend(self, persona_id: UUID, tokens: int) -> None:
-        """Count a turn's ``tokens`` against the key and the persona it spoke as (sent in the background)."""
-        if tokens <= 0:
-            return
+        """Count a turn's ``tokens`` against the key and the persona it spoke as (sent in the background), settling
+        what the turn reserved: a turn that used less gives the rest back, in the windows it was reserved in."""
+        held = self._reserved.get(persona_id)
+        reserve = held.pop() if held else 0
         prefix = f"rl:persona:{persona_id}:"
-        for scope in self._scopes:
-            if scope.kind == "key" or scope.tag.startswith(prefix):
-                self._limiter.counters.add_tokens(scope.tag, tokens)
+        counters = self._limiter.counters
+        if reserve:
+            if tokens - reserve:
+                for scope in self._scopes:
+                    if scope.kind == "key" or scope.tag.startswith(prefix):
+                        counters.add_tokens(scope.tag, tokens - reserve, self._windows)
+            return
+        if tokens > 0:
+            for scope in self._scopes:
+                if scope.kind == "key" or scope.tag.startswith(prefix):
+                    counters.add_tokens(scope.tag, tokens)
+
+    def release(self, persona_id: UUID) -> None:
+        """A turn that never ran (its provider call did not open): give back its reservation."""
+        self.spend(persona_id, 0)
 
 
 class Limiter:
@@ -149,31 +174,45 @@ class Limiter:
         result = Limits(**bounded)
         return result if result.any or limits is not None else None
 
-    def _scopes(self, caller: Caller, personas: Sequence[Persona]) -> list[Scope]:
+    def _scopes(self, caller: Caller, personas: Sequence[Persona], reserves: Sequence[int]) -> list[Scope]:
         scopes: list[Scope] = []
         key = self.key_limits(caller.key_limits)
         if key.any and caller.key_id is not None:
-            scopes.append(Scope("key", f"rl:key:{caller.key_id}", key, len(personas), "This API key"))
-        counted: dict[UUID, int] = {}
-        for persona in personas:
+            held = sum(reserves) if _budgeted(key) else 0
+            scopes.append(Scope("key", f"rl:key:{caller.key_id}", key, len(personas), "This API key", held))
+        counted: dict[UUID, tuple[int, int]] = {}
+        for persona, reserve in zip(personas, reserves, strict=True):
             # A draft (version 0) is not saved: its limits bound nothing.
             if persona.limits.any and persona.version > 0:
-                counted[persona.id] = counted.get(persona.id, 0) + 1
+                cost, held = counted.get(persona.id, (0, 0))
+                counted[persona.id] = (cost + 1, held + reserve)
         for persona in personas:
-            cost = counted.pop(persona.id, 0)
+            cost, held = counted.pop(persona.id, (0, 0))
             if cost:
                 tag = f"rl:persona:{persona.id}:{caller.user_id}"
-                scopes.append(Scope("persona", tag, persona.limits, cost, f"Persona {persona.name!r}"))
+                held = held if _budgeted(persona.limits) else 0
+                scopes.append(Scope("persona", tag, persona.limits, cost, f"Persona {persona.name!r}", held))
         return scopes
 
     # The check --------------------------------------------------------------------------------------
 
-    async def admit(self, caller: Caller, personas: Sequence[Persona], spawn: Spawn) -> Admission | None:
+    async def admit(
+        self,
+        caller: Caller,
+        personas: Sequence[Persona],
+        spawn: Spawn,
+        reserves: Callable[[], Sequence[int]] | None = None,
+    ) -> Admission | None:
         """Count one request for each of ``personas`` (a comparison asks several at once), or refuse them all
-        with :class:`RateLimited`. None when no limit applies: nothing was counted, and nothing will be."""
+        with :class:`RateLimited`. None when no limit applies: nothing was counted, and nothing will be.
+
+        ``reserves`` gives the tokens each turn may use (asked only when a token budget applies); they are held
+        in every scope with a token budget until :meth:`Admission.spend` settles each turn."""
         if caller.key_limits is None and not self.defaults.any and not any(p.limits.any for p in personas):
             return None
-        scopes = self._scopes(caller, personas)
+        budgeted = _budgeted(self.key_limits(caller.key_limits)) or any(_budgeted(p.limits) for p in personas)
+        held = list(reserves()) if budgeted and reserves is not None else [0] * len(personas)
+        scopes = self._scopes(caller, personas, held)
         if not scopes:
             return None
         now = self._clock()
@@ -192,13 +231,22 @@ class Limiter:
             if self._on_refused is not None:
                 self._on_refused(refused.scope.kind)
             raise _refusal(refused, windows)
-        return Admission(self, scopes, headers)
+        reserved: dict[UUID, list[int]] = {}
+        if any(s.reserve for s in scopes):
+            for persona, reserve in zip(personas, held, strict=True):
+                reserved.setdefault(persona.id, []).append(reserve)
+        return Admission(self, scopes, headers, reserved, windows.numbers)
 
     # Counting afterwards ----------------------------------------------------------------------------
 
 
+def _budgeted(limits: Limits) -> bool:
+    return limits.tokens_per_minute is not None or limits.tokens_per_day is not None
+
+
 def _headers(readings: Sequence[Reading], windows: Windows) -> dict[str, str]:
-    """OpenAI's ``x-ratelimit-*`` headers of the tightest limit of each kind (requests, tokens)."""
+    """OpenAI's ``x-ratelimit-*`` headers of the tightest limit of each kind (requests, tokens). The tokens
+    remaining are counted before this request's own hold (what others spent or hold is left out)."""
     headers: dict[str, str] = {}
     requests: tuple[int, int] | None = None  # (remaining, limit)
     tokens: tuple[int, int, float] | None = None  # (remaining, limit, seconds to reset)
@@ -209,9 +257,10 @@ def _headers(readings: Sequence[Reading], windows: Windows) -> dict[str, str]:
             remaining = max(0, rpm - reading.requests)
             if requests is None or remaining < requests[0]:
                 requests = (remaining, rpm)
+        own = 0 if reading.refused else reading.scope.reserve
         for limit, used, left in (
-            (limits.tokens_per_minute, reading.tokens, windows.minute_left),
-            (limits.tokens_per_day, reading.tokens_today, windows.day_left),
+            (limits.tokens_per_minute, reading.tokens - own, windows.minute_left),
+            (limits.tokens_per_day, reading.tokens_today - own, windows.day_left),
         ):
             if limit is not None:
                 remaining = max(0, limit - used)
@@ -243,6 +292,11 @@ def rate_limit_headers(holder: Sequence[dict[str, str]]) -> dict[str, str]:
     return merged
 
 
+def _held(counted: int, budget: int | None) -> str:
+    # What is counted includes what answers in flight hold; say so, since part of it may come back.
+    return " or held by answers in flight" if budget is not None and counted > budget else ""
+
+
 def _refusal(reading: Reading, windows: Windows) -> RateLimited:
     scope, limits = reading.scope, reading.scope.limits
     whose = scope.label + ("" if scope.kind == "key" else " (for each user)")
@@ -252,8 +306,10 @@ def _refusal(reading: Reading, windows: Windows) -> RateLimited:
             what += f" and this one makes {scope.cost}"
     elif reading.refused == 2:
         wait, what = windows.minute_left, f"allows {limits.tokens_per_minute} tokens a minute, all used"
+        what += _held(reading.tokens, limits.tokens_per_minute)
     else:
         wait, what = windows.day_left, f"allows {limits.tokens_per_day} tokens a day (UTC), all used today"
+        what += _held(reading.tokens_today, limits.tokens_per_day)
     seconds = max(1, math.ceil(wait))
     return RateLimited(
         f"Rate limit reached: {whose} {what}. Try again in {seconds} s (see `Retry-After`).",

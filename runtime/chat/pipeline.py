@@ -31,6 +31,7 @@ from runtime.chat.frames import ChatFrames, chat_body, record
 from runtime.chat.leases import Leases
 from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes
 from runtime.chat.resolve import PersonaSource, resolve_persona, resolve_persona_name
+from runtime.chat.tokens import estimate_size
 from runtime.chat.turn import Outcome, Turn, open_answer
 
 if TYPE_CHECKING:
@@ -226,7 +227,9 @@ class ChatPipeline:
         if self.limiter is None or not plans:
             return None
         try:
-            return await self.limiter.admit(plans[0].caller, [p.persona for p in plans], self._spawn)
+            return await self.limiter.admit(
+                plans[0].caller, [p.persona for p in plans], self._spawn, lambda: [_reserve(p.request) for p in plans]
+            )
         except RateLimited:
             metrics = self.metrics
             if metrics is not None:
@@ -241,6 +244,14 @@ class ChatPipeline:
         then open the provider stream, trying fallbacks."""
         if isinstance(admission, _Unchecked):
             admission = await self.admit([plan])
+        try:
+            return await self._open(plan, admission)
+        except BaseException:
+            if admission is not None:
+                admission.release(plan.persona.id)  # the turn never ran: its reservation goes back
+            raise
+
+    async def _open(self, plan: TurnPlan, admission: Admission | None) -> Turn:
         persona, routes = plan.persona, plan.routes
         began = time.monotonic()
         conversation: Conversation | None = None
@@ -345,6 +356,18 @@ class ChatPipeline:
         if self._background:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*self._background, return_exceptions=True), timeout=10)
+
+
+# What a turn's answer may take when its request does not bound it (``max_tokens``): section 13's reserve.
+ANSWER_RESERVE = 1024
+
+
+def _reserve(request: ProviderRequest) -> int:
+    """The tokens a turn may use, held against a token budget at admission: its input, estimated from its
+    size, and its ``max_tokens`` (else :data:`ANSWER_RESERVE`)."""
+    size = len(request.system or "") + sum(len(m.content or "") for m in request.messages)
+    size += sum(len(t.name) + len(t.description) for t in request.tools)
+    return estimate_size(size) + (request.max_tokens or ANSWER_RESERVE)
 
 
 async def _settle(task: asyncio.Future[Any]) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "Tokenizer",
     "calibrated",
     "context_window_for",
+    "estimate_size",
     "estimate_tokens",
     "tokenizer_for",
 ]
@@ -40,7 +41,11 @@ _RATIO_BOUNDS = (0.75, 2.0)
 
 def estimate_tokens(text: str) -> int:
     """Tokens of ``text`` by its UTF-8 length (an ASCII string's length is its byte count)."""
-    size = len(text) if text.isascii() else len(text.encode())
+    return estimate_size(len(text) if text.isascii() else len(text.encode()))
+
+
+def estimate_size(size: int) -> int:
+    """Tokens of a text of ``size`` UTF-8 bytes, by the estimate."""
     return int(size / _BYTES_PER_TOKEN + 0.999)
 
 

@@ -340,8 +340,8 @@ class Turn:
         how it ended, how long)."""
         now = time.monotonic()
         start, usage = self.start, self.said.usage
-        if self.admission is not None and usage is not None:
-            self.admission.spend(start.persona.id, usage.input_tokens + usage.output_tokens)
+        if self.admission is not None:  # settles the turn's reservation, whatever the end
+            self.admission.spend(start.persona.id, usage.input_tokens + usage.output_tokens if usage else 0)
         metrics = self.metrics
         if metrics is not None:
             metrics.streams_in_flight.dec()
