@@ -165,7 +165,11 @@ class PersonaService:
         self.providers = None if providers is None else frozenset(providers)
 
     async def list(self, caller: Caller, *, limit: int, offset: int) -> tuple[list[Persona], int]:
-        personas, total = await self.store.list_visible(caller.user_id, limit=limit, offset=offset)
+        # Admins act on every persona, so they list every one; anyone else sees public ones and their own.
+        if caller.is_admin:
+            personas, total = await self.store.list_all(limit=limit, offset=offset)
+        else:
+            personas, total = await self.store.list_visible(caller.user_id, limit=limit, offset=offset)
         return [present(p, caller) for p in personas], total
 
     async def get_visible(self, caller: Caller, persona_id: UUID, *, fresh: bool = False) -> Persona:

@@ -44,6 +44,13 @@ WHERE is_active AND (visibility = 'public' OR created_by = $1)
 ORDER BY is_default DESC, lower(name), id
 LIMIT $2 OFFSET $3"""
 COUNT_VISIBLE = "SELECT count(*) FROM personas WHERE is_active AND (visibility = 'public' OR created_by = $1)"
+# An admin's list: every active persona, other users' private ones too, in the same order.
+LIST_ALL = f"""
+SELECT {_COLUMNS}, count(*) OVER () AS total FROM personas
+WHERE is_active
+ORDER BY is_default DESC, lower(name), id
+LIMIT $1 OFFSET $2"""
+COUNT_ALL = "SELECT count(*) FROM personas WHERE is_active"
 LIST_ACTIVE = f"SELECT {_COLUMNS} FROM personas WHERE is_active ORDER BY lower(name), id"
 # Names are unique per owner and among public personas (the system's, created_by null, count as one owner).
 FIND_PUBLIC_BY_NAME = f"""SELECT {_COLUMNS} FROM personas
@@ -280,6 +287,12 @@ class PersonaStore:
             total = records[0]["total"]
         else:
             total = await self._pool.fetchval(COUNT_VISIBLE, user_id)
+        return [_persona(r) for r in records], int(total)
+
+    async def list_all(self, *, limit: int, offset: int) -> tuple[list[Persona], int]:
+        """Every active persona, whoever owns it and whatever its visibility: an admin's list."""
+        records = await self._pool.fetch(LIST_ALL, limit, offset)
+        total = records[0]["total"] if records else await self._pool.fetchval(COUNT_ALL)
         return [_persona(r) for r in records], int(total)
 
     async def get_preference(self, user_id: UUID) -> UUID | None:

@@ -36,6 +36,31 @@ async def stored_rows(resources):
     )
 
 
+async def listed_ids(http, account):
+    """Every persona id ``account``'s list holds, page by page."""
+    ids, offset = set(), 0
+    while True:
+        r = await http.get(PERSONAS, params={"limit": 200, "offset": offset}, headers=account.headers)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        ids |= {p["id"] for p in page["personas"]}
+        offset += 200
+        if offset >= page["total"]:
+            return ids, page["total"]
+
+
+async def test_an_admins_list_holds_every_persona_and_a_users_only_public_and_own(client, alice, bob, admin):
+    private = await make_persona(client, alice, visibility="private")
+    public = await make_persona(client, bob, visibility="public")
+    admin_sees, admin_total = await listed_ids(client, admin)
+    bob_sees, bob_total = await listed_ids(client, bob)
+    alice_sees, _ = await listed_ids(client, alice)
+    assert {private["id"], public["id"]} <= admin_sees
+    assert public["id"] in bob_sees and private["id"] not in bob_sees
+    assert {private["id"], public["id"]} <= alice_sees
+    assert admin_total == len(admin_sees) and bob_total == len(bob_sees) and admin_total > bob_total
+
+
 # Who may use the authoring routes ---------------------------------------------------------------------
 
 
