@@ -330,6 +330,21 @@ async def test_a_failed_answer_gives_back_what_it_held(llm_client, fake_llm, adm
     await until_tokens(llm_client, headers, 18)
 
 
+async def test_a_hold_settles_only_where_it_was_taken(llm_client, fake_llm, admin, alice):
+    # The persona's budget holds tokens; the key has only a request limit, so it holds none, and its usage shows
+    # exactly the tokens used, never a settlement of a hold it did not take.
+    r = await llm_client.post(
+        PERSONAS,
+        json=persona_body(limits={"tokens_per_minute": 100_000}),
+        headers=alice.headers,
+    )
+    assert r.status_code == 201, r.text
+    headers = await limited_key(llm_client, admin, alice, requests_per_minute=100)
+    fake_llm.script(input_tokens=11, output_tokens=7)
+    assert (await chat(llm_client, headers, persona_id=r.json()["persona"]["id"])).status_code == 200
+    await until_tokens(llm_client, headers, 18)
+
+
 async def until_tokens(
     http: httpx.AsyncClient, headers: dict[str, str], tokens: int, *, at_least: bool = False
 ) -> dict[str, int]:

@@ -89,15 +89,11 @@ class Admission:
         reserve = held.pop() if held else 0
         prefix = f"rl:persona:{persona_id}:"
         counters = self._limiter.counters
-        if reserve:
-            if tokens - reserve:
-                for scope in self._scopes:
-                    if scope.kind == "key" or scope.tag.startswith(prefix):
-                        counters.add_tokens(scope.tag, tokens - reserve, self._windows)
-            return
-        if tokens > 0:
-            for scope in self._scopes:
-                if scope.kind == "key" or scope.tag.startswith(prefix):
+        for scope in self._scopes:
+            if scope.kind == "key" or scope.tag.startswith(prefix):
+                if reserve and scope.reserve:  # this scope holds the turn's reserve (it has a token budget)
+                    counters.add_tokens(scope.tag, tokens - reserve, self._windows)
+                elif tokens > 0:
                     counters.add_tokens(scope.tag, tokens)
 
     def release(self, persona_id: UUID) -> None:
