@@ -21,7 +21,7 @@ from core.errors import RateLimited
 from personas.models import Caller, Limits, ModelSettings, Persona
 from runtime.access.counters import DAY, MINUTE
 from runtime.access.limits import Limiter
-from runtime.chat.pipeline import ANSWER_RESERVE
+from runtime.chat.tokens import ANSWER_RESERVE
 from tests.conftest import Account, make_settings, persona_body, running
 from tests.waiting import eventually
 

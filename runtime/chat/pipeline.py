@@ -31,7 +31,7 @@ from runtime.chat.frames import ChatFrames, chat_body, record
 from runtime.chat.leases import Leases
 from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes
 from runtime.chat.resolve import PersonaSource, resolve_persona, resolve_persona_name
-from runtime.chat.tokens import estimate_size
+from runtime.chat.tokens import ANSWER_RESERVE, estimate_size
 from runtime.chat.turn import Outcome, Turn, open_answer
 
 if TYPE_CHECKING:
@@ -358,13 +358,10 @@ class ChatPipeline:
                 await asyncio.wait_for(asyncio.gather(*self._background, return_exceptions=True), timeout=10)
 
 
-# What a turn's answer may take when its request does not bound it (``max_tokens``): section 13's reserve.
-ANSWER_RESERVE = 1024
-
-
 def _reserve(request: ProviderRequest) -> int:
-    """The tokens a turn may use, held against a token budget at admission: its input, estimated from its
-    size, and its ``max_tokens`` (else :data:`ANSWER_RESERVE`)."""
+    """The tokens a turn may use, held against a token budget at admission: its input, estimated from its length
+    in characters (a byte each for ASCII, so non-ASCII text is under-held), and its ``max_tokens`` (else
+    :data:`~runtime.chat.tokens.ANSWER_RESERVE`)."""
     size = len(request.system or "") + sum(len(m.content or "") for m in request.messages)
     size += sum(len(t.name) + len(t.description) for t in request.tools)
     return estimate_size(size) + (request.max_tokens or ANSWER_RESERVE)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ANSWER_RESERVE",
     "ESTIMATE",
     "MESSAGE_OVERHEAD",
     "Tokenizer",
@@ -33,6 +34,9 @@ MESSAGE_OVERHEAD = 4
 # Bytes per token the estimate assumes: English runs at about 3.9 bytes per cl100k token and Claude's
 # tokenizer cuts finer, so 3.5 counts a little more than either (10 % over cl100k on a mixed sample).
 _BYTES_PER_TOKEN = 3.5
+# What a turn's answer may take when its request does not bound it (``max_tokens``): contract section 13's
+# reserve, kept out of a turn's context budget and held against token limits at admission.
+ANSWER_RESERVE = 1024
 
 # A conversation's correction of the estimate stays within these bounds, so one odd report cannot make
 # the budget absurd.
