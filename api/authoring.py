@@ -44,6 +44,7 @@ def _rendered(rendered: Rendered) -> RenderResponse:
         request=rendered.request,
         cacheable_prefix_chars=rendered.cacheable_prefix_chars,
         warnings=rendered.warnings,
+        context=rendered.context,
     )
 
 

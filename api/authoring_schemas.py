@@ -13,6 +13,7 @@ from personas.models import PersonaDraft
 from personas.store import VersionSummary
 from runtime.authoring.service import CandidateResult, PersonaChoice, TestResult
 from runtime.authoring.suites import PersonaTest
+from runtime.chat.context import ContextAccount
 
 __all__ = [
     "CompareRequest",
@@ -64,6 +65,8 @@ class RenderResponse(_Reply, frozen=True, kw_only=True):
     # The length of the system prompt before its first per-user or per-day value: what providers can cache.
     cacheable_prefix_chars: int
     warnings: list[str]
+    # How the turn's context was chosen within the model's budget (contract section 13).
+    context: ContextAccount
 
 
 class PreviewRequest(PersonaChoice, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -19,6 +19,7 @@ from api.chat_schemas import (
     ConversationResponse,
     ConversationsResponse,
     MessageOut,
+    SummaryOut,
     TokenUsage,
 )
 from api.deps import CallerDep, Limit, Offset, ResourcesDep
@@ -178,8 +179,16 @@ class ConversationController(Controller):
     ) -> ConversationResponse:
         conversation = await resources.conversations.get(caller.user_id, conversation_id)
         messages = await resources.conversations.messages(conversation.id)
+        summary = None
+        if conversation.summary:
+            summary = SummaryOut(
+                content=conversation.summary,
+                covers_until_message_id=conversation.summary_covers_message_id,
+                updated_at=conversation.summary_updated_at,
+            )
+        shown = msgspec.convert(conversation, ConversationOut, from_attributes=True)
         return ConversationResponse(
-            conversation=msgspec.convert(conversation, ConversationOut, from_attributes=True),
+            conversation=msgspec.structs.replace(shown, summary=summary),
             messages=[msgspec.convert(m, MessageOut, from_attributes=True) for m in messages],
         )
 

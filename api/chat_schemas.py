@@ -65,12 +65,22 @@ class ChatResponse(Struct, frozen=True, kw_only=True):
     tool_calls: list[dict[str, Any]] | UnsetType = UNSET
 
 
+class SummaryOut(Struct, frozen=True, kw_only=True):
+    """The rolling summary of the turns that fell out of the window, and the last message it covers."""
+
+    content: str
+    covers_until_message_id: UUID | None
+    updated_at: datetime | None
+
+
 class ConversationOut(Struct, frozen=True, kw_only=True):
     id: UUID
     title: str
     persona_id: UUID | None
     created_at: datetime
     updated_at: datetime
+    # Shown on one conversation (GET /conversations/{id}), not in the list.
+    summary: SummaryOut | UnsetType | None = UNSET
 
 
 class ConversationsResponse(Struct, frozen=True, kw_only=True):
@@ -92,6 +102,8 @@ class MessageOut(Struct, frozen=True, kw_only=True):
     usage: dict[str, int] | None
     latency_ms: int | None
     created_at: datetime
+    # An answer's account of what it was given (contract section 13); null for questions.
+    context: dict[str, Any] | None = None
 
 
 class ConversationResponse(Struct, frozen=True, kw_only=True):

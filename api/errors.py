@@ -29,7 +29,7 @@ _IN_DRAFT = re.compile(r"^(?:candidates\[\d+\]\.)?persona\.")
 
 
 # Our codes OpenAI has a name of its own for, which its SDKs and clients look for.
-_OPENAI_CODES = {"rate_limited": "rate_limit_exceeded"}
+_OPENAI_CODES = {"rate_limited": "rate_limit_exceeded", "context_overflow": "context_length_exceeded"}
 
 
 def openai_error_type(status: int) -> str:

@@ -44,6 +44,7 @@ __all__ = [
     "Cancelled",
     "ClientDisconnected",
     "Conflict",
+    "ContextOverflow",
     "DatabaseUnavailable",
     "Forbidden",
     "Interrupted",
@@ -51,6 +52,7 @@ __all__ = [
     "PayloadTooLarge",
     "Pending",
     "PersonaRuntimeError",
+    "ProviderContextExceeded",
     "ProviderError",
     "ProviderRateLimited",
     "ProviderRejected",
@@ -91,6 +93,15 @@ class BadRequest(PersonaRuntimeError):
 class PayloadTooLarge(BadRequest):
     code = "payload_too_large"
     status = 413
+
+
+class ContextOverflow(BadRequest):
+    """What a turn can never drop (system text, tools, the latest message) exceeds the model's context budget.
+
+    ``details`` says which ``part``, by how many tokens (``overshoot``), the ``budget`` and the part's ``tokens``.
+    """
+
+    code = "context_overflow"
 
 
 class Unauthorized(PersonaRuntimeError):
@@ -178,6 +189,16 @@ class ProviderRejected(ProviderError):
     """The provider refused the request (bad key, unknown model, invalid body): a fallback won't help."""
 
     code = "provider_rejected"
+
+
+class ProviderContextExceeded(ProviderRejected):
+    """The provider refused the request for its length; ``overshoot`` is by how many tokens, when it said."""
+
+    code = "provider_context_exceeded"
+
+    def __init__(self, message: str = "", *, provider: str = "", details: Any = None, overshoot: int | None = None):
+        super().__init__(message, provider=provider, details=details)
+        self.overshoot = overshoot
 
 
 class ProviderTimeout(ProviderError):

@@ -38,6 +38,7 @@ ToolName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Temperature = Annotated[float, Meta(ge=0, le=2)]
 TopP = Annotated[float, Meta(ge=0, le=1)]
 MaxTokens = Annotated[int, Meta(ge=1, le=1_000_000)]
+ContextWindow = Annotated[int, Meta(ge=256, le=10_000_000)]
 ChangeNote = Annotated[str, Meta(max_length=1000)]
 # A rate limit or budget: a positive whole number (Redis counts it exactly up to 2**53).
 LimitValue = Annotated[int, Meta(ge=1, le=1_000_000_000_000)]
@@ -63,6 +64,10 @@ class ModelSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     fallbacks: Annotated[list[Fallback], Meta(max_length=5)] = msgspec.field(default_factory=list)
     # Ask providers that need a marker (Anthropic) to cache the persona's system prompt and tools.
     prompt_cache: bool = True
+    # Tokens the model takes, request and answer together (section 13); None: the table of well-known models.
+    context_window: ContextWindow | None = None
+    # Summarize the turns that fall out of the window.
+    summaries: bool = True
 
 
 class Limits(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

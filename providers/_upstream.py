@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Protocol
@@ -12,6 +13,7 @@ from typing import Any, Protocol
 import msgspec
 
 from core.errors import (
+    ProviderContextExceeded,
     ProviderError,
     ProviderRateLimited,
     ProviderRejected,
@@ -98,12 +100,45 @@ def error_for_status(
             provider=provider,
             details=details,
         )
+    if status in (400, 413, 422) and _too_long(body, detail):
+        return ProviderContextExceeded(
+            f"Provider '{provider}' refused the request for its length (HTTP {status}){suffix}.",
+            provider=provider,
+            details=details,
+            overshoot=_overshoot(detail),
+        )
     hint = " Check the provider's API key." if status in (401, 403) else ""
     return ProviderRejected(
         f"Provider '{provider}' rejected the request (HTTP {status}){suffix}.{hint}",
         provider=provider,
         details=details,
     )
+
+
+# How providers say a request is too long: OpenAI's and vLLM's "maximum context length is N tokens. However, you
+# requested M tokens", Anthropic's "prompt is too long: M tokens > N maximum".
+_TOO_LONG = re.compile(r"context length|context_length|too long|context window|too many tokens", re.IGNORECASE)
+_OPENAI_NUMBERS = re.compile(r"maximum context length is (\d+) tokens.*?(?:resulted in|requested) (\d+) tokens", re.S)
+_ANTHROPIC_NUMBERS = re.compile(r"(\d+) tokens > (\d+) maximum")
+
+
+def _too_long(body: object, detail: str) -> bool:
+    if isinstance(body, Mapping):
+        error: Any = body.get("error", body)
+        if isinstance(error, Mapping) and error.get("code") == "context_length_exceeded":
+            return True
+    return bool(_TOO_LONG.search(detail))
+
+
+def _overshoot(detail: str) -> int | None:
+    """By how many tokens the request was over, when the provider's message says."""
+    found = _OPENAI_NUMBERS.search(detail)
+    if found:
+        return max(int(found.group(2)) - int(found.group(1)), 1)
+    found = _ANTHROPIC_NUMBERS.search(detail)
+    if found:
+        return max(int(found.group(1)) - int(found.group(2)), 1)
+    return None
 
 
 def timeout_error(provider: str) -> ProviderTimeout:

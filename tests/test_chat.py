@@ -260,7 +260,9 @@ async def test_history_is_bounded(database_url, redis_url, fake_llm, make_user):
             if conversation_id:
                 body["conversation_id"] = conversation_id
             conversation_id = (await http.post(CHAT, json=body, headers=alice.headers)).json()["conversation_id"]
-        sent = fake_llm.last_request.body["messages"]
+        # The chat's own request (a summary of the turns left out may be written beside it).
+        asked = [r.body for r in fake_llm.chat_requests() if r.body["messages"][-1]["content"] == "question 3"]
+        sent = asked[-1]["messages"]
         # One earlier turn (two messages) plus the new question.
         assert [m["content"] for m in sent[1:]] == ["question 2", "answer 2", "question 3"]
 

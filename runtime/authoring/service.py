@@ -26,6 +26,7 @@ from providers import ChatMessage
 from runtime.access.limits import Admission
 from runtime.authoring.history import PersonaHistory
 from runtime.authoring.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
+from runtime.chat.context import ContextAccount
 from runtime.chat.pipeline import ChatPipeline, TurnInput, TurnPlan
 from runtime.chat.prompt import cache_report
 from runtime.chat.turn import Turn
@@ -68,6 +69,8 @@ class Rendered(Struct, frozen=True, kw_only=True):
     request: dict[str, Any]
     cacheable_prefix_chars: int
     warnings: list[str]
+    # How the context was chosen within the model's budget (contract section 13).
+    context: ContextAccount
 
 
 class Failure(Struct, frozen=True, kw_only=True):
@@ -186,9 +189,10 @@ class AuthoringService:
         self, caller: Caller, persona: Persona, *, message: str, conversation_id: UUID | None = None
     ) -> Rendered:
         """What a chat with ``persona`` would send, in ``conversation_id`` (the caller's) if given. No provider call."""
-        plan = await self.chat.plan(caller, _asked(message, persona, conversation_id=conversation_id))
+        plan = await self.chat.plan(caller, _asked(message, persona, conversation_id=conversation_id), exact=True)
         system_prompt = plan.request.system or ""
-        cacheable, warnings = cache_report(persona, system_prompt)
+        # The persona's own prompt: what lore and the summary add after it never moves its cached prefix.
+        cacheable, warnings = cache_report(persona, system_prompt[: plan.context.persona_chars])
         return Rendered(
             provider=plan.routes[0].provider,
             model=plan.routes[0].model,
@@ -196,6 +200,7 @@ class AuthoringService:
             request=self.chat.upstream_body(plan),
             cacheable_prefix_chars=cacheable,
             warnings=warnings,
+            context=plan.context.account,
         )
 
     async def preview(

@@ -11,13 +11,14 @@ import msgspec
 
 from core.errors import Interrupted, NotFound
 
-__all__ = ["Conversation", "ConversationStore", "MessageState", "MessageStatus", "StoredMessage"]
+__all__ = ["Conversation", "ConversationStore", "MessageState", "MessageStatus", "StoredMessage", "WindowRow"]
 
 MessageStatus = Literal["pending", "complete", "incomplete", "error"]
 
-_CONVERSATION = "id, title, persona_id, persona_version, created_at, updated_at"
+_CONVERSATION = """id, title, persona_id, persona_version, created_at, updated_at, user_turns, token_ratio, summary,
+    summary_tokens, summary_covers_seq, summary_covers_message_id, summary_updated_at"""
 _MESSAGE = """id, role, content, status, persona_id, persona_version, persona_source, provider, model, usage,
-    latency_ms, finish_reason, tool_calls, created_at"""
+    latency_ms, finish_reason, tool_calls, context, created_at"""
 
 GET_CONVERSATION = f"SELECT {_CONVERSATION} FROM conversations WHERE id = $1 AND user_id = $2"
 LIST_CONVERSATIONS = f"""
@@ -29,8 +30,8 @@ DELETE_CONVERSATION = "DELETE FROM conversations WHERE id = $1 AND user_id = $2"
 # answer's row is made from the question's, which orders their ``seq``: CTEs alone run in no set order.
 _QUESTION_AND_ANSWER = """
 question AS (
-    INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source)
-    SELECT id, 'user', $2, $3, $4, $5 FROM conversation RETURNING conversation_id
+    INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source, tokens)
+    SELECT id, 'user', $2, $3, $4, $5, $9 FROM conversation RETURNING conversation_id
 ), answer AS (
     INSERT INTO messages (conversation_id, role, status, persona_id, persona_version, persona_source, provider, model,
                           lease_until)
@@ -39,19 +40,24 @@ question AS (
 )"""
 BEGIN_TURN_NEW = f"""
 WITH conversation AS (
-    INSERT INTO conversations (user_id, title, persona_id, persona_version) VALUES ($1, $9, $3, $4)
+    INSERT INTO conversations (user_id, title, persona_id, persona_version, user_turns) VALUES ($1, $10, $3, $4, 1)
     RETURNING {_CONVERSATION}
 ), {_QUESTION_AND_ANSWER}
 SELECT conversation.*, answer.id AS answer_id FROM conversation, answer"""
 BEGIN_TURN_EXISTING = f"""
 WITH conversation AS (
-    UPDATE conversations SET updated_at = now() WHERE id = $1 RETURNING {_CONVERSATION}
+    UPDATE conversations SET updated_at = now(), user_turns = user_turns + 1 WHERE id = $1 RETURNING {_CONVERSATION}
 ), {_QUESTION_AND_ANSWER}
 SELECT conversation.*, answer.id AS answer_id FROM conversation, answer"""
-FINISH_ANSWER = """
+_FINISH = """
 UPDATE messages SET content = $2, status = $3, provider = $4, model = $5, usage = $6, latency_ms = $7,
-    finish_reason = $8, tool_calls = $9, error = $10, lease_until = NULL
+    finish_reason = $8, tool_calls = $9, error = $10, lease_until = NULL, tokens = $11, context = $12
 WHERE id = $1"""
+FINISH_ANSWER = _FINISH
+# The same, with the conversation's correction of estimated token counts ($13) in the same statement.
+FINISH_ANSWER_RATIO = f"""
+WITH answer AS ({_FINISH} RETURNING conversation_id)
+UPDATE conversations SET token_ratio = $13 FROM answer WHERE conversations.id = answer.conversation_id"""
 GET_MESSAGE_STATE = """
 SELECT m.status, m.finish_reason, m.error FROM messages m JOIN conversations c ON c.id = m.conversation_id
 WHERE m.id = $1 AND c.user_id = $2 AND m.role = 'assistant'"""
@@ -68,12 +74,34 @@ UPDATE messages SET status = 'incomplete', lease_until = NULL, error = $2,
     content = CASE WHEN content = '' THEN coalesce($3, '') ELSE content END
 WHERE id = $1 AND status = 'pending' AND lease_until < clock_timestamp()"""
 LIST_MESSAGES = f"SELECT {_MESSAGE} FROM messages WHERE conversation_id = $1 ORDER BY seq"
-RECENT_HISTORY = """
-SELECT role, content FROM (
-    SELECT seq, role, content FROM messages
-    WHERE conversation_id = $1 AND status IN ('complete', 'incomplete') AND content <> ''
-    ORDER BY seq DESC LIMIT $2
-) recent ORDER BY seq"""
+# What a stored message costs when it was stored before counts were kept: the estimate of its bytes.
+_TOKENS = "coalesce(tokens, ceil(octet_length(content) / 3.5)::integer + 4)"
+_SENDABLE = "conversation_id = $1 AND seq > $2 AND status IN ('complete', 'incomplete') AND content <> ''"
+# A conversation's latest messages worth sending upstream (after the summary's last, $2), newest first, read one
+# index probe at a time while their tokens stay under the budget ($3) and their number under $4: the walk reads
+# the window and one message more, however long the conversation.
+WINDOW = f"""
+WITH RECURSIVE walk AS (
+    (SELECT seq, role, content, {_TOKENS} AS tokens, {_TOKENS} AS total, 1 AS n FROM messages
+     WHERE {_SENDABLE} ORDER BY seq DESC LIMIT 1)
+    UNION ALL
+    SELECT m.seq, m.role, m.content, m.tokens, walk.total + m.tokens, walk.n + 1
+    FROM walk CROSS JOIN LATERAL (
+        SELECT seq, role, content, {_TOKENS} AS tokens FROM messages
+        WHERE {_SENDABLE} AND seq < walk.seq ORDER BY seq DESC LIMIT 1
+    ) m
+    WHERE walk.total <= $3 AND walk.n < $4
+)
+SELECT seq, role, content, tokens, total FROM walk"""
+# The messages a new summary folds in: after the summary's last ($2), before the oldest one sent ($3).
+UNSUMMARIZED = f"""
+SELECT id, seq, role, content FROM messages WHERE {_SENDABLE} AND seq < $3 ORDER BY seq LIMIT $4"""
+SUMMARY_STATE = "SELECT summary, summary_covers_seq FROM conversations WHERE id = $1"
+# Written only over the summary it folded ($6), so a slower writer never replaces a newer summary.
+SAVE_SUMMARY = """
+UPDATE conversations SET summary = $2, summary_tokens = $3, summary_covers_seq = $4, summary_covers_message_id = $5,
+    summary_updated_at = now()
+WHERE id = $1 AND summary_covers_seq IS NOT DISTINCT FROM $6"""
 
 
 _STOPPED = Interrupted(
@@ -97,6 +125,24 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     persona_version: int | None
     created_at: datetime
     updated_at: datetime
+    # User turns stored so far; the provider's input tokens over our estimate (None: no report yet).
+    user_turns: int = 0
+    token_ratio: float | None = None
+    # The rolling summary of turns that fell out of the window, through message ``summary_covers_seq``.
+    summary: str | None = None
+    summary_tokens: int | None = None
+    summary_covers_seq: int | None = None
+    summary_covers_message_id: UUID | None = None
+    summary_updated_at: datetime | None = None
+
+
+class WindowRow(msgspec.Struct, frozen=True):
+    """A stored message read for a turn's history: its order, role, text and token count."""
+
+    seq: int
+    role: Literal["user", "assistant"]
+    content: str
+    tokens: int
 
 
 class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,6 +159,7 @@ class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
     latency_ms: int | None
     finish_reason: str | None
     tool_calls: list[dict[str, Any]] | None
+    context: dict[str, Any] | None
     created_at: datetime
 
 
@@ -156,10 +203,46 @@ class ConversationStore:
     async def messages(self, conversation_id: UUID) -> list[StoredMessage]:
         return [_message(r) for r in await self._pool.fetch(LIST_MESSAGES, conversation_id)]
 
-    async def history(self, conversation_id: UUID, *, limit: int) -> list[tuple[str, str]]:
-        """The last ``limit`` messages worth sending upstream, oldest first, as (role, content)."""
-        records = await self._pool.fetch(RECENT_HISTORY, conversation_id, limit)
-        return [(r["role"], r["content"]) for r in records]
+    async def window(
+        self, conversation_id: UUID, *, after_seq: int, budget: int, limit: int
+    ) -> tuple[list[WindowRow], bool]:
+        """The latest messages worth sending upstream (after ``after_seq``), newest first, while their stored
+        token counts stay within ``budget`` (one more is read, to know) and at most ``limit`` of them; and
+        whether the walk stopped before the conversation's start."""
+        records = await self._pool.fetch(WINDOW, conversation_id, after_seq, budget, limit)
+        rows = [
+            WindowRow(r["seq"], "assistant" if r["role"] == "assistant" else "user", r["content"], r["tokens"])
+            for r in records
+        ]
+        more = bool(records) and (records[-1]["total"] > budget or len(records) >= limit)
+        return rows, more
+
+    async def unsummarized(
+        self, conversation_id: UUID, *, after_seq: int, before_seq: int, limit: int
+    ) -> list[asyncpg.Record]:
+        """The messages after ``after_seq`` and before ``before_seq``, oldest first, at most ``limit``."""
+        return await self._pool.fetch(UNSUMMARIZED, conversation_id, after_seq, before_seq, limit)
+
+    async def summary_state(self, conversation_id: UUID) -> tuple[str | None, int | None] | None:
+        record = await self._pool.fetchrow(SUMMARY_STATE, conversation_id)
+        return None if record is None else (record["summary"], record["summary_covers_seq"])
+
+    async def save_summary(
+        self,
+        conversation_id: UUID,
+        *,
+        summary: str,
+        tokens: int,
+        covers_seq: int,
+        covers_message_id: UUID,
+        folded_seq: int | None,
+    ) -> bool:
+        """Keep ``summary`` (through message ``covers_seq``) unless another summary was saved since the one it
+        folded (``folded_seq``); whether it was kept."""
+        result = await self._pool.execute(
+            SAVE_SUMMARY, conversation_id, summary, tokens, covers_seq, covers_message_id, folded_seq
+        )
+        return result.endswith(" 1")
 
     async def delete(self, user_id: UUID, conversation_id: UUID) -> None:
         result = await self._pool.execute(DELETE_CONVERSATION, conversation_id, user_id)
@@ -179,12 +262,14 @@ class ConversationStore:
         persona_source: str,
         provider: str,
         model: str,
+        tokens: int | None = None,
     ) -> tuple[Conversation, UUID]:
         """Store the user's message (and the conversation, when new) and a pending answer, in one statement.
 
+        ``tokens`` is what the message costs in a context, kept so later turns need not count it again.
         Returns the conversation and the id of the pending answer.
         """
-        args = (message, persona_id, persona_version, persona_source, provider, model, self.lease_seconds)
+        args = (message, persona_id, persona_version, persona_source, provider, model, self.lease_seconds, tokens)
         if conversation is None:
             record = await self._pool.fetchrow(BEGIN_TURN_NEW, user_id, *args, title_for(message))
         else:
@@ -210,20 +295,17 @@ class ConversationStore:
         finish_reason: str | None,
         tool_calls: list[dict[str, Any]] | None,
         error: dict[str, Any] | None,
+        tokens: int | None = None,
+        context: dict[str, Any] | None = None,
+        token_ratio: float | None = None,
     ) -> None:
-        await self._pool.execute(
-            FINISH_ANSWER,
-            message_id,
-            content,
-            status,
-            provider,
-            model,
-            usage,
-            latency_ms,
-            finish_reason,
-            tool_calls,
-            error,
-        )
+        """Save how the answer ended; ``tokens`` is what it costs in a later context, ``context`` the account
+        of what it was given, and ``token_ratio`` the conversation's new correction of estimated counts."""
+        args = (message_id, content, status, provider, model, usage, latency_ms, finish_reason, tool_calls, error)
+        if token_ratio is None:
+            await self._pool.execute(FINISH_ANSWER, *args, tokens, context)
+        else:
+            await self._pool.execute(FINISH_ANSWER_RATIO, *args, tokens, context, token_ratio)
 
     async def message_state(self, user_id: UUID, message_id: UUID) -> MessageState | None:
         """The status of the caller's answer ``message_id``; None for another user's or an unknown one."""

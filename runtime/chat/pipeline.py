@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import msgspec
 
-from core.errors import BadRequest, PayloadTooLarge, PersonaRuntimeError, RateLimited
+from core.errors import BadRequest, PayloadTooLarge, PersonaRuntimeError, ProviderContextExceeded, RateLimited
 from core.events import PersonaRef, Start
 from core.metrics import Metrics
 from personas.models import Caller, Persona
@@ -26,18 +27,22 @@ from personas.service import PersonaService
 from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
 from runtime.access.limits import Admission, Limiter
 from runtime.chat.collector import TurnResult
+from runtime.chat.context import Built, ContextBuilder
 from runtime.chat.conversations import Conversation, ConversationStore, MessageState
 from runtime.chat.frames import ChatFrames, chat_body, record
 from runtime.chat.leases import Leases
-from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes
+from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes, tool_specs
 from runtime.chat.resolve import PersonaSource, resolve_persona, resolve_persona_name
+from runtime.chat.summaries import Summarizer
 from runtime.chat.tokens import ANSWER_RESERVE, estimate_size
-from runtime.chat.turn import Outcome, Turn, open_answer
+from runtime.chat.turn import AnswerStream, Outcome, Turn, open_answer
 
 if TYPE_CHECKING:
     from runtime.chat.recordings import StatusOf, StreamRecorder
 
 __all__ = ["UNCHECKED", "Answer", "ChatPipeline", "TurnInput", "TurnPlan"]
+
+_log = logging.getLogger("persona_runtime.pipeline")
 
 # How a turn's answer goes out: whole (for a JSON answer), or as the bytes of our SSE stream.
 Answer = TurnResult | AsyncIterator[bytes]
@@ -130,6 +135,10 @@ class TurnPlan:
     conversation: Conversation | None
     routes: list[Route]
     request: ProviderRequest
+    # How the request's context was chosen within the model's budget, and the tokens cut from that budget
+    # (a retry after the provider said the request was too long).
+    context: Built
+    cut: int = 0
 
 
 class ChatPipeline:
@@ -147,6 +156,9 @@ class ChatPipeline:
         metrics: Metrics | None = None,
         leases: Leases | None = None,
         limiter: Limiter | None = None,
+        default_context_window: int = 32_768,
+        summary_provider: str | None = None,
+        summary_model: str | None = None,
     ) -> None:
         self.personas = personas
         self.leases = leases
@@ -161,6 +173,12 @@ class ChatPipeline:
         # Where streams are recorded for replays (set once the recorder is made; None records nothing).
         self.streams: StreamRecorder | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.context = ContextBuilder(
+            conversations, default_window=default_context_window, history_messages=history_messages
+        )
+        self.summaries = Summarizer(
+            conversations, providers, self._spawn, provider=summary_provider, model=summary_model
+        )
 
     # resolve → plan ---------------------------------------------------------------------------------
 
@@ -178,25 +196,55 @@ class ChatPipeline:
         )
         return persona, source, conversation
 
-    async def plan(self, caller: Caller, turn: TurnInput) -> TurnPlan:
+    async def plan(self, caller: Caller, turn: TurnInput, *, exact: bool = False) -> TurnPlan:
         """Everything about a turn short of calling the provider: the persona and why, the routes, the request.
 
-        The turn's input is checked first (a 400 or 413 naming the client's field), before anything is read.
+        The turn's input is checked first (a 400 or 413 naming the client's field), before anything is read;
+        then its context is built within the model's budget (a 400 ``context_overflow`` when what is never
+        dropped does not fit). ``exact`` counts every part's tokens even where a bound shows it fits (render).
         """
         turn.check(self.max_message_chars)
         persona, source, conversation = await self.resolve(caller, turn)
         routes = plan_routes(persona, self.providers, self.default_provider, provider=turn.provider, model=turn.model)
-        own = system = self.prompts.render(persona, caller)
-        if turn.system:
-            system = "\n\n".join([own, *turn.system]).strip()
-        history = await self._history(conversation)
+        return await self._compose(caller, turn, persona, source, conversation, routes, exact=exact)
+
+    async def _compose(
+        self,
+        caller: Caller,
+        turn: TurnInput,
+        persona: Persona,
+        source: PersonaSource,
+        conversation: Conversation | None,
+        routes: list[Route],
+        *,
+        exact: bool = False,
+        cut: int = 0,
+    ) -> TurnPlan:
+        own = self.prompts.render(persona, caller)
+        tools = tool_specs(persona)
+        if turn.tools:
+            names = {t.name for t in turn.tools}
+            tools = (*(t for t in tools if t.name not in names), *turn.tools)
+        built = await self.context.build(
+            persona,
+            routes[0].model,
+            own_system=own,
+            client_system=turn.system,
+            tools=tools,
+            messages=turn.messages,
+            conversation=conversation,
+            max_tokens=turn.max_tokens,
+            message_field="message" if turn.route in ("chat", "preview", "compare", "test_run") else "messages",
+            cut=cut,
+            exact=exact,
+        )
         request = build_request(
             persona,
-            system,
-            [*history, *turn.messages],
+            built.system,
+            built.messages,
             routes[0],
             extra_tools=turn.tools,
-            persona_chars=len(own.lstrip()) if turn.system else None,
+            persona_chars=built.persona_chars,
             temperature=turn.temperature,
             top_p=turn.top_p,
             max_tokens=turn.max_tokens,
@@ -209,6 +257,23 @@ class ChatPipeline:
             conversation=conversation,
             routes=routes,
             request=request,
+            context=built,
+            cut=cut,
+        )
+
+    async def _shorter(self, plan: TurnPlan, refused: ProviderContextExceeded) -> TurnPlan | None:
+        """The plan again within a budget cut by what the provider said the request was over (else by 20%), or
+        None when nothing in it can be dropped."""
+        built = plan.context
+        if plan.cut or not built.droppable:
+            return None
+        budget = built.account.budget
+        cut = int(refused.overshoot * 1.01) + 1 if refused.overshoot else budget // 5
+        cut = min(cut, budget - 1)
+        log_args = (plan.routes[0].provider, cut)
+        _log.info("provider %s refused the request for its length; retrying with %d tokens fewer", *log_args)
+        return await self._compose(
+            plan.caller, plan.input, plan.persona, plan.source, plan.conversation, plan.routes, cut=cut
         )
 
     def upstream_body(self, plan: TurnPlan) -> dict[str, Any]:
@@ -257,8 +322,9 @@ class ChatPipeline:
         conversation: Conversation | None = None
         outcome: Outcome | None = None
         if plan.input.store:
-            question = plan.request.messages[-1].content or ""
+            question = plan.input.messages[-1].content or ""
             conversation, answer_id = await self.conversations.begin_turn(
+                tokens=plan.context.message_tokens,
                 user_id=plan.caller.user_id,
                 conversation=plan.conversation,
                 message=question,
@@ -268,9 +334,17 @@ class ChatPipeline:
                 provider=routes[0].provider,
                 model=routes[0].model,
             )
-            outcome = Outcome(self.conversations, answer_id, began, self._spawn, self.leases)
+            outcome = Outcome(
+                self.conversations,
+                answer_id,
+                began,
+                self._spawn,
+                self.leases,
+                context=plan.context,
+                then=self._summary(plan, conversation),
+            )
         try:
-            stream = await open_answer(self.providers, routes, plan.request, metrics=self.metrics)
+            stream = await self._first_answer(plan, outcome)
         except BaseException as exc:
             if outcome is not None:
                 failure = exc if isinstance(exc, PersonaRuntimeError) else None
@@ -305,6 +379,30 @@ class ChatPipeline:
             self.leases.attach(outcome.message_id, turn.cancel)
         return turn
 
+    async def _first_answer(self, plan: TurnPlan, outcome: Outcome | None) -> AnswerStream:
+        """Open the answer; once more within a smaller budget when the provider says the request is too long."""
+        try:
+            return await open_answer(self.providers, plan.routes, plan.request, metrics=self.metrics)
+        except ProviderContextExceeded as refused:
+            shorter = await self._shorter(plan, refused)
+            if shorter is None:
+                raise
+        if outcome is not None:
+            outcome.context = shorter.context
+        return await open_answer(self.providers, shorter.routes, shorter.request, metrics=self.metrics)
+
+    def _summary(self, plan: TurnPlan, conversation: Conversation) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        """What writes the conversation's summary after the answer, when its context left turns out."""
+        built = plan.context
+        if not built.uncovered or not plan.persona.model_settings.summaries:
+            return None
+        route, summaries, before = plan.routes[0], self.summaries, built.oldest_sent_seq
+
+        async def summarize() -> None:
+            summaries.ask(conversation.id, before, route.provider, route.model)
+
+        return summarize
+
     async def answer(self, turn: Turn, *, stream: bool, resumable: bool = False, heartbeat: float) -> Answer:
         """How ``turn``'s answer goes out: whole, or as our SSE stream (recorded for replays when it is kept and
         recordings are on). ``resumable`` answers are read to their end by a task of their own, whether or
@@ -333,14 +431,6 @@ class ChatPipeline:
             return await self.conversations.message_state(user_id, message_id)
 
         return state
-
-    async def _history(self, conversation: Conversation | None) -> list[ChatMessage]:
-        if conversation is None or self.history_messages <= 0:
-            return []
-        rows = await self.conversations.history(conversation.id, limit=self.history_messages)
-        return [
-            ChatMessage(role="assistant" if role == "assistant" else "user", content=content) for role, content in rows
-        ]
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, kept until it ends; :meth:`aclose` waits for it (bounded)."""

@@ -23,15 +23,17 @@ from core.errors import (
     ProviderUnavailable,
     ServiceUnavailable,
 )
-from core.events import Done, Finish, ProviderEvent, Start, TurnEvent, error_event
+from core.events import Done, Finish, ProviderEvent, Start, TurnEvent, Usage, error_event
 from core.logs import REQUEST_ID
 from core.metrics import Metrics
 from providers import ProviderRequest, ProviderSet, batches_of
 from runtime.access.limits import Admission
 from runtime.chat.collector import Collector, TurnResult
+from runtime.chat.context import Built
 from runtime.chat.conversations import ConversationStore, MessageStatus
 from runtime.chat.leases import Leases
 from runtime.chat.prompt import Route
+from runtime.chat.tokens import MESSAGE_OVERHEAD, calibrated
 
 __all__ = ["AnswerStream", "Collector", "Outcome", "Turn", "TurnResult", "open_answer"]
 
@@ -112,11 +114,16 @@ class Outcome:
         began: float,
         spawn: Spawn,
         leases: Leases | None = None,
+        context: Built | None = None,
+        then: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.conversations = conversations
         self.message_id = message_id
         self.began = began
         self.spawn = spawn
+        # What the answer was given (kept with it), and what runs once it is saved complete (a summary).
+        self.context = context
+        self.then = then
         # Held while the answer is pending: this instance renews it, so no other one marks it abandoned.
         self.leases = leases
         if leases is not None:
@@ -147,7 +154,8 @@ class Outcome:
         """Save the answer; False when the database refused (a background retry then keeps trying)."""
         calls = [msgspec.to_builtins(c) for c in said.tool_calls()] or None
         usage = said.usage
-        outcome: dict[str, Any] = {
+        outcome: dict[str, Any] = self._kept(said, usage)
+        outcome |= {
             "content": said.text,
             "status": status,
             "provider": route.provider,
@@ -167,7 +175,24 @@ class Outcome:
             self.spawn(self._save_later(outcome))
             return False
         self._settled()
+        if status == "complete" and self.then is not None:
+            self.spawn(self.then())
         return True
+
+    def _kept(self, said: Collector, usage: Usage | None) -> dict[str, Any]:
+        """What is stored for later contexts: the answer's tokens, the account, the conversation's correction."""
+        built = self.context
+        if built is None:
+            return {}
+        tokenizer = built.tokenizer
+        if tokenizer.exact and usage is not None and usage.output_tokens and not said.tool_calls():
+            tokens = usage.output_tokens + MESSAGE_OVERHEAD
+        else:
+            tokens = tokenizer.count(said.text) + MESSAGE_OVERHEAD
+        kept: dict[str, Any] = {"tokens": tokens, "context": msgspec.to_builtins(built.account)}
+        if not tokenizer.exact and usage is not None and usage.input_tokens and built.estimated_input:
+            kept["token_ratio"] = calibrated(usage.input_tokens / built.estimated_input)
+        return kept
 
     async def _save_later(self, outcome: dict[str, Any]) -> None:
         """Keep trying for a while (the database may be restarting); the client was told it is not saved."""

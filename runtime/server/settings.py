@@ -52,7 +52,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # bounds how late a write is seen only if its announcement is missed (and is cut to one second while
     # announcements cannot be heard).
     persona_local_cache_seconds: float = 1.0
-    history_turns: int = 20
+    # At most this many earlier turns of a stored conversation are sent; the context budget decides within it.
+    history_turns: int = 500
+    # Tokens a model takes when neither the persona nor the table of well-known models knows (section 13).
+    default_context_window: int = 32_768
+    # Who writes conversation summaries; unset, the persona's own provider and model.
+    summary_provider: str | None = None
+    summary_model: str | None = None
     max_message_chars: int = 32_000
     # Largest persona import (a PNG card, or a document) accepted, and what one PNG text chunk may inflate to.
     import_max_bytes: int = 8 * 1024 * 1024
@@ -122,7 +128,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             db_pool_max=int(number("DATABASE_POOL_SIZE", 10)),
             database_pool_mode=_pool_mode(text("DATABASE_POOL_MODE")),
             persona_local_cache_seconds=float(number("PERSONA_LOCAL_CACHE_SECONDS", 1.0, float)),
-            history_turns=int(number("HISTORY_TURNS", 20)),
+            history_turns=int(number("HISTORY_TURNS", 500)),
+            default_context_window=_window(int(number("DEFAULT_CONTEXT_WINDOW", 32_768))),
+            summary_provider=text("SUMMARY_PROVIDER"),
+            summary_model=text("SUMMARY_MODEL"),
             max_message_chars=int(number("MAX_MESSAGE_CHARS", 32_000)),
             import_max_bytes=int(number("IMPORT_MAX_BYTES", 8 * 1024 * 1024)),
             request_timeout=float(number("PROVIDER_TIMEOUT", 120.0, float)),
@@ -140,6 +149,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_keys_per_user=_at_least_one(int(number("MAX_KEYS_PER_USER", 100)), "MAX_KEYS_PER_USER"),
             env=env,
         )
+
+
+def _window(value: int) -> int:
+    if not 256 <= value <= 10_000_000:
+        raise SettingsError(f"DEFAULT_CONTEXT_WINDOW must be between 256 and 10000000 tokens, got {value}")
+    return value
 
 
 def _at_least_one(value: int, name: str) -> int:

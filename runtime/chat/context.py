@@ -1,0 +1,347 @@
+"""The context builder: the one place a turn's messages are assembled, within the model's token budget.
+
+Contract section 13. The budget is the model's window less the answer's reserve (``max_tokens``, else
+:data:`~runtime.chat.tokens.ANSWER_RESERVE`). It is filled by priority:
+
+1. never dropped: the persona's rendered system prompt, the client's system text and tools, and the turn's own
+   messages (on ``/v1`` the whole conversation the client sent). When these alone exceed the budget the turn is
+   refused (:class:`~core.errors.ContextOverflow`) before any provider is called;
+2. the lore and memory tiers (:class:`Extra` sections a caller adds, each within its own budget), then the
+   persona's example messages;
+3. the conversation's summary;
+4. earlier turns of a stored conversation, newest first and whole (a user message with the answers after it),
+   while they fit. They are read newest first and only as far as the budget reaches
+   (:meth:`ConversationStore.window`), with the token counts stored beside each message, so a turn never
+   re-reads or re-tokenizes the whole conversation.
+
+What was decided is the :class:`ContextAccount`, which render answers and each stored answer keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from core.errors import ContextOverflow
+from personas.models import Persona
+from providers import ChatMessage, ToolSpec
+from runtime.chat.conversations import Conversation, ConversationStore, WindowRow
+from runtime.chat.tokens import (
+    ANSWER_RESERVE,
+    ESTIMATE,
+    MESSAGE_OVERHEAD,
+    Tokenizer,
+    calibrated,
+    context_window_for,
+    tokenizer_for,
+)
+
+__all__ = ["SUMMARY_HEADING", "Built", "ContextAccount", "ContextBuilder", "Extra", "Section"]
+
+# How the summary is introduced in the system text.
+SUMMARY_HEADING = "Summary of the conversation so far (earlier turns are not shown):"
+
+
+class Section(msgspec.Struct, frozen=True, kw_only=True):
+    """One part of the context: its kind (system, tools, lore, memory, examples, summary, history, message),
+    its tokens and how many items (messages, tools, entries) it holds."""
+
+    kind: str
+    tokens: int
+    items: int
+
+
+class ContextAccount(msgspec.Struct, frozen=True, kw_only=True):
+    """What a turn was given (render's ``context``; each stored answer keeps it)."""
+
+    window: int
+    budget: int
+    used: int
+    tokenizer: str
+    sections: list[Section]
+    dropped_turns: int
+    lore_ids: list[str] = msgspec.field(default_factory=list)
+    memory_ids: list[str] = msgspec.field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A tier a caller adds between the never-dropped parts and the summary (lore, memory).
+
+    ``system`` is text for a system section after the persona's prompt; ``messages`` are placed ``depth``
+    messages before the latest (each with its own depth). ``tokens`` is what it costs, counted by the caller
+    within its own budget. ``ids`` are what it was made of, for the account.
+    """
+
+    kind: str
+    tokens: int
+    system: str = ""
+    messages: tuple[tuple[int, ChatMessage], ...] = ()
+    items: int = 0
+    ids: tuple[str, ...] = ()
+
+
+@dataclass
+class Built:
+    """A turn's context: the system text and messages to send, and the account of how they were chosen."""
+
+    system: str
+    # How much of ``system`` is the persona's own prompt: the prefix providers are asked to cache.
+    persona_chars: int
+    messages: list[ChatMessage]
+    account: ContextAccount
+    tokenizer: Tokenizer
+    # Tokens of the turn's last message, stored with it.
+    message_tokens: int
+    # Tokens counted for everything sent, by the estimate (before the conversation's correction): what the
+    # provider's reported input tokens are compared with.
+    estimated_input: int
+    # The oldest stored message sent (its seq), and whether older ones, not covered by the summary, were left out.
+    oldest_sent_seq: int | None = None
+    uncovered: bool = False
+    # Whether anything could be dropped on a retry (history, summary, examples, extras).
+    droppable: int = 0
+    extras: list[Extra] = field(default_factory=list)
+
+
+def _message_tokens(message: ChatMessage, count: Any) -> int:
+    tokens = MESSAGE_OVERHEAD + (count(message.content) if message.content else 0)
+    for call in message.tool_calls or ():
+        tokens += count(call.name) + count(call.arguments)
+    return tokens
+
+
+def _tool_tokens(tool: ToolSpec, count: Any) -> int:
+    return count(tool.name) + count(tool.description) + count(msgspec.json.encode(tool.parameters).decode())
+
+
+def window_of(persona: Persona, model: str, default: int) -> int:
+    """The persona's ``context_window``, else the table's figure for ``model``, else ``default``."""
+    return persona.model_settings.context_window or context_window_for(model) or default
+
+
+class ContextBuilder:
+    """Builds each turn's context; one per pipeline."""
+
+    def __init__(self, conversations: ConversationStore, *, default_window: int, history_messages: int) -> None:
+        self.conversations = conversations
+        self.default_window = default_window
+        self.history_messages = history_messages
+
+    async def build(
+        self,
+        persona: Persona,
+        model: str,
+        *,
+        own_system: str,
+        client_system: Sequence[str],
+        tools: Sequence[ToolSpec],
+        messages: Sequence[ChatMessage],
+        conversation: Conversation | None,
+        max_tokens: int | None,
+        message_field: str = "message",
+        extras: Sequence[Extra] = (),
+        cut: int = 0,
+        exact: bool = False,
+    ) -> Built:
+        """The turn's context within ``model``'s budget, less ``cut`` tokens (a retry after a provider said the
+        request was too long). ``exact`` counts every part even when a cheap bound shows it fits (render)."""
+        window = window_of(persona, model, self.default_window)
+        reserve = max_tokens or persona.model_settings.max_tokens or ANSWER_RESERVE
+        budget = window - reserve - cut
+        if budget <= 0:
+            raise ContextOverflow(
+                f"`max_tokens` ({reserve}) leaves no room in the model's context window of {window} tokens: "
+                "ask for fewer tokens, or raise the persona's `model_settings.context_window`.",
+                field="max_tokens",
+                details={"part": "max_tokens", "overshoot": -budget + 1, "budget": window, "tokens": reserve},
+            )
+        system = "\n\n".join([own_system, *client_system]).strip() if client_system else own_system
+        persona_chars = len(own_system.lstrip()) if client_system else len(system)
+        tokenizer = tokenizer_for(model)
+        ratio = 1.0
+        if not tokenizer.exact and conversation is not None:
+            ratio = calibrated(conversation.token_ratio)
+        raw = tokenizer.count
+        if ratio == 1.0:
+            count = raw
+        else:
+
+            def count(text: str) -> int:
+                return int(raw(text) * ratio + 0.999)
+
+        # /v1 with nothing to choose: when the whole request's UTF-8 size (a bound on its tokens) fits, it is
+        # sent as it is without being tokenized.
+        if conversation is None and not extras and not exact and not _examples(persona):
+            size = _size(system) + sum(_size(t.name) + _size(t.description) + 64 for t in tools)
+            size += sum(MESSAGE_OVERHEAD + _message_size(m) for m in messages)
+            if size <= budget:
+                estimated = int(size / 3.5 + 0.999)
+                return Built(
+                    system=system,
+                    persona_chars=persona_chars,
+                    messages=list(messages),
+                    account=ContextAccount(
+                        window=window,
+                        budget=budget,
+                        used=estimated,
+                        tokenizer=ESTIMATE.name if not tokenizer.exact else tokenizer.name,
+                        sections=[Section(kind="message", tokens=estimated, items=len(messages))],
+                        dropped_turns=0,
+                    ),
+                    tokenizer=tokenizer,
+                    message_tokens=0,
+                    estimated_input=estimated,
+                )
+
+        system_tokens = count(system) if system else 0
+        tools_tokens = sum(_tool_tokens(t, count) for t in tools)
+        each = [_message_tokens(m, count) for m in messages]
+        message_tokens = sum(each)
+        fixed = system_tokens + tools_tokens + message_tokens
+        if fixed > budget:
+            parts = {message_field: message_tokens, "system": system_tokens, "tools": tools_tokens}
+            part = max(parts, key=lambda p: parts[p])
+            overshoot = fixed - budget
+            raise ContextOverflow(
+                f"The request needs {fixed} tokens before any earlier turn, over the budget of {budget} "
+                f"(the model's window of {window} less {reserve} for the answer) by {overshoot}; `{part}` "
+                f"alone is {parts[part]} tokens. Send less in `{part}`, or use a persona or model with a "
+                "larger `context_window`.",
+                field=part,
+                details={"part": part, "overshoot": overshoot, "budget": budget, "tokens": parts[part]},
+            )
+        sections = [Section(kind="system", tokens=system_tokens, items=1 if system else 0)]
+        if tools:
+            sections.append(Section(kind="tools", tokens=tools_tokens, items=len(tools)))
+        left = budget - fixed
+        droppable = 0
+
+        # Lore and memory: each tier was fitted to its own budget by its maker; one that no longer fits is left out.
+        kept: list[Extra] = []
+        for extra in extras:
+            if extra.tokens <= left:
+                kept.append(extra)
+                left -= extra.tokens
+                droppable += extra.tokens
+                sections.append(Section(kind=extra.kind, tokens=extra.tokens, items=extra.items))
+
+        # Example messages, whole, when they fit.
+        examples: list[ChatMessage] = []
+        shown = _examples(persona)
+        if shown:
+            example_messages = [ChatMessage(role=role, content=content) for role, content in shown]  # type: ignore[arg-type]
+            cost = sum(_message_tokens(m, count) for m in example_messages)
+            if cost <= left:
+                examples = example_messages
+                left -= cost
+                droppable += cost
+                sections.append(Section(kind="examples", tokens=cost, items=len(examples)))
+
+        summary = ""
+        after_seq = 0
+        if conversation is not None and conversation.summary:
+            cost = int((conversation.summary_tokens or 0) * ratio + 0.999) + MESSAGE_OVERHEAD
+            if cost <= left:
+                summary = conversation.summary
+                after_seq = conversation.summary_covers_seq or 0
+                left -= cost
+                droppable += cost
+                sections.append(Section(kind="summary", tokens=cost, items=1))
+
+        history: list[ChatMessage] = []
+        oldest: int | None = None
+        uncovered = False
+        dropped = 0
+        if conversation is not None and self.history_messages > 0:
+            rows, more = await self.conversations.window(
+                conversation.id, after_seq=after_seq, budget=int(left / ratio) + 1, limit=self.history_messages
+            )
+            turns, spent, uncovered = _fit(rows, more, left, ratio)
+            for turn in reversed(turns):
+                history.extend(ChatMessage(role=r.role, content=r.content) for r in turn)
+            if turns:
+                oldest = turns[-1][0].seq
+                kept_turns = sum(1 for turn in turns if turn[0].role == "user")
+                sections.append(Section(kind="history", tokens=spent, items=len(history)))
+                left -= spent
+                droppable += spent
+            else:
+                kept_turns = 0
+            dropped = max(conversation.user_turns - kept_turns, 0)
+        sections.append(Section(kind="message", tokens=message_tokens, items=len(messages)))
+
+        lore_system = "\n\n".join(e.system for e in kept if e.system)
+        tail = [s for s in (lore_system, f"{SUMMARY_HEADING}\n{summary}" if summary else "") if s]
+        if tail:
+            system = "\n\n".join([system, *tail]) if system else "\n\n".join(tail)
+        sent = [*examples, *history, *messages]
+        placed = sorted(((depth, m) for e in kept for depth, m in e.messages), key=lambda p: -p[0])
+        for depth, message in placed:
+            sent.insert(max(len(sent) - depth, 0), message)
+        used = budget - left
+        return Built(
+            system=system,
+            persona_chars=persona_chars,
+            messages=sent,
+            account=ContextAccount(
+                window=window,
+                budget=budget,
+                used=used,
+                tokenizer=tokenizer.name,
+                sections=sections,
+                dropped_turns=dropped,
+                lore_ids=[i for e in kept if e.kind == "lore" for i in e.ids],
+                memory_ids=[i for e in kept if e.kind == "memory" for i in e.ids],
+            ),
+            tokenizer=tokenizer,
+            message_tokens=each[-1] if each else 0,
+            estimated_input=int(used / ratio),
+            oldest_sent_seq=oldest,
+            uncovered=uncovered,
+            droppable=droppable,
+            extras=kept,
+        )
+
+
+def _examples(persona: Persona) -> list[tuple[str, str]]:
+    """The persona's example messages as (role, content), sent after the lore and before the summary."""
+    return []
+
+
+def _size(text: str | None) -> int:
+    if not text:
+        return 0
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _message_size(message: ChatMessage) -> int:
+    size = _size(message.content)
+    for call in message.tool_calls or ():
+        size += _size(call.name) + _size(call.arguments)
+    return size
+
+
+def _fit(rows: list[WindowRow], more: bool, left: int, ratio: float) -> tuple[list[list[WindowRow]], int, bool]:
+    """Whole turns from ``rows`` (newest first) while they fit in ``left``: each turn a user message and the
+    answers after it (a conversation's opening greeting is a turn of its own). Returns the turns, newest first,
+    their tokens, and whether stored messages were left out (``more``: the walk stopped before the start)."""
+    turns: list[list[WindowRow]] = []
+    spent = 0
+    group: list[WindowRow] = []
+    cost = 0
+    for index, row in enumerate(rows):
+        group.insert(0, row)
+        cost += int(row.tokens * ratio + 0.999)
+        opens = row.role == "user" or (index == len(rows) - 1 and not more)
+        if not opens:
+            continue
+        if spent + cost > left:
+            return turns, spent, True
+        turns.append(group)
+        spent += cost
+        group, cost = [], 0
+    return turns, spent, more or bool(group)
