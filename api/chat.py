@@ -186,9 +186,16 @@ class ConversationController(Controller):
                 covers_until_message_id=conversation.summary_covers_message_id,
                 updated_at=conversation.summary_updated_at,
             )
-        shown = msgspec.convert(conversation, ConversationOut, from_attributes=True)
+        shown = ConversationOut(
+            id=conversation.id,
+            title=conversation.title,
+            persona_id=conversation.persona_id,
+            created_at=conversation.created_at,
+            updated_at=conversation.updated_at,
+            summary=summary,
+        )
         return ConversationResponse(
-            conversation=msgspec.structs.replace(shown, summary=summary),
+            conversation=shown,
             messages=[msgspec.convert(m, MessageOut, from_attributes=True) for m in messages],
         )
 

@@ -101,6 +101,8 @@ class Built:
     estimated_input: int
     # The oldest stored message sent (its seq), and whether older ones, not covered by the summary, were left out.
     oldest_sent_seq: int | None = None
+    # The newest stored message the history walk could read: a retry reads no further.
+    newest_read_seq: int | None = None
     uncovered: bool = False
     # Whether anything could be dropped on a retry (history, summary, examples, extras).
     droppable: int = 0
@@ -146,9 +148,12 @@ class ContextBuilder:
         extras: Sequence[Extra] = (),
         cut: int = 0,
         exact: bool = False,
+        until_seq: int | None = None,
     ) -> Built:
         """The turn's context within ``model``'s budget, less ``cut`` tokens (a retry after a provider said the
-        request was too long). ``exact`` counts every part even when a cheap bound shows it fits (render)."""
+        request was too long). ``exact`` counts every part even when a cheap bound shows it fits (render).
+        ``until_seq`` bounds the stored messages read (a retry reads what the first try could, not the question
+        stored since)."""
         window = window_of(persona, model, self.default_window)
         reserve = max_tokens or persona.model_settings.max_tokens or ANSWER_RESERVE
         budget = window - reserve - cut
@@ -254,12 +259,18 @@ class ContextBuilder:
 
         history: list[ChatMessage] = []
         oldest: int | None = None
+        newest: int | None = None
         uncovered = False
         dropped = 0
         if conversation is not None and self.history_messages > 0:
             rows, more = await self.conversations.window(
-                conversation.id, after_seq=after_seq, budget=int(left / ratio) + 1, limit=self.history_messages
+                conversation.id,
+                after_seq=after_seq,
+                budget=int(left / ratio) + 1,
+                limit=self.history_messages,
+                until_seq=2**62 if until_seq is None else until_seq,
             )
+            newest = rows[0].seq if rows else 0
             turns, spent, uncovered = _fit(rows, more, left, ratio)
             for turn in reversed(turns):
                 history.extend(ChatMessage(role=r.role, content=r.content) for r in turn)
@@ -301,6 +312,7 @@ class ContextBuilder:
             message_tokens=each[-1] if each else 0,
             estimated_input=int(used / ratio),
             oldest_sent_seq=oldest,
+            newest_read_seq=newest,
             uncovered=uncovered,
             droppable=droppable,
             extras=kept,

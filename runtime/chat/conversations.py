@@ -77,13 +77,14 @@ LIST_MESSAGES = f"SELECT {_MESSAGE} FROM messages WHERE conversation_id = $1 ORD
 # What a stored message costs when it was stored before counts were kept: the estimate of its bytes.
 _TOKENS = "coalesce(tokens, ceil(octet_length(content) / 3.5)::integer + 4)"
 _SENDABLE = "conversation_id = $1 AND seq > $2 AND status IN ('complete', 'incomplete') AND content <> ''"
-# A conversation's latest messages worth sending upstream (after the summary's last, $2), newest first, read one
-# index probe at a time while their tokens stay under the budget ($3) and their number under $4: the walk reads
-# the window and one message more, however long the conversation.
+_UNTIL = "seq <= $5"
+# A conversation's latest messages worth sending upstream (after the summary's last, $2, through $5), newest
+# first, read one index probe at a time while their tokens stay under the budget ($3) and their number under $4:
+# the walk reads the window and one message more, however long the conversation.
 WINDOW = f"""
 WITH RECURSIVE walk AS (
     (SELECT seq, role, content, {_TOKENS} AS tokens, {_TOKENS} AS total, 1 AS n FROM messages
-     WHERE {_SENDABLE} ORDER BY seq DESC LIMIT 1)
+     WHERE {_SENDABLE} AND {_UNTIL} ORDER BY seq DESC LIMIT 1)
     UNION ALL
     SELECT m.seq, m.role, m.content, m.tokens, walk.total + m.tokens, walk.n + 1
     FROM walk CROSS JOIN LATERAL (
@@ -204,12 +205,12 @@ class ConversationStore:
         return [_message(r) for r in await self._pool.fetch(LIST_MESSAGES, conversation_id)]
 
     async def window(
-        self, conversation_id: UUID, *, after_seq: int, budget: int, limit: int
+        self, conversation_id: UUID, *, after_seq: int, budget: int, limit: int, until_seq: int = 2**62
     ) -> tuple[list[WindowRow], bool]:
-        """The latest messages worth sending upstream (after ``after_seq``), newest first, while their stored
-        token counts stay within ``budget`` (one more is read, to know) and at most ``limit`` of them; and
-        whether the walk stopped before the conversation's start."""
-        records = await self._pool.fetch(WINDOW, conversation_id, after_seq, budget, limit)
+        """The latest messages worth sending upstream (after ``after_seq``, through ``until_seq``), newest first,
+        while their stored token counts stay within ``budget`` (one more is read, to know) and at most ``limit``
+        of them; and whether the walk stopped before the conversation's start."""
+        records = await self._pool.fetch(WINDOW, conversation_id, after_seq, budget, limit, until_seq)
         rows = [
             WindowRow(r["seq"], "assistant" if r["role"] == "assistant" else "user", r["content"], r["tokens"])
             for r in records

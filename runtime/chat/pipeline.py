@@ -219,6 +219,7 @@ class ChatPipeline:
         *,
         exact: bool = False,
         cut: int = 0,
+        until_seq: int | None = None,
     ) -> TurnPlan:
         own = self.prompts.render(persona, caller)
         tools = tool_specs(persona)
@@ -237,6 +238,7 @@ class ChatPipeline:
             message_field="message" if turn.route in ("chat", "preview", "compare", "test_run") else "messages",
             cut=cut,
             exact=exact,
+            until_seq=until_seq,
         )
         request = build_request(
             persona,
@@ -262,18 +264,26 @@ class ChatPipeline:
         )
 
     async def _shorter(self, plan: TurnPlan, refused: ProviderContextExceeded) -> TurnPlan | None:
-        """The plan again within a budget cut by what the provider said the request was over (else by 20%), or
-        None when nothing in it can be dropped."""
+        """The plan again within what was sent less what the provider said the request was over (else less 20%),
+        or None when nothing in it can be dropped."""
         built = plan.context
         if plan.cut or not built.droppable:
             return None
-        budget = built.account.budget
-        cut = int(refused.overshoot * 1.01) + 1 if refused.overshoot else budget // 5
+        # The provider's window is smaller than we took it to be: what was sent, less the overshoot.
+        budget, used = built.account.budget, built.account.used
+        cut = budget - used + (int(refused.overshoot * 1.01) + 1 if refused.overshoot else used // 5)
         cut = min(cut, budget - 1)
         log_args = (plan.routes[0].provider, cut)
         _log.info("provider %s refused the request for its length; retrying with %d tokens fewer", *log_args)
         return await self._compose(
-            plan.caller, plan.input, plan.persona, plan.source, plan.conversation, plan.routes, cut=cut
+            plan.caller,
+            plan.input,
+            plan.persona,
+            plan.source,
+            plan.conversation,
+            plan.routes,
+            cut=cut,
+            until_seq=built.newest_read_seq or 0,
         )
 
     def upstream_body(self, plan: TurnPlan) -> dict[str, Any]:

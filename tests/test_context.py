@@ -1,0 +1,252 @@
+"""Contract section 13: turns within the model's token budget, overflow refused before any provider call, one
+retry when a provider still finds the request too long, rolling summaries, and render's account."""
+
+from __future__ import annotations
+
+import asyncio
+
+import bpe_openai
+import httpx
+import pytest
+
+from runtime.chat.context import SUMMARY_HEADING
+from tests.conftest import llm_env, make_settings, persona_body, running
+
+CHAT = "/api/v1/chat"
+PERSONAS = "/api/v1/chat/personas"
+
+
+async def make_persona(http, account, **fields):
+    r = await http.post(PERSONAS, json=persona_body(**fields), headers=account.headers)
+    assert r.status_code == 201, r.text
+    return r.json()["persona"]
+
+
+async def conversation(http, account, conversation_id):
+    r = await http.get(f"{CHAT}/conversations/{conversation_id}", headers=account.headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_a_long_conversation_keeps_its_latest_turns_and_a_summary_within_the_window(
+    database_url, redis_url, fake_llm, make_user
+):
+    from api.app import create_app
+
+    settings = make_settings(database_url, redis_url, env=llm_env(fake_llm), summary_provider="echo")
+    async with running(create_app(settings)) as http:
+        alice = await make_user("alice")
+        persona = await make_persona(
+            http, alice, model_settings={"provider": "local", "context_window": 1400, "max_tokens": 200}
+        )
+        conversation_id = None
+        for n in range(12):
+            fake_llm.script(chunks=(f"answer {n}",))
+            body = {"message": f"question {n}: " + "tell me more about the harbour " * 20, "persona_id": persona["id"]}
+            if conversation_id:
+                body["conversation_id"] = conversation_id
+            r = await http.post(CHAT, json=body, headers=alice.headers)
+            assert r.status_code == 200, r.text
+            conversation_id = r.json()["conversation_id"]
+            await asyncio.sleep(0.05)  # lets the background summary of the turn before land, as between real turns
+
+        sent = [r.body for r in fake_llm.chat_requests() if "question 11" in r.body["messages"][-1]["content"]][-1]
+        said = [m["content"] for m in sent["messages"] if m["role"] != "system"]
+        # The latest question, then the turn before it, were kept whole; the first turns were not.
+        assert said[-1].startswith("question 11") and said[-2] == "answer 10" and said[-3].startswith("question 10")
+        assert not any(text.startswith("question 0:") for text in said)
+
+        for _ in range(100):
+            shown = await conversation(http, alice, conversation_id)
+            if shown["conversation"]["summary"]:
+                break
+            await asyncio.sleep(0.05)
+        summary = shown["conversation"]["summary"]
+        assert summary is not None, "no summary was written for the turns that fell out"
+        assert "question 0" in summary["content"]
+        ids = [m["id"] for m in shown["messages"]]
+        assert summary["covers_until_message_id"] in ids
+        # Every stored answer keeps its account, within the budget.
+        answers = [m for m in shown["messages"] if m["role"] == "assistant"]
+        assert all(m["context"]["used"] <= m["context"]["budget"] == 1200 for m in answers)
+        assert answers[-1]["context"]["dropped_turns"] > 0
+
+        # The next turn is sent the summary as a system section after the persona's prompt.
+        fake_llm.script(chunks=("fine",))
+        r = await http.post(
+            CHAT, json={"message": "and now?", "conversation_id": conversation_id}, headers=alice.headers
+        )
+        assert r.status_code == 200, r.text
+        system = fake_llm.chat_requests()[-1].body["messages"][0]["content"]
+        assert system.startswith(f"You are {persona['name']}")
+        assert SUMMARY_HEADING in system and summary["content"].splitlines()[0] in system
+
+        rendered = await http.post(
+            f"{PERSONAS}/{persona['id']}/render",
+            json={"message": "and now?", "conversation_id": conversation_id},
+            headers=alice.headers,
+        )
+        context = rendered.json()["context"]
+        kinds = [s["kind"] for s in context["sections"]]
+        assert kinds[0] == "system" and "summary" in kinds and "history" in kinds and kinds[-1] == "message"
+        assert context["used"] == sum(s["tokens"] for s in context["sections"]) <= context["budget"]
+
+
+async def test_what_cannot_be_dropped_and_does_not_fit_is_refused_before_any_provider_call(
+    llm_client, llm_app, fake_llm, alice
+):
+    persona = await make_persona(
+        llm_client, alice, model_settings={"provider": "openai", "context_window": 300, "max_tokens": 50}
+    )
+    name, long = persona["name"], "word " * 390
+    before = len(fake_llm.chat_requests())
+
+    r = await llm_client.post(CHAT, json={"message": long, "persona_id": persona["id"]}, headers=alice.headers)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "context_overflow" and error["field"] == "message"
+    assert error["details"]["part"] == "message" and error["details"]["budget"] == 250
+    # 390 words counted with o200k (the persona's model is OpenAI's default), over a budget of 250.
+    assert error["details"]["tokens"] > error["details"]["overshoot"] > 100
+
+    v1 = {"model": f"persona/{name}", "messages": [{"role": "user", "content": long}]}
+    r = await llm_client.post("/v1/chat/completions", json=v1, headers=alice.headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    assert r.json()["error"]["param"] == "messages"
+
+    anthropic = {"model": f"persona/{name}", "max_tokens": 50, "messages": [{"role": "user", "content": long}]}
+    r = await llm_client.post("/v1/messages", json=anthropic, headers=alice.headers)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+    assert "`messages`" in r.json()["error"]["message"] and "context_window" in r.json()["error"]["message"]
+
+    r = await llm_client.post("/v1/responses", json={"model": f"persona/{name}", "input": long}, headers=alice.headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+
+    # max_tokens that leaves no room at all names max_tokens.
+    v1 = {"model": f"persona/{name}", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400}
+    r = await llm_client.post("/v1/chat/completions", json=v1, headers=alice.headers)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
+    assert len(fake_llm.chat_requests()) == before
+
+
+async def test_a_provider_that_still_finds_the_request_too_long_gets_it_once_more_shorter(llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice, model_settings={"provider": "openai", "context_window": 8000})
+    conversation_id = None
+    for n in range(4):
+        fake_llm.script(chunks=(f"answer {n}",))
+        body = {"message": f"question {n} " + "about the sea " * 40, "persona_id": persona["id"]}
+        if conversation_id:
+            body["conversation_id"] = conversation_id
+        r = await llm_client.post(CHAT, json=body, headers=alice.headers)
+        conversation_id = r.json()["conversation_id"]
+    too_long = {
+        "error": {
+            "message": "This model's maximum context length is 600 tokens. However, your messages resulted in "
+            "900 tokens. Please reduce the length of the messages.",
+            "type": "invalid_request_error",
+            "code": "context_length_exceeded",
+        }
+    }
+    fake_llm.script(status=400, error_body=too_long)
+    fake_llm.script(chunks=("shorter, then",))
+    before = len(fake_llm.chat_requests())
+    r = await llm_client.post(
+        CHAT, json={"message": "last one", "conversation_id": conversation_id}, headers=alice.headers
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["response"] == "shorter, then"
+    first, second = (q.body["messages"] for q in fake_llm.chat_requests()[before:])
+    assert len(second) < len(first) and second[-1]["content"] == first[-1]["content"] == "last one"
+    stored = (await conversation(llm_client, alice, conversation_id))["messages"]
+    assert [m["status"] for m in stored[-2:]] == ["complete", "complete"]
+
+    # A second refusal reaches the client as the provider's, with nothing retried a third time.
+    fake_llm.script(status=400, error_body=too_long)
+    fake_llm.script(status=400, error_body=too_long)
+    fake_llm.script(chunks=("never asked",))
+    before = len(fake_llm.chat_requests())
+    r = await llm_client.post(
+        CHAT, json={"message": "again", "conversation_id": conversation_id}, headers=alice.headers
+    )
+    assert r.status_code == 502 and r.json()["error"]["code"] == "provider_context_exceeded", r.text
+    assert len(fake_llm.chat_requests()) - before == 2
+    fake_llm.reset()
+
+
+async def test_render_counts_with_the_models_own_tokenizer_and_window(client, alice):
+    persona = await make_persona(client, alice, model_settings={"provider": "echo", "model": "gpt-4o-mini"})
+    message = "Tokenize this sentence, exactly, with o200k: naïve café ☕."
+    r = await client.post(f"{PERSONAS}/{persona['id']}/render", json={"message": message}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    context = r.json()["context"]
+    assert context["window"] == 128_000 and context["budget"] == 128_000 - 1024
+    assert context["tokenizer"] == "o200k_base"
+    encoding = bpe_openai.get_encoding("o200k_base")
+    sections = {s["kind"]: s for s in context["sections"]}
+    assert sections["message"]["tokens"] == len(encoding.encode_ordinary(message)) + 4
+    assert sections["system"]["tokens"] == len(encoding.encode_ordinary(r.json()["system_prompt"]))
+
+    unknown = await make_persona(client, alice, model_settings={"provider": "echo", "model": "house-model"})
+    r = await client.post(f"{PERSONAS}/{unknown['id']}/render", json={"message": message}, headers=alice.headers)
+    context = r.json()["context"]
+    assert context["window"] == 32_768 and context["tokenizer"] == "estimate"
+
+
+async def test_history_is_read_only_as_far_as_the_budget_reaches(client, resources, alice):
+    r = await client.post(CHAT, json={"message": "start"}, headers=alice.headers)
+    conversation_id = r.json()["conversation_id"]
+    async with resources.pool.acquire() as connection:
+        await connection.execute(
+            """INSERT INTO messages (conversation_id, role, content, status, tokens)
+               SELECT $1, CASE WHEN n % 2 = 0 THEN 'user' ELSE 'assistant' END, 'message ' || n, 'complete', 10
+               FROM generate_series(1, 3000) n""",
+            conversation_id,
+        )
+    rows, more = await resources.conversations.window(conversation_id, after_seq=0, budget=95, limit=1000)
+    # Ten messages of ten tokens reach the budget; the walk reads one more to know, and no further.
+    assert len(rows) == 10 and more
+    assert [r.content for r in rows[:2]] == ["message 3000", "message 2999"]
+    rows, more = await resources.conversations.window(conversation_id, after_seq=0, budget=10**9, limit=40)
+    assert len(rows) == 40 and more
+
+
+async def test_a_summary_is_saved_only_over_the_one_it_folded(client, resources, alice):
+    r = await client.post(CHAT, json={"message": "hello"}, headers=alice.headers)
+    conversation_id = r.json()["conversation_id"]
+    message_id = r.json()["message_id"]
+    store = resources.conversations
+    assert await store.save_summary(
+        conversation_id, summary="first", tokens=2, covers_seq=10, covers_message_id=message_id, folded_seq=None
+    )
+    # A writer that folded nothing (it read before "first" was saved) does not replace it.
+    assert not await store.save_summary(
+        conversation_id, summary="stale", tokens=2, covers_seq=5, covers_message_id=message_id, folded_seq=None
+    )
+    shown = await conversation(client, alice, conversation_id)
+    assert shown["conversation"]["summary"]["content"] == "first"
+    assert shown["conversation"]["summary"]["covers_until_message_id"] == message_id
+
+
+@pytest.mark.parametrize(
+    ("message", "overshoot"),
+    [
+        ("This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.", 808),
+        ("prompt is too long: 210000 tokens > 200000 maximum", 10000),
+        (
+            "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens (4000 in the "
+            "messages, 1000 in the completion).",
+            904,
+        ),
+        ("Input is too long for this model.", None),
+    ],
+)
+def test_providers_length_refusals_are_recognised_with_their_overshoot(message, overshoot):
+    from core.errors import ProviderContextExceeded
+    from providers._upstream import error_for_status
+
+    error = error_for_status("openai", 400, httpx.Headers(), {"error": {"message": message}}, None)
+    assert isinstance(error, ProviderContextExceeded) and error.overshoot == overshoot
+    assert not isinstance(
+        error_for_status("openai", 400, httpx.Headers(), {"error": {"message": "bad model"}}, None),
+        ProviderContextExceeded,
+    )
