@@ -181,8 +181,11 @@ class ContextBuilder:
         # /v1 with nothing to choose: when the whole request's UTF-8 size (a bound on its tokens) fits, it is
         # sent as it is without being tokenized.
         if conversation is None and not extras and not exact and not _examples(persona):
-            size = _size(system) + sum(_size(t.name) + _size(t.description) + 64 for t in tools)
-            size += sum(MESSAGE_OVERHEAD + _message_size(m) for m in messages)
+            size = _size(system) + MESSAGE_OVERHEAD * len(messages)
+            for message in messages:
+                size += _message_size(message)
+            for tool in tools:
+                size += _size(tool.name) + _size(tool.description) + len(msgspec.json.encode(tool.parameters))
             if size <= budget:
                 estimated = int(size / 3.5 + 0.999)
                 return Built(
@@ -331,8 +334,9 @@ def _size(text: str | None) -> int:
 
 
 def _message_size(message: ChatMessage) -> int:
-    size = _size(message.content)
-    for call in message.tool_calls or ():
+    content = message.content
+    size = (len(content) if content.isascii() else len(content.encode())) if content else 0
+    for call in message.tool_calls:
         size += _size(call.name) + _size(call.arguments)
     return size
 

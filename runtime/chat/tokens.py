@@ -11,6 +11,7 @@ Also here: how many tokens a model takes (:func:`context_window_for`), from a ta
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ _OPENAI_ENCODINGS = (
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def tokenizer_for(model: str) -> Tokenizer:
     """The tokenizer of ``model``'s family: exact for OpenAI's models, else the estimate."""
     name = model.lower().rsplit("/", 1)[-1]
@@ -168,6 +170,7 @@ _OPEN_WINDOWS: tuple[tuple[str, int], ...] = (
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def context_window_for(model: str) -> int | None:
     """The window of a well-known model, or None when the table does not know it."""
     name = model.lower()
