@@ -152,6 +152,20 @@ async def authoring_example(database_url: str, url: str) -> None:
     assert "[('user', 'Hi Quill'), ('assistant', '[echo] Hi Quill'), ('user', 'And now?')]" in out
 
 
+async def context_example(database_url: str, url: str) -> None:
+    out = await run_walk_through(ROOT / "docs" / "context.md", "## A worked example", database_url, url)
+    # What the page says each step prints.
+    assert "The user said: Turn 1: the tide is turni\n" in out
+    assert "['system', 'summary', 'history', 'message'] True" in out
+    assert "context_overflow message\n" in out
+
+
+@pytest.mark.usefixtures("curl")
+async def test_context_guide_runs_as_written(echo_server):
+    database_url, url, _ = echo_server
+    await context_example(database_url, url)
+
+
 @pytest.mark.usefixtures("curl")
 async def test_authoring_worked_example_runs_as_written(echo_server):
     database_url, url, _ = echo_server

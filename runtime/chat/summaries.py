@@ -44,14 +44,14 @@ Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
 def echo_summary(previous: str | None, turns: list[tuple[str, str]]) -> str:
-    """The offline summary: the previous one, then each folded message's first line, clipped; the oldest lines
-    go first when it grows past about 4,000 characters."""
+    """The offline summary: the previous one, then the start of each folded message; past 1,500 characters the
+    lines after the first give way, oldest first, so it keeps how the conversation began and how it went on."""
     lines = previous.splitlines() if previous else []
     for role, content in turns:
-        first = " ".join(content.split())[:160]
+        first = " ".join(content.split())[:100]
         lines.append(f"{'The user' if role == 'user' else 'The assistant'} said: {first}")
-    while len(lines) > 1 and sum(len(line) + 1 for line in lines) > 4000:
-        lines.pop(0)
+    while len(lines) > 2 and sum(len(line) + 1 for line in lines) > 1500:
+        lines.pop(1)
     return "\n".join(lines)
 
 
