@@ -35,6 +35,7 @@ from api.responses import ResponsesController
 from core.logs import configure_logging
 from providers import ProviderRegistry
 from runtime.server.resources import Resources, open_resources
+from runtime.server.serving import FrontLimits, configure_front
 from runtime.server.settings import Settings
 
 __all__ = ["app_from_env", "create_app"]
@@ -141,4 +142,5 @@ def app_from_env() -> Litestar:
     """Factory for ``uvicorn --factory`` and multi-worker serving: settings from the environment."""
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
+    configure_front(FrontLimits(head_timeout=settings.header_timeout_seconds))
     return create_app(settings)

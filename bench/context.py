@@ -56,9 +56,7 @@ async def measure(dsn: str, sizes: list[int], budget: int, runs: int) -> None:
                 began = time.perf_counter()
                 rows, _more = await store.window(conversation_id, after_seq=0, budget=budget, limit=1000)
                 times.append((time.perf_counter() - began) * 1000)
-            plan = await pool.fetch(
-                f"EXPLAIN (ANALYZE, BUFFERS) {WINDOW}", conversation_id, 0, budget, 1000, 2**62
-            )
+            plan = await pool.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {WINDOW}", conversation_id, 0, budget, 1000, 2**62)
             lines = [r[0] for r in plan]
             scans = sorted({line.strip().split(" on ")[0].lstrip("-> ") for line in lines if " on messages" in line})
             print(

@@ -20,7 +20,7 @@ from core.events import Finish, ProviderEvent, TextDelta, Usage
 from providers import ChatMessage, EchoProvider, ProviderConfig, ProviderRegistry, ProviderRequest
 from providers._http import HttpPool, PoolFull, ReadTimeout, UnsupportedProxy, default_ssl_context, proxy_for
 from providers._upstream import SSESplitter
-from runtime.server.serving import NoDelayProtocol, uvicorn_options
+from runtime.server.serving import GuardedProtocol, NoDelayProtocol, uvicorn_options
 from tests.conftest import make_settings, running
 from tests.proxy import HttpProxy
 from tests.waiting import eventually
@@ -492,7 +492,8 @@ async def test_accepted_sockets_have_nagle_off_also_on_a_socket_bound_for_worker
 def test_serve_uses_the_same_protocol_for_any_worker_count() -> None:
     for workers in (1, 2, 4):
         options = uvicorn_options(host="127.0.0.1", port=8666, workers=workers)
-        assert options["http"] is NoDelayProtocol and options["workers"] == workers
+        assert issubclass(options["http"], NoDelayProtocol) and options["workers"] == workers
+        assert options["http"] is GuardedProtocol
 
 
 # -- one write per upstream read ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from providers import configs_from_env, default_provider
 from runtime.access.accounts import Accounts
 from runtime.server.embedded import EmbeddedPostgres, EmbeddedUnavailable
 from runtime.server.migrate import MigrationError, apply_migrations
-from runtime.server.serving import uvicorn_options
+from runtime.server.serving import raise_open_file_limit, uvicorn_options
 from runtime.server.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -66,6 +66,10 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   PROVIDER_MAX_CONNECTIONS   upstream connections per provider and worker (10000)
   PERSONA_LOCAL_CACHE_SECONDS   how long a process keeps personas in memory (1)
   HISTORY_TURNS, MAX_MESSAGE_CHARS, IMPORT_MAX_BYTES, SSE_HEARTBEAT_SECONDS   limits and pacing
+  DEFAULT_CONTEXT_WINDOW     tokens a model takes when neither persona nor table knows (32768)
+  SUMMARY_PROVIDER, SUMMARY_MODEL   who writes conversation summaries (the persona's provider)
+  MAX_CONNECTIONS            connections each worker serves at once; past it a 503 (10000)
+  HEADER_TIMEOUT_SECONDS     how long a request's headers may take to arrive; then a 408 (10)
   SSL_CERT_FILE, SSL_CERT_DIR, HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY   how providers are reached
 """
 
@@ -168,6 +172,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Started here rather than in each worker, so that every worker shares one server.
         embedded = EmbeddedPostgres(settings.home)
         os.environ["DATABASE_URL"] = embedded.start()
+    # Every connection is a file: the workers inherit a soft limit raised as far as the hard one allows.
+    raise_open_file_limit()
     try:
         uvicorn.run(
             "api.app:app_from_env",
@@ -176,6 +182,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
                 port=args.port or settings.port,
                 workers=args.workers,
                 grace=settings.shutdown_grace_seconds,
+                max_connections=settings.max_connections,
             ),
         )
     finally:

@@ -1,15 +1,28 @@
-"""How ``serve`` runs the app: uvicorn on uvloop and httptools, with Nagle off on every accepted socket."""
+"""How ``serve`` runs the app: uvicorn on uvloop and httptools, with Nagle off on every accepted socket and a
+guard against slow and large clients (:class:`GuardedProtocol`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import resource
 import socket
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["NoDelayProtocol", "uvicorn_options"]
+__all__ = [
+    "FrontLimits",
+    "GuardedProtocol",
+    "NoDelayProtocol",
+    "configure_front",
+    "raise_open_file_limit",
+    "uvicorn_options",
+]
+
+log = logging.getLogger("persona_runtime.serving")
 
 
 class NoDelayProtocol(HttpToolsProtocol):
@@ -27,11 +40,145 @@ class NoDelayProtocol(HttpToolsProtocol):
         super().connection_made(transport)
 
 
-def uvicorn_options(*, host: str, port: int, workers: int, grace: float = 25.0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FrontLimits:
+    """What one request's head may be, and how long it may take to arrive.
+
+    ``header_bytes`` bounds one header line (name and value), ``head_bytes`` the request line and all headers,
+    ``headers`` their number; past any of them the answer is 431 and the connection is closed. A request whose
+    head has not arrived ``head_timeout`` seconds after the connection opened (or after the previous response,
+    on a kept-alive connection) is answered 408 and closed.
+    """
+
+    header_bytes: int = 16 * 1024
+    head_bytes: int = 64 * 1024
+    headers: int = 100
+    head_timeout: float = 10.0
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: the request's head broke a limit."""
+
+
+_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\n"
+
+
+class GuardedProtocol(NoDelayProtocol):
+    """httptools' protocol with bounds it lacks: the head's size, its number of headers, and its arrival time.
+
+    httptools gathers a header's pieces in memory for as long as the client keeps sending them, and uvicorn
+    times out only idle kept-alive connections, never a request that is still arriving. So bytes are counted
+    before they reach the parser while a head is being read, each header is checked as it completes, and a
+    timer runs from the connection's start (or the previous response) until the head is complete. How many
+    connections a worker serves at once is uvicorn's ``limit_concurrency`` (a 503 past it).
+    """
+
+    limits: ClassVar[FrontLimits] = FrontLimits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head = 0
+        self._in_head = True
+        self._count = 0
+        self._refusal: bytes | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self._answer(_TIMEOUT, "The request's headers did not arrive in time.")
+
+    def _answer(self, status: bytes, message: str) -> None:
+        body = message.encode()
+        head = b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: "
+        self.transport.write(status + head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head += len(data)
+            if self._head > self.limits.head_bytes:
+                self._stop_head_timer()
+                self._answer(_TOO_LARGE, f"The request's headers are over {self.limits.head_bytes} bytes.")
+                return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        self._in_head, self._head, self._count = True, 0, 0
+        self._start_head_timer()
+        super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count += 1
+        if len(name) + len(value) > self.limits.header_bytes:
+            self._refusal = f"A header is over {self.limits.header_bytes} bytes.".encode()
+            raise _Refused
+        if self._count > self.limits.headers:
+            self._refusal = f"The request has more than {self.limits.headers} headers.".encode()
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        # The parser reports a callback's exception as an invalid request: a refused head is a 431 instead.
+        if self._refusal is not None:
+            self._stop_head_timer()
+            self._answer(_TOO_LARGE, self._refusal.decode())
+            return
+        super().send_400_response(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+
+def configure_front(limits: FrontLimits) -> None:
+    """Set the limits every guarded connection of this process keeps: called in each worker (uvicorn starts them
+    from a pickled config, which can carry only an importable class), from the same settings as the master."""
+    GuardedProtocol.limits = limits
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit (workers inherit it); the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+            return soft
+        return hard
+    return soft
+
+
+def uvicorn_options(
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    grace: float = 25.0,
+    max_connections: int | None = None,
+) -> dict[str, Any]:
     """``uvicorn.run`` keywords for the app factory; the same protocol and loop for any worker count.
 
     uvloop and httptools were chosen by measurement: a Litestar streaming route costs about 0.25 ms of
-    CPU on them against 0.45-0.55 ms on asyncio's loop with h11 (``bench/README.md``).
+    CPU on them against 0.45-0.55 ms on asyncio's loop with h11 (``bench/README.md``). ``max_connections``
+    bounds each worker's connections (503 past it).
     """
     return {
         "factory": True,
@@ -39,7 +186,10 @@ def uvicorn_options(*, host: str, port: int, workers: int, grace: float = 25.0) 
         "port": port,
         "workers": workers,
         "loop": "uvloop",
-        "http": NoDelayProtocol,
+        "http": GuardedProtocol,
+        "limit_concurrency": max_connections,
+        # Idle kept-alive connections close after this many seconds.
+        "timeout_keep_alive": 5,
         "log_config": None,
         # Streams get SHUTDOWN_GRACE_SECONDS, then a few seconds to send their `shutting_down` end.
         "timeout_graceful_shutdown": grace + 5,

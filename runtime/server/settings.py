@@ -66,6 +66,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Upstream connections each provider may hold open at once, per worker: every open stream holds one.
     provider_connections: int = 10_000
     heartbeat_seconds: float = 15.0
+    # Connections each worker serves at once (a 503 past it), and how long a request's headers may take.
+    max_connections: int = 10_000
+    header_timeout_seconds: float = 10.0
     # How long streams in flight may run on after SIGTERM before they are ended with `shutting_down`.
     shutdown_grace_seconds: float = 25.0
     # How long a finished chat stream can be replayed (GET /api/v1/chat/messages/{id}/events); 0 records none.
@@ -137,6 +140,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             request_timeout=float(number("PROVIDER_TIMEOUT", 120.0, float)),
             provider_connections=int(number("PROVIDER_MAX_CONNECTIONS", 10_000)),
             heartbeat_seconds=float(number("SSE_HEARTBEAT_SECONDS", 15.0, float)),
+            max_connections=_at_least_one(int(number("MAX_CONNECTIONS", 10_000)), "MAX_CONNECTIONS"),
+            header_timeout_seconds=_positive_seconds(
+                float(number("HEADER_TIMEOUT_SECONDS", 10.0, float)), "HEADER_TIMEOUT_SECONDS"
+            ),
             shutdown_grace_seconds=float(number("SHUTDOWN_GRACE_SECONDS", 25.0, float)),
             stream_retention_seconds=float(number("STREAM_RETENTION_SECONDS", 600.0, float)),
             response_retention_days=float(number("RESPONSE_RETENTION_DAYS", 30.0, float)),
@@ -154,6 +161,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 def _window(value: int) -> int:
     if not 256 <= value <= 10_000_000:
         raise SettingsError(f"DEFAULT_CONTEXT_WINDOW must be between 256 and 10000000 tokens, got {value}")
+    return value
+
+
+def _positive_seconds(value: float, name: str) -> float:
+    if not 0 < value <= 3600:
+        raise SettingsError(f"{name} must be more than 0 and at most 3600 seconds, got {value}")
     return value
 
 
