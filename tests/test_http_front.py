@@ -36,6 +36,8 @@ class App:
             return
         if scope["path"] == "/hold":
             await self.release.wait()
+        while (await receive()).get("more_body"):
+            pass
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -88,6 +90,13 @@ async def test_more_than_100_headers_or_64_kib_in_all_are_a_431():
         assert answer.startswith(b"HTTP/1.1 431 ") and b"more than 100 headers" in answer
         answer = await exchange(port, request(*(f"X-{i}: {'v' * 1000}" for i in range(70))))
         assert answer.startswith(b"HTTP/1.1 431 ") and b"over 65536 bytes" in answer
+
+
+async def test_a_large_body_is_not_taken_for_a_large_head():
+    async with front(App()) as port:
+        body = b"x" * 200_000
+        head = b"POST / HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+        assert (await exchange(port, head + body)).startswith(b"HTTP/1.1 200 ")
 
 
 async def test_an_endless_header_line_is_cut_off_at_64_kib():

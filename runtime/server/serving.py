@@ -80,6 +80,8 @@ class GuardedProtocol(NoDelayProtocol):
         self._head = 0
         self._in_head = True
         self._count = 0
+        # The request line's target and the headers parsed so far, in bytes.
+        self._size = 0
         self._refusal: bytes | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
@@ -106,21 +108,31 @@ class GuardedProtocol(NoDelayProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        # Counted while a head is being read; a read may also hold the end of the head and a body, so the head
+        # is refused only if, once the read is parsed, it is still incomplete past the bound. What the parser
+        # holds meanwhile is bounded by the bound plus one read.
         if self._in_head:
             self._head += len(data)
-            if self._head > self.limits.head_bytes:
-                self._stop_head_timer()
-                self._answer(_TOO_LARGE, f"The request's headers are over {self.limits.head_bytes} bytes.")
-                return
         super().data_received(data)
+        if self._in_head and self._head > self.limits.head_bytes and not self.transport.is_closing():
+            self._stop_head_timer()
+            self._answer(_TOO_LARGE, f"The request's headers are over {self.limits.head_bytes} bytes.")
 
     def on_message_begin(self) -> None:
-        self._in_head, self._head, self._count = True, 0, 0
+        self._in_head, self._head, self._count, self._size = True, 0, 0, 0
         self._start_head_timer()
         super().on_message_begin()
 
+    def on_url(self, url: bytes) -> None:
+        self._size += len(url)
+        super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count += 1
+        self._size += len(name) + len(value) + 4
+        if self._size > self.limits.head_bytes:
+            self._refusal = f"The request's headers are over {self.limits.head_bytes} bytes.".encode()
+            raise _Refused
         if len(name) + len(value) > self.limits.header_bytes:
             self._refusal = f"A header is over {self.limits.header_bytes} bytes.".encode()
             raise _Refused
