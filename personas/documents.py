@@ -20,11 +20,15 @@ from core.json_guard import check_json, surrogate_error
 from personas.cards import CARD_V2, CARD_V3, card_to_draft, validated
 from personas.models import (
     Description,
+    ExampleMessages,
+    Greetings,
     Limits,
+    Lorebook,
     ModelSettings,
     Name,
     Persona,
     PersonaDraft,
+    Scenario,
     SystemPrompt,
     Tool,
     Visibility,
@@ -60,6 +64,10 @@ class DocumentPersona(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     tools: list[Tool] = msgspec.field(default_factory=list)
     visibility: Visibility = "private"
     limits: Limits = msgspec.field(default_factory=Limits)
+    lorebook: Lorebook | None = None
+    greetings: Greetings = msgspec.field(default_factory=list)
+    example_messages: ExampleMessages = msgspec.field(default_factory=list)
+    scenario: Scenario | None = None
 
 
 class PersonaDocument(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -159,6 +167,10 @@ def persona_document(persona: Persona) -> PersonaDocument:
             tools=persona.tools,
             visibility=persona.visibility,
             limits=persona.limits,
+            lorebook=persona.lorebook,
+            greetings=persona.greetings,
+            example_messages=persona.example_messages,
+            scenario=persona.scenario,
         ),
         extensions=persona.extensions,
     )

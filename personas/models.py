@@ -14,8 +14,12 @@ __all__ = [
     "MU_ID",
     "WRITABLE_FIELDS",
     "Caller",
+    "ExampleMessage",
     "Fallback",
     "Limits",
+    "LoreEntry",
+    "Lorebook",
+    "MemorySettings",
     "ModelSettings",
     "Persona",
     "PersonaDraft",
@@ -53,6 +57,16 @@ class Fallback(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     model: ModelName | None = None
 
 
+class MemorySettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Whether a persona remembers its users across conversations (section 15), and how much."""
+
+    enabled: bool = False
+    # Ask a model after each completed turn which lasting facts about the user it adds, changes or contradicts.
+    extract: bool = False
+    token_budget: Annotated[int, Meta(ge=1, le=100_000)] = 512
+    max_items: Annotated[int, Meta(ge=1, le=10_000)] = 100
+
+
 class ModelSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Which provider and model answer for a persona, and with which sampling parameters."""
 
@@ -68,6 +82,7 @@ class ModelSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     context_window: ContextWindow | None = None
     # Summarize the turns that fall out of the window.
     summaries: bool = True
+    memory: MemorySettings = msgspec.field(default_factory=MemorySettings)
 
 
 class Limits(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -97,6 +112,61 @@ class Tool(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
+LoreKey = Annotated[str, Meta(min_length=1, max_length=1000)]
+LoreCount = Annotated[int, Meta(ge=0, le=10_000)]
+LoreText = Annotated[str, Meta(max_length=20_000)]
+ShortText = Annotated[str, Meta(max_length=1000)]
+
+
+class LoreEntry(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One entry of a lorebook (section 14): text that joins the context when its keys occur in the chat."""
+
+    # Unique in its book; the service gives one to every entry written without.
+    id: Annotated[str, Meta(min_length=1, max_length=100)] | None = None
+    name: ShortText | None = None
+    comment: LoreText | None = None
+    keys: Annotated[list[LoreKey], Meta(max_length=100)] = msgspec.field(default_factory=list)
+    secondary_keys: Annotated[list[LoreKey], Meta(max_length=100)] = msgspec.field(default_factory=list)
+    selective_logic: Literal["and_any", "and_all", "not_any", "not_all"] = "and_any"
+    content: LoreText = ""
+    enabled: bool = True
+    constant: bool = False
+    case_sensitive: bool = False
+    whole_words: bool = True
+    use_regex: bool = False
+    insertion_order: Annotated[int, Meta(ge=-1_000_000, le=1_000_000)] = 100
+    position: Literal["system", "at_depth"] = "system"
+    depth: Annotated[int, Meta(ge=0, le=1000)] = 4
+    role: Literal["system", "user", "assistant"] = "system"
+    probability: Annotated[int, Meta(ge=0, le=100)] = 100
+    group: ShortText | None = None
+    sticky: LoreCount = 0
+    cooldown: LoreCount = 0
+    delay: LoreCount = 0
+    extensions: Extensions = msgspec.field(default_factory=dict)
+
+
+class Lorebook(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A persona's world info: entries, how far back the chat is scanned for keys, and the tokens lore may use."""
+
+    scan_depth: Annotated[int, Meta(ge=0, le=1000)] = 2
+    token_budget: Annotated[int, Meta(ge=0, le=1_000_000)] = 1024
+    recursive: bool = False
+    entries: Annotated[list[LoreEntry], Meta(max_length=2000)] = msgspec.field(default_factory=list)
+
+
+class ExampleMessage(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A sample exchange that shows the model how the persona speaks (a card's ``mes_example``)."""
+
+    role: Literal["user", "assistant", "system"]
+    content: Annotated[str, Meta(min_length=1, max_length=20_000)]
+
+
+Greetings = Annotated[list[Annotated[str, Meta(min_length=1, max_length=20_000)]], Meta(max_length=100)]
+ExampleMessages = Annotated[list[ExampleMessage], Meta(max_length=200)]
+Scenario = Annotated[str, Meta(max_length=20_000)]
+
+
 class Persona(Struct, frozen=True, kw_only=True):
     """A persona as stored, and as the API shows it (``system_prompt`` hidden from non-owners)."""
 
@@ -111,6 +181,10 @@ class Persona(Struct, frozen=True, kw_only=True):
     visibility: Visibility
     extensions: Extensions = msgspec.field(default_factory=dict)
     limits: Limits = msgspec.field(default_factory=Limits)
+    lorebook: Lorebook | None = None
+    greetings: list[str] = msgspec.field(default_factory=list)
+    example_messages: list[ExampleMessage] = msgspec.field(default_factory=list)
+    scenario: str | None = None
     is_active: bool
     is_default: bool
     version: int
@@ -132,6 +206,10 @@ class PersonaDraft(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     visibility: Visibility = "private"
     extensions: Extensions = msgspec.field(default_factory=dict)
     limits: Limits = msgspec.field(default_factory=Limits)
+    lorebook: Lorebook | None = None
+    greetings: Greetings = msgspec.field(default_factory=list)
+    example_messages: ExampleMessages = msgspec.field(default_factory=list)
+    scenario: Scenario | None = None
     is_default: bool = False
     change_note: ChangeNote | None = None
 
@@ -150,6 +228,10 @@ class PersonaPatch(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     extensions: Extensions | UnsetType = UNSET
     # null is no limits, like {}.
     limits: Limits | UnsetType | None = UNSET
+    lorebook: Lorebook | UnsetType | None = UNSET
+    greetings: Greetings | UnsetType = UNSET
+    example_messages: ExampleMessages | UnsetType = UNSET
+    scenario: Scenario | UnsetType | None = UNSET
     is_default: bool | UnsetType = UNSET
     change_note: ChangeNote | UnsetType | None = UNSET
 
@@ -166,6 +248,10 @@ CONTENT_FIELDS = (
     "visibility",
     "extensions",
     "limits",
+    "lorebook",
+    "greetings",
+    "example_messages",
+    "scenario",
 )
 
 WRITABLE_FIELDS = (*CONTENT_FIELDS, "is_default", "change_note")

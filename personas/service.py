@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 import msgspec
 
 from core.errors import BadRequest, Forbidden, NotFound
-from personas.models import Caller, Limits, Persona, PersonaDraft, PersonaPatch, Tool
+from personas.models import Caller, Limits, Lorebook, Persona, PersonaDraft, PersonaPatch, Tool
 from personas.store import PersonaStore
 from personas.template import check_template
 from personas.text import check_json, check_name, check_text, normalize_name
@@ -22,6 +22,7 @@ __all__ = [
     "check_draft",
     "draft_persona",
     "normalized",
+    "with_lore_ids",
 ]
 
 PreferenceSource = Literal["preference", "default"]
@@ -44,11 +45,15 @@ def can_edit(persona: Persona, caller: Caller) -> bool:
 
 
 def present(persona: Persona, caller: Caller) -> Persona:
-    """The persona as ``caller`` may see it: the system prompt (and the extensions, which may hold an
-    imported card's prompt material) are for its owner and admins."""
+    """The persona as ``caller`` may see it: the system prompt and what else goes into the prompt unseen by the
+    user (lorebook, example messages, scenario; the extensions, which may hold an imported card's prompt
+    material) are for its owner and admins. Greetings are shown to whoever sees the persona: they open its
+    conversations."""
     if can_edit(persona, caller):
         return persona
-    return msgspec.structs.replace(persona, system_prompt=None, extensions={})
+    return msgspec.structs.replace(
+        persona, system_prompt=None, extensions={}, lorebook=None, example_messages=[], scenario=None
+    )
 
 
 def check_draft(
@@ -78,6 +83,8 @@ def check_draft(
     check_json(msgspec.to_builtins(draft.model_settings), "model_settings")
     check_json(msgspec.to_builtins(draft.tools), "tools")
     check_json(draft.extensions, "extensions")
+    for field in ("lorebook", "greetings", "example_messages", "scenario"):
+        check_json(msgspec.to_builtins(getattr(draft, field)), field)
     if isinstance(draft, PersonaDraft) and draft.change_note is not None:
         check_text(draft.change_note, "change_note")
     if len(_encoder.encode(draft.extensions)) > MAX_EXTENSIONS_BYTES:
@@ -86,6 +93,8 @@ def check_draft(
             field="extensions",
         )
     _check_tools(draft.tools)
+    if draft.lorebook is not None:
+        _check_lore_ids(draft.lorebook)
     if providers is not None and (previous is None or draft.model_settings != previous.model_settings):
         _check_providers(draft, providers)
 
@@ -103,6 +112,37 @@ def _check_providers(draft: PersonaDraft | Persona, providers: Collection[str]) 
                 field=field,
                 details={"providers": sorted(providers)},
             )
+
+
+def _check_lore_ids(book: Lorebook) -> None:
+    seen: set[str] = set()
+    for index, entry in enumerate(book.entries):
+        if entry.id is None:
+            continue
+        if entry.id in seen:
+            raise BadRequest(
+                f"`lorebook.entries[{index}].id`: {entry.id!r} is used by an earlier entry; ids are unique in a "
+                "book (leave `id` out and one is made).",
+                field=f"lorebook.entries[{index}].id",
+            )
+        seen.add(entry.id)
+
+
+def with_lore_ids(book: Lorebook | None) -> Lorebook | None:
+    """The book with an id on every entry: one it was written without gets a fresh one."""
+    if book is None or all(entry.id is not None for entry in book.entries):
+        return book
+    taken = {entry.id for entry in book.entries}
+    entries = []
+    for entry in book.entries:
+        if entry.id is None:
+            fresh = uuid4().hex[:12]
+            while fresh in taken:
+                fresh = uuid4().hex[:12]
+            taken.add(fresh)
+            entry = msgspec.structs.replace(entry, id=fresh)
+        entries.append(entry)
+    return msgspec.structs.replace(book, entries=entries)
 
 
 def _check_tools(tools: list[Tool]) -> None:
@@ -138,6 +178,10 @@ def draft_persona(draft: PersonaDraft, caller: Caller | None, *, providers: Coll
         visibility=draft.visibility,
         extensions=draft.extensions,
         limits=draft.limits,
+        lorebook=with_lore_ids(draft.lorebook),
+        greetings=draft.greetings,
+        example_messages=draft.example_messages,
+        scenario=draft.scenario,
         is_active=True,
         is_default=draft.is_default,
         version=0,
@@ -222,6 +266,8 @@ class PersonaService:
             changes["name"] = normalize_name(changes["name"])
         changed = msgspec.structs.replace(current, **changes)
         check_draft(changed, providers=self.providers, previous=current)
+        if "lorebook" in changes:
+            changed = msgspec.structs.replace(changed, lorebook=with_lore_ids(changed.lorebook))
         note = patch.change_note if isinstance(patch.change_note, str) else None
         return await self.store.update(persona_id, changed, actor=caller.user_id, change_note=note)
 

@@ -33,7 +33,8 @@ __all__ = ["PersonaStore", "PersonaVersion", "VersionSummary"]
 log = logging.getLogger("persona_runtime.cache")
 
 _COLUMNS = """id, name, description, system_prompt, personality_traits, capabilities, model_settings, tools,
-    visibility, extensions, limits, is_active, is_default, version, created_by, created_at, updated_at"""
+    visibility, extensions, limits, lorebook, greetings, example_messages, scenario,
+    is_active, is_default, version, created_by, created_at, updated_at"""
 
 GET = f"SELECT {_COLUMNS} FROM personas WHERE id = $1"
 GET_FOR_UPDATE = f"SELECT {_COLUMNS} FROM personas WHERE id = $1 FOR UPDATE"
@@ -59,13 +60,14 @@ FIND_OWNED_BY_NAME = f"""SELECT {_COLUMNS} FROM personas
 WHERE is_active AND created_by IS NOT DISTINCT FROM $2 AND lower(name) = lower($1)"""
 INSERT = f"""
 INSERT INTO personas (name, description, system_prompt, personality_traits, capabilities, model_settings,
-                      tools, visibility, extensions, limits, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                      tools, visibility, extensions, limits, lorebook, greetings, example_messages, scenario,
+                      created_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 RETURNING {_COLUMNS}"""
 UPDATE = f"""
 UPDATE personas SET name = $2, description = $3, system_prompt = $4, personality_traits = $5,
     capabilities = $6, model_settings = $7, tools = $8, visibility = $9, extensions = $10, limits = $11,
-    version = version + 1
+    lorebook = $12, greetings = $13, example_messages = $14, scenario = $15, version = version + 1
 WHERE id = $1
 RETURNING {_COLUMNS}"""
 CLEAR_DEFAULT = "UPDATE personas SET is_default = false WHERE is_default AND id <> $1"
@@ -84,7 +86,8 @@ SELECT version, created_at, created_by, change_note, count(*) OVER () AS total F
 WHERE persona_id = $1 ORDER BY version DESC LIMIT $2 OFFSET $3"""
 GET_VERSION = """
 SELECT persona_id, version, name, description, system_prompt, personality_traits, capabilities,
-       model_settings, tools, visibility, extensions, limits, created_by, change_note, created_at
+       model_settings, tools, visibility, extensions, limits, lorebook, greetings, example_messages, scenario,
+       created_by, change_note, created_at
 FROM persona_versions WHERE persona_id = $1 AND version = $2"""
 
 
@@ -106,6 +109,10 @@ class PersonaVersion(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     extensions: dict[str, Any] = msgspec.field(default_factory=dict)
     limits: dict[str, Any] = msgspec.field(default_factory=dict)
+    lorebook: dict[str, Any] | None = None
+    greetings: list[str] = msgspec.field(default_factory=list)
+    example_messages: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    scenario: str | None = None
 
 
 class VersionSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,6 +154,10 @@ def _content(persona: Persona) -> tuple[Any, ...]:
         persona.visibility,
         persona.extensions,
         _limits_column(persona.limits),
+        None if persona.lorebook is None else msgspec.to_builtins(persona.lorebook),
+        persona.greetings,
+        msgspec.to_builtins(persona.example_messages),
+        persona.scenario,
     )
 
 

@@ -7,7 +7,7 @@ from uuid import UUID
 import msgspec
 
 from core.errors import NotFound
-from personas.models import CONTENT_FIELDS, Caller, Limits, ModelSettings, Persona, Tool
+from personas.models import CONTENT_FIELDS, Caller, ExampleMessage, Limits, Lorebook, ModelSettings, Persona, Tool
 from personas.service import PersonaService, check_draft
 from personas.store import PersonaVersion, VersionSummary
 
@@ -32,6 +32,10 @@ def as_of(current: Persona, saved: PersonaVersion) -> Persona:
         visibility=saved.visibility,
         extensions=saved.extensions,
         limits=msgspec.convert(saved.limits, Limits),
+        lorebook=None if saved.lorebook is None else msgspec.convert(saved.lorebook, Lorebook),
+        greetings=saved.greetings,
+        example_messages=msgspec.convert(saved.example_messages, list[ExampleMessage]),
+        scenario=saved.scenario,
         version=saved.version,
         updated_at=saved.created_at,
     )
