@@ -24,6 +24,7 @@ from api.deps import dependencies
 from api.errors import exception_handlers
 from api.health import health, health_head, metrics, ready, ready_head
 from api.keys import AdminController, AdminKeyController, KeyController
+from api.memories import MemoryController
 from api.openai_compat import OpenAIController
 from api.openapi import StrictStructSchemaPlugin, document_errors
 from api.path_params import path_params_guard
@@ -70,6 +71,7 @@ def create_app(
             ChatController,
             ConversationController,
             MessageController,
+            MemoryController,
             OpenAIController,
             AnthropicController,
             ResponsesController,

@@ -39,6 +39,7 @@ from runtime.chat.leases import Leases
 from runtime.chat.pipeline import ChatPipeline
 from runtime.chat.recordings import StreamRecorder
 from runtime.chat.responses import ResponseStore
+from runtime.memory import MemoryStore
 from runtime.server.embedded import EmbeddedPostgres
 from runtime.server.migrate import apply_migrations
 from runtime.server.settings import Settings
@@ -61,6 +62,7 @@ class Resources:
     personas: PersonaService
     conversations: ConversationStore
     responses: ResponseStore
+    memories: MemoryStore
     providers: ProviderSet
     default_provider: str
     chat: ChatPipeline
@@ -294,6 +296,7 @@ async def open_resources(
             personas=personas,
             conversations=conversations,
             responses=ResponseStore(pool, settings.response_retention_days),
+            memories=MemoryStore(pool),
             providers=providers,
             default_provider=default,
             chat=chat,

@@ -1,0 +1,137 @@
+"""MemoryStore: a user's memories in PostgreSQL. Every query is scoped by the owning user: no other caller, the
+persona's owner or an admin included, reaches a memory. Memory text is never logged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+from uuid import UUID, uuid4
+
+import asyncpg
+
+__all__ = ["MAX_CONTENT_CHARS", "Memory", "MemoryStore"]
+
+MAX_CONTENT_CHARS = 1000
+
+Source = Literal["user", "extracted"]
+
+_COLUMNS = "id, persona_id, content, source, source_message_id, created_at, updated_at"
+
+_LIST = f"""
+SELECT {_COLUMNS}, count(*) OVER () AS total FROM memories
+WHERE user_id = $1 AND ($2::uuid IS NULL OR persona_id = $2)
+ORDER BY created_at DESC, id
+LIMIT $3 OFFSET $4"""
+_COUNT = "SELECT count(*) FROM memories WHERE user_id = $1 AND ($2::uuid IS NULL OR persona_id = $2)"
+_INSERT = f"""
+INSERT INTO memories (id, user_id, persona_id, content, source, source_message_id)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING {_COLUMNS}"""
+_UPDATE = f"""
+UPDATE memories SET content = $3, updated_at = now()
+WHERE id = $1 AND user_id = $2
+RETURNING {_COLUMNS}"""
+_DELETE_ONE = "DELETE FROM memories WHERE id = $1 AND user_id = $2"
+_DELETE_ALL = "DELETE FROM memories WHERE user_id = $1"
+_DELETE_PERSONA = "DELETE FROM memories WHERE user_id = $1 AND persona_id = $2"
+_GET_SWITCH = "SELECT enabled FROM memory_settings WHERE user_id = $1"
+_SET_SWITCH = """
+INSERT INTO memory_settings (user_id, enabled) VALUES ($1, $2)
+ON CONFLICT (user_id) DO UPDATE SET enabled = excluded.enabled, updated_at = now()"""
+# What a turn reads: the switch and the memories for the persona and the user-wide ones, in one round trip,
+# newest first, each ranked against the latest messages (0 without a query).
+_FOR_TURN = f"""
+SELECT s.enabled, m.* FROM (SELECT coalesce((SELECT enabled FROM memory_settings WHERE user_id = $1), true)
+    AS enabled) s
+LEFT JOIN LATERAL (
+    SELECT {_COLUMNS},
+        CASE WHEN $3::text = '' THEN 0
+             ELSE ts_rank(to_tsvector('simple', content), plainto_tsquery('simple', $3)) END AS rank
+    FROM memories
+    WHERE s.enabled AND user_id = $1 AND (persona_id IS NULL OR persona_id = $2)
+    ORDER BY created_at DESC, id
+    LIMIT 1000
+) m ON true"""
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    id: UUID
+    persona_id: UUID | None
+    content: str
+    source: Source
+    source_message_id: UUID | None
+    created_at: datetime
+    updated_at: datetime
+    rank: float = 0.0
+
+
+def _memory(row: asyncpg.Record) -> Memory:
+    return Memory(
+        id=row["id"],
+        persona_id=row["persona_id"],
+        content=row["content"],
+        source=row["source"],
+        source_message_id=row["source_message_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        rank=float(row["rank"]) if "rank" in row else 0.0,
+    )
+
+
+class MemoryStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def page(
+        self, user_id: UUID, *, persona_id: UUID | None, limit: int, offset: int
+    ) -> tuple[list[Memory], int]:
+        rows = await self._pool.fetch(_LIST, user_id, persona_id, limit, offset)
+        if rows:
+            return [_memory(r) for r in rows], rows[0]["total"]
+        total: int = await self._pool.fetchval(_COUNT, user_id, persona_id) if offset else 0
+        return [], total
+
+    async def add(
+        self,
+        user_id: UUID,
+        content: str,
+        *,
+        persona_id: UUID | None,
+        source: Source = "user",
+        source_message_id: UUID | None = None,
+    ) -> Memory:
+        row = await self._pool.fetchrow(_INSERT, uuid4(), user_id, persona_id, content, source, source_message_id)
+        assert row is not None
+        return _memory(row)
+
+    async def rewrite(self, user_id: UUID, memory_id: UUID, content: str) -> Memory | None:
+        row = await self._pool.fetchrow(_UPDATE, memory_id, user_id, content)
+        return None if row is None else _memory(row)
+
+    async def delete(self, user_id: UUID, memory_id: UUID) -> bool:
+        return await self._pool.execute(_DELETE_ONE, memory_id, user_id) == "DELETE 1"
+
+    async def delete_all(self, user_id: UUID, *, persona_id: UUID | None) -> int:
+        if persona_id is None:
+            status = await self._pool.execute(_DELETE_ALL, user_id)
+        else:
+            status = await self._pool.execute(_DELETE_PERSONA, user_id, persona_id)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def enabled(self, user_id: UUID) -> bool:
+        value = await self._pool.fetchval(_GET_SWITCH, user_id)
+        return True if value is None else bool(value)
+
+    async def set_enabled(self, user_id: UUID, enabled: bool) -> bool:
+        await self._pool.execute(_SET_SWITCH, user_id, enabled)
+        return enabled
+
+    async def for_turn(self, user_id: UUID, persona_id: UUID, query: str) -> list[Memory] | None:
+        """The memories a turn may use, newest first, each ranked against ``query``; None when the user's
+        switch is off. One round trip."""
+        rows = await self._pool.fetch(_FOR_TURN, user_id, persona_id, query)
+        if not rows or not rows[0]["enabled"]:
+            return None
+        return [_memory(r) for r in rows if r["id"] is not None]
