@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 from core.errors import BadRequest
 
 __all__ = [
+    "ALIASES",
     "PER_TURN_VARIABLES",
     "VARIABLES",
     "Placeholder",
@@ -19,9 +20,11 @@ __all__ = [
     "substitute",
 ]
 
-VARIABLES = ("user_name", "persona_name", "date", "traits", "capabilities")
+VARIABLES = ("user_name", "persona_name", "date", "traits", "capabilities", "char", "user")
+# SillyTavern's names, as character cards write them: the same values as ours.
+ALIASES = {"char": "persona_name", "user": "user_name"}
 # Values that differ between users or days: a provider's prompt cache reuses only what comes before them.
-PER_TURN_VARIABLES = ("user_name", "date")
+PER_TURN_VARIABLES = ("user_name", "date", "user")
 
 
 class Placeholder(NamedTuple):
@@ -138,9 +141,12 @@ def render_template(
     traits: Mapping[str, Any],
     capabilities: Mapping[str, Any],
 ) -> str:
-    """Fill a template; traits and capabilities the template does not place are appended as sections."""
+    """Fill a template; traits and capabilities the template does not place are appended as sections.
+
+    ``{{char}}`` and ``{{user}}`` (SillyTavern's) are ``{{persona_name}}`` and ``{{user_name}}``."""
     sections = {"traits": format_section(traits), "capabilities": format_section(capabilities)}
     values = {"user_name": user_name, "persona_name": persona_name, "date": date, **sections}
+    values.update({alias: values[name] for alias, name in ALIASES.items()})
     used = {p.name for p in placeholders(template)}
     text = substitute(template, lambda p: values.get(p.name, template[p.start : p.end]))
     for name, title in (("traits", "Personality traits"), ("capabilities", "Capabilities")):
