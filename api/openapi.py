@@ -308,6 +308,8 @@ _PROVIDER_ROUTES = {
     ("POST", "/api/v1/chat/personas/compare"),
     ("POST", "/api/v1/chat/personas/{persona_id:str}/tests/run"),
 }
+# Routes whose body names a persona the caller must be able to see.
+_NAMES_A_PERSONA = {("POST", "/api/v1/chat/personas/set"), ("POST", "/api/v1/memories")}
 _CONFLICTS = {
     ("POST", "/api/v1/chat/personas"),
     ("PUT", "/api/v1/chat/personas/{persona_id:str}"),
@@ -334,9 +336,9 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
     statuses = {401, 500, 503}
     if has_body:
         statuses |= {400, 413}
-    if "{" in path or any(name in signature for name in ("limit", "offset", "format")):
+    if "{" in path or any(name in signature for name in ("limit", "offset", "format", "persona_id")):
         statuses.add(400)
-    if "{" in path or (method, path) in _PROVIDER_ROUTES or path == "/api/v1/chat/personas/set":
+    if "{" in path or (method, path) in _PROVIDER_ROUTES | _NAMES_A_PERSONA:
         statuses.add(404)  # a path's id, or a conversation or persona named in the body
     # A persona's own routes are for its owner and admins, but for reading it.
     persona_scoped = path.startswith(_PERSONA) and not (method == "GET" and path == _PERSONA)

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, ...]] = [
     ("core",),
     ("personas", "providers"),
-    ("runtime.access",),
+    # What a user may do, and what a persona remembers of them: both below the chat turn that reads them.
+    ("runtime.access", "runtime.memory"),
     ("runtime.chat",),
     ("runtime.authoring",),
     ("runtime.server",),
