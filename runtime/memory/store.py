@@ -10,9 +10,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-__all__ = ["MAX_CONTENT_CHARS", "Memory", "MemoryStore"]
-
-MAX_CONTENT_CHARS = 1000
+__all__ = ["Memory", "MemoryStore"]
 
 Source = Literal["user", "extracted"]
 
@@ -39,20 +37,6 @@ _GET_SWITCH = "SELECT enabled FROM memory_settings WHERE user_id = $1"
 _SET_SWITCH = """
 INSERT INTO memory_settings (user_id, enabled) VALUES ($1, $2)
 ON CONFLICT (user_id) DO UPDATE SET enabled = excluded.enabled, updated_at = now()"""
-# What a turn reads: the switch and the memories for the persona and the user-wide ones, in one round trip,
-# newest first, each ranked against the latest messages (0 without a query).
-_FOR_TURN = f"""
-SELECT s.enabled, m.* FROM (SELECT coalesce((SELECT enabled FROM memory_settings WHERE user_id = $1), true)
-    AS enabled) s
-LEFT JOIN LATERAL (
-    SELECT {_COLUMNS},
-        CASE WHEN $3::text = '' THEN 0
-             ELSE ts_rank(to_tsvector('simple', content), plainto_tsquery('simple', $3)) END AS rank
-    FROM memories
-    WHERE s.enabled AND user_id = $1 AND (persona_id IS NULL OR persona_id = $2)
-    ORDER BY created_at DESC, id
-    LIMIT 1000
-) m ON true"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +48,6 @@ class Memory:
     source_message_id: UUID | None
     created_at: datetime
     updated_at: datetime
-    rank: float = 0.0
 
 
 def _memory(row: asyncpg.Record) -> Memory:
@@ -76,7 +59,6 @@ def _memory(row: asyncpg.Record) -> Memory:
         source_message_id=row["source_message_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        rank=float(row["rank"]) if "rank" in row else 0.0,
     )
 
 
@@ -127,11 +109,3 @@ class MemoryStore:
     async def set_enabled(self, user_id: UUID, enabled: bool) -> bool:
         await self._pool.execute(_SET_SWITCH, user_id, enabled)
         return enabled
-
-    async def for_turn(self, user_id: UUID, persona_id: UUID, query: str) -> list[Memory] | None:
-        """The memories a turn may use, newest first, each ranked against ``query``; None when the user's
-        switch is off. One round trip."""
-        rows = await self._pool.fetch(_FOR_TURN, user_id, persona_id, query)
-        if not rows or not rows[0]["enabled"]:
-            return None
-        return [_memory(r) for r in rows if r["id"] is not None]
