@@ -45,6 +45,7 @@ def _rendered(rendered: Rendered) -> RenderResponse:
         cacheable_prefix_chars=rendered.cacheable_prefix_chars,
         warnings=rendered.warnings,
         context=rendered.context,
+        lore=rendered.lore,
     )
 
 

@@ -9,6 +9,7 @@ from msgspec import Meta, Struct
 
 from api.chat_schemas import ModelName, ProviderName
 from core.events import PersonaRef
+from personas.lore import LoreDecision
 from personas.models import PersonaDraft
 from personas.store import VersionSummary
 from runtime.authoring.service import CandidateResult, PersonaChoice, TestResult
@@ -67,6 +68,8 @@ class RenderResponse(_Reply, frozen=True, kw_only=True):
     warnings: list[str]
     # How the turn's context was chosen within the model's budget (contract section 13).
     context: ContextAccount
+    # Each lorebook entry that was constant, keyed or carried over, and what became of it (section 14).
+    lore: list[LoreDecision]
 
 
 class PreviewRequest(PersonaChoice, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 import msgspec
 
 from core.errors import BadRequest, Forbidden, NotFound
+from personas.lore import check_patterns
 from personas.models import Caller, Limits, Lorebook, Persona, PersonaDraft, PersonaPatch, Tool
 from personas.store import PersonaStore
 from personas.template import check_template
@@ -242,6 +243,7 @@ class PersonaService:
         if draft.is_default and not caller.is_admin:
             raise Forbidden("Only admins may set `is_default`; leave it out.", field="is_default")
         persona = msgspec.structs.replace(draft_persona(draft, caller, providers=self.providers), version=1)
+        await check_patterns(persona.lorebook)
         return await self.store.create(persona, actor=caller.user_id, change_note=draft.change_note)
 
     async def update(self, caller: Caller, persona_id: UUID, patch: PersonaPatch) -> Persona:
@@ -267,6 +269,7 @@ class PersonaService:
         changed = msgspec.structs.replace(current, **changes)
         check_draft(changed, providers=self.providers, previous=current)
         if "lorebook" in changes:
+            await check_patterns(changed.lorebook)
             changed = msgspec.structs.replace(changed, lorebook=with_lore_ids(changed.lorebook))
         note = patch.change_note if isinstance(patch.change_note, str) else None
         return await self.store.update(persona_id, changed, actor=caller.user_id, change_note=note)

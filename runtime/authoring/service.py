@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
 
+import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from core.errors import BadRequest, PersonaRuntimeError
 from core.events import PersonaRef, TurnEvent, Usage, error_event
+from personas.lore import LoreDecision
 from personas.models import Caller, Persona, PersonaDraft
 from personas.service import draft_persona
 from providers import ChatMessage
@@ -27,6 +29,7 @@ from runtime.access.limits import Admission
 from runtime.authoring.history import PersonaHistory
 from runtime.authoring.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
 from runtime.chat.context import ContextAccount
+from runtime.chat.lore import TurnLore
 from runtime.chat.pipeline import ChatPipeline, TurnInput, TurnPlan
 from runtime.chat.prompt import cache_report
 from runtime.chat.turn import Turn
@@ -71,6 +74,8 @@ class Rendered(Struct, frozen=True, kw_only=True):
     warnings: list[str]
     # How the context was chosen within the model's budget (contract section 13).
     context: ContextAccount
+    # Each lorebook entry that was constant, keyed or carried over, and what became of it (section 14).
+    lore: list[LoreDecision] = msgspec.field(default_factory=list)
 
 
 class Failure(Struct, frozen=True, kw_only=True):
@@ -193,6 +198,10 @@ class AuthoringService:
         system_prompt = plan.request.system or ""
         # The persona's own prompt: what lore and the summary add after it never moves its cached prefix.
         cacheable, warnings = cache_report(persona, system_prompt[: plan.context.persona_chars])
+        lore = plan.context.lore
+        decided = lore.result if isinstance(lore, TurnLore) else None
+        if decided is not None:
+            warnings = [*warnings, *decided.warnings]
         return Rendered(
             provider=plan.routes[0].provider,
             model=plan.routes[0].model,
@@ -201,6 +210,7 @@ class AuthoringService:
             cacheable_prefix_chars=cacheable,
             warnings=warnings,
             context=plan.context.account,
+            lore=decided.decisions if decided is not None else [],
         )
 
     async def preview(
@@ -351,7 +361,9 @@ class AuthoringService:
             if outcome.error is not None:
                 failures = [f"the provider failed ({outcome.error.code}): {outcome.error.message}"]
             else:
-                failures = await judge(test.expect, outcome.text)
+                lore = plan.context.lore if isinstance(plan, TurnPlan) else None
+                decided = lore.result.decisions if isinstance(lore, TurnLore) and lore.result is not None else []
+                failures = await judge(test.expect, outcome.text, decided)
             return TestResult(
                 test_id=test.id, name=test.name, passed=not failures, response=outcome.text, failures=failures
             )

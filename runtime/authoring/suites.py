@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
 import asyncpg
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from core import patterns
 from core.errors import BadRequest, NotFound
+from personas.lore import LoreDecision
 from personas.text import check_text
 
 __all__ = ["Expectation", "PersonaTest", "PersonaTestDraft", "PersonaTestStore", "check_test", "judge"]
@@ -26,12 +28,16 @@ Pattern = Annotated[str, Meta(min_length=1, max_length=patterns.MAX_PATTERN_CHAR
 
 class Expectation(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the answer must satisfy. ``contains``/``not_contains`` ignore case; ``regex`` is searched as written
-    (add ``(?i)`` to ignore case); ``max_chars`` bounds the answer's length."""
+    (add ``(?i)`` to ignore case); ``max_chars`` bounds the answer's length. ``lore_activated`` and
+    ``lore_not_activated`` name lorebook entries (by id or name) that the turn must, or must not, have been given."""
 
     contains: Annotated[list[Phrase], Meta(max_length=MAX_PHRASES)] = msgspec.field(default_factory=list)
     not_contains: Annotated[list[Phrase], Meta(max_length=MAX_PHRASES)] = msgspec.field(default_factory=list)
     regex: Pattern | None = None
     max_chars: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    # Shown only when given, so a test written without them reads as it was written.
+    lore_activated: Annotated[list[Phrase], Meta(max_length=MAX_PHRASES)] | UnsetType = UNSET
+    lore_not_activated: Annotated[list[Phrase], Meta(max_length=MAX_PHRASES)] | UnsetType = UNSET
 
 
 class PersonaTestDraft(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -56,24 +62,33 @@ def check_test(draft: PersonaTestDraft) -> None:
     """Rules beyond field types: a test must expect something. Its regex is checked as it is stored."""
     check_text(draft.name, "name")
     check_text(draft.message, "message")
-    for key in ("contains", "not_contains"):
-        for index, phrase in enumerate(getattr(draft.expect, key)):
+    for key in ("contains", "not_contains", "lore_activated", "lore_not_activated"):
+        for index, phrase in enumerate(getattr(draft.expect, key) or ()):
             check_text(phrase, f"expect.{key}[{index}]")
     if draft.expect.regex is not None:
         check_text(draft.expect.regex, "expect.regex")
     if not draft.name.strip():
         raise BadRequest("`name` must not be blank.", field="name")
     expect = draft.expect
-    if not (expect.contains or expect.not_contains or expect.regex is not None or expect.max_chars is not None):
+    if not (
+        expect.contains
+        or expect.not_contains
+        or expect.regex is not None
+        or expect.max_chars is not None
+        or expect.lore_activated
+        or expect.lore_not_activated
+    ):
         raise BadRequest(
-            "`expect` expects nothing: give at least one of `contains`, `not_contains`, `regex` or `max_chars`.",
+            "`expect` expects nothing: give at least one of `contains`, `not_contains`, `regex`, `max_chars`, "
+            "`lore_activated` or `lore_not_activated`.",
             field="expect",
         )
 
 
-async def judge(expect: Expectation, answer: str) -> list[str]:
-    """What the answer got wrong, one sentence per unmet expectation; empty when it passes."""
-    failures: list[str] = []
+async def judge(expect: Expectation, answer: str, lore: Sequence[LoreDecision] = ()) -> list[str]:
+    """What the answer got wrong, one sentence per unmet expectation; empty when it passes. ``lore`` is what the
+    turn's lorebook decided."""
+    failures = _lore_failures(expect, lore)
     folded = answer.casefold()
     failures.extend(
         f"expected the answer to contain {phrase!r}" for phrase in expect.contains if phrase.casefold() not in folded
@@ -89,6 +104,28 @@ async def judge(expect: Expectation, answer: str) -> list[str]:
             failures.append(failure)
     if expect.max_chars is not None and len(answer) > expect.max_chars:
         failures.append(f"answer is {len(answer)} characters, more than max_chars {expect.max_chars}")
+    return failures
+
+
+def _lore_failures(expect: Expectation, lore: Sequence[LoreDecision]) -> list[str]:
+    failures: list[str] = []
+    if not (expect.lore_activated or expect.lore_not_activated):
+        return failures
+    by_name = {}
+    for decision in lore:
+        by_name[decision.id] = decision
+        if decision.name:
+            by_name.setdefault(decision.name, decision)
+    for wanted in expect.lore_activated or ():
+        found = by_name.get(wanted)
+        if found is None:
+            failures.append(f"expected lore entry {wanted!r} to be activated; no key of it occurred")
+        elif not found.activated:
+            failures.append(f"expected lore entry {wanted!r} to be activated; it was not ({found.reason})")
+    for unwanted in expect.lore_not_activated or ():
+        found = by_name.get(unwanted)
+        if found is not None and found.activated:
+            failures.append(f"expected lore entry {unwanted!r} not to be activated; it was ({found.reason})")
     return failures
 
 

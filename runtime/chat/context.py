@@ -19,9 +19,9 @@ What was decided is the :class:`ContextAccount`, which render answers and each s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -39,7 +39,7 @@ from runtime.chat.tokens import (
     tokenizer_for,
 )
 
-__all__ = ["SUMMARY_HEADING", "Built", "ContextAccount", "ContextBuilder", "Extra", "Section"]
+__all__ = ["SUMMARY_HEADING", "Built", "ContextAccount", "ContextBuilder", "Extra", "LoreSource", "Section"]
 
 # How the summary is introduced in the system text.
 SUMMARY_HEADING = "Summary of the conversation so far (earlier turns are not shown):"
@@ -84,6 +84,17 @@ class Extra:
     ids: tuple[str, ...] = ()
 
 
+class LoreSource(Protocol):
+    """A tier made from what the turn's latest messages say (a persona's lorebook): the builder reads the stored
+    turns once, then hands the latest ``depth + 1`` texts (the newest first) and the tokens left to ``make``."""
+
+    depth: int
+
+    async def make(
+        self, texts: list[str], left: int, count: Callable[[str], int], ratio: float, tokenizer: str
+    ) -> Extra | None: ...
+
+
 @dataclass
 class Built:
     """A turn's context: the system text and messages to send, and the account of how they were chosen."""
@@ -107,6 +118,8 @@ class Built:
     # Whether anything could be dropped on a retry (history, summary, examples, extras).
     droppable: int = 0
     extras: list[Extra] = field(default_factory=list)
+    # The lore tier's maker, with what it decided (render's ``lore``).
+    lore: LoreSource | None = None
 
 
 def _message_tokens(message: ChatMessage, count: Any) -> int:
@@ -146,6 +159,7 @@ class ContextBuilder:
         max_tokens: int | None,
         message_field: str = "message",
         extras: Sequence[Extra] = (),
+        lore: LoreSource | None = None,
         cut: int = 0,
         exact: bool = False,
         until_seq: int | None = None,
@@ -180,7 +194,7 @@ class ContextBuilder:
 
         # /v1 with nothing to choose: when the whole request's UTF-8 size (a bound on its tokens) fits, it is
         # sent as it is without being tokenized.
-        if conversation is None and not extras and not exact and not _examples(persona):
+        if conversation is None and not extras and lore is None and not exact and not _examples(persona):
             size = _size(system) + MESSAGE_OVERHEAD * len(messages)
             for message in messages:
                 size += _message_size(message)
@@ -228,8 +242,28 @@ class ContextBuilder:
         left = budget - fixed
         droppable = 0
 
-        # Lore and memory: each tier was fitted to its own budget by its maker; one that no longer fits is left out.
+        # The stored turns that could fit, newest first, read once: lore scans the latest of them for its keys.
+        rows: list[WindowRow] = []
+        more = False
+        newest: int | None = None
+        if conversation is not None and self.history_messages > 0:
+            rows, more = await self.conversations.window(
+                conversation.id,
+                after_seq=conversation.summary_covers_seq or 0 if conversation.summary else 0,
+                budget=int(left / ratio) + 1,
+                limit=self.history_messages,
+                until_seq=2**62 if until_seq is None else until_seq,
+            )
+            newest = rows[0].seq if rows else 0
+
+        # Lore, then memory: each tier fits its own budget, or is left out.
         kept: list[Extra] = []
+        if lore is not None:
+            scanned = [m.content for m in reversed(messages) if m.content and m.role != "tool"]
+            scanned.extend(r.content for r in rows[: lore.depth + 1])
+            made = await lore.make(scanned, left, raw, ratio, tokenizer.name)
+            if made is not None:
+                extras = (made, *extras)
         for extra in extras:
             if extra.tokens <= left:
                 kept.append(extra)
@@ -250,30 +284,19 @@ class ContextBuilder:
                 sections.append(Section(kind="examples", tokens=cost, items=len(examples)))
 
         summary = ""
-        after_seq = 0
         if conversation is not None and conversation.summary:
             cost = int((conversation.summary_tokens or 0) * ratio + 0.999) + MESSAGE_OVERHEAD
             if cost <= left:
                 summary = conversation.summary
-                after_seq = conversation.summary_covers_seq or 0
                 left -= cost
                 droppable += cost
                 sections.append(Section(kind="summary", tokens=cost, items=1))
 
         history: list[ChatMessage] = []
         oldest: int | None = None
-        newest: int | None = None
         uncovered = False
         dropped = 0
         if conversation is not None and self.history_messages > 0:
-            rows, more = await self.conversations.window(
-                conversation.id,
-                after_seq=after_seq,
-                budget=int(left / ratio) + 1,
-                limit=self.history_messages,
-                until_seq=2**62 if until_seq is None else until_seq,
-            )
-            newest = rows[0].seq if rows else 0
             turns, spent, uncovered = _fit(rows, more, left, ratio)
             for turn in reversed(turns):
                 history.extend(ChatMessage(role=r.role, content=r.content) for r in turn)
@@ -319,6 +342,7 @@ class ContextBuilder:
             uncovered=uncovered,
             droppable=droppable,
             extras=kept,
+            lore=lore,
         )
 
 

@@ -16,7 +16,7 @@ __all__ = ["Conversation", "ConversationStore", "MessageState", "MessageStatus",
 MessageStatus = Literal["pending", "complete", "incomplete", "error"]
 
 _CONVERSATION = """id, title, persona_id, persona_version, created_at, updated_at, user_turns, token_ratio, summary,
-    summary_tokens, summary_covers_seq, summary_covers_message_id, summary_updated_at"""
+    summary_tokens, summary_covers_seq, summary_covers_message_id, summary_updated_at, lore_state"""
 _MESSAGE = """id, role, content, status, persona_id, persona_version, persona_source, provider, model, usage,
     latency_ms, finish_reason, tool_calls, context, created_at"""
 
@@ -40,13 +40,16 @@ question AS (
 )"""
 BEGIN_TURN_NEW = f"""
 WITH conversation AS (
-    INSERT INTO conversations (user_id, title, persona_id, persona_version, user_turns) VALUES ($1, $10, $3, $4, 1)
+    INSERT INTO conversations (user_id, title, persona_id, persona_version, user_turns, lore_state)
+    VALUES ($1, $10, $3, $4, 1, $11)
     RETURNING {_CONVERSATION}
 ), {_QUESTION_AND_ANSWER}
 SELECT conversation.*, answer.id AS answer_id FROM conversation, answer"""
 BEGIN_TURN_EXISTING = f"""
 WITH conversation AS (
-    UPDATE conversations SET updated_at = now(), user_turns = user_turns + 1 WHERE id = $1 RETURNING {_CONVERSATION}
+    UPDATE conversations SET updated_at = now(), user_turns = user_turns + 1,
+        lore_state = CASE WHEN $10::boolean THEN $11::jsonb ELSE lore_state END
+    WHERE id = $1 RETURNING {_CONVERSATION}
 ), {_QUESTION_AND_ANSWER}
 SELECT conversation.*, answer.id AS answer_id FROM conversation, answer"""
 _FINISH = """
@@ -135,6 +138,8 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     summary_covers_seq: int | None = None
     summary_covers_message_id: UUID | None = None
     summary_updated_at: datetime | None = None
+    # Lorebook entries' timed effects: entry id → [active through turn, kept out through turn].
+    lore_state: dict[str, list[int]] | None = None
 
 
 class WindowRow(msgspec.Struct, frozen=True):
@@ -264,17 +269,21 @@ class ConversationStore:
         provider: str,
         model: str,
         tokens: int | None = None,
+        lore_state: dict[str, list[int]] | None = None,
     ) -> tuple[Conversation, UUID]:
         """Store the user's message (and the conversation, when new) and a pending answer, in one statement.
 
         ``tokens`` is what the message costs in a context, kept so later turns need not count it again.
+        ``lore_state`` replaces the conversation's lorebook timed effects (None: left as they are).
         Returns the conversation and the id of the pending answer.
         """
         args = (message, persona_id, persona_version, persona_source, provider, model, self.lease_seconds, tokens)
         if conversation is None:
-            record = await self._pool.fetchrow(BEGIN_TURN_NEW, user_id, *args, title_for(message))
+            record = await self._pool.fetchrow(BEGIN_TURN_NEW, user_id, *args, title_for(message), lore_state)
         else:
-            record = await self._pool.fetchrow(BEGIN_TURN_EXISTING, conversation.id, *args)
+            record = await self._pool.fetchrow(
+                BEGIN_TURN_EXISTING, conversation.id, *args, lore_state is not None, lore_state
+            )
             if record is None:  # deleted since it was read
                 raise NotFound(
                     f"Conversation {conversation.id} not found: check `conversation_id`.", field="conversation_id"

@@ -31,6 +31,7 @@ from runtime.chat.context import Built, ContextBuilder
 from runtime.chat.conversations import Conversation, ConversationStore, MessageState
 from runtime.chat.frames import ChatFrames, chat_body, record
 from runtime.chat.leases import Leases
+from runtime.chat.lore import TurnLore, lore_for
 from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes, tool_specs
 from runtime.chat.resolve import PersonaSource, resolve_persona, resolve_persona_name
 from runtime.chat.summaries import Summarizer
@@ -222,6 +223,21 @@ class ChatPipeline:
         until_seq: int | None = None,
     ) -> TurnPlan:
         own = self.prompts.render(persona, caller)
+        lore = None
+        if persona.lorebook is not None:
+            if conversation is not None:
+                user_turns, state = conversation.user_turns, conversation.lore_state
+            else:
+                user_turns, state = sum(1 for m in turn.messages if m.role == "user") - 1, None
+            latest = turn.messages[-1].content or "" if turn.messages else ""
+            lore = lore_for(
+                persona,
+                conversation_id=conversation.id if conversation is not None else None,
+                user_turns=user_turns,
+                state=state,
+                latest=latest,
+                names=(persona.name, caller.shown_name),
+            )
         tools = tool_specs(persona)
         if turn.tools:
             names = {t.name for t in turn.tools}
@@ -236,6 +252,7 @@ class ChatPipeline:
             conversation=conversation,
             max_tokens=turn.max_tokens,
             message_field="message" if turn.route in ("chat", "preview", "compare", "test_run") else "messages",
+            lore=lore,
             cut=cut,
             exact=exact,
             until_seq=until_seq,
@@ -333,8 +350,10 @@ class ChatPipeline:
         outcome: Outcome | None = None
         if plan.input.store:
             question = plan.input.messages[-1].content or ""
+            lore = plan.context.lore
             conversation, answer_id = await self.conversations.begin_turn(
                 tokens=plan.context.message_tokens,
+                lore_state=lore.result.state if isinstance(lore, TurnLore) and lore.result is not None else None,
                 user_id=plan.caller.user_id,
                 conversation=plan.conversation,
                 message=question,
