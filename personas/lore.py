@@ -88,6 +88,9 @@ class LoreIndex:
     max_depth: int
     constant: list[int]
     timed: bool
+    # Entry number by id, for the entries a conversation's timed effects name.
+    numbers: dict[str, int] = field(default_factory=dict)
+    enabled: int = 0
     # Content tokens by tokenizer name, counted when first needed.
     tokens: dict[str, list[int | None]] = field(default_factory=dict)
 
@@ -180,6 +183,8 @@ def _compile(book: Lorebook) -> LoreIndex:
         max_depth=max(depths, default=book.scan_depth),
         constant=constant,
         timed=timed,
+        numbers={entry.id: n for n, entry in enumerate(entries) if entry.id is not None},
+        enabled=sum(1 for entry in entries if entry.enabled),
     )
 
 
@@ -350,7 +355,8 @@ async def activate(
             return
         decided[number] = (True, "sticky")
 
-    for number in range(len(entries)):
+    # Only what could activate is looked at: entries with a key found, constant ones, those a timed effect holds.
+    for number in sorted({n for n, _ in hits} | set(index.constant) | {index.numbers.get(i, -1) for i in state} - {-1}):
         consider(number)
     if book.recursive:
         fresh = [n for n, (on, _) in decided.items() if on]
@@ -363,7 +369,7 @@ async def activate(
                 _scan(index, text, -1, hits)
             if index.regexes:
                 await _scan_regexes(index, contents, hits, result.warnings, recursion=True)
-            for number in range(len(entries)):
+            for number in sorted({n for n, _ in hits} - before):
                 consider(number)
             fresh = [n for n in decided if n not in before and decided[n][0]]
 

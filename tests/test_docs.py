@@ -132,8 +132,11 @@ async def test_readme_walk_through_runs_as_written(echo_server):
     await readme_walk_through(database_url, url)
 
 
-async def run_walk_through(markdown: Path, heading: str, database_url: str, url: str) -> str:
+async def run_walk_through(markdown: Path, heading: str, database_url: str, url: str, after: str = "") -> str:
+    """The shell blocks under ``heading``, run in order (after those under ``after``, whose setup they use)."""
     script = bash_blocks(markdown, heading)
+    if after:
+        script = bash_blocks(markdown, after) + "\n" + script
     script = script.replace(".venv/bin/persona-runtime", f"{sys.executable} -m runtime")
     script = script.replace("http://127.0.0.1:8666", url)
     result = await run("bash", "-euo", "pipefail", "-c", script, env=cli_env(database_url))
@@ -153,11 +156,16 @@ async def authoring_example(database_url: str, url: str) -> None:
 
 
 async def context_example(database_url: str, url: str) -> None:
-    out = await run_walk_through(ROOT / "docs" / "context.md", "## A worked example", database_url, url)
+    # The lorebook example uses the worked example's setup: one script, in the page's order.
+    out = await run_walk_through(
+        ROOT / "docs" / "context.md", "## A lorebook example", database_url, url, after="## A worked example"
+    )
     # What the page says each step prints.
     assert "The user said: Turn 1: the tide is turni\n" in out
     assert "['system', 'summary', 'history', 'message'] True" in out
     assert "context_overflow message\n" in out
+    assert "[('river', True, 'key'), ('toll', False, 'secondary_logic'), ('world', True, 'constant')]\n" in out
+    assert "['After dark the toll is two coins.', 'This world is called Aria.']\n" in out
 
 
 @pytest.mark.usefixtures("curl")

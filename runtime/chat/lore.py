@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Literal
 
-from personas.lore import LoreResult, LoreState, activate, index_for
+from personas.lore import LoreIndex, LoreResult, LoreState, activate, index_for
 from personas.models import Persona
 from providers import ChatMessage
 from runtime.chat.context import Extra
@@ -29,19 +29,11 @@ class TurnLore:
     """One turn's lorebook tier: built by :meth:`make`, explained by :attr:`result`."""
 
     def __init__(
-        self,
-        persona: Persona,
-        *,
-        turn: int,
-        seed: str,
-        state: LoreState | None,
-        names: tuple[str, str],
+        self, index: LoreIndex, *, turn: int, seed: str, state: LoreState | None, names: tuple[str, str]
     ) -> None:
-        book = persona.lorebook
-        assert book is not None
-        self.index = index_for((persona.id, persona.version, persona.updated_at), book)
-        self.depth = self.index.max_depth
-        self.budget = book.token_budget
+        self.index = index
+        self.depth = index.max_depth
+        self.budget = index.book.token_budget
         self.turn = turn
         self.seed = seed
         self.state = state
@@ -105,11 +97,14 @@ def lore_for(
     turn of no stored conversation.
     """
     book = persona.lorebook
-    if book is None or not book.entries or not any(e.enabled for e in book.entries):
+    if book is None or not book.entries:
+        return None
+    index = index_for((persona.id, persona.version, persona.updated_at), book)
+    if not index.enabled:
         return None
     turn = user_turns + 1
     if conversation_id is not None:
         seed = f"{conversation_id}:{turn}"
     else:
         seed = hashlib.blake2b(latest.encode(), digest_size=12).hexdigest()
-    return TurnLore(persona, turn=turn, seed=seed, state=state, names=names)
+    return TurnLore(index, turn=turn, seed=seed, state=state, names=names)
