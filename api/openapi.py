@@ -347,7 +347,11 @@ _PROVIDER_ROUTES = {
     ("POST", "/api/v1/chat/personas/{persona_id:str}/tests/run"),
 }
 # Routes whose body names a persona the caller must be able to see.
-_NAMES_A_PERSONA = {("POST", "/api/v1/chat/personas/set"), ("POST", "/api/v1/memories")}
+_NAMES_A_PERSONA = {
+    ("POST", "/api/v1/chat/personas/set"),
+    ("POST", "/api/v1/memories"),
+    ("POST", "/api/v1/chat/conversations"),
+}
 _CONFLICTS = {
     ("POST", "/api/v1/chat/personas"),
     ("PUT", "/api/v1/chat/personas/{persona_id:str}"),
@@ -361,6 +365,7 @@ _ENDED = {("POST", "/api/v1/chat/messages/{message_id:str}/cancel"), ("POST", "/
 _RESTORES_DEFAULT = {
     ("GET", "/api/v1/chat/personas/current"),
     ("POST", "/api/v1/chat/personas/initialize-default"),
+    ("POST", "/api/v1/chat/conversations"),  # opened with the default persona when none is named or preferred
 }
 _GONE = {("GET", "/api/v1/chat/messages/{message_id:str}/events")}
 # Routes whose body is an upload of a kind told by its bytes.
