@@ -31,6 +31,12 @@ async def _read_image(request: Request[Any, Any, Any]) -> bytes:
     return bytes(body)
 
 
+def _matches(if_none_match: str, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (weakly compared, as RFC 9110 asks for this header) or is ``*``."""
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
 def _out(avatar: Avatar) -> AvatarOut:
     return AvatarOut(
         content_type=avatar.content_type,  # type: ignore[arg-type]  # the table's CHECK holds it to the three
@@ -67,7 +73,7 @@ class AvatarController(Controller):
         avatar = await avatars.get(caller, persona_id)
         etag = f'"{avatar.sha256}"'
         headers = {"ETag": etag, "Cache-Control": _CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
-        if etag in request.headers.get("if-none-match", "").replace("W/", "").split(", "):
+        if _matches(request.headers.get("if-none-match", ""), etag):
             return Response(b"", status_code=304, headers=headers)
         return Response(avatar.image, media_type=avatar.content_type, headers=headers)
 

@@ -69,6 +69,8 @@ async def test_an_owner_sets_reads_and_removes_an_avatar(client, alice):
     etag = r.headers["etag"]
     again = await client.get(avatar_url(persona), headers={**alice.headers, "if-none-match": etag})
     assert again.status_code == 304 and again.content == b""
+    listed = await client.get(avatar_url(persona), headers={**alice.headers, "if-none-match": f'"x",W/{etag}'})
+    assert listed.status_code == 304
 
     # A new image is a new ETag.
     assert (await put(client, alice, persona, image("PNG", colour=(1, 2, 3)))).status_code == 200
