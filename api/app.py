@@ -18,6 +18,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from api.anthropic_compat import AnthropicController
 from api.auth import ApiKeyMiddleware
 from api.authoring import AuthoringController
+from api.avatars import AvatarController
 from api.body import GuardedRequest
 from api.chat import ChatController, ConversationController, MessageController
 from api.deps import dependencies
@@ -64,6 +65,7 @@ def create_app(
             *([metrics] if settings.metrics else []),
             PersonaController,
             PortabilityController,
+            AvatarController,
             AuthoringController,
             KeyController,
             AdminController,

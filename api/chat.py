@@ -19,17 +19,21 @@ from api.chat_schemas import (
     ConversationResponse,
     ConversationsResponse,
     MessageOut,
+    StartConversationRequest,
     SummaryOut,
     TokenUsage,
 )
 from api.deps import CallerDep, Limit, Offset, ResourcesDep
-from api.openapi import Streams, answers
+from api.openapi import OptionalBody, Streams, answers
 from api.schemas import MessageResponse
 from api.sse import sse_response
 from core.errors import BadRequest, NotFound
 from providers import ChatMessage
 from runtime.chat.collector import TurnResult
+from runtime.chat.conversations import Conversation
+from runtime.chat.openings import start_conversation
 from runtime.chat.pipeline import Answer, TurnInput
+from runtime.server.resources import Resources
 
 __all__ = [
     "ChatController",
@@ -156,6 +160,30 @@ def _unknown_message(message_id: UUID) -> NotFound:
     return NotFound(f"Message {message_id} not found: check the message id.", field="message_id")
 
 
+async def _conversation_response(resources: Resources, conversation: Conversation) -> ConversationResponse:
+    """A conversation and its messages, as GET /api/v1/chat/conversations/{id} shows them."""
+    messages = await resources.conversations.messages(conversation.id)
+    summary = None
+    if conversation.summary:
+        summary = SummaryOut(
+            content=conversation.summary,
+            covers_until_message_id=conversation.summary_covers_message_id,
+            updated_at=conversation.summary_updated_at,
+        )
+    shown = ConversationOut(
+        id=conversation.id,
+        title=conversation.title,
+        persona_id=conversation.persona_id,
+        created_at=conversation.created_at,
+        updated_at=conversation.updated_at,
+        summary=summary,
+    )
+    return ConversationResponse(
+        conversation=shown,
+        messages=[msgspec.convert(m, MessageOut, from_attributes=True) for m in messages],
+    )
+
+
 class ConversationController(Controller):
     path = "/api/v1/chat/conversations"
     tags = ["chat"]
@@ -178,26 +206,18 @@ class ConversationController(Controller):
         self, conversation_id: FromPath[UUID], caller: CallerDep, resources: ResourcesDep
     ) -> ConversationResponse:
         conversation = await resources.conversations.get(caller.user_id, conversation_id)
-        messages = await resources.conversations.messages(conversation.id)
-        summary = None
-        if conversation.summary:
-            summary = SummaryOut(
-                content=conversation.summary,
-                covers_until_message_id=conversation.summary_covers_message_id,
-                updated_at=conversation.summary_updated_at,
-            )
-        shown = ConversationOut(
-            id=conversation.id,
-            title=conversation.title,
-            persona_id=conversation.persona_id,
-            created_at=conversation.created_at,
-            updated_at=conversation.updated_at,
-            summary=summary,
+        return await _conversation_response(resources, conversation)
+
+    @post("/", operation_class=OptionalBody)
+    async def start_conversation(
+        self, caller: CallerDep, resources: ResourcesDep, data: JSONBody[StartConversationRequest | None] = None
+    ) -> ConversationResponse:
+        """A new conversation the persona opens with its greeting (`greeting`: which; left out: the first)."""
+        asked = data or StartConversationRequest()
+        conversation = await start_conversation(
+            resources.chat, caller, persona_id=asked.persona_id, greeting=asked.greeting
         )
-        return ConversationResponse(
-            conversation=shown,
-            messages=[msgspec.convert(m, MessageOut, from_attributes=True) for m in messages],
-        )
+        return await _conversation_response(resources, conversation)
 
     @delete("/{conversation_id:str}", status_code=200)
     async def delete_conversation(

@@ -17,6 +17,7 @@ __all__ = [
     "ConversationResponse",
     "ConversationsResponse",
     "MessageOut",
+    "StartConversationRequest",
     "TokenUsage",
 ]
 
@@ -33,6 +34,14 @@ class ChatRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     model: ModelName | None = None
     # Keep generating when the client hangs up, so the answer can be resumed and is stored complete.
     resumable: bool = False
+
+
+class StartConversationRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A conversation to open: with ``persona_id`` (else the caller's persona), by its greeting ``greeting``
+    (an index into the persona's ``greetings``; left out: the first, or none when it has none)."""
+
+    persona_id: UUID | None = None
+    greeting: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
 
 
 class CancelResponse(Struct, frozen=True, kw_only=True):

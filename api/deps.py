@@ -9,6 +9,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 
 from api.auth import caller
+from personas.avatars import Avatars
 from personas.models import Caller
 from personas.porter import PersonaPorter
 from personas.service import PersonaService
@@ -19,6 +20,7 @@ from runtime.server.resources import Resources
 __all__ = [
     "AccountsDep",
     "AuthoringDep",
+    "AvatarsDep",
     "CallerDep",
     "Limit",
     "Offset",
@@ -43,6 +45,10 @@ def _porter(state: State) -> PersonaPorter:
     return _resources(state).porter
 
 
+def _avatars(state: State) -> Avatars:
+    return _resources(state).avatars
+
+
 def _authoring(state: State) -> AuthoringService:
     return _resources(state).authoring
 
@@ -58,6 +64,7 @@ dependencies: dict[str, Any] = {
     "accounts": Provide(_accounts, sync_to_thread=False),
     "porter": Provide(_porter, sync_to_thread=False),
     "authoring": Provide(_authoring, sync_to_thread=False),
+    "avatars": Provide(_avatars, sync_to_thread=False),
 }
 
 CallerDep = NamedDependency[Caller]
@@ -66,6 +73,7 @@ PersonasDep = NamedDependency[PersonaService]
 AccountsDep = NamedDependency[Accounts]
 PorterDep = NamedDependency[PersonaPorter]
 AuthoringDep = NamedDependency[AuthoringService]
+AvatarsDep = NamedDependency[Avatars]
 
 # Paging of every list route. Numbers are bounded by the columns and SQL parameters they meet (OFFSET is a
 # bigint, a version an integer), so an out-of-range one is a 400 naming it rather than a driver overflow.

@@ -22,9 +22,12 @@ from runtime.authoring.service import PersonaChoice
 __all__ = [
     "AnthropicErrorBody",
     "ErrorBody",
+    "ImageAnswer",
+    "ImageBody",
     "ImportBody",
     "OpenAIErrorBody",
     "OptionalBody",
+    "PngExport",
     "Streams",
     "StrictStructSchemaPlugin",
     "answers",
@@ -125,6 +128,40 @@ class ImportBody(Operation):
                 "multipart/form-data": OpenAPIMediaType(schema=form),
             },
         )
+
+
+_IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+_BINARY = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+
+
+@dataclass
+class ImageBody(Operation):
+    """The avatar route reads its body itself: the image's bytes, whose first bytes (not the header) say their type."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True, content={kind: OpenAPIMediaType(schema=_BINARY) for kind in _IMAGE_TYPES}
+        )
+
+
+@dataclass
+class ImageAnswer(Operation):
+    """An operation whose 200 is an image's bytes, in the type it was stored as."""
+
+    def __post_init__(self) -> None:
+        success = (self.responses or {}).get("200")
+        if isinstance(success, OpenAPIResponse):
+            success.content = {kind: OpenAPIMediaType(schema=_BINARY) for kind in _IMAGE_TYPES}
+
+
+@dataclass
+class PngExport(Operation):
+    """The export route: JSON (our document, a card), or a PNG card's bytes with ``format=png``."""
+
+    def __post_init__(self) -> None:
+        success = (self.responses or {}).get("200")
+        if isinstance(success, OpenAPIResponse):
+            success.content = {**(success.content or {}), "image/png": OpenAPIMediaType(schema=_BINARY)}
 
 
 def answers(body: Any, description: str) -> dict[int, ResponseSpec]:
@@ -291,6 +328,7 @@ _DESCRIPTIONS = {
     "default persona Mu that cannot be restored while another active persona is named Mu",
     410: "The stream ended longer ago than `STREAM_RETENTION_SECONDS`; the message is in its conversation",
     413: "The request body is too large",
+    415: "The upload is not of a type the route takes (told by its bytes); `error.field` names it",
     429: "A rate limit of the key or persona (or the provider's) was reached; see `Retry-After`",
     500: "Internal error; it has been logged",
     502: "The LLM provider failed",
@@ -309,7 +347,11 @@ _PROVIDER_ROUTES = {
     ("POST", "/api/v1/chat/personas/{persona_id:str}/tests/run"),
 }
 # Routes whose body names a persona the caller must be able to see.
-_NAMES_A_PERSONA = {("POST", "/api/v1/chat/personas/set"), ("POST", "/api/v1/memories")}
+_NAMES_A_PERSONA = {
+    ("POST", "/api/v1/chat/personas/set"),
+    ("POST", "/api/v1/memories"),
+    ("POST", "/api/v1/chat/conversations"),
+}
 _CONFLICTS = {
     ("POST", "/api/v1/chat/personas"),
     ("PUT", "/api/v1/chat/personas/{persona_id:str}"),
@@ -323,8 +365,13 @@ _ENDED = {("POST", "/api/v1/chat/messages/{message_id:str}/cancel"), ("POST", "/
 _RESTORES_DEFAULT = {
     ("GET", "/api/v1/chat/personas/current"),
     ("POST", "/api/v1/chat/personas/initialize-default"),
+    ("POST", "/api/v1/chat/conversations"),  # opened with the default persona when none is named or preferred
 }
 _GONE = {("GET", "/api/v1/chat/messages/{message_id:str}/events")}
+# Routes whose body is an upload of a kind told by its bytes.
+_UPLOADS = {("PUT", "/api/v1/chat/personas/{persona_id:str}/avatar")}
+# A persona's routes that whoever sees the persona may read.
+_READABLE = {"/api/v1/chat/personas/{persona_id:str}", "/api/v1/chat/personas/{persona_id:str}/avatar"}
 
 
 _PERSONA = "/api/v1/chat/personas/{persona_id:str}"
@@ -332,7 +379,7 @@ _PERSONA = "/api/v1/chat/personas/{persona_id:str}"
 
 def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
     signature = handler.parsed_fn_signature.parameters
-    has_body = "data" in signature or path.endswith("/import")
+    has_body = "data" in signature or path.endswith("/import") or (method, path) in _UPLOADS
     statuses = {401, 500, 503}
     if has_body:
         statuses |= {400, 413}
@@ -341,7 +388,7 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
     if "{" in path or (method, path) in _PROVIDER_ROUTES | _NAMES_A_PERSONA:
         statuses.add(404)  # a path's id, or a conversation or persona named in the body
     # A persona's own routes are for its owner and admins, but for reading it.
-    persona_scoped = path.startswith(_PERSONA) and not (method == "GET" and path == _PERSONA)
+    persona_scoped = path.startswith(_PERSONA) and not (method == "GET" and path in _READABLE)
     # Only admins may set `is_default` (on create, update and restore), manage users or loosen a key's limits.
     loosening = (method, path) == ("POST", "/api/v1/keys")
     if (
@@ -355,6 +402,8 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
         statuses.add(409)
     if (method, path) in _GONE:
         statuses.add(410)
+    if (method, path) in _UPLOADS:
+        statuses.add(415)
     if (method, path) in _PROVIDER_ROUTES:
         statuses |= {429, 502, 504}
     return statuses

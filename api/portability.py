@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from litestar import Controller, MediaType, Request, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.params import FromPath, FromQuery
 from litestar.types import ReceiveMessage
 
 from api.deps import CallerDep, PorterDep
-from api.openapi import ImportBody, answers
+from api.openapi import ImportBody, PngExport, answers
 from api.schemas import PersonaResponse
 from core.errors import BadRequest, PayloadTooLarge
 from personas.porter import ExportFormat
@@ -73,15 +73,17 @@ class PortabilityController(Controller):
 
     @get(
         "/{persona_id:str}/export",
-        responses=answers(dict[str, Any], "Our persona document, or a Character Card V2"),
+        responses=answers(dict[str, Any], "Our persona document, a Character Card V2, or a PNG card (`format=png`)"),
+        operation_class=PngExport,
     )
     async def export(
         self, persona_id: FromPath[UUID], caller: CallerDep, porter: PorterDep, format: FromQuery[ExportFormat] = "json"
     ) -> Response[bytes]:
-        """Our persona document (``format=json``) or a Character Card V2 (``format=card``); owner or admin."""
+        """Our persona document (``format=json``), a Character Card V2 (``format=card``) or a PNG card carrying
+        V2 and V3 cards (``format=png``); owner or admin."""
         exported = await porter.export(caller, persona_id, format)
         disposition = f'attachment; filename="{exported.filename}"'
-        return Response(exported.content, media_type=MediaType.JSON, headers={"Content-Disposition": disposition})
+        return Response(exported.content, media_type=exported.media_type, headers={"Content-Disposition": disposition})
 
     # The body is bounded by IMPORT_MAX_BYTES in read_upload rather than by a fixed per-route limit.
     @post("/import", request_max_body_size=None, operation_class=ImportBody)
@@ -89,5 +91,8 @@ class PortabilityController(Controller):
         self, request: Request[Any, Any, Any], caller: CallerDep, porter: PorterDep
     ) -> PersonaResponse:
         """A new private persona from our document, a card's JSON, or a PNG card (JSON body or multipart file)."""
-        persona, source = await porter.import_(caller, await read_upload(request, porter.max_bytes))
-        return PersonaResponse(persona=persona, message=f"Persona {persona.name} imported from {_SOURCES[source]}")
+        persona, source, pictured = await porter.import_(caller, await read_upload(request, porter.max_bytes))
+        avatar = "; its picture is the persona's avatar" if pictured else ""
+        return PersonaResponse(
+            persona=persona, message=f"Persona {persona.name} imported from {_SOURCES[source]}{avatar}"
+        )

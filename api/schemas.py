@@ -13,6 +13,8 @@ from runtime.access.limits import KeyUsage
 
 __all__ = [
     "ApiKeyOut",
+    "AvatarOut",
+    "AvatarResponse",
     "CreateKeyRequest",
     "CreateKeyResponse",
     "CreateUserRequest",
@@ -40,6 +42,20 @@ class _Reply(Struct, frozen=True, kw_only=True):
 
 
 class MessageResponse(_Reply, frozen=True, kw_only=True):
+    message: str
+
+
+class AvatarOut(Struct, frozen=True, kw_only=True):
+    """A stored avatar, without its bytes (GET the avatar route for those)."""
+
+    content_type: Literal["image/png", "image/jpeg", "image/webp"]
+    size: int
+    sha256: str
+    updated_at: datetime
+
+
+class AvatarResponse(_Reply, frozen=True, kw_only=True):
+    avatar: AvatarOut
     message: str
 
 

@@ -6,7 +6,8 @@ Every error a client can see is a ``PersonaRuntimeError`` subclass with a snake_
 
     PersonaRuntimeError                  500 internal_error
     ├── BadRequest                       400 bad_request        (names the offending ``field``)
-    │   └── PayloadTooLarge              413 payload_too_large
+    │   ├── PayloadTooLarge              413 payload_too_large
+    │   └── UnsupportedMediaType         415 unsupported_media_type (an upload of a type the route does not take)
     ├── Unauthorized                     401 unauthorized
     ├── Forbidden                        403 forbidden
     ├── NotFound                         404 not_found
@@ -63,6 +64,7 @@ __all__ = [
     "ShuttingDown",
     "StreamExpired",
     "Unauthorized",
+    "UnsupportedMediaType",
 ]
 
 
@@ -93,6 +95,11 @@ class BadRequest(PersonaRuntimeError):
 class PayloadTooLarge(BadRequest):
     code = "payload_too_large"
     status = 413
+
+
+class UnsupportedMediaType(BadRequest):
+    code = "unsupported_media_type"
+    status = 415
 
 
 class ContextOverflow(BadRequest):

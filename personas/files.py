@@ -5,10 +5,12 @@ Import reads every ``*.json`` and ``*.png`` of a directory, checks them all befo
 creates or updates personas by name (case-insensitive); a persona equal to its file is left alone, so a
 second import of the same directory changes nothing and bumps no version. Imports act as the system
 (``created_by`` NULL) unless an owner is given; an existing persona keeps its owner and ``is_default``.
+A PNG card's picture (without its card text) becomes its persona's avatar, as it does over HTTP.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 from uuid import UUID
@@ -16,12 +18,14 @@ from uuid import UUID
 import msgspec
 
 from core.errors import BadRequest
+from personas.avatars import MAX_AVATAR_BYTES, AvatarStore
 from personas.documents import encode_document, load_document, persona_document, slug
 from personas.models import CONTENT_FIELDS, Persona, PersonaDraft
+from personas.png import image_only
 from personas.service import check_draft, draft_persona, normalized
 from personas.store import PersonaStore
 
-__all__ = ["FileResult", "FilesError", "import_drafts", "read_directory", "write_directory"]
+__all__ = ["FileResult", "FilesError", "import_drafts", "read_directory", "read_pictures", "write_directory"]
 
 Outcome = Literal["written", "created", "updated", "unchanged"]
 
@@ -95,26 +99,56 @@ def read_directory(directory: Path, *, limit: int) -> list[tuple[str, PersonaDra
     return drafts
 
 
+def read_pictures(directory: Path, drafts: list[tuple[str, PersonaDraft]]) -> dict[str, bytes]:
+    """The picture of each PNG card of ``drafts`` (files :func:`read_directory` checked), without its card text;
+    one larger than an avatar may be is left out, as an import over HTTP leaves it."""
+    pictures = {}
+    for file, _ in drafts:
+        if file.lower().endswith(".png"):
+            picture = image_only((directory / file).read_bytes())
+            if len(picture) <= MAX_AVATAR_BYTES:
+                pictures[file] = picture
+    return pictures
+
+
 async def import_drafts(
-    store: PersonaStore, drafts: list[tuple[str, PersonaDraft]], *, owner: UUID | None
+    store: PersonaStore,
+    drafts: list[tuple[str, PersonaDraft]],
+    *,
+    owner: UUID | None,
+    avatars: AvatarStore | None = None,
+    pictures: Mapping[str, bytes] | None = None,
 ) -> list[FileResult]:
-    """Create or update each persona by name; one equal to its file is not touched."""
+    """Create or update each persona by name; one equal to its file (and its picture, if any) is not touched."""
     results = []
     for file, draft in drafts:
         note = f"imported from {file}"
         current = await store.find_owned(draft.name, owner)
         if current is None:
             persona = msgspec.structs.replace(draft_persona(draft, None), version=1, created_by=owner)
-            await store.create(persona, actor=owner, change_note=note)
+            created = await store.create(persona, actor=owner, change_note=note)
+            await _picture(avatars, created.id, (pictures or {}).get(file))
             results.append(FileResult(file, draft.name, "created"))
             continue
+        pictured = await _picture(avatars, current.id, (pictures or {}).get(file))
         changed = msgspec.structs.replace(current, **{field: getattr(draft, field) for field in _CONTENT})
         if _content(changed) == _content(current):
-            results.append(FileResult(file, draft.name, "unchanged"))
+            results.append(FileResult(file, draft.name, "updated" if pictured else "unchanged"))
             continue
         await store.update(current.id, changed, actor=owner, change_note=note)
         results.append(FileResult(file, draft.name, "updated"))
     return results
+
+
+async def _picture(avatars: AvatarStore | None, persona_id: UUID, picture: bytes | None) -> bool:
+    """Make ``picture`` the persona's avatar unless it already is; whether it changed anything."""
+    if avatars is None or picture is None:
+        return False
+    current = await avatars.get(persona_id)
+    if current is not None and current.image == picture:
+        return False
+    await avatars.put(persona_id, "image/png", picture)
+    return True
 
 
 def _content(persona: Persona) -> list[Any]:

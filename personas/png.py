@@ -1,4 +1,4 @@
-"""PNG text chunks: reading a character card out of a PNG file, and writing one into a minimal PNG."""
+"""PNG text chunks: reading a character card out of a PNG file, and writing one into a PNG (an avatar, or plain)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ from typing import NamedTuple
 
 from core.errors import BadRequest, PayloadTooLarge
 
-__all__ = ["CARD_KEYWORDS", "SIGNATURE", "TextChunk", "card_png", "read_card_text", "text_chunks"]
+__all__ = [
+    "CARD_KEYWORDS",
+    "SIGNATURE",
+    "TextChunk",
+    "card_png",
+    "image_only",
+    "plain_png",
+    "read_card_text",
+    "text_chunks",
+    "with_card",
+]
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -146,3 +156,36 @@ def card_png(chunks: list[tuple[str, str]], *, kind: bytes = b"tEXt") -> bytes:
             body = key + b"\1\0" + b"\0\0" + zlib.compress(value.encode("utf-8"))
         text += _chunk(kind, body)
     return SIGNATURE + _chunk(b"IHDR", header) + text + _chunk(b"IDAT", pixels) + _chunk(b"IEND", b"")
+
+
+def _is_card_chunk(kind: bytes, body: bytes) -> bool:
+    return kind in _TEXT_TYPES and body.partition(b"\0")[0].decode("latin-1").lower() in CARD_KEYWORDS
+
+
+def image_only(data: bytes) -> bytes:
+    """The PNG without its card text chunks (``chara``, ``ccv3``): the picture, and none of the card's text.
+
+    Every chunk is checked on the way (a damaged file is a 400); the ones kept are copied byte for byte.
+    """
+    kept = [_chunk(kind, body) for kind, body in _chunks(data) if not _is_card_chunk(kind, body)]
+    if not kept or not kept[0][4:8] == b"IHDR":
+        raise BadRequest("The PNG file is damaged: it does not start with an IHDR chunk.")
+    return SIGNATURE + b"".join(kept)
+
+
+def with_card(data: bytes, chunks: list[tuple[str, str]]) -> bytes:
+    """The PNG ``data`` carrying ``(keyword, text)`` as ``tEXt`` chunks before its ``IEND``, in place of any card
+    chunks it had (as SillyTavern writes them)."""
+    image = image_only(data)
+    text = b"".join(
+        _chunk(b"tEXt", keyword.encode("latin-1") + b"\0" + value.encode("latin-1")) for keyword, value in chunks
+    )
+    iend = _chunk(b"IEND", b"")
+    return image[: -len(iend)] + text + iend
+
+
+def plain_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A PNG of one colour: a card's picture when its persona has no PNG avatar."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    row = b"\0" + bytes(rgb) * width  # filter byte "none", then the row's pixels
+    return SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(row * height)) + _chunk(b"IEND", b"")

@@ -140,8 +140,10 @@ def render_template(
     date: str,
     traits: Mapping[str, Any],
     capabilities: Mapping[str, Any],
+    append_sections: bool = True,
 ) -> str:
-    """Fill a template; traits and capabilities the template does not place are appended as sections.
+    """Fill a template; traits and capabilities the template does not place are appended as sections (unless
+    ``append_sections`` is false: a greeting says only what it says).
 
     ``{{char}}`` and ``{{user}}`` (SillyTavern's) are ``{{persona_name}}`` and ``{{user_name}}``."""
     sections = {"traits": format_section(traits), "capabilities": format_section(capabilities)}
@@ -150,7 +152,7 @@ def render_template(
     used = {p.name for p in placeholders(template)}
     text = substitute(template, lambda p: values.get(p.name, template[p.start : p.end]))
     for name, title in (("traits", "Personality traits"), ("capabilities", "Capabilities")):
-        if name not in used and sections[name]:
+        if append_sections and name not in used and sections[name]:
             text = f"{text.rstrip()}\n\n## {title}\n{sections[name]}"
     return text
 

@@ -14,7 +14,7 @@ from providers import _upstream
 from providers._adapter import HttpAdapter, sdk_headers
 from providers.base import ChatMessage, ProviderRequest
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "DEFAULT_MODEL", "AnthropicProvider"]
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "DEFAULT_MODEL", "OPENING_TURN", "AnthropicProvider"]
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -107,6 +107,11 @@ def _system(system: str, cached_chars: int) -> str | list[dict[str, Any]]:
     return blocks
 
 
+# Anthropic wants the first message to be the user's; a conversation the persona opened with a greeting starts
+# with the persona's. This stands for the user's side before it, as SillyTavern marks a chat's start.
+OPENING_TURN = "[Start a new chat]"
+
+
 def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     results: list[dict[str, Any]] | None = None  # the tool_result blocks of the current user message
@@ -136,6 +141,8 @@ def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
             out.append({"role": "assistant", "content": blocks})
         else:
             out.append({"role": message.role, "content": message.content or ""})
+    if out and out[0]["role"] == "assistant":
+        out.insert(0, {"role": "user", "content": OPENING_TURN})
     return out
 
 

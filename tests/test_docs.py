@@ -195,6 +195,7 @@ async def portability_examples(database_url: str, url: str, app: Any, workdir: P
     assert '"name":"Seraphina"' in out and "(PNG)" in out and "(copy)" in out
     card = (workdir / "card.json").read_text()
     assert '"spec":"chara_card_v2"' in card.replace(" ", "")
+    assert (workdir / "card-export.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 @pytest.mark.usefixtures("curl")

@@ -137,3 +137,24 @@ async def test_restoring_the_default_documents_its_409_and_a_private_mu_no_longe
             assert r.status_code == 200, r.text
             assert r.json()["persona"]["id"] == str(MU_ID)
             assert "409" in document["paths"][f"{PERSONAS}{path}"][method.lower()]["responses"]
+
+
+async def test_the_avatar_routes_document_their_images_and_refusals(openapi):
+    route = openapi["paths"][f"{PERSONAS}/{{persona_id}}/avatar"]
+    images = {"image/png", "image/jpeg", "image/webp"}
+    assert set(route["put"]["requestBody"]["content"]) == images
+    assert {"400", "403", "404", "413", "415"} <= set(route["put"]["responses"])
+    assert set(route["get"]["responses"]["200"]["content"]) == images
+    assert {"304", "404"} <= set(route["get"]["responses"]) and "403" not in route["get"]["responses"]
+    assert "415" in route["put"]["responses"] and "415" not in route["delete"]["responses"]
+    assert route["put"]["responses"]["415"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    export = openapi["paths"][f"{PERSONAS}/{{persona_id}}/export"]["get"]
+    assert {"application/json", "image/png"} <= set(export["responses"]["200"]["content"])
+
+
+async def test_opening_a_conversation_documents_its_optional_body_and_errors(openapi):
+    op = openapi["paths"]["/api/v1/chat/conversations"]["post"]
+    assert op["requestBody"]["required"] is False
+    assert {"201", "400", "404"} <= set(op["responses"])

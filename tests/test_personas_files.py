@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from PIL import Image, PngImagePlugin
 
 from runtime.server.cli import main
 from tests.test_cards import v2_card
@@ -177,3 +180,36 @@ def test_export_names_files_by_slug_without_clashes(fresh_db, tmp_path, capsys):
 def test_import_of_a_missing_directory_fails_cleanly(fresh_db, tmp_path, capsys):
     code, _, err = cli(capsys, "personas", "import", str(tmp_path / "nowhere"))
     assert code == 1 and "not a directory" in err
+
+
+def test_a_png_cards_picture_becomes_the_avatar_and_changes_only_when_the_picture_does(fresh_db, tmp_path, capsys):
+    def card_file(colour: tuple[int, int, int]) -> bytes:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("chara", base64.b64encode(json.dumps(v2_card(name="Painted")).encode()).decode())
+        out = io.BytesIO()
+        Image.new("RGB", (6, 9), colour).save(out, "PNG", pnginfo=info)
+        return out.getvalue()
+
+    def avatar() -> bytes:
+        sql = "SELECT a.bytes FROM persona_avatars a JOIN personas p ON p.id = a.persona_id WHERE p.name = 'Painted'"
+        (row,) = query(fresh_db, sql)
+        return bytes(row["bytes"])
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "painted.png").write_bytes(card_file((200, 0, 0)))
+    code, out, _ = cli(capsys, "personas", "import", str(source))
+    assert code == 0 and "created   Painted (painted.png)" in out
+    with Image.open(io.BytesIO(avatar())) as first:
+        assert first.size == (6, 9) and first.convert("RGB").getpixel((0, 0)) == (200, 0, 0)
+        assert "chara" not in first.info  # the card's text stays out of the picture
+
+    code, out, _ = cli(capsys, "personas", "import", str(source))
+    assert out.strip().endswith("nothing changed: 1 unchanged")
+
+    (source / "painted.png").write_bytes(card_file((0, 0, 200)))
+    code, out, _ = cli(capsys, "personas", "import", str(source))
+    assert code == 0 and "updated   Painted (painted.png)" in out
+    with Image.open(io.BytesIO(avatar())) as second:
+        assert second.convert("RGB").getpixel((0, 0)) == (0, 0, 200)
+    assert versions(fresh_db)["Painted"] == 1  # the persona itself did not change

@@ -254,7 +254,8 @@ async def test_bad_uploads_say_what_is_wrong_and_create_nothing(client, alice, r
 
 async def test_oversize_upload_is_413(client, alice, resources):
     porter = resources.porter
-    resources.porter = PersonaPorter(resources.personas, max_bytes=4096)  # as IMPORT_MAX_BYTES=4096 would
+    # As IMPORT_MAX_BYTES=4096 would.
+    resources.porter = PersonaPorter(resources.personas, porter.avatars, max_bytes=4096)
     try:
         png = png_of(v2_card(name=unique("Big"), description="x" * 10_000))
         r = await client.post(IMPORT, files={"file": ("big.png", png)}, headers=alice.headers)

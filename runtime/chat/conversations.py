@@ -52,6 +52,16 @@ WITH conversation AS (
     WHERE id = $1 RETURNING {_CONVERSATION}
 ), {_QUESTION_AND_ANSWER}
 SELECT conversation.*, answer.id AS answer_id FROM conversation, answer"""
+# A conversation the persona opens: its greeting ($5; none when null) is the first message, the persona's own.
+START_CONVERSATION = f"""
+WITH conversation AS (
+    INSERT INTO conversations (user_id, title, persona_id, persona_version) VALUES ($1, $2, $3, $4)
+    RETURNING {_CONVERSATION}
+), greeting AS (
+    INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source, tokens)
+    SELECT id, 'assistant', $5, $3, $4, $6, $7 FROM conversation WHERE $5::text IS NOT NULL
+)
+SELECT * FROM conversation"""
 _FINISH = """
 UPDATE messages SET content = $2, status = $3, provider = $4, model = $5, usage = $6, latency_ms = $7,
     finish_reason = $8, tool_calls = $9, error = $10, lease_until = NULL, tokens = $11, context = $12
@@ -256,6 +266,22 @@ class ConversationStore:
             raise NotFound(
                 f"Conversation {conversation_id} not found: check `conversation_id`.", field="conversation_id"
             )
+
+    async def start(
+        self,
+        *,
+        user_id: UUID,
+        title: str,
+        persona_id: UUID,
+        persona_version: int,
+        persona_source: str,
+        greeting: str | None,
+        tokens: int | None,
+    ) -> Conversation:
+        """A new conversation of the user with the persona, opened by ``greeting`` (``tokens`` its cost in a
+        context) as the persona's message, or empty when ``greeting`` is None."""
+        args = (user_id, title, persona_id, persona_version, greeting, persona_source, tokens)
+        return _conversation(await self._pool.fetchrow(START_CONVERSATION, *args))
 
     async def begin_turn(
         self,

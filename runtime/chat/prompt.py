@@ -20,6 +20,7 @@ __all__ = [
     "build_request",
     "cache_report",
     "plan_routes",
+    "render_greeting",
     "render_system_prompt",
     "tool_specs",
 ]
@@ -36,14 +37,26 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
 
 def render_system_prompt(persona: Persona, caller: Caller, *, now: datetime | None = None) -> str:
     """The persona's system prompt with its variables filled; traits and capabilities always included."""
+    return _render(persona.system_prompt or "", persona, caller, now=now)
+
+
+def render_greeting(text: str, persona: Persona, caller: Caller, *, now: datetime | None = None) -> str:
+    """A greeting of the persona with the system prompt's variables filled the same way, and nothing appended."""
+    return _render(text, persona, caller, now=now, append_sections=False)
+
+
+def _render(
+    template: str, persona: Persona, caller: Caller, *, now: datetime | None, append_sections: bool = True
+) -> str:
     day = (now or datetime.now(UTC)).astimezone(UTC).date().isoformat()
     return render_template(
-        persona.system_prompt or "",
+        template,
         user_name=caller.shown_name,
         persona_name=persona.name,
         date=day,
         traits=persona.personality_traits,
         capabilities=persona.capabilities,
+        append_sections=append_sections,
     )
 
 

@@ -21,8 +21,9 @@ from core.db import connect_pool
 from core.errors import PersonaRuntimeError
 from core.logs import configure_logging
 from core.signals import notify
+from personas.avatars import AvatarStore
 from personas.cache import Cache, MemoryCache, RedisCache
-from personas.files import FileResult, import_drafts, read_directory, write_directory
+from personas.files import FileResult, import_drafts, read_directory, read_pictures, write_directory
 from personas.models import Limits
 from personas.store import PersonaStore
 from providers import configs_from_env, default_provider
@@ -279,7 +280,8 @@ async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Names
                     return 1
                 owner = user.id
             drafts = read_directory(args.directory, limit=settings.import_max_bytes)
-            results = await import_drafts(store, drafts, owner=owner)
+            pictures = read_pictures(args.directory, drafts)
+            results = await import_drafts(store, drafts, owner=owner, avatars=AvatarStore(pool), pictures=pictures)
     finally:
         await cache.aclose()
     _report(results)

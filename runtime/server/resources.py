@@ -21,6 +21,7 @@ from core.errors import Conflict, ShuttingDown
 from core.metrics import Metrics
 from core.redis_client import RedisClient, is_cluster, open_redis
 from core.signals import Signals, notify
+from personas.avatars import Avatars, AvatarStore
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.changes import PERSONA_SIGNAL
 from personas.models import Limits
@@ -68,6 +69,7 @@ class Resources:
     chat: ChatPipeline
     authoring: AuthoringService
     porter: PersonaPorter
+    avatars: Avatars
     metrics: Metrics
     signals: Signals
     streams: StreamRecorder
@@ -287,6 +289,7 @@ async def open_resources(
         )
         leases.said = streams.said
         chat.streams = streams
+        avatars = AvatarStore(pool)
         yield Resources(
             settings=settings,
             pool=pool,
@@ -301,7 +304,8 @@ async def open_resources(
             default_provider=default,
             chat=chat,
             authoring=AuthoringService(chat, PersonaTestStore(pool)),
-            porter=PersonaPorter(personas, max_bytes=settings.import_max_bytes),
+            porter=PersonaPorter(personas, avatars, max_bytes=settings.import_max_bytes),
+            avatars=Avatars(personas, avatars),
             metrics=metrics,
             signals=signals,
             streams=streams,
