@@ -272,7 +272,7 @@ async def test_timed_effects_hold_across_a_stored_conversations_turns(llm_client
         "entries": [
             {"id": "storm", "keys": ["storm"], "sticky": 1, "cooldown": 1, "content": "A storm rages."},
             {"id": "late", "constant": True, "delay": 3, "content": "Night has fallen."},
-        ]
+        ],
     }
     persona = await make_persona(llm_client, alice, model_settings={"provider": "openai"}, lorebook=lorebook)
     conversation_id = None
