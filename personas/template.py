@@ -140,18 +140,22 @@ def render_template(
     date: str,
     traits: Mapping[str, Any],
     capabilities: Mapping[str, Any],
+    sections: bool = True,
 ) -> str:
-    """Fill a template; traits and capabilities the template does not place are appended as sections.
+    """Fill a template; traits and capabilities the template does not place are appended as sections
+    (unless ``sections`` is off).
 
     ``{{char}}`` and ``{{user}}`` (SillyTavern's) are ``{{persona_name}}`` and ``{{user_name}}``."""
-    sections = {"traits": format_section(traits), "capabilities": format_section(capabilities)}
-    values = {"user_name": user_name, "persona_name": persona_name, "date": date, **sections}
+    formatted = {"traits": format_section(traits), "capabilities": format_section(capabilities)}
+    values = {"user_name": user_name, "persona_name": persona_name, "date": date, **formatted}
     values.update({alias: values[name] for alias, name in ALIASES.items()})
-    used = {p.name for p in placeholders(template)}
     text = substitute(template, lambda p: values.get(p.name, template[p.start : p.end]))
+    if not sections:
+        return text
+    used = {p.name for p in placeholders(template)}
     for name, title in (("traits", "Personality traits"), ("capabilities", "Capabilities")):
-        if name not in used and sections[name]:
-            text = f"{text.rstrip()}\n\n## {title}\n{sections[name]}"
+        if name not in used and formatted[name]:
+            text = f"{text.rstrip()}\n\n## {title}\n{formatted[name]}"
     return text
 
 

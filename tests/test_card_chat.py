@@ -28,14 +28,24 @@ async def test_png_card_imports_and_chats_in_character(llm_client, fake_llm, ali
     assert r.status_code == 200, r.text
     assert r.json()["response"] == "*smiles softly*" and r.json()["persona"]["name"] == name
 
-    system = fake_llm.last_request.body["messages"][0]["content"]
-    # The card's character, with its macros resolved for this persona and this user.
-    assert f"{name} guards the forest glade and looks after Alice." in system
-    assert f"Alice wakes up in {name}'s glade." in system
-    assert f"*{name} smiles at Alice* You are awake!" in system
+    messages = fake_llm.last_request.body["messages"]
+    system = messages[0]["content"]
+    assert messages[0]["role"] == "system"
+    # The card's character, with its macros resolved for this persona; the user's name only at the end.
+    assert f"{name} guards the forest glade and looks after the user." in system
     assert "gentle, protective" in system and "Never break character." in system
-    # What a card keeps for its readers, and macros we cannot evaluate, never reach the model.
-    assert SECRET not in system
+    assert system.index("Alice") > system.index("Never break character.")
+    # The scenario follows the persona's prompt, filled for this user.
+    assert system.endswith(f"Scenario:\nAlice wakes up in {name}'s glade.")
+    # The example dialogue goes as messages before the user's, with both names filled.
+    assert messages[1:] == [
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "A friend."},
+        {"role": "user", "content": "Where am I?"},
+    ]
+    # What a card keeps for its readers, greetings (they open conversations) and macros we cannot evaluate
+    # never reach the model.
+    assert SECRET not in system and "You are awake!" not in system and "waves" not in system
     assert "{{" not in system and "<BOT>" not in system and "Glade lore" not in system
 
     exported = (
@@ -45,3 +55,5 @@ async def test_png_card_imports_and_chats_in_character(llm_client, fake_llm, ali
     assert exported["data"]["extensions"] == card["data"]["extensions"]
     assert exported["data"]["creator_notes"] == SECRET
     assert exported["data"]["character_book"] == card["data"]["character_book"]
+    for field in ("first_mes", "alternate_greetings", "mes_example", "scenario"):
+        assert exported["data"][field] == card["data"][field]
