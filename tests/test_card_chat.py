@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 from personas.png import card_png
+from tests.conftest import persona_body
 from tests.test_cards import SECRET, b64, v2_card
 
 CHAT = "/api/v1/chat"
@@ -57,3 +58,96 @@ async def test_png_card_imports_and_chats_in_character(llm_client, fake_llm, ali
     assert exported["data"]["character_book"] == card["data"]["character_book"]
     for field in ("first_mes", "alternate_greetings", "mes_example", "scenario"):
         assert exported["data"][field] == card["data"][field]
+
+
+def seraphina_card(name: str) -> dict:
+    """A card shaped like SillyTavern's stock Seraphina: a long description that names the user, an empty
+    system prompt, a scenario, an example dialogue and a greeting."""
+    description = (
+        '[{{char}}\'s Personality= "caring", "protective", "compassionate", "healing", "nurturing", '
+        '"magical", "watchful", "apologetic", "gentle", "worried", "dedicated", "warm", "attentive", '
+        '"resilient", "kind-hearted", "serene", "graceful", "empathetic", "devoted", "strong", '
+        '"perceptive", "graceful"]\n'
+        '[Seraphina\'s body= "pink hair", "long hair", "amber eyes", "white teeth", "pink lips", '
+        '"white skin", "soft skin", "black sundress"]\n'
+        '<START>\n{{user}}: "Describe your traits?"\n{{char}}: *Seraphina\'s gentle smile widens as she takes a '
+        "moment to consider the question, her eyes sparkling with a mixture of introspection and pride.* "
+        '"My greatest strength lies in my healing magic," *she explains, her voice warm.* '
+        '"Through my connection with the forest, I can mend wounds and heal those who suffer."\n'
+    ) * 5
+    return {
+        "spec": "chara_card_v2",
+        "spec_version": "2.0",
+        "data": {
+            "name": name,
+            "description": description,
+            "personality": "[Seraphina is gentle, protective and watches over {{user}} like a guardian.]",
+            "scenario": "{{user}} wakes up in {{char}}'s glade after being attacked by shadow beasts.",
+            "first_mes": '*You wake with a start.* "You\'re awake, {{user}}. You are safe here."',
+            "mes_example": "<START>\n{{user}}: Where am I?\n{{char}}: *She smiles.* In my glade, {{user}}.",
+            "system_prompt": "",
+            "post_history_instructions": "",
+            "alternate_greetings": [],
+            "tags": ["fantasy"],
+            "creator": "",
+            "character_version": "",
+            "extensions": {},
+        },
+    }
+
+
+async def test_an_imported_card_is_cacheable_up_to_the_users_name(llm_client, alice):
+    name = f"Seraphina {uuid.uuid4().hex[:6]}"
+    r = await llm_client.post(f"{PERSONAS}/import", json=seraphina_card(name), headers=alice.headers)
+    assert r.status_code == 201, r.text
+    persona_id = r.json()["persona"]["id"]
+    r = await llm_client.post(f"{PERSONAS}/{persona_id}/render", json={"message": "hi"}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    system, cacheable = body["system_prompt"], body["cacheable_prefix_chars"]
+    assert len(system) > 3500
+    # Everything before the user's name is the card's own text, the same for every user.
+    assert system.index("Alice") == cacheable
+    assert "caring" in system[:cacheable] and "healing magic" in system[:cacheable]
+    assert cacheable >= 0.9 * len(system), (cacheable, len(system))
+    assert not [w for w in body["warnings"] if "prompt caches" in w]
+    # The scenario follows the prompt, filled for this user; the examples come as messages.
+    assert system.endswith(f"Scenario:\nAlice wakes up in {name}'s glade after being attacked by shadow beasts.")
+    kinds = {s["kind"]: s["items"] for s in body["context"]["sections"]}
+    assert kinds["examples"] == 2
+
+
+async def test_example_messages_are_sent_filled_and_dropped_before_the_message_when_short(llm_client, fake_llm, alice):
+    examples = [
+        {"role": "system", "content": "NARRATION: the glade is quiet."},
+        {"role": "user", "content": "Hello {{char}}, I am {{user}}."},
+        {"role": "assistant", "content": "Welcome, {{user_name}}; I am {{persona_name}}."},
+    ]
+    body = persona_body(example_messages=examples, model_settings={"provider": "openai"})
+    r = await llm_client.post(PERSONAS, json=body, headers=alice.headers)
+    assert r.status_code == 201, r.text
+    persona = r.json()["persona"]
+    fake_llm.script(chunks=("ok",))
+    r = await llm_client.post(CHAT, json={"message": "Hi!", "persona_id": persona["id"]}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    sent = fake_llm.last_request.body["messages"]
+    # Narration has no place among the messages (providers take system text only in the system prompt).
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert "NARRATION" not in str(sent)
+    assert sent[1]["content"] == f"Hello {persona['name']}, I am Alice."
+    assert sent[2]["content"] == f"Welcome, Alice; I am {persona['name']}."
+
+    # Too long for the window: the examples go, the user's message stays.
+    long = [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "reply " * 400}]
+    small = persona_body(
+        example_messages=long, model_settings={"provider": "openai", "context_window": 600, "max_tokens": 100}
+    )
+    r = await llm_client.post(PERSONAS, json=small, headers=alice.headers)
+    assert r.status_code == 201, r.text
+    fake_llm.script(chunks=("ok",))
+    r = await llm_client.post(
+        CHAT, json={"message": "Hi!", "persona_id": r.json()["persona"]["id"]}, headers=alice.headers
+    )
+    assert r.status_code == 200, r.text
+    sent = fake_llm.last_request.body["messages"]
+    assert [m["role"] for m in sent] == ["system", "user"] and sent[1]["content"] == "Hi!"
