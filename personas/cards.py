@@ -8,29 +8,35 @@ becomes a persona like this:
   also goes into the system prompt under "About {{persona_name}}".
 - ``personality`` → ``personality_traits["personality"]``, ``tags`` → ``personality_traits["tags"]``;
   the prompt places them with ``{{traits}}`` under "Personality".
-- ``system_prompt`` → the head of the system prompt (``{{original}}`` in it stands for, and empty means,
-  our default: "You are {{persona_name}}..."). After it come, each only when the card has it:
-  description, personality, ``scenario``, ``mes_example`` (example dialogue), ``first_mes`` (how the
-  conversation opened) and last ``post_history_instructions``: our runtime has one system prompt and no
-  slot after the history, so the end of the system prompt is the nearest place to it.
+- ``first_mes`` then ``alternate_greetings`` → ``greetings``; ``mes_example`` → ``example_messages``
+  (:func:`parse_examples`); ``scenario`` → ``scenario`` (a template, as the prompt is: the turn renders it
+  after the system prompt). Greetings and examples keep ``{{char}}`` and ``{{user}}`` for the turn to fill.
+- ``character_book`` → ``lorebook`` (``personas.card_book``, where the mapping is told in full).
+- The system prompt is laid out for providers' prompt caches, which reuse only what comes before the first
+  per-user value: ``system_prompt`` (``{{original}}`` in it stands for, and empty means, our default head
+  "You are {{persona_name}}."), the description and personality, ``post_history_instructions`` (our runtime
+  has one system prompt and no slot after the history: the end of it is the nearest place) and, with our
+  default, last the one sentence that names the user (:data:`DEFAULT_TAIL`). In the description and
+  personality ``{{user}}`` reads "the user"; a card ``system_prompt`` that names the user moves after them.
 - Macros in prompt text: ``{{char}}`` and ``<BOT>`` become ``{{persona_name}}``, ``{{user}}`` and
   ``<USER>`` become ``{{user_name}}``, ``{{newline}}`` a line break; our own variables stay; every other
   ``{{...}}`` (``{{random:...}}``, ``{{roll:...}}``, ``{{// comments}}``...) is dropped, because our
   templates cannot evaluate them and would refuse the prompt. In the description and traits, which are
   not templates, ``{{char}}`` becomes the card's name and ``{{user}}`` "the user".
-- ``creator_notes``, ``alternate_greetings``, ``character_book``, ``creator``, ``character_version``,
-  the V3 fields (``nickname``, ``group_only_greetings``, ``assets``, ...), ``extensions`` and any field
-  we do not know never reach a prompt: the whole card is kept, as it came, in the persona's
-  ``extensions["card"]``, which is never rendered.
+- ``creator_notes``, ``creator``, ``character_version``, the V3 fields (``nickname``,
+  ``group_only_greetings``, ``assets``, ...), ``extensions`` and any field we do not know never reach a
+  prompt: the whole card is kept, as it came, in the persona's ``extensions["card"]``, which is never
+  rendered.
 - ``{{personality}}`` in prompt text becomes ``{{traits}}``.
 - ``data.extensions.persona_runtime`` (written by our own card export) restores ``capabilities``,
   ``model_settings`` and ``tools``, and ``personality_traits`` while the card's ``personality`` is still
   the text we exported for them.
 
 Exporting a card starts from the kept card, so its extensions and unknown fields come back as they were.
-The fields the persona still holds as imported come back as the card had them; fields edited since are
-written from the persona (the whole system prompt into ``system_prompt``, with our variables turned back
-into ``{{char}}``, ``{{user}}`` and ``{{personality}}``).
+The fields the persona still holds as imported come back as the card had them (lorebook entries one by
+one); fields edited since are written from the persona (the whole system prompt into ``system_prompt``,
+with our variables turned back into ``{{char}}``, ``{{user}}`` and ``{{personality}}``; greetings into
+``first_mes`` and ``alternate_greetings``; examples into ``mes_example`` as one ``<START>`` block).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
+
 from personas.png import card_png
 from tests.conftest import persona_body
 from tests.test_cards import SECRET, b64, v2_card
@@ -136,6 +138,8 @@ async def test_example_messages_are_sent_filled_and_dropped_before_the_message_w
     assert "NARRATION" not in str(sent)
     assert sent[1]["content"] == f"Hello {persona['name']}, I am Alice."
     assert sent[2]["content"] == f"Welcome, Alice; I am {persona['name']}."
+    r = await llm_client.post(f"{PERSONAS}/{persona['id']}/render", json={"message": "Hi!"}, headers=alice.headers)
+    assert [w for w in r.json()["warnings"] if "`example_messages[0]`" in w and "not sent" in w]
 
     # Too long for the window: the examples go, the user's message stays.
     long = [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "reply " * 400}]
@@ -151,3 +155,41 @@ async def test_example_messages_are_sent_filled_and_dropped_before_the_message_w
     assert r.status_code == 200, r.text
     sent = fake_llm.last_request.body["messages"]
     assert [m["role"] for m in sent] == ["system", "user"] and sent[1]["content"] == "Hi!"
+
+
+def test_the_scenario_is_part_of_the_persona_text_and_of_its_cached_prefix():
+    from datetime import UTC, datetime
+
+    from personas.models import Caller, ModelSettings, Persona
+    from runtime.chat.prompt import cache_report, render_system_prompt
+
+    now = datetime.now(UTC)
+    persona = Persona(
+        id=uuid.uuid4(),
+        name="Sera",
+        description="",
+        system_prompt="You are {{char}}. " + "Speak softly. " * 20,
+        personality_traits={"tone": "calm"},
+        capabilities={},
+        model_settings=ModelSettings(),
+        tools=[],
+        visibility="private",
+        scenario="{{user}} rests by {{persona_name}}'s fire. {{traits}}",
+        is_active=True,
+        is_default=False,
+        version=1,
+        created_by=None,
+        created_at=now,
+        updated_at=now,
+    )
+    caller = Caller(user_id=uuid.uuid4(), user_name="robin", display_name="Robin", is_admin=False)
+    rendered = render_system_prompt(persona, caller, now=now)
+    head, _, scenario = rendered.partition("\n\nScenario:\n")
+    assert head.endswith("## Personality traits\n- tone: calm")  # sections come once, before the scenario
+    assert scenario == "Robin rests by Sera's fire. - tone: calm"
+    cacheable, warnings = cache_report(persona, rendered)
+    assert rendered[:cacheable] == head + "\n\nScenario:\n"
+    assert warnings == []  # the per-user value comes late: nothing to move
+    early = msgspec.structs.replace(persona, system_prompt="Hello {{user_name}}. " + "Speak softly. " * 20)
+    cacheable, warnings = cache_report(early, render_system_prompt(early, caller, now=now))
+    assert cacheable == len("Hello ") and "`{{user_name}}` at character 6" in warnings[0]

@@ -247,7 +247,8 @@ def test_empty_card_system_prompt_gets_the_default_head():
     prompt = render(persona)
     assert prompt.startswith("You are Seraphina.\n\n## About Seraphina\n")
     assert prompt.endswith(
-        "Stay in character as Seraphina throughout this conversation with the user, Robin, and never speak or act for Robin."
+        "Stay in character as Seraphina throughout this conversation with the user, Robin, and never speak or "
+        "act for Robin."
     )
     assert "## Personality" not in prompt
     assert persona.personality_traits == {}

@@ -193,6 +193,14 @@ class AuthoringService:
         system_prompt = plan.request.system or ""
         # The persona's own prompt: what lore and the summary add after it never moves its cached prefix.
         cacheable, warnings = cache_report(persona, system_prompt[: plan.context.persona_chars])
+        narration = [i for i, m in enumerate(persona.example_messages) if m.role == "system"]
+        if narration:
+            named = ", ".join(f"`example_messages[{i}]`" for i in narration)
+            warnings.append(
+                f"{named}: an example with the role `system` is not sent, as providers take system text only in "
+                "the system prompt. Put narration in the `system_prompt` or `scenario`, or give the example the "
+                "role `user` or `assistant`."
+            )
         return Rendered(
             provider=plan.routes[0].provider,
             model=plan.routes[0].model,
