@@ -191,8 +191,10 @@ def _card_prompt(card: _CardData, *, has_traits: bool, whole: bool = False) -> s
     What is the same for every user comes first and per-user values last, for providers' prompt caches: the
     description and personality say "the user" for ``{{user}}``, and a card system prompt that names the user
     moves after them; our default ends with the one sentence that names the user."""
+    instructions = _template(card.post_history_instructions or "").strip()
+    instructions = f"## Instructions\n{instructions}" if instructions else ""
     if whole:
-        return _template(card.system_prompt or "").strip() or DEFAULT_HEAD
+        return "\n\n".join(filter(None, [_template(card.system_prompt or "").strip() or DEFAULT_HEAD, instructions]))
     written = card.system_prompt or ""
     default = not written.strip() or any(p.name.lower() == "original" for p in placeholders(written))
     head = _template(written, original=DEFAULT_HEAD).strip() or DEFAULT_HEAD
@@ -206,9 +208,8 @@ def _card_prompt(card: _CardData, *, has_traits: bool, whole: bool = False) -> s
             sections.append(f"## {title}\n{body}")
     per_user = any(p.name in PER_TURN_VARIABLES for p in placeholders(head))
     sections.insert(len(sections) if per_user else 0, head)
-    instructions = _template(card.post_history_instructions or "").strip()
     if instructions:
-        sections.append(f"## Instructions\n{instructions}")
+        sections.append(instructions)
     if default:
         sections.append(DEFAULT_TAIL)
     return "\n\n".join(sections)

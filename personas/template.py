@@ -13,6 +13,7 @@ __all__ = [
     "VARIABLES",
     "Placeholder",
     "check_template",
+    "fill_names",
     "format_section",
     "placeholders",
     "render_template",
@@ -113,6 +114,16 @@ def check_template(template: str, *, field: str = "system_prompt") -> None:
             field=field,
             details={"unknown_variables": unknown},
         )
+
+
+def fill_names(text: str, *, persona_name: str, user_name: str) -> str:
+    """Text that is not a template (a greeting, an example message) with the names filled in: ``{{char}}`` and
+    ``{{persona_name}}``, ``{{user}}`` and ``{{user_name}}``; any other ``{{...}}`` stays as written."""
+    if "{{" not in text:
+        return text
+    names = {"persona_name": persona_name, "user_name": user_name}
+    names.update({alias: names[name] for alias, name in ALIASES.items()})
+    return substitute(text, lambda p: names.get(p.name, text[p.start : p.end]))
 
 
 def format_section(values: Mapping[str, Any]) -> str:

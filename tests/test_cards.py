@@ -254,6 +254,16 @@ def test_empty_card_system_prompt_gets_the_default_head():
     assert persona.personality_traits == {}
 
 
+def test_a_card_prompt_that_names_the_user_comes_after_the_cards_text():
+    persona = persona_of(
+        v2_card(system_prompt="You are {{char}}, talking with {{user}}.", post_history_instructions="")
+    )
+    prompt = render(persona)
+    assert prompt.startswith("## About Seraphina\nSeraphina guards the forest glade and looks after the user.")
+    assert prompt.rstrip().endswith("You are Seraphina, talking with Robin.")  # the card's own: no default tail
+    assert "Stay in character" not in prompt
+
+
 def test_long_description_is_cut_at_a_word_and_kept_whole_in_the_prompt():
     words = " ".join(f"word{i}" for i in range(1500))  # about 10 000 characters
     persona = persona_of(v2_card(description=words))

@@ -27,7 +27,7 @@ import msgspec
 
 from core.errors import ContextOverflow
 from personas.models import Persona
-from personas.template import substitute
+from personas.template import fill_names
 from providers import ChatMessage, ToolSpec
 from runtime.chat.conversations import Conversation, ConversationStore, WindowRow
 from runtime.chat.tokens import (
@@ -333,12 +333,11 @@ def _examples(persona: Persona, user_name: str) -> list[tuple[str, str]]:
     mouth. Narration belongs in the persona's prompt or scenario."""
     if not persona.example_messages:  # most personas: nothing to do on every turn
         return []
-    names = {"char": persona.name, "persona_name": persona.name, "user": user_name, "user_name": user_name}
-
-    def filled(text: str) -> str:
-        return substitute(text, lambda p: names.get(p.name, text[p.start : p.end]))
-
-    return [(m.role, filled(m.content)) for m in persona.example_messages if m.role != "system"]
+    return [
+        (m.role, fill_names(m.content, persona_name=persona.name, user_name=user_name))
+        for m in persona.example_messages
+        if m.role != "system"
+    ]
 
 
 def _size(text: str | None) -> int:
