@@ -10,7 +10,9 @@ content (``@@depth N``, ``@@role R``, ``@@activate_only_after N`` as ``delay``, 
 ``@@dont_activate`` as not enabled). Decorators leave the content, which the model sees, and are kept.
 
 - A key written ``/pattern/flags`` is a regular expression: the entry gets ``use_regex``, and its plain keys
-  are escaped so that they still match as written.
+  are escaped so that they still match as written. SillyTavern writes ``use_regex: true`` on every entry
+  and means just that (its plain keys are literal), so its entries (those whose extensions it wrote) are
+  read that way; a V3 card's ``use_regex`` makes every key a pattern.
 - ``selective: false`` turns secondary keys off, as in the V2 specification: the entry has none, and the
   card's stay kept for the export.
 - Nothing is lost. Our entry's ``extensions`` are the card entry's own (SillyTavern's keys included, as
@@ -118,7 +120,7 @@ def _entry(raw: dict[str, Any], entry_id: str) -> dict[str, Any]:
     if raw.get("selective") is False and secondary:
         leftover["secondary_keys"] = raw["secondary_keys"]  # off in the card: kept, not used
         secondary = []
-    use_regex = raw.get("use_regex") is True
+    use_regex = raw.get("use_regex") is True and not _sillytavern(st)
     if any(_REGEX_KEY.match(k) for k in (*keys, *secondary)):
         if not use_regex:  # the slashed keys are patterns; the plain ones must still match as written
             keys = [k if _REGEX_KEY.match(k) else re.escape(k) for k in keys]
@@ -159,6 +161,12 @@ def _entry(raw: dict[str, Any], entry_id: str) -> dict[str, Any]:
         extensions[CARD_DECORATORS] = decorators
     entry["extensions"] = extensions
     return entry
+
+
+def _sillytavern(st: dict[str, Any]) -> bool:
+    """Whether an entry comes from SillyTavern, which writes ``use_regex: true`` on every entry and takes a key
+    for a pattern only when it is written ``/pattern/flags``: there a plain key is literal."""
+    return "selectiveLogic" in st or "display_index" in st
 
 
 def _split_decorators(content: str) -> tuple[str, list[str]]:
@@ -226,6 +234,9 @@ def _card_entry(entry: LoreEntry) -> dict[str, Any]:
     decorators = entry.extensions.get(CARD_DECORATORS)
     decorators = [d for d in decorators if isinstance(d, str)] if isinstance(decorators, list) else []
     st = {k: v for k, v in entry.extensions.items() if k not in _OURS}
+    # Keys as V2 readers (SillyTavern) take them, a pattern written /pattern/flags, unless the card entry had
+    # V3's `use_regex` (and not from SillyTavern, which writes it on every entry and means the slashes).
+    st_keys = "use_regex" not in leftover or _sillytavern(st)
     at_depth = entry.position == "at_depth"
     card_position = leftover.get("position")
     if at_depth:
@@ -244,8 +255,7 @@ def _card_entry(entry: LoreEntry) -> dict[str, Any]:
         **{name: getattr(entry, name) for name in _TIMED},
     )
     keys, secondary = entry.keys, entry.secondary_keys
-    if entry.use_regex and leftover.get("use_regex") is not True:
-        # Readers of V2 cards (SillyTavern) take a key as a pattern when it is written /pattern/flags.
+    if entry.use_regex and st_keys:
         flags = "" if entry.case_sensitive else "i"
         keys = [k if _REGEX_KEY.match(k) else f"/{k}/{flags}" for k in keys]
         secondary = [k if _REGEX_KEY.match(k) else f"/{k}/{flags}" for k in secondary]
@@ -270,7 +280,7 @@ def _card_entry(entry: LoreEntry) -> dict[str, Any]:
         comment=entry.comment or "",
         constant=entry.constant,
     )
-    if "use_regex" in leftover:
+    if "use_regex" in leftover and not st_keys:
         card["use_regex"] = entry.use_regex
     if card_position in ("before_char", "after_char") or "position" not in card:
         card["position"] = card_position if card_position in ("before_char", "after_char") else "before_char"

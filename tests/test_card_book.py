@@ -362,3 +362,34 @@ def test_edited_greetings_examples_and_scenario_are_written_from_the_persona():
 def test_a_card_without_a_first_message_greets_with_its_alternates():
     persona = persona_of(v2_card(first_mes="", alternate_greetings=["", "*{{char}} waves*"], mes_example=""))
     assert persona.greetings == ["*{{char}} waves*"] and persona.example_messages == []
+
+
+def test_sillytavern_plain_keys_stay_literal_under_its_use_regex():
+    """SillyTavern writes `use_regex: true` on every entry; only its slashed keys are patterns."""
+    book = persona_of(v2_card(character_book=st_book())).lorebook
+    assert book is not None
+    glade, _, flower, _ = book.entries
+    assert glade.use_regex is False and glade.keys == ["glade", "clearing"]
+    assert flower.use_regex is True
+    # A V3 card's own `use_regex` makes every key a pattern, slashes or not.
+    v3 = persona_of(v3_card(character_book=v3_book())).lorebook
+    assert v3 is not None
+    assert v3.entries[1].use_regex is True and v3.entries[1].keys == ["moon"]
+
+
+def test_an_edited_regex_entry_is_written_as_its_reader_takes_patterns():
+    card = v2_card(character_book=st_book())
+    persona = persona_of(card)
+    assert persona.lorebook is not None
+    glade = msgspec.structs.replace(persona.lorebook.entries[0], use_regex=True, keys=["glade(s)?"])
+    book = msgspec.structs.replace(persona.lorebook, entries=[glade, *persona.lorebook.entries[1:]])
+    written = persona_to_card(msgspec.structs.replace(persona, lorebook=book))["data"]["character_book"]
+    assert written["entries"][0]["keys"] == ["/glade(s)?/i"]  # SillyTavern: slashes make a pattern
+    assert written["entries"][0]["use_regex"] is True  # as SillyTavern wrote it
+
+    persona = persona_of(v3_card(character_book=v3_book()))
+    assert persona.lorebook is not None
+    storm = msgspec.structs.replace(persona.lorebook.entries[0], use_regex=True, keys=["storms?"])
+    book = msgspec.structs.replace(persona.lorebook, entries=[storm, *persona.lorebook.entries[1:]])
+    written = persona_to_card(msgspec.structs.replace(persona, lorebook=book))["data"]["character_book"]
+    assert written["entries"][0]["keys"] == ["storms?"] and written["entries"][0]["use_regex"] is True  # V3
