@@ -265,7 +265,7 @@ def parse_examples(text: str, name: str) -> list[dict[str, str]]:
     ``system`` message (narration)."""
     speaker = re.compile(r"^(\{\{char\}\}|\{\{user\}\}|" + re.escape(name) + r"):[ \t]?")
     messages: list[dict[str, str]] = []
-    for block in _START.split(_spoken(text)):
+    for block in _START.split(_spoken(text.replace("\r\n", "\n"))):
         role, lines = "system", []
         for line in [*block.split("\n"), None]:
             said = speaker.match(line) if line is not None else None

@@ -326,7 +326,7 @@ def test_example_dialogue_is_parsed_as_sillytavern_writes_it():
     text = (
         "A quiet morning.\n"
         "<START>\n{{user}}: Hello?\n<BOT>: *looks up*\nOh! A visitor.\n{{char}}: Sit, please.\n"
-        "<START>\r\n<USER>: Who made you?\nSeraphina: The forest did. {{// note}}"
+        "<START>\r\n<USER>: Who made you?\r\nSeraphina: The forest did.\r\nLong ago. {{// note}}"
     )
     assert parse_examples(text, "Seraphina") == [
         {"role": "system", "content": "A quiet morning."},
@@ -334,7 +334,7 @@ def test_example_dialogue_is_parsed_as_sillytavern_writes_it():
         {"role": "assistant", "content": "*looks up*\nOh! A visitor."},
         {"role": "assistant", "content": "Sit, please."},
         {"role": "user", "content": "Who made you?"},
-        {"role": "assistant", "content": "The forest did."},
+        {"role": "assistant", "content": "The forest did.\nLong ago."},
     ]
     assert parse_examples("", "Seraphina") == []
 
