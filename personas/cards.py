@@ -8,29 +8,35 @@ becomes a persona like this:
   also goes into the system prompt under "About {{persona_name}}".
 - ``personality`` → ``personality_traits["personality"]``, ``tags`` → ``personality_traits["tags"]``;
   the prompt places them with ``{{traits}}`` under "Personality".
-- ``system_prompt`` → the head of the system prompt (``{{original}}`` in it stands for, and empty means,
-  our default: "You are {{persona_name}}..."). After it come, each only when the card has it:
-  description, personality, ``scenario``, ``mes_example`` (example dialogue), ``first_mes`` (how the
-  conversation opened) and last ``post_history_instructions``: our runtime has one system prompt and no
-  slot after the history, so the end of the system prompt is the nearest place to it.
+- ``first_mes`` then ``alternate_greetings`` → ``greetings``; ``mes_example`` → ``example_messages``
+  (:func:`parse_examples`); ``scenario`` → ``scenario`` (a template, as the prompt is: the turn renders it
+  after the system prompt). Greetings and examples keep ``{{char}}`` and ``{{user}}`` for the turn to fill.
+- ``character_book`` → ``lorebook`` (``personas.card_book``, where the mapping is told in full).
+- The system prompt is laid out for providers' prompt caches, which reuse only what comes before the first
+  per-user value: ``system_prompt`` (``{{original}}`` in it stands for, and empty means, our default head
+  "You are {{persona_name}}."), the description and personality, ``post_history_instructions`` (our runtime
+  has one system prompt and no slot after the history: the end of it is the nearest place) and, with our
+  default, last the one sentence that names the user (:data:`DEFAULT_TAIL`). In the description and
+  personality ``{{user}}`` reads "the user"; a card ``system_prompt`` that names the user moves after them.
 - Macros in prompt text: ``{{char}}`` and ``<BOT>`` become ``{{persona_name}}``, ``{{user}}`` and
   ``<USER>`` become ``{{user_name}}``, ``{{newline}}`` a line break; our own variables stay; every other
   ``{{...}}`` (``{{random:...}}``, ``{{roll:...}}``, ``{{// comments}}``...) is dropped, because our
   templates cannot evaluate them and would refuse the prompt. In the description and traits, which are
   not templates, ``{{char}}`` becomes the card's name and ``{{user}}`` "the user".
-- ``creator_notes``, ``alternate_greetings``, ``character_book``, ``creator``, ``character_version``,
-  the V3 fields (``nickname``, ``group_only_greetings``, ``assets``, ...), ``extensions`` and any field
-  we do not know never reach a prompt: the whole card is kept, as it came, in the persona's
-  ``extensions["card"]``, which is never rendered.
+- ``creator_notes``, ``creator``, ``character_version``, the V3 fields (``nickname``,
+  ``group_only_greetings``, ``assets``, ...), ``extensions`` and any field we do not know never reach a
+  prompt: the whole card is kept, as it came, in the persona's ``extensions["card"]``, which is never
+  rendered.
 - ``{{personality}}`` in prompt text becomes ``{{traits}}``.
 - ``data.extensions.persona_runtime`` (written by our own card export) restores ``capabilities``,
   ``model_settings`` and ``tools``, and ``personality_traits`` while the card's ``personality`` is still
   the text we exported for them.
 
 Exporting a card starts from the kept card, so its extensions and unknown fields come back as they were.
-The fields the persona still holds as imported come back as the card had them; fields edited since are
-written from the persona (the whole system prompt into ``system_prompt``, with our variables turned back
-into ``{{char}}``, ``{{user}}`` and ``{{personality}}``).
+The fields the persona still holds as imported come back as the card had them (lorebook entries one by
+one); fields edited since are written from the persona (the whole system prompt into ``system_prompt``,
+with our variables turned back into ``{{char}}``, ``{{user}}`` and ``{{personality}}``; greetings into
+``first_mes`` and ``alternate_greetings``; examples into ``mes_example`` as one ``<START>`` block).
 """
 
 from __future__ import annotations
@@ -41,24 +47,42 @@ from typing import Any
 import msgspec
 
 from core.errors import BadRequest
-from personas.models import ModelSettings, Persona, PersonaDraft
-from personas.template import VARIABLES, Placeholder, format_section, placeholders, substitute
+from personas.card_book import book_to_lorebook, lorebook_to_book
+from personas.models import ExampleMessage, ModelSettings, Persona, PersonaDraft
+from personas.template import PER_TURN_VARIABLES, VARIABLES, Placeholder, format_section, placeholders, substitute
 
-__all__ = ["CARD_V2", "CARD_V3", "DEFAULT_HEAD", "EXTENSION_KEY", "card_to_draft", "persona_to_card", "validated"]
+__all__ = [
+    "CARD_V2",
+    "CARD_V3",
+    "DEFAULT_HEAD",
+    "DEFAULT_TAIL",
+    "EXTENSION_KEY",
+    "card_to_draft",
+    "format_examples",
+    "parse_examples",
+    "persona_to_card",
+    "validated",
+]
 
 CARD_V2 = "chara_card_v2"
 CARD_V3 = "chara_card_v3"
 # Our namespace inside a card's ``data.extensions``, as the V2 specification asks of applications.
 EXTENSION_KEY = "persona_runtime"
-DEFAULT_HEAD = (
-    "You are {{persona_name}}. Stay in character as {{persona_name}} throughout this conversation with "
-    "{{user_name}}, and never speak or act for {{user_name}}."
+# Our default prompt opens with what is the same for every user and ends with what is not (the user's name),
+# so that providers' prompt caches keep all of the card's text (section 12).
+DEFAULT_HEAD = "You are {{persona_name}}."
+DEFAULT_TAIL = (
+    "Stay in character as {{persona_name}} throughout this conversation with the user, {{user_name}}, and never "
+    "speak or act for {{user_name}}."
 )
 _DESCRIPTION_LIMIT = 4000
 _PROMPT_LIMIT = 100_000
 _V1_FIELDS = ("name", "description", "personality", "scenario", "first_mes", "mes_example")
 _UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`")
 _LEGACY_MACRO = re.compile(r"<(BOT|CHAR|USER)>", re.IGNORECASE)
+_START = re.compile(r"<START>", re.IGNORECASE)
+# The names greetings and example messages may use; the turn fills them (section 14).
+_SPOKEN = {"char": "char", "user": "user", "persona_name": "char", "user_name": "user"}
 
 
 class _CardData(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,6 +96,8 @@ class _CardData(msgspec.Struct, frozen=True, kw_only=True):
     mes_example: str | None = None
     system_prompt: str | None = None
     post_history_instructions: str | None = None
+    alternate_greetings: list[str] | None = None
+    character_book: Any = None
     tags: list[str] | None = None
     extensions: dict[str, Any] | None = None
 
@@ -128,13 +154,15 @@ def card_to_draft(card: dict[str, Any]) -> PersonaDraft:
         traits = exported_traits
     description = _literal(fields.description or "", name).strip()
     prompt = _card_prompt(fields, has_traits=bool(traits), whole=bool(ours.get("whole_prompt")))
+    greetings = [_spoken(g) for g in [fields.first_mes or "", *(fields.alternate_greetings or [])]]
+    scenario = _template(fields.scenario or "").strip()
     capabilities = ours.get("capabilities")
     if isinstance(capabilities, dict) and capabilities:
         # Our export writes capabilities out in the prompt; the variable takes their place again.
         prompt = prompt.replace(format_section(capabilities), "{{capabilities}}")
     if len(prompt) > _PROMPT_LIMIT:
         raise BadRequest(
-            f"The card's text (description, scenario, examples, ...) makes a system prompt of {len(prompt)} "
+            f"The card's text (description, personality, instructions) makes a system prompt of {len(prompt)} "
             f"characters; a persona's is at most {_PROMPT_LIMIT}. Shorten the card and import it again.",
             field="system_prompt",
         )
@@ -147,42 +175,60 @@ def card_to_draft(card: dict[str, Any]) -> PersonaDraft:
         "model_settings": ours.get("model_settings", {}),
         "tools": ours.get("tools", []),
         "extensions": {"card": kept},
+        "greetings": [g for g in greetings if g.strip()],
+        "example_messages": parse_examples(fields.mes_example or "", name),
+        "scenario": scenario or None,
     }
+    if fields.character_book is not None:
+        draft["lorebook"] = book_to_lorebook(fields.character_book, field=f"{prefix}character_book")
     return validated(draft, PersonaDraft, "persona made from the card")
 
 
 def _card_prompt(card: _CardData, *, has_traits: bool, whole: bool = False) -> str:
     """The persona's prompt from a card. ``whole``: the card's system prompt is a persona's entire prompt
-    (our own export), so the description and personality are not added to it a second time."""
-    head = _template(card.system_prompt or "", original=DEFAULT_HEAD).strip() or DEFAULT_HEAD
-    sections = [head]
+    (our own export), so it is taken as it is.
+
+    What is the same for every user comes first and per-user values last, for providers' prompt caches: the
+    description and personality say "the user" for ``{{user}}``, and a card system prompt that names the user
+    moves after them; our default ends with the one sentence that names the user."""
+    instructions = _template(card.post_history_instructions or "").strip()
+    instructions = f"## Instructions\n{instructions}" if instructions else ""
+    if whole:
+        return "\n\n".join(filter(None, [_template(card.system_prompt or "").strip() or DEFAULT_HEAD, instructions]))
+    written = card.system_prompt or ""
+    default = not written.strip() or any(p.name.lower() == "original" for p in placeholders(written))
+    head = _template(written, original=DEFAULT_HEAD).strip() or DEFAULT_HEAD
+    sections = []
     for title, text in (
-        ("About {{persona_name}}", "" if whole else card.description),
-        ("Personality", "{{traits}}" if has_traits and "{{traits}}" not in head and not whole else ""),
-        ("Scenario", card.scenario),
-        ("Example dialogue", card.mes_example),
-        ("How the conversation opened", card.first_mes),
-        ("Instructions", card.post_history_instructions),
+        ("About {{persona_name}}", card.description),
+        ("Personality", "{{traits}}" if has_traits and "{{traits}}" not in head else ""),
     ):
-        body = _template(text or "").strip()
+        body = _template(text or "", user="the user").strip()
         if body:
             sections.append(f"## {title}\n{body}")
+    per_user = any(p.name in PER_TURN_VARIABLES for p in placeholders(head))
+    sections.insert(len(sections) if per_user else 0, head)
+    if instructions:
+        sections.append(instructions)
+    if default:
+        sections.append(DEFAULT_TAIL)
     return "\n\n".join(sections)
 
 
-def _template(text: str, *, original: str = "") -> str:
+def _template(text: str, *, original: str = "", user: str = "{{user_name}}") -> str:
     """Card macros as our template variables; the ones we cannot evaluate are dropped.
 
-    ``{{original}}`` stands for the prompt the card's ``system_prompt`` replaces: ``original``."""
-    text = _LEGACY_MACRO.sub(lambda m: "{{user_name}}" if m.group(1).lower() == "user" else "{{persona_name}}", text)
+    ``{{original}}`` stands for the prompt the card's ``system_prompt`` replaces: ``original``; ``{{user}}``
+    becomes ``user``."""
+    text = _LEGACY_MACRO.sub(lambda m: "{{user}}" if m.group(1).lower() == "user" else "{{persona_name}}", text)
 
     def replace(macro: Placeholder) -> str:
         name = macro.name
         lowered = name.lower()
         if lowered == "char":
             return "{{persona_name}}"
-        if lowered == "user":
-            return "{{user_name}}"
+        if lowered in ("user", "user_name"):
+            return user
         if lowered == "newline":
             return "\n"
         if lowered == "personality":
@@ -194,6 +240,52 @@ def _template(text: str, *, original: str = "") -> str:
         return ""
 
     return substitute(text, replace)
+
+
+def _spoken(text: str) -> str:
+    """Card macros in a greeting or example message: ``{{char}}`` and ``{{user}}`` stay, for the turn to fill
+    (``<BOT>`` and ``<USER>`` become them), ``{{newline}}`` is a line break, and the rest is dropped."""
+    text = _LEGACY_MACRO.sub(lambda m: "{{user}}" if m.group(1).lower() == "user" else "{{char}}", text)
+
+    def replace(macro: Placeholder) -> str:
+        lowered = macro.name.lower()
+        if lowered == "newline":
+            return "\n"
+        return "{{" + _SPOKEN[lowered] + "}}" if lowered in _SPOKEN else ""
+
+    return substitute(text, replace)
+
+
+def parse_examples(text: str, name: str) -> list[dict[str, str]]:
+    """A card's ``mes_example`` as example messages.
+
+    SillyTavern's format: blocks that ``<START>`` opens, each a dialogue of lines starting ``{{char}}:`` (or
+    ``<BOT>:`` or the card's name and a colon: the persona's) and ``{{user}}:`` (or ``<USER>:``: the user's);
+    a line without a speaker continues the message before it. Text before a block's first speaker is a
+    ``system`` message (narration)."""
+    speaker = re.compile(r"^(\{\{char\}\}|\{\{user\}\}|" + re.escape(name) + r"):[ \t]?")
+    messages: list[dict[str, str]] = []
+    for block in _START.split(_spoken(text.replace("\r\n", "\n"))):
+        role, lines = "system", []
+        for line in [*block.split("\n"), None]:
+            said = speaker.match(line) if line is not None else None
+            if line is not None and said is None:
+                lines.append(line)
+                continue
+            content = "\n".join(lines).strip()
+            if content:
+                messages.append({"role": role, "content": content})
+            if said is not None and line is not None:
+                role, lines = "user" if said.group(1) == "{{user}}" else "assistant", [line[said.end() :]]
+    return messages
+
+
+def format_examples(messages: list[ExampleMessage]) -> str:
+    """Example messages as a card's ``mes_example``: one ``<START>`` block, a speaker on each message."""
+    if not messages:
+        return ""
+    prefix = {"user": "{{user}}: ", "assistant": "{{char}}: ", "system": ""}
+    return "\n".join(["<START>", *(prefix[m.role] + _card_text(m.content) for m in messages)])
 
 
 def _literal(text: str, name: str) -> str:
@@ -243,10 +335,22 @@ def persona_to_card(persona: Persona) -> dict[str, Any]:
         data.update(
             description=persona.description,
             system_prompt=_card_macros(persona),
-            scenario="",
-            first_mes="",
-            mes_example="",
             post_history_instructions="",
+        )
+    if imported is None or imported.greetings != persona.greetings:
+        greetings = [_card_text(g) for g in persona.greetings]
+        data.update(first_mes=greetings[0] if greetings else "", alternate_greetings=greetings[1:])
+    if imported is None or imported.example_messages != persona.example_messages:
+        data["mes_example"] = format_examples(persona.example_messages)
+    if imported is None or imported.scenario != persona.scenario:
+        data["scenario"] = _card_text(persona.scenario or "")
+    book = data.get("character_book")
+    if persona.lorebook is None:
+        data.pop("character_book", None)
+    elif imported is None or imported.lorebook != persona.lorebook:
+        kept_book = book if isinstance(book, dict) and imported is not None else None
+        data["character_book"] = lorebook_to_book(
+            persona.lorebook, kept_book, imported.lorebook if kept_book is not None and imported else None
         )
     if imported is None or imported.personality_traits != persona.personality_traits:
         traits = persona.personality_traits
@@ -300,6 +404,12 @@ def _card_macros(persona: Persona) -> str:
         "capabilities": capabilities,
     }
     return substitute(prompt, lambda m: names.get(m.name, prompt[m.start : m.end]))
+
+
+def _card_text(text: str) -> str:
+    """A greeting, example message or scenario in card macros: our names as ``{{char}}`` and ``{{user}}``."""
+    names = {"persona_name": "{{char}}", "user_name": "{{user}}", "traits": "{{personality}}"}
+    return substitute(text, lambda m: names.get(m.name, text[m.start : m.end]))
 
 
 def _personality_text(traits: dict[str, Any]) -> str:

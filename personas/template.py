@@ -13,6 +13,7 @@ __all__ = [
     "VARIABLES",
     "Placeholder",
     "check_template",
+    "fill_names",
     "format_section",
     "placeholders",
     "render_template",
@@ -115,6 +116,16 @@ def check_template(template: str, *, field: str = "system_prompt") -> None:
         )
 
 
+def fill_names(text: str, *, persona_name: str, user_name: str) -> str:
+    """Text that is not a template (a greeting, an example message) with the names filled in: ``{{char}}`` and
+    ``{{persona_name}}``, ``{{user}}`` and ``{{user_name}}``; any other ``{{...}}`` stays as written."""
+    if "{{" not in text:
+        return text
+    names = {"persona_name": persona_name, "user_name": user_name}
+    names.update({alias: names[name] for alias, name in ALIASES.items()})
+    return substitute(text, lambda p: names.get(p.name, text[p.start : p.end]))
+
+
 def format_section(values: Mapping[str, Any]) -> str:
     """Turn a traits or capabilities object into short lines a model reads easily."""
     lines = []
@@ -140,20 +151,22 @@ def render_template(
     date: str,
     traits: Mapping[str, Any],
     capabilities: Mapping[str, Any],
-    append_sections: bool = True,
+    sections: bool = True,
 ) -> str:
-    """Fill a template; traits and capabilities the template does not place are appended as sections (unless
-    ``append_sections`` is false: a greeting says only what it says).
+    """Fill a template; traits and capabilities the template does not place are appended as sections
+    (unless ``sections`` is off).
 
     ``{{char}}`` and ``{{user}}`` (SillyTavern's) are ``{{persona_name}}`` and ``{{user_name}}``."""
-    sections = {"traits": format_section(traits), "capabilities": format_section(capabilities)}
-    values = {"user_name": user_name, "persona_name": persona_name, "date": date, **sections}
+    formatted = {"traits": format_section(traits), "capabilities": format_section(capabilities)}
+    values = {"user_name": user_name, "persona_name": persona_name, "date": date, **formatted}
     values.update({alias: values[name] for alias, name in ALIASES.items()})
-    used = {p.name for p in placeholders(template)}
     text = substitute(template, lambda p: values.get(p.name, template[p.start : p.end]))
+    if not sections:
+        return text
+    used = {p.name for p in placeholders(template)}
     for name, title in (("traits", "Personality traits"), ("capabilities", "Capabilities")):
-        if append_sections and name not in used and sections[name]:
-            text = f"{text.rstrip()}\n\n## {title}\n{sections[name]}"
+        if name not in used and formatted[name]:
+            text = f"{text.rstrip()}\n\n## {title}\n{formatted[name]}"
     return text
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import BadRequest
-from personas.template import check_template, render_template, stable_prefix
+from personas.template import check_template, fill_names, render_template, stable_prefix
 from tests.conftest import persona_body
 
 CHAT = "/api/v1/chat"
@@ -62,3 +62,10 @@ async def test_the_api_accepts_the_aliases_and_the_model_gets_the_names(llm_clie
     assert body["system_prompt"].startswith(f"Alice first, then {persona['name']}.")
     assert body["cacheable_prefix_chars"] == 0
     assert any("{{user}}" in warning for warning in body["warnings"])
+
+
+def test_names_are_filled_in_text_that_is_not_a_template():
+    text = "{{char}} ({{persona_name}}) greets {{user}} ({{user_name}}); {{random:a,b}} and { braces } stay."
+    assert fill_names(text, persona_name="Sera", user_name="Robin") == (
+        "Sera (Sera) greets Robin (Robin); {{random:a,b}} and { braces } stay."
+    )

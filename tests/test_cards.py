@@ -15,7 +15,7 @@ import pytest
 from core.errors import BadRequest, PayloadTooLarge
 from personas.cards import EXTENSION_KEY, persona_to_card
 from personas.documents import FORMAT, encode_document, load_document, persona_document, read_document
-from personas.models import ModelSettings, Persona, Tool
+from personas.models import ExampleMessage, ModelSettings, Persona, Tool
 from personas.png import SIGNATURE, card_png
 from personas.service import draft_persona
 from personas.template import check_template, render_template
@@ -209,16 +209,26 @@ def test_v2_card_maps_to_a_persona_whose_prompt_has_the_card_in_it():
     assert persona.system_prompt is not None
     check_template(persona.system_prompt)  # what the API would refuse, it never produces
     prompt = render(persona)
-    assert prompt.startswith("You are Seraphina.")
-    assert "Keep Seraphina's voice soft." in prompt
-    assert "Seraphina guards the forest glade and looks after Robin." in prompt
-    assert "Robin wakes up in Seraphina's glade." in prompt
-    assert "Robin: Who are you?\nSeraphina: A friend." in prompt
-    assert "*Seraphina smiles at Robin* You are awake!" in prompt
+    assert prompt.startswith("You are Seraphina. Keep Seraphina's voice soft.")
+    # The card's text is the same for every user; the user's name comes once, in the last sentence.
+    assert "Seraphina guards the forest glade and looks after the user." in prompt
     assert "gentle, protective" in prompt
-    assert prompt.rstrip().endswith("Never break character.")  # post-history instructions come last
+    assert prompt.index("Never break character.") < prompt.index("Robin")
+    assert prompt.rstrip().endswith(
+        "Stay in character as Seraphina throughout this conversation with the user, Robin, and never speak or "
+        "act for Robin."
+    )
     for macro in ("{{", "<BOT>", "random", "do not say more", "dawn"):
         assert macro not in prompt
+    # Scenario, greetings and examples are fields of their own now, not prompt text.
+    for elsewhere in ("wakes up", "You are awake", "Who are you?", "A friend"):
+        assert elsewhere not in prompt
+    assert persona.scenario == "{{user_name}} wakes up in {{persona_name}}'s glade."
+    assert persona.greetings == ["*{{char}} smiles at {{user}}* You are awake!", "*{{char}} waves*"]
+    assert persona.example_messages == [
+        ExampleMessage(role="user", content="Who are you?"),
+        ExampleMessage(role="assistant", content="A friend."),
+    ]
 
 
 @pytest.mark.parametrize("make", [v2_card, v3_card])
@@ -235,9 +245,23 @@ def test_creator_notes_and_other_unrendered_fields_never_reach_the_prompt(make):
 def test_empty_card_system_prompt_gets_the_default_head():
     persona = persona_of(v2_card(system_prompt="", personality="", tags=[]))
     prompt = render(persona)
-    assert prompt.startswith("You are Seraphina. Stay in character as Seraphina throughout this conversation with")
+    assert prompt.startswith("You are Seraphina.\n\n## About Seraphina\n")
+    assert prompt.endswith(
+        "Stay in character as Seraphina throughout this conversation with the user, Robin, and never speak or "
+        "act for Robin."
+    )
     assert "## Personality" not in prompt
     assert persona.personality_traits == {}
+
+
+def test_a_card_prompt_that_names_the_user_comes_after_the_cards_text():
+    persona = persona_of(
+        v2_card(system_prompt="You are {{char}}, talking with {{user}}.", post_history_instructions="")
+    )
+    prompt = render(persona)
+    assert prompt.startswith("## About Seraphina\nSeraphina guards the forest glade and looks after the user.")
+    assert prompt.rstrip().endswith("You are Seraphina, talking with Robin.")  # the card's own: no default tail
+    assert "Stay in character" not in prompt
 
 
 def test_long_description_is_cut_at_a_word_and_kept_whole_in_the_prompt():
@@ -257,9 +281,10 @@ def test_personality_macro_becomes_the_traits_variable():
 
 
 def test_v1_card_without_spec_is_read_from_its_root_fields():
-    imported = read_document({"name": "Old Timer", "description": "An old card.", "first_mes": "Hi {{user}}"})
+    imported = read_document({"name": "Old Timer", "description": "An old card.", "first_mes": "Hi <USER>"})
     assert imported.source == "chara_card_v1"
-    assert "Hi {{user_name}}" in imported.draft.system_prompt
+    assert imported.draft.greetings == ["Hi {{user}}"]
+    assert "An old card." in imported.draft.system_prompt
 
 
 # Card round trips ----------------------------------------------------------------------------------------
@@ -288,7 +313,10 @@ def test_edited_persona_exports_its_own_prompt_and_keeps_the_cards_extensions():
     assert data["name"] == "Sera Two"
     assert data["system_prompt"] == "You are {{char}}; greet {{user}}. {{personality}}"
     assert data["personality"] == "bolder now" and data["tags"] == ["edited"]
-    assert data["scenario"] == "" and data["first_mes"] == ""  # now part of the system prompt, not twice
+    # Fields the persona still holds as imported come back as the card wrote them.
+    assert data["scenario"] == "{{user}} wakes up in {{char}}'s glade. {{random:dawn,dusk}}"
+    assert data["first_mes"] == "*{{char}} smiles at {{user}}* You are awake!"
+    assert data["post_history_instructions"] == ""  # now part of the exported system prompt, not twice
     assert data["creator_notes"] == SECRET
     assert data["extensions"]["depth_prompt"] == {"prompt": "Be kind.", "depth": 4}
     assert data["nickname"] == "Sera" and data["assets"][0]["uri"] == "ccdefault:"

@@ -202,6 +202,14 @@ class AuthoringService:
         decided = lore.result if isinstance(lore, TurnLore) else None
         if decided is not None:
             warnings = [*warnings, *decided.warnings]
+        narration = [i for i, m in enumerate(persona.example_messages) if m.role == "system"]
+        if narration:
+            named = ", ".join(f"`example_messages[{i}]`" for i in narration)
+            warnings.append(
+                f"{named}: an example with the role `system` is not sent, as providers take system text only in "
+                "the system prompt. Put narration in the `system_prompt` or `scenario`, or give the example the "
+                "role `user` or `assistant`."
+            )
         return Rendered(
             provider=plan.routes[0].provider,
             model=plan.routes[0].model,

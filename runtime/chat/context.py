@@ -27,6 +27,7 @@ import msgspec
 
 from core.errors import ContextOverflow
 from personas.models import Persona
+from personas.template import fill_names
 from providers import ChatMessage, ToolSpec
 from runtime.chat.conversations import Conversation, ConversationStore, WindowRow
 from runtime.chat.tokens import (
@@ -163,11 +164,12 @@ class ContextBuilder:
         cut: int = 0,
         exact: bool = False,
         until_seq: int | None = None,
+        user_name: str = "the user",
     ) -> Built:
         """The turn's context within ``model``'s budget, less ``cut`` tokens (a retry after a provider said the
         request was too long). ``exact`` counts every part even when a cheap bound shows it fits (render).
         ``until_seq`` bounds the stored messages read (a retry reads what the first try could, not the question
-        stored since)."""
+        stored since). ``user_name`` fills ``{{user}}`` in the persona's example messages."""
         window = window_of(persona, model, self.default_window)
         reserve = max_tokens or persona.model_settings.max_tokens or ANSWER_RESERVE
         budget = window - reserve - cut
@@ -194,7 +196,8 @@ class ContextBuilder:
 
         # /v1 with nothing to choose: when the whole request's UTF-8 size (a bound on its tokens) fits, it is
         # sent as it is without being tokenized.
-        if conversation is None and not extras and lore is None and not exact and not _examples(persona):
+        shown = _examples(persona, user_name)
+        if conversation is None and not extras and lore is None and not exact and not shown:
             size = _size(system) + MESSAGE_OVERHEAD * len(messages)
             for message in messages:
                 size += _message_size(message)
@@ -273,7 +276,6 @@ class ContextBuilder:
 
         # Example messages, whole, when they fit.
         examples: list[ChatMessage] = []
-        shown = _examples(persona)
         if shown:
             example_messages = [ChatMessage(role=role, content=content) for role, content in shown]  # type: ignore[arg-type]
             cost = sum(_message_tokens(m, count) for m in example_messages)
@@ -346,9 +348,20 @@ class ContextBuilder:
         )
 
 
-def _examples(persona: Persona) -> list[tuple[str, str]]:
-    """The persona's example messages as (role, content), sent after the lore and before the summary."""
-    return []
+def _examples(persona: Persona, user_name: str) -> list[tuple[str, str]]:
+    """The persona's example messages as (role, content), sent after the lore and before the summary, with
+    ``{{char}}`` and ``{{user}}`` (or ``{{persona_name}}`` and ``{{user_name}}``) filled.
+
+    A ``system`` example (narration in a card's example dialogue) is not sent: providers take system text only
+    in the system prompt, and a message of ours in the user's or the persona's voice would put words in one's
+    mouth. Narration belongs in the persona's prompt or scenario."""
+    if not persona.example_messages:  # most personas: nothing to do on every turn
+        return []
+    return [
+        (m.role, fill_names(m.content, persona_name=persona.name, user_name=user_name))
+        for m in persona.example_messages
+        if m.role != "system"
+    ]
 
 
 def _size(text: str | None) -> int:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from personas.lore import LoreIndex, LoreResult, LoreState, activate, index_for
 from personas.models import Persona
+from personas.template import fill_names
 from providers import ChatMessage
 from runtime.chat.context import Extra
 from runtime.chat.tokens import MESSAGE_OVERHEAD
@@ -41,15 +42,7 @@ class TurnLore:
         self.result: LoreResult | None = None
 
     def _substitute(self, text: str) -> str:
-        persona_name, user_name = self.names
-        for macro, value in (
-            ("{{char}}", persona_name),
-            ("{{persona_name}}", persona_name),
-            ("{{user}}", user_name),
-            ("{{user_name}}", user_name),
-        ):
-            text = text.replace(macro, value)
-        return text
+        return fill_names(text, persona_name=self.names[0], user_name=self.names[1])
 
     async def make(
         self, texts: list[str], left: int, count: Callable[[str], int], ratio: float, tokenizer: str

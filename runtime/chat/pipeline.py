@@ -256,6 +256,7 @@ class ChatPipeline:
             cut=cut,
             exact=exact,
             until_seq=until_seq,
+            user_name=caller.shown_name,
         )
         request = build_request(
             persona,

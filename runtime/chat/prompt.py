@@ -11,10 +11,11 @@ import msgspec
 
 from core.errors import BadRequest
 from personas.models import Caller, Persona
-from personas.template import render_template, stable_prefix
+from personas.template import PER_TURN_VARIABLES, placeholders, render_template
 from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
 
 __all__ = [
+    "SCENARIO_HEADING",
     "Route",
     "SystemPrompts",
     "build_request",
@@ -27,6 +28,9 @@ __all__ = [
 
 log = logging.getLogger("persona_runtime.prompt")
 
+# How the persona's scenario (section 14) is introduced, after its system prompt.
+SCENARIO_HEADING = "Scenario:"
+
 
 class Route(msgspec.Struct, frozen=True, kw_only=True):
     """One provider and model to try, in order: the persona's own first, then its fallbacks."""
@@ -36,27 +40,44 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def render_system_prompt(persona: Persona, caller: Caller, *, now: datetime | None = None) -> str:
-    """The persona's system prompt with its variables filled; traits and capabilities always included."""
-    return _render(persona.system_prompt or "", persona, caller, now=now)
+    """The persona's system prompt with its variables filled; traits and capabilities always included, and
+    the scenario, when it has one, as a section after them."""
+    day = (now or datetime.now(UTC)).astimezone(UTC).date().isoformat()
+    return _persona_text(persona, user_name=caller.shown_name, date=day)
+
+
+def _persona_text(persona: Persona, *, user_name: str, date: str) -> str:
+    def fill(template: str, *, sections: bool = True) -> str:
+        return render_template(
+            template,
+            user_name=user_name,
+            persona_name=persona.name,
+            date=date,
+            traits=persona.personality_traits,
+            capabilities=persona.capabilities,
+            sections=sections,
+        )
+
+    text = fill(persona.system_prompt or "")
+    scenario = (persona.scenario or "").strip()
+    if scenario:
+        # Part of the persona's own text, so within the prefix providers cache.
+        section = f"{SCENARIO_HEADING}\n{fill(scenario, sections=False)}"
+        text = f"{text.rstrip()}\n\n{section}" if text.strip() else section
+    return text
 
 
 def render_greeting(text: str, persona: Persona, caller: Caller, *, now: datetime | None = None) -> str:
     """A greeting of the persona with the system prompt's variables filled the same way, and nothing appended."""
-    return _render(text, persona, caller, now=now, append_sections=False)
-
-
-def _render(
-    template: str, persona: Persona, caller: Caller, *, now: datetime | None, append_sections: bool = True
-) -> str:
     day = (now or datetime.now(UTC)).astimezone(UTC).date().isoformat()
     return render_template(
-        template,
+        text,
         user_name=caller.shown_name,
         persona_name=persona.name,
         date=day,
         traits=persona.personality_traits,
         capabilities=persona.capabilities,
-        append_sections=append_sections,
+        sections=False,
     )
 
 
@@ -88,12 +109,15 @@ def cache_report(persona: Persona, rendered: str) -> tuple[int, list[str]]:
     """The length of ``rendered``'s stable prefix (before any per-user or per-day value), and warnings
     when such a value stands early enough to keep most of the prompt out of providers' prompt caches."""
     settings = persona.model_settings
-    prefix, variable = stable_prefix(
-        persona.system_prompt or "",
-        persona_name=persona.name,
-        traits=persona.personality_traits,
-        capabilities=persona.capabilities,
-    )
+    marker = "\x00"
+    probe = _persona_text(persona, user_name=marker, date=marker)
+    prefix = probe.find(marker)
+    variable = None
+    if prefix < 0:
+        prefix = len(probe)
+    else:
+        written = [*placeholders(persona.system_prompt or ""), *placeholders(persona.scenario or "")]
+        variable = next((p.name for p in written if p.name in PER_TURN_VARIABLES), None)
     warnings: list[str] = []
     after = len(rendered) - prefix
     if variable is not None and after > prefix:
