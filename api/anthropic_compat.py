@@ -15,7 +15,7 @@ from api.deps import CallerDep, ResourcesDep
 from api.errors import anthropic_error
 from api.openapi import Streams
 from api.sse import sse_response
-from api.trace import persona_headers
+from api.trace import MemoryHeader, persona_headers, with_memory
 from core.errors import BadRequest, ProviderError
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 from providers import ChatMessage, ToolCall, ToolSpec
@@ -354,9 +354,9 @@ class AnthropicController(Controller):
 
     @post("/messages", status_code=200, operation_class=Streams)
     async def messages(
-        self, data: JSONBody[MessagesRequest], caller: CallerDep, resources: ResourcesDep
+        self, data: JSONBody[MessagesRequest], caller: CallerDep, resources: ResourcesDep, memory: MemoryHeader = None
     ) -> Response[Any]:
-        turn = await resources.chat.run(caller, _turn_input(data))
+        turn = await resources.chat.run(caller, with_memory(_turn_input(data), memory))
         headers = persona_headers(turn.start)
         if data.stream:
             return sse_response(_Events(data.model).stream(turn, resources.settings.heartbeat_seconds), headers)

@@ -46,6 +46,7 @@ def _rendered(rendered: Rendered) -> RenderResponse:
         warnings=rendered.warnings,
         context=rendered.context,
         lore=rendered.lore,
+        memories=rendered.memories,
     )
 
 

@@ -15,6 +15,7 @@ from personas.store import VersionSummary
 from runtime.authoring.service import CandidateResult, PersonaChoice, TestResult
 from runtime.authoring.suites import PersonaTest
 from runtime.chat.context import ContextAccount
+from runtime.memory.recall import MemoryDecision
 
 __all__ = [
     "CompareRequest",
@@ -70,6 +71,8 @@ class RenderResponse(_Reply, frozen=True, kw_only=True):
     context: ContextAccount
     # Each lorebook entry that was constant, keyed or carried over, and what became of it (section 14).
     lore: list[LoreDecision]
+    # The caller's memories the turn would consider, whether each was used and why (section 15).
+    memories: list[MemoryDecision]
 
 
 class PreviewRequest(PersonaChoice, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -99,6 +99,7 @@ class ChatController(Controller):
             provider=data.provider,
             model=data.model,
             store=True,
+            memory=data.memory,
         )
         turn = await resources.chat.run(caller, asked)
         stream, heartbeat = wants_stream(data.stream, request), resources.settings.heartbeat_seconds

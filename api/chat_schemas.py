@@ -34,6 +34,8 @@ class ChatRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     model: ModelName | None = None
     # Keep generating when the client hangs up, so the answer can be resumed and is stored complete.
     resumable: bool = False
+    # False: this turn neither uses the user's memories nor extracts any (contract section 15).
+    memory: bool = True
 
 
 class StartConversationRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -15,7 +15,7 @@ from msgspec import Meta, Struct
 from api.deps import CallerDep, ResourcesDep
 from api.openapi import Streams
 from api.sse import sse_response
-from api.trace import persona_headers
+from api.trace import MemoryHeader, persona_headers, with_memory
 from core.errors import BadRequest
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 from providers import ChatMessage, ToolCall, ToolSpec
@@ -247,9 +247,9 @@ class OpenAIController(Controller):
 
     @post("/chat/completions", status_code=200, operation_class=Streams)
     async def completions(
-        self, data: JSONBody[CompletionRequest], caller: CallerDep, resources: ResourcesDep
+        self, data: JSONBody[CompletionRequest], caller: CallerDep, resources: ResourcesDep, memory: MemoryHeader = None
     ) -> Response[Any]:
-        turn = await resources.chat.run(caller, _turn_input(data))
+        turn = await resources.chat.run(caller, with_memory(_turn_input(data), memory))
         headers = persona_headers(turn.start)
         if data.stream:
             chunks = _Chunks(data.model, data.stream_options is not None and data.stream_options.include_usage)

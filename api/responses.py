@@ -23,7 +23,7 @@ from msgspec import Meta, Struct
 from api.deps import CallerDep, ResourcesDep
 from api.openapi import Streams
 from api.sse import sse_response
-from api.trace import persona_headers
+from api.trace import MemoryHeader, persona_headers, with_memory
 from core.errors import BadRequest, NotFound, PersonaRuntimeError
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 from personas.models import Caller
@@ -541,7 +541,7 @@ class ResponsesController(Controller):
 
     @post("/", status_code=200, operation_class=Streams)
     async def create(
-        self, data: JSONBody[ResponsesRequest], caller: CallerDep, resources: ResourcesDep
+        self, data: JSONBody[ResponsesRequest], caller: CallerDep, resources: ResourcesDep, memory: MemoryHeader = None
     ) -> Response[Any]:
         _unserved(data)
         turns = _Input()
@@ -552,7 +552,7 @@ class ResponsesController(Controller):
         store = resources.responses
         prior = await _prior(store, caller, data)
         saver = _Saver(store, caller, turns, prior) if data.store else None
-        turn = await resources.chat.run(caller, _turn_input(data, turns, prior))
+        turn = await resources.chat.run(caller, with_memory(_turn_input(data, turns, prior), memory))
         headers = persona_headers(turn.start)
         response = _Response(data)
         if data.stream:

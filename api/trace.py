@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
-from core.events import Start
+from typing import Annotated
 
-__all__ = ["persona_headers"]
+import msgspec
+from litestar.params import Parameter
+
+from core.errors import BadRequest
+from core.events import Start
+from runtime.chat.pipeline import TurnInput
+
+__all__ = ["MemoryHeader", "persona_headers", "with_memory"]
+
+# `x-persona-memory: off` keeps a /v1 turn from using the user's memories (contract section 15).
+MemoryHeader = Annotated[str | None, Parameter(header="x-persona-memory", required=False)]
+
+
+def with_memory(turn: TurnInput, header: str | None) -> TurnInput:
+    """``turn`` as the ``x-persona-memory`` header asks: ``off`` opts out of memory, ``on`` (or none) does not."""
+    if header is None:
+        return turn
+    value = header.strip().lower()
+    if value == "on":
+        return turn
+    if value == "off":
+        return msgspec.structs.replace(turn, memory=False)
+    raise BadRequest(
+        f"`x-persona-memory` is {header[:40]!r}: send `off` to leave memories out of this turn, or `on`.",
+        field="x-persona-memory",
+    )
 
 
 def persona_headers(start: Start) -> dict[str, str]:

@@ -32,7 +32,9 @@ from runtime.chat.context import ContextAccount
 from runtime.chat.lore import TurnLore
 from runtime.chat.pipeline import ChatPipeline, TurnInput, TurnPlan
 from runtime.chat.prompt import cache_report
+from runtime.chat.recall import TurnMemory
 from runtime.chat.turn import Turn
+from runtime.memory.recall import MemoryDecision
 
 __all__ = [
     "TEST_CONCURRENCY",
@@ -76,6 +78,8 @@ class Rendered(Struct, frozen=True, kw_only=True):
     context: ContextAccount
     # Each lorebook entry that was constant, keyed or carried over, and what became of it (section 14).
     lore: list[LoreDecision] = msgspec.field(default_factory=list)
+    # The caller's memories the turn would consider, whether each was used and why (section 15).
+    memories: list[MemoryDecision] = msgspec.field(default_factory=list)
 
 
 class Failure(Struct, frozen=True, kw_only=True):
@@ -198,8 +202,9 @@ class AuthoringService:
         system_prompt = plan.request.system or ""
         # The persona's own prompt: what lore and the summary add after it never moves its cached prefix.
         cacheable, warnings = cache_report(persona, system_prompt[: plan.context.persona_chars])
-        lore = plan.context.lore
+        lore, memory = plan.context.lore, plan.context.memory
         decided = lore.result if isinstance(lore, TurnLore) else None
+        recalled = memory.result if isinstance(memory, TurnMemory) else None
         if decided is not None:
             warnings = [*warnings, *decided.warnings]
         narration = [i for i, m in enumerate(persona.example_messages) if m.role == "system"]
@@ -219,6 +224,7 @@ class AuthoringService:
             warnings=warnings,
             context=plan.context.account,
             lore=decided.decisions if decided is not None else [],
+            memories=recalled.decisions if recalled is not None else [],
         )
 
     async def preview(

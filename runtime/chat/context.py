@@ -40,7 +40,7 @@ from runtime.chat.tokens import (
     tokenizer_for,
 )
 
-__all__ = ["SUMMARY_HEADING", "Built", "ContextAccount", "ContextBuilder", "Extra", "LoreSource", "Section"]
+__all__ = ["SUMMARY_HEADING", "Built", "ContextAccount", "ContextBuilder", "Extra", "Section", "TierSource"]
 
 # How the summary is introduced in the system text.
 SUMMARY_HEADING = "Summary of the conversation so far (earlier turns are not shown):"
@@ -85,9 +85,10 @@ class Extra:
     ids: tuple[str, ...] = ()
 
 
-class LoreSource(Protocol):
-    """A tier made from what the turn's latest messages say (a persona's lorebook): the builder reads the stored
-    turns once, then hands the latest ``depth + 1`` texts (the newest first) and the tokens left to ``make``."""
+class TierSource(Protocol):
+    """A tier made from what the turn's latest messages say (a persona's lorebook, a user's memories): the
+    builder reads the stored turns once, then hands the latest ``depth + 1`` texts (the newest first), the
+    tokens left, and the turn's way of counting them to ``make``."""
 
     depth: int
 
@@ -119,8 +120,9 @@ class Built:
     # Whether anything could be dropped on a retry (history, summary, examples, extras).
     droppable: int = 0
     extras: list[Extra] = field(default_factory=list)
-    # The lore tier's maker, with what it decided (render's ``lore``).
-    lore: LoreSource | None = None
+    # The lore and memory tiers' makers, with what they decided (render's ``lore`` and ``memories``).
+    lore: TierSource | None = None
+    memory: TierSource | None = None
 
 
 def _message_tokens(message: ChatMessage, count: Any) -> int:
@@ -160,7 +162,8 @@ class ContextBuilder:
         max_tokens: int | None,
         message_field: str = "message",
         extras: Sequence[Extra] = (),
-        lore: LoreSource | None = None,
+        lore: TierSource | None = None,
+        memory: TierSource | None = None,
         cut: int = 0,
         exact: bool = False,
         until_seq: int | None = None,
@@ -197,7 +200,7 @@ class ContextBuilder:
         # /v1 with nothing to choose: when the whole request's UTF-8 size (a bound on its tokens) fits, it is
         # sent as it is without being tokenized.
         shown = _examples(persona, user_name)
-        if conversation is None and not extras and lore is None and not exact and not shown:
+        if conversation is None and not extras and lore is None and memory is None and not exact and not shown:
             size = _size(system) + MESSAGE_OVERHEAD * len(messages)
             for message in messages:
                 size += _message_size(message)
@@ -261,12 +264,16 @@ class ContextBuilder:
 
         # Lore, then memory: each tier fits its own budget, or is left out.
         kept: list[Extra] = []
-        if lore is not None:
-            scanned = [m.content for m in reversed(messages) if m.content and m.role != "tool"]
-            scanned.extend(r.content for r in rows[: lore.depth + 1])
-            made = await lore.make(scanned, left, raw, ratio, tokenizer.name)
-            if made is not None:
-                extras = (made, *extras)
+        made: list[Extra] = []
+        for source in (lore, memory):
+            if source is not None:
+                scanned = [m.content for m in reversed(messages) if m.content and m.role != "tool"]
+                scanned.extend(r.content for r in rows[: source.depth + 1])
+                extra = await source.make(scanned, left - sum(e.tokens for e in made), raw, ratio, tokenizer.name)
+                if extra is not None:
+                    made.append(extra)
+        if made:
+            extras = (*made, *extras)
         for extra in extras:
             if extra.tokens <= left:
                 kept.append(extra)
@@ -313,8 +320,8 @@ class ContextBuilder:
             dropped = max(conversation.user_turns - kept_turns, 0)
         sections.append(Section(kind="message", tokens=message_tokens, items=len(messages)))
 
-        lore_system = "\n\n".join(e.system for e in kept if e.system)
-        tail = [s for s in (lore_system, f"{SUMMARY_HEADING}\n{summary}" if summary else "") if s]
+        tiers = "\n\n".join(e.system for e in kept if e.system)
+        tail = [s for s in (tiers, f"{SUMMARY_HEADING}\n{summary}" if summary else "") if s]
         if tail:
             system = "\n\n".join([system, *tail]) if system else "\n\n".join(tail)
         sent = [*examples, *history, *messages]
@@ -345,6 +352,7 @@ class ContextBuilder:
             droppable=droppable,
             extras=kept,
             lore=lore,
+            memory=memory,
         )
 
 

@@ -33,10 +33,12 @@ from runtime.chat.frames import ChatFrames, chat_body, record
 from runtime.chat.leases import Leases
 from runtime.chat.lore import TurnLore, lore_for
 from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes, tool_specs
+from runtime.chat.recall import TurnMemory
 from runtime.chat.resolve import PersonaSource, resolve_persona, resolve_persona_name
 from runtime.chat.summaries import Summarizer
 from runtime.chat.tokens import ANSWER_RESERVE, estimate_size
 from runtime.chat.turn import AnswerStream, Outcome, Turn, open_answer
+from runtime.memory import Extractor, Recall
 
 if TYPE_CHECKING:
     from runtime.chat.recordings import StatusOf, StreamRecorder
@@ -84,6 +86,8 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     provider: str | None = None
     model: str | None = None
     store: bool = False
+    # False: the turn uses no memories and extracts none (`"memory": false`, `x-persona-memory: off`).
+    memory: bool = True
     # Which route asked, for metrics: chat, chat_completions, messages, preview, compare, test_run.
     route: str = "chat"
     message_fields: tuple[str | None, ...] = ()
@@ -160,8 +164,13 @@ class ChatPipeline:
         default_context_window: int = 32_768,
         summary_provider: str | None = None,
         summary_model: str | None = None,
+        recall: Recall | None = None,
+        extractor: Extractor | None = None,
     ) -> None:
         self.personas = personas
+        # Where turns read their users' memories, and what extracts new ones after them (None: no memory).
+        self.recall = recall
+        self.extractor = extractor
         self.leases = leases
         self.limiter = limiter
         self.conversations = conversations
@@ -238,6 +247,17 @@ class ChatPipeline:
                 latest=latest,
                 names=(persona.name, caller.shown_name),
             )
+        memory = None
+        remembers = persona.model_settings.memory
+        if remembers.enabled and turn.memory and self.recall is not None:
+            memory = TurnMemory(
+                self.recall,
+                user_id=caller.user_id,
+                persona_id=persona.id,
+                user_name=caller.shown_name,
+                budget=remembers.token_budget,
+                limit=remembers.max_items,
+            )
         tools = tool_specs(persona)
         if turn.tools:
             names = {t.name for t in turn.tools}
@@ -253,6 +273,7 @@ class ChatPipeline:
             max_tokens=turn.max_tokens,
             message_field="message" if turn.route in ("chat", "preview", "compare", "test_run") else "messages",
             lore=lore,
+            memory=memory,
             cut=cut,
             exact=exact,
             until_seq=until_seq,
@@ -371,7 +392,7 @@ class ChatPipeline:
                 self._spawn,
                 self.leases,
                 context=plan.context,
-                then=self._summary(plan, conversation),
+                then=self._after(plan, conversation, answer_id),
             )
         try:
             stream = await self._first_answer(plan, outcome)
@@ -421,17 +442,41 @@ class ChatPipeline:
             outcome.context = shorter.context
         return await open_answer(self.providers, shorter.routes, shorter.request, metrics=self.metrics)
 
-    def _summary(self, plan: TurnPlan, conversation: Conversation) -> Callable[[], Coroutine[Any, Any, None]] | None:
-        """What writes the conversation's summary after the answer, when its context left turns out."""
-        built = plan.context
-        if not built.uncovered or not plan.persona.model_settings.summaries:
+    def _after(
+        self, plan: TurnPlan, conversation: Conversation, answer_id: UUID
+    ) -> Callable[[str], Coroutine[Any, Any, None]] | None:
+        """What runs after the answer is saved complete: the conversation's summary, when its context left turns
+        out, and the extraction of memories, when the persona extracts them and the turn did not opt out."""
+        built, persona, route = plan.context, plan.persona, plan.routes[0]
+        summarize = built.uncovered and persona.model_settings.summaries
+        remembers = persona.model_settings.memory
+        extract = remembers.enabled and remembers.extract and plan.input.memory and self.extractor is not None
+        if not (summarize or extract):
             return None
-        route, summaries, before = plan.routes[0], self.summaries, built.oldest_sent_seq
+        summaries, extractor, before = self.summaries, self.extractor, built.oldest_sent_seq
+        question, user_id = plan.input.messages[-1].content or "", plan.caller.user_id
+        # The user's own switch, read with the turn's memories: off, nothing is extracted either.
+        recalled = built.memory.result if isinstance(built.memory, TurnMemory) else None
+        extract = extract and recalled is not None and recalled.enabled
+        if not (summarize or extract):
+            return None
 
-        async def summarize() -> None:
-            summaries.ask(conversation.id, before, route.provider, route.model)
+        async def after(answer: str) -> None:
+            if summarize:
+                summaries.ask(conversation.id, before, route.provider, route.model)
+            if extract and extractor is not None:
+                await extractor.extract(
+                    user_id=user_id,
+                    persona_id=persona.id,
+                    message_id=answer_id,
+                    question=question,
+                    answer=answer,
+                    provider=route.provider,
+                    model=route.model,
+                    max_items=remembers.max_items,
+                )
 
-        return summarize
+        return after
 
     async def answer(self, turn: Turn, *, stream: bool, resumable: bool = False, heartbeat: float) -> Answer:
         """How ``turn``'s answer goes out: whole, or as our SSE stream (recorded for replays when it is kept and

@@ -115,7 +115,7 @@ class Outcome:
         spawn: Spawn,
         leases: Leases | None = None,
         context: Built | None = None,
-        then: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        then: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.conversations = conversations
         self.message_id = message_id
@@ -176,7 +176,7 @@ class Outcome:
             return False
         self._settled()
         if status == "complete" and self.then is not None:
-            self.spawn(self.then())
+            self.spawn(self.then(said.text))
         return True
 
     def _kept(self, said: Collector, usage: Usage | None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from runtime.chat.leases import Leases
 from runtime.chat.pipeline import ChatPipeline
 from runtime.chat.recordings import StreamRecorder
 from runtime.chat.responses import ResponseStore
-from runtime.memory import MemoryStore
+from runtime.memory import Extractor, MemoryStore, Recall
 from runtime.server.embedded import EmbeddedPostgres
 from runtime.server.migrate import apply_migrations
 from runtime.server.settings import Settings
@@ -273,6 +273,8 @@ async def open_resources(
             default_context_window=settings.default_context_window,
             summary_provider=settings.summary_provider,
             summary_model=settings.summary_model,
+            recall=Recall(pool),
+            extractor=Extractor(pool, providers, provider=settings.memory_provider, model=settings.memory_model),
             max_message_chars=settings.max_message_chars,
             metrics=metrics,
             leases=leases,

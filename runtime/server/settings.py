@@ -59,6 +59,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Who writes conversation summaries; unset, the persona's own provider and model.
     summary_provider: str | None = None
     summary_model: str | None = None
+    memory_provider: str | None = None
+    memory_model: str | None = None
     max_message_chars: int = 32_000
     # Largest persona import (a PNG card, or a document) accepted, and what one PNG text chunk may inflate to.
     import_max_bytes: int = 8 * 1024 * 1024
@@ -135,6 +137,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             default_context_window=_window(int(number("DEFAULT_CONTEXT_WINDOW", 32_768))),
             summary_provider=text("SUMMARY_PROVIDER"),
             summary_model=text("SUMMARY_MODEL"),
+            memory_provider=text("MEMORY_PROVIDER"),
+            memory_model=text("MEMORY_MODEL"),
             max_message_chars=int(number("MAX_MESSAGE_CHARS", 32_000)),
             import_max_bytes=int(number("IMPORT_MAX_BYTES", 8 * 1024 * 1024)),
             request_timeout=float(number("PROVIDER_TIMEOUT", 120.0, float)),

@@ -1,0 +1,261 @@
+"""Memories in turns (contract section 15): what reaches a turn and whose, each opt-out, the budget's choice,
+and extraction after a turn, through real PostgreSQL, Redis and the real SDKs against the fake LLM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import openai
+
+from runtime.memory.recall import MEMORY_HEADING
+from tests.conftest import persona_body
+
+CHAT = "/api/v1/chat"
+MEMORIES = "/api/v1/memories"
+PERSONAS = "/api/v1/chat/personas"
+REMEMBERS = {"enabled": True}
+
+
+async def make_persona(http, account, *, memory: dict[str, Any] | None = None, provider: str = "openai", **fields):
+    settings = {"provider": provider, "memory": REMEMBERS if memory is None else memory}
+    body = persona_body(model_settings=settings, personality_traits={}, capabilities={}, **fields)
+    r = await http.post(PERSONAS, json=body, headers=account.headers)
+    assert r.status_code == 201, r.text
+    return r.json()["persona"]
+
+
+async def remember(http, account, content, persona_id=None):
+    body: dict[str, Any] = {"content": content}
+    if persona_id is not None:
+        body["persona_id"] = persona_id
+    r = await http.post(MEMORIES, json=body, headers=account.headers)
+    assert r.status_code == 201, r.text
+    return r.json()["memory"]
+
+
+async def system_of_turn(http, fake_llm, account, persona_id, message="hello", **body):
+    fake_llm.script(chunks=("ok",))
+    r = await http.post(CHAT, json={"message": message, "persona_id": persona_id, **body}, headers=account.headers)
+    assert r.status_code == 200, r.text
+    return fake_llm.chat_requests()[-1].body["messages"][0]["content"], r.json()
+
+
+async def memories_of(http, account, persona_id=None):
+    params = {"persona_id": persona_id} if persona_id else {}
+    r = await http.get(MEMORIES, params=params, headers=account.headers)
+    assert r.status_code == 200, r.text
+    return r.json()["memories"]
+
+
+async def test_a_memory_reaches_the_next_conversation_with_its_persona_and_only_its_users(
+    llm_client, fake_llm, alice, bob
+):
+    persona = await make_persona(llm_client, alice, visibility="public")
+    other = await make_persona(llm_client, alice)
+    own = await remember(llm_client, alice, "Alice plays the cello.", persona["id"])
+    wide = await remember(llm_client, alice, "Alice is vegetarian.")
+
+    system, answer = await system_of_turn(llm_client, fake_llm, alice, persona["id"])
+    prompt = f"You are {persona['name']}, talking with Alice."
+    heading = MEMORY_HEADING.format(user="Alice")
+    # After the persona's own prompt, unchanged: one section, oldest first.
+    assert system == f"{prompt}\n\n{heading}\n- Alice plays the cello.\n- Alice is vegetarian."
+    shown = await llm_client.get(f"{CHAT}/conversations/{answer['conversation_id']}", headers=alice.headers)
+    assert sorted(shown.json()["messages"][-1]["context"]["memory_ids"]) == sorted([own["id"], wide["id"]])
+
+    # Another persona of hers gets only the persona-wide memory.
+    system, _ = await system_of_turn(llm_client, fake_llm, alice, other["id"])
+    assert "Alice is vegetarian." in system and "cello" not in system
+    # Another user of the same persona gets none of hers.
+    system, _ = await system_of_turn(llm_client, fake_llm, bob, persona["id"])
+    assert system == f"You are {persona['name']}, talking with Bob." and "Alice" not in system.split("Bob")[1]
+
+
+async def test_each_opt_out_keeps_memories_out(llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice)
+    quiet = await make_persona(llm_client, alice, memory={"enabled": False})
+    await remember(llm_client, alice, "Alice lives in Lisbon.")
+
+    assert "Lisbon" in (await system_of_turn(llm_client, fake_llm, alice, persona["id"]))[0]
+    # The chat body's opt-out.
+    assert "Lisbon" not in (await system_of_turn(llm_client, fake_llm, alice, persona["id"], memory=False))[0]
+    # A persona that does not remember.
+    assert "Lisbon" not in (await system_of_turn(llm_client, fake_llm, alice, quiet["id"]))[0]
+
+    # The /v1 header, through the SDK.
+    sdk = openai.AsyncOpenAI(base_url=str(llm_client.base_url) + "/v1", api_key=alice.key, max_retries=0)
+    for header, present in ((None, True), ("off", False), ("ON", True)):
+        fake_llm.script(chunks=("ok",))
+        extra = {"x-persona-memory": header} if header else None
+        await sdk.chat.completions.create(
+            model=f"persona/{persona['name']}", messages=[{"role": "user", "content": "hi"}], extra_headers=extra
+        )
+        assert ("Lisbon" in fake_llm.chat_requests()[-1].body["messages"][0]["content"]) is present, header
+    r = await llm_client.post(
+        "/v1/chat/completions",
+        json={"model": f"persona/{persona['name']}", "messages": [{"role": "user", "content": "hi"}]},
+        headers={**alice.headers, "x-persona-memory": "maybe"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "x-persona-memory", r.text
+
+    # The user's own switch.
+    r = await llm_client.put(f"{MEMORIES}/settings", json={"enabled": False}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    assert "Lisbon" not in (await system_of_turn(llm_client, fake_llm, alice, persona["id"]))[0]
+    await llm_client.put(f"{MEMORIES}/settings", json={"enabled": True}, headers=alice.headers)
+
+
+async def test_past_the_budget_the_most_relevant_then_the_newest_are_given(llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice, memory={"enabled": True, "token_budget": 40})
+    for n in range(12):
+        await remember(llm_client, alice, f"Weather fact {n}: rain expected.", persona["id"])
+    harbour = await remember(llm_client, alice, "Alice keeps a sailing boat in the harbour.", persona["id"])
+    newest = await remember(llm_client, alice, "Alice started a new job.", persona["id"])
+
+    r = await llm_client.post(
+        f"{PERSONAS}/{persona['id']}/render", json={"message": "Is my boat safe at the harbour?"}, headers=alice.headers
+    )
+    assert r.status_code == 200, r.text
+    decisions = {d["id"]: d for d in r.json()["memories"]}
+    assert len(decisions) == 14
+    assert (decisions[harbour["id"]]["used"], decisions[harbour["id"]]["reason"]) == (True, "relevant")
+    # Then, among those the message does not name, the newest; the older ones did not fit.
+    assert (decisions[newest["id"]]["used"], decisions[newest["id"]]["reason"]) == (True, "newest")
+    used = [d for d in decisions.values() if d["used"]]
+    assert len(used) == 2 and all(d["reason"] == "budget" for d in decisions.values() if not d["used"])
+    system = r.json()["system_prompt"]
+    assert "sailing boat" in system
+    section = next(s for s in r.json()["context"]["sections"] if s["kind"] == "memory")
+    assert section["items"] == len(used) and section["tokens"] <= 40
+
+
+async def poll(predicate, *, within: float = 5.0):
+    for _ in range(int(within / 0.05)):
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    return await predicate()
+
+
+async def test_extraction_adds_rewrites_and_removes_through_the_models_answer(llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice, memory={"enabled": True, "extract": True})
+    old = await remember(llm_client, alice, "Alice lives in Porto.", persona["id"])
+    gone = await remember(llm_client, alice, "Alice dislikes tea.", persona["id"])
+    changes = {
+        "add": ["Alice has a dog called Rex."],
+        "rewrite": [{"id": old["id"], "content": "Alice lives in Lisbon."}],
+        "remove": [gone["id"]],
+    }
+    fake_llm.script(chunks=("Noted!",))
+    fake_llm.script(chunks=(json.dumps(changes),))
+    r = await llm_client.post(
+        CHAT,
+        json={"message": "I moved to Lisbon with my dog Rex, and I like tea now.", "persona_id": persona["id"]},
+        headers=alice.headers,
+    )
+    assert r.status_code == 200 and r.json()["response"] == "Noted!", r.text
+
+    async def settled():
+        found = await memories_of(llm_client, alice, persona["id"])
+        return found if any(m["content"].startswith("Alice has a dog") for m in found) else None
+
+    found = await poll(settled)
+    assert found, "the extraction was not applied"
+    by_content = {m["content"]: m for m in found}
+    assert set(by_content) == {"Alice has a dog called Rex.", "Alice lives in Lisbon."}
+    assert by_content["Alice lives in Lisbon."]["id"] == old["id"]
+    added = by_content["Alice has a dog called Rex."]
+    assert added["source"] == "extracted" and added["source_message_id"] == r.json()["message_id"]
+    # The extraction was asked with the facts known and the exchange.
+    asked = fake_llm.chat_requests()[-1].body["messages"][-1]["content"]
+    assert old["id"] in asked and "I moved to Lisbon" in asked and "Noted!" in asked
+
+
+async def test_a_malformed_extraction_answer_changes_nothing(llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice, memory={"enabled": True, "extract": True})
+    kept = await remember(llm_client, alice, "Alice rows on Sundays.", persona["id"])
+    for answer in ("I think Alice likes rowing.", json.dumps({"add": [""], "remove": ["not-an-id"]})):
+        before = len(fake_llm.chat_requests())
+        fake_llm.script(chunks=("Sure.",))
+        fake_llm.script(chunks=(answer,))
+        r = await llm_client.post(CHAT, json={"message": "Hello", "persona_id": persona["id"]}, headers=alice.headers)
+        assert r.status_code == 200, r.text
+
+        async def asked(before: int = before) -> bool:
+            return len(fake_llm.chat_requests()) - before >= 2
+
+        assert await poll(asked)
+        await asyncio.sleep(0.2)  # what an applied answer would have written by now
+        assert [m["id"] for m in await memories_of(llm_client, alice, persona["id"])] == [kept["id"]]
+
+
+async def test_the_echo_provider_extracts_remember_that_sentences_once_per_message(client, resources, alice):
+    persona = await make_persona(
+        client, alice, provider="echo", memory={"enabled": True, "extract": True, "max_items": 2}
+    )
+    said = [
+        "Please remember that my cat is called Miso.",
+        "Also remember that I work nights! Thanks.",
+        "And remember that I am learning Welsh.",
+    ]
+    learnt = ["my cat is called Miso", "I work nights", "I am learning Welsh"]
+    answers = []
+    for text in said:
+        r = await client.post(CHAT, json={"message": text, "persona_id": persona["id"]}, headers=alice.headers)
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+
+        expected = learnt[len(answers) - 1]
+
+        async def landed(expected: str = expected) -> list[dict[str, Any]] | None:
+            found = await memories_of(client, alice, persona["id"])
+            return found if found and found[0]["content"] == expected else None
+
+        assert await poll(landed), text
+    found = await memories_of(client, alice, persona["id"])
+    # max_items 2: the oldest extracted one went.
+    assert [m["content"] for m in found] == ["I am learning Welsh", "I work nights"]
+    assert found[0]["source_message_id"] == answers[2]["message_id"]
+
+    # Once per message: a second try (a retry, another instance) changes nothing.
+    extractor = resources.chat.extractor
+    again = await extractor.extract(
+        user_id=uuid.UUID(alice.id),
+        persona_id=uuid.UUID(persona["id"]),
+        message_id=uuid.UUID(answers[2]["message_id"]),
+        question=said[2],
+        answer="",
+        provider="echo",
+        model="echo",
+        max_items=2,
+    )
+    assert again == "done"
+    assert len(await memories_of(client, alice, persona["id"])) == 2
+
+    # A later conversation is given what was learnt; "forget that" removes it.
+    r = await client.post(
+        f"{PERSONAS}/{persona['id']}/render", json={"message": "What do you know?"}, headers=alice.headers
+    )
+    assert "- I work nights\n- I am learning Welsh" in r.json()["system_prompt"]
+    r = await client.post(
+        CHAT, json={"message": "Please forget that I work nights.", "persona_id": persona["id"]}, headers=alice.headers
+    )
+
+    async def forgotten():
+        found = await memories_of(client, alice, persona["id"])
+        return found if [m["content"] for m in found] == ["I am learning Welsh"] else None
+
+    assert await poll(forgotten)
+    # With the opt-out nothing is extracted.
+    r = await client.post(
+        CHAT,
+        json={"message": "remember that I sing.", "persona_id": persona["id"], "memory": False},
+        headers=alice.headers,
+    )
+    assert r.status_code == 200
+    await asyncio.sleep(0.3)
+    assert [m["content"] for m in await memories_of(client, alice, persona["id"])] == ["I am learning Welsh"]
