@@ -259,3 +259,31 @@ async def test_the_echo_provider_extracts_remember_that_sentences_once_per_messa
     assert r.status_code == 200
     await asyncio.sleep(0.3)
     assert [m["content"] for m in await memories_of(client, alice, persona["id"])] == ["I am learning Welsh"]
+
+
+async def test_a_memory_written_on_another_instance_reaches_this_ones_next_turn(client, second_client, alice):
+    persona = await make_persona(client, alice, provider="echo")
+    await remember(client, alice, "Alice collects stamps.", persona["id"])
+
+    async def rendered() -> str:
+        r = await client.post(f"{PERSONAS}/{persona['id']}/render", json={"message": "hi"}, headers=alice.headers)
+        assert r.status_code == 200, r.text
+        return r.json()["system_prompt"]
+
+    assert "Alice collects stamps." in await rendered()  # read, and now kept by this instance
+    r = await second_client.post(
+        MEMORIES, json={"content": "Alice sails.", "persona_id": persona["id"]}, headers=alice.headers
+    )
+    assert r.status_code == 201, r.text
+
+    async def heard() -> bool:
+        return "Alice sails." in await rendered()
+
+    assert await poll(heard), "the other instance's write was not heard"
+    r = await second_client.put(f"{MEMORIES}/settings", json={"enabled": False}, headers=alice.headers)
+
+    async def switched_off() -> bool:
+        return MEMORY_HEADING.format(user="Alice") not in await rendered()
+
+    assert await poll(switched_off)
+    await second_client.put(f"{MEMORIES}/settings", json={"enabled": True}, headers=alice.headers)

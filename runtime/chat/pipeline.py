@@ -257,6 +257,7 @@ class ChatPipeline:
                 user_name=caller.shown_name,
                 budget=remembers.token_budget,
                 limit=remembers.max_items,
+                explain=exact,
             )
         tools = tool_specs(persona)
         if turn.tools:

@@ -24,8 +24,17 @@ class TurnMemory:
     depth = 0  # only the latest message is ranked against
 
     def __init__(
-        self, recall: Recall, *, user_id: UUID, persona_id: UUID, user_name: str, budget: int, limit: int
+        self,
+        recall: Recall,
+        *,
+        user_id: UUID,
+        persona_id: UUID,
+        user_name: str,
+        budget: int,
+        limit: int,
+        explain: bool = False,
     ) -> None:
+        self.explain = explain
         self.recall = recall
         self.user_id = user_id
         self.persona_id = persona_id
@@ -48,6 +57,7 @@ class TurnMemory:
             tokenizer=tokenizer,
             ratio=ratio,
             overhead=MESSAGE_OVERHEAD,
+            explain=self.explain,
         )
         if not result.ids:
             return None

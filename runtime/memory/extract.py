@@ -29,7 +29,9 @@ import msgspec
 from msgspec import Meta
 
 from core.events import TextDelta
+from core.signals import notify
 from providers import ChatMessage, ProviderRequest, ProviderSet, batches_of
+from runtime.memory.recall import MEMORY_SIGNAL, RecallCache
 
 __all__ = ["Changes", "Extractor", "echo_changes", "parse_changes"]
 
@@ -113,8 +115,10 @@ class Extractor:
         provider: str | None = None,
         model: str | None = None,
         timeout: float = 60.0,
+        cache: RecallCache | None = None,
     ) -> None:
         self._pool = pool
+        self._cache = cache
         self.providers = providers
         self.provider = provider if provider in providers else None
         self.model = model
@@ -181,6 +185,10 @@ class Extractor:
                 if content.strip():
                     await connection.execute(_ADD, uuid4(), user_id, persona_id, content.strip(), message_id)
             await connection.execute(_TRIM, user_id, persona_id, most)
+            if self._cache is not None:
+                await notify(connection, MEMORY_SIGNAL, str(user_id))
+        if self._cache is not None:
+            self._cache.forget(user_id)
 
     async def _ask(self, name: str, model: str, known: list[tuple[UUID, str]], question: str, answer: str) -> str:
         facts = "\n".join(f"- {memory_id}: {content}" for memory_id, content in known) or "(none yet)"

@@ -1,42 +1,106 @@
 """What a turn remembers of its user (contract section 15): the memory tier of the context.
 
 One query reads the user's switch and their memories for the persona and their persona-wide ones, newest
-first, each ranked by PostgreSQL's full-text rank against the latest message. When they all fit the persona's
-``memory.token_budget`` they all go, oldest first; otherwise the most relevant, then the newest, while the
-budget holds. They become one system section after the persona's prompt (and after its lore), so the
-persona's cached prefix never changes with them. Each memory's tokens are counted once per tokenizer and
-kept in this process. Memory text is never logged.
+first; they are kept in this process (:class:`RecallCache`) until a write to that user's memories, here or
+heard of from another instance, so most turns make no query at all. When they all fit the persona's
+``memory.token_budget`` they all go, oldest first; otherwise one more query ranks them with PostgreSQL's
+full-text rank against the latest message, and the most relevant go, then the newest, while the budget
+holds. They become one system section after the persona's prompt (and after its lore), so the persona's
+cached prefix never changes with them. Each memory's tokens are counted once per tokenizer. Memory text is
+never logged.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import contextlib
+import time
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass, field
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
-__all__ = ["MEMORY_HEADING", "MemoryDecision", "Recall", "Recalled"]
+from personas.changes import UNHEARD_SECONDS
+
+__all__ = ["KEEP_SECONDS", "MEMORY_HEADING", "MEMORY_SIGNAL", "MemoryDecision", "Recall", "RecallCache", "Recalled"]
+
+# The signal that a user's memories or memory switch changed: its payload is the user's id.
+MEMORY_SIGNAL = "memories"
 
 MEMORY_HEADING = "What you remember about {user} from earlier conversations:"
 
-_RECALL = """
-WITH switch AS (SELECT coalesce((SELECT enabled FROM memory_settings WHERE user_id = $1), true) AS enabled),
--- Any word of the latest message counts (plainto_tsquery asks for all of them): its terms joined by OR.
-query AS (SELECT nullif(replace(plainto_tsquery('simple', $3)::text, ' & ', ' | '), '')::tsquery AS terms)
-SELECT switch.enabled, m.id, m.persona_id, m.content, m.updated_at,
-       CASE WHEN query.terms IS NULL THEN 0 ELSE ts_rank(to_tsvector('simple', m.content), query.terms) END AS rank
-FROM switch CROSS JOIN query LEFT JOIN LATERAL (
-    SELECT id, persona_id, content, created_at, updated_at FROM memories
+# The user's switch and their memories for the persona and persona-wide ones, newest first.
+_LOAD = """
+WITH switch AS (SELECT coalesce((SELECT enabled FROM memory_settings WHERE user_id = $1), true) AS enabled)
+SELECT switch.enabled, m.id, m.persona_id, m.content
+FROM switch LEFT JOIN LATERAL (
+    SELECT id, persona_id, content, created_at FROM memories
     WHERE user_id = $1 AND (persona_id = $2 OR persona_id IS NULL) AND switch.enabled
-    ORDER BY created_at DESC, id LIMIT $4
+    ORDER BY created_at DESC, id LIMIT $3
 ) m ON true
 ORDER BY m.created_at DESC, m.id"""
+# When they do not all fit: PostgreSQL's full-text rank of those that share a word with the latest message
+# (plainto_tsquery asks for all of its words; its terms joined by OR ask for any).
+_RANK = """
+WITH query AS (SELECT nullif(replace(plainto_tsquery('simple', $3)::text, ' & ', ' | '), '')::tsquery AS terms)
+SELECT m.id, ts_rank(to_tsvector('simple', m.content), query.terms) AS rank
+FROM memories m, query
+WHERE m.user_id = $1 AND (m.persona_id = $2 OR m.persona_id IS NULL) AND m.id = ANY($4::uuid[])
+  AND query.terms IS NOT NULL AND to_tsvector('simple', m.content) @@ query.terms"""
 # The latest message's text, as far as it is ranked against.
 _QUERY_CHARS = 2000
-_COUNTS = 20_000
+# How long memories read for a (user, persona) are kept in this process while writes elsewhere are heard.
+KEEP_SECONDS = 60.0
+
+
+@dataclass
+class _Kept:
+    """One user's memories for one persona, as read: the switch, (id, persona, content) newest first, and each
+    one's tokens by tokenizer."""
+
+    enabled: bool
+    rows: list[tuple[UUID, UUID | None, str]]
+    until: float
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+
+
+class RecallCache:
+    """Memories read for turns, kept in this process until a write to that user's memories (here, or heard of
+    from another instance) or ``seconds``; while writes elsewhere cannot be heard, only for a moment."""
+
+    def __init__(self, *, seconds: float = KEEP_SECONDS) -> None:
+        self._heard_seconds = seconds
+        self.seconds = seconds
+        self._kept: dict[UUID, dict[tuple[UUID, int], _Kept]] = {}
+
+    def get(self, user_id: UUID, key: tuple[UUID, int]) -> _Kept | None:
+        kept = self._kept.get(user_id, {}).get(key)
+        if kept is None or kept.until < time.monotonic():
+            return None
+        return kept
+
+    def put(self, user_id: UUID, key: tuple[UUID, int], kept: _Kept) -> None:
+        if len(self._kept) >= _USERS:
+            self._kept.clear()
+        self._kept.setdefault(user_id, {})[key] = kept
+
+    def forget(self, user_id: UUID) -> None:
+        """Drop what is kept of ``user_id``: their memories or switch changed."""
+        self._kept.pop(user_id, None)
+
+    async def hear(self, payload: bytes) -> None:
+        """Another instance (or this one) changed a user's memories."""
+        with contextlib.suppress(ValueError, msgspec.DecodeError):
+            self.forget(UUID(msgspec.json.decode(payload, type=str)))
+
+    def set_hearing(self, heard: bool) -> None:
+        """Whether writes elsewhere are heard from now on; either way what is kept goes (some may be missed)."""
+        self.seconds = self._heard_seconds if heard else min(self._heard_seconds, UNHEARD_SECONDS)
+        self._kept.clear()
+
+
+_USERS = 10_000
 
 
 class MemoryDecision(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,11 +125,25 @@ class Recalled(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Recall:
-    """Reads a turn's memories: one round trip, with their token counts kept in this process."""
+    """Reads a turn's memories: from this process's cache, else in one round trip; ranked in one more only when
+    they do not all fit."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, cache: RecallCache | None = None) -> None:
         self._pool = pool
-        self._counts: OrderedDict[tuple[UUID, datetime, str], int] = OrderedDict()
+        self.cache = cache or RecallCache()
+
+    async def _load(self, user_id: UUID, persona_id: UUID, limit: int) -> _Kept:
+        kept = self.cache.get(user_id, (persona_id, limit))
+        if kept is not None:
+            return kept
+        rows = await self._pool.fetch(_LOAD, user_id, persona_id, limit)
+        kept = _Kept(
+            enabled=bool(rows[0][0]) if rows else True,
+            rows=[(r[1], r[2], r[3]) for r in rows if r[1] is not None],
+            until=time.monotonic() + self.cache.seconds,
+        )
+        self.cache.put(user_id, (persona_id, limit), kept)
+        return kept
 
     async def for_turn(
         self,
@@ -80,60 +158,61 @@ class Recall:
         tokenizer: str,
         ratio: float = 1.0,
         overhead: int = 4,
+        explain: bool = False,
     ) -> Recalled:
-        rows = await self._pool.fetch(_RECALL, user_id, persona_id, latest[:_QUERY_CHARS], limit)
-        if not rows or not rows[0]["enabled"]:
+        kept = await self._load(user_id, persona_id, limit)
+        if not kept.enabled:
             return Recalled(enabled=False)
-        found = [r for r in rows if r["id"] is not None]
+        found = kept.rows
         if not found:
             return Recalled(enabled=True)
         heading = MEMORY_HEADING.format(user=user_name)
-        spent = fixed = self._count(heading, count, ratio) + overhead
-        costs = [self._tokens(r, count, tokenizer, ratio) for r in found]
-        chosen: set[int]
+        fixed = _scaled(count(heading), ratio) + overhead
+        raw = kept.tokens.get(tokenizer)
+        if raw is None:
+            raw = kept.tokens[tokenizer] = [count(content) + 2 for _, _, content in found]  # "- " and a line break
+        costs = raw if ratio == 1.0 else [_scaled(c, ratio) for c in raw]
         reasons: dict[int, str] = {}
-        if spent + sum(costs) <= budget:
-            chosen = set(range(len(found)))
-            reasons = dict.fromkeys(chosen, "fits")
+        if fixed + sum(costs) <= budget:
+            reasons = dict.fromkeys(range(len(found)), "fits")
         else:
-            chosen = set()
-            # Most relevant first; among equals the newest (rows come newest first, and the sort is stable).
-            for index in sorted(range(len(found)), key=lambda i: -found[i]["rank"]):
+            ranks: dict[UUID, float] = {}
+            if latest.strip():
+                ids = [memory_id for memory_id, _, _ in found]
+                rows = await self._pool.fetch(_RANK, user_id, persona_id, latest[:_QUERY_CHARS], ids)
+                ranks = {r[0]: r[1] for r in rows}
+            spent = fixed
+            # Most relevant first; among equals the newest (rows are newest first, and the sort is stable).
+            for index in sorted(range(len(found)), key=lambda i: -ranks.get(found[i][0], 0.0)):
                 if spent + costs[index] <= budget:
-                    chosen.add(index)
                     spent += costs[index]
-                    reasons[index] = "relevant" if found[index]["rank"] > 0 else "newest"
-        decisions = [
-            MemoryDecision(
-                id=row["id"],
-                persona_id=row["persona_id"],
-                used=index in chosen,
-                reason=reasons.get(index, "budget"),
-                tokens=costs[index],
-            )
-            for index, row in enumerate(found)
-        ]
-        if not chosen:
+                    reasons[index] = "relevant" if ranks.get(found[index][0], 0.0) > 0 else "newest"
+        decisions = (
+            [
+                MemoryDecision(
+                    id=memory_id,
+                    persona_id=owner,
+                    used=index in reasons,
+                    reason=reasons.get(index, "budget"),
+                    tokens=costs[index],
+                )
+                for index, (memory_id, owner, _) in enumerate(found)
+            ]
+            if explain
+            else []
+        )
+        if not reasons:
             return Recalled(enabled=True, decisions=decisions)
-        kept = sorted(chosen, reverse=True)  # oldest first: the section reads in the order it was learnt
-        lines = "\n".join(f"- {found[i]['content']}" for i in kept)
+        chosen = sorted(reasons, reverse=True)  # oldest first: the section reads in the order it was learnt
+        lines = "\n".join(f"- {found[i][2]}" for i in chosen)
         return Recalled(
             enabled=True,
             text=f"{heading}\n{lines}",
-            tokens=fixed + sum(costs[i] for i in kept),
-            ids=[str(found[i]["id"]) for i in kept],
+            tokens=fixed + sum(costs[i] for i in chosen),
+            ids=[str(found[i][0]) for i in chosen],
             decisions=decisions,
         )
 
-    def _count(self, text: str, count: Callable[[str], int], ratio: float) -> int:
-        raw = count(text)
-        return raw if ratio == 1.0 else int(raw * ratio + 0.999)
 
-    def _tokens(self, row: asyncpg.Record, count: Callable[[str], int], tokenizer: str, ratio: float) -> int:
-        key = (row["id"], row["updated_at"], tokenizer)
-        raw = self._counts.get(key)
-        if raw is None:
-            raw = self._counts[key] = count(row["content"]) + 2  # "- " and the line break
-            if len(self._counts) > _COUNTS:
-                self._counts.popitem(last=False)
-        return raw if ratio == 1.0 else int(raw * ratio + 0.999)
+def _scaled(tokens: int, ratio: float) -> int:
+    return tokens if ratio == 1.0 else int(tokens * ratio + 0.999)

@@ -10,6 +10,9 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
+from core.signals import notify
+from runtime.memory.recall import MEMORY_SIGNAL, RecallCache
+
 __all__ = ["Memory", "MemoryStore"]
 
 Source = Literal["user", "extracted"]
@@ -63,8 +66,17 @@ def _memory(row: asyncpg.Record) -> Memory:
 
 
 class MemoryStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """The routes' side of memories. Every write drops what this process keeps of the user's memories for turns
+    and tells the other instances to (``cache``; none: nothing is kept)."""
+
+    def __init__(self, pool: asyncpg.Pool, cache: RecallCache | None = None) -> None:
         self._pool = pool
+        self._cache = cache
+
+    async def _changed(self, user_id: UUID) -> None:
+        if self._cache is not None:
+            self._cache.forget(user_id)
+            await notify(self._pool, MEMORY_SIGNAL, str(user_id))
 
     async def page(
         self, user_id: UUID, *, persona_id: UUID | None, limit: int, offset: int
@@ -86,20 +98,28 @@ class MemoryStore:
     ) -> Memory:
         row = await self._pool.fetchrow(_INSERT, uuid4(), user_id, persona_id, content, source, source_message_id)
         assert row is not None
+        await self._changed(user_id)
         return _memory(row)
 
     async def rewrite(self, user_id: UUID, memory_id: UUID, content: str) -> Memory | None:
         row = await self._pool.fetchrow(_UPDATE, memory_id, user_id, content)
-        return None if row is None else _memory(row)
+        if row is None:
+            return None
+        await self._changed(user_id)
+        return _memory(row)
 
     async def delete(self, user_id: UUID, memory_id: UUID) -> bool:
-        return await self._pool.execute(_DELETE_ONE, memory_id, user_id) == "DELETE 1"
+        deleted = await self._pool.execute(_DELETE_ONE, memory_id, user_id) == "DELETE 1"
+        if deleted:
+            await self._changed(user_id)
+        return deleted
 
     async def delete_all(self, user_id: UUID, *, persona_id: UUID | None) -> int:
         if persona_id is None:
             status = await self._pool.execute(_DELETE_ALL, user_id)
         else:
             status = await self._pool.execute(_DELETE_PERSONA, user_id, persona_id)
+        await self._changed(user_id)
         return int(status.rsplit(" ", 1)[-1])
 
     async def enabled(self, user_id: UUID) -> bool:
@@ -108,4 +128,5 @@ class MemoryStore:
 
     async def set_enabled(self, user_id: UUID, enabled: bool) -> bool:
         await self._pool.execute(_SET_SWITCH, user_id, enabled)
+        await self._changed(user_id)
         return enabled

@@ -40,7 +40,7 @@ from runtime.chat.leases import Leases
 from runtime.chat.pipeline import ChatPipeline
 from runtime.chat.recordings import StreamRecorder
 from runtime.chat.responses import ResponseStore
-from runtime.memory import Extractor, MemoryStore, Recall
+from runtime.memory import MEMORY_SIGNAL, Extractor, MemoryStore, Recall, RecallCache
 from runtime.server.embedded import EmbeddedPostgres
 from runtime.server.migrate import apply_migrations
 from runtime.server.settings import Settings
@@ -242,10 +242,14 @@ async def open_resources(
         signals = Signals(settings.database_listen_url or dsn)
         signals.subscribe(PERSONA_SIGNAL, store.hear)
         signals.subscribe(KEY_SIGNAL, auth.hear)
+        # Memories read for turns are kept until a write to that user's memories anywhere.
+        remembered = RecallCache()
+        signals.subscribe(MEMORY_SIGNAL, remembered.hear)
 
         def hearing(heard: bool) -> None:
             store.set_hearing(heard)
             auth.set_hearing(heard)
+            remembered.set_hearing(heard)
             if isinstance(cache, MemoryCache):
                 cache.set_hearing(heard)
 
@@ -273,8 +277,10 @@ async def open_resources(
             default_context_window=settings.default_context_window,
             summary_provider=settings.summary_provider,
             summary_model=settings.summary_model,
-            recall=Recall(pool),
-            extractor=Extractor(pool, providers, provider=settings.memory_provider, model=settings.memory_model),
+            recall=Recall(pool, remembered),
+            extractor=Extractor(
+                pool, providers, provider=settings.memory_provider, model=settings.memory_model, cache=remembered
+            ),
             max_message_chars=settings.max_message_chars,
             metrics=metrics,
             leases=leases,
@@ -301,7 +307,7 @@ async def open_resources(
             personas=personas,
             conversations=conversations,
             responses=ResponseStore(pool, settings.response_retention_days),
-            memories=MemoryStore(pool),
+            memories=MemoryStore(pool, remembered),
             providers=providers,
             default_provider=default,
             chat=chat,

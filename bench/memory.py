@@ -1,0 +1,175 @@
+"""What memory adds to a turn (contract section 15's budgets): server CPU, database statements, and the answer's
+latency with extraction on and off.
+
+``python -m bench.memory`` starts the runtime (one worker, the offline ``echo`` provider, a scratch database on
+``BENCH_DATABASE_URL`` reached through a statement counter, Redis at ``BENCH_REDIS_URL``) for a user with 100
+memories, and sends ``/api/v1/chat`` turns one at a time, each opening a conversation, interleaved in blocks:
+
+* **plain**: a persona without memory;
+* **memory**: a persona with ``memory.enabled`` (the 100 memories ranked against each message, those that fit
+  its 512-token budget sent);
+* then streamed turns of a persona with ``memory.extract`` on and off, each message asking it to remember
+  something, for the time to the first content event and to the end.
+
+Figures: server CPU per turn (user + system of its process tree), statements per turn, and the median TTFT and
+total. Nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from bench.query_counter import query_counter
+from bench.services import create_account, delete_redis_keys, runtime_server, scratch_database
+
+__all__ = ["main"]
+
+_WORDS = [
+    "boat",
+    "harbour",
+    "cello",
+    "tea",
+    "garden",
+    "music",
+    "winter",
+    "train",
+    "city",
+    "dog",
+    "cat",
+    "book",
+    "river",
+    "job",
+]
+_FILL = """
+INSERT INTO memories (id, user_id, persona_id, content, source)
+SELECT gen_random_uuid(), u.id, CASE WHEN n % 2 = 0 THEN $2::uuid END,
+       'The user mentioned ' || (ARRAY['boat','harbour','cello','tea','garden','music','winter','train','city',
+       'dog','cat','book','river','job'])[1 + n % 14] || ' number ' || n || ' once.', 'user'
+FROM users u, generate_series(1, $3) n WHERE u.name = $1"""
+
+
+async def _stream(http: httpx.AsyncClient, body: dict[str, Any]) -> tuple[float, float]:
+    began = time.perf_counter()
+    first = None
+    async with http.stream("POST", "/api/v1/chat", json={**body, "stream": True}) as answer:
+        answer.raise_for_status()
+        async for line in answer.aiter_lines():
+            if first is None and line.startswith("event: content"):
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return ((first or end) - began) * 1000, (end - began) * 1000
+
+
+async def measure(dsn: str, redis_url: str, *, turns: int, block: int, memories: int, workdir: Path) -> None:
+    account = await create_account(dsn)
+    prefix = f"persona-bench-memory-{os.getpid()}:"
+    rng = random.Random(11)
+    async with (
+        query_counter(dsn) as (counter, counted_url),
+        runtime_server(
+            counted_url, redis_url, "http://127.0.0.1:9", log_level="warning", workdir=workdir, redis_prefix=prefix
+        ) as server,
+    ):
+        try:
+            async with httpx.AsyncClient(base_url=server.url, headers=account.headers, timeout=30) as http:
+                personas = {}
+                for kind, memory in (
+                    ("plain", {}),
+                    ("memory", {"enabled": True}),
+                    ("extract", {"enabled": True, "extract": True}),
+                    ("no-extract", {"enabled": True, "extract": False}),
+                ):
+                    body = {
+                        "name": f"Bench memory {kind} {os.getpid()}",
+                        "description": "A persona for the memory benchmark.",
+                        "system_prompt": "You are {{persona_name}}, a harbour pilot.",
+                        "model_settings": {"provider": "echo", "model": "gpt-4o-mini", "memory": memory},
+                    }
+                    r = await http.post("/api/v1/chat/personas", json=body)
+                    r.raise_for_status()
+                    personas[kind] = r.json()["persona"]["id"]
+                connection = await asyncpg.connect(dsn)
+                try:
+                    await connection.execute(_FILL, "bench", personas["memory"], memories)
+                finally:
+                    await connection.close()
+
+                def message() -> str:
+                    return " ".join(rng.choice(_WORDS) for _ in range(20))
+
+                async def turn(kind: str) -> None:
+                    answer = await http.post("/api/v1/chat", json={"message": message(), "persona_id": personas[kind]})
+                    answer.raise_for_status()
+
+                kinds = ("plain", "memory")
+                for kind in kinds * 10:
+                    await turn(kind)
+                spent = dict.fromkeys(kinds, 0.0)
+                statements = dict.fromkeys(kinds, 0)
+                rounds = max(turns // block, 1)
+                for _ in range(rounds):
+                    for kind in kinds:
+                        counter.reset()
+                        before = server.cpu_seconds()
+                        for _ in range(block):
+                            await turn(kind)
+                        spent[kind] += server.cpu_seconds() - before
+                        await asyncio.sleep(0.05)  # the answers' saves, which run after each answer
+                        statements[kind] += sum(counter.statements.values())
+                count = rounds * block
+                for kind in kinds:
+                    print(
+                        f"{kind:>6}: {spent[kind] / count * 1000:.3f} ms of server CPU per turn, "
+                        f"{statements[kind] / count:.2f} statements per turn ({count} turns)"
+                    )
+                print(
+                    f"memory - plain: {(spent['memory'] - spent['plain']) / count * 1000:+.3f} ms per turn, "
+                    f"{(statements['memory'] - statements['plain']) / count:+.2f} statements per turn"
+                )
+
+                latencies: dict[str, list[tuple[float, float]]] = {"extract": [], "no-extract": []}
+                for n in range(max(turns // 2, 20)):
+                    for kind in ("extract", "no-extract"):
+                        body = {
+                            "message": f"Please remember that I like {message()} {n}.",
+                            "persona_id": personas[kind],
+                        }
+                        latencies[kind].append(await _stream(http, body))
+                for kind, samples in latencies.items():
+                    ttft = statistics.median(s[0] for s in samples)
+                    total = statistics.median(s[1] for s in samples)
+                    print(f"{kind:>10}: median TTFT {ttft:.2f} ms, total {total:.2f} ms over {len(samples)} streams")
+        finally:
+            await delete_redis_keys(redis_url, prefix)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
+    parser.add_argument("--turns", type=int, default=400, help="turns of each kind")
+    parser.add_argument("--block", type=int, default=50, help="turns of one kind in a row")
+    parser.add_argument("--memories", type=int, default=100, help="the user's memories")
+    args = parser.parse_args()
+    server = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+    async def run() -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+        async with scratch_database(server, workdir) as dsn:
+            await measure(dsn, redis_url, turns=args.turns, block=args.block, memories=args.memories, workdir=workdir)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
