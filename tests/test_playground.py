@@ -133,7 +133,16 @@ async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_
         html = page.text
         assets = re.findall(r'(?:src|href)="([^"]+)"', html)
         assert assets and all(a.startswith("/playground/") for a in assets), assets
-        for name in ("playground.js", "api.js", "sse.js", "ui.js", "editor.js", "panels.js", "playground.css"):
+        for name in (
+            "playground.js",
+            "api.js",
+            "sse.js",
+            "ui.js",
+            "editor.js",
+            "cards.js",
+            "panels.js",
+            "playground.css",
+        ):
             r = await http.get(f"/playground/{name}")
             assert r.status_code == 200, name
             expected = "text/css" if name.endswith(".css") else "javascript"
@@ -414,6 +423,226 @@ async def test_an_unknown_template_variable_is_reported_with_its_field(page, bas
     await page.get_by_role("button", name="Render", exact=True).click()
     await expect(banner).to_contain_text("capabilities is not valid JSON")
     await expect(page.get_by_label("Capabilities (JSON)")).to_have_attribute("aria-invalid", "true")
+
+
+# Lorebook, greetings, example messages, avatar -----------------------------------------------------------
+
+
+KEYS = "Keys (comma separated)"
+
+
+async def add_entry(page: Page, name: str, keys: str, content: str) -> Any:
+    await page.get_by_role("button", name="Add an entry").click()
+    entry = page.get_by_test_id("lore-entry").last
+    await entry.get_by_label("Entry name").fill(name)
+    await entry.get_by_label(KEYS, exact=True).fill(keys)
+    await entry.get_by_label("Content", exact=True).fill(content)
+    return entry
+
+
+async def test_a_lorebook_is_written_in_the_editor_saved_and_its_decisions_rendered(page, base_url, alice, screenshots):
+    persona = await make_persona(base_url, alice, system_prompt="You are {{persona_name}}, keeper of the old maps.")
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    # A saved persona's prompt is counted as soon as it is loaded.
+    await expect(page.get_by_test_id("editor-context")).to_contain_text(re.compile(r"Prompt: \d+ tokens · \S+ window"))
+    await expect(page.get_by_test_id("lore-count")).to_have_text("no entries")
+
+    await page.get_by_label("Scan depth (messages)").fill("3")
+    await page.get_by_label("Lore token budget").fill("500")
+    dragons = await add_entry(page, "Dragons", "dragon, wyrm", "Dragons sleep under the Grey Peaks.")
+    await dragons.get_by_label("Insertion order").fill("50")
+    await dragons.get_by_label("Whole words").uncheck()
+    weather = await add_entry(page, "Weather", "rain", "It always rains in Lowtown.")
+    await weather.get_by_label("Secondary keys (comma separated)").fill("Lowtown, harbour")
+    await weather.get_by_label("Secondary logic").select_option("and_all")
+    await weather.get_by_label("Position").select_option("at_depth")
+    await weather.get_by_label("Depth").fill("1")
+    await weather.get_by_label("Role", exact=True).select_option("user")
+    await weather.get_by_label("Probability (%)").fill("80")
+    await weather.get_by_label("Group").fill("climate")
+    await weather.get_by_label("Sticky (turns)").fill("2")
+    await weather.get_by_label("Cooldown (turns)").fill("1")
+    await weather.get_by_label("Delay (turns)").fill("3")
+    await weather.get_by_label("Case sensitive").check()
+    await weather.get_by_label("Enabled").uncheck()
+    scratch = await add_entry(page, "Scratch", "tmp", "Goes away.")
+    await scratch.get_by_label("Constant").check()
+    await expect(page.get_by_test_id("lore-count")).to_have_text("3 entries")
+    await expect(page.get_by_test_id("editor-status")).to_contain_text("unsaved changes")
+    await page.get_by_role("button", name="Remove entry 3").click()
+    await expect(page.get_by_test_id("lore-entry")).to_have_count(2)
+    await expect(page.get_by_test_id("lore-entry").last.locator("summary")).to_contain_text(
+        "Entry 2: Weather · disabled"
+    )
+
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_test_id("notice")).to_contain_text("updated to version 2")
+    saved = (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}"))["persona"]
+    book = saved["lorebook"]
+    assert (book["scan_depth"], book["token_budget"], book["recursive"]) == (3, 500, False)
+    first, second = book["entries"]
+    assert first["id"] and second["id"] and first["id"] != second["id"]
+    assert (first["name"], first["keys"], first["content"]) == (
+        "Dragons",
+        ["dragon", "wyrm"],
+        "Dragons sleep under the Grey Peaks.",
+    )
+    assert (first["insertion_order"], first["whole_words"], first["enabled"], first["position"]) == (
+        50,
+        False,
+        True,
+        "system",
+    )
+    assert {
+        k: second[k] for k in ("secondary_keys", "selective_logic", "position", "depth", "role", "probability")
+    } == {
+        "secondary_keys": ["Lowtown", "harbour"],
+        "selective_logic": "and_all",
+        "position": "at_depth",
+        "depth": 1,
+        "role": "user",
+        "probability": 80,
+    }
+    assert {
+        k: second[k] for k in ("group", "sticky", "cooldown", "delay", "case_sensitive", "enabled", "constant")
+    } == {
+        "group": "climate",
+        "sticky": 2,
+        "cooldown": 1,
+        "delay": 3,
+        "case_sensitive": True,
+        "enabled": False,
+        "constant": False,
+    }
+    # The editor shows the book as saved, and is clean again.
+    await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
+    await expect(page.get_by_test_id("lore-entry").first.get_by_label(KEYS, exact=True)).to_have_value("dragon, wyrm")
+
+    # A message that names a key: render lists the entry as activated by it, with the tiers' tokens.
+    await page.get_by_label("Message to render").fill("Tell me about the dragon of the north")
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("render-meta")).to_contain_text("v2 (saved)")
+    decision = page.locator(f'[data-testid="lore-decision"][data-entry-id="{first["id"]}"]')
+    await expect(decision.get_by_test_id("lore-outcome")).to_have_text("IN")
+    await expect(decision.get_by_test_id("lore-reason")).to_have_text("key")
+    await expect(decision).to_contain_text("matched “dragon”")
+    await expect(page.get_by_test_id("lore-decision")).to_have_count(1)  # the disabled entry had no key here
+    lore_row = page.locator('[data-testid="render-section"][data-kind="lore"]')
+    await expect(lore_row).to_contain_text("Lore")
+    await expect(page.locator('[data-testid="render-section"][data-kind="system"]')).to_be_visible()
+    await expect(page.get_by_test_id("render-context")).to_contain_text("no turns dropped")
+    await expect(page.get_by_test_id("render-context")).to_contain_text(re.compile(r"tokens used \(window [\d,]+"))
+    request = json.loads(await page.get_by_test_id("render-request").inner_text())
+    assert any("Grey Peaks" in m["content"] for m in request["messages"] if m["role"] == "system")
+    # The editor's line now counts the prompt with its lore, against the model's window.
+    await expect(page.get_by_test_id("editor-context")).to_contain_text(
+        re.compile(r"Prompt: \d+ tokens \(\+ \d+ of lore\)")
+    )
+    await page.screenshot(path=screenshots / "playground-lorebook.png", full_page=True)
+
+
+async def test_a_bad_regex_key_is_marked_on_its_entry(page, base_url, alice, screenshots):
+    persona = await make_persona(base_url, alice)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    entry = await add_entry(page, "Broken", "dragon, /(unclosed/", "Never saved.")
+    await entry.get_by_label("Keys are regexes").check()
+
+    await page.get_by_role("button", name="Save").click()
+    banner = page.get_by_test_id("error")
+    await expect(banner).to_contain_text("Could not save (400")
+    await expect(banner).to_contain_text("Field: lorebook.entries[0].keys[1]")
+    keys = entry.get_by_label(KEYS, exact=True)
+    await expect(keys).to_have_attribute("aria-invalid", "true")
+    note_id = await keys.get_attribute("aria-describedby")
+    assert note_id
+    await expect(page.locator(f"#{note_id}")).to_be_visible()
+    await expect(page.locator(f"#{note_id}")).to_contain_text("keys[1]")
+    assert (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}"))["persona"]["lorebook"] is None
+
+    # A collapsed entry is opened again to show its mark.
+    await entry.locator("summary").click()
+    await expect(keys).to_be_hidden()
+    await page.get_by_role("button", name="Save").click()
+    await expect(keys).to_be_visible()
+    await expect(keys).to_have_attribute("aria-invalid", "true")
+
+    # A draft render tries the book anyway, and warns about the key that cannot match.
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("render-warnings")).to_contain_text("lorebook entry 'Broken': key '/(unclosed/'")
+
+    # A number the page can read itself is named before anything is sent.
+    await entry.get_by_label(KEYS, exact=True).fill("dragon")
+    await entry.get_by_label("Depth").fill("deep")
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(banner).to_contain_text("lorebook.entries[0].depth must be a whole number")
+    await expect(entry.get_by_label("Depth")).to_have_attribute("aria-invalid", "true")
+
+
+async def test_greetings_and_example_messages_round_trip_and_the_avatar_has_a_placeholder(
+    page, base_url, alice, screenshots
+):
+    persona = await make_persona(
+        base_url,
+        alice,
+        name="Quill " + os.urandom(4).hex(),
+        greetings=["Hello there!", "Well met."],
+        example_messages=[{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A scribe."}],
+        model_settings={"context_window": 4096, "summaries": False},
+    )
+    avatars: list[int] = []
+    page.on("response", lambda r: avatars.append(r.status) if r.url.endswith(f"{persona['id']}/avatar") else None)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    # No avatar: the persona's initial stands in for it.
+    await expect(page.get_by_test_id("avatar-placeholder")).to_have_text("Q")
+    await expect(page.get_by_test_id("avatar-placeholder")).to_be_visible()
+    await expect(page.locator("#editor-avatar")).to_be_hidden()
+    await expect(page.get_by_label("Greeting 1 (opens a conversation)", exact=True)).to_have_value("Hello there!")
+    await expect(page.get_by_label("Greeting 2", exact=True)).to_have_value("Well met.")
+    await expect(page.get_by_label("Example message 2", exact=True)).to_have_value("A scribe.")
+    await expect(page.get_by_label("Role 2", exact=True)).to_have_value("assistant")
+    await expect(page.get_by_label("Context window")).to_have_value("4096")
+    await expect(page.get_by_test_id("editor-context")).to_contain_text("window 4,096 tokens")
+
+    await page.get_by_label("Greeting 2", exact=True).fill("Well met, traveller.")
+    await page.get_by_role("button", name="Remove greeting 1").click()
+    await page.get_by_role("button", name="Add a greeting").click()
+    await page.get_by_label("Greeting 2", exact=True).fill("Ink is ready.")
+    await page.get_by_role("button", name="Remove example message 1").click()
+    await page.get_by_role("button", name="Add an example message").click()
+    await expect(page.get_by_label("Role 2", exact=True)).to_have_value("user")  # after the persona's line, the user's
+    await page.get_by_label("Example message 2", exact=True).fill("Write me a letter.")
+    await page.get_by_label("Role 2", exact=True).select_option("system")
+    await page.get_by_label("Scenario").fill("A quiet scriptorium.")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
+
+    saved = (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}"))["persona"]
+    assert saved["greetings"] == ["Well met, traveller.", "Ink is ready."]
+    assert saved["example_messages"] == [
+        {"role": "assistant", "content": "A scribe."},
+        {"role": "system", "content": "Write me a letter."},
+    ]
+    assert saved["scenario"] == "A quiet scriptorium."
+    # Model settings the editor has no input for are saved as they were.
+    assert (saved["model_settings"]["context_window"], saved["model_settings"]["summaries"]) == (4096, False)
+    assert saved["lorebook"] is None
+
+    # A fresh load shows what was saved.
+    await page.reload()
+    await expect(page.locator("#persona-list button.persona").first).to_be_visible()
+    await pick(page, {**persona, "system_prompt": saved["system_prompt"]})
+    await expect(page.get_by_label("Greeting 1 (opens a conversation)", exact=True)).to_have_value(
+        "Well met, traveller."
+    )
+    await expect(page.get_by_label("Greeting 2", exact=True)).to_have_value("Ink is ready.")
+    await expect(page.get_by_label("Example message 2", exact=True)).to_have_value("Write me a letter.")
+    await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
+    assert avatars and all(status == 404 for status in avatars)
+    await page.locator("#greetings-part").scroll_into_view_if_needed()
+    await page.screenshot(path=screenshots / "playground-greetings.png")
 
 
 # Compare -------------------------------------------------------------------------------------------------

@@ -84,6 +84,11 @@ export class Client {
   deletePersona(id) {
     return this.json("DELETE", `${PERSONAS}/${id}`);
   }
+  /** The persona's avatar image as a Blob; an ApiError 404 when it has none. */
+  async avatar(id, signal) {
+    const response = await this.fetch("GET", `${PERSONAS}/${id}/avatar`, { accept: "image/*", signal });
+    return response.blob();
+  }
 
   // Dry runs, previews and comparisons
   render(id, message) {

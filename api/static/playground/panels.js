@@ -5,7 +5,77 @@ import { $, el, formatJson, formatTime, notify, showError, task } from "./ui.js"
 
 // Render ------------------------------------------------------------------------------------------
 
-export function renderPanel(ctx) {
+const KINDS = {
+  system: "System prompt",
+  tools: "Tools",
+  lore: "Lore",
+  memory: "Memory",
+  examples: "Example messages",
+  summary: "Summary",
+  history: "Earlier turns",
+  message: "The message",
+};
+const REASONS = {
+  key: "a key matched",
+  constant: "constant",
+  sticky: "still sticky",
+  recursion: "named by activated lore",
+  secondary_logic: "secondary keys did not agree",
+  probability: "lost its probability roll",
+  cooldown: "cooling down",
+  delay: "delayed",
+  group: "another entry of its group won",
+  budget: "over the lore token budget",
+};
+
+const count = (n) => Number(n).toLocaleString("en");
+
+/** How the turn's context was spent: the window, each tier's tokens, what was dropped (contract section 13). */
+function showContext(context) {
+  const dropped = context.dropped_turns
+    ? `${context.dropped_turns} earlier turn${context.dropped_turns === 1 ? "" : "s"} dropped to fit`
+    : "no turns dropped";
+  $("#render-context").textContent =
+    `${count(context.used)} of ${count(context.budget)} tokens used (window ${count(context.window)}, ` +
+    `the rest is the answer's) · ${dropped} · counted with ${context.tokenizer}`;
+  $("#render-sections tbody").replaceChildren(
+    ...context.sections.map((section) =>
+      el(
+        "tr",
+        { "data-kind": section.kind, "data-testid": "render-section" },
+        el("th", { scope: "row" }, KINDS[section.kind] || section.kind),
+        el("td", {}, count(section.tokens)),
+        el("td", {}, count(section.items)),
+      ),
+    ),
+  );
+}
+
+/** Each lorebook entry render looked at, and why it was given to the turn or not (contract section 14). */
+function showLore(decisions) {
+  if (!decisions.length) {
+    $("#render-lore").replaceChildren(el("li", { class: "meta" }, "No lorebook entry was constant or had a key in the scanned messages."));
+    return;
+  }
+  $("#render-lore").replaceChildren(
+    ...decisions.map((d) =>
+      el(
+        "li",
+        { class: d.activated ? "activated" : "skipped", "data-entry-id": d.id, "data-testid": "lore-decision" },
+        el("span", { class: "badge", "data-testid": "lore-outcome" }, d.activated ? "IN" : "OUT"),
+        " ",
+        el("strong", {}, d.name || d.id),
+        " ",
+        el("span", { class: "reason", "data-testid": "lore-reason", "data-reason": d.reason }, d.reason),
+        el("span", { class: "meta" }, ` (${REASONS[d.reason] || d.reason})`),
+        d.matched.length ? el("span", { class: "meta" }, ` · matched ${d.matched.map((k) => `“${k}”`).join(", ")}`) : null,
+        el("span", { class: "meta" }, ` · ${count(d.tokens)} tokens`),
+      ),
+    ),
+  );
+}
+
+export function renderPanel(ctx, { onRendered = () => {} } = {}) {
   const button = $("#render");
   $("#render-form").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -27,6 +97,9 @@ export function renderPanel(ctx) {
       "(everything before the first per-user or per-day value).";
     $("#render-warnings").replaceChildren(...result.warnings.map((text) => el("li", {}, text)));
     $("#render-request").textContent = formatJson(result.request);
+    showContext(result.context);
+    showLore(result.lore);
+    onRendered(result, choice);
   });
   return { reset: () => ($("#render-result").hidden = true) };
 }
