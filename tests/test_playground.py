@@ -7,6 +7,7 @@ with a visible delay. Screenshots of the main views go to a temporary folder; ru
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.conftest import persona_body
 from tests.fakellm import Script
@@ -428,6 +430,23 @@ async def test_an_unknown_template_variable_is_reported_with_its_field(page, bas
 # Lorebook, greetings, example messages, avatar -----------------------------------------------------------
 
 
+async def whole_page_screenshot(page: Page, path: Path, part: tuple[str, str] | None = None) -> None:
+    """The page in a window tall enough for all of it, so the sticky Save bar stays where the form ends; with
+    ``part``, only the editor's column from the top of one element to the bottom of another."""
+    viewport = page.viewport_size or {"width": 1280, "height": 800}
+    height = await page.evaluate("document.documentElement.scrollHeight")
+    await page.set_viewport_size({"width": viewport["width"], "height": height})
+    clip = None
+    if part:
+        column = await page.locator(".editor").bounding_box()
+        top, bottom = await page.locator(part[0]).bounding_box(), await page.locator(part[1]).bounding_box()
+        assert column and top and bottom
+        y = top["y"] - 24
+        clip = {"x": column["x"], "y": y, "width": column["width"], "height": bottom["y"] + bottom["height"] + 12 - y}
+    await page.screenshot(path=path, clip=clip)
+    await page.set_viewport_size(viewport)
+
+
 KEYS = "Keys (comma separated)"
 
 
@@ -448,8 +467,8 @@ async def test_a_lorebook_is_written_in_the_editor_saved_and_its_decisions_rende
     await expect(page.get_by_test_id("editor-context")).to_contain_text(re.compile(r"Prompt: \d+ tokens · \S+ window"))
     await expect(page.get_by_test_id("lore-count")).to_have_text("no entries")
 
-    await page.get_by_label("Scan depth (messages)").fill("3")
-    await page.get_by_label("Lore token budget").fill("500")
+    await page.get_by_label("Scan depth").fill("3")
+    await page.get_by_label("Token budget").fill("500")
     dragons = await add_entry(page, "Dragons", "dragon, wyrm", "Dragons sleep under the Grey Peaks.")
     await dragons.get_by_label("Insertion order").fill("50")
     await dragons.get_by_label("Whole words").uncheck()
@@ -539,7 +558,39 @@ async def test_a_lorebook_is_written_in_the_editor_saved_and_its_decisions_rende
     await expect(page.get_by_test_id("editor-context")).to_contain_text(
         re.compile(r"Prompt: \d+ tokens \(\+ \d+ of lore\)")
     )
-    await page.screenshot(path=screenshots / "playground-lorebook.png", full_page=True)
+    await expect(page.locator("#render-conversation")).to_be_hidden()  # no kept conversation to render in
+    await page.get_by_test_id("lore-entry").first.locator("summary").click()
+    await whole_page_screenshot(page, screenshots / "playground-lorebook.png")
+
+
+async def test_render_in_the_kept_conversation_says_which_turns_were_dropped(page, base_url, alice, fake_llm):
+    settings = {"context_window": 256, "max_tokens": 64, "summaries": False}
+    persona = await make_persona(base_url, alice, model_settings=settings)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Chat").click()
+    await page.get_by_label("Keep the conversation").check()
+    for n in range(3):
+        await send(page, f"Turn {n}: " + "many words " * 25, "Hello from the fake model.")
+    await page.get_by_role("tab", name="Render").click()
+    await expect(page.get_by_label(re.compile("In the chat's kept conversation"))).to_be_checked()
+    await page.get_by_label("Message to render").fill("And now? " + "more words " * 25)
+    await page.get_by_role("button", name="Render", exact=True).click()
+    conversation_id = await page.get_by_test_id("chat-conversation").get_attribute("data-conversation-id")
+    await expect(page.get_by_test_id("render-meta")).to_contain_text(f"in conversation {conversation_id}")
+    # The window holds the newest turn (its two messages); the two before it are dropped.
+    await expect(page.get_by_test_id("render-context")).to_contain_text("2 earlier turns dropped to fit")
+    await expect(page.get_by_test_id("render-context")).to_contain_text("window 256")
+    history = page.locator('[data-testid="render-section"][data-kind="history"]')
+    await expect(history.locator("td").last).to_have_text("2")
+    request = json.loads(await page.get_by_test_id("render-request").inner_text())
+    assert "Turn 0:" not in json.dumps(request) and "Turn 2:" in json.dumps(request)
+
+    # Unticked, the same render is the message alone.
+    await page.get_by_label(re.compile("In the chat's kept conversation")).uncheck()
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("render-context")).to_contain_text("no turns dropped")
+    await expect(page.get_by_test_id("render-meta")).not_to_contain_text("in conversation")
 
 
 async def test_a_bad_regex_key_is_marked_on_its_entry(page, base_url, alice, screenshots):
@@ -604,7 +655,7 @@ async def test_greetings_and_example_messages_round_trip_and_the_avatar_has_a_pl
     await expect(page.get_by_label("Example message 2", exact=True)).to_have_value("A scribe.")
     await expect(page.get_by_label("Role 2", exact=True)).to_have_value("assistant")
     await expect(page.get_by_label("Context window")).to_have_value("4096")
-    await expect(page.get_by_test_id("editor-context")).to_contain_text("window 4,096 tokens")
+    await expect(page.get_by_test_id("editor-context")).to_contain_text("window 4,096 (3,072 for the request)")
 
     await page.get_by_label("Greeting 2", exact=True).fill("Well met, traveller.")
     await page.get_by_role("button", name="Remove greeting 1").click()
@@ -641,8 +692,35 @@ async def test_greetings_and_example_messages_round_trip_and_the_avatar_has_a_pl
     await expect(page.get_by_label("Example message 2", exact=True)).to_have_value("Write me a letter.")
     await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
     assert avatars and all(status == 404 for status in avatars)
-    await page.locator("#greetings-part").scroll_into_view_if_needed()
-    await page.screenshot(path=screenshots / "playground-greetings.png")
+    await whole_page_screenshot(page, screenshots / "playground-greetings.png", part=("#f-scenario", "#examples-part"))
+
+
+async def test_an_avatar_the_server_answers_replaces_the_placeholder(page, base_url, alice):
+    # The avatar routes (PUT/GET /{id}/avatar) come with cards in full; here the page's side is checked with the
+    # browser answering GET /{id}/avatar itself, with the key the page must send.
+    persona = await make_persona(base_url, alice)
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(image, format="PNG")
+    keys: list[str | None] = []
+
+    async def answer(route: Any) -> None:
+        keys.append(route.request.headers.get("x-api-key"))
+        await route.fulfill(status=200, content_type="image/png", body=image.getvalue())
+
+    await page.route(f"**{PERSONAS}/{persona['id']}/avatar", answer)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    avatar = page.locator("#editor-avatar")
+    await expect(avatar).to_be_visible()
+    await expect(avatar).to_have_attribute("alt", f"Avatar of {persona['name']}")
+    assert await avatar.evaluate("img => img.naturalWidth") == 8
+    await expect(page.get_by_test_id("avatar-placeholder")).to_be_hidden()
+    assert keys == [alice.key]
+
+    # A new draft has no avatar: the placeholder is back.
+    await page.get_by_role("button", name="New draft").click()
+    await expect(page.get_by_test_id("avatar-placeholder")).to_be_visible()
+    await expect(avatar).to_be_hidden()
 
 
 # Compare -------------------------------------------------------------------------------------------------

@@ -91,8 +91,9 @@ export class Client {
   }
 
   // Dry runs, previews and comparisons
-  render(id, message) {
-    return this.json("POST", `${PERSONAS}/${id}/render`, { body: { message } });
+  render(id, message, conversationId = null) {
+    const body = conversationId ? { message, conversation_id: conversationId } : { message };
+    return this.json("POST", `${PERSONAS}/${id}/render`, { body });
   }
   renderDraft(draft, message) {
     return this.json("POST", `${PERSONAS}/render`, { body: { persona: draft, message } });

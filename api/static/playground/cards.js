@@ -181,7 +181,7 @@ function entryRow(entry, { open = false } = {}) {
     el(
       "div",
       { class: "grid" },
-      field("Position", choose("position", { system: "system (after the prompt)", at_depth: "at depth" }, e.position)),
+      field("Position", choose("position", { system: "system", at_depth: "at depth" }, e.position)),
       number("depth"),
       field("Role", choose("role", list(ROLES), e.role)),
       number("insertion_order"),

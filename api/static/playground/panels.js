@@ -77,20 +77,27 @@ function showLore(decisions) {
 
 export function renderPanel(ctx, { onRendered = () => {} } = {}) {
   const button = $("#render");
+  let kept = null; // the chat's kept conversation {id, personaId, turns}, once it has started
   $("#render-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const message = $("#render-message").value || "Hello!";
     const choice = ctx.choice();
     if (!choice) return;
+    // The chat's kept conversation is the saved persona's: its earlier turns are rendered with the message.
+    const inConversation = kept && choice.persona_id === kept.personaId && $("#render-in-conversation").checked ? kept.id : null;
     const result = await task(
       "Render failed",
-      () => (choice.persona_id ? ctx.client.render(choice.persona_id, message) : ctx.client.renderDraft(choice.persona, message)),
+      () =>
+        choice.persona_id
+          ? ctx.client.render(choice.persona_id, message, inConversation)
+          : ctx.client.renderDraft(choice.persona, message),
       button,
     );
     // A failed render leaves no earlier result on screen under its error.
     $("#render-result").hidden = !result;
     if (!result) return;
-    $("#render-meta").textContent = `${choice.label} · ${result.provider}/${result.model}`;
+    const where = inConversation ? ` · in conversation ${inConversation}` : "";
+    $("#render-meta").textContent = `${choice.label} · ${result.provider}/${result.model}${where}`;
     $("#render-system-prompt").textContent = result.system_prompt;
     $("#render-cache").textContent =
       `Providers can cache the first ${result.cacheable_prefix_chars} of ${result.system_prompt.length} characters ` +
@@ -101,7 +108,16 @@ export function renderPanel(ctx, { onRendered = () => {} } = {}) {
     showLore(result.lore);
     onRendered(result, choice);
   });
-  return { reset: () => ($("#render-result").hidden = true) };
+  /** Follow the chat's kept conversation (null: none), which a render of the saved persona may use. */
+  function conversation(current) {
+    kept = current;
+    $("#render-conversation").hidden = !current;
+    if (current) {
+      const turns = `${current.turns} turn${current.turns === 1 ? "" : "s"}`;
+      $("#render-conversation-label").textContent = `In the chat's kept conversation (${turns}, saved persona only)`;
+    }
+  }
+  return { reset: () => ($("#render-result").hidden = true), conversation };
 }
 
 // Chat --------------------------------------------------------------------------------------------
@@ -185,6 +201,7 @@ export function chatPanel(ctx) {
   let notOwned = false; // the editor holds someone else's persona: preview is not for us
 
   function showMode() {
+    ctx.onConversation(keep.checked ? conversation : null);
     const kept = keep.checked;
     $("#chat-mode-preview").hidden = kept;
     $("#chat-mode-kept").hidden = !kept;

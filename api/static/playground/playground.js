@@ -40,6 +40,8 @@ const ctx = {
     }
   },
   loaded: (persona) => load(persona),
+  /** The chat's kept conversation changed (null: there is none). */
+  onConversation: (conversation) => render.conversation(conversation),
 };
 
 onFieldError(markField);
@@ -162,8 +164,8 @@ function showPromptTokens(result, choice) {
   const line = $("#editor-context");
   line.textContent =
     `Prompt: ${fmt(tokens("system"))} tokens${lore ? ` (+ ${fmt(lore)} of lore)` : ""} · ` +
-    `${result.model} window ${fmt(context.window)} tokens, ${fmt(context.budget)} for the request · ` +
-    `${choice.persona_id ? "saved" : "editor draft"}, counted with ${context.tokenizer}`;
+    `${result.model} window ${fmt(context.window)} (${fmt(context.budget)} for the request) · ${context.tokenizer}`;
+  line.title = choice.persona_id ? "Counted on the saved persona" : "Counted on the editor's draft";
   line.dataset.systemTokens = String(tokens("system"));
   line.dataset.window = String(context.window);
 }
@@ -221,7 +223,7 @@ async function showAvatar(persona) {
     img.hidden = false;
     placeholder.hidden = true;
   };
-  img.alt = `${persona.name}’s avatar`;
+  img.alt = `Avatar of ${persona.name}`;
   img.src = avatarUrl;
 }
 
