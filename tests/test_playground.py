@@ -667,6 +667,12 @@ async def test_greetings_and_example_messages_round_trip_and_the_avatar_has_a_pl
     await page.get_by_label("Example message 2", exact=True).fill("Write me a letter.")
     await page.get_by_label("Role 2", exact=True).select_option("system")
     await page.get_by_label("Scenario").fill("A quiet scriptorium.")
+    # An empty greeting is refused by the server, and marked where it is.
+    await page.get_by_role("button", name="Add a greeting").click()
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_test_id("error")).to_contain_text("Field: greetings[2]")
+    await expect(page.get_by_label("Greeting 3", exact=True)).to_have_attribute("aria-invalid", "true")
+    await page.get_by_role("button", name="Remove greeting 3").click()
     await page.get_by_role("button", name="Save").click()
     await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
 
