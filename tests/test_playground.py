@@ -7,6 +7,7 @@ with a visible delay. Screenshots of the main views go to a temporary folder; ru
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.conftest import persona_body
 from tests.fakellm import Script
@@ -133,7 +135,16 @@ async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_
         html = page.text
         assets = re.findall(r'(?:src|href)="([^"]+)"', html)
         assert assets and all(a.startswith("/playground/") for a in assets), assets
-        for name in ("playground.js", "api.js", "sse.js", "ui.js", "editor.js", "panels.js", "playground.css"):
+        for name in (
+            "playground.js",
+            "api.js",
+            "sse.js",
+            "ui.js",
+            "editor.js",
+            "cards.js",
+            "panels.js",
+            "playground.css",
+        ):
             r = await http.get(f"/playground/{name}")
             assert r.status_code == 200, name
             expected = "text/css" if name.endswith(".css") else "javascript"
@@ -414,6 +425,308 @@ async def test_an_unknown_template_variable_is_reported_with_its_field(page, bas
     await page.get_by_role("button", name="Render", exact=True).click()
     await expect(banner).to_contain_text("capabilities is not valid JSON")
     await expect(page.get_by_label("Capabilities (JSON)")).to_have_attribute("aria-invalid", "true")
+
+
+# Lorebook, greetings, example messages, avatar -----------------------------------------------------------
+
+
+async def whole_page_screenshot(page: Page, path: Path, part: tuple[str, str] | None = None) -> None:
+    """The page in a window tall enough for all of it, so the sticky Save bar stays where the form ends; with
+    ``part``, only the editor's column from the top of one element to the bottom of another."""
+    viewport = page.viewport_size or {"width": 1280, "height": 800}
+    height = await page.evaluate("document.documentElement.scrollHeight")
+    await page.set_viewport_size({"width": viewport["width"], "height": height})
+    clip = None
+    if part:
+        column = await page.locator(".editor").bounding_box()
+        top, bottom = await page.locator(part[0]).bounding_box(), await page.locator(part[1]).bounding_box()
+        assert column and top and bottom
+        y = top["y"] - 24
+        clip = {"x": column["x"], "y": y, "width": column["width"], "height": bottom["y"] + bottom["height"] + 12 - y}
+    await page.screenshot(path=path, clip=clip)
+    await page.set_viewport_size(viewport)
+
+
+KEYS = "Keys (comma separated)"
+
+
+async def add_entry(page: Page, name: str, keys: str, content: str) -> Any:
+    await page.get_by_role("button", name="Add an entry").click()
+    entry = page.get_by_test_id("lore-entry").last
+    await entry.get_by_label("Entry name").fill(name)
+    await entry.get_by_label(KEYS, exact=True).fill(keys)
+    await entry.get_by_label("Content", exact=True).fill(content)
+    return entry
+
+
+async def test_a_lorebook_is_written_in_the_editor_saved_and_its_decisions_rendered(page, base_url, alice, screenshots):
+    persona = await make_persona(base_url, alice, system_prompt="You are {{persona_name}}, keeper of the old maps.")
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    # A saved persona's prompt is counted as soon as it is loaded.
+    await expect(page.get_by_test_id("editor-context")).to_contain_text(re.compile(r"Prompt: \d+ tokens · \S+ window"))
+    await expect(page.get_by_test_id("lore-count")).to_have_text("no entries")
+
+    await page.get_by_label("Scan depth").fill("3")
+    await page.get_by_label("Token budget").fill("500")
+    dragons = await add_entry(page, "Dragons", "dragon, wyrm", "Dragons sleep under the Grey Peaks.")
+    await dragons.get_by_label("Insertion order").fill("50")
+    await dragons.get_by_label("Whole words").uncheck()
+    weather = await add_entry(page, "Weather", "rain", "It always rains in Lowtown.")
+    await weather.get_by_label("Secondary keys (comma separated)").fill("Lowtown, harbour")
+    await weather.get_by_label("Secondary logic").select_option("and_all")
+    await weather.get_by_label("Position").select_option("at_depth")
+    await weather.get_by_label("Depth").fill("1")
+    await weather.get_by_label("Role", exact=True).select_option("user")
+    await weather.get_by_label("Probability (%)").fill("80")
+    await weather.get_by_label("Group").fill("climate")
+    await weather.get_by_label("Sticky (turns)").fill("2")
+    await weather.get_by_label("Cooldown (turns)").fill("1")
+    await weather.get_by_label("Delay (turns)").fill("3")
+    await weather.get_by_label("Case sensitive").check()
+    await weather.get_by_label("Enabled").uncheck()
+    scratch = await add_entry(page, "Scratch", "tmp", "Goes away.")
+    await scratch.get_by_label("Constant").check()
+    await expect(page.get_by_test_id("lore-count")).to_have_text("3 entries")
+    await expect(page.get_by_test_id("editor-status")).to_contain_text("unsaved changes")
+    await page.get_by_role("button", name="Remove entry 3").click()
+    await expect(page.get_by_test_id("lore-entry")).to_have_count(2)
+    await expect(page.get_by_test_id("lore-entry").last.locator("summary")).to_contain_text(
+        "Entry 2: Weather · disabled"
+    )
+
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_test_id("notice")).to_contain_text("updated to version 2")
+    saved = (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}"))["persona"]
+    book = saved["lorebook"]
+    assert (book["scan_depth"], book["token_budget"], book["recursive"]) == (3, 500, False)
+    first, second = book["entries"]
+    assert first["id"] and second["id"] and first["id"] != second["id"]
+    assert (first["name"], first["keys"], first["content"]) == (
+        "Dragons",
+        ["dragon", "wyrm"],
+        "Dragons sleep under the Grey Peaks.",
+    )
+    assert (first["insertion_order"], first["whole_words"], first["enabled"], first["position"]) == (
+        50,
+        False,
+        True,
+        "system",
+    )
+    assert {
+        k: second[k] for k in ("secondary_keys", "selective_logic", "position", "depth", "role", "probability")
+    } == {
+        "secondary_keys": ["Lowtown", "harbour"],
+        "selective_logic": "and_all",
+        "position": "at_depth",
+        "depth": 1,
+        "role": "user",
+        "probability": 80,
+    }
+    assert {
+        k: second[k] for k in ("group", "sticky", "cooldown", "delay", "case_sensitive", "enabled", "constant")
+    } == {
+        "group": "climate",
+        "sticky": 2,
+        "cooldown": 1,
+        "delay": 3,
+        "case_sensitive": True,
+        "enabled": False,
+        "constant": False,
+    }
+    # The editor shows the book as saved, and is clean again.
+    await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
+    await expect(page.get_by_test_id("lore-entry").first.get_by_label(KEYS, exact=True)).to_have_value("dragon, wyrm")
+
+    # A message that names a key: render lists the entry as activated by it, with the tiers' tokens.
+    await page.get_by_label("Message to render").fill("Tell me about the dragon of the north")
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("render-meta")).to_contain_text("v2 (saved)")
+    decision = page.locator(f'[data-testid="lore-decision"][data-entry-id="{first["id"]}"]')
+    await expect(decision.get_by_test_id("lore-outcome")).to_have_text("IN")
+    await expect(decision.get_by_test_id("lore-reason")).to_have_text("key")
+    await expect(decision).to_contain_text("matched “dragon”")
+    await expect(page.get_by_test_id("lore-decision")).to_have_count(1)  # the disabled entry had no key here
+    lore_row = page.locator('[data-testid="render-section"][data-kind="lore"]')
+    await expect(lore_row).to_contain_text("Lore")
+    await expect(page.locator('[data-testid="render-section"][data-kind="system"]')).to_be_visible()
+    await expect(page.get_by_test_id("render-context")).to_contain_text("no turns dropped")
+    await expect(page.get_by_test_id("render-context")).to_contain_text(re.compile(r"tokens used \(window [\d,]+"))
+    request = json.loads(await page.get_by_test_id("render-request").inner_text())
+    assert any("Grey Peaks" in m["content"] for m in request["messages"] if m["role"] == "system")
+    # The editor's line now counts the prompt with its lore, against the model's window.
+    await expect(page.get_by_test_id("editor-context")).to_contain_text(
+        re.compile(r"Prompt: \d+ tokens \(\+ \d+ of lore\)")
+    )
+    await expect(page.locator("#render-conversation")).to_be_hidden()  # no kept conversation to render in
+    await page.get_by_test_id("lore-entry").first.locator("summary").click()
+    await whole_page_screenshot(page, screenshots / "playground-lorebook.png")
+
+
+async def test_render_in_the_kept_conversation_says_which_turns_were_dropped(page, base_url, alice, fake_llm):
+    settings = {"context_window": 256, "max_tokens": 64, "summaries": False}
+    persona = await make_persona(base_url, alice, model_settings=settings)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Chat").click()
+    await page.get_by_label("Keep the conversation").check()
+    for n in range(3):
+        await send(page, f"Turn {n}: " + "many words " * 25, "Hello from the fake model.")
+    await page.get_by_role("tab", name="Render").click()
+    await expect(page.get_by_label(re.compile("In the chat's kept conversation"))).to_be_checked()
+    await page.get_by_label("Message to render").fill("And now? " + "more words " * 25)
+    await page.get_by_role("button", name="Render", exact=True).click()
+    conversation_id = await page.get_by_test_id("chat-conversation").get_attribute("data-conversation-id")
+    await expect(page.get_by_test_id("render-meta")).to_contain_text(f"in conversation {conversation_id}")
+    # The window holds the newest turn (its two messages); the two before it are dropped.
+    await expect(page.get_by_test_id("render-context")).to_contain_text("2 earlier turns dropped to fit")
+    await expect(page.get_by_test_id("render-context")).to_contain_text("window 256")
+    history = page.locator('[data-testid="render-section"][data-kind="history"]')
+    await expect(history.locator("td").last).to_have_text("2")
+    request = json.loads(await page.get_by_test_id("render-request").inner_text())
+    assert "Turn 0:" not in json.dumps(request) and "Turn 2:" in json.dumps(request)
+
+    # Unticked, the same render is the message alone.
+    await page.get_by_label(re.compile("In the chat's kept conversation")).uncheck()
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("render-context")).to_contain_text("no turns dropped")
+    await expect(page.get_by_test_id("render-meta")).not_to_contain_text("in conversation")
+
+
+async def test_a_bad_regex_key_is_marked_on_its_entry(page, base_url, alice, screenshots):
+    persona = await make_persona(base_url, alice)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    entry = await add_entry(page, "Broken", "dragon, /(unclosed/", "Never saved.")
+    await entry.get_by_label("Keys are regexes").check()
+
+    await page.get_by_role("button", name="Save").click()
+    banner = page.get_by_test_id("error")
+    await expect(banner).to_contain_text("Could not save (400")
+    await expect(banner).to_contain_text("Field: lorebook.entries[0].keys[1]")
+    keys = entry.get_by_label(KEYS, exact=True)
+    await expect(keys).to_have_attribute("aria-invalid", "true")
+    note_id = await keys.get_attribute("aria-describedby")
+    assert note_id
+    await expect(page.locator(f"#{note_id}")).to_be_visible()
+    await expect(page.locator(f"#{note_id}")).to_contain_text("keys[1]")
+    assert (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}"))["persona"]["lorebook"] is None
+
+    # A collapsed entry is opened again to show its mark.
+    await entry.locator("summary").click()
+    await expect(keys).to_be_hidden()
+    await page.get_by_role("button", name="Save").click()
+    await expect(keys).to_be_visible()
+    await expect(keys).to_have_attribute("aria-invalid", "true")
+
+    # A draft render tries the book anyway, and warns about the key that cannot match.
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("render-warnings")).to_contain_text("lorebook entry 'Broken': key '/(unclosed/'")
+
+    # A number the page can read itself is named before anything is sent.
+    await entry.get_by_label(KEYS, exact=True).fill("dragon")
+    await entry.get_by_label("Depth").fill("deep")
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(banner).to_contain_text("lorebook.entries[0].depth must be a whole number")
+    await expect(entry.get_by_label("Depth")).to_have_attribute("aria-invalid", "true")
+
+
+async def test_greetings_and_example_messages_round_trip_and_the_avatar_has_a_placeholder(
+    page, base_url, alice, screenshots
+):
+    persona = await make_persona(
+        base_url,
+        alice,
+        name="Quill " + os.urandom(4).hex(),
+        greetings=["Hello there!", "Well met."],
+        example_messages=[{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A scribe."}],
+        model_settings={"context_window": 4096, "summaries": False},
+    )
+    avatars: list[int] = []
+    page.on("response", lambda r: avatars.append(r.status) if r.url.endswith(f"{persona['id']}/avatar") else None)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    # No avatar: the persona's initial stands in for it.
+    await expect(page.get_by_test_id("avatar-placeholder")).to_have_text("Q")
+    await expect(page.get_by_test_id("avatar-placeholder")).to_be_visible()
+    await expect(page.locator("#editor-avatar")).to_be_hidden()
+    await expect(page.get_by_label("Greeting 1 (opens a conversation)", exact=True)).to_have_value("Hello there!")
+    await expect(page.get_by_label("Greeting 2", exact=True)).to_have_value("Well met.")
+    await expect(page.get_by_label("Example message 2", exact=True)).to_have_value("A scribe.")
+    await expect(page.get_by_label("Role 2", exact=True)).to_have_value("assistant")
+    await expect(page.get_by_label("Context window")).to_have_value("4096")
+    await expect(page.get_by_test_id("editor-context")).to_contain_text("window 4,096 (3,072 for the request)")
+
+    await page.get_by_label("Greeting 2", exact=True).fill("Well met, traveller.")
+    await page.get_by_role("button", name="Remove greeting 1").click()
+    await page.get_by_role("button", name="Add a greeting").click()
+    await page.get_by_label("Greeting 2", exact=True).fill("Ink is ready.")
+    await page.get_by_role("button", name="Remove example message 1").click()
+    await page.get_by_role("button", name="Add an example message").click()
+    await expect(page.get_by_label("Role 2", exact=True)).to_have_value("user")  # after the persona's line, the user's
+    await page.get_by_label("Example message 2", exact=True).fill("Write me a letter.")
+    await page.get_by_label("Role 2", exact=True).select_option("system")
+    await page.get_by_label("Scenario").fill("A quiet scriptorium.")
+    # An empty greeting is refused by the server, and marked where it is.
+    await page.get_by_role("button", name="Add a greeting").click()
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_test_id("error")).to_contain_text("Field: greetings[2]")
+    await expect(page.get_by_label("Greeting 3", exact=True)).to_have_attribute("aria-invalid", "true")
+    await page.get_by_role("button", name="Remove greeting 3").click()
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
+
+    saved = (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}"))["persona"]
+    assert saved["greetings"] == ["Well met, traveller.", "Ink is ready."]
+    assert saved["example_messages"] == [
+        {"role": "assistant", "content": "A scribe."},
+        {"role": "system", "content": "Write me a letter."},
+    ]
+    assert saved["scenario"] == "A quiet scriptorium."
+    # Model settings the editor has no input for are saved as they were.
+    assert (saved["model_settings"]["context_window"], saved["model_settings"]["summaries"]) == (4096, False)
+    assert saved["lorebook"] is None
+
+    # A fresh load shows what was saved.
+    await page.reload()
+    await expect(page.locator("#persona-list button.persona").first).to_be_visible()
+    await pick(page, {**persona, "system_prompt": saved["system_prompt"]})
+    await expect(page.get_by_label("Greeting 1 (opens a conversation)", exact=True)).to_have_value(
+        "Well met, traveller."
+    )
+    await expect(page.get_by_label("Greeting 2", exact=True)).to_have_value("Ink is ready.")
+    await expect(page.get_by_label("Example message 2", exact=True)).to_have_value("Write me a letter.")
+    await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
+    assert avatars and all(status == 404 for status in avatars)
+    await whole_page_screenshot(page, screenshots / "playground-greetings.png", part=("#f-scenario", "#examples-part"))
+
+
+async def test_an_avatar_the_server_answers_replaces_the_placeholder(page, base_url, alice):
+    # The avatar routes (PUT/GET /{id}/avatar) come with cards in full; here the page's side is checked with the
+    # browser answering GET /{id}/avatar itself, with the key the page must send.
+    persona = await make_persona(base_url, alice)
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(image, format="PNG")
+    keys: list[str | None] = []
+
+    async def answer(route: Any) -> None:
+        keys.append(route.request.headers.get("x-api-key"))
+        await route.fulfill(status=200, content_type="image/png", body=image.getvalue())
+
+    await page.route(f"**{PERSONAS}/{persona['id']}/avatar", answer)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    avatar = page.locator("#editor-avatar")
+    await expect(avatar).to_be_visible()
+    await expect(avatar).to_have_attribute("alt", f"Avatar of {persona['name']}")
+    assert await avatar.evaluate("img => img.naturalWidth") == 8
+    await expect(page.get_by_test_id("avatar-placeholder")).to_be_hidden()
+    assert keys == [alice.key]
+
+    # A new draft has no avatar: the placeholder is back.
+    await page.get_by_role("button", name="New draft").click()
+    await expect(page.get_by_test_id("avatar-placeholder")).to_be_visible()
+    await expect(avatar).to_be_hidden()
 
 
 # Compare -------------------------------------------------------------------------------------------------

@@ -84,10 +84,16 @@ export class Client {
   deletePersona(id) {
     return this.json("DELETE", `${PERSONAS}/${id}`);
   }
+  /** The persona's avatar image as a Blob; an ApiError 404 when it has none. */
+  async avatar(id, signal) {
+    const response = await this.fetch("GET", `${PERSONAS}/${id}/avatar`, { accept: "image/*", signal });
+    return response.blob();
+  }
 
   // Dry runs, previews and comparisons
-  render(id, message) {
-    return this.json("POST", `${PERSONAS}/${id}/render`, { body: { message } });
+  render(id, message, conversationId = null) {
+    const body = conversationId ? { message, conversation_id: conversationId } : { message };
+    return this.json("POST", `${PERSONAS}/${id}/render`, { body });
   }
   renderDraft(draft, message) {
     return this.json("POST", `${PERSONAS}/render`, { body: { persona: draft, message } });

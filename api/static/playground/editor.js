@@ -1,11 +1,14 @@
 // The persona editor: the form <-> a persona body, and field errors shown beside their inputs.
 
-import { $, formatJson } from "./ui.js";
+import { cardControl, fillCards, readCards } from "./cards.js";
+import { $, FormError, formatJson } from "./ui.js";
+
+export { FormError };
 
 const TEXT_FIELDS = ["name", "description", "system_prompt"];
 const JSON_FIELDS = { personality_traits: "object", capabilities: "object", tools: "list" };
 const MODEL_TEXT = ["provider", "model"];
-const MODEL_NUMBERS = { temperature: parseFloat, top_p: parseFloat, max_tokens: (v) => Number(v) };
+const MODEL_NUMBERS = { temperature: parseFloat, top_p: parseFloat, max_tokens: Number, context_window: Number };
 
 export const NEW_DRAFT = {
   name: "",
@@ -13,19 +16,18 @@ export const NEW_DRAFT = {
   system_prompt: "You are {{persona_name}}, talking with {{user_name}}. Today is {{date}}.",
   personality_traits: {},
   capabilities: {},
-  model_settings: { provider: null, model: null, temperature: null, top_p: null, max_tokens: null, fallbacks: [] },
+  model_settings: { provider: null, model: null, temperature: null, top_p: null, max_tokens: null, context_window: null, fallbacks: [] },
   tools: [],
   visibility: "private",
+  scenario: null,
+  greetings: [],
+  example_messages: [],
+  lorebook: null,
 };
 
-/** A mistake in the form found before anything is sent, named like the server names fields. */
-export class FormError extends Error {
-  constructor(field, message) {
-    super(message);
-    this.name = "FormError";
-    this.field = field;
-  }
-}
+// The model settings the form has no input for (prompt_cache, summaries, memory): sent back as loaded.
+let loadedSettings = {};
+
 
 const input = (field) => $(`#f-${field}`);
 
@@ -36,6 +38,9 @@ export function fillForm(persona) {
   const settings = persona.model_settings || {};
   for (const field of [...MODEL_TEXT, ...Object.keys(MODEL_NUMBERS)]) input(field).value = settings[field] ?? "";
   input("fallbacks").value = formatJson(settings.fallbacks || []);
+  loadedSettings = settings;
+  input("scenario").value = persona.scenario ?? "";
+  fillCards(persona);
   input("visibility").value = persona.visibility || "private";
   input("change_note").value = "";
   markField(null);
@@ -60,7 +65,7 @@ export function readForm() {
   const draft = {};
   for (const field of TEXT_FIELDS) draft[field] = input(field).value;
   for (const [field, kind] of Object.entries(JSON_FIELDS)) draft[field] = parseJson(field, kind);
-  const settings = {};
+  const settings = { ...loadedSettings };
   for (const field of MODEL_TEXT) settings[field] = input(field).value.trim() || null;
   for (const [field, parse] of Object.entries(MODEL_NUMBERS)) {
     const text = input(field).value.trim();
@@ -80,7 +85,8 @@ export function readForm() {
   }
   draft.model_settings = settings;
   draft.visibility = input("visibility").value;
-  return draft;
+  draft.scenario = input("scenario").value.trim() ? input("scenario").value : null;
+  return { ...draft, ...readCards() };
 }
 
 export function changeNote() {
@@ -89,12 +95,14 @@ export function changeNote() {
 
 /** Everything typed in the form, to tell whether it differs from what was loaded. */
 export function snapshot() {
-  return JSON.stringify(Array.from($("#persona-form").elements, (e) => (e.name && e.name !== "change_note" ? e.value : null)));
+  const value = (e) => (e.type === "checkbox" ? e.checked : e.value);
+  return JSON.stringify(Array.from($("#persona-form").elements, (e) => (e.name && e.name !== "change_note" ? value(e) : null)));
 }
 
 export function setReadOnly(readOnly) {
   for (const element of $("#persona-form").elements) {
-    if (element.tagName !== "BUTTON") element.disabled = readOnly;
+    // Buttons act on the whole persona (Save, Delete: the page decides); those marked data-edit add or remove rows.
+    if (element.tagName !== "BUTTON" || element.hasAttribute("data-edit")) element.disabled = readOnly;
   }
 }
 
@@ -109,13 +117,17 @@ export function markField(field, message = "") {
   }
   for (const node of document.querySelectorAll("#persona-form [aria-invalid]")) node.removeAttribute("aria-invalid");
   if (!field) return;
-  const path = field.replace(/^(candidates\[\d+\]\.)?persona\./, "").split(/[.[]/);
+  const path = field
+    .replace(/^(candidates\[\d+\]\.)?persona\./, "")
+    .split(/[.[\]]+/)
+    .filter(Boolean);
   const name = path[0] === "model_settings" && path[1] ? path[1] : path[0];
-  const target = input(name);
+  const target = cardControl(path) || input(name);
   if (!target) return;
   target.setAttribute("aria-invalid", "true");
-  target.setAttribute("aria-describedby", `f-${name}-error`);
-  const note = $(`#f-${name}-error`);
+  const note = target.closest(".field") && target.closest(".field").querySelector(".field-error");
+  if (!note) return;
+  if (note.id) target.setAttribute("aria-describedby", note.id);
   note.textContent = message;
   note.hidden = false;
 }

@@ -5,30 +5,119 @@ import { $, el, formatJson, formatTime, notify, showError, task } from "./ui.js"
 
 // Render ------------------------------------------------------------------------------------------
 
-export function renderPanel(ctx) {
+const KINDS = {
+  system: "System prompt",
+  tools: "Tools",
+  lore: "Lore",
+  memory: "Memory",
+  examples: "Example messages",
+  summary: "Summary",
+  history: "Earlier turns",
+  message: "The message",
+};
+const REASONS = {
+  key: "a key matched",
+  constant: "constant",
+  sticky: "still sticky",
+  recursion: "named by activated lore",
+  secondary_logic: "secondary keys did not agree",
+  probability: "lost its probability roll",
+  cooldown: "cooling down",
+  delay: "delayed",
+  group: "another entry of its group won",
+  budget: "over the lore token budget",
+};
+
+const count = (n) => Number(n).toLocaleString("en");
+
+/** How the turn's context was spent: the window, each tier's tokens, what was dropped (contract section 13). */
+function showContext(context) {
+  const dropped = context.dropped_turns
+    ? `${context.dropped_turns} earlier turn${context.dropped_turns === 1 ? "" : "s"} dropped to fit`
+    : "no turns dropped";
+  $("#render-context").textContent =
+    `${count(context.used)} of ${count(context.budget)} tokens used (window ${count(context.window)}, ` +
+    `the rest is the answer's) · ${dropped} · counted with ${context.tokenizer}`;
+  $("#render-sections tbody").replaceChildren(
+    ...context.sections.map((section) =>
+      el(
+        "tr",
+        { "data-kind": section.kind, "data-testid": "render-section" },
+        el("th", { scope: "row" }, KINDS[section.kind] || section.kind),
+        el("td", {}, count(section.tokens)),
+        el("td", {}, count(section.items)),
+      ),
+    ),
+  );
+}
+
+/** Each lorebook entry render looked at, and why it was given to the turn or not (contract section 14). */
+function showLore(decisions) {
+  if (!decisions.length) {
+    $("#render-lore").replaceChildren(el("li", { class: "meta" }, "No lorebook entry was constant or had a key in the scanned messages."));
+    return;
+  }
+  $("#render-lore").replaceChildren(
+    ...decisions.map((d) =>
+      el(
+        "li",
+        { class: d.activated ? "activated" : "skipped", "data-entry-id": d.id, "data-testid": "lore-decision" },
+        el("span", { class: "badge", "data-testid": "lore-outcome" }, d.activated ? "IN" : "OUT"),
+        " ",
+        el("strong", {}, d.name || d.id),
+        " ",
+        el("span", { class: "reason", "data-testid": "lore-reason", "data-reason": d.reason }, d.reason),
+        el("span", { class: "meta" }, ` (${REASONS[d.reason] || d.reason})`),
+        d.matched.length ? el("span", { class: "meta" }, ` · matched ${d.matched.map((k) => `“${k}”`).join(", ")}`) : null,
+        el("span", { class: "meta" }, ` · ${count(d.tokens)} tokens`),
+      ),
+    ),
+  );
+}
+
+export function renderPanel(ctx, { onRendered = () => {} } = {}) {
   const button = $("#render");
+  let kept = null; // the chat's kept conversation {id, personaId, turns}, once it has started
   $("#render-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const message = $("#render-message").value || "Hello!";
     const choice = ctx.choice();
     if (!choice) return;
+    // The chat's kept conversation is the saved persona's: its earlier turns are rendered with the message.
+    const inConversation = kept && choice.persona_id === kept.personaId && $("#render-in-conversation").checked ? kept.id : null;
     const result = await task(
       "Render failed",
-      () => (choice.persona_id ? ctx.client.render(choice.persona_id, message) : ctx.client.renderDraft(choice.persona, message)),
+      () =>
+        choice.persona_id
+          ? ctx.client.render(choice.persona_id, message, inConversation)
+          : ctx.client.renderDraft(choice.persona, message),
       button,
     );
     // A failed render leaves no earlier result on screen under its error.
     $("#render-result").hidden = !result;
     if (!result) return;
-    $("#render-meta").textContent = `${choice.label} · ${result.provider}/${result.model}`;
+    const where = inConversation ? ` · in conversation ${inConversation}` : "";
+    $("#render-meta").textContent = `${choice.label} · ${result.provider}/${result.model}${where}`;
     $("#render-system-prompt").textContent = result.system_prompt;
     $("#render-cache").textContent =
       `Providers can cache the first ${result.cacheable_prefix_chars} of ${result.system_prompt.length} characters ` +
       "(everything before the first per-user or per-day value).";
     $("#render-warnings").replaceChildren(...result.warnings.map((text) => el("li", {}, text)));
     $("#render-request").textContent = formatJson(result.request);
+    showContext(result.context);
+    showLore(result.lore);
+    onRendered(result, choice);
   });
-  return { reset: () => ($("#render-result").hidden = true) };
+  /** Follow the chat's kept conversation (null: none), which a render of the saved persona may use. */
+  function conversation(current) {
+    kept = current;
+    $("#render-conversation").hidden = !current;
+    if (current) {
+      const turns = `${current.turns} turn${current.turns === 1 ? "" : "s"}`;
+      $("#render-conversation-label").textContent = `In the chat's kept conversation (${turns}, saved persona only)`;
+    }
+  }
+  return { reset: () => ($("#render-result").hidden = true), conversation };
 }
 
 // Chat --------------------------------------------------------------------------------------------
@@ -112,6 +201,7 @@ export function chatPanel(ctx) {
   let notOwned = false; // the editor holds someone else's persona: preview is not for us
 
   function showMode() {
+    ctx.onConversation(keep.checked ? conversation : null);
     const kept = keep.checked;
     $("#chat-mode-preview").hidden = kept;
     $("#chat-mode-kept").hidden = !kept;

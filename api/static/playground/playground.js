@@ -1,6 +1,7 @@
 // The playground page: the API key, the persona list, the editor and its actions, and the tabs.
 
 import { Client } from "./api.js";
+import { cardsPart } from "./cards.js";
 import { FormError, NEW_DRAFT, changeNote, fillForm, markField, readForm, setReadOnly, snapshot } from "./editor.js";
 import { chatPanel, comparePanel, renderPanel, testsPanel, versionsPanel } from "./panels.js";
 import { $, clearError, el, notify, onFieldError, showError, task } from "./ui.js";
@@ -39,15 +40,19 @@ const ctx = {
     }
   },
   loaded: (persona) => load(persona),
+  /** The chat's kept conversation changed (null: there is none). */
+  onConversation: (conversation) => render.conversation(conversation),
 };
 
 onFieldError(markField);
 
-const render = renderPanel(ctx);
+const render = renderPanel(ctx, { onRendered: (result, choice) => showPromptTokens(result, choice) });
 const chat = chatPanel(ctx);
 const compare = comparePanel(ctx);
 const tests = testsPanel(ctx);
 const versions = versionsPanel(ctx, { onVersions: (list) => compare.options(list) });
+
+cardsPart();
 
 // Key ---------------------------------------------------------------------------------------------
 
@@ -122,12 +127,16 @@ async function load(persona, draft = NEW_DRAFT) {
   state.loadedSnapshot = snapshot();
   $("#editor-readonly").hidden = editable;
   $("#save").disabled = !editable;
+  $("#editor-count").disabled = !editable;
   $("#delete").disabled = !persona || !editable;
   $("#export").disabled = !persona || !editable;
   for (const hint of document.querySelectorAll(".needs-saved")) hint.hidden = Boolean(persona);
   $("#tests-run").disabled = !persona || !editable;
   $("#test-add").hidden = !persona || !editable;
   render.reset();
+  $("#editor-context").textContent = NOT_COUNTED;
+  showAvatar(persona);
+  if (persona && editable) countQuietly(persona);
   chat.follow(persona);
   compare.clear();
   updateStatus();
@@ -140,6 +149,82 @@ async function load(persona, draft = NEW_DRAFT) {
     $("#tests-summary").textContent = "";
     compare.options([]);
   }
+}
+
+// Prompt tokens and avatar ------------------------------------------------------------------------------
+
+const NOT_COUNTED = "Prompt tokens and the model’s window show after a render.";
+const fmt = (n) => Number(n).toLocaleString("en");
+
+/** The editor's line: the rendered system prompt's tokens against the model's window (contract section 13). */
+function showPromptTokens(result, choice) {
+  const { context } = result;
+  const tokens = (kind) => context.sections.filter((s) => s.kind === kind).reduce((sum, s) => sum + s.tokens, 0);
+  const lore = tokens("lore");
+  const line = $("#editor-context");
+  line.textContent =
+    `Prompt: ${fmt(tokens("system"))} tokens${lore ? ` (+ ${fmt(lore)} of lore)` : ""} · ` +
+    `${result.model} window ${fmt(context.window)} (${fmt(context.budget)} for the request) · ${context.tokenizer}`;
+  line.title = choice.persona_id ? "Counted on the saved persona" : "Counted on the editor's draft";
+  line.dataset.systemTokens = String(tokens("system"));
+  line.dataset.window = String(context.window);
+}
+
+$("#editor-count").addEventListener("click", async () => {
+  const choice = ctx.choice();
+  if (!choice) return;
+  const message = $("#render-message").value || "Hello!";
+  const result = await task(
+    "Could not count the tokens",
+    () => (choice.persona_id ? client.render(choice.persona_id, message) : client.renderDraft(choice.persona, message)),
+    $("#editor-count"),
+  );
+  if (result) showPromptTokens(result, choice);
+});
+
+/** Count a saved persona's prompt as soon as it is loaded; a failure only leaves the line as it was. */
+async function countQuietly(persona) {
+  try {
+    const result = await client.render(persona.id, $("#render-message").value || "Hello!");
+    if (state.current && state.current.id === persona.id && !dirty()) {
+      showPromptTokens(result, { persona_id: persona.id });
+    }
+  } catch {
+    // Render refuses what saving would have refused: the editor's own errors say more.
+  }
+}
+
+let avatarUrl = null;
+
+/** The persona's avatar (GET /{id}/avatar, with the key), or its initial where it has none. */
+async function showAvatar(persona) {
+  const img = $("#editor-avatar");
+  const placeholder = $("#editor-avatar-placeholder");
+  const fallback = () => {
+    img.hidden = true;
+    img.removeAttribute("src");
+    placeholder.hidden = false;
+  };
+  if (avatarUrl) URL.revokeObjectURL(avatarUrl);
+  avatarUrl = null;
+  placeholder.textContent = persona && persona.name ? persona.name.trim().charAt(0).toUpperCase() : "?";
+  fallback();
+  if (!persona) return;
+  let blob;
+  try {
+    blob = await client.avatar(persona.id);
+  } catch {
+    return; // 404: no avatar yet
+  }
+  if (!state.current || state.current.id !== persona.id) return;
+  avatarUrl = URL.createObjectURL(blob);
+  img.onerror = fallback; // not an image the browser can show
+  img.onload = () => {
+    img.hidden = false;
+    placeholder.hidden = true;
+  };
+  img.alt = `Avatar of ${persona.name}`;
+  img.src = avatarUrl;
 }
 
 function updateStatus() {

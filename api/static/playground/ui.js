@@ -33,6 +33,15 @@ export function formatTime(iso) {
 
 // Errors ------------------------------------------------------------------------------------------
 
+/** A mistake in the form found before anything is sent, named like the server names fields. */
+export class FormError extends Error {
+  constructor(field, message) {
+    super(message);
+    this.name = "FormError";
+    this.field = field;
+  }
+}
+
 let fieldMarker = () => {};
 
 /** Who marks an editor field as wrong: the editor registers itself here. */
