@@ -168,6 +168,24 @@ async def context_example(database_url: str, url: str) -> None:
     assert "['After dark the toll is two coins.', 'This world is called Aria.']\n" in out
 
 
+async def memory_example(database_url: str, url: str) -> None:
+    out = await run_walk_through(ROOT / "docs" / "memory.md", "## A worked example", database_url, url)
+    # What the page says each step prints.
+    assert out.split("\n")[1] == "user"  # after the id `users create` prints
+    assert "extracted: my balcony faces north | user: Mira grows tomatoes on a balcony.\n" in out
+    assert (
+        "What you remember about Mira from earlier conversations:\n- Mira grows tomatoes on a balcony.\n"
+        "- my balcony faces north\n"
+    ) in out
+    assert out.endswith("False\nFalse\n2\n")
+
+
+@pytest.mark.usefixtures("curl")
+async def test_memory_guide_runs_as_written(echo_server):
+    database_url, url, _ = echo_server
+    await memory_example(database_url, url)
+
+
 @pytest.mark.usefixtures("curl")
 async def test_context_guide_runs_as_written(echo_server):
     database_url, url, _ = echo_server
@@ -205,7 +223,13 @@ async def test_portability_examples_run_as_written(echo_server, tmp_path):
 
 
 @pytest.mark.usefixtures("curl")
-@pytest.mark.parametrize("order", [("readme", "authoring", "portability"), ("portability", "authoring", "readme")])
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("readme", "authoring", "portability", "context", "memory"),
+        ("memory", "context", "portability", "authoring", "readme"),
+    ],
+)
 async def test_each_guide_also_runs_after_the_others(echo_server, tmp_path, order):
     """A reader who follows one guide, then another, on the same server meets no name taken by the first."""
     database_url, url, app = echo_server
@@ -214,6 +238,10 @@ async def test_each_guide_also_runs_after_the_others(echo_server, tmp_path, orde
             await readme_walk_through(database_url, url)
         elif guide == "authoring":
             await authoring_example(database_url, url)
+        elif guide == "context":
+            await context_example(database_url, url)
+        elif guide == "memory":
+            await memory_example(database_url, url)
         else:
             await portability_examples(database_url, url, app, tmp_path)
 
