@@ -1,8 +1,9 @@
 """What a lorebook adds to a turn's server CPU (contract section 14's budget: at most 0.3 ms).
 
-``python -m bench.lore`` starts the runtime (one worker, the offline ``echo`` provider, a scratch database on
-``BENCH_DATABASE_URL``, Redis at ``BENCH_REDIS_URL``) and compares two kinds of ``/api/v1/chat`` turn, sent one
-at a time and interleaved in blocks so that drift falls on both alike:
+``python -m bench.lore`` starts the runtime (one worker, the benchmark's fake OpenAI provider
+(``bench.fake_provider``, 35 chunks), a scratch database on ``BENCH_DATABASE_URL``, Redis at
+``BENCH_REDIS_URL``) and compares three kinds of ``/api/v1/chat`` turn, sent one at a time and interleaved in
+blocks so that drift falls on both alike:
 
 * **fresh**: a fresh conversation each turn, with a persona that has no lorebook;
 * **long**: a turn of a conversation of 1,000 stored messages, with that persona;
@@ -29,7 +30,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.services import create_account, delete_redis_keys, runtime_server, scratch_database
+from bench.fake_provider import StreamShape
+from bench.services import create_account, delete_redis_keys, fake_provider, runtime_server, scratch_database
 
 __all__ = ["lorebook", "main"]
 
@@ -74,12 +76,14 @@ def _message(rng: random.Random, firing: int) -> str:
     return " ".join(words)
 
 
-async def measure(dsn: str, redis_url: str, *, turns: int, block: int, window: int, workdir: Path) -> dict[str, float]:
+async def measure(
+    dsn: str, redis_url: str, provider_url: str, *, turns: int, block: int, window: int, workdir: Path
+) -> dict[str, float]:
     account = await create_account(dsn)
     prefix = f"persona-bench-lore-{os.getpid()}:"
     rng = random.Random(7)
     async with runtime_server(
-        dsn, redis_url, "http://127.0.0.1:9", log_level="warning", workdir=workdir, redis_prefix=prefix
+        dsn, redis_url, provider_url, log_level="warning", workdir=workdir, redis_prefix=prefix
     ) as server:
         try:
             async with httpx.AsyncClient(base_url=server.url, headers=account.headers, timeout=30) as http:
@@ -89,7 +93,7 @@ async def measure(dsn: str, redis_url: str, *, turns: int, block: int, window: i
                         "name": f"Bench {kind} {os.getpid()}",
                         "description": "A persona for the lore benchmark.",
                         "system_prompt": "You are {{persona_name}}, a harbour pilot.",
-                        "model_settings": {"provider": "echo", "model": "gpt-4o-mini", "context_window": window},
+                        "model_settings": {"provider": "openai", "model": "gpt-4o-mini", "context_window": window},
                         **extra,
                     }
                     r = await http.post("/api/v1/chat/personas", json=body)
@@ -156,8 +160,17 @@ def main() -> None:
 
     async def run() -> None:
         workdir = Path(tempfile.mkdtemp(prefix="bench-lore-"))
-        async with scratch_database(server, workdir) as dsn:
-            await measure(dsn, redis_url, turns=args.turns, block=args.block, window=args.window, workdir=workdir)
+        with fake_provider(StreamShape()) as provider:
+            async with scratch_database(server, workdir) as dsn:
+                await measure(
+                    dsn,
+                    redis_url,
+                    provider.url,
+                    turns=args.turns,
+                    block=args.block,
+                    window=args.window,
+                    workdir=workdir,
+                )
 
     asyncio.run(run())
 

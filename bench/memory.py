@@ -1,9 +1,10 @@
 """What memory adds to a turn (contract section 15's budgets): server CPU, database statements, and the answer's
 latency with extraction on and off.
 
-``python -m bench.memory`` starts the runtime (one worker, the offline ``echo`` provider, a scratch database on
-``BENCH_DATABASE_URL`` reached through a statement counter, Redis at ``BENCH_REDIS_URL``) for a user with 100
-memories, and sends ``/api/v1/chat`` turns one at a time, each opening a conversation, interleaved in blocks:
+``python -m bench.memory`` starts the runtime (one worker, the benchmark's fake OpenAI provider
+(``bench.fake_provider``, 35 chunks), a scratch database on ``BENCH_DATABASE_URL`` reached through a statement
+counter, Redis at ``BENCH_REDIS_URL``) for a user with 100 memories, and sends ``/api/v1/chat`` turns one at a
+time, each opening a conversation, interleaved in blocks:
 
 * **plain**: a persona without memory;
 * **memory**: a persona with ``memory.enabled`` (the 100 memories ranked against each message, those that fit
@@ -30,8 +31,9 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.fake_provider import StreamShape
 from bench.query_counter import query_counter
-from bench.services import create_account, delete_redis_keys, runtime_server, scratch_database
+from bench.services import create_account, delete_redis_keys, fake_provider, runtime_server, scratch_database
 
 __all__ = ["main"]
 
@@ -71,14 +73,16 @@ async def _stream(http: httpx.AsyncClient, body: dict[str, Any]) -> tuple[float,
     return ((first or end) - began) * 1000, (end - began) * 1000
 
 
-async def measure(dsn: str, redis_url: str, *, turns: int, block: int, memories: int, workdir: Path) -> None:
+async def measure(
+    dsn: str, redis_url: str, provider_url: str, *, turns: int, block: int, memories: int, workdir: Path
+) -> None:
     account = await create_account(dsn)
     prefix = f"persona-bench-memory-{os.getpid()}:"
     rng = random.Random(11)
     async with (
         query_counter(dsn) as (counter, counted_url),
         runtime_server(
-            counted_url, redis_url, "http://127.0.0.1:9", log_level="warning", workdir=workdir, redis_prefix=prefix
+            counted_url, redis_url, provider_url, log_level="warning", workdir=workdir, redis_prefix=prefix
         ) as server,
     ):
         try:
@@ -94,7 +98,7 @@ async def measure(dsn: str, redis_url: str, *, turns: int, block: int, memories:
                         "name": f"Bench memory {kind} {os.getpid()}",
                         "description": "A persona for the memory benchmark.",
                         "system_prompt": "You are {{persona_name}}, a harbour pilot.",
-                        "model_settings": {"provider": "echo", "model": "gpt-4o-mini", "memory": memory},
+                        "model_settings": {"provider": "openai", "model": "gpt-4o-mini", "memory": memory},
                     }
                     r = await http.post("/api/v1/chat/personas", json=body)
                     r.raise_for_status()
@@ -110,7 +114,8 @@ async def measure(dsn: str, redis_url: str, *, turns: int, block: int, memories:
 
                 async def turn(kind: str) -> None:
                     answer = await http.post("/api/v1/chat", json={"message": message(), "persona_id": personas[kind]})
-                    answer.raise_for_status()
+                    if answer.status_code != 200:
+                        raise RuntimeError(f"{kind}: {answer.status_code} {answer.text[:300]}")
 
                 kinds = ("plain", "memory")
                 for kind in kinds * 10:
@@ -165,8 +170,17 @@ def main() -> None:
 
     async def run() -> None:
         workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-        async with scratch_database(server, workdir) as dsn:
-            await measure(dsn, redis_url, turns=args.turns, block=args.block, memories=args.memories, workdir=workdir)
+        with fake_provider(StreamShape()) as provider:
+            async with scratch_database(server, workdir) as dsn:
+                await measure(
+                    dsn,
+                    redis_url,
+                    provider.url,
+                    turns=args.turns,
+                    block=args.block,
+                    memories=args.memories,
+                    workdir=workdir,
+                )
 
     asyncio.run(run())
 
