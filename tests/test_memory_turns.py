@@ -287,3 +287,29 @@ async def test_a_memory_written_on_another_instance_reaches_this_ones_next_turn(
 
     assert await poll(switched_off)
     await second_client.put(f"{MEMORIES}/settings", json={"enabled": True}, headers=alice.headers)
+
+
+async def test_an_extraction_is_a_call_within_the_personas_limits(client, alice, minute):
+    said = {"message": "Please remember that I fly kites."}
+    # Two requests a minute: the turn takes one and its extraction the other, so a second turn is refused.
+    two = await make_persona(
+        client, alice, provider="echo", memory={"enabled": True, "extract": True}, limits={"requests_per_minute": 2}
+    )
+    r = await client.post(CHAT, json={**said, "persona_id": two["id"]}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+
+    async def learnt():
+        return await memories_of(client, alice, two["id"])
+
+    assert [m["content"] for m in await poll(learnt)] == ["I fly kites"]
+    r = await client.post(CHAT, json={"message": "Hello", "persona_id": two["id"]}, headers=alice.headers)
+    assert r.status_code == 429, r.text
+
+    # One a minute: the turn takes it, and the extraction after it is not made.
+    one = await make_persona(
+        client, alice, provider="echo", memory={"enabled": True, "extract": True}, limits={"requests_per_minute": 1}
+    )
+    r = await client.post(CHAT, json={**said, "persona_id": one["id"]}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    await asyncio.sleep(0.3)  # what an extraction would have written by now
+    assert await memories_of(client, alice, one["id"]) == []
