@@ -193,3 +193,85 @@ def test_the_scenario_is_part_of_the_persona_text_and_of_its_cached_prefix():
     early = msgspec.structs.replace(persona, system_prompt="Hello {{user_name}}. " + "Speak softly. " * 20)
     cacheable, warnings = cache_report(early, render_system_prompt(early, caller, now=now))
     assert cacheable == len("Hello ") and "`{{user_name}}` at character 6" in warnings[0]
+
+
+def lore_card(name: str) -> dict:
+    """A V2 card whose book is written as SillyTavern writes one: V2 fields and its own `extensions`."""
+    book = {
+        "name": "Glade lore",
+        "scan_depth": 2,
+        "token_budget": 500,
+        "recursive_scanning": False,
+        "extensions": {},
+        "entries": [
+            {
+                "id": 0,
+                "keys": ["moonwell"],
+                "secondary_keys": [],
+                "content": "The moonwell heals any wound at midnight.",
+                "enabled": True,
+                "insertion_order": 100,
+                "case_sensitive": False,
+                "name": "Moonwell",
+                "priority": 10,
+                "comment": "Moonwell",
+                "selective": False,
+                "constant": False,
+                "position": "after_char",
+                "extensions": {"position": 1, "depth": 4, "probability": 100, "useProbability": True},
+            },
+            {
+                "id": 1,
+                "keys": ["shadow"],
+                "secondary_keys": ["forest"],
+                "content": "Shadow beasts roam the forest's edge.",
+                "enabled": True,
+                "insertion_order": 90,
+                "case_sensitive": False,
+                "name": "Shadows",
+                "comment": "",
+                "selective": True,
+                "constant": False,
+                "position": "after_char",
+                "extensions": {"position": 4, "depth": 1, "role": 1, "selectiveLogic": 0, "probability": 100},
+            },
+        ],
+    }
+    return v2_card(name=name, character_book=book)
+
+
+async def test_a_cards_lorebook_fires_on_its_keywords_json_and_png(llm_client, fake_llm, alice):
+    for kind in ("json", "png"):
+        name = f"Warden {kind} {uuid.uuid4().hex[:6]}"
+        card = lore_card(name)
+        if kind == "json":
+            upload = ("warden.json", msgspec.json.encode(card), "application/json")
+        else:
+            upload = ("warden.png", card_png([("chara", b64(card))]), "image/png")
+        r = await llm_client.post(f"{PERSONAS}/import", files={"file": upload}, headers=alice.headers)
+        assert r.status_code == 201, r.text
+        persona = r.json()["persona"]
+
+        async def sent(message: str, persona_id: str = persona["id"]) -> list[dict]:
+            fake_llm.script(chunks=("...",))
+            r = await llm_client.post(CHAT, json={"message": message, "persona_id": persona_id}, headers=alice.headers)
+            assert r.status_code == 200, r.text
+            return fake_llm.last_request.body["messages"]
+
+        quiet = await sent("Good morning.")
+        assert "moonwell" not in quiet[0]["content"] and all("Shadow beasts" not in m["content"] for m in quiet)
+        lit = await sent("Can the Moonwell help me? I saw a shadow in the forest.")
+        # The after-char entry joins the system text, after the persona's own prompt, which is unchanged.
+        assert lit[0]["content"] == quiet[0]["content"] + "\n\nThe moonwell heals any wound at midnight."
+        # The at-depth entry, with its secondary key, is a message one before the latest, in its role (user).
+        assert lit[-2:] == [
+            {"role": "user", "content": "Shadow beasts roam the forest's edge."},
+            {"role": "user", "content": "Can the Moonwell help me? I saw a shadow in the forest."},
+        ]
+        alone = await sent("A shadow, nothing more.")
+        assert all("Shadow beasts" not in m["content"] for m in alone)  # its secondary key was not said
+
+        exported = (
+            await llm_client.get(f"{PERSONAS}/{persona['id']}/export", params={"format": "card"}, headers=alice.headers)
+        ).json()
+        assert exported["data"]["character_book"] == card["data"]["character_book"], kind

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from typing import Any
 
 import openai
 
+from runtime.memory import Extractor
 from runtime.memory.recall import MEMORY_HEADING
 from tests.conftest import persona_body
 
@@ -287,3 +289,78 @@ async def test_a_memory_written_on_another_instance_reaches_this_ones_next_turn(
 
     assert await poll(switched_off)
     await second_client.put(f"{MEMORIES}/settings", json={"enabled": True}, headers=alice.headers)
+
+
+async def test_an_extraction_is_a_call_within_the_personas_limits(client, alice, minute):
+    said = {"message": "Please remember that I fly kites."}
+    # Two requests a minute: the turn takes one and its extraction the other, so a second turn is refused.
+    two = await make_persona(
+        client, alice, provider="echo", memory={"enabled": True, "extract": True}, limits={"requests_per_minute": 2}
+    )
+    r = await client.post(CHAT, json={**said, "persona_id": two["id"]}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+
+    async def learnt():
+        return await memories_of(client, alice, two["id"])
+
+    assert [m["content"] for m in await poll(learnt)] == ["I fly kites"]
+    r = await client.post(CHAT, json={"message": "Hello", "persona_id": two["id"]}, headers=alice.headers)
+    assert r.status_code == 429, r.text
+
+    # One a minute: the turn takes it, and the extraction after it is not made.
+    one = await make_persona(
+        client, alice, provider="echo", memory={"enabled": True, "extract": True}, limits={"requests_per_minute": 1}
+    )
+    r = await client.post(CHAT, json={**said, "persona_id": one["id"]}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    await asyncio.sleep(0.3)  # what an extraction would have written by now
+    assert await memories_of(client, alice, one["id"]) == []
+
+
+async def test_two_instances_extracting_one_message_add_one_memory(client, resources, alice):
+    # The turn itself extracts nothing here: the two instances below are the only ones that try.
+    persona = await make_persona(client, alice, provider="echo", memory={"enabled": True, "extract": False})
+    r = await client.post(CHAT, json={"message": "Hello", "persona_id": persona["id"]}, headers=alice.headers)
+    message_id = uuid.UUID(r.json()["message_id"])
+    mine = resources.chat.extractor
+    other = Extractor(resources.pool, resources.providers)  # another instance's, on the same database
+    asked = {
+        "user_id": uuid.UUID(alice.id),
+        "persona_id": uuid.UUID(persona["id"]),
+        "message_id": message_id,
+        "question": "Please remember that I keep bees.",
+        "answer": "Noted.",
+        "provider": "echo",
+        "model": "echo",
+        "max_items": 100,
+    }
+    outcomes = await asyncio.gather(mine.extract(**asked), other.extract(**asked))
+    assert sorted(outcomes) == ["applied", "done"]
+    assert [m["content"] for m in await memories_of(client, alice, persona["id"])] == ["I keep bees"]
+
+
+async def test_memory_text_never_reaches_the_logs_or_metrics(llm_client, fake_llm, alice, caplog):
+    caplog.set_level(logging.DEBUG)
+    persona = await make_persona(llm_client, alice, memory={"enabled": True, "extract": True})
+    secret = "Alice's locker code is 40-17-33."
+    told = await remember(llm_client, alice, secret, persona["id"])
+    await llm_client.patch(f"{MEMORIES}/{told['id']}", json={"content": secret + " Still."}, headers=alice.headers)
+    fake_llm.script(chunks=("Understood.",))
+    fake_llm.script(chunks=(json.dumps({"add": ["Alice's bike lock is 99-12."], "rewrite": [], "remove": []}),))
+    r = await llm_client.post(
+        CHAT, json={"message": "My bike lock is 99-12.", "persona_id": persona["id"]}, headers=alice.headers
+    )
+    assert r.status_code == 200, r.text
+
+    async def extracted():
+        return any("99-12" in m["content"] for m in await memories_of(llm_client, alice, persona["id"]))
+
+    assert await poll(extracted)
+    fake_llm.script(chunks=("not json at all",))
+    fake_llm.script(chunks=("ok",))
+    await llm_client.post(CHAT, json={"message": "Hi", "persona_id": persona["id"]}, headers=alice.headers)
+    await asyncio.sleep(0.2)
+    metrics = (await llm_client.get("/metrics")).text
+    assert caplog.records, "nothing was logged: the check would prove nothing"
+    for text in ("40-17-33", "99-12"):
+        assert text not in caplog.text and text not in metrics

@@ -462,10 +462,23 @@ class ChatPipeline:
         if not (summarize or extract):
             return None
 
+        limiter, spawn, caller = self.limiter, self._spawn, plan.caller
+
         async def after(answer: str) -> None:
             if summarize:
                 summaries.ask(conversation.id, before, route.provider, route.model)
-            if extract and extractor is not None:
+            if not extract or extractor is None:
+                return
+            # An extraction is a call like any other: within the key's and the persona's limits, or not made.
+            admission = None
+            if limiter is not None:
+                try:
+                    admission = await limiter.admit(caller, [persona], spawn, lambda: [ANSWER_RESERVE])
+                except RateLimited:
+                    _log.info("memory extraction for message %s skipped: over the limits", answer_id)
+                    return
+            spent = [0]
+            try:
                 await extractor.extract(
                     user_id=user_id,
                     persona_id=persona.id,
@@ -475,7 +488,11 @@ class ChatPipeline:
                     provider=route.provider,
                     model=route.model,
                     max_items=remembers.max_items,
+                    used=lambda size: spent.__setitem__(0, estimate_size(size)),
                 )
+            finally:
+                if admission is not None:
+                    admission.spend(persona.id, spent[0])
 
         return after
 

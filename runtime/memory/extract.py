@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Callable
 from typing import Annotated
 from uuid import UUID, uuid4
 
@@ -88,6 +89,11 @@ _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 _DECODER = msgspec.json.Decoder(Changes)
 
 
+def _said(known: list[tuple[UUID, str]], question: str, answer: str) -> str:
+    facts = "\n".join(f"- {memory_id}: {content}" for memory_id, content in known) or "(none yet)"
+    return f"Known facts:\n{facts}\n\nNew exchange:\nUser: {question}\nAssistant: {answer}"
+
+
 def echo_changes(question: str, known: list[tuple[UUID, str]]) -> Changes:
     """The offline extraction: "remember that X" adds X; "forget that X" removes the memories that say X."""
     add = [" ".join(m.split())[:1000] for m in _REMEMBER.findall(question)]
@@ -135,9 +141,11 @@ class Extractor:
         provider: str,
         model: str,
         max_items: int,
+        used: Callable[[int], None] | None = None,
     ) -> str:
         """Apply what the exchange changes; the outcome (``applied``, ``unchanged``, ``malformed``, ``failed``,
-        or ``done`` when this message was extracted before)."""
+        or ``done`` when this message was extracted before). ``used`` is told the UTF-8 bytes a model call sent and
+        was answered, for the caller to count against its limits."""
         if await self._pool.fetchval(_CLAIM, message_id, user_id) is None:
             return "done"
         outcome = "failed"
@@ -147,10 +155,12 @@ class Extractor:
             if self.providers.get(name).kind == "echo":
                 changes: Changes | None = echo_changes(question, known)
             else:
+                said = _said(known, question, answer)
                 text = await asyncio.wait_for(
-                    self._ask(name, (self.model if self.provider else None) or model, known, question, answer),
-                    self.timeout,
+                    self._ask(name, (self.model if self.provider else None) or model, said), self.timeout
                 )
+                if used is not None:
+                    used(len(_INSTRUCTIONS) + len(said.encode()) + len(text.encode()))
                 changes = parse_changes(text)
             if changes is None:
                 outcome = "malformed"
@@ -190,9 +200,7 @@ class Extractor:
         if self._cache is not None:
             self._cache.forget(user_id)
 
-    async def _ask(self, name: str, model: str, known: list[tuple[UUID, str]], question: str, answer: str) -> str:
-        facts = "\n".join(f"- {memory_id}: {content}" for memory_id, content in known) or "(none yet)"
-        said = f"Known facts:\n{facts}\n\nNew exchange:\nUser: {question}\nAssistant: {answer}"
+    async def _ask(self, name: str, model: str, said: str) -> str:
         request = ProviderRequest(
             model=model,
             system=_INSTRUCTIONS,
