@@ -346,6 +346,7 @@ def haproxy_config(port: int, servers: dict[str, int], *, stats_socket: Path | N
         "    timeout tunnel 10m",
         "    timeout http-request 10s",
         "    timeout http-keep-alive 30s",
+        "    timeout check 3s",
         "    retries 3",
         "    option redispatch 1",
         "",
@@ -393,6 +394,10 @@ class HAProxyProcess:
                 [binary, "-db", "-f", str(self.config_path)], stdout=out, stderr=subprocess.STDOUT
             )
         _wait_for_port(self.port, self._process, "haproxy", log)
+
+    def log(self) -> str:
+        """The end of HAProxy's own output: servers going up and down, and why."""
+        return _tail(self._dir / "haproxy.log", 40)
 
     def stats(self) -> list[dict[str, str]]:
         """``show stat``: one row per frontend, backend and server, by column name (``pxname``, ``svname``,

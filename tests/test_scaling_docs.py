@@ -50,7 +50,7 @@ def sections(config: str) -> dict[str, list[str]]:
 
 # What a rolling restart depends on: which requests go where, what is retried, and how an instance is checked.
 RETRY_AND_CHECK = ("use_backend", "default_backend", "balance", "retries", "option redispatch", "retry-on")
-RETRY_AND_CHECK += ("option httpchk", "http-check", "on-marked-down")
+RETRY_AND_CHECK += ("option httpchk", "http-check", "on-marked-down", "timeout check")
 
 
 def test_the_tests_balancer_retries_and_checks_as_the_documented_one():
