@@ -323,12 +323,13 @@ def haproxy_config(port: int, servers: dict[str, int], *, stats_socket: Path | N
 
     ``docs/haproxy.cfg`` with loopback servers and shorter check intervals (a test compares their retry and
     check settings). Set for Server-Sent Events: HAProxy forwards response data as it arrives (no response
-    buffering, no compression here), requests are not buffered (``no option http-buffer-request``), and the
-    server and tunnel timeouts outlast the longest answer. Each request is balanced on its own (no
-    stickiness: the state is in PostgreSQL and Redis), a server is checked on ``/ready`` and taken out while
-    it says 503 (shutting down) or does not answer. A request that failed before any response byte is sent
-    to another instance: reads on any such failure, writes only where the instance cannot have acted on
-    them (``docs/haproxy.cfg`` says why). The writes' servers track the reads' checks: one state each.
+    buffering, no compression here), and the server and tunnel timeouts outlast the longest answer. Each
+    request is balanced on its own (no stickiness: the state is in PostgreSQL and Redis), a server is checked
+    on ``/ready`` and taken out while it says 503 (shutting down) or does not answer. A request that failed
+    before any response byte is sent to another instance: reads on any such failure, writes only where the
+    instance cannot have acted on them (``docs/haproxy.cfg`` says why); request bodies are buffered
+    (``option http-buffer-request``) so that HAProxy holds each request whole to send it again. The writes'
+    servers track the reads' checks: one state each.
     """
     check = "    default-server check inter 500ms fastinter 200ms downinter 300ms fall 2 rise 1"
     lines = [
@@ -339,7 +340,7 @@ def haproxy_config(port: int, servers: dict[str, int], *, stats_socket: Path | N
         "defaults",
         "    mode http",
         "    option http-keep-alive",
-        "    no option http-buffer-request",
+        "    option http-buffer-request",
         "    timeout connect 2s",
         "    timeout client 10m",
         "    timeout server 10m",

@@ -50,7 +50,7 @@ def sections(config: str) -> dict[str, list[str]]:
 
 # What a rolling restart depends on: which requests go where, what is retried, and how an instance is checked.
 RETRY_AND_CHECK = ("use_backend", "default_backend", "balance", "retries", "option redispatch", "retry-on")
-RETRY_AND_CHECK += ("option httpchk", "http-check", "on-marked-down", "timeout check")
+RETRY_AND_CHECK += ("option httpchk", "http-check", "on-marked-down", "timeout check", "option http-buffer-request")
 
 
 def test_the_tests_balancer_retries_and_checks_as_the_documented_one():
@@ -69,6 +69,8 @@ def test_the_tests_balancer_retries_and_checks_as_the_documented_one():
     ]
     # Writes are never replayed on a response timeout: the instance has the request and may be acting on it.
     assert "retry-on conn-failure empty-response" in documented["backend runtime_writes"]
+    # Only a request HAProxy holds whole can be sent again.
+    assert "option http-buffer-request" in documented["defaults"]
     assert "retry-on conn-failure empty-response response-timeout" in documented["backend runtime"]
     for config in (documented, generated):
         checks = [line for line in config["backend runtime"] if line.startswith("default-server")]
