@@ -175,7 +175,8 @@ async def _scale_out(
         "REDIS_KEY_PREFIX": f"prt-test:{database_url.rsplit('/', 1)[-1]}:",
         "BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
         "LOG_LEVEL": "WARNING",
-        "SHUTDOWN_GRACE_SECONDS": "1",
+        # Long enough for every answer in flight at a SIGTERM to end (a rolling restart ends none early).
+        "SHUTDOWN_GRACE_SECONDS": "5",
         "SSE_HEARTBEAT_SECONDS": "0.5",
         # An instance killed mid-answer has its answers marked incomplete by the others within seconds.
         "STREAM_LEASE_SECONDS": "1.5",

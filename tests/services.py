@@ -321,12 +321,17 @@ class PgBouncerProcess:
 def haproxy_config(port: int, servers: dict[str, int], *, stats_socket: Path | None = None) -> str:
     """An HAProxy configuration balancing ``servers`` (name → loopback port) round-robin from ``port``.
 
-    Set for Server-Sent Events: HAProxy forwards response data as it arrives (no response buffering, no
-    compression here), requests are not buffered (``no option http-buffer-request``), and the server and
-    tunnel timeouts outlast the longest answer. Each request is balanced on its own (no stickiness: the
-    state is in PostgreSQL and Redis), a server is checked on ``/ready`` and taken out while it says 503
-    (shutting down) or does not answer, and a request whose connection is refused is sent to another.
+    ``docs/haproxy.cfg`` with loopback servers and shorter check intervals (a test compares their retry and
+    check settings). Set for Server-Sent Events: HAProxy forwards response data as it arrives (no response
+    buffering, no compression here), and the server and tunnel timeouts outlast the longest answer. Each
+    request is balanced on its own (no stickiness: the state is in PostgreSQL and Redis), a server is checked
+    on ``/ready`` and taken out while it says 503 (shutting down) or does not answer. A request that failed
+    before any response byte is sent to another instance: reads on any such failure, writes only where the
+    instance cannot have acted on them (``docs/haproxy.cfg`` says why); request bodies are buffered
+    (``option http-buffer-request``) so that HAProxy holds each request whole to send it again. The writes'
+    servers track the reads' checks: one state each.
     """
+    check = "    default-server check inter 500ms fastinter 200ms downinter 300ms fall 2 rise 1"
     lines = [
         "global",
         "    maxconn 4096",
@@ -335,27 +340,35 @@ def haproxy_config(port: int, servers: dict[str, int], *, stats_socket: Path | N
         "defaults",
         "    mode http",
         "    option http-keep-alive",
-        "    no option http-buffer-request",
+        "    option http-buffer-request",
         "    timeout connect 2s",
         "    timeout client 10m",
         "    timeout server 10m",
         "    timeout tunnel 10m",
         "    timeout http-request 10s",
         "    timeout http-keep-alive 30s",
+        "    timeout check 3s",
         "    retries 3",
         "    option redispatch 1",
         "",
         "frontend public",
         f"    bind 127.0.0.1:{port}",
-        "    default_backend runtime",
+        "    use_backend runtime if METH_GET || METH_OPTIONS",
+        "    default_backend runtime_writes",
         "",
         "backend runtime",
         "    balance roundrobin",
+        "    retry-on conn-failure empty-response response-timeout",
         "    option httpchk",
         "    http-check send meth GET uri /ready",
         "    http-check expect status 200",
-        "    default-server check inter 500ms fastinter 200ms downinter 300ms fall 2 rise 1",
+        check,
         *(f"    server {name} 127.0.0.1:{server_port}" for name, server_port in servers.items()),
+        "",
+        "backend runtime_writes",
+        "    balance roundrobin",
+        "    retry-on conn-failure empty-response",
+        *(f"    server {name} 127.0.0.1:{server_port} track runtime/{name}" for name, server_port in servers.items()),
         "",
     ]
     return "\n".join(lines)
@@ -383,8 +396,13 @@ class HAProxyProcess:
             )
         _wait_for_port(self.port, self._process, "haproxy", log)
 
-    def server_states(self) -> dict[str, str]:
-        """What HAProxy thinks of each server now: ``UP``, ``DOWN``, ``UP 1/2``, ... (from ``show stat``)."""
+    def log(self) -> str:
+        """The end of HAProxy's own output: servers going up and down, and why."""
+        return _tail(self._dir / "haproxy.log", 40)
+
+    def stats(self) -> list[dict[str, str]]:
+        """``show stat``: one row per frontend, backend and server, by column name (``pxname``, ``svname``,
+        ``status``, ``wretr`` for retries, ``wredis`` for redispatches, ``hrsp_5xx``, ...)."""
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(2)
             sock.connect(str(self.stats_socket))
@@ -394,12 +412,15 @@ class HAProxyProcess:
                 data += chunk
         rows = data.decode().splitlines()
         header = rows[0].lstrip("# ").split(",")
-        states = {}
-        for row in rows[1:]:
-            values = dict(zip(header, row.split(","), strict=False))
-            if values.get("pxname") == "runtime" and values.get("svname") in self.servers:
-                states[values["svname"]] = values["status"]
-        return states
+        return [dict(zip(header, row.split(","), strict=False)) for row in rows[1:] if row]
+
+    def server_states(self) -> dict[str, str]:
+        """What HAProxy thinks of each server now: ``UP``, ``DOWN``, ``UP 1/2``, ... (from ``show stat``)."""
+        return {
+            row["svname"]: row["status"]
+            for row in self.stats()
+            if row.get("pxname") == "runtime" and row.get("svname") in self.servers
+        }
 
     def wait_for_states(self, want: dict[str, str], timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout

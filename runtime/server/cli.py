@@ -30,7 +30,7 @@ from providers import configs_from_env, default_provider
 from runtime.access.accounts import Accounts
 from runtime.server.embedded import EmbeddedPostgres, EmbeddedUnavailable
 from runtime.server.migrate import MigrationError, apply_migrations
-from runtime.server.serving import raise_open_file_limit, uvicorn_options
+from runtime.server.serving import raise_open_file_limit, run, uvicorn_options
 from runtime.server.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -157,8 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     # Refuse a bad provider configuration here, with its message, rather than as a worker's traceback.
     default_provider(configs_from_env(settings.env), settings.env)
     # uvicorn re-raises the SIGTERM that stopped it once it is done; as an exception it lets the embedded
@@ -177,9 +175,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     # Every connection is a file: the workers inherit a soft limit raised as far as the hard one allows.
     raise_open_file_limit()
     try:
-        uvicorn.run(
+        run(
             "api.app:app_from_env",
-            **uvicorn_options(
+            uvicorn_options(
                 host=args.host or settings.host,
                 port=args.port or settings.port,
                 workers=args.workers,

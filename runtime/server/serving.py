@@ -11,7 +11,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
 
 __all__ = [
     "FrontLimits",
@@ -19,6 +21,7 @@ __all__ = [
     "NoDelayProtocol",
     "configure_front",
     "raise_open_file_limit",
+    "run",
     "uvicorn_options",
 ]
 
@@ -208,3 +211,28 @@ def uvicorn_options(
         # A burst of clients connecting at once (the held-streams benchmark, a deploy) must not be refused.
         "backlog": 4096,
     }
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor of ``--workers``, which stops listening as soon as it is told to stop.
+
+    It holds the listening socket its workers share. Each worker closes its own copy on SIGTERM, but as long as
+    the supervisor's stays open the kernel still takes connections into the backlog, where nobody accepts them:
+    they hang until the last worker has ended (up to the whole grace), then are reset, and a balancer keeps
+    sending requests and health checks there meanwhile. Closed first, new connections are refused at once, as
+    with one worker, and a balancer sends them elsewhere.
+    """
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
+
+
+def run(app: str, options: dict[str, Any]) -> None:
+    """``uvicorn.run(app, **options)``, its workers (if more than one) under :class:`_Supervisor`."""
+    if options.get("workers", 1) <= 1:
+        uvicorn.run(app, **options)
+        return
+    config = uvicorn.Config(app, **options)
+    _Supervisor(config, sockets=[config.bind_socket()]).run()
