@@ -77,7 +77,15 @@ def _message(rng: random.Random, firing: int) -> str:
 
 
 async def measure(
-    dsn: str, redis_url: str, provider_url: str, *, turns: int, block: int, window: int, workdir: Path
+    dsn: str,
+    redis_url: str,
+    provider_url: str,
+    *,
+    turns: int,
+    block: int,
+    window: int,
+    workdir: Path,
+    summaries: bool = True,
 ) -> dict[str, float]:
     account = await create_account(dsn)
     prefix = f"persona-bench-lore-{os.getpid()}:"
@@ -93,7 +101,12 @@ async def measure(
                         "name": f"Bench {kind} {os.getpid()}",
                         "description": "A persona for the lore benchmark.",
                         "system_prompt": "You are {{persona_name}}, a harbour pilot.",
-                        "model_settings": {"provider": "openai", "model": "gpt-4o-mini", "context_window": window},
+                        "model_settings": {
+                            "provider": "openai",
+                            "model": "gpt-4o-mini",
+                            "context_window": window,
+                            "summaries": summaries,
+                        },
                         **extra,
                     }
                     r = await http.post("/api/v1/chat/personas", json=body)
@@ -154,6 +167,11 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=600, help="turns of each kind")
     parser.add_argument("--block", type=int, default=50, help="turns of one kind in a row")
     parser.add_argument("--window", type=int, default=8192, help="the personas' context window, in tokens")
+    parser.add_argument(
+        "--no-summaries",
+        action="store_true",
+        help="personas without rolling summaries (a long conversation otherwise asks for one after each turn)",
+    )
     args = parser.parse_args()
     server = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
