@@ -10,6 +10,7 @@ from providers.base import (
     ToolSpec,
     assemble_tool_calls,
     batches_of,
+    text_of,
 )
 from providers.echo import EchoProvider
 from providers.registry import (
@@ -42,4 +43,5 @@ __all__ = [
     "batches_of",
     "configs_from_env",
     "default_provider",
+    "text_of",
 ]

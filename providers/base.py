@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from core.events import ProviderEvent, ToolCallDelta
+from core.events import ProviderEvent, TextDelta, ToolCallDelta
 
 __all__ = [
     "ChatMessage",
@@ -148,6 +148,15 @@ def batches_of(provider: Provider, request: ProviderRequest) -> AsyncIterator[li
         stream: AsyncIterator[list[ProviderEvent]] = batched(request)
         return stream
     return _one_by_one(provider.stream(request))
+
+
+async def text_of(provider: Provider, request: ProviderRequest) -> str:
+    """The whole text ``provider`` answers ``request`` with (for the runtime's own asks: summaries, memories)."""
+    text: list[str] = []
+    async with contextlib.aclosing(batches_of(provider, request)) as batches:  # type: ignore[type-var]
+        async for batch in batches:
+            text.extend(event.content for event in batch if isinstance(event, TextDelta))
+    return "".join(text)
 
 
 async def _one_by_one(events: AsyncIterator[ProviderEvent]) -> AsyncIterator[list[ProviderEvent]]:

@@ -13,14 +13,12 @@ and model. The offline ``echo`` provider gets no call: its summary is made here,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 from uuid import UUID
 
-from core.events import TextDelta
-from providers import ChatMessage, ProviderRequest, ProviderSet, batches_of
+from providers import ChatMessage, ProviderRequest, ProviderSet, text_of
 from runtime.chat.conversations import ConversationStore
 from runtime.chat.tokens import tokenizer_for
 
@@ -157,9 +155,4 @@ class Summarizer:
             messages=(ChatMessage(role="user", content=_transcript(previous, turns)),),
             max_tokens=SUMMARY_TOKENS,
         )
-        text: list[str] = []
-        stream = batches_of(self.providers.get(name), request)
-        async with contextlib.aclosing(stream) as batches:  # type: ignore[type-var]
-            async for batch in batches:
-                text.extend(event.content for event in batch if isinstance(event, TextDelta))
-        return "".join(text)
+        return await text_of(self.providers.get(name), request)

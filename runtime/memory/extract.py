@@ -29,9 +29,8 @@ import asyncpg
 import msgspec
 from msgspec import Meta
 
-from core.events import TextDelta
 from core.signals import notify
-from providers import ChatMessage, ProviderRequest, ProviderSet, batches_of
+from providers import ChatMessage, ProviderRequest, ProviderSet, text_of
 from runtime.memory.recall import MEMORY_SIGNAL, RecallCache
 
 __all__ = ["Changes", "Extractor", "echo_changes", "parse_changes"]
@@ -207,9 +206,4 @@ class Extractor:
             messages=(ChatMessage(role="user", content=said),),
             max_tokens=512,
         )
-        text: list[str] = []
-        stream = batches_of(self.providers.get(name), request)
-        async with contextlib.aclosing(stream) as batches:  # type: ignore[type-var]
-            async for batch in batches:
-                text.extend(event.content for event in batch if isinstance(event, TextDelta))
-        return "".join(text)
+        return await text_of(self.providers.get(name), request)
