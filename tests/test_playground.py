@@ -21,6 +21,7 @@ from PIL import Image
 
 from tests.conftest import persona_body
 from tests.fakellm import Script
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -970,7 +971,7 @@ async def test_export_import_and_delete(page, base_url, alice, tmp_path):
 MEMORIES = "/api/v1/memories"
 
 
-async def test_memories_are_added_edited_and_deleted_in_the_memory_panel(page, base_url, alice, bob, screenshots):
+async def test_memories_are_added_edited_and_deleted_in_the_memory_panel(page, base_url, alice, bob):
     sailor = await make_persona(base_url, alice, name="Sailor " + os.urandom(4).hex())
     cook = await make_persona(base_url, alice, name="Cook " + os.urandom(4).hex())
     await open_playground(page, base_url, alice.key)
@@ -1031,8 +1032,6 @@ async def test_memories_are_added_edited_and_deleted_in_the_memory_panel(page, b
     await add("Allergic to peanuts.", cook["name"])
     await add("Prefers the night watch.", sailor["name"])
     await expect(summary).to_have_text("4 memories")
-    await page.evaluate("window.scrollTo(0, 0)")
-    await page.screenshot(path=screenshots / "playground-memory.png")
 
     # Filtered by persona: only its own, and a memory added now is for it.
     await page.get_by_label("Filter by persona").select_option(label=sailor["name"])
@@ -1170,3 +1169,86 @@ async def test_memory_settings_are_saved_with_the_persona_and_render_shows_the_m
     await expect(page.get_by_label("Remembers its users")).to_be_checked()
     await expect(page.get_by_label("Memory budget (tokens)")).to_have_value("300")
     await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
+
+
+async def test_a_memory_learned_in_a_kept_chat_is_listed_as_learned_and_used_by_the_next_turn(
+    page, base_url, alice, screenshots
+):
+    settings = {"provider": "echo", "memory": {"enabled": True, "extract": True}}
+    persona = await make_persona(base_url, alice, name="Echo " + os.urandom(4).hex(), model_settings=settings)
+    await api(base_url, alice, "POST", MEMORIES, {"content": "Likes answers in French."})
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Chat").click()
+    await page.get_by_label("Keep the conversation").check()
+    await page.get_by_label("Your message").fill("Please remember that I sail on Sundays.")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.get_by_test_id("chat-status").last).to_contain_text("finished: stop")
+
+    async def learned() -> bool:
+        listed = (await api(base_url, alice, "GET", f"{MEMORIES}?persona_id={persona['id']}"))["memories"]
+        return [(m["content"], m["source"]) for m in listed] == [("I sail on Sundays", "extracted")]
+
+    assert await eventually(learned), "the echo provider's extraction wrote nothing"
+    await page.get_by_role("tab", name="Memory").click()
+    memories = page.get_by_test_id("memory")
+    await expect(memories).to_have_count(2)
+    row = memories.filter(has_text="I sail on Sundays")
+    await expect(row).to_have_attribute("data-source", "extracted")
+    await expect(row.get_by_test_id("memory-meta")).to_contain_text(f"{persona['name']} · learned from a chat")
+    await page.get_by_label("New memory").fill("My name is pronounced AL-iss.")
+    await page.get_by_role("button", name="Add memory").click()
+    await expect(memories).to_have_count(3)
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.screenshot(path=screenshots / "playground-memory.png")
+
+    # The next turn would be given all three, the learned one among them.
+    await page.get_by_role("tab", name="Render").click()
+    await page.get_by_label("In the chat's kept conversation", exact=False).uncheck()
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("memory-decision")).to_have_count(3)
+    decision = page.get_by_test_id("memory-decision").filter(has_text="I sail on Sundays")
+    await expect(decision.get_by_test_id("memory-outcome")).to_have_text("IN")
+    await expect(decision).to_contain_text("this persona")
+    await expect(page.get_by_test_id("render-system-prompt")).to_contain_text("I sail on Sundays")
+
+
+async def test_render_says_which_memories_were_left_out_past_the_budget(page, base_url, alice):
+    persona = await make_persona(base_url, alice, model_settings={"memory": {"enabled": True, "token_budget": 40}})
+    for n in range(12):
+        await api(
+            base_url,
+            alice,
+            "POST",
+            MEMORIES,
+            {"content": f"Weather fact {n}: rain expected.", "persona_id": persona["id"]},
+        )
+    harbour = await api(
+        base_url,
+        alice,
+        "POST",
+        MEMORIES,
+        {"content": "Alice keeps a sailing boat in the harbour.", "persona_id": persona["id"]},
+    )
+    newest = await api(
+        base_url, alice, "POST", MEMORIES, {"content": "Alice started a new job.", "persona_id": persona["id"]}
+    )
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_label("Message to render").fill("Is my boat safe at the harbour?")
+    await page.get_by_role("button", name="Render", exact=True).click()
+    decisions = page.get_by_test_id("memory-decision")
+    await expect(decisions).to_have_count(14)
+    for memory, reason, words in ((harbour, "relevant", "most relevant"), (newest, "newest", "among the newest")):
+        decision = page.locator(f'[data-testid="memory-decision"][data-memory-id="{memory["memory"]["id"]}"]')
+        await expect(decision.get_by_test_id("memory-outcome")).to_have_text("IN")
+        await expect(decision.get_by_test_id("memory-reason")).to_have_text(reason)
+        await expect(decision).to_contain_text(words)
+        await expect(decision).to_contain_text(memory["memory"]["content"])
+    left_out = decisions.filter(has_text="Weather fact")
+    await expect(left_out).to_have_count(12)
+    for i in range(12):
+        await expect(left_out.nth(i).get_by_test_id("memory-outcome")).to_have_text("OUT")
+        await expect(left_out.nth(i).get_by_test_id("memory-reason")).to_have_text("budget")
+    await expect(left_out.first).to_contain_text("over the memory budget")
+    await expect(page.locator('[data-testid="render-section"][data-kind="memory"] td').last).to_have_text("2")
