@@ -21,6 +21,7 @@ from PIL import Image
 
 from tests.conftest import persona_body
 from tests.fakellm import Script
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -143,6 +144,7 @@ async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_
             "editor.js",
             "cards.js",
             "panels.js",
+            "memory.js",
             "playground.css",
         ):
             r = await http.get(f"/playground/{name}")
@@ -962,3 +964,291 @@ async def test_export_import_and_delete(page, base_url, alice, tmp_path):
     await expect(page.locator("#editor-title")).to_have_text("New draft")
     await expect(page.get_by_test_id("persona-list")).not_to_contain_text(persona["name"] + " (copy)")
     await expect(page.get_by_test_id("persona-list")).to_contain_text(persona["name"])
+
+
+# Memory --------------------------------------------------------------------------------------------------
+
+MEMORIES = "/api/v1/memories"
+
+
+async def test_memories_are_added_edited_and_deleted_in_the_memory_panel(page, base_url, alice, bob):
+    sailor = await make_persona(base_url, alice, name="Sailor " + os.urandom(4).hex())
+    cook = await make_persona(base_url, alice, name="Cook " + os.urandom(4).hex())
+    await open_playground(page, base_url, alice.key)
+    await page.get_by_role("tab", name="Memory").click()
+    summary, memories = page.get_by_test_id("memory-summary"), page.get_by_test_id("memory")
+    await expect(summary).to_have_text("No memories yet.")
+    await expect(page.get_by_label("Personas may remember me")).to_be_checked()
+
+    async def add(content: str, persona: str) -> None:
+        await page.get_by_label("New memory").fill(content)
+        await page.get_by_label("Remembered by").select_option(label=persona)
+        await page.get_by_role("button", name="Add memory").click()
+        await expect(page.get_by_test_id("notice")).to_contain_text("Memory added for")
+
+    # One for a persona, one for all of them: newest first, each with whose it is and where it came from.
+    await add("I keep a boat in Lisbon.", sailor["name"])
+    await add("Call me Ali.", "All personas")
+    await expect(memories).to_have_count(2)
+    await expect(summary).to_have_text("2 memories")
+    await expect(memories.first.get_by_test_id("memory-content")).to_have_text("Call me Ali.")
+    await expect(memories.first.get_by_test_id("memory-meta")).to_contain_text("All personas · told by you · updated")
+    await expect(memories.last.get_by_test_id("memory-meta")).to_contain_text(f"{sailor['name']} · told by you")
+    listed = (await api(base_url, alice, "GET", MEMORIES))["memories"]
+    assert sorted((m["content"], m["persona_id"], m["source"]) for m in listed) == [
+        ("Call me Ali.", None, "user"),
+        ("I keep a boat in Lisbon.", sailor["id"], "user"),
+    ]
+    boat = next(m for m in listed if m["persona_id"] == sailor["id"])
+
+    # Past 1,000 characters the counter warns, and the server's 400 names `content`, marked on the box.
+    await page.get_by_label("New memory").fill("x" * 1001)
+    await expect(page.get_by_test_id("memory-count")).to_have_text("1,001 of 1,000 characters")
+    await page.get_by_role("button", name="Add memory").click()
+    banner = page.get_by_test_id("error")
+    await expect(banner).to_contain_text("Could not add the memory (400")
+    await expect(banner).to_contain_text("Field: content")
+    await expect(page.get_by_label("New memory")).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#memory-content-error")).to_be_visible()
+    assert (await api(base_url, alice, "GET", MEMORIES))["total"] == 2
+
+    # Edited in place: a blank text is refused where it is typed, a real one is saved with PATCH.
+    await page.get_by_role("button", name="Edit memory 2").click()
+    box = page.get_by_label("Memory 2", exact=True)
+    await expect(box).to_have_value("I keep a boat in Lisbon.")
+    await box.fill("   ")
+    await page.get_by_role("button", name="Update memory 2").click()
+    await expect(banner).to_contain_text("Could not change the memory (400")
+    await expect(banner).to_contain_text("Field: content")
+    await expect(box).to_have_attribute("aria-invalid", "true")
+    await box.fill("I keep a boat in Porto.")
+    await page.get_by_role("button", name="Update memory 2").click()
+    await expect(page.get_by_test_id("notice")).to_contain_text("Memory updated.")
+    await expect(memories.last.get_by_test_id("memory-content")).to_have_text("I keep a boat in Porto.")
+    await expect(banner).to_be_hidden()
+    edited = (await api(base_url, alice, "GET", f"{MEMORIES}?persona_id={sailor['id']}"))["memories"]
+    assert [(m["id"], m["content"]) for m in edited] == [(boat["id"], "I keep a boat in Porto.")]
+
+    await add("Allergic to peanuts.", cook["name"])
+    await add("Prefers the night watch.", sailor["name"])
+    await expect(summary).to_have_text("4 memories")
+
+    # Filtered by persona: only its own, and a memory added now is for it.
+    await page.get_by_label("Filter by persona").select_option(label=sailor["name"])
+    await expect(memories).to_have_count(2)
+    await expect(summary).to_have_text(f"2 memories for {sailor['name']}")
+    await expect(page.get_by_label("Remembered by")).to_have_value(sailor["id"])
+
+    # Delete one, then all of the persona's (after a confirm): the cook's and the persona-wide one stay.
+    await page.get_by_role("button", name="Delete memory 1").click()
+    await expect(page.get_by_test_id("notice")).to_contain_text("Memory deleted.")
+    await expect(memories).to_have_count(1)
+    assert [m["content"] for m in (await api(base_url, alice, "GET", MEMORIES))["memories"]] == [
+        "Allergic to peanuts.",
+        "Call me Ali.",
+        "I keep a boat in Porto.",
+    ]
+    await page.get_by_role("button", name=f"Delete all for {sailor['name']}").click()
+    await expect(page.get_by_test_id("notice")).to_contain_text("1 memory deleted.")
+    await expect(summary).to_have_text(f"No memories for {sailor['name']} yet.")
+    left = (await api(base_url, alice, "GET", MEMORIES))["memories"]
+    assert sorted(m["content"] for m in left) == ["Allergic to peanuts.", "Call me Ali."]
+
+    # The user's own switch, off and on again.
+    await page.get_by_label("Personas may remember me").uncheck()
+    await expect(page.get_by_test_id("memory-switch-status")).to_contain_text("Off: no persona reads your memories")
+    assert (await api(base_url, alice, "GET", f"{MEMORIES}/settings"))["enabled"] is False
+    await page.reload()
+    await page.get_by_role("tab", name="Memory").click()
+    await expect(page.get_by_test_id("memory-switch-status")).to_contain_text("Off:")
+    await expect(page.get_by_label("Personas may remember me")).not_to_be_checked()
+    await page.get_by_label("Personas may remember me").check()
+    await expect(page.get_by_test_id("memory-switch-status")).to_contain_text("On:")
+    assert (await api(base_url, alice, "GET", f"{MEMORIES}/settings"))["enabled"] is True
+
+    # Delete all: every memory of hers.
+    await expect(summary).to_have_text("2 memories")
+    await page.get_by_role("button", name="Delete all", exact=True).click()
+    await expect(summary).to_have_text("No memories yet.")
+    assert (await api(base_url, alice, "GET", MEMORIES))["total"] == 0
+
+    # Another key sees its own memories only.
+    await api(base_url, alice, "POST", MEMORIES, {"content": "Alice's secret."})
+    await page.get_by_label("API key").fill(bob.key)
+    await page.get_by_role("button", name="Use key").click()
+    await expect(summary).to_have_text("No memories yet.")
+    await expect(page.get_by_test_id("memory-list")).not_to_contain_text("secret")
+
+
+async def test_memory_settings_are_saved_with_the_persona_and_render_shows_the_memories_a_turn_uses(
+    page, base_url, alice
+):
+    persona = await make_persona(base_url, alice, model_settings={"context_window": 4096, "summaries": False})
+    own = await api(
+        base_url, alice, "POST", MEMORIES, {"content": "Keeps bees on her roof.", "persona_id": persona["id"]}
+    )
+    wide = await api(base_url, alice, "POST", MEMORIES, {"content": "Prefers short answers."})
+    own_id, wide_id = own["memory"]["id"], wide["memory"]["id"]
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await expect(page.get_by_label("Remembers its users")).not_to_be_checked()
+    await expect(page.get_by_label("Learns from chats")).not_to_be_checked()
+    await expect(page.get_by_label("Memory budget (tokens)")).to_have_value("512")
+    await expect(page.get_by_label("Most memories per user")).to_have_value("100")
+    render = page.get_by_role("button", name="Render", exact=True)
+    await render.click()
+    await expect(page.get_by_test_id("render-memories")).to_contain_text("does not remember its users")
+    await expect(page.get_by_test_id("memory-decision")).to_have_count(0)
+
+    # Switched on in the editor, the draft renders with the memories for all personas only, and says why.
+    await page.get_by_label("Remembers its users").check()
+    await expect(page.get_by_test_id("editor-status")).to_contain_text("unsaved changes")
+    await render.click()
+    await expect(page.get_by_test_id("render-meta")).to_contain_text("(editor draft)")
+    await expect(page.get_by_test_id("memory-draft-note")).to_be_visible()
+    await expect(page.get_by_test_id("memory-decision")).to_have_count(1)
+    await expect(page.locator(f'[data-testid="memory-decision"][data-memory-id="{wide_id}"]')).to_contain_text(
+        "“Prefers short answers.”"
+    )
+
+    # Numbers the page cannot read are named before anything is sent; those the server refuses are marked too.
+    budget = page.get_by_label("Memory budget (tokens)")
+    await budget.fill("lots")
+    await render.click()
+    banner = page.get_by_test_id("error")
+    await expect(banner).to_contain_text("model_settings.memory.token_budget must be a whole number")
+    await expect(budget).to_have_attribute("aria-invalid", "true")
+    await budget.fill("0")
+    await page.get_by_role("button", name="Save").click()
+    await expect(banner).to_contain_text("Could not save (400")
+    await expect(banner).to_contain_text("Field: model_settings.memory.token_budget")
+    await expect(budget).to_have_attribute("aria-invalid", "true")
+
+    await budget.fill("300")
+    await page.get_by_label("Most memories per user").fill("20")
+    await page.get_by_label("Learns from chats").check()
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
+    settings = (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}"))["persona"]["model_settings"]
+    assert settings["memory"] == {"enabled": True, "extract": True, "token_budget": 300, "max_items": 20}
+    # The settings the editor has no input for are saved as they were loaded.
+    assert (settings["context_window"], settings["summaries"]) == (4096, False)
+
+    # The saved persona's render lists both memories as used, with their text, and puts them in the prompt.
+    await render.click()
+    await expect(page.get_by_test_id("render-meta")).to_contain_text("v2 (saved)")
+    await expect(page.get_by_test_id("memory-decision")).to_have_count(2)
+    await expect(page.get_by_test_id("memory-draft-note")).to_have_count(0)
+    for memory_id, text, whose in (
+        (own_id, "Keeps bees on her roof.", "this persona"),
+        (wide_id, "Prefers short answers.", "all personas"),
+    ):
+        decision = page.locator(f'[data-testid="memory-decision"][data-memory-id="{memory_id}"]')
+        await expect(decision.get_by_test_id("memory-outcome")).to_have_text("IN")
+        await expect(decision.get_by_test_id("memory-reason")).to_have_text("fits")
+        await expect(decision).to_contain_text(f"“{text}”")
+        await expect(decision).to_contain_text(whose)
+    await expect(page.get_by_test_id("render-system-prompt")).to_contain_text("Keeps bees on her roof.")
+    memory_row = page.locator('[data-testid="render-section"][data-kind="memory"]')
+    await expect(memory_row.locator("th")).to_have_text("Memory")
+    await expect(memory_row.locator("td").last).to_have_text("2")
+
+    # With her switch off (in the Memory panel), no memory is considered.
+    await page.get_by_role("tab", name="Memory").click()
+    await page.get_by_label("Personas may remember me").uncheck()
+    await expect(page.get_by_test_id("memory-switch-status")).to_contain_text("Off:")
+    await page.get_by_role("tab", name="Render").click()
+    await render.click()
+    await expect(page.get_by_test_id("render-memories")).to_contain_text("No memory of yours was considered")
+    await expect(page.get_by_test_id("render-system-prompt")).not_to_contain_text("bees")
+
+    # A fresh load shows the settings as saved.
+    await page.reload()
+    await expect(page.locator("#persona-list button.persona").first).to_be_visible()
+    await pick(page, persona)
+    await expect(page.get_by_label("Remembers its users")).to_be_checked()
+    await expect(page.get_by_label("Memory budget (tokens)")).to_have_value("300")
+    await expect(page.get_by_test_id("editor-status")).to_have_text("saved · version 2 · private")
+
+
+async def test_a_memory_learned_in_a_kept_chat_is_listed_as_learned_and_used_by_the_next_turn(
+    page, base_url, alice, screenshots
+):
+    settings = {"provider": "echo", "memory": {"enabled": True, "extract": True}}
+    persona = await make_persona(base_url, alice, name="Echo " + os.urandom(4).hex(), model_settings=settings)
+    await api(base_url, alice, "POST", MEMORIES, {"content": "Likes answers in French."})
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Chat").click()
+    await page.get_by_label("Keep the conversation").check()
+    await page.get_by_label("Your message").fill("Please remember that I sail on Sundays.")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.get_by_test_id("chat-status").last).to_contain_text("finished: stop")
+
+    async def learned() -> bool:
+        listed = (await api(base_url, alice, "GET", f"{MEMORIES}?persona_id={persona['id']}"))["memories"]
+        return [(m["content"], m["source"]) for m in listed] == [("I sail on Sundays", "extracted")]
+
+    assert await eventually(learned), "the echo provider's extraction wrote nothing"
+    await page.get_by_role("tab", name="Memory").click()
+    memories = page.get_by_test_id("memory")
+    await expect(memories).to_have_count(2)
+    row = memories.filter(has_text="I sail on Sundays")
+    await expect(row).to_have_attribute("data-source", "extracted")
+    await expect(row.get_by_test_id("memory-meta")).to_contain_text(f"{persona['name']} · learned from a chat")
+    await page.get_by_label("New memory").fill("My name is pronounced AL-iss.")
+    await page.get_by_role("button", name="Add memory").click()
+    await expect(memories).to_have_count(3)
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.screenshot(path=screenshots / "playground-memory.png")
+
+    # The next turn would be given all three, the learned one among them.
+    await page.get_by_role("tab", name="Render").click()
+    await page.get_by_label("In the chat's kept conversation", exact=False).uncheck()
+    await page.get_by_role("button", name="Render", exact=True).click()
+    await expect(page.get_by_test_id("memory-decision")).to_have_count(3)
+    decision = page.get_by_test_id("memory-decision").filter(has_text="I sail on Sundays")
+    await expect(decision.get_by_test_id("memory-outcome")).to_have_text("IN")
+    await expect(decision).to_contain_text("this persona")
+    await expect(page.get_by_test_id("render-system-prompt")).to_contain_text("I sail on Sundays")
+
+
+async def test_render_says_which_memories_were_left_out_past_the_budget(page, base_url, alice):
+    persona = await make_persona(base_url, alice, model_settings={"memory": {"enabled": True, "token_budget": 40}})
+    for n in range(12):
+        await api(
+            base_url,
+            alice,
+            "POST",
+            MEMORIES,
+            {"content": f"Weather fact {n}: rain expected.", "persona_id": persona["id"]},
+        )
+    harbour = await api(
+        base_url,
+        alice,
+        "POST",
+        MEMORIES,
+        {"content": "Alice keeps a sailing boat in the harbour.", "persona_id": persona["id"]},
+    )
+    newest = await api(
+        base_url, alice, "POST", MEMORIES, {"content": "Alice started a new job.", "persona_id": persona["id"]}
+    )
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_label("Message to render").fill("Is my boat safe at the harbour?")
+    await page.get_by_role("button", name="Render", exact=True).click()
+    decisions = page.get_by_test_id("memory-decision")
+    await expect(decisions).to_have_count(14)
+    for memory, reason, words in ((harbour, "relevant", "most relevant"), (newest, "newest", "among the newest")):
+        decision = page.locator(f'[data-testid="memory-decision"][data-memory-id="{memory["memory"]["id"]}"]')
+        await expect(decision.get_by_test_id("memory-outcome")).to_have_text("IN")
+        await expect(decision.get_by_test_id("memory-reason")).to_have_text(reason)
+        await expect(decision).to_contain_text(words)
+        await expect(decision).to_contain_text(memory["memory"]["content"])
+    left_out = decisions.filter(has_text="Weather fact")
+    await expect(left_out).to_have_count(12)
+    for i in range(12):
+        await expect(left_out.nth(i).get_by_test_id("memory-outcome")).to_have_text("OUT")
+        await expect(left_out.nth(i).get_by_test_id("memory-reason")).to_have_text("budget")
+    await expect(left_out.first).to_contain_text("over the memory budget")
+    await expect(page.locator('[data-testid="render-section"][data-kind="memory"] td').last).to_have_text("2")

@@ -5,6 +5,7 @@ import { readEvents } from "./sse.js";
 
 const PERSONAS = "/api/v1/chat/personas";
 const CHAT = "/api/v1/chat";
+const MEMORIES = "/api/v1/memories";
 
 export class ApiError extends Error {
   constructor(status, message, { code = null, field = null, details = null } = {}) {
@@ -135,6 +136,35 @@ export class Client {
   }
   runTests(id) {
     return this.json("POST", `${PERSONAS}/${id}/tests/run`, { body: {} });
+  }
+
+  // Memories (contract section 15): the caller's own, and their switch
+  /** A page of the caller's memories, newest first; personaId (optional) keeps those for that persona only. */
+  memories({ personaId = null, limit = 200, offset = 0 } = {}) {
+    const query = new URLSearchParams({ limit: String(limit), offset: String(offset) });
+    if (personaId) query.set("persona_id", personaId);
+    return this.json("GET", `${MEMORIES}?${query}`);
+  }
+  /** personaId null: a memory for all of the caller's personas */
+  addMemory(content, personaId = null) {
+    const body = personaId ? { content, persona_id: personaId } : { content };
+    return this.json("POST", MEMORIES, { body });
+  }
+  rewriteMemory(id, content) {
+    return this.json("PATCH", `${MEMORIES}/${id}`, { body: { content } });
+  }
+  deleteMemory(id) {
+    return this.json("DELETE", `${MEMORIES}/${id}`);
+  }
+  /** Forget the memories for one persona, or (personaId null) every memory of the caller's */
+  deleteMemories(personaId = null) {
+    return this.json("DELETE", personaId ? `${MEMORIES}?persona_id=${encodeURIComponent(personaId)}` : MEMORIES);
+  }
+  memorySwitch() {
+    return this.json("GET", `${MEMORIES}/settings`);
+  }
+  setMemorySwitch(enabled) {
+    return this.json("PUT", `${MEMORIES}/settings`, { body: { enabled } });
   }
 
   // Import and export

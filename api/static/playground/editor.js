@@ -9,6 +9,9 @@ const TEXT_FIELDS = ["name", "description", "system_prompt"];
 const JSON_FIELDS = { personality_traits: "object", capabilities: "object", tools: "list" };
 const MODEL_TEXT = ["provider", "model"];
 const MODEL_NUMBERS = { temperature: parseFloat, top_p: parseFloat, max_tokens: Number, context_window: Number };
+// model_settings.memory (contract section 15), and what the server assumes for a blank number.
+const MEMORY_TOGGLES = ["enabled", "extract"];
+const MEMORY_NUMBERS = { token_budget: 512, max_items: 100 };
 
 export const NEW_DRAFT = {
   name: "",
@@ -25,9 +28,8 @@ export const NEW_DRAFT = {
   lorebook: null,
 };
 
-// The model settings the form has no input for (prompt_cache, summaries, memory): sent back as loaded.
+// The model settings the form has no input for (prompt_cache, summaries): sent back as loaded.
 let loadedSettings = {};
-
 
 const input = (field) => $(`#f-${field}`);
 
@@ -39,6 +41,9 @@ export function fillForm(persona) {
   for (const field of [...MODEL_TEXT, ...Object.keys(MODEL_NUMBERS)]) input(field).value = settings[field] ?? "";
   input("fallbacks").value = formatJson(settings.fallbacks || []);
   loadedSettings = settings;
+  const memory = settings.memory || {};
+  for (const field of MEMORY_TOGGLES) input(`memory-${field}`).checked = Boolean(memory[field]);
+  for (const [field, fallback] of Object.entries(MEMORY_NUMBERS)) input(`memory-${field}`).value = memory[field] ?? fallback;
   input("scenario").value = persona.scenario ?? "";
   fillCards(persona);
   input("visibility").value = persona.visibility || "private";
@@ -83,10 +88,26 @@ export function readForm() {
   } catch (err) {
     throw new FormError("model_settings.fallbacks", `model_settings.fallbacks is not valid JSON: ${err.message}`);
   }
+  settings.memory = readMemory(settings.memory);
   draft.model_settings = settings;
   draft.visibility = input("visibility").value;
   draft.scenario = input("scenario").value.trim() ? input("scenario").value : null;
   return { ...draft, ...readCards() };
+}
+
+/** model_settings.memory from its inputs; fields the form does not show are kept as loaded. */
+function readMemory(loaded) {
+  const memory = { ...(loaded || {}) };
+  for (const field of MEMORY_TOGGLES) memory[field] = input(`memory-${field}`).checked;
+  for (const [field, fallback] of Object.entries(MEMORY_NUMBERS)) {
+    const text = input(`memory-${field}`).value.trim();
+    const value = text === "" ? fallback : Number(text);
+    if (!Number.isInteger(value)) {
+      throw new FormError(`model_settings.memory.${field}`, `model_settings.memory.${field} must be a whole number.`);
+    }
+    memory[field] = value;
+  }
+  return memory;
 }
 
 export function changeNote() {
@@ -121,7 +142,8 @@ export function markField(field, message = "") {
     .replace(/^(candidates\[\d+\]\.)?persona\./, "")
     .split(/[.[\]]+/)
     .filter(Boolean);
-  const name = path[0] === "model_settings" && path[1] ? path[1] : path[0];
+  let name = path[0] === "model_settings" && path[1] ? path[1] : path[0];
+  if (name === "memory" && path[0] === "model_settings") name = path[2] ? `memory-${path[2]}` : "memory-enabled";
   const target = cardControl(path) || input(name);
   if (!target) return;
   target.setAttribute("aria-invalid", "true");

@@ -1,6 +1,7 @@
 // The workbench panels: render, chat, compare, tests and versions. Each takes the page context
 // (the API client and what the editor holds) and wires its own part of the page.
 
+import { showMemoryDecisions } from "./memory.js";
 import { $, el, formatJson, formatTime, notify, showError, task } from "./ui.js";
 
 // Render ------------------------------------------------------------------------------------------
@@ -106,6 +107,7 @@ export function renderPanel(ctx, { onRendered = () => {} } = {}) {
     $("#render-request").textContent = formatJson(result.request);
     showContext(result.context);
     showLore(result.lore);
+    await showMemoryDecisions(ctx.client, result.memories, choice.persona || ctx.state.current, { draft: Boolean(choice.persona) });
     onRendered(result, choice);
   });
   /** Follow the chat's kept conversation (null: none), which a render of the saved persona may use. */

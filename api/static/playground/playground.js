@@ -3,6 +3,7 @@
 import { Client } from "./api.js";
 import { cardsPart } from "./cards.js";
 import { FormError, NEW_DRAFT, changeNote, fillForm, markField, readForm, setReadOnly, snapshot } from "./editor.js";
+import { memoryPanel } from "./memory.js";
 import { chatPanel, comparePanel, renderPanel, testsPanel, versionsPanel } from "./panels.js";
 import { $, clearError, el, notify, onFieldError, showError, task } from "./ui.js";
 
@@ -51,6 +52,7 @@ const chat = chatPanel(ctx);
 const compare = comparePanel(ctx);
 const tests = testsPanel(ctx);
 const versions = versionsPanel(ctx, { onVersions: (list) => compare.options(list) });
+const memory = memoryPanel(ctx);
 
 cardsPart();
 
@@ -61,7 +63,8 @@ $("#key-form").addEventListener("submit", async (event) => {
   const key = $("#api-key").value.trim();
   if (!key) return;
   sessionStorage.setItem(KEY_STORAGE, key);
-  await refreshList();
+  memory.reset();
+  if (await refreshList() && $("#tab-memory").getAttribute("aria-selected") === "true") await memory.load();
 });
 
 $("#key-forget").addEventListener("click", () => {
@@ -69,6 +72,8 @@ $("#key-forget").addEventListener("click", () => {
   $("#api-key").value = "";
   state.personas = [];
   showList();
+  memory.reset();
+  memory.personas([]);
   notify("The key is forgotten by this tab.");
 });
 
@@ -107,6 +112,7 @@ async function refreshList() {
   if (!body) return false;
   state.personas = body.personas;
   showList();
+  memory.personas(state.personas);
   return true;
 }
 
@@ -330,6 +336,8 @@ function selectTab(tab) {
     other.tabIndex = selected ? 0 : -1;
     $(`#${other.getAttribute("aria-controls")}`).hidden = !selected;
   }
+  // The memories are the key's own, whatever the editor holds: read afresh each time the panel opens.
+  if (tab.id === "tab-memory" && sessionStorage.getItem(KEY_STORAGE)) memory.load();
 }
 
 tabs.forEach((tab, i) => {
