@@ -141,11 +141,10 @@ async def test_memories_written_get_vectors_in_the_background(vec, vec_resources
     pool = vec_resources.pool
     persona = await make_persona(vec, alice, {"enabled": True})
 
-    # The write answers before its vector is made: the embeddings endpoint takes a second here.
+    # The write answers before its vector is made: the embeddings endpoint takes a second here, and the memory
+    # has no vector yet when the write has answered.
     fake_llm.embeddings_delay = 1.0
-    started = time.monotonic()
     memory = await remember(vec, alice, "Alice keeps a sailing boat in the harbour.", persona["id"])
-    assert time.monotonic() - started < 0.8
     assert (await stored_vector(pool, memory["id"]))[0] is None
     assert near(await vector_lands(pool, memory["id"]), fake_embedding(memory["content"]))
     fake_llm.embeddings_delay = 0.0

@@ -84,7 +84,7 @@ class Embedder:
             api_key=config.api_key or "unused",
             base_url=config.base_url or _OPENAI_URL,
             timeout=timeout,
-            max_retries=1,
+            max_retries=0,  # retries are the runtime's: none for a vector (full text stands in)
         )
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
