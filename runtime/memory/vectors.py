@@ -7,6 +7,8 @@ background after the write has answered, through that provider's ``/embeddings``
 (a trigger) until the new one arrives. When a turn's memories do not all fit its budget, the latest message is
 embedded (one call on that turn) and memories are ranked by cosine similarity to it (:mod:`runtime.memory.recall`).
 A failed embedding is logged without any text, and the memory keeps no vector: it is ranked by full text then.
+At start, memories without a vector of the current model (written before, or failed) are embedded in the
+background.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ WHERE table_schema = current_schema() AND table_name = 'memories' AND column_nam
 _STORE = """
 UPDATE memories SET embedding = $4::text::vector, embedding_model = $5
 WHERE id = $1 AND user_id = $2 AND content = $3"""
+# Memories without a vector of this model ($1): written before vectors were on, while the provider failed, or
+# with another model. Keyset pages by id, after $2.
+_MISSING = """
+SELECT id, user_id, content FROM memories
+WHERE embedding_model IS DISTINCT FROM $1 AND id > $2
+ORDER BY id LIMIT $3"""
 
 
 def embeddings_config(configs: Iterable[ProviderConfig], name: str) -> ProviderConfig:
@@ -114,22 +122,53 @@ class Vectors:
         self.model: str = embedder.model
         self.query_seconds = query_seconds
         self._tasks: set[asyncio.Task[None]] = set()
+        self._backfill: asyncio.Task[int] | None = None
 
     def embed_later(self, user_id: UUID, memories: list[tuple[UUID, str]]) -> None:
         """Embed ``(id, content)`` of memories just written, in the background: the write has answered already."""
         for start in range(0, len(memories), _BATCH):
-            task = asyncio.get_running_loop().create_task(self._store(user_id, memories[start : start + _BATCH]))
+            batch = [(memory_id, user_id, content) for memory_id, content in memories[start : start + _BATCH]]
+            task = asyncio.get_running_loop().create_task(self._store(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _store(self, user_id: UUID, memories: list[tuple[UUID, str]]) -> None:
+    def backfill(self) -> asyncio.Task[int]:
+        """Embed, in the background, the memories that have no vector of this model yet (at start: those written
+        before vectors were on, or whose embedding failed), a batch at a time; the task's result is how many."""
+        if self._backfill is None or self._backfill.done():
+            self._backfill = asyncio.get_running_loop().create_task(self._fill())
+        return self._backfill
+
+    async def _fill(self) -> int:
+        after, done = UUID(int=0), 0
         try:
-            vectors = await self._embedder.embed([content for _, content in memories])
-            rows = [
-                (memory_id, user_id, content, vector_literal(vector), self.model)
-                for (memory_id, content), vector in zip(memories, vectors, strict=True)
-            ]
-            await self._pool.executemany(_STORE, rows)
+            while rows := await self._pool.fetch(_MISSING, self.model, after, _BATCH):
+                after = rows[-1]["id"]
+                await self._embed([(r["id"], r["user_id"], r["content"]) for r in rows])
+                done += len(rows)
+        except Exception as exc:
+            log.warning(
+                "could not embed the memories that have no vector yet with %s (%s%s); they are ranked by full text",
+                self._embedder.provider,
+                type(exc).__name__,
+                _status(exc),
+            )
+        if done:
+            log.info("embedded %d memories that had no vector of %s", done, self.model)
+        return done
+
+    async def _embed(self, memories: list[tuple[UUID, UUID, str]]) -> None:
+        """Embed and store ``(id, user_id, content)`` of memories, each only if it still says that."""
+        vectors = await self._embedder.embed([content for _, _, content in memories])
+        rows = [
+            (memory_id, user_id, content, vector_literal(vector), self.model)
+            for (memory_id, user_id, content), vector in zip(memories, vectors, strict=True)
+        ]
+        await self._pool.executemany(_STORE, rows)
+
+    async def _store(self, memories: list[tuple[UUID, UUID, str]]) -> None:
+        try:
+            await self._embed(memories)
         except Exception as exc:
             log.warning(
                 "could not embed %d memories with %s (%s%s); they are ranked by full text",
@@ -160,7 +199,10 @@ class Vectors:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
-        """At shutdown: let the vectors under way finish (bounded), then close the client."""
+        """At shutdown: stop the backfill, let the vectors of writes under way finish (bounded), close the client."""
+        if self._backfill is not None:
+            self._backfill.cancel()
+            await asyncio.gather(self._backfill, return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.settle(), timeout=5)
         for task in list(self._tasks):

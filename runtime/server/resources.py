@@ -238,6 +238,7 @@ async def open_resources(
                 embedder = Embedder(embeddings, settings.embeddings_model, timeout=settings.request_timeout)
                 vectors = Vectors(pool, embedder)
                 stack.push_async_callback(vectors.aclose)
+                vectors.backfill()
                 log.info(
                     "memories are ranked by vector similarity (embeddings: %s, %s)",
                     embeddings.name,
