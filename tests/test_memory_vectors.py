@@ -333,3 +333,16 @@ def test_the_embeddings_settings_are_read_from_the_environment():
     assert (settings.embeddings_provider, settings.embeddings_model) == ("local", "nomic-embed-text")
     settings = Settings.from_env({})
     assert (settings.embeddings_provider, settings.embeddings_model) == (None, "text-embedding-3-small")
+
+
+def test_serve_refuses_an_embeddings_provider_that_is_not_configured(monkeypatch, capsys):
+    from runtime.server import cli
+
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)  # the session's logging stays as it is
+    for name in [n for n in os.environ if n.startswith(("OPENAI_", "ANTHROPIC_", "PROVIDER_", "DEFAULT_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("EMBEDDINGS_PROVIDER", "nowhere")
+    monkeypatch.chdir(tempfile.mkdtemp())  # no .env of the checkout's
+    assert cli.main(["serve"]) == 1
+    said = capsys.readouterr().err
+    assert "EMBEDDINGS_PROVIDER is 'nowhere', which is not configured" in said and "Traceback" not in said
