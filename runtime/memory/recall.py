@@ -235,12 +235,12 @@ class Recall:
         if not latest.strip():
             return {}
         text = latest[:_QUERY_CHARS]
-        vector = await self.vectors.query(text) if self.vectors is not None else None
-        if vector is None:
+        vectors = self.vectors
+        vector = await vectors.query(text) if vectors is not None else None
+        if vectors is None or vector is None:
             rows = await self._pool.fetch(_RANK, user_id, persona_id, text, ids)
             return {r[0]: (1, -r[1]) for r in rows if r[1] > 0}
-        assert self.vectors is not None
-        rows = await self._pool.fetch(_RANK_VECTORS, user_id, persona_id, text, ids, vector, self.vectors.model)
+        rows = await self._pool.fetch(_RANK_VECTORS, user_id, persona_id, text, ids, vector, vectors.model)
         order: dict[UUID, tuple[int, float]] = {}
         for memory_id, similarity, rank in rows:
             if similarity is not None and math.isfinite(similarity):
