@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
+import hashlib
 import json
+import math
+import re
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FakeLLM", "FakeToolCall", "RecordedRequest", "Script"]
+__all__ = ["EMBEDDING_DIMENSIONS", "FakeLLM", "FakeToolCall", "RecordedRequest", "Script", "fake_embedding"]
 
 _REASONS = {
     200: "OK",
@@ -96,11 +101,15 @@ class FakeLLM:
     """The server: a raw asyncio HTTP/1.1 server in its own thread, one request per connection.
 
     Scripts are taken from a queue, one per chat request; when it is empty ``default`` answers.
+    ``POST /v1/embeddings`` takes no script: it answers :func:`fake_embedding` of each input, or the HTTP error
+    ``embeddings_status`` while that is set, after ``embeddings_delay`` seconds.
     """
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
         self.default = Script()
+        self.embeddings_status: int | None = None
+        self.embeddings_delay = 0.0
         self._queue: collections.deque[Script] = collections.deque()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -136,13 +145,18 @@ class FakeLLM:
         return self.requests[-1]
 
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.method == "POST"]
+        return [r for r in self.requests if r.method == "POST" and r.path != "/v1/embeddings"]
+
+    def embedding_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.method == "POST" and r.path == "/v1/embeddings"]
 
     def reset(self) -> None:
         with self._lock:
             self._queue.clear()
         self.requests.clear()
         self.default = Script()
+        self.embeddings_status = None
+        self.embeddings_delay = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> FakeLLM:
@@ -216,6 +230,14 @@ class FakeLLM:
         if record.method == "GET" and record.path == "/v1/models":
             data = [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fakellm"}]
             await self._json(writer, 200, {"object": "list", "data": data})
+            return True
+        if record.method == "POST" and record.path == "/v1/embeddings":
+            status = self.embeddings_status
+            await self._wait(self.embeddings_delay, gone)
+            if status is not None:
+                await self._json(writer, status, _error_body(True, status))
+            else:
+                await self._json(writer, 200, _embeddings(record.body))
             return True
         if record.method != "POST" or record.path not in ("/v1/chat/completions", "/v1/messages"):
             await self._json(writer, 404, {"error": {"message": f"no route {record.path}", "type": "not_found"}})
@@ -407,6 +429,66 @@ def _openai_completion(script: Script) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _openai_finish(script)}],
         "usage": _openai_usage(script),
         "system_fingerprint": None,
+    }
+
+
+# -- OpenAI embeddings ---------------------------------------------------------------------
+EMBEDDING_DIMENSIONS = 256
+# Words that mean one thing to the fake model, so texts that share no word can still be near.
+_SYNONYMS = {
+    word: concept
+    for concept, words in {
+        "dog": "dog dogs puppy puppies hound hounds terrier labrador spaniel",
+        "cat": "cat cats kitten kittens",
+        "boat": "boat boats sailing sail sails yacht sailboat harbour harbor",
+        "music": "music cello violin piano guitar concert orchestra",
+        "food": "vegetarian vegan meat food eat eats eating dinner lunch cook cooking recipe",
+        "coffee": "coffee espresso latte cappuccino",
+    }.items()
+    for word in words.split()
+}
+# Small words carry no meaning here.
+_SMALL_WORDS = (
+    "a an and are at be do does for from has have her his i in is it its me my of on or our she so that the their "
+    "them they this to was we what when where which who will with you your"
+)
+_STOP_WORDS = frozenset(_SMALL_WORDS.split())
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def fake_embedding(text: str) -> list[float]:
+    """The fake model's vector of ``text``: a normalised bag of its words (synonyms one word, small words left
+    out), each hashed to one of :data:`EMBEDDING_DIMENSIONS` axes with a sign. Deterministic; a text of no such
+    words gets the same fixed vector."""
+    vector = [0.0] * EMBEDDING_DIMENSIONS
+    for word in _WORD.findall(text.lower()):
+        if word in _STOP_WORDS:
+            continue
+        digest = hashlib.sha256(_SYNONYMS.get(word, word).encode()).digest()
+        vector[digest[0] % EMBEDDING_DIMENSIONS] += 1.0 if digest[1] % 2 else -1.0
+    norm = math.sqrt(sum(x * x for x in vector))
+    if norm == 0:
+        return [1.0] + [0.0] * (EMBEDDING_DIMENSIONS - 1)
+    return [x / norm for x in vector]
+
+
+def _embeddings(body: Any) -> dict[str, Any]:
+    """OpenAI's answer to ``POST /v1/embeddings``: floats, or base64 of little-endian float32 when asked."""
+    body = body if isinstance(body, dict) else {}
+    inputs = body.get("input")
+    texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs or []]
+    packed = body.get("encoding_format") == "base64"
+    data = []
+    for index, text in enumerate(texts):
+        vector = fake_embedding(text)
+        embedding: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if packed else vector
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = sum(len(text.split()) for text in texts)
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model", "fake-embedding"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
 

@@ -10,8 +10,9 @@ first, so a retry or a second instance never applies one exchange twice; then as
 
 and applies what it validates, in one transaction: new memories (``source: extracted``), rewritten and
 removed ones among the user's memories for this persona, and past ``max_items`` the oldest extracted ones go.
-An answer that is not that shape changes nothing. The offline ``echo`` provider gets no call: "remember that
-…" sentences of the user's message are added and "forget that …" removes what matches, deterministically.
+With vectors on, the memories it added or rewrote are embedded in the background after that transaction.
+An answer that is not that shape changes nothing. The offline ``echo`` provider gets no call: "remember that …"
+sentences of the user's message are added and "forget that …" removes what matches, deterministically.
 Memory text is never logged.
 """
 
@@ -32,6 +33,7 @@ from msgspec import Meta
 from core.signals import notify
 from providers import ChatMessage, ProviderRequest, ProviderSet, text_of
 from runtime.memory.recall import MEMORY_SIGNAL, RecallCache
+from runtime.memory.vectors import Vectors
 
 __all__ = ["Changes", "Extractor", "echo_changes", "parse_changes"]
 
@@ -71,7 +73,8 @@ SELECT id, content FROM memories WHERE user_id = $1 AND persona_id = $2 ORDER BY
 _ADD = """
 INSERT INTO memories (id, user_id, persona_id, content, source, source_message_id)
 SELECT $1, $2, $3, $4, 'extracted', $5
-WHERE NOT EXISTS (SELECT 1 FROM memories WHERE user_id = $2 AND persona_id = $3 AND content = $4)"""
+WHERE NOT EXISTS (SELECT 1 FROM memories WHERE user_id = $2 AND persona_id = $3 AND content = $4)
+RETURNING id"""
 _REWRITE = """
 UPDATE memories SET content = $4, updated_at = now() WHERE id = $1 AND user_id = $2 AND persona_id = $3"""
 _REMOVE = "DELETE FROM memories WHERE id = $1 AND user_id = $2 AND persona_id = $3"
@@ -121,9 +124,11 @@ class Extractor:
         model: str | None = None,
         timeout: float = 60.0,
         cache: RecallCache | None = None,
+        vectors: Vectors | None = None,
     ) -> None:
         self._pool = pool
         self._cache = cache
+        self._vectors = vectors
         self.providers = providers
         self.provider = provider if provider in providers else None
         self.model = model
@@ -185,19 +190,27 @@ class Extractor:
         return outcome
 
     async def _apply(self, user_id: UUID, persona_id: UUID, message_id: UUID, changes: Changes, most: int) -> None:
+        written: list[tuple[UUID, str]] = []  # (id, content) of the memories added or rewritten
         async with self._pool.acquire() as connection, connection.transaction():
             for memory_id in changes.remove:
                 await connection.execute(_REMOVE, memory_id, user_id, persona_id)
             for rewrite in changes.rewrite:
-                await connection.execute(_REWRITE, rewrite.id, user_id, persona_id, rewrite.content.strip())
+                content = rewrite.content.strip()
+                if await connection.execute(_REWRITE, rewrite.id, user_id, persona_id, content) == "UPDATE 1":
+                    written.append((rewrite.id, content))
             for content in changes.add:
                 if content.strip():
-                    await connection.execute(_ADD, uuid4(), user_id, persona_id, content.strip(), message_id)
+                    added = await connection.fetchval(_ADD, uuid4(), user_id, persona_id, content.strip(), message_id)
+                    if added is not None:
+                        written.append((added, content.strip()))
             await connection.execute(_TRIM, user_id, persona_id, most)
             if self._cache is not None:
                 await notify(connection, MEMORY_SIGNAL, str(user_id))
         if self._cache is not None:
             self._cache.forget(user_id)
+        if self._vectors is not None and written:
+            # Those trimmed or removed meanwhile are not found when their vectors arrive, and nothing is stored.
+            self._vectors.embed_later(user_id, written)
 
     async def _ask(self, name: str, model: str, said: str) -> str:
         request = ProviderRequest(

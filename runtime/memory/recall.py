@@ -5,7 +5,10 @@ first; they are kept in this process (:class:`RecallCache`) until a write to tha
 heard of from another instance, so most turns make no query at all. When they all fit the persona's
 ``memory.token_budget`` they all go, oldest first; otherwise one more query ranks them with PostgreSQL's
 full-text rank against the latest message, and the most relevant go, then the newest, while the budget
-holds. They become one system section after the persona's prompt (and after its lore), so the persona's
+holds. With vectors on (:class:`runtime.memory.vectors.Vectors`, ``EMBEDDINGS_PROVIDER`` on a database with
+pgvector) the latest message is embedded first (one call on that turn) and the same query ranks the memories
+that have a vector of that model by cosine similarity, ahead of those without one, which keep their full-text
+rank. They become one system section after the persona's prompt (and after its lore), so the persona's
 cached prefix never changes with them. Each memory's tokens are counted once per tokenizer. Memory text is
 never logged.
 """
@@ -13,6 +16,7 @@ never logged.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +26,7 @@ import asyncpg
 import msgspec
 
 from personas.changes import UNHEARD_SECONDS
+from runtime.memory.vectors import Vectors
 
 __all__ = ["KEEP_SECONDS", "MEMORY_HEADING", "MEMORY_SIGNAL", "MemoryDecision", "Recall", "RecallCache", "Recalled"]
 
@@ -48,6 +53,18 @@ SELECT m.id, ts_rank(to_tsvector('simple', m.content), query.terms) AS rank
 FROM memories m, query
 WHERE m.user_id = $1 AND (m.persona_id = $2 OR m.persona_id IS NULL) AND m.id = ANY($4::uuid[])
   AND query.terms IS NOT NULL AND to_tsvector('simple', m.content) @@ query.terms"""
+# With vectors: each memory's cosine similarity to the latest message's vector ($5) when it has one of the same
+# model ($6) and dimension, else null; and its full-text rank, for those without.
+_RANK_VECTORS = """
+WITH query AS (SELECT nullif(replace(plainto_tsquery('simple', $3)::text, ' & ', ' | '), '')::tsquery AS terms,
+                      $5::text::vector AS vector)
+SELECT m.id,
+       CASE WHEN m.embedding_model = $6 AND vector_dims(m.embedding) = vector_dims(query.vector)
+            THEN 1 - (m.embedding <=> query.vector) END AS similarity,
+       CASE WHEN query.terms IS NOT NULL AND to_tsvector('simple', m.content) @@ query.terms
+            THEN ts_rank(to_tsvector('simple', m.content), query.terms) ELSE 0 END AS rank
+FROM memories m, query
+WHERE m.user_id = $1 AND (m.persona_id = $2 OR m.persona_id IS NULL) AND m.id = ANY($4::uuid[])"""
 # The latest message's text, as far as it is ranked against.
 _QUERY_CHARS = 2000
 # How long memories read for a (user, persona) are kept in this process while writes elsewhere are heard.
@@ -128,9 +145,10 @@ class Recall:
     """Reads a turn's memories: from this process's cache, else in one round trip; ranked in one more only when
     they do not all fit."""
 
-    def __init__(self, pool: asyncpg.Pool, cache: RecallCache | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, cache: RecallCache | None = None, vectors: Vectors | None = None) -> None:
         self._pool = pool
         self.cache = cache or RecallCache()
+        self.vectors = vectors
 
     async def _load(self, user_id: UUID, persona_id: UUID, limit: int) -> _Kept:
         kept = self.cache.get(user_id, (persona_id, limit))
@@ -176,17 +194,13 @@ class Recall:
         if fixed + sum(costs) <= budget:
             reasons = dict.fromkeys(range(len(found)), "fits")
         else:
-            ranks: dict[UUID, float] = {}
-            if latest.strip():
-                ids = [memory_id for memory_id, _, _ in found]
-                rows = await self._pool.fetch(_RANK, user_id, persona_id, latest[:_QUERY_CHARS], ids)
-                ranks = {r[0]: r[1] for r in rows}
+            order = await self._rank(user_id, persona_id, latest, [memory_id for memory_id, _, _ in found])
             spent = fixed
             # Most relevant first; among equals the newest (rows are newest first, and the sort is stable).
-            for index in sorted(range(len(found)), key=lambda i: -ranks.get(found[i][0], 0.0)):
+            for index in sorted(range(len(found)), key=lambda i: order.get(found[i][0], _UNRANKED)):
                 if spent + costs[index] <= budget:
                     spent += costs[index]
-                    reasons[index] = "relevant" if ranks.get(found[index][0], 0.0) > 0 else "newest"
+                    reasons[index] = "newest" if order.get(found[index][0], _UNRANKED) == _UNRANKED else "relevant"
         decisions = (
             [
                 MemoryDecision(
@@ -212,6 +226,32 @@ class Recall:
             ids=[str(found[i][0]) for i in chosen],
             decisions=decisions,
         )
+
+    async def _rank(
+        self, user_id: UUID, persona_id: UUID, latest: str, ids: list[UUID]
+    ) -> dict[UUID, tuple[int, float]]:
+        """Each relevant memory's place, smallest first: (0, -similarity) for those with a vector, (1, -rank) for
+        those that share a word with the latest message; the others are left out (they come after, newest first)."""
+        if not latest.strip():
+            return {}
+        text = latest[:_QUERY_CHARS]
+        vectors = self.vectors
+        vector = await vectors.query(text) if vectors is not None else None
+        if vectors is None or vector is None:
+            rows = await self._pool.fetch(_RANK, user_id, persona_id, text, ids)
+            return {r[0]: (1, -r[1]) for r in rows if r[1] > 0}
+        rows = await self._pool.fetch(_RANK_VECTORS, user_id, persona_id, text, ids, vector, vectors.model)
+        order: dict[UUID, tuple[int, float]] = {}
+        for memory_id, similarity, rank in rows:
+            if similarity is not None and math.isfinite(similarity):
+                order[memory_id] = (0, -similarity)
+            elif rank > 0:
+                order[memory_id] = (1, -rank)
+        return order
+
+
+# Where memories neither similar nor sharing a word with the latest message go: after the rest, newest first.
+_UNRANKED = (2, 0.0)
 
 
 def _scaled(tokens: int, ratio: float) -> int:

@@ -1,5 +1,6 @@
 """MemoryStore: a user's memories in PostgreSQL. Every query is scoped by the owning user: no other caller, the
-persona's owner or an admin included, reaches a memory. Memory text is never logged."""
+persona's owner or an admin included, reaches a memory. With vectors on, a memory added or rewritten is embedded
+in the background once the write has answered. Memory text is never logged."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import asyncpg
 
 from core.signals import notify
 from runtime.memory.recall import MEMORY_SIGNAL, RecallCache
+from runtime.memory.vectors import Vectors
 
 __all__ = ["Memory", "MemoryStore"]
 
@@ -67,11 +69,17 @@ def _memory(row: asyncpg.Record) -> Memory:
 
 class MemoryStore:
     """The routes' side of memories. Every write drops what this process keeps of the user's memories for turns
-    and tells the other instances to (``cache``; none: nothing is kept)."""
+    and tells the other instances to (``cache``; none: nothing is kept); with ``vectors``, what it adds or rewrites
+    is embedded in the background."""
 
-    def __init__(self, pool: asyncpg.Pool, cache: RecallCache | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, cache: RecallCache | None = None, vectors: Vectors | None = None) -> None:
         self._pool = pool
         self._cache = cache
+        self._vectors = vectors
+
+    def _embed(self, user_id: UUID, memory: Memory) -> None:
+        if self._vectors is not None:
+            self._vectors.embed_later(user_id, [(memory.id, memory.content)])
 
     async def _changed(self, user_id: UUID) -> None:
         if self._cache is not None:
@@ -99,14 +107,18 @@ class MemoryStore:
         row = await self._pool.fetchrow(_INSERT, uuid4(), user_id, persona_id, content, source, source_message_id)
         assert row is not None
         await self._changed(user_id)
-        return _memory(row)
+        memory = _memory(row)
+        self._embed(user_id, memory)
+        return memory
 
     async def rewrite(self, user_id: UUID, memory_id: UUID, content: str) -> Memory | None:
         row = await self._pool.fetchrow(_UPDATE, memory_id, user_id, content)
         if row is None:
             return None
         await self._changed(user_id)
-        return _memory(row)
+        memory = _memory(row)
+        self._embed(user_id, memory)
+        return memory
 
     async def delete(self, user_id: UUID, memory_id: UUID) -> bool:
         deleted = await self._pool.execute(_DELETE_ONE, memory_id, user_id) == "DELETE 1"

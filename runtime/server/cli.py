@@ -28,6 +28,7 @@ from personas.models import Limits
 from personas.store import PersonaStore
 from providers import configs_from_env, default_provider
 from runtime.access.accounts import Accounts
+from runtime.memory.vectors import embeddings_config
 from runtime.server.embedded import EmbeddedPostgres, EmbeddedUnavailable
 from runtime.server.migrate import MigrationError, apply_migrations
 from runtime.server.serving import raise_open_file_limit, run, uvicorn_options
@@ -158,7 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     # Refuse a bad provider configuration here, with its message, rather than as a worker's traceback.
-    default_provider(configs_from_env(settings.env), settings.env)
+    configs = configs_from_env(settings.env)
+    default_provider(configs, settings.env)
+    if settings.embeddings_provider:
+        embeddings_config(configs, settings.embeddings_provider)
     # uvicorn re-raises the SIGTERM that stopped it once it is done; as an exception it lets the embedded
     # database below be stopped too, where the default action would end the process on the spot.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

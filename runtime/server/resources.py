@@ -41,6 +41,7 @@ from runtime.chat.pipeline import ChatPipeline
 from runtime.chat.recordings import StreamRecorder
 from runtime.chat.responses import ResponseStore
 from runtime.memory import MEMORY_SIGNAL, Extractor, MemoryStore, Recall, RecallCache
+from runtime.memory.vectors import Embedder, Vectors, embeddings_config, has_vectors
 from runtime.server.embedded import EmbeddedPostgres
 from runtime.server.migrate import apply_migrations
 from runtime.server.settings import Settings
@@ -75,6 +76,8 @@ class Resources:
     streams: StreamRecorder
     leases: Leases
     limiter: Limiter
+    # Memories' vectors (EMBEDDINGS_PROVIDER on a database with pgvector), else None: full-text ranking only.
+    vectors: Vectors | None = None
 
     # The one Redis client of this process (a cluster client for a Redis Cluster), or None without REDIS_URL.
     # Typed loosely because the handlers' dependency check (msgspec) refuses a union of two client classes;
@@ -215,6 +218,7 @@ async def open_resources(
         ]
         metrics.allow(providers=[c.name for c in configs], models=[c.default_model for c in configs if c.default_model])
         default = default_provider(configs, settings.env)
+        embeddings = embeddings_config(configs, settings.embeddings_provider) if settings.embeddings_provider else None
         providers = (registry or ProviderRegistry.with_builtins()).build(configs)
         stack.push_async_callback(providers.aclose)
         if providers.names() == ["echo"]:
@@ -228,6 +232,23 @@ async def open_resources(
                 "that name another provider use it"
             )
         log.info("providers: %s (default %s)", ", ".join(providers.names()), default)
+        vectors: Vectors | None = None
+        if embeddings is not None:
+            if await has_vectors(pool):
+                embedder = Embedder(embeddings, settings.embeddings_model, timeout=settings.request_timeout)
+                vectors = Vectors(pool, embedder)
+                stack.push_async_callback(vectors.aclose)
+                vectors.backfill()
+                log.info(
+                    "memories are ranked by vector similarity (embeddings: %s, %s)",
+                    embeddings.name,
+                    settings.embeddings_model,
+                )
+            else:
+                log.warning(
+                    "EMBEDDINGS_PROVIDER is set but this database has no pgvector (the `vector` extension was not "
+                    "available when it was migrated): memories are ranked by full text only"
+                )
 
         store = PersonaStore(
             pool,
@@ -277,9 +298,14 @@ async def open_resources(
             default_context_window=settings.default_context_window,
             summary_provider=settings.summary_provider,
             summary_model=settings.summary_model,
-            recall=Recall(pool, remembered),
+            recall=Recall(pool, remembered, vectors),
             extractor=Extractor(
-                pool, providers, provider=settings.memory_provider, model=settings.memory_model, cache=remembered
+                pool,
+                providers,
+                provider=settings.memory_provider,
+                model=settings.memory_model,
+                cache=remembered,
+                vectors=vectors,
             ),
             max_message_chars=settings.max_message_chars,
             metrics=metrics,
@@ -307,7 +333,7 @@ async def open_resources(
             personas=personas,
             conversations=conversations,
             responses=ResponseStore(pool, settings.response_retention_days),
-            memories=MemoryStore(pool, remembered),
+            memories=MemoryStore(pool, remembered, vectors),
             providers=providers,
             default_provider=default,
             chat=chat,
@@ -320,6 +346,7 @@ async def open_resources(
             leases=leases,
             redis_client=redis,
             limiter=limiter,
+            vectors=vectors,
         )
 
 

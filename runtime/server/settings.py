@@ -61,6 +61,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     summary_model: str | None = None
     memory_provider: str | None = None
     memory_model: str | None = None
+    # Who embeds memories and the latest message for vector retrieval (an OpenAI-compatible provider's
+    # /embeddings); unset, memories are ranked by full text only.
+    embeddings_provider: str | None = None
+    embeddings_model: str = "text-embedding-3-small"
     max_message_chars: int = 32_000
     # Largest persona import (a PNG card, or a document) accepted, and what one PNG text chunk may inflate to.
     import_max_bytes: int = 8 * 1024 * 1024
@@ -139,6 +143,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             summary_model=text("SUMMARY_MODEL"),
             memory_provider=text("MEMORY_PROVIDER"),
             memory_model=text("MEMORY_MODEL"),
+            embeddings_provider=text("EMBEDDINGS_PROVIDER"),
+            embeddings_model=text("EMBEDDINGS_MODEL") or "text-embedding-3-small",
             max_message_chars=int(number("MAX_MESSAGE_CHARS", 32_000)),
             import_max_bytes=int(number("IMPORT_MAX_BYTES", 8 * 1024 * 1024)),
             request_timeout=float(number("PROVIDER_TIMEOUT", 120.0, float)),
