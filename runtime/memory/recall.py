@@ -51,7 +51,9 @@ _RANK = """
 WITH query AS (SELECT nullif(replace(plainto_tsquery('simple', $3)::text, ' & ', ' | '), '')::tsquery AS terms)
 SELECT m.id, ts_rank(to_tsvector('simple', m.content), query.terms) AS rank
 FROM memories m, query
-WHERE m.user_id = $1 AND (m.persona_id = $2 OR m.persona_id IS NULL) AND m.id = ANY($4::uuid[])
+WHERE m.user_id = $1 AND (m.persona_id = $2 OR m.persona_id IS NULL)
+  AND m.id IN (SELECT id FROM memories WHERE user_id = $1 AND (persona_id = $2 OR persona_id IS NULL)
+               ORDER BY created_at DESC, id LIMIT $4)
   AND query.terms IS NOT NULL AND to_tsvector('simple', m.content) @@ query.terms"""
 # With vectors: each memory's cosine similarity to the latest message's vector ($5) when it has one of the same
 # model ($6) and dimension, else null; and its full-text rank, for those without.
@@ -64,7 +66,9 @@ SELECT m.id,
        CASE WHEN query.terms IS NOT NULL AND to_tsvector('simple', m.content) @@ query.terms
             THEN ts_rank(to_tsvector('simple', m.content), query.terms) ELSE 0 END AS rank
 FROM memories m, query
-WHERE m.user_id = $1 AND (m.persona_id = $2 OR m.persona_id IS NULL) AND m.id = ANY($4::uuid[])"""
+WHERE m.user_id = $1 AND (m.persona_id = $2 OR m.persona_id IS NULL)
+  AND m.id IN (SELECT id FROM memories WHERE user_id = $1 AND (persona_id = $2 OR persona_id IS NULL)
+               ORDER BY created_at DESC, id LIMIT $4)"""
 # The latest message's text, as far as it is ranked against.
 _QUERY_CHARS = 2000
 # How long memories read for a (user, persona) are kept in this process while writes elsewhere are heard.
@@ -194,7 +198,7 @@ class Recall:
         if fixed + sum(costs) <= budget:
             reasons = dict.fromkeys(range(len(found)), "fits")
         else:
-            order = await self._rank(user_id, persona_id, latest, [memory_id for memory_id, _, _ in found])
+            order = await self._rank(user_id, persona_id, latest, limit)
             spent = fixed
             # Most relevant first; among equals the newest (rows are newest first, and the sort is stable).
             for index in sorted(range(len(found)), key=lambda i: order.get(found[i][0], _UNRANKED)):
@@ -227,20 +231,19 @@ class Recall:
             decisions=decisions,
         )
 
-    async def _rank(
-        self, user_id: UUID, persona_id: UUID, latest: str, ids: list[UUID]
-    ) -> dict[UUID, tuple[int, float]]:
-        """Each relevant memory's place, smallest first: (0, -similarity) for those with a vector, (1, -rank) for
-        those that share a word with the latest message; the others are left out (they come after, newest first)."""
+    async def _rank(self, user_id: UUID, persona_id: UUID, latest: str, limit: int) -> dict[UUID, tuple[int, float]]:
+        """Each relevant memory's place among the user's ``limit`` newest for the persona, smallest first:
+        (0, -similarity) for those with a vector, (1, -rank) for those that share a word with the latest message;
+        the others are left out (they come after, newest first)."""
         if not latest.strip():
             return {}
         text = latest[:_QUERY_CHARS]
         vectors = self.vectors
         vector = await vectors.query(text) if vectors is not None else None
         if vectors is None or vector is None:
-            rows = await self._pool.fetch(_RANK, user_id, persona_id, text, ids)
+            rows = await self._pool.fetch(_RANK, user_id, persona_id, text, limit)
             return {r[0]: (1, -r[1]) for r in rows if r[1] > 0}
-        rows = await self._pool.fetch(_RANK_VECTORS, user_id, persona_id, text, ids, vector, vectors.model)
+        rows = await self._pool.fetch(_RANK_VECTORS, user_id, persona_id, text, limit, vector, vectors.model)
         order: dict[UUID, tuple[int, float]] = {}
         for memory_id, similarity, rank in rows:
             if similarity is not None and math.isfinite(similarity):
