@@ -78,11 +78,17 @@ async def test_a_stream_cut_and_resumed_through_the_balancer_lands_elsewhere_and
         runner = await asyncio.to_thread(running_answer, scale_out)
         start = seen[0].json
         route = CHAT + "/messages/{message_id}/events"
-        before = await asyncio.to_thread(counts, scale_out, route, "GET")
-        resumed = await http.get(
-            f"{CHAT}/messages/{start['message_id']}/events", headers={"Last-Event-ID": seen[-1].id}
-        )
-        resumer = await answered_by(scale_out, route, "GET", before)
+        # Reads and writes rotate over the instances separately (docs/haproxy.cfg), so the resume may first land
+        # on the stream's own instance: a resume is a replay, so ask again until another instance answers, which
+        # one round of the rotation guarantees.
+        for _ in scale_out.instances:
+            before = await asyncio.to_thread(counts, scale_out, route, "GET")
+            resumed = await http.get(
+                f"{CHAT}/messages/{start['message_id']}/events", headers={"Last-Event-ID": seen[-1].id}
+            )
+            resumer = await answered_by(scale_out, route, "GET", before)
+            if resumer != runner:
+                break
         assert resumer != runner, "the resume was answered by another instance than the stream's"
         rest, _ = parse_sse(resumed.text)
         assert rest[0].id == f"{start['message_id']}:5"
