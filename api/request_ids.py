@@ -1,4 +1,5 @@
-"""Request ids: every response carries ``X-Request-ID``, and every log line of the request names it.
+"""Request ids: every response carries ``X-Request-ID``, and every log line of the request names it, the
+access line written as the request ends (``persona_runtime.access``, INFO) among them.
 
 The same wrapper sends the rate limit headers of a request that was admitted under limits (``x-ratelimit-*``),
 on its answer whatever it is: JSON, a stream (before its first byte) or a 429.
@@ -6,12 +7,14 @@ on its answer whatever it is: JSON, a stream (before its first byte) or a 429.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
-from core.logs import REQUEST_ID
+from core.logs import ACCESS, REQUEST_ID, log_access
 from runtime.access.limits import LIMIT_HEADERS, rate_limit_headers
 
 __all__ = ["RequestIdMiddleware"]
@@ -51,6 +54,8 @@ class RequestIdMiddleware:
         if ident is None:
             ident = _new_id()
         header = (b"x-request-id", ident.encode("ascii"))
+        # Not even the clock is read for an access log that is off (LOG_LEVEL above INFO).
+        started = time.perf_counter() if ACCESS.isEnabledFor(logging.INFO) else None
         status = 500
         limits: list[dict[str, str]] = []
 
@@ -69,6 +74,8 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if started is not None:
+                log_access(scope, ident, status, started)
             LIMIT_HEADERS.reset(limits_token)
             REQUEST_ID.reset(token)
             if self.count is not None:

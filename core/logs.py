@@ -1,4 +1,9 @@
-"""Logging: the request id of every line, text or JSON lines (``LOG_FORMAT``), and secret-free access logs."""
+"""Logging: the request id of every line, text or JSON lines (``LOG_FORMAT``), and secret-free access logs.
+
+uvicorn's own loggers (``uvicorn``, ``uvicorn.error``) write through the same handler, without the ANSI-coloured
+copy of a message (``color_message``) uvicorn attaches to some of its records. The access log is ours
+(:func:`log_access`, one line a request from the request id middleware); uvicorn's is off.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,21 @@ import logging
 import re
 import time
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus
 
 import msgspec
 
-__all__ = ["REQUEST_ID", "JsonFormatter", "TextFormatter", "configure_logging", "scrub_query"]
+__all__ = ["ACCESS", "REQUEST_ID", "JsonFormatter", "TextFormatter", "configure_logging", "log_access", "scrub_query"]
 
 # The id of the request being served, for every log line written while serving it ("-" outside one).
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# One INFO line a request: `http request` with method, path (secrets in its query masked), status, duration_ms.
+ACCESS = logging.getLogger("persona_runtime.access")
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is a field of the line.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+# uvicorn's ``color_message`` (the message again, with ANSI colour codes) is never part of a line.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id", "color_message"}
 # A key in a query string never reaches a log: the value of a parameter whose name, percent-decoded, is one of
 # these (``?api_key=``, ``?api%5Fkey=``, ``?%61pi_key=``), and any value that decodes to one of our keys.
 _SECRET_NAMES = frozenset({"api_key", "apikey", "api-key", "x-api-key", "key", "token", "access_token"})
@@ -59,8 +67,26 @@ def scrub_query(target: str) -> str:
     return path + _PARAMETER.sub(_mask, "?" + query)
 
 
+def log_access(scope: dict[str, Any], request_id: str, status: int, started: float) -> None:
+    """The access line of the HTTP request of ASGI ``scope``, begun at ``started`` (``perf_counter``), as it ends.
+
+    The path is the one the client sent, still percent-encoded (httpx's test transport puts the query in it
+    too, which is cut off in favour of ``query_string``), so that the line stays one printable line.
+    """
+    raw = scope.get("raw_path")
+    path = raw.partition(b"?")[0].decode("ascii", "backslashreplace") if raw else quote(scope["path"])
+    if query := scope.get("query_string"):
+        path = scrub_query(f"{path}?{query.decode('ascii', 'backslashreplace')}")
+    if not path.isprintable():
+        path = path.encode("unicode_escape").decode("ascii")
+    duration = round((time.perf_counter() - started) * 1000, 1)
+    fields = {"request_id": request_id, "method": scope["method"], "path": path, "status": status}
+    ACCESS.info("http request", extra={**fields, "duration_ms": duration})
+
+
 class _ScrubQuery(logging.Filter):
-    """uvicorn's access log puts the request's path with its query string in the record's arguments."""
+    """uvicorn's access log, should anything give it a handler again, puts the request's path with its query
+    string in the record's arguments: masked there too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
@@ -118,6 +144,12 @@ def configure_logging(level: str, fmt: str = "text") -> logging.Handler:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # uvicorn's loggers write through ours alone: any handler (and formatter) configured for them before goes.
+    # uvicorn writes access lines only while its access logger has somewhere to write them: ours replace them.
+    for name, propagate in (("uvicorn", True), ("uvicorn.error", True), ("uvicorn.access", False)):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = propagate
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, _ScrubQuery) for f in access.filters):
         access.addFilter(_ScrubQuery())

@@ -285,7 +285,9 @@ async def serving(app: Litestar) -> AsyncIterator[str]:
     from runtime.server.serving import GuardedProtocol
 
     # The protocol `serve` runs; the loop stays the test session's own.
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", http=GuardedProtocol)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", http=GuardedProtocol
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

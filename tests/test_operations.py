@@ -1,18 +1,25 @@
 """What an operator relies on: request ids in, out and in every log line, JSON logs, one line per chat turn,
-no key in the access log, and the command's --version and --help."""
+one access line per request (no key in it, uvicorn's own lines in the same format), and the command's
+--version and --help."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
+import uuid
 
+import httpx
 import pytest
 
 from core.logs import REQUEST_ID, JsonFormatter, TextFormatter, configure_logging
 from tests.conftest import persona_body
+from tests.services import free_port
+from tests.test_cli import start_serve, wait_until_up
 
 CHAT = "/api/v1/chat"
 
@@ -107,14 +114,93 @@ def test_json_lines_carry_the_standard_fields_and_the_extra_ones(capsys, our_han
     assert line["ts"].endswith("Z")
 
 
-def test_the_access_log_never_keeps_a_key_from_a_query_string(capsys, our_handler):
-    our_handler("text")
-    access = logging.getLogger("uvicorn.access")
-    access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/v1/models?api_key=prk_secret&x=1", "1.1", 200)
-    access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/v1/models?key=prk_other", "1.1", 200)
-    err = capsys.readouterr().err
-    assert "prk_secret" not in err and "prk_other" not in err
-    assert "/v1/models?api_key=***&x=1" in err and "/v1/models?key=***" in err
+async def test_each_request_writes_one_access_line_with_its_fields_and_no_key(client, alice, caplog):
+    caplog.set_level(logging.INFO, logger="persona_runtime.access")
+    headers = {"X-Request-ID": "access-1"}
+    r = await client.get(f"/v1/models?api_key={alice.key}&x=1", headers={**alice.headers, **headers})
+    assert r.status_code == 200
+    await client.get("/nowhere/a%20b?key=prk_other", headers={"X-Request-ID": "access-2"})
+    lines = {r.request_id: r for r in caplog.records if r.name == "persona_runtime.access"}
+    fields = [{k: getattr(lines[i], k) for k in ("method", "path", "status")} for i in ("access-1", "access-2")]
+    assert fields == [
+        {"method": "GET", "path": "/v1/models?api_key=***&x=1", "status": 200},
+        {"method": "GET", "path": "/nowhere/a%20b?key=***", "status": 404},  # as sent: one line, no space
+    ]
+    assert all(r.getMessage() == "http request" and r.duration_ms >= 0 for r in lines.values())
+    text = "".join(TextFormatter().format(r) + JsonFormatter().format(r) for r in lines.values())
+    assert alice.key[4:] not in text and "prk_other" not in text
+
+
+async def test_the_access_line_of_a_stream_is_written_when_it_ends(client, alice, caplog):
+    caplog.set_level(logging.INFO, logger="persona_runtime")
+    headers = {**alice.headers, "X-Request-ID": "access-stream"}
+    r = await client.post(CHAT, json={"message": "hi", "stream": True}, headers=headers)
+    assert r.status_code == 200 and "event: done" in r.text
+    mine = [r for r in caplog.records if getattr(r, "request_id", None) == "access-stream"]
+    (turn,) = [r for r in mine if r.getMessage() == "chat turn"]
+    (access,) = [r for r in mine if r.name == "persona_runtime.access"]
+    assert mine[-1] is access and access.duration_ms >= turn.duration_ms
+    assert (access.method, access.path, access.status) == ("POST", CHAT, 200)
+
+
+async def test_no_access_line_is_written_above_info(client, caplog):
+    caplog.set_level(logging.WARNING, logger="persona_runtime.access")
+    assert (await client.get("/health")).status_code == 200
+    assert [r for r in caplog.records if r.name == "persona_runtime.access"] == []
+
+
+SERVED_KEY = "prk_access-log-test-key-0123456789abcdef"
+
+
+@pytest.fixture
+async def serve_env(create_database) -> dict[str, str]:
+    """``serve``'s environment: a fresh database whose admin has SERVED_KEY, no provider, no Redis."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_URL"))}
+    env.update(DATABASE_URL=await create_database(), BOOTSTRAP_ADMIN_KEY=SERVED_KEY, LOG_LEVEL="INFO")
+    return env
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_serve_writes_uvicorn_and_access_lines_through_its_own_format(serve_env, fmt):
+    """What ``serve`` writes to stderr: every line in LOG_FORMAT (uvicorn's own ones too, never coloured),
+    and one access line a request, its key masked."""
+    key, env = SERVED_KEY, {**serve_env, "LOG_FORMAT": fmt}
+    port = free_port()
+    # Two workers for JSON: the supervisor's lines and the workers' lines, each process configured alike.
+    server = start_serve(port, env, *(("--workers", "2") if fmt == "json" else ()))
+    events = f"/api/v1/chat/messages/{uuid.uuid4()}/events"
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base)
+        with httpx.Client(base_url=base) as http:
+            r = http.get(f"{events}?api_key={key}&after=1", headers={"X-Request-ID": "served-1"})
+            assert r.status_code == 404, r.text  # signed in by the query's key; no such message
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=60)
+    assert "\x1b[" not in err and "\\u001b" not in err and "color_message" not in err and key[4:] not in err
+    if fmt == "json":
+        lines = [json.loads(line) for line in err.splitlines()]  # every line is one JSON object
+        loggers = {line["logger"] for line in lines}
+        assert {"uvicorn.error", "persona_runtime.access"} <= loggers and "uvicorn.access" not in loggers
+        assert any(line["msg"].startswith("Uvicorn running on") for line in lines)
+        (access,) = [line for line in lines if line["request_id"] == "served-1"]
+        assert access["level"] == "INFO" and access["msg"] == "http request" and access["duration_ms"] >= 0
+        fields = {k: access[k] for k in ("logger", "method", "path", "status")}
+        assert fields == {
+            "logger": "persona_runtime.access",
+            "method": "GET",
+            "path": f"{events}?api_key=***&after=1",
+            "status": 404,
+        }
+    else:
+        (access,) = [line for line in err.splitlines() if "[served-1]" in line]
+        pattern = (
+            r"\S+ \S+ INFO persona_runtime\.access \[served-1\]: http request "
+            rf"method=GET path={re.escape(events)}\?api_key=\*\*\*&after=1 status=404 duration_ms=\d+\.\d"
+        )
+        assert re.fullmatch(pattern, access), access
+        assert any("INFO uvicorn.error [-]: Uvicorn running on" in line for line in err.splitlines())
 
 
 def test_version_and_help(tmp_path):

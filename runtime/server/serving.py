@@ -205,7 +205,10 @@ def uvicorn_options(
         "limit_concurrency": max_connections,
         # Idle kept-alive connections close after this many seconds.
         "timeout_keep_alive": 5,
+        # Logging is ours (core/logs.py): uvicorn's records through our handler, and our access log for its own.
         "log_config": None,
+        "use_colors": False,
+        "access_log": False,
         # Streams get SHUTDOWN_GRACE_SECONDS, then a few seconds to send their `shutting_down` end.
         "timeout_graceful_shutdown": grace + 5,
         # A burst of clients connecting at once (the held-streams benchmark, a deploy) must not be refused.
