@@ -74,9 +74,9 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if started is not None:
-                log_access(scope, ident, status, started)
             LIMIT_HEADERS.reset(limits_token)
             REQUEST_ID.reset(token)
             if self.count is not None:
                 self.count(scope.get("path_template") or "unmatched", scope["method"], status)
+            if started is not None:
+                log_access(scope, ident, status, started)

@@ -33,6 +33,8 @@ _SECRET_NAMES = frozenset({"api_key", "apikey", "api-key", "x-api-key", "key", "
 _KEY_MARK = "prk_"
 _PARAMETER = re.compile(r"([?&;])([^=&;#\s\"]*)(=)([^&;#\s\"]*)")
 _encode = msgspec.json.Encoder().encode
+# What an access line keeps of a request's target as sent: printable ASCII but the space.
+_SENT = "".join(map(chr, range(0x21, 0x7F)))
 
 
 class _RequestIdFilter(logging.Filter):
@@ -70,15 +72,14 @@ def scrub_query(target: str) -> str:
 def log_access(scope: dict[str, Any], request_id: str, status: int, started: float) -> None:
     """The access line of the HTTP request of ASGI ``scope``, begun at ``started`` (``perf_counter``), as it ends.
 
-    The path is the one the client sent, still percent-encoded (httpx's test transport puts the query in it
-    too, which is cut off in favour of ``query_string``), so that the line stays one printable line.
+    The path is the one the client sent, still percent-encoded, and anything but printable ASCII in it encoded
+    too, so that the line stays one printable line (httpx's test transport puts the query in ``raw_path`` as
+    well, which is cut off in favour of ``query_string``).
     """
     raw = scope.get("raw_path")
-    path = raw.partition(b"?")[0].decode("ascii", "backslashreplace") if raw else quote(scope["path"])
+    path = quote(raw.partition(b"?")[0], safe=_SENT) if raw else quote(scope["path"])
     if query := scope.get("query_string"):
-        path = scrub_query(f"{path}?{query.decode('ascii', 'backslashreplace')}")
-    if not path.isprintable():
-        path = path.encode("unicode_escape").decode("ascii")
+        path = scrub_query(f"{path}?{quote(query, safe=_SENT)}")
     duration = round((time.perf_counter() - started) * 1000, 1)
     fields = {"request_id": request_id, "method": scope["method"], "path": path, "status": status}
     ACCESS.info("http request", extra={**fields, "duration_ms": duration})

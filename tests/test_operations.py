@@ -7,16 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import logging.config
 import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 
 import httpx
 import pytest
+import uvicorn.config
 
-from core.logs import REQUEST_ID, JsonFormatter, TextFormatter, configure_logging
+from core.logs import REQUEST_ID, JsonFormatter, TextFormatter, configure_logging, log_access
 from tests.conftest import persona_body
 from tests.services import free_port
 from tests.test_cli import start_serve, wait_until_up
@@ -147,6 +150,29 @@ async def test_no_access_line_is_written_above_info(client, caplog):
     caplog.set_level(logging.WARNING, logger="persona_runtime.access")
     assert (await client.get("/health")).status_code == 200
     assert [r for r in caplog.records if r.name == "persona_runtime.access"] == []
+
+
+def test_an_access_line_stays_one_printable_line_whatever_the_path_holds(caplog):
+    caplog.set_level(logging.INFO, logger="persona_runtime.access")
+    scope = {"method": "GET", "path": "/a\né", "raw_path": b"/a\n\xc3\xa9", "query_string": b"api_key=prk_x&b=1"}
+    log_access(scope, "odd-1", 404, time.perf_counter())
+    without_raw = {"method": "GET", "path": "/a b\n", "raw_path": None, "query_string": b""}
+    log_access(without_raw, "odd-2", 404, time.perf_counter())
+    paths = [r.path for r in caplog.records if r.name == "persona_runtime.access"]
+    assert paths == ["/a%0A%C3%A9?api_key=***&b=1", "/a%20b%0A"]
+
+
+def test_uvicorn_lines_go_through_our_format_even_after_uvicorns_own_logging_config(capsys, our_handler):
+    """``uvicorn --factory api.app:app_from_env`` run by hand sets up uvicorn's coloured handlers first."""
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
+    our_handler("json")
+    assert [logging.getLogger(n).handlers for n in ("uvicorn", "uvicorn.error", "uvicorn.access")] == [[], [], []]
+    started = "Started server process [\x1b[36m%d\x1b[0m]"
+    logging.getLogger("uvicorn.error").info("Started server process [%d]", 7, extra={"color_message": started})
+    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/", "1.1", 200)
+    (line,) = [json.loads(text) for text in capsys.readouterr().err.splitlines()]  # uvicorn's access log is off
+    assert line["logger"] == "uvicorn.error" and line["msg"] == "Started server process [7]"
+    assert "color_message" not in line
 
 
 SERVED_KEY = "prk_access-log-test-key-0123456789abcdef"
