@@ -389,3 +389,24 @@ async def test_count_tokens_errors_come_back_in_anthropics_shape(sdk, fake_llm, 
     with pytest.raises(anthropic.AuthenticationError):
         await stranger.messages.count_tokens(model="persona", messages=question)
     assert fake_llm.chat_requests() == []
+
+
+async def test_count_tokens_counts_the_callers_memories_unless_the_header_leaves_them_out(
+    sdk, fake_llm, llm_client, alice
+):
+    body = persona_body(model_settings={"provider": "openai", "memory": {"enabled": True}})
+    made = await llm_client.post("/api/v1/chat/personas", json=body, headers=alice.headers)
+    assert made.status_code == 201, made.text
+    persona = made.json()["persona"]
+    model, question = f"persona/{persona['name']}", [{"role": "user", "content": "Hello there"}]
+    before = await sdk.messages.count_tokens(model=model, messages=question)
+    r = await llm_client.post(
+        "/api/v1/memories", json={"content": "Alice plays the cello in a quartet on Sundays."}, headers=alice.headers
+    )
+    assert r.status_code == 201, r.text
+    remembered = await sdk.messages.count_tokens(model=model, messages=question)
+    assert remembered.input_tokens > before.input_tokens
+    assert remembered.input_tokens == await rendered_tokens(llm_client, alice, persona["id"], "Hello there")
+    off = await sdk.messages.count_tokens(model=model, messages=question, extra_headers={"x-persona-memory": "off"})
+    assert off.input_tokens == before.input_tokens
+    assert fake_llm.chat_requests() == []
