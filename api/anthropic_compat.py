@@ -25,7 +25,7 @@ from runtime.chat.pipeline import TurnInput
 from runtime.chat.resolve import persona_name_of_model
 from runtime.chat.turn import Turn
 
-__all__ = ["AnthropicController", "MessagesRequest"]
+__all__ = ["AnthropicController", "CountTokensRequest", "MessagesRequest", "TokenCount"]
 
 
 # Content blocks: a closed union on `type`. Fields the runtime has no use for (`cache_control`,
@@ -84,6 +84,22 @@ class MessagesRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     stop_sequences: list[str] | None = None
     # `user_id` is for the provider's abuse tracking; the runtime knows its caller from the key.
     metadata: dict[str, Any] | None = None
+
+
+class CountTokensRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Anthropic's token-counting body: a Messages body's conversation, without ``max_tokens`` or sampling."""
+
+    model: str
+    messages: Annotated[list[_Message], Meta(min_length=1)]
+    system: str | list[_Text] | None = None
+    tools: list[_Tool] | None = None
+    tool_choice: _ToolChoice | None = None
+
+
+class TokenCount(Struct, frozen=True, kw_only=True):
+    """The input tokens a Messages body would send, the persona's context included."""
+
+    input_tokens: int
 
 
 _encode = msgspec.json.Encoder().encode
@@ -151,7 +167,7 @@ def _turns(messages: list[_Message]) -> tuple[list[ChatMessage], list[str | None
     return turns, fields
 
 
-def _unsupported(data: MessagesRequest) -> None:
+def _unsupported(data: MessagesRequest | CountTokensRequest) -> None:
     """Refuse what the pipeline cannot do yet, rather than answer as if it had been done."""
     choice = data.tool_choice
     if choice is not None and (choice.type != "auto" or choice.disable_parallel_tool_use):
@@ -160,12 +176,19 @@ def _unsupported(data: MessagesRequest) -> None:
             "and may call several): leave `tool_choice` out.",
             field="tool_choice",
         )
-    if data.stop_sequences:
+    if isinstance(data, MessagesRequest) and data.stop_sequences:
         raise BadRequest("`stop_sequences` is not supported here: leave it out.", field="stop_sequences")
 
 
-def _turn_input(data: MessagesRequest) -> TurnInput:
-    """Anthropic's body as a turn: nothing stored, since an Anthropic client sends the whole conversation each time."""
+def _turn_input(
+    data: MessagesRequest | CountTokensRequest,
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_tokens: int | None = None,
+) -> TurnInput:
+    """Anthropic's body as a turn: nothing stored, since an Anthropic client sends the whole conversation each time.
+    A token-counting body is the same turn without an answer's ``max_tokens`` and sampling."""
     persona_name = persona_name_of_model(data.model)
     _unsupported(data)
     if data.system is None:
@@ -186,9 +209,9 @@ def _turn_input(data: MessagesRequest) -> TurnInput:
         system_fields=system_fields,
         tools=tools,
         tool_fields=tuple(f"tools[{i}]" for i in range(len(tools))),
-        temperature=data.temperature,
-        top_p=data.top_p,
-        max_tokens=data.max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
         persona_name=persona_name,
     )
 
@@ -356,8 +379,29 @@ class AnthropicController(Controller):
     async def messages(
         self, data: JSONBody[MessagesRequest], caller: CallerDep, resources: ResourcesDep, memory: MemoryHeader = None
     ) -> Response[Any]:
-        turn = await resources.chat.run(caller, with_memory(_turn_input(data), memory))
+        asked = _turn_input(data, temperature=data.temperature, top_p=data.top_p, max_tokens=data.max_tokens)
+        turn = await resources.chat.run(caller, with_memory(asked, memory))
         headers = persona_headers(turn.start)
         if data.stream:
             return sse_response(_Events(data.model).stream(turn, resources.settings.heartbeat_seconds), headers)
         return Response(_message(await turn.collect(), data.model), headers=headers)
+
+    @post("/messages/count_tokens", status_code=200)
+    async def count_tokens(
+        self,
+        data: JSONBody[CountTokensRequest],
+        caller: CallerDep,
+        resources: ResourcesDep,
+        memory: MemoryHeader = None,
+    ) -> Response[TokenCount]:
+        """The input tokens ``/v1/messages`` would send for this body: the persona's rendered prompt, its lore and
+        the caller's memories as a real turn would add them, counted as the context builder counts them (what
+        render's ``context.used`` says). No provider is called and nothing is stored."""
+        plan = await resources.chat.plan(caller, with_memory(_turn_input(data), memory), exact=True)
+        persona = plan.persona
+        headers = {
+            "x-persona-id": str(persona.id),
+            "x-persona-version": str(persona.version),
+            "x-persona-source": plan.source,
+        }
+        return Response(TokenCount(input_tokens=plan.context.account.used), headers=headers)

@@ -123,7 +123,8 @@ def _split(messages: list[_Message]) -> tuple[list[str], list[str], list[ChatMes
                 ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
                 for c in message.tool_calls or ()
             )
-            turns.append(ChatMessage(role="assistant", content=text, tool_calls=calls))
+            # Beside tool calls, an empty `content` (what the SDKs' stream helpers send back) is no content.
+            turns.append(ChatMessage(role="assistant", content=(text or None) if calls else text, tool_calls=calls))
         else:
             turns.append(ChatMessage(role="user", content=text or ""))
     if not turns:

@@ -68,7 +68,7 @@ class AnthropicErrorDetail(Struct, frozen=True, kw_only=True):
 
 
 class AnthropicErrorBody(Struct, frozen=True, kw_only=True):
-    """An error on /v1/messages, in Anthropic's shape."""
+    """An error on /v1/messages and /v1/messages/count_tokens, in Anthropic's shape."""
 
     type: Literal["error"]
     error: AnthropicErrorDetail
@@ -351,6 +351,7 @@ _NAMES_A_PERSONA = {
     ("POST", "/api/v1/chat/personas/set"),
     ("POST", "/api/v1/memories"),
     ("POST", "/api/v1/chat/conversations"),
+    ("POST", "/v1/messages/count_tokens"),
 }
 _CONFLICTS = {
     ("POST", "/api/v1/chat/personas"),
@@ -410,7 +411,7 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
 
 
 def _error_body(path: str) -> type[Struct]:
-    if path == "/v1/messages":
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
         return AnthropicErrorBody
     if path.startswith("/v1/"):
         return OpenAIErrorBody

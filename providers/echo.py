@@ -34,13 +34,21 @@ def _last_user_message(messages: tuple[ChatMessage, ...]) -> str:
 
 
 def _tool_results(messages: tuple[ChatMessage, ...]) -> str:
-    """The tool results that end the conversation (after the model's calls), joined; empty if it ends otherwise."""
-    results: list[str] = []
+    """The tool results that end the conversation (after the model's calls), each as ``tool NAME said: RESULT``
+    (the name from the call it answers), joined; empty if the conversation ends otherwise."""
+    results: list[ChatMessage] = []
     for message in reversed(messages):
         if message.role != "tool":
             break
-        results.append(message.content or "")
-    return "; ".join(reversed(results))
+        results.append(message)
+    names = {
+        call.id: call.name
+        for message in messages[: len(messages) - len(results)]
+        if message.role == "assistant"
+        for call in message.tool_calls or ()
+    }
+    said = (f"tool {names.get(r.tool_call_id or '', 'call')} said: {r.content or ''}" for r in reversed(results))
+    return "; ".join(said)
 
 
 class EchoProvider:
@@ -50,7 +58,7 @@ class EchoProvider:
     out. When the request offers tools and the latest message is the user's and reads
     ``/tool NAME {json}``, it calls tool NAME with those arguments instead (a fresh call id each
     time), so tool round trips can be tried offline; once the results come back it answers with
-    them in text, which ends the loop.
+    them in text (``"[echo] tool NAME said: RESULT"``, one per result), which ends the loop.
     ``delay`` (seconds) is slept before each piece, to imitate a slow model.
     """
 
@@ -96,7 +104,7 @@ class EchoProvider:
             yield Finish(finish_reason="tool_calls")
             return
         results = _tool_results(request.messages)
-        answer = PREFIX + (f"the tool said: {results}" if results else last)
+        answer = PREFIX + (results or last)
         for piece in _WORD_PIECES.findall(answer):
             await self._pause()
             yield TextDelta(content=piece)

@@ -295,3 +295,118 @@ async def test_answers_say_which_persona_answered(sdk, fake_llm, make_persona):
 
     mine = await sdk.messages.with_raw_response.create(model="persona", max_tokens=10, messages=question)
     assert mine.headers["x-persona-source"] == "default"  # alice has chosen no persona
+
+
+# Token counting: the persona's whole context, counted as the context builder counts it, with no provider call.
+
+LORE = {"entries": [{"id": "river", "keys": ["river"], "content": "The river Ash runs black at night, cold and deep."}]}
+
+
+async def rendered_tokens(llm_client, account, persona_id: str, message: str) -> int:
+    """What render says the same turn uses (``context.used``)."""
+    r = await llm_client.post(
+        f"/api/v1/chat/personas/{persona_id}/render", json={"message": message}, headers=account.headers
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["context"]["used"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_count_tokens_counts_the_personas_context_as_render_does(
+    sdk, fake_llm, make_persona, llm_client, alice, provider
+):
+    persona = await make_persona(provider, lorebook=LORE)
+    model = f"persona/{persona['name']}"
+    for message in ("Hello there", "Tell me about the river"):  # the second sets the lore entry off
+        counted = await sdk.messages.count_tokens(model=model, messages=[{"role": "user", "content": message}])
+        assert counted.input_tokens == await rendered_tokens(llm_client, alice, persona["id"], message)
+    plain = await sdk.messages.count_tokens(model=model, messages=[{"role": "user", "content": "Hello there"}])
+    lore = await sdk.messages.count_tokens(model=model, messages=[{"role": "user", "content": "About the river"}])
+    assert lore.input_tokens > plain.input_tokens + 10  # the entry's text is counted as a real turn would send it
+
+    # The client's own system text and tools are counted too, after the persona's.
+    question = [{"role": "user", "content": "Hello there"}]
+    with_system = await sdk.messages.count_tokens(model=model, system="Answer in French, always.", messages=question)
+    with_tools = await sdk.messages.count_tokens(model=model, tools=TOOLS, messages=question)
+    assert with_system.input_tokens > plain.input_tokens and with_tools.input_tokens > plain.input_tokens
+    assert fake_llm.chat_requests() == []
+
+
+async def test_a_persona_with_a_longer_prompt_counts_more(sdk, fake_llm, make_persona):
+    short = await make_persona("openai", system_prompt="You are terse.")
+    long = await make_persona("openai", system_prompt="You are terse. " + "Always check every fact twice. " * 40)
+    question = [{"role": "user", "content": "Hi"}]
+    short_count = await sdk.messages.count_tokens(model=f"persona/{short['name']}", messages=question)
+    long_count = await sdk.messages.count_tokens(model=f"persona/{long['name']}", messages=question)
+    assert long_count.input_tokens > short_count.input_tokens + 100
+    # `persona` is the caller's own (the default here), counted with its own prompt.
+    default = await sdk.messages.count_tokens(model="persona", messages=question)
+    assert default.input_tokens > 0
+    raw = await sdk.messages.with_raw_response.count_tokens(model=f"persona/{long['name']}", messages=question)
+    assert raw.headers["x-persona-id"] == long["id"] and raw.headers["x-persona-source"] == "request"
+    assert fake_llm.chat_requests() == []
+
+
+async def test_count_tokens_counts_a_tool_round_trip(sdk, fake_llm):
+    asked = [{"role": "user", "content": "What time is it in UTC?"}]
+    round_trip = [
+        *asked,
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_time", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "12:00, sunny"}]},
+    ]
+    first = await sdk.messages.count_tokens(model="persona", tools=TOOLS, messages=asked)
+    second = await sdk.messages.count_tokens(model="persona", tools=TOOLS, messages=round_trip)
+    assert second.input_tokens > first.input_tokens
+    assert fake_llm.chat_requests() == []
+
+
+async def test_count_tokens_errors_come_back_in_anthropics_shape(sdk, fake_llm, llm_app, llm_client, alice):
+    question = [{"role": "user", "content": "x"}]
+    with pytest.raises(anthropic.BadRequestError) as unknown:
+        await sdk.messages.count_tokens(model="persona", messages=question, extra_body={"max_tokens": 10})
+    assert unknown.value.body["error"]["type"] == "invalid_request_error"
+    assert "`max_tokens`" in unknown.value.body["error"]["message"]
+
+    with pytest.raises(anthropic.BadRequestError) as empty:
+        await sdk.messages.count_tokens(model="persona", messages=[])
+    assert "`messages`" in empty.value.body["error"]["message"]
+
+    with pytest.raises(anthropic.BadRequestError) as blank:
+        await sdk.messages.count_tokens(model="persona", messages=[{"role": "user", "content": "  "}])
+    assert "`messages[0].content`" in blank.value.body["error"]["message"]
+
+    headers = {"x-api-key": alice.key}
+    r = await llm_client.post("/v1/messages/count_tokens", json={"messages": question}, headers=headers)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"] == "`model` is required."
+
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        await sdk.messages.count_tokens(model="claude-sonnet-4-5", messages=question)
+    assert missing.value.body["error"]["type"] == "not_found_error"
+
+    stranger = anthropic.AsyncAnthropic(base_url=llm_app.state.base_url, api_key="prk_nope", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        await stranger.messages.count_tokens(model="persona", messages=question)
+    assert fake_llm.chat_requests() == []
+
+
+async def test_count_tokens_counts_the_callers_memories_unless_the_header_leaves_them_out(
+    sdk, fake_llm, llm_client, alice
+):
+    body = persona_body(model_settings={"provider": "openai", "memory": {"enabled": True}})
+    made = await llm_client.post("/api/v1/chat/personas", json=body, headers=alice.headers)
+    assert made.status_code == 201, made.text
+    persona = made.json()["persona"]
+    model, question = f"persona/{persona['name']}", [{"role": "user", "content": "Hello there"}]
+    before = await sdk.messages.count_tokens(model=model, messages=question)
+    r = await llm_client.post(
+        "/api/v1/memories", json={"content": "Alice plays the cello in a quartet on Sundays."}, headers=alice.headers
+    )
+    assert r.status_code == 201, r.text
+    remembered = await sdk.messages.count_tokens(model=model, messages=question)
+    assert remembered.input_tokens > before.input_tokens
+    assert remembered.input_tokens == await rendered_tokens(llm_client, alice, persona["id"], "Hello there")
+    off = await sdk.messages.count_tokens(model=model, messages=question, extra_headers={"x-persona-memory": "off"})
+    assert off.input_tokens == before.input_tokens
+    assert fake_llm.chat_requests() == []

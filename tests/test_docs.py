@@ -289,10 +289,12 @@ async def test_anthropic_curl_examples_run_as_written(echo_server):
     env = {**cli_env(database_url), "BASE": url, "KEY": key}
     result = await run("bash", "-euo", "pipefail", "-c", script, env=env)
     assert result.returncode == 0, result.stderr
-    message, stream = result.stdout.split("\n", 1)
+    message, rest = result.stdout.split("\n", 1)
+    stream, counted = rest.rstrip().rsplit("\n", 1)
     assert '"type":"message"' in message and '"text":"[echo] Hi!"' in message
     assert stream.lstrip().startswith("event: message_start") and '"text":"again!"' in stream
     assert stream.rstrip().endswith('event: message_stop\ndata: {"type":"message_stop"}')
+    assert re.fullmatch(r'\{"input_tokens":[1-9][0-9]*\}', counted), counted
 
 
 @pytest.mark.usefixtures("curl")

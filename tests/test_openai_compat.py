@@ -199,3 +199,40 @@ async def test_a_stream_broken_midway_ends_with_an_error_chunk(sdk, fake_llm):
             if chunk.choices:
                 received.append(chunk.choices[0].delta.content or "")
     assert "".join(received) == "one"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_agent_loop_against_an_echo_persona_ends_after_the_tool_result(
+    sdk, fake_llm, llm_client, alice, stream
+):
+    made = await llm_client.post(
+        "/api/v1/chat/personas", json=persona_body(model_settings={"provider": "echo"}), headers=alice.headers
+    )
+    assert made.status_code == 201, made.text
+    model = f"persona/{made.json()['persona']['name']}"
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    messages: list[dict] = [{"role": "user", "content": '/tool get_weather {"city": "Paris"}'}]
+    answers, ids = [], set()
+    for _ in range(5):  # an agent's loop: run what the model calls, until it answers in text
+        if stream:
+            async with sdk.chat.completions.stream(model=model, messages=messages, tools=tools) as events:
+                message = (await events.get_final_completion()).choices[0].message
+        else:
+            message = (
+                (await sdk.chat.completions.create(model=model, messages=messages, tools=tools)).choices[0].message
+            )
+        if not message.tool_calls:
+            answers.append(message.content)
+            break
+        messages.append(message.model_dump(exclude_none=True))
+        for call in message.tool_calls:
+            assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+            ids.add(call.id)
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"})
+        if len(ids) == 1:
+            # the same question again (as a new user turn) is a new call, with an id of its own
+            messages.append({"role": "assistant", "content": "Checking once more."})
+            messages.append({"role": "user", "content": '/tool get_weather {"city": "Paris"}'})
+    assert answers == ["[echo] tool get_weather said: sunny, 21 C"]
+    assert len(ids) == 2
+    assert fake_llm.chat_requests() == []

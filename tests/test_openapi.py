@@ -49,6 +49,7 @@ async def test_a_test_run_body_is_optional_in_the_schema_as_on_the_wire(openapi,
         ("/v1/chat/completions", "post", "OpenAIErrorBody"),
         ("/v1/models/{model_id}", "get", "OpenAIErrorBody"),
         ("/v1/messages", "post", "AnthropicErrorBody"),
+        ("/v1/messages/count_tokens", "post", "AnthropicErrorBody"),
     ],
 )
 async def test_errors_are_documented_in_each_prefix_shape(openapi, path, method, component):
@@ -59,6 +60,19 @@ async def test_errors_are_documented_in_each_prefix_shape(openapi, path, method,
         }, status
     if path in ("/api/v1/chat", "/v1/chat/completions", "/v1/messages"):
         assert {"429", "502", "504"} <= set(responses)
+    if path == "/v1/messages/count_tokens":  # an unknown persona; no provider is called, so none of its statuses
+        assert "404" in responses and not {"429", "502", "504"} & set(responses)
+
+
+async def test_count_tokens_documents_its_body_and_answer(openapi):
+    op = openapi["paths"]["/v1/messages/count_tokens"]["post"]
+    body = openapi["components"]["schemas"][
+        op["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    ]
+    assert sorted(body["required"]) == ["messages", "model"] and body["additionalProperties"] is False
+    assert "max_tokens" not in body["properties"]
+    answer = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    assert openapi["components"]["schemas"][answer]["properties"] == {"input_tokens": {"type": "integer"}}
 
 
 async def test_the_import_route_documents_its_three_kinds_of_body(openapi):

@@ -557,8 +557,33 @@ async def test_echo_answers_a_tool_result_in_text_which_ends_the_loop() -> None:
     )
     events = await collect(echo, request)
     assert assemble_tool_calls(events) == ()
-    assert "".join(e.content for e in events if isinstance(e, TextDelta)) == '[echo] the tool said: {"sky": "clear"}'
+    answer = "".join(e.content for e in events if isinstance(e, TextDelta))
+    assert answer == '[echo] tool get_weather said: {"sky": "clear"}'
     assert events[-1] == Finish(finish_reason="stop")
+
+
+async def test_echo_names_each_tool_whose_result_it_answers() -> None:
+    calls = (
+        ToolCall(id="call_1", name="get_weather", arguments='{"city": "Oslo"}'),
+        ToolCall(id="call_2", name="get_time", arguments="{}"),
+    )
+    time_tool = ToolSpec(name="get_time", description="The time", parameters={"type": "object"})
+    conversation = (
+        ChatMessage(role="user", content="/tool get_weather {}"),
+        ChatMessage(role="assistant", content=None, tool_calls=calls),
+        ChatMessage(role="tool", content="snow", tool_call_id="call_1"),
+        ChatMessage(role="tool", content="12:00", tool_call_id="call_2"),
+    )
+    request = ProviderRequest(model="", system=SYSTEM, tools=(WEATHER, time_tool), messages=conversation)
+    events = await collect(EchoProvider(), request)
+    assert assemble_tool_calls(events) == ()
+    answer = "".join(e.content for e in events if isinstance(e, TextDelta))
+    assert answer == "[echo] tool get_weather said: snow; tool get_time said: 12:00"
+    # A new question after the answer asks for a tool again: the loop goes on only when the user asks.
+    asked = (ChatMessage(role="assistant", content=answer), ChatMessage(role="user", content="/tool get_time"))
+    request = ProviderRequest(model="", system=SYSTEM, tools=(WEATHER, time_tool), messages=(*conversation, *asked))
+    (call,) = assemble_tool_calls(await collect(EchoProvider(), request))
+    assert (call.name, call.arguments) == ("get_time", "{}") and call.id not in {"call_1", "call_2"}
 
 
 def test_echo_build_body_shows_the_request() -> None:
