@@ -19,19 +19,16 @@ fresh* the issue's comparison (history included). Figures only: nothing here pas
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import random
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
-from bench.fake_provider import StreamShape
-from bench.services import create_account, delete_redis_keys, fake_provider, runtime_server, scratch_database
+from bench.services import create_account, delete_redis_keys, run_on_scratch, runtime_server
 
 __all__ = ["lorebook", "main"]
 
@@ -173,24 +170,19 @@ def main() -> None:
         help="personas without rolling summaries (a long conversation otherwise asks for one after each turn)",
     )
     args = parser.parse_args()
-    server = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-    async def run() -> None:
-        workdir = Path(tempfile.mkdtemp(prefix="bench-lore-"))
-        with fake_provider(StreamShape()) as provider:
-            async with scratch_database(server, workdir) as dsn:
-                await measure(
-                    dsn,
-                    redis_url,
-                    provider.url,
-                    turns=args.turns,
-                    block=args.block,
-                    window=args.window,
-                    workdir=workdir,
-                )
-
-    asyncio.run(run())
+    run_on_scratch(
+        "bench-lore-",
+        lambda dsn, redis_url, provider_url, workdir: measure(
+            dsn,
+            redis_url,
+            provider_url,
+            turns=args.turns,
+            block=args.block,
+            window=args.window,
+            workdir=workdir,
+            summaries=not args.no_summaries,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import asyncio
 import os
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.fake_provider import StreamShape
 from bench.query_counter import query_counter
-from bench.services import create_account, delete_redis_keys, fake_provider, runtime_server, scratch_database
+from bench.services import create_account, delete_redis_keys, run_on_scratch, runtime_server
 
 __all__ = ["main"]
 
@@ -165,24 +163,12 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=50, help="turns of one kind in a row")
     parser.add_argument("--memories", type=int, default=100, help="the user's memories")
     args = parser.parse_args()
-    server = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-    async def run() -> None:
-        workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-        with fake_provider(StreamShape()) as provider:
-            async with scratch_database(server, workdir) as dsn:
-                await measure(
-                    dsn,
-                    redis_url,
-                    provider.url,
-                    turns=args.turns,
-                    block=args.block,
-                    memories=args.memories,
-                    workdir=workdir,
-                )
-
-    asyncio.run(run())
+    run_on_scratch(
+        "bench-memory-",
+        lambda dsn, redis_url, provider_url, workdir: measure(
+            dsn, redis_url, provider_url, turns=args.turns, block=args.block, memories=args.memories, workdir=workdir
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -36,6 +36,7 @@ __all__ = [
     "delete_redis_keys",
     "fake_provider",
     "free_port",
+    "run_on_scratch",
     "runtime_server",
     "scratch_database",
     "spawn",
@@ -354,3 +355,19 @@ async def create_account(database_url: str) -> Account:
     finally:
         await pool.close()
     return Account(key)
+
+
+def run_on_scratch(prefix: str, measure: Callable[[str, str, str, Path], Awaitable[object]]) -> None:
+    """``measure(database_url, redis_url, provider_url, workdir)`` with the fake provider in its own process, a
+    scratch database on ``BENCH_DATABASE_URL`` (default the local PostgreSQL) and Redis at ``BENCH_REDIS_URL``:
+    what the single-purpose benchmarks (``bench.lore``, ``bench.memory``) run on."""
+    server = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+    async def run() -> None:
+        workdir = Path(tempfile.mkdtemp(prefix=prefix))
+        with fake_provider(StreamShape()) as provider:
+            async with scratch_database(server, workdir) as dsn:
+                await measure(dsn, redis_url, provider.url, workdir)
+
+    asyncio.run(run())
