@@ -264,15 +264,19 @@ class ContextBuilder:
 
         # Lore, then memory: each tier fits its own budget, or is left out.
         kept: list[Extra] = []
-        made: list[Extra] = []
-        for source in (lore, memory):
-            if source is not None:
-                scanned = [m.content for m in reversed(messages) if m.content and m.role != "tool"]
-                scanned.extend(r.content for r in rows[: source.depth + 1])
-                extra = await source.make(scanned, left - sum(e.tokens for e in made), raw, ratio, tokenizer.name)
+        sources = [source for source in (lore, memory) if source is not None]
+        if sources:
+            # The latest texts, newest first, as far back as the deepest scan: the turn's own, then stored ones.
+            reach = max(source.depth for source in sources) + 1
+            scanned = [m.content for m in reversed(messages) if m.content and m.role != "tool"][:reach]
+            scanned.extend(r.content for r in rows[: reach - len(scanned)])
+            made: list[Extra] = []
+            room = left
+            for source in sources:
+                extra = await source.make(scanned, room, raw, ratio, tokenizer.name)
                 if extra is not None:
                     made.append(extra)
-        if made:
+                    room -= extra.tokens
             extras = (*made, *extras)
         for extra in extras:
             if extra.tokens <= left:

@@ -447,54 +447,58 @@ class ChatPipeline:
         self, plan: TurnPlan, conversation: Conversation, answer_id: UUID
     ) -> Callable[[str], Coroutine[Any, Any, None]] | None:
         """What runs after the answer is saved complete: the conversation's summary, when its context left turns
-        out, and the extraction of memories, when the persona extracts them and the turn did not opt out."""
+        out, and the extraction of memories, when the persona extracts them, the turn did not opt out and the
+        user's own switch (read with the turn's memories) is on."""
         built, persona, route = plan.context, plan.persona, plan.routes[0]
         summarize = built.uncovered and persona.model_settings.summaries
         remembers = persona.model_settings.memory
-        extract = remembers.enabled and remembers.extract and plan.input.memory and self.extractor is not None
-        if not (summarize or extract):
-            return None
-        summaries, extractor, before = self.summaries, self.extractor, built.oldest_sent_seq
-        question, user_id = plan.input.messages[-1].content or "", plan.caller.user_id
-        # The user's own switch, read with the turn's memories: off, nothing is extracted either.
         recalled = built.memory.result if isinstance(built.memory, TurnMemory) else None
-        extract = extract and recalled is not None and recalled.enabled
+        extract = remembers.extract and recalled is not None and recalled.enabled and self.extractor is not None
         if not (summarize or extract):
             return None
-
-        limiter, spawn, caller = self.limiter, self._spawn, plan.caller
+        before, question = built.oldest_sent_seq, plan.input.messages[-1].content or ""
 
         async def after(answer: str) -> None:
             if summarize:
-                summaries.ask(conversation.id, before, route.provider, route.model)
-            if not extract or extractor is None:
-                return
-            # An extraction is a call like any other: within the key's and the persona's limits, or not made.
-            admission = None
-            if limiter is not None:
-                try:
-                    admission = await limiter.admit(caller, [persona], spawn, lambda: [ANSWER_RESERVE])
-                except RateLimited:
-                    _log.info("memory extraction for message %s skipped: over the limits", answer_id)
-                    return
-            spent = [0]
-            try:
-                await extractor.extract(
-                    user_id=user_id,
-                    persona_id=persona.id,
-                    message_id=answer_id,
-                    question=question,
-                    answer=answer,
-                    provider=route.provider,
-                    model=route.model,
-                    max_items=remembers.max_items,
-                    used=lambda size: spent.__setitem__(0, estimate_size(size)),
-                )
-            finally:
-                if admission is not None:
-                    admission.spend(persona.id, spent[0])
+                self.summaries.ask(conversation.id, before, route.provider, route.model)
+            if extract:
+                await self._extract(plan, answer_id, question, answer)
 
         return after
+
+    async def _extract(self, plan: TurnPlan, answer_id: UUID, question: str, answer: str) -> None:
+        """Extract memories from one exchange: a call like any other, within the key's and the persona's limits
+        (or not made), its tokens counted against them."""
+        extractor, persona, route = self.extractor, plan.persona, plan.routes[0]
+        assert extractor is not None
+        admission = None
+        if self.limiter is not None:
+            try:
+                admission = await self.limiter.admit(plan.caller, [persona], self._spawn, lambda: [ANSWER_RESERVE])
+            except RateLimited:
+                _log.info("memory extraction for message %s skipped: over the limits", answer_id)
+                return
+        spent = 0
+
+        def used(size: int) -> None:
+            nonlocal spent
+            spent = estimate_size(size)
+
+        try:
+            await extractor.extract(
+                user_id=plan.caller.user_id,
+                persona_id=persona.id,
+                message_id=answer_id,
+                question=question,
+                answer=answer,
+                provider=route.provider,
+                model=route.model,
+                max_items=persona.model_settings.memory.max_items,
+                used=used,
+            )
+        finally:
+            if admission is not None:
+                admission.spend(persona.id, spent)
 
     async def answer(self, turn: Turn, *, stream: bool, resumable: bool = False, heartbeat: float) -> Answer:
         """How ``turn``'s answer goes out: whole, or as our SSE stream (recorded for replays when it is kept and
