@@ -77,7 +77,6 @@ class Traces:
         model: str,
         persona_id: str,
         persona_version: int,
-        conversation_id: str | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
         max_tokens: int | None = None,
@@ -97,8 +96,6 @@ class Traces:
             "persona.id": persona_id,
             "persona.version": persona_version,
         }
-        if conversation_id is not None:
-            attributes["gen_ai.conversation.id"] = conversation_id
         if temperature is not None:
             attributes["gen_ai.request.temperature"] = temperature
         if top_p is not None:
@@ -142,6 +139,7 @@ class TurnSpan:
         cached_tokens: int = 0,
         finish_reason: str | None = None,
         error: str | None = None,
+        conversation_id: str | None = None,
     ) -> None:
         """End the span: ``outcome`` is the turn's (complete, incomplete, error, rejected); ``error`` the code of
         what failed (its message is left out: an upstream one may quote the request)."""
@@ -150,6 +148,8 @@ class TurnSpan:
         self._ended = True
         span = self._span
         span.set_attribute("persona.outcome", outcome)
+        if conversation_id is not None:
+            span.set_attribute("gen_ai.conversation.id", conversation_id)
         if input_tokens is not None:
             span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
         if output_tokens is not None:

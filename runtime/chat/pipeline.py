@@ -370,17 +370,18 @@ class ChatPipeline:
             if isinstance(admission, Admission):
                 admission.release(plan.persona.id)  # the turn never ran: its reservation goes back
             if span is not None:
-                span.end("rejected" if isinstance(exc, RateLimited) else "error", error=_code(exc))
+                outcome = "rejected" if isinstance(exc, RateLimited) else "error"
+                kept = plan.conversation.id if plan.conversation is not None else None
+                span.end(outcome, error=_code(exc), conversation_id=str(kept) if kept else None)
             raise
 
     def _span(self, plan: TurnPlan, traces: Traces) -> TurnSpan:
-        route, request, conversation = plan.routes[0], plan.request, plan.conversation
+        route, request = plan.routes[0], plan.request
         return traces.turn(
             provider=route.provider,
             model=route.model,
             persona_id=str(plan.persona.id),
             persona_version=plan.persona.version,
-            conversation_id=str(conversation.id) if conversation is not None else None,
             temperature=request.temperature,
             top_p=request.top_p,
             max_tokens=request.max_tokens,

@@ -394,6 +394,7 @@ class Turn:
                 cached_tokens=usage.cached_input_tokens if usage else 0,
                 finish_reason=self.said.finish,
                 error=failure.code if failure is not None and outcome == "error" else None,
+                conversation_id=str(start.conversation_id) if start.conversation_id else None,
             )
         if not log.isEnabledFor(logging.INFO):
             return
