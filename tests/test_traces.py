@@ -3,8 +3,10 @@ endpoint on loopback; the caller's ``traceparent`` is its parent and the provide
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -21,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from api.app import create_app
 from runtime.server.settings import Settings, SettingsError
 from tests.conftest import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY, llm_env, make_settings, persona_body, running
+from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -192,7 +196,8 @@ async def test_a_failed_turn_s_span_says_error_and_an_untraced_call_starts_a_tra
             "POST", "/api/v1/chat", json={"message": QUESTION, "stream": True}, headers=alice.headers
         ) as s:
             assert "event: error" in "".join([chunk async for chunk in s.aiter_text()])
-        r = await http.post("/api/v1/chat", json={"message": QUESTION}, headers=alice.headers)
+        body = {"message": QUESTION, "provider": "anthropic"}
+        r = await http.post("/api/v1/chat", json=body, headers=alice.headers)
         assert r.status_code == 200
     spans = receiver.spans()
     assert len(spans) == 3
@@ -203,6 +208,8 @@ async def test_a_failed_turn_s_span_says_error_and_an_untraced_call_starts_a_tra
     assert spans[1].status.code == spans[1].status.STATUS_CODE_ERROR
     assert broken["error.type"] == "provider_unavailable" and broken["persona.outcome"] == "error"
     assert spans[2].status.code != spans[2].status.STATUS_CODE_ERROR and "error.type" not in fine
+    assert fine["gen_ai.provider.name"] == "anthropic" and fine["persona.outcome"] == "complete"
+    assert fake_llm.last_request.path == "/v1/messages" and "traceparent" in fake_llm.last_request.headers
     # No caller context: each span starts a trace of its own, which the provider hears of.
     assert all(not s.parent_span_id for s in spans)
     assert len({s.trace_id for s in spans}) == 3
@@ -265,3 +272,38 @@ def test_the_endpoint_is_read_as_the_opentelemetry_sdks_read_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http", None)
     with pytest.raises(SettingsError, match="otel"):
         endpoint(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318")
+
+
+async def test_serve_with_workers_flushes_every_workers_spans_when_it_stops(create_database, receiver):
+    from tests.test_cli import start_serve, wait_until_up
+
+    key = "prk_traces_test_admin_key_0123456789"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "REDIS_URL", "OTEL_"))}
+    env |= {
+        "DATABASE_URL": await create_database(),
+        "BOOTSTRAP_ADMIN_KEY": key,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url.removesuffix("/v1/traces"),
+        # Far longer than the test: the spans arrive because stopping flushes them.
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+    }
+    port = free_port()
+    server = start_serve(port, env, "--workers", "2")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.to_thread(wait_until_up, base, 90)
+        for _ in range(4):  # a new connection each time, so both workers may answer
+            async with httpx.AsyncClient(base_url=base) as http:
+                headers = {"X-API-Key": key, "Connection": "close", "traceparent": TRACEPARENT}
+                r = await http.post("/api/v1/chat", json={"message": QUESTION}, headers=headers)
+                assert r.status_code == 200, r.text
+        assert receiver.spans() == []
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(server.communicate, timeout=60)
+    assert server.returncode == 0, stderr
+    spans = receiver.spans()
+    assert len(spans) == 4
+    assert {attributes(s)["gen_ai.provider.name"] for s in spans} == {"echo"}
+    assert all(s.trace_id.hex() == TRACE_ID and s.parent_span_id.hex() == CALLER_SPAN for s in spans)
+    assert receiver.services() == {"persona-runtime"}
+    assert "traces: each chat turn is a span" in stderr and QUESTION.encode() not in b"".join(receiver.bodies)
