@@ -55,7 +55,7 @@ class Traces:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+        from opentelemetry.trace import SpanKind, set_span_in_context
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         resource = Resource.create()  # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set
@@ -67,8 +67,6 @@ class Traces:
         self._propagator = TraceContextTextMapPropagator()
         self._client = SpanKind.CLIENT
         self._in_context = set_span_in_context
-        self._status = Status
-        self._error = StatusCode.ERROR
 
     def turn(
         self,
@@ -105,7 +103,7 @@ class Traces:
         span = self._tracer.start_span(f"chat {model}", context=parent, kind=self._client, attributes=attributes)
         carrier = {}
         self._propagator.inject(carrier, context=self._in_context(span))
-        return TurnSpan(self, span, tuple(carrier.items()))
+        return TurnSpan(span, tuple(carrier.items()))
 
     async def aclose(self) -> None:
         """Export the spans still batched, then stop the exporter (its HTTP calls run off the event loop)."""
@@ -115,10 +113,9 @@ class Traces:
 class TurnSpan:
     """One turn's span: where it was answered from, and how it ended (once)."""
 
-    __slots__ = ("_ended", "_span", "_traces", "headers")
+    __slots__ = ("_ended", "_span", "headers")
 
-    def __init__(self, traces: Traces, span: Any, headers: tuple[tuple[str, str], ...]) -> None:
-        self._traces = traces
+    def __init__(self, span: Any, headers: tuple[tuple[str, str], ...]) -> None:
         self._span = span
         self._ended = False
         # The span's own context as W3C headers, for the upstream request: the provider's spans are its children.
@@ -159,6 +156,8 @@ class TurnSpan:
         if finish_reason is not None:
             span.set_attribute("gen_ai.response.finish_reasons", (finish_reason,))
         if error is not None:
+            from opentelemetry.trace import Status, StatusCode  # loaded with the SDK: a lookup in sys.modules
+
             span.set_attribute("error.type", error)
-            span.set_status(self._traces._status(self._traces._error, error))
+            span.set_status(Status(StatusCode.ERROR, error))
         span.end()

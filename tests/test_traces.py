@@ -218,6 +218,17 @@ async def test_a_failed_turn_s_span_says_error_and_an_untraced_call_starts_a_tra
     assert QUESTION.encode() not in b"".join(receiver.bodies) and b"Half" not in b"".join(receiver.bodies)
 
 
+async def test_a_collector_that_is_down_costs_a_turn_nothing(database_url, redis_url, fake_llm, alice, monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")  # the flush at shutdown gives up after a second
+    settings = make_settings(
+        database_url, redis_url, env=llm_env(fake_llm), traces_endpoint=f"http://127.0.0.1:{free_port()}/v1/traces"
+    )
+    async with running(create_app(settings)) as http:
+        r = await http.post("/api/v1/chat", json={"message": QUESTION}, headers=alice.headers)
+        assert r.status_code == 200 and r.json()["response"] == ANSWER
+    assert "traceparent" in fake_llm.last_request.headers
+
+
 async def test_with_traces_off_nothing_is_propagated(llm_client, fake_llm, alice):
     headers = {**alice.headers, "traceparent": TRACEPARENT}
     r = await llm_client.post("/api/v1/chat", json={"message": "hi"}, headers=headers)

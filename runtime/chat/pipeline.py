@@ -458,19 +458,15 @@ class ChatPipeline:
     async def _first_answer(self, plan: TurnPlan, outcome: Outcome | None, span: TurnSpan | None) -> AnswerStream:
         """Open the answer; once more within a smaller budget when the provider says the request is too long.
         A traced turn's requests carry its span's context upstream."""
-        request = plan.request if span is None else msgspec.structs.replace(plan.request, trace_context=span.headers)
         try:
-            return await open_answer(self.providers, plan.routes, request, metrics=self.metrics)
+            return await open_answer(self.providers, plan.routes, _traced(plan.request, span), metrics=self.metrics)
         except ProviderContextExceeded as refused:
             shorter = await self._shorter(plan, refused)
             if shorter is None:
                 raise
         if outcome is not None:
             outcome.context = shorter.context
-        request = shorter.request
-        if span is not None:
-            request = msgspec.structs.replace(request, trace_context=span.headers)
-        return await open_answer(self.providers, shorter.routes, request, metrics=self.metrics)
+        return await open_answer(self.providers, shorter.routes, _traced(shorter.request, span), metrics=self.metrics)
 
     def _after(
         self, plan: TurnPlan, conversation: Conversation, answer_id: UUID
@@ -572,6 +568,10 @@ class ChatPipeline:
         if self._background:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*self._background, return_exceptions=True), timeout=10)
+
+
+def _traced(request: ProviderRequest, span: TurnSpan | None) -> ProviderRequest:
+    return request if span is None else msgspec.structs.replace(request, trace_context=span.headers)
 
 
 def _code(exc: BaseException) -> str:
