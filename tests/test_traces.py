@@ -189,7 +189,9 @@ async def test_a_failed_turn_s_span_says_error_and_an_untraced_call_starts_a_tra
 ):
     async with running(traced_app(database_url, redis_url, fake_llm, receiver)) as http:
         fake_llm.script(status=503)  # refused before the first byte: an HTTP error to the client
-        r = await http.post("/api/v1/chat", json={"message": QUESTION}, headers=alice.headers)
+        # A traceparent that is not one is ignored, as W3C says: the turn starts a trace of its own.
+        malformed = {**alice.headers, "traceparent": "00-not-a-trace-01"}
+        r = await http.post("/api/v1/chat", json={"message": QUESTION}, headers=malformed)
         assert r.status_code >= 500
         fake_llm.script(chunks=("Half", " an answer"), error_after=1)  # broken off mid-stream: an in-band error
         async with http.stream(
