@@ -34,6 +34,7 @@ from api.playground import playground_router
 from api.portability import PortabilityController
 from api.request_ids import RequestIdMiddleware
 from api.responses import ResponsesController
+from api.trace_context import TraceContextMiddleware
 from core.logs import configure_logging
 from providers import ProviderRegistry
 from runtime.server.resources import Resources, open_resources
@@ -101,6 +102,8 @@ def create_app(
         debug=False,
     )
     # Around everything Litestar does, error answers and unknown paths included.
+    if settings.traces_endpoint:
+        app.asgi_handler = TraceContextMiddleware(app.asgi_handler)
     app.asgi_handler = RequestIdMiddleware(app.asgi_handler, count=_counter(app))
     document_errors(app)
     return app

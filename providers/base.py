@@ -71,6 +71,9 @@ class ProviderRequest(msgspec.Struct, frozen=True, kw_only=True):
     # and the first ``cached_tools`` tools (the persona's own). Zero: ask for no caching.
     cached_system_chars: int = 0
     cached_tools: int = 0
+    # Headers of the turn's trace context (W3C ``traceparent``, ``tracestate``) for the upstream request, when
+    # traces are on: the provider's own spans are then children of the turn's.
+    trace_context: tuple[tuple[str, str], ...] = ()
 
 
 class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -41,6 +41,7 @@ from runtime.chat.turn import AnswerStream, Outcome, Turn, open_answer
 from runtime.memory import Extractor, Recall
 
 if TYPE_CHECKING:
+    from core.traces import Traces, TurnSpan
     from runtime.chat.recordings import StatusOf, StreamRecorder
 
 __all__ = ["UNCHECKED", "Answer", "ChatPipeline", "TurnInput", "TurnPlan"]
@@ -166,8 +167,11 @@ class ChatPipeline:
         summary_model: str | None = None,
         recall: Recall | None = None,
         extractor: Extractor | None = None,
+        traces: Traces | None = None,
     ) -> None:
         self.personas = personas
+        # Where each turn's span goes (OTEL_EXPORTER_OTLP_ENDPOINT); None: no traces, and no work for them.
+        self.traces = traces
         # Where turns read their users' memories, and what extracts new ones after them (None: no memory).
         self.recall = recall
         self.extractor = extractor
@@ -356,17 +360,34 @@ class ChatPipeline:
 
     async def open(self, plan: TurnPlan, admission: Admission | _Unchecked | None = UNCHECKED) -> Turn:
         """Check the limits (unless ``admission`` says they were), store the question (when the turn is kept),
-        then open the provider stream, trying fallbacks."""
-        if isinstance(admission, _Unchecked):
-            admission = await self.admit([plan])
+        then open the provider stream, trying fallbacks. With traces on, the turn is a span from here to its end."""
+        span = None if self.traces is None else self._span(plan, self.traces)
         try:
-            return await self._open(plan, admission)
-        except BaseException:
-            if admission is not None:
+            if isinstance(admission, _Unchecked):
+                admission = await self.admit([plan])
+            return await self._open(plan, admission, span)
+        except BaseException as exc:
+            if isinstance(admission, Admission):
                 admission.release(plan.persona.id)  # the turn never ran: its reservation goes back
+            if span is not None:
+                outcome = "rejected" if isinstance(exc, RateLimited) else "error"
+                kept = plan.conversation.id if plan.conversation is not None else None
+                span.end(outcome, error=_code(exc), conversation_id=str(kept) if kept else None)
             raise
 
-    async def _open(self, plan: TurnPlan, admission: Admission | None) -> Turn:
+    def _span(self, plan: TurnPlan, traces: Traces) -> TurnSpan:
+        route, request = plan.routes[0], plan.request
+        return traces.turn(
+            provider=route.provider,
+            model=route.model,
+            persona_id=str(plan.persona.id),
+            persona_version=plan.persona.version,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=request.max_tokens,
+        )
+
+    async def _open(self, plan: TurnPlan, admission: Admission | None, span: TurnSpan | None) -> Turn:
         persona, routes = plan.persona, plan.routes
         began = time.monotonic()
         conversation: Conversation | None = None
@@ -396,7 +417,7 @@ class ChatPipeline:
                 then=self._after(plan, conversation, answer_id),
             )
         try:
-            stream = await self._first_answer(plan, outcome)
+            stream = await self._first_answer(plan, outcome, span)
         except BaseException as exc:
             if outcome is not None:
                 failure = exc if isinstance(exc, PersonaRuntimeError) else None
@@ -426,22 +447,26 @@ class ChatPipeline:
             metrics=self.metrics,
             route=plan.input.route,
             admission=admission,
+            span=span,
         )
+        if span is not None and stream.route is not routes[0]:
+            span.answered(stream.route.provider, stream.route.model)
         if outcome is not None and self.leases is not None:
             self.leases.attach(outcome.message_id, turn.cancel)
         return turn
 
-    async def _first_answer(self, plan: TurnPlan, outcome: Outcome | None) -> AnswerStream:
-        """Open the answer; once more within a smaller budget when the provider says the request is too long."""
+    async def _first_answer(self, plan: TurnPlan, outcome: Outcome | None, span: TurnSpan | None) -> AnswerStream:
+        """Open the answer; once more within a smaller budget when the provider says the request is too long.
+        A traced turn's requests carry its span's context upstream."""
         try:
-            return await open_answer(self.providers, plan.routes, plan.request, metrics=self.metrics)
+            return await open_answer(self.providers, plan.routes, _traced(plan.request, span), metrics=self.metrics)
         except ProviderContextExceeded as refused:
             shorter = await self._shorter(plan, refused)
             if shorter is None:
                 raise
         if outcome is not None:
             outcome.context = shorter.context
-        return await open_answer(self.providers, shorter.routes, shorter.request, metrics=self.metrics)
+        return await open_answer(self.providers, shorter.routes, _traced(shorter.request, span), metrics=self.metrics)
 
     def _after(
         self, plan: TurnPlan, conversation: Conversation, answer_id: UUID
@@ -543,6 +568,17 @@ class ChatPipeline:
         if self._background:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*self._background, return_exceptions=True), timeout=10)
+
+
+def _traced(request: ProviderRequest, span: TurnSpan | None) -> ProviderRequest:
+    return request if span is None else msgspec.structs.replace(request, trace_context=span.headers)
+
+
+def _code(exc: BaseException) -> str:
+    """What a span says failed: our error's code, else the exception's class (never its message)."""
+    if isinstance(exc, PersonaRuntimeError):
+        return exc.code
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__
 
 
 def _reserve(request: ProviderRequest) -> int:

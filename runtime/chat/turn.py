@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import msgspec
@@ -34,6 +34,9 @@ from runtime.chat.conversations import ConversationStore, MessageStatus
 from runtime.chat.leases import Leases
 from runtime.chat.prompt import Route
 from runtime.chat.tokens import MESSAGE_OVERHEAD, calibrated
+
+if TYPE_CHECKING:
+    from core.traces import TurnSpan
 
 __all__ = ["AnswerStream", "Collector", "Outcome", "Turn", "TurnResult", "open_answer"]
 
@@ -232,8 +235,10 @@ class Turn:
         metrics: Metrics | None = None,
         route: str = "chat",
         admission: Admission | None = None,
+        span: TurnSpan | None = None,
     ) -> None:
         self.spawn = spawn
+        self.span = span
         self.admission = admission
         self.metrics = metrics
         self.route = route
@@ -380,6 +385,17 @@ class Turn:
                 metrics.tokens.labels(provider, "input").inc(usage.input_tokens)
                 metrics.tokens.labels(provider, "output").inc(usage.output_tokens)
                 metrics.tokens.labels(provider, "cached").inc(usage.cached_input_tokens)
+        if self.span is not None:
+            failure = self.failure
+            self.span.end(
+                outcome,
+                input_tokens=usage.input_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None,
+                cached_tokens=usage.cached_input_tokens if usage else 0,
+                finish_reason=self.said.finish,
+                error=failure.code if failure is not None and outcome == "error" else None,
+                conversation_id=str(start.conversation_id) if start.conversation_id else None,
+            )
         if not log.isEnabledFor(logging.INFO):
             return
         log.info(
