@@ -12,7 +12,7 @@ import msgspec
 
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers._schema import example_of
-from providers.base import NO_OPTIONS, ChatMessage, Options, ProviderConfig, ProviderRequest, ToolChoice
+from providers.base import NO_OPTIONS, ChatMessage, Options, ProviderConfig, ProviderRequest, ToolChoice, ToolSpec
 
 __all__ = ["DEFAULT_MODEL", "EchoProvider"]
 
@@ -50,6 +50,13 @@ def _tool_results(messages: tuple[ChatMessage, ...]) -> str:
     }
     said = (f"tool {names.get(r.tool_call_id or '', 'call')} said: {r.content or ''}" for r in reversed(results))
     return "; ".join(said)
+
+
+def _tool(tool: ToolSpec) -> dict[str, Any]:
+    shown: dict[str, Any] = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+    if tool.strict is not None:
+        shown["strict"] = tool.strict
+    return shown
 
 
 def _tool_call(last: str, request: ProviderRequest, choice: ToolChoice | None) -> tuple[str, str] | None:
@@ -120,7 +127,7 @@ class EchoProvider:
             "system": request.system,
             # a JSON round trip gives plain lists and dicts, as the body of an HTTP call would be
             "messages": msgspec.json.decode(msgspec.json.encode(request.messages)),
-            "tools": msgspec.json.decode(msgspec.json.encode(request.tools)),
+            "tools": [_tool(t) for t in request.tools],
         }
         for key in ("temperature", "top_p", "max_tokens"):
             value = getattr(request, key)
