@@ -252,3 +252,37 @@ async def test_echo_honours_the_parameters_that_shape_its_answer(llm_client, ali
         messages=[{"role": "user", "content": "/tool lookup {}"}],
     )
     assert held.json()["choices"][0]["message"]["content"] == "[echo] /tool lookup {}"
+
+
+async def test_a_fallback_that_cannot_take_a_parameter_is_skipped(llm_client, fake_llm, alice):
+    body = persona_body(model_settings={"provider": "openai", "fallbacks": [{"provider": "anthropic"}]})
+    created = await llm_client.post("/api/v1/chat/personas", json=body, headers=alice.headers)
+    model = f"persona/{created.json()['persona']['name']}"
+
+    fake_llm.script(status=503)
+    rescued = await _complete(llm_client, alice, model=model, stop=["END"])
+    assert rescued.status_code == 200, rescued.text
+    assert [r.path for r in fake_llm.chat_requests()] == ["/v1/chat/completions", "/v1/messages"]
+    assert fake_llm.last_request.body["stop_sequences"] == ["END"]
+
+    fake_llm.reset()
+    fake_llm.script(status=503)
+    unrescued = await _complete(llm_client, alice, model=model, seed=7)  # Anthropic takes no seed
+    assert unrescued.status_code == 502, unrescued.text
+    assert [r.path for r in fake_llm.chat_requests()] == ["/v1/chat/completions"]
+
+
+async def test_the_clients_limit_wins_over_the_personas_under_the_name_it_used(llm_client, fake_llm, alice):
+    body = persona_body(model_settings={"provider": "openai", "max_tokens": 100, "temperature": 0.2})
+    created = await llm_client.post("/api/v1/chat/personas", json=body, headers=alice.headers)
+    model = f"persona/{created.json()['persona']['name']}"
+
+    assert (await _complete(llm_client, alice, model=model, max_completion_tokens=50, seed=1)).status_code == 200
+    sent = fake_llm.last_request.body
+    assert (sent["max_completion_tokens"], sent["temperature"], sent["seed"]) == (50, 0.2, 1)
+    assert "max_tokens" not in sent
+    assert (await _complete(llm_client, alice, model=model, seed=1)).status_code == 200
+    sent = fake_llm.last_request.body
+    assert (sent["max_tokens"], sent["seed"]) == (100, 1) and "max_completion_tokens" not in sent
+    both = await _complete(llm_client, alice, model=model, max_tokens=10, max_completion_tokens=20)
+    assert both.status_code == 400 and both.json()["error"]["param"] == "max_completion_tokens"
