@@ -267,6 +267,16 @@ async def test_python_examples_run_as_written(echo_server):
     assert lines[2] == "[echo] Count to three."
 
 
+async def test_structured_output_example_runs_as_written(echo_server):
+    _, url, app = echo_server
+    owner = await app.state.resources.accounts.create_user("structured-reader")
+    key, _ = await app.state.resources.accounts.create_key(owner.id, name="docs")
+    env = {**os.environ, "PERSONA_RUNTIME_URL": url, "PERSONA_RUNTIME_KEY": key}
+    result = await run(sys.executable, str(EXAMPLES / "structured_output.py"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[echo] Plan a trip. for 0 days"
+
+
 async def test_anthropic_sdk_example_runs_as_written(echo_server):
     _, url, app = echo_server
     accounts = app.state.resources.accounts

@@ -24,7 +24,7 @@ from core.events import PersonaRef, Start
 from core.metrics import Metrics
 from personas.models import Caller, Persona
 from personas.service import PersonaService
-from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
+from providers import NO_OPTIONS, ChatMessage, Options, ProviderRequest, ProviderSet, ToolSpec, refusal
 from runtime.access.limits import Admission, Limiter
 from runtime.chat.collector import TurnResult
 from runtime.chat.context import Built, ContextBuilder
@@ -71,7 +71,8 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     The ``*_fields`` name the wire field each piece of client text came in, so an error names what the
     client sent: one per message (None: not checked, such as an assistant turn of an Anthropic body), one
     per system text, and one per tool (where its ``name`` and ``description`` are). Left empty, they are
-    ``messages[i].content``, ``system[i]`` and ``tools[i]``.
+    ``messages[i].content``, ``system[i]`` and ``tools[i]``; ``option_fields`` maps an option's name to its
+    wire field where they differ.
     """
 
     messages: tuple[ChatMessage, ...]
@@ -94,6 +95,10 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     message_fields: tuple[str | None, ...] = ()
     system_fields: tuple[str, ...] = ()
     tool_fields: tuple[str, ...] = ()
+    # The client's parameters beyond sampling, checked against the persona's provider at plan time; with the
+    # wire field each came in where the route names it otherwise (`stop` is `stop_sequences` on /v1/messages).
+    options: Options = NO_OPTIONS
+    option_fields: dict[str, str] | None = None
 
     def check(self, max_chars: int) -> None:
         """Every input check of a turn: each message's text, the client's system text and its tools."""
@@ -121,6 +126,15 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
                 raise PayloadTooLarge(
                     f"`{field}` is {len(tool.description)} characters long; the limit is {max_chars}.", field=field
                 )
+
+
+def _check_choice(kind: str, name: str | None, tools: tuple[ToolSpec, ...], field: str) -> None:
+    """A ``tool_choice`` that forces a call names a tool the turn offers (the persona's or the client's)."""
+    if not tools:
+        raise BadRequest(f"`{field}` asks for a tool call, but no tool is offered: send `tools`.", field=field)
+    if kind == "tool" and name not in {t.name for t in tools}:
+        offered = ", ".join(t.name for t in tools)
+        raise BadRequest(f"`{field}` names the tool {name!r}, which is not offered; offered: {offered}.", field=field)
 
 
 def _check_text(text: str, field: str, max_chars: int, fix: str) -> None:
@@ -220,7 +234,29 @@ class ChatPipeline:
         turn.check(self.max_message_chars)
         persona, source, conversation = await self.resolve(caller, turn)
         routes = plan_routes(persona, self.providers, self.default_provider, provider=turn.provider, model=turn.model)
+        if turn.options is not NO_OPTIONS:
+            routes = self._taking(routes, turn)
         return await self._compose(caller, turn, persona, source, conversation, routes, exact=exact)
+
+    def _taking(self, routes: list[Route], turn: TurnInput) -> list[Route]:
+        """The routes whose providers take every option of the turn: a 400 naming the first option the persona's
+        own provider cannot take (so none is dropped without a word); a fallback that cannot is left out."""
+        kept: list[Route] = []
+        for index, route in enumerate(routes):
+            refused = refusal(self.providers.get(route.provider), turn.options)
+            if refused is None:
+                kept.append(route)
+            elif index == 0:
+                name, why = refused
+                field = (turn.option_fields or {}).get(name, name)
+                raise BadRequest(
+                    f"`{field}` cannot be served: {why}. The persona answers through provider {route.provider!r}; "
+                    f"leave `{field}` out, or use a persona on a provider that takes it.",
+                    field=field,
+                )
+            else:
+                _log.info("fallback provider %s skipped: it cannot take `%s`", route.provider, refused[0])
+        return kept
 
     async def _compose(
         self,
@@ -267,6 +303,9 @@ class ChatPipeline:
         if turn.tools:
             names = {t.name for t in turn.tools}
             tools = (*(t for t in tools if t.name not in names), *turn.tools)
+        choice = turn.options.tool_choice
+        if choice is not None and choice.type in ("required", "tool"):
+            _check_choice(choice.type, choice.name, tools, (turn.option_fields or {}).get("tool_choice", "tool_choice"))
         built = await self.context.build(
             persona,
             routes[0].model,
@@ -294,6 +333,7 @@ class ChatPipeline:
             temperature=turn.temperature,
             top_p=turn.top_p,
             max_tokens=turn.max_tokens,
+            options=turn.options,
         )
         return TurnPlan(
             caller=caller,
