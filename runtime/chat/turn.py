@@ -26,6 +26,7 @@ from core.errors import (
 from core.events import Done, Finish, ProviderEvent, Start, TurnEvent, Usage, error_event
 from core.logs import REQUEST_ID
 from core.metrics import Metrics
+from personas.releases import Variant
 from providers import ProviderRequest, ProviderSet, batches_of
 from runtime.access.limits import Admission
 from runtime.chat.collector import Collector, TurnResult
@@ -232,8 +233,11 @@ class Turn:
         metrics: Metrics | None = None,
         route: str = "chat",
         admission: Admission | None = None,
+        variant: Variant = "production",
     ) -> None:
         self.spawn = spawn
+        # How the persona's version was chosen (section 16): for turn records.
+        self.variant = variant
         self.admission = admission
         self.metrics = metrics
         self.route = route
