@@ -96,6 +96,19 @@ async def test_custom_labels_and_numbers_pick_a_version_on_v1_and_in_chat_bodies
         r = await chat(llm_client, account, pid, persona_version="production")
         assert r.json()["persona"]["version"] == 2 and system_sent(fake_llm).startswith("You are version two.")
 
+    # The other /v1 routes read the model the same way.
+    r = await llm_client.post(
+        "/v1/messages",
+        json={"model": f"persona/{name}@beta-1", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]},
+        headers=bob.headers,
+    )
+    assert r.status_code == 200 and r.headers["x-persona-version"] == "1", r.text
+    r = await llm_client.post(
+        "/v1/responses", json={"model": f"persona/{name}@beta-1", "input": "hi", "store": False}, headers=bob.headers
+    )
+    assert r.status_code == 200 and r.headers["x-persona-version"] == "1", r.text
+    assert system_sent(fake_llm).startswith("You are version one.")
+
     # A number is for the owner and admins: bob may use the persona, but not pick its versions by number.
     owner = openai.AsyncOpenAI(base_url=str(llm_client.base_url.join("/v1")), api_key=alice.key, max_retries=0)
     raw = await owner.chat.completions.with_raw_response.create(
@@ -124,6 +137,13 @@ async def test_custom_labels_and_numbers_pick_a_version_on_v1_and_in_chat_bodies
         headers=bob.headers,
     )
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+    for number in ("9", "0", "99999999999999999999"):
+        r = await llm_client.post(
+            "/v1/chat/completions",
+            json={"model": f"persona/{name}@{number}", "messages": [{"role": "user", "content": "hi"}]},
+            headers=alice.headers,
+        )
+        assert r.status_code == 404 and r.json()["error"]["param"] == "model", r.text
     r = await chat(llm_client, alice, pid, persona_version=9)
     assert r.status_code == 404 and r.json()["error"]["field"] == "persona_version"
     r = await chat(llm_client, alice, pid, persona_version="Not A Label")

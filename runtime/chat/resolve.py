@@ -28,6 +28,7 @@ __all__ = [
 # What picks a version: a label (`production` included), a version number, or None for whatever the caller is
 # served by default (production, or the rollout's version when the caller falls in its share).
 Selector = str | int | None
+_LAST_VERSION = 2**31 - 1
 
 PersonaSource = Literal["request", "conversation", "preference", "default"]
 
@@ -109,6 +110,8 @@ async def serve_version(
                 "use a label instead (`persona/<name>@<label>`).",
                 field=field,
             )
+        if not 1 <= selector <= _LAST_VERSION:  # beyond what the version column holds: never saved
+            raise NotFound(f"Persona {persona.name!r} has no saved version {selector}.", field=field)
         version, variant = selector, "pinned"
     elif selector == PRODUCTION:
         version, variant = release.production(persona.version), "production"
