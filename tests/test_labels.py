@@ -177,7 +177,7 @@ async def test_only_the_owner_or_an_admin_sets_labels_and_labels_are_checked(cli
 
 
 @pytest.mark.parametrize("with_redis", [True, False], ids=["redis", "no-redis"])
-async def test_a_pin_on_one_instance_is_served_by_another_within_a_second(
+async def test_a_pin_or_rollout_on_one_instance_is_served_by_another_within_a_second(
     database_url, redis_url, make_user, with_redis
 ):
     # Kept 30 s in each instance's memory: only the announcement can explain the change within a second.
@@ -198,6 +198,17 @@ async def test_a_pin_on_one_instance_is_served_by_another_within_a_second(
         assert await eventually(pinned, within=1.0, interval=0.05)
         r = await second.get(f"{PERSONAS}/{pid}/labels", headers=alice.headers)
         assert r.json()["labels"]["production"] == {"version": 1, "pinned": True}
+
+        # A rollout set on the first instance reaches the second as fast: at 100%, every user is in it.
+        r = await first.put(f"{PERSONAS}/{pid}/rollout", json={"version": 2, "percent": 100}, headers=alice.headers)
+        assert r.status_code == 200
+
+        async def rolled_out() -> bool:
+            return bool((await chat(second, alice, pid)).json()["persona"]["version"] == 2)
+
+        assert await eventually(rolled_out, within=1.0, interval=0.05)
+        assert (await first.delete(f"{PERSONAS}/{pid}/rollout", headers=alice.headers)).status_code == 200
+        assert await eventually(pinned, within=1.0, interval=0.05)
 
         assert (await first.delete(f"{PERSONAS}/{pid}/labels/production", headers=alice.headers)).status_code == 200
 
