@@ -32,6 +32,7 @@ from api.path_params import path_params_guard
 from api.personas import PersonaController
 from api.playground import playground_router
 from api.portability import PortabilityController
+from api.releases import ReleaseController
 from api.request_ids import RequestIdMiddleware
 from api.responses import ResponsesController
 from api.trace_context import TraceContextMiddleware
@@ -68,6 +69,7 @@ def create_app(
             PortabilityController,
             AvatarController,
             AuthoringController,
+            ReleaseController,
             KeyController,
             AdminController,
             AdminKeyController,

@@ -193,6 +193,28 @@ async def test_context_guide_runs_as_written(echo_server):
 
 
 @pytest.mark.usefixtures("curl")
+async def test_release_guide_runs_as_written(echo_server):
+    database_url, url, _ = echo_server
+    out = await run_walk_through(ROOT / "docs" / "releases.md", "## A worked example", database_url, url)
+    # What the page says each step prints, in its order.
+    printed = [
+        "2",
+        "{'production': {'version': 1, 'pinned': True}}",
+        "3",
+        "1",
+        "{'production': {'version': 1, 'pinned': True}, 'beta': {'version': 3}}",
+        "x-persona-version: 3",
+        "2",
+        "{'version': 3, 'percent': 100}",
+        "[('user', 3, None), ('assistant', 3, 'rollout')]",
+        "{'version': 3, 'pinned': True}",
+        "None",
+    ]
+    lines = [line.strip() for line in out.splitlines()][1:]  # after the id `users create` prints
+    assert [line.lower() for line in lines] == [line.lower() for line in printed], out
+
+
+@pytest.mark.usefixtures("curl")
 async def test_authoring_worked_example_runs_as_written(echo_server):
     database_url, url, _ = echo_server
     await authoring_example(database_url, url)

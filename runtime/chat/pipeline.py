@@ -23,6 +23,7 @@ from core.errors import BadRequest, PayloadTooLarge, PersonaRuntimeError, Provid
 from core.events import PersonaRef, Start
 from core.metrics import Metrics
 from personas.models import Caller, Persona
+from personas.releases import Variant
 from personas.service import PersonaService
 from providers import NO_OPTIONS, ChatMessage, Options, ProviderRequest, ProviderSet, ToolSpec, refusal
 from runtime.access.limits import Admission, Limiter
@@ -34,7 +35,7 @@ from runtime.chat.leases import Leases
 from runtime.chat.lore import TurnLore, lore_for
 from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes, tool_specs
 from runtime.chat.recall import TurnMemory
-from runtime.chat.resolve import PersonaSource, resolve_persona, resolve_persona_name
+from runtime.chat.resolve import PersonaSource, resolve_model_persona, resolve_persona, serve_version
 from runtime.chat.summaries import Summarizer
 from runtime.chat.tokens import ANSWER_RESERVE, estimate_size
 from runtime.chat.turn import AnswerStream, Outcome, Turn, open_answer
@@ -84,6 +85,9 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     persona: Persona | None = None
     persona_name: str | None = None
     persona_id: UUID | None = None
+    # Which version of the resolved persona (section 16): a label, a number (owner and admins), or None for
+    # production or the caller's rollout variant. ``persona_name`` may carry its own (`Mu@beta`).
+    persona_version: int | str | None = None
     conversation_id: UUID | None = None
     provider: str | None = None
     model: str | None = None
@@ -159,6 +163,8 @@ class TurnPlan:
     # (a retry after the provider said the request was too long).
     context: Built
     cut: int = 0
+    # How ``persona``'s version was chosen: what stored answers and turn records say (section 16).
+    variant: Variant = "production"
 
 
 class ChatPipeline:
@@ -210,19 +216,28 @@ class ChatPipeline:
 
     # resolve → plan ---------------------------------------------------------------------------------
 
-    async def resolve(self, caller: Caller, turn: TurnInput) -> tuple[Persona, PersonaSource, Conversation | None]:
-        """Which persona answers and why, and the caller's conversation the turn belongs to (if any)."""
+    async def resolve(
+        self, caller: Caller, turn: TurnInput
+    ) -> tuple[Persona, PersonaSource, Conversation | None, Variant]:
+        """Which persona answers, in which version, and why; and the caller's conversation the turn belongs to."""
         conversation = (
             await self.conversations.get(caller.user_id, turn.conversation_id) if turn.conversation_id else None
         )
         if turn.persona is not None:
-            return turn.persona, "request", conversation
+            # An author's pick: an unsaved draft (version 0), else a saved version.
+            return turn.persona, "request", conversation, "draft" if turn.persona.version == 0 else "pinned"
+        selector, field = turn.persona_version, "persona_version"
         if turn.persona_name is not None:
-            return await resolve_persona_name(self.personas, caller, turn.persona_name), "request", conversation
-        persona, source = await resolve_persona(
-            self.personas, caller, requested=turn.persona_id, conversation=conversation
-        )
-        return persona, source, conversation
+            persona, named = await resolve_model_persona(self.personas, caller, turn.persona_name)
+            source: PersonaSource = "request"
+            if named is not None:
+                selector, field = named, "model"
+        else:
+            persona, source = await resolve_persona(
+                self.personas, caller, requested=turn.persona_id, conversation=conversation
+            )
+        persona, variant = await serve_version(self.personas, caller, persona, selector, field=field)
+        return persona, source, conversation, variant
 
     async def plan(self, caller: Caller, turn: TurnInput, *, exact: bool = False) -> TurnPlan:
         """Everything about a turn short of calling the provider: the persona and why, the routes, the request.
@@ -232,11 +247,11 @@ class ChatPipeline:
         dropped does not fit). ``exact`` counts every part's tokens even where a bound shows it fits (render).
         """
         turn.check(self.max_message_chars)
-        persona, source, conversation = await self.resolve(caller, turn)
+        persona, source, conversation, variant = await self.resolve(caller, turn)
         routes = plan_routes(persona, self.providers, self.default_provider, provider=turn.provider, model=turn.model)
         if turn.options is not NO_OPTIONS:
             routes = self._taking(routes, turn)
-        return await self._compose(caller, turn, persona, source, conversation, routes, exact=exact)
+        return await self._compose(caller, turn, persona, source, conversation, routes, exact=exact, variant=variant)
 
     def _taking(self, routes: list[Route], turn: TurnInput) -> list[Route]:
         """The routes whose providers take every option of the turn: a 400 naming the first option the persona's
@@ -270,6 +285,7 @@ class ChatPipeline:
         exact: bool = False,
         cut: int = 0,
         until_seq: int | None = None,
+        variant: Variant = "production",
     ) -> TurnPlan:
         own = self.prompts.render(persona, caller)
         lore = None
@@ -345,6 +361,7 @@ class ChatPipeline:
             request=request,
             context=built,
             cut=cut,
+            variant=variant,
         )
 
     async def _shorter(self, plan: TurnPlan, refused: ProviderContextExceeded) -> TurnPlan | None:
@@ -368,6 +385,7 @@ class ChatPipeline:
             plan.routes,
             cut=cut,
             until_seq=built.newest_read_seq or 0,
+            variant=plan.variant,
         )
 
     def upstream_body(self, plan: TurnPlan) -> dict[str, Any]:
@@ -444,6 +462,7 @@ class ChatPipeline:
                 persona_id=persona.id,
                 persona_version=persona.version,
                 persona_source=plan.source,
+                variant=plan.variant,
                 provider=routes[0].provider,
                 model=routes[0].model,
             )
@@ -488,6 +507,7 @@ class ChatPipeline:
             route=plan.input.route,
             admission=admission,
             span=span,
+            variant=plan.variant,
         )
         if span is not None and stream.route is not routes[0]:
             span.answered(stream.route.provider, stream.route.model)

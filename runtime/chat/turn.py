@@ -26,6 +26,7 @@ from core.errors import (
 from core.events import Done, Finish, ProviderEvent, Start, TurnEvent, Usage, error_event
 from core.logs import REQUEST_ID
 from core.metrics import Metrics
+from personas.releases import Variant
 from providers import ProviderRequest, ProviderSet, batches_of
 from runtime.access.limits import Admission
 from runtime.chat.collector import Collector, TurnResult
@@ -236,9 +237,12 @@ class Turn:
         route: str = "chat",
         admission: Admission | None = None,
         span: TurnSpan | None = None,
+        variant: Variant = "production",
     ) -> None:
         self.spawn = spawn
         self.span = span
+        # How the persona's version was chosen (section 16): for turn records.
+        self.variant = variant
         self.admission = admission
         self.metrics = metrics
         self.route = route
