@@ -92,6 +92,52 @@ async def test_a_long_conversation_keeps_its_latest_turns_and_a_summary_within_t
         assert context["used"] == sum(s["tokens"] for s in context["sections"]) <= context["budget"]
 
 
+async def test_a_summary_is_written_once_per_quarter_window_and_every_turn_is_sent_or_summarized(
+    database_url, redis_url, fake_llm, make_user
+):
+    from api.app import create_app
+
+    settings = make_settings(database_url, redis_url, env=llm_env(fake_llm), summary_provider="echo")
+    app = create_app(settings)
+    async with running(app) as http:
+        pipeline = app.state.resources.chat
+        alice = await make_user("alice")
+        persona = await make_persona(
+            http, alice, model_settings={"provider": "local", "context_window": 1500, "max_tokens": 100}
+        )
+        conversation_id = None
+        turns = 50
+        for n in range(turns):
+            fake_llm.script(chunks=(f"answer {n}",))
+            body = {"message": f"question {n}: " + "tell me about the harbour " * 7, "persona_id": persona["id"]}
+            if conversation_id:
+                body["conversation_id"] = conversation_id
+            r = await http.post(CHAT, json=body, headers=alice.headers)
+            assert r.status_code == 200, r.text
+            conversation_id = r.json()["conversation_id"]
+            while pipeline._background:  # the answer's saving, then the summary it asked for
+                await asyncio.wait(list(pipeline._background))
+
+        requests = [r.body for r in fake_llm.chat_requests()][-turns:]
+        summaries = []
+        for n, sent in enumerate(requests):
+            system = sent["messages"][0]["content"]
+            asked = [m["content"].split(":")[0] for m in sent["messages"][1:] if m["role"] == "user"]
+            assert asked[-1] == f"question {n}"
+            oldest = int(asked[0].split()[1])
+            if oldest == 0:
+                assert SUMMARY_HEADING not in system
+                continue
+            # What is not sent is in the summary: it runs to the turn just before the oldest one sent.
+            summary = system.split(SUMMARY_HEADING)[1]
+            assert f"The user said: question {oldest - 1}:" in summary, (n, oldest)
+            summaries.append(summary)
+        overflowing = len(summaries)
+        assert overflowing >= 15
+        # Not a new summary after every turn: one per quarter of the history's room (a few turns here).
+        assert len(set(summaries)) <= overflowing // 2, (len(set(summaries)), overflowing)
+
+
 async def test_what_cannot_be_dropped_and_does_not_fit_is_refused_before_any_provider_call(
     llm_client, llm_app, fake_llm, alice
 ):
