@@ -45,7 +45,7 @@ async def measure(dsn: str, sizes: list[int], budget: int, runs: int) -> None:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         user_id = await pool.fetchval("INSERT INTO users (name) VALUES ('bench') RETURNING id")
-        store = ConversationStore(pool)
+        store = ConversationStore(pool, cached_windows=0)  # the SQL itself, every time
         print(f"history walk for a {budget}-token budget ({runs} runs each)\n{WINDOW.strip()}\n")
         for size in sizes:
             conversation_id = await _conversation(pool, user_id, size)

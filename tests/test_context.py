@@ -4,12 +4,14 @@ retry when a provider still finds the request too long, rolling summaries, and r
 from __future__ import annotations
 
 import asyncio
+from uuid import UUID
 
 import bpe_openai
 import httpx
 import pytest
 
 from runtime.chat.context import SUMMARY_HEADING
+from runtime.chat.conversations import ConversationStore
 from tests.conftest import llm_env, make_settings, persona_body, running
 
 CHAT = "/api/v1/chat"
@@ -254,6 +256,76 @@ async def test_history_is_read_only_as_far_as_the_budget_reaches(client, resourc
     assert [r.content for r in rows[:2]] == ["message 3000", "message 2999"]
     rows, more = await resources.conversations.window(conversation_id, after_seq=0, budget=10**9, limit=40)
     assert len(rows) == 40 and more
+
+
+async def test_a_window_kept_by_one_instance_sees_what_any_instance_stored_or_finished_since(client, resources, alice):
+    r = await client.post(CHAT, json={"message": "start"}, headers=alice.headers)
+    conversation_id = r.json()["conversation_id"]
+    # Two instances' stores over one database, and the SQL read every time as the reference.
+    here, there = ConversationStore(resources.pool), ConversationStore(resources.pool)
+    truth = ConversationStore(resources.pool, cached_windows=0)
+
+    async def same(after_seq: int = 0, budget: int = 400, limit: int = 1000) -> list[str]:
+        args = {"after_seq": after_seq, "budget": budget, "limit": limit}
+        rows, more = await here.window(conversation_id, **args)
+        expected, expected_more = await truth.window(conversation_id, **args)
+        seen = [(r.seq, r.role, r.content, r.tokens, r.message.content) for r in rows]
+        assert seen == [(r.seq, r.role, r.content, r.tokens, r.content) for r in expected] and more == expected_more
+        return [r.content for r in rows]
+
+    async def ask(text: str) -> UUID:
+        conversation = await there.get(alice.user.id, conversation_id)
+        _, answer_id = await there.begin_turn(
+            user_id=alice.user.id,
+            conversation=conversation,
+            message=text,
+            persona_id=conversation.persona_id,
+            persona_version=conversation.persona_version or 1,
+            persona_source="conversation",
+            provider="echo",
+            model="echo",
+            tokens=30,
+        )
+        return answer_id
+
+    async def finish(answer_id: UUID, text: str, status: str = "complete") -> None:
+        await there.finish_answer(
+            answer_id,
+            content=text,
+            status=status,  # type: ignore[arg-type]
+            provider="echo",
+            model="echo",
+            usage=None,
+            latency_ms=1,
+            finish_reason="stop",
+            tool_calls=None,
+            error=None,
+            tokens=30,
+        )
+
+    assert (await same())[0] != "first question"
+    first = await ask("first question")
+    second = await ask("second question")  # asked while the first answer is still being written
+    await finish(second, "second answer")
+    assert (await same())[:3] == ["second answer", "second question", "first question"]
+    # The first answer, finished later behind newer messages, is seen by the instance that kept the window.
+    await finish(first, "first answer")
+    assert (await same())[:4] == ["second answer", "second question", "first answer", "first question"]
+    failed = await ask("third question")
+    await finish(failed, "", status="error")
+    assert (await same())[0] == "third question"
+    for n in range(40):
+        await finish(await ask(f"question {n}"), f"answer {n}")
+        if n % 7 == 0:
+            await same(budget=100 + 20 * n)
+    # A summary that moved on, a larger budget than any read so far, a smaller limit: all as the SQL says.
+    rows, _ = await truth.window(conversation_id, after_seq=0, budget=10**6, limit=1000)
+    await same(after_seq=rows[30].seq, budget=200)
+    await same(after_seq=rows[30].seq, budget=10**6)
+    await same(after_seq=rows[10].seq, budget=10**6, limit=5)
+    for n in range(80):  # more stored since than one catch-up reads
+        await finish(await ask(f"later question {n}"), f"later answer {n}")
+    assert (await same(after_seq=rows[10].seq))[0] == "later answer 79"
 
 
 async def test_a_summary_is_saved_only_over_the_one_it_folded(client, resources, alice):

@@ -336,7 +336,7 @@ class ContextBuilder:
             turns, spent, uncovered, mark = _fit(rows, more, left, ratio, int(left * SUMMARY_KEEPS))
             due = uncovered or (spent > left * SUMMARY_AT and mark is not None and mark != turns[-1][0].seq)
             for turn in reversed(turns):
-                history.extend(ChatMessage(role=r.role, content=r.content) for r in turn)
+                history.extend(r.message for r in turn)
             if turns:
                 oldest = turns[-1][0].seq
                 kept_turns = sum(1 for turn in turns if turn[0].role == "user")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -10,6 +12,7 @@ import asyncpg
 import msgspec
 
 from core.errors import Interrupted, NotFound
+from providers import ChatMessage
 
 __all__ = ["Conversation", "ConversationStore", "MessageState", "MessageStatus", "StoredMessage", "WindowRow"]
 
@@ -108,6 +111,33 @@ WITH RECURSIVE walk AS (
     WHERE walk.total <= $3 AND walk.n < $4
 )
 SELECT seq, role, content, tokens, total FROM walk"""
+# The same walk for the instance's cache of windows, with the oldest answer still pending among the messages it
+# covers (after its oldest row, else, when it reached the start, after $2), read in the same snapshot: the
+# cache keeps only what lies before it, since a message once finished never changes.
+WINDOW_CACHED = f"""
+WITH RECURSIVE walk AS (
+    (SELECT seq, role, content, {_TOKENS} AS tokens, {_TOKENS} AS total, 1 AS n FROM messages
+     WHERE {_SENDABLE} AND {_UNTIL} ORDER BY seq DESC LIMIT 1)
+    UNION ALL
+    SELECT m.seq, m.role, m.content, m.tokens, walk.total + m.tokens, walk.n + 1
+    FROM walk CROSS JOIN LATERAL (
+        SELECT seq, role, content, {_TOKENS} AS tokens FROM messages
+        WHERE {_SENDABLE} AND seq < walk.seq ORDER BY seq DESC LIMIT 1
+    ) m
+    WHERE walk.total <= $3 AND walk.n < $4
+), edge AS (
+    SELECT CASE WHEN max(total) > $3 OR count(*) >= $4 THEN min(seq) ELSE $2 END AS low FROM walk
+)
+SELECT seq, role, content, tokens, total,
+    (SELECT min(m.seq) FROM messages m, edge
+     WHERE m.conversation_id = $1 AND m.seq > edge.low AND m.status = 'pending') AS pending
+FROM walk"""
+# What a conversation stored after the cached window ($2), newest first, whatever its state: a cached window
+# is brought up to date with it. The conversation's row lock orders its inserts (each turn's statement takes
+# it before its messages get their seq), so nothing is ever stored behind what was read.
+WINDOW_SINCE = f"""
+SELECT seq, role, content, {_TOKENS} AS tokens, status FROM messages
+WHERE conversation_id = $1 AND seq > $2 ORDER BY seq DESC LIMIT $3"""
 # The messages a new summary folds in: after the summary's last ($2), before the oldest one sent ($3).
 UNSUMMARIZED = f"""
 SELECT id, seq, role, content FROM messages WHERE {_SENDABLE} AND seq < $3 ORDER BY seq LIMIT $4"""
@@ -154,12 +184,34 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WindowRow(msgspec.Struct, frozen=True):
-    """A stored message read for a turn's history: its order, role, text and token count."""
+    """A stored message read for a turn's history: its order, role, text and token count, and the message to
+    send (made once, kept with the row in the cache of windows)."""
 
     seq: int
     role: Literal["user", "assistant"]
     content: str
     tokens: int
+    message: ChatMessage
+
+
+def _row(seq: int, role: str, content: str, tokens: int) -> WindowRow:
+    kind: Literal["user", "assistant"] = "assistant" if role == "assistant" else "user"
+    return WindowRow(seq, kind, content, tokens, ChatMessage(role=kind, content=content))
+
+
+@dataclass
+class _Window:
+    """An instance's copy of a conversation's latest sendable messages (after ``after``), newest first.
+
+    Every message after ``after`` (from ``rows``' oldest on, unless ``complete``) through ``through`` was
+    finished when read, and so never changes; what was stored since is read on each use. ``complete``: no
+    sendable message after ``after`` is older than ``rows``' oldest."""
+
+    after: int
+    through: int
+    rows: list[WindowRow]
+    complete: bool
+    chars: int
 
 
 class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -182,6 +234,23 @@ class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
 
 
+# What a cached window is brought up to date with at most (more: it is read again), and the largest one kept.
+_SINCE = 64
+_WINDOW_CHARS = 2_000_000
+
+
+def _walk(rows: list[WindowRow], budget: int, limit: int) -> tuple[list[WindowRow], bool]:
+    """What :data:`WINDOW` reads of ``rows`` (newest first): each row while the ones before it stay within
+    ``budget`` and number under ``limit``; and whether it stopped short (as :meth:`ConversationStore.window`)."""
+    total = 0
+    for index, row in enumerate(rows):
+        if index and (total > budget or index >= limit):
+            rows = rows[:index]
+            break
+        total += row.tokens
+    return rows, bool(rows) and (total > budget or len(rows) >= limit)
+
+
 def _conversation(record: asyncpg.Record) -> Conversation:
     return msgspec.convert(dict(record), Conversation, strict=False)
 
@@ -202,9 +271,13 @@ class ConversationStore:
     (:meth:`renew`); :meth:`sweep` ends those whose instance stopped renewing.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, lease_seconds: float = 30.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, lease_seconds: float = 30.0, cached_windows: int = 512) -> None:
         self._pool = pool
         self.lease_seconds = lease_seconds
+        # The latest windows read, by conversation, so that a turn decodes only the messages stored since the
+        # last (0: none kept). Never stale: each use reads what was stored after it, in any instance.
+        self.cached_windows = cached_windows
+        self._windows: OrderedDict[UUID, _Window] = OrderedDict()
 
     async def get(self, user_id: UUID, conversation_id: UUID) -> Conversation:
         record = await self._pool.fetchrow(GET_CONVERSATION, conversation_id, user_id)
@@ -227,14 +300,79 @@ class ConversationStore:
     ) -> tuple[list[WindowRow], bool]:
         """The latest messages worth sending upstream (after ``after_seq``, through ``until_seq``), newest first,
         while their stored token counts stay within ``budget`` (one more is read, to know) and at most ``limit``
-        of them; and whether the walk stopped before the conversation's start."""
-        records = await self._pool.fetch(WINDOW, conversation_id, after_seq, budget, limit, until_seq)
-        rows = [
-            WindowRow(r["seq"], "assistant" if r["role"] == "assistant" else "user", r["content"], r["tokens"])
-            for r in records
-        ]
-        more = bool(records) and (records[-1]["total"] > budget or len(records) >= limit)
-        return rows, more
+        of them; and whether the walk stopped before the conversation's start.
+
+        The latest window read of a conversation is kept (:attr:`cached_windows` of them), and a later read
+        decodes only what was stored since: in steady state one short query of the last exchange."""
+        if self.cached_windows <= 0 or until_seq != 2**62:
+            records = await self._pool.fetch(WINDOW, conversation_id, after_seq, budget, limit, until_seq)
+            rows = [_row(*r[:4]) for r in records]
+            return rows, bool(records) and (records[-1]["total"] > budget or len(records) >= limit)
+        kept = self._windows.get(conversation_id)
+        if kept is not None and kept.after <= after_seq:
+            found = await self._extend(conversation_id, kept, after_seq, budget, limit)
+            if found is not None:
+                return found
+        return await self._read_window(conversation_id, after_seq, budget, limit)
+
+    async def _read_window(
+        self, conversation_id: UUID, after_seq: int, budget: int, limit: int
+    ) -> tuple[list[WindowRow], bool]:
+        # Read with room to spare, so that a later turn with a little more room is still served from the copy.
+        spare = budget + budget // 2 + 1
+        records = await self._pool.fetch(WINDOW_CACHED, conversation_id, after_seq, spare, limit, 2**62)
+        rows = [_row(*r[:4]) for r in records]
+        pending = records[0]["pending"] if records else None
+        more = bool(records) and (records[-1]["total"] > spare or len(records) >= limit)
+        kept = [r for r in rows if pending is None or r.seq < pending]
+        through = pending - 1 if pending is not None else (rows[0].seq if rows else after_seq)
+        self._keep(conversation_id, _Window(after_seq, through, kept, not more, 0), budget, limit)
+        return _walk(rows, budget, limit)
+
+    async def _extend(
+        self, conversation_id: UUID, kept: _Window, after_seq: int, budget: int, limit: int
+    ) -> tuple[list[WindowRow], bool] | None:
+        """The window from the kept copy and what was stored since; None when the copy does not reach far
+        enough (or too much was stored since), for a full read."""
+        records = await self._pool.fetch(WINDOW_SINCE, conversation_id, kept.through, _SINCE)
+        if len(records) >= _SINCE:
+            return None
+        fresh: list[WindowRow] = []
+        pending = None
+        for seq, role, content, tokens, status in records:
+            if status == "pending":
+                pending = seq
+            elif content and seq > after_seq and status in ("complete", "incomplete"):
+                fresh.append(_row(seq, role, content, tokens))
+        older = kept.rows if kept.after == after_seq else [r for r in kept.rows if r.seq > after_seq]
+        rows = [*fresh, *older] if fresh else older
+        found = _walk(rows, budget, limit)
+        if len(found[0]) == len(rows) and not kept.complete and not found[1]:
+            return None  # the copy ran out before the window did
+        finished = [r for r in fresh if r.seq < pending] if pending is not None else fresh
+        through = pending - 1 if pending is not None else (records[0]["seq"] if records else kept.through)
+        self._keep(conversation_id, _Window(after_seq, through, [*finished, *older], kept.complete, 0), budget, limit)
+        return found
+
+    def _keep(self, conversation_id: UUID, window: _Window, budget: int, limit: int) -> None:
+        """Keep ``window``, cut to what a turn with half as much room again could use."""
+        spare, total, chars = budget + budget // 2, 0, 0
+        for index, row in enumerate(window.rows):
+            total += row.tokens
+            chars += len(row.content)
+            if total > spare or index + 1 >= limit:
+                if index + 1 < len(window.rows):
+                    del window.rows[index + 1 :]
+                    window.complete = False
+                break
+        window.chars = chars
+        windows = self._windows
+        windows.pop(conversation_id, None)
+        if chars > _WINDOW_CHARS:
+            return
+        windows[conversation_id] = window
+        while len(windows) > self.cached_windows:
+            windows.popitem(last=False)
 
     async def unsummarized(
         self, conversation_id: UUID, *, after_seq: int, before_seq: int, limit: int
@@ -265,6 +403,7 @@ class ConversationStore:
 
     async def delete(self, user_id: UUID, conversation_id: UUID) -> None:
         result = await self._pool.execute(DELETE_CONVERSATION, conversation_id, user_id)
+        self._windows.pop(conversation_id, None)
         if not result.endswith(" 1"):
             raise NotFound(
                 f"Conversation {conversation_id} not found: check `conversation_id`.", field="conversation_id"
