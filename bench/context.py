@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.services import scratch_database
-from runtime.chat.conversations import WINDOW, ConversationStore
+from runtime.chat.conversations import WINDOW, ConversationStore, WindowRow
 from runtime.server.migrate import apply_migrations
 
 __all__ = ["main"]
@@ -51,7 +51,7 @@ async def measure(dsn: str, sizes: list[int], budget: int, runs: int) -> None:
             conversation_id = await _conversation(pool, user_id, size)
             await pool.execute("ANALYZE messages")
             times = []
-            rows: list[object] = []
+            rows: list[WindowRow] = []
             for _ in range(runs):
                 began = time.perf_counter()
                 rows, _more = await store.window(conversation_id, after_seq=0, budget=budget, limit=1000)
