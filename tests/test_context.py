@@ -265,8 +265,14 @@ async def test_a_window_kept_by_one_instance_sees_what_any_instance_stored_or_fi
     here, there = ConversationStore(resources.pool), ConversationStore(resources.pool)
     truth = ConversationStore(resources.pool, cached_windows=0)
 
+    reads = 0
+
     async def same(after_seq: int = 0, budget: int = 400, limit: int = 1000) -> list[str]:
+        nonlocal reads
         args = {"after_seq": after_seq, "budget": budget, "limit": limit}
+        reads += 1
+        if reads % 2:  # as a turn reads it: the conversation, with what was stored since the kept window
+            await here.get(alice.user.id, conversation_id, for_turn=True)
         rows, more = await here.window(conversation_id, **args)
         expected, expected_more = await truth.window(conversation_id, **args)
         seen = [(r.seq, r.role, r.content, r.tokens, r.message.content) for r in rows]

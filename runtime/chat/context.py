@@ -429,9 +429,10 @@ def _fit(
     cost = 0
     mark: int | None = None
     last = len(rows) - 1
+    exact = ratio == 1.0  # a model with its own tokenizer: the stored counts as they are
     for index, row in enumerate(rows):
         group.append(row)
-        cost += int(row.tokens * ratio + 0.999)
+        cost += row.tokens if exact else int(row.tokens * ratio + 0.999)
         if not (row.role == "user" or (index == last and not more)):
             continue
         if spent + cost > left:

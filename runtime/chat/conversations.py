@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -138,6 +139,17 @@ FROM walk"""
 WINDOW_SINCE = f"""
 SELECT seq, role, content, {_TOKENS} AS tokens, status FROM messages
 WHERE conversation_id = $1 AND seq > $2 ORDER BY seq DESC LIMIT $3"""
+# GET_CONVERSATION for a turn whose instance keeps a copy of the conversation's window: with what was stored
+# after the copy ($3; at most $4 messages, newest first), so that catching the copy up costs no query of its own.
+GET_CONVERSATION_SINCE = f"""
+SELECT {_CONVERSATION}, since.* FROM conversations CROSS JOIN LATERAL (
+    SELECT array_agg(seq ORDER BY seq DESC) AS since_seq, array_agg(role ORDER BY seq DESC) AS since_role,
+           array_agg(content ORDER BY seq DESC) AS since_content, array_agg(tokens ORDER BY seq DESC) AS since_tokens,
+           array_agg(status ORDER BY seq DESC) AS since_status
+    FROM (SELECT seq, role, content, {_TOKENS} AS tokens, status FROM messages
+          WHERE conversation_id = conversations.id AND seq > $3 ORDER BY seq DESC LIMIT $4) recent
+) since
+WHERE id = $1 AND user_id = $2"""
 # The messages a new summary folds in: after the summary's last ($2), before the oldest one sent ($3).
 UNSUMMARIZED = f"""
 SELECT id, seq, role, content FROM messages WHERE {_SENDABLE} AND seq < $3 ORDER BY seq LIMIT $4"""
@@ -212,6 +224,8 @@ class _Window:
     rows: list[WindowRow]
     complete: bool
     chars: int
+    # What a turn's read of the conversation found stored after ``through`` (when, and the rows), for its window.
+    since: tuple[int, float, list[tuple[Any, ...]]] | None = None
 
 
 class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -237,6 +251,9 @@ class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
 # What a cached window is brought up to date with at most (more: it is read again), and the largest one kept.
 _SINCE = 64
 _WINDOW_CHARS = 2_000_000
+# How long what a turn's read of its conversation found stays the window's news (seconds): the turn reads its
+# window right after; a read that no window followed is not used later.
+_SINCE_FRESH = 1.0
 
 
 def _walk(rows: list[WindowRow], budget: int, limit: int) -> tuple[list[WindowRow], bool]:
@@ -279,13 +296,26 @@ class ConversationStore:
         self.cached_windows = cached_windows
         self._windows: OrderedDict[UUID, _Window] = OrderedDict()
 
-    async def get(self, user_id: UUID, conversation_id: UUID) -> Conversation:
-        record = await self._pool.fetchrow(GET_CONVERSATION, conversation_id, user_id)
+    async def get(self, user_id: UUID, conversation_id: UUID, *, for_turn: bool = False) -> Conversation:
+        """The user's conversation. ``for_turn``: a turn's, whose window is read next; when a copy of it is kept,
+        what was stored since is read with it (one round trip)."""
+        kept = self._windows.get(conversation_id) if for_turn else None
+        if kept is None:
+            record = await self._pool.fetchrow(GET_CONVERSATION, conversation_id, user_id)
+        else:
+            through = kept.through
+            record = await self._pool.fetchrow(GET_CONVERSATION_SINCE, conversation_id, user_id, through, _SINCE)
         if record is None:
             raise NotFound(
                 f"Conversation {conversation_id} not found: check `conversation_id`.", field="conversation_id"
             )
-        return _conversation(record)
+        if kept is None:
+            return _conversation(record)
+        values = dict(record)
+        seqs = values.pop("since_seq") or ()
+        columns = [values.pop(f"since_{name}") for name in ("role", "content", "tokens", "status")]
+        kept.since = (through, time.monotonic(), list(zip(seqs, *columns, strict=True)) if seqs else [])
+        return msgspec.convert(values, Conversation, strict=False)
 
     async def list_for_user(self, user_id: UUID, *, limit: int, offset: int) -> tuple[list[Conversation], int]:
         records = await self._pool.fetch(LIST_CONVERSATIONS, user_id, limit, offset)
@@ -334,7 +364,11 @@ class ConversationStore:
     ) -> tuple[list[WindowRow], bool] | None:
         """The window from the kept copy and what was stored since; None when the copy does not reach far
         enough (or too much was stored since), for a full read."""
-        records = await self._pool.fetch(WINDOW_SINCE, conversation_id, kept.through, _SINCE)
+        since, kept.since = kept.since, None
+        if since is not None and since[0] == kept.through and time.monotonic() - since[1] < _SINCE_FRESH:
+            records: list[Any] = since[2]
+        else:
+            records = await self._pool.fetch(WINDOW_SINCE, conversation_id, kept.through, _SINCE)
         if len(records) >= _SINCE:
             return None
         fresh: list[WindowRow] = []
@@ -350,7 +384,7 @@ class ConversationStore:
         if len(found[0]) == len(rows) and not kept.complete and not found[1]:
             return None  # the copy ran out before the window did
         finished = [r for r in fresh if r.seq < pending] if pending is not None else fresh
-        through = pending - 1 if pending is not None else (records[0]["seq"] if records else kept.through)
+        through = pending - 1 if pending is not None else (records[0][0] if records else kept.through)
         self._keep(conversation_id, _Window(after_seq, through, [*finished, *older], kept.complete, 0), budget, limit)
         return found
 

@@ -221,7 +221,9 @@ class ChatPipeline:
     ) -> tuple[Persona, PersonaSource, Conversation | None, Variant]:
         """Which persona answers, in which version, and why; and the caller's conversation the turn belongs to."""
         conversation = (
-            await self.conversations.get(caller.user_id, turn.conversation_id) if turn.conversation_id else None
+            await self.conversations.get(caller.user_id, turn.conversation_id, for_turn=True)
+            if turn.conversation_id
+            else None
         )
         if turn.persona is not None:
             # An author's pick: an unsaved draft (version 0), else a saved version.
