@@ -58,8 +58,8 @@ SUMMARY_HEADING = "Summary of the conversation so far (earlier turns are not sho
 # the turns no summary covers fill SUMMARY_AT of the history's room (or no longer fit), the next summary
 # covers all but the newest SUMMARY_KEEPS of that room. The turns of the next exchanges grow into the room it
 # frees, so until they fill it again every stored turn is either sent or in the summary, and a summary is
-# written once per 15% of the room's worth of new turns rather than after every turn.
-SUMMARY_KEEPS = 0.75
+# written once per quarter of the room's worth of new turns rather than after every turn.
+SUMMARY_KEEPS = 0.65
 SUMMARY_AT = 0.9
 
 
