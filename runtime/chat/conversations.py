@@ -248,9 +248,11 @@ class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
 
 
-# What a cached window is brought up to date with at most (more: it is read again), and the largest one kept.
+# What a cached window is brought up to date with at most (more: it is read again), and the largest copy kept.
 _SINCE = 64
 _WINDOW_CHARS = 2_000_000
+# The text all of an instance's copies hold at most (characters): the least recently read go first.
+_CACHED_CHARS = 32_000_000
 # How long what a turn's read of its conversation found stays the window's news (seconds): the turn reads its
 # window right after; a read that no window followed is not used later.
 _SINCE_FRESH = 1.0
@@ -295,6 +297,7 @@ class ConversationStore:
         # last (0: none kept). Never stale: each use reads what was stored after it, in any instance.
         self.cached_windows = cached_windows
         self._windows: OrderedDict[UUID, _Window] = OrderedDict()
+        self._chars = 0
 
     async def get(self, user_id: UUID, conversation_id: UUID, *, for_turn: bool = False) -> Conversation:
         """The user's conversation. ``for_turn``: a turn's, whose window is read next; when a copy of it is kept,
@@ -401,12 +404,15 @@ class ConversationStore:
                 break
         window.chars = chars
         windows = self._windows
-        windows.pop(conversation_id, None)
+        gone = windows.pop(conversation_id, None)
+        if gone is not None:
+            self._chars -= gone.chars
         if chars > _WINDOW_CHARS:
             return
         windows[conversation_id] = window
-        while len(windows) > self.cached_windows:
-            windows.popitem(last=False)
+        self._chars += chars
+        while len(windows) > self.cached_windows or self._chars > _CACHED_CHARS:
+            self._chars -= windows.popitem(last=False)[1].chars
 
     async def unsummarized(
         self, conversation_id: UUID, *, after_seq: int, before_seq: int, limit: int
@@ -437,7 +443,9 @@ class ConversationStore:
 
     async def delete(self, user_id: UUID, conversation_id: UUID) -> None:
         result = await self._pool.execute(DELETE_CONVERSATION, conversation_id, user_id)
-        self._windows.pop(conversation_id, None)
+        gone = self._windows.pop(conversation_id, None)
+        if gone is not None:
+            self._chars -= gone.chars
         if not result.endswith(" 1"):
             raise NotFound(
                 f"Conversation {conversation_id} not found: check `conversation_id`.", field="conversation_id"
