@@ -3,6 +3,7 @@
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers.base import (
     ChatMessage,
+    Image,
     Provider,
     ProviderConfig,
     ProviderRequest,
@@ -27,6 +28,7 @@ __all__ = [
     "ChatMessage",
     "EchoProvider",
     "Finish",
+    "Image",
     "Provider",
     "ProviderConfig",
     "ProviderEvent",
