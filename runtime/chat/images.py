@@ -74,9 +74,9 @@ def _decoded(url: str, field: str) -> tuple[str, bytes]:
         raise BadRequest(f"`{field}` is a data URL whose data is not valid base64.", field=field) from None
     found = _sniffed(raw)
     if found != media_type:
-        said = f"a {found} image" if found else "no PNG, JPEG, GIF or WebP image"
+        said = found or "no PNG, JPEG, GIF or WebP image"
         raise BadRequest(
-            f"`{field}` says it is {media_type} but its bytes are {said}: send the image's own type.", field=field
+            f"`{field}` says it is {media_type}, but its bytes are {said}: send the image's own type.", field=field
         )
     return media_type, raw
 
