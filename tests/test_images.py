@@ -392,3 +392,53 @@ async def test_an_image_over_five_megabytes_is_a_413_naming_its_part(openai_sdk,
     assert blocked.value.status_code == 413
     assert blocked.value.body["error"]["type"] == "request_too_large"
     assert fake_llm.chat_requests() == []
+
+
+# The Responses API ---------------------------------------------------------------------------------------------
+
+
+async def test_input_image_parts_reach_the_provider_and_stay_in_a_stored_chain(openai_sdk, fake_llm, make_persona):
+    model = await make_persona("anthropic")
+    data = png(20, 20)
+    first = await openai_sdk.responses.create(
+        model=model,
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "Remember this picture."},
+                    {"type": "input_image", "image_url": data_url(data), "detail": "auto"},
+                ],
+            }
+        ],
+    )
+    picture = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(data)}}
+    path, content = last_user_content(fake_llm)
+    assert path == "/v1/messages"
+    assert content == [{"type": "text", "text": "Remember this picture."}, picture]
+
+    # The next turn of the chain sends the picture again, as the conversation it continues.
+    await openai_sdk.responses.create(model=model, previous_response_id=first.id, input="What was in it?")
+    messages = fake_llm.last_request.body["messages"]
+    assert messages[0]["content"] == [{"type": "text", "text": "Remember this picture."}, picture]
+    assert messages[-1] == {"role": "user", "content": "What was in it?"}
+
+
+async def test_input_image_is_refused_where_the_chat_routes_refuse_images(openai_sdk, fake_llm, make_persona):
+    model = await make_persona("openai", vision=False)
+    image = {"type": "input_image", "image_url": PHOTO_URL}
+    with pytest.raises(openai.BadRequestError) as refused:
+        await openai_sdk.responses.create(model=model, input=[{"role": "user", "content": [image]}])
+    assert refused.value.body["param"] == "input[0].content[0]"
+    assert "takes no images" in refused.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as malformed:
+        await openai_sdk.responses.create(
+            model="persona", input=[{"role": "user", "content": [{"type": "input_image", "image_url": "data:x"}]}]
+        )
+    assert malformed.value.body["param"] == "input[0].content[0]"
+    with pytest.raises(openai.BadRequestError) as by_file:
+        await openai_sdk.responses.create(
+            model="persona", input=[{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]
+        )
+    assert by_file.value.body["param"] == "input[0].content[0].image_url"
+    assert fake_llm.chat_requests() == []
