@@ -48,7 +48,8 @@ class _ImageURL(Struct, frozen=True, kw_only=True):
 class _Part(Struct, frozen=True, kw_only=True):
     type: str
     text: str | None = None
-    image_url: _ImageURL | None = None
+    # An object, as OpenAI's API takes it; some clients send the bare URL.
+    image_url: _ImageURL | str | None = None
 
 
 class _Message(Struct, frozen=True, kw_only=True):
@@ -102,7 +103,8 @@ def _text(message: _Message, index: int) -> tuple[str | None, tuple[Image, ...],
         if part.type == "image_url" and part.image_url is not None:
             if message.role != "user":
                 raise BadRequest(f"`{where}`: images belong in user messages.", field=where)
-            images.append(image_of(part.image_url.url, where, at=at, detail=part.image_url.detail))
+            image = _ImageURL(url=part.image_url) if isinstance(part.image_url, str) else part.image_url
+            images.append(image_of(image.url, where, at=at, detail=image.detail))
             fields.append(where)
         elif part.type == "text" and part.text is not None:
             parts.append(part.text)

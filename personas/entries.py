@@ -31,11 +31,11 @@ T = TypeVar("T")
 
 # Every key names the shape of the value it holds. Bump this whenever that shape changes (a field of
 # Persona or of anything it nests, or how an id is written), so a release never reads another's entries.
-CACHE_VERSION = "v6"
+CACHE_VERSION = "v7"
 _PREFIX = CACHE_VERSION + ":"
-# The release before wrote its keys under "v5:" (personas without lore, greetings, examples and scenario). Writes delete
-# those too, so that instances still running it during a rolling deploy see the change. At the next bump: "v6:".
-_PREVIOUS_PREFIX = "v5:"
+# The release before wrote its keys under "v6:" (personas without `model_settings.vision`). Writes delete those too,
+# so that instances still running it during a rolling deploy see the change. At the next bump: "v7:".
+_PREVIOUS_PREFIX = "v6:"
 
 DEFAULT_KEY = _PREFIX + "default"
 
