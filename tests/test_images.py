@@ -346,6 +346,13 @@ async def test_a_malformed_image_block_is_a_400_in_anthropics_shape(anthropic_sd
     with pytest.raises(anthropic.BadRequestError) as counted:
         await anthropic_sdk.messages.count_tokens(model="persona", messages=[{"role": "user", "content": [bad]}])
     assert "not valid base64" in counted.value.body["error"]["message"]
+    # A source this runtime cannot pass on (a file uploaded to Anthropic's Files API) names where it is.
+    by_file = {"type": "image", "source": {"type": "file", "file_id": "file_1"}}
+    with pytest.raises(anthropic.BadRequestError) as uploaded:
+        await anthropic_sdk.messages.create(
+            model="persona", max_tokens=10, messages=[{"role": "user", "content": [by_file]}]
+        )
+    assert "messages[0].content[0].source" in uploaded.value.body["error"]["message"]
     assert fake_llm.chat_requests() == []
 
 
