@@ -164,7 +164,8 @@ def _turns(messages: list[_Message]) -> tuple[list[ChatMessage], list[str | None
                     texts.append(block)
                 case _Image():
                     if not user:
-                        raise BadRequest(f"`{where}[{j}]`: `image` blocks belong in user turns.", field=where)
+                        field = f"{where}[{j}]"
+                        raise BadRequest(f"`{field}`: `image` blocks belong in user turns.", field=field)
                     # Where the image stands in the text blocks joined so far (each passage after the first
                     # opens with the separator, so the image comes before it).
                     at = len(_joined(texts)) if texts else 0

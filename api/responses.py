@@ -177,7 +177,7 @@ def _user_content(content: Any, where: str) -> tuple[str, tuple[Image, ...], lis
                 )
             if detail is not None and not isinstance(detail, str):
                 raise BadRequest(f"`{field}.detail` must be low, high or auto.", field=f"{field}.detail")
-            images.append(image_of(url, field, at=at, detail=detail))
+            images.append(image_of(url, field, at=at, detail=detail, detail_field=f"{field}.detail"))
             fields.append(field)
         elif isinstance(part, dict) and part.get("type") in _TEXT_PARTS and isinstance(part.get("text"), str):
             texts.append(part["text"])

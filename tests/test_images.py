@@ -371,7 +371,7 @@ async def test_an_image_in_a_system_or_assistant_message_is_refused(openai_sdk, 
             max_tokens=10,
             messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [block]}],
         )
-    assert "belong in user turns" in blocked.value.body["error"]["message"]
+    assert "`messages[1].content[0]`: `image` blocks belong in user turns" in blocked.value.body["error"]["message"]
     assert fake_llm.chat_requests() == []
 
 
@@ -448,4 +448,10 @@ async def test_input_image_is_refused_where_the_chat_routes_refuse_images(openai
             model="persona", input=[{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]
         )
     assert by_file.value.body["param"] == "input[0].content[0].image_url"
+    with pytest.raises(openai.BadRequestError) as detailed:
+        await openai_sdk.responses.create(
+            model="persona",
+            input=[{"role": "user", "content": [{"type": "input_image", "image_url": PHOTO_URL, "detail": "max"}]}],
+        )
+    assert detailed.value.body["param"] == "input[0].content[0].detail"
     assert fake_llm.chat_requests() == []

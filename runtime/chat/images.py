@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import struct
+from typing import Literal
 
 from core.errors import BadRequest, PayloadTooLarge
 from providers import Image
@@ -21,22 +22,23 @@ MAX_IMAGE_BYTES = 5 * 1024 * 1024
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
-_DETAILS = ("low", "high", "auto")
+Detail = Literal["low", "high", "auto"]
+_DETAILS: dict[str, Detail] = {"low": "low", "high": "high", "auto": "auto"}
 
 
-def image_of(url: str, field: str, *, at: int = 0, detail: str | None = None) -> Image:
-    """The image a client sent in ``field`` (``messages[0].content[1]``), or a 400 or 413 naming the field."""
-    if detail is not None and detail not in _DETAILS:
-        raise BadRequest(
-            f"`{field}.image_url.detail` is {detail!r}: send one of low, high or auto, or leave it out.",
-            field=f"{field}.image_url.detail",
-        )
+def image_of(url: str, field: str, *, at: int = 0, detail: str | None = None, detail_field: str = "") -> Image:
+    """The image a client sent in ``field`` (``messages[0].content[1]``), or a 400 or 413 naming the field
+    (``detail_field`` for its ``detail``: ``field.image_url.detail`` unless said)."""
+    chosen = _DETAILS.get(detail) if detail is not None else None
+    if detail is not None and chosen is None:
+        where = detail_field or f"{field}.image_url.detail"
+        raise BadRequest(f"`{where}` is {detail[:20]!r}: send one of low, high or auto, or leave it out.", field=where)
     if url.startswith("data:"):
         media_type, data = _decoded(url, field)
         width, height = dimensions(data, media_type) or (None, None)
-        return Image(url=url, at=at, detail=detail, width=width, height=height)  # type: ignore[arg-type]
+        return Image(url=url, at=at, detail=chosen, width=width, height=height)
     if url.startswith(("https://", "http://")) and len(url) > len("https://"):
-        return Image(url=url, at=at, detail=detail)  # type: ignore[arg-type]
+        return Image(url=url, at=at, detail=chosen)
     raise BadRequest(
         f"`{field}` is not an image URL: send an http(s) address or a data URL (data:image/png;base64,...).",
         field=field,
