@@ -27,6 +27,17 @@ def jpeg(width: int, height: int) -> bytes:
     return b"\xff\xd8" + app0 + sof0 + b"\xff\xd9"
 
 
+def gif(width: int, height: int) -> bytes:
+    return b"GIF89a" + struct.pack("<HH", width, height) + b"\x00\x00\x00;"
+
+
+def webp(width: int, height: int) -> bytes:
+    """A lossless WebP's header: the VP8L signature byte, then 14 bits each of width and height, less one."""
+    bits = (width - 1) | ((height - 1) << 14)
+    chunk = b"VP8L" + struct.pack("<I", 5) + b"\x2f" + struct.pack("<I", bits)
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -256,6 +267,20 @@ async def test_an_image_of_unknown_size_and_a_low_detail_one_count_fixed_estimat
             model=model, messages=[{"role": "user", "content": [question, jpg]}]
         )
         assert sized.input_tokens - plain.input_tokens == {"openai": 765, "anthropic": 1334}[provider]
+
+
+@pytest.mark.parametrize(
+    ("media_type", "make"), [("image/png", png), ("image/jpeg", jpeg), ("image/gif", gif), ("image/webp", webp)]
+)
+async def test_each_image_type_is_sized_from_its_own_header(anthropic_sdk, make_persona, media_type, make):
+    model = await make_persona("anthropic")
+    text = {"type": "text", "text": "Describe it."}
+    image = {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": b64(make(300, 200))}}
+    plain = await anthropic_sdk.messages.count_tokens(model=model, messages=[{"role": "user", "content": [text]}])
+    sized = await anthropic_sdk.messages.count_tokens(
+        model=model, messages=[{"role": "user", "content": [text, image]}]
+    )
+    assert sized.input_tokens - plain.input_tokens == 80  # 300 x 200 / 750, not the 1600 of an unknown size
 
 
 async def test_images_count_against_the_models_window(openai_sdk, fake_llm, make_persona):
