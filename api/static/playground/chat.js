@@ -14,8 +14,11 @@ export function describeStart(data) {
 
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
-/** One question (null: a greeting the persona opened with) and its answer in the chat log. */
-function chatTurn(message, label) {
+/**
+ * One question (null: a greeting the persona opened with) and its answer in the chat log; `note` stays after
+ * what the `start` event says (a regenerated answer says so).
+ */
+function chatTurn(message, label, note = "") {
   const meta = el("p", { class: "meta", "data-testid": "chat-meta" }, label);
   const text = el("div", { class: "answer-text markdown", "data-testid": "chat-answer" });
   const view = markdownView(text);
@@ -37,7 +40,7 @@ function chatTurn(message, label) {
   };
   return {
     start(data) {
-      meta.textContent = describeStart(data);
+      meta.textContent = describeStart(data) + note;
       status.textContent = "streaming…";
     },
     append(piece) {
@@ -162,7 +165,7 @@ export function chatPanel(ctx) {
   }
 
   async function keptTurn(persona, message, label) {
-    const turn = chatTurn(message, `${persona.name} v${persona.version} (saved) · kept conversation${label}`);
+    const turn = chatTurn(message, `${persona.name} v${persona.version} (saved) · kept conversation${label}`, label);
     const body = { persona_id: persona.id };
     if (conversation) body.conversation_id = conversation.id;
     const started = (data) => {
@@ -183,7 +186,7 @@ export function chatPanel(ctx) {
 
   async function previewTurn(choice, message, label) {
     const body = choice.persona_id ? { persona_id: choice.persona_id } : { persona: choice.persona };
-    const turn = chatTurn(message, choice.label + label);
+    const turn = chatTurn(message, choice.label + label, label);
     try {
       await consume(turn, await ctx.client.preview(body, message, controller.signal));
     } catch (err) {
