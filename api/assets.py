@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 from litestar import Router
 from litestar.datastructures import CacheControlHeader
 from litestar.openapi.plugins import OpenAPIRenderPlugin, ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
 
-__all__ = ["VENDOR_DIR", "VENDOR_PATH", "schema_viewers", "vendor_router"]
+__all__ = ["VENDOR_DIR", "VENDOR_PATH", "schema_viewers", "vendor_router", "vendored"]
 
 VENDOR_DIR = Path(__file__).parent / "static" / "vendor"
 VENDOR_PATH = "/vendor"
@@ -20,8 +21,8 @@ _FAVICON = '<link rel="icon" type="image/svg+xml" href="/playground/favicon.svg"
 
 
 def vendor_router() -> Router:
-    """``/vendor/<package>/<file>``: public files (no key needed), cached for a day; a new version has new bytes
-    under the same name, so browsers revalidate after that."""
+    """``/vendor/<package>/<file>``: public files (no key needed), cached for a day. Pages name them with
+    ``?v=<version>`` (:func:`vendored`), so a new version is a new URL and no browser keeps an old one."""
     return create_static_files_router(
         path=VENDOR_PATH,
         directories=[VENDOR_DIR],
@@ -31,6 +32,12 @@ def vendor_router() -> Router:
     )
 
 
+def vendored(folder: str, name: str) -> str:
+    """The URL of a vendored file, with its package's version (from the manifest scripts/vendor.py writes)."""
+    manifest = msgspec.json.decode((VENDOR_DIR / "manifest.json").read_bytes())
+    return f"{VENDOR_PATH}/{folder}/{name}?v={manifest[folder]['version']}"
+
+
 def schema_viewers() -> list[OpenAPIRenderPlugin]:
     """Scalar at /schema (and /schema/scalar), Swagger UI at /schema/swagger, both from /vendor.
 
@@ -38,12 +45,10 @@ def schema_viewers() -> list[OpenAPIRenderPlugin]:
     toolbar (shown on localhost) offers scalar.com's services: the page uses the system's fonts and leaves the
     rest out.
     """
-    scalar = f"{VENDOR_PATH}/scalar"
-    swagger = f"{VENDOR_PATH}/swagger-ui"
     return [
         ScalarRenderPlugin(
-            js_url=f"{scalar}/standalone.js",
-            css_url=f"{scalar}/standalone.css",
+            js_url=vendored("scalar", "standalone.js"),
+            css_url=vendored("scalar", "standalone.css"),
             options={
                 "withDefaultFonts": False,
                 "telemetry": False,
@@ -53,9 +58,9 @@ def schema_viewers() -> list[OpenAPIRenderPlugin]:
             favicon=_FAVICON,
         ),
         SwaggerRenderPlugin(
-            js_url=f"{swagger}/swagger-ui-bundle.js",
-            css_url=f"{swagger}/swagger-ui.css",
-            standalone_preset_js_url=f"{swagger}/swagger-ui-standalone-preset.js",
+            js_url=vendored("swagger-ui", "swagger-ui-bundle.js"),
+            css_url=vendored("swagger-ui", "swagger-ui.css"),
+            standalone_preset_js_url=vendored("swagger-ui", "swagger-ui-standalone-preset.js"),
             path="/swagger",
             favicon=_FAVICON,
         ),

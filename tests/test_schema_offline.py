@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -101,15 +102,17 @@ async def test_the_viewer_pages_name_only_files_the_server_serves_without_a_key(
         for page in ("/schema", "/schema/swagger"):
             html = (await http.get(page)).text
             assert "https://" not in html and "http://" not in html, f"{page} names another host"
-            for asset in (a for a in _assets(html) if a.startswith("/vendor/")):
+            vendored = [a for a in _assets(html) if a.startswith("/vendor/")]
+            assert len(vendored) >= 2, html
+            for asset in vendored:
+                assert re.search(r"\?v=\d+\.\d+\.\d+$", asset), f"{asset} names no version, so browsers keep an old one"
                 r = await http.get(asset)
                 assert r.status_code == 200, asset
-                assert ("css" if asset.endswith(".css") else "javascript") in r.headers["content-type"], asset
+                kind = "css" if asset.split("?")[0].endswith(".css") else "javascript"
+                assert kind in r.headers["content-type"], asset
 
 
 def _assets(html: str) -> list[str]:
-    import re
-
     return re.findall(r'(?:src|href)="(/[^"]+)"', html)
 
 

@@ -1,8 +1,9 @@
 // Answers as Markdown, made safe: marked turns the text into HTML, DOMPurify keeps only inert markup, and
-// the result is inserted as nodes. Both libraries are served by this server (/vendor, from npm).
+// the result is inserted as nodes. Both libraries are served by this server (/vendor, from npm); `?v=` is
+// their version in api/static/vendor/manifest.json (a test holds the two together), so an upgrade is a new URL.
 
-import { Marked } from "/vendor/marked/marked.esm.js";
-import DOMPurify from "/vendor/dompurify/purify.es.js";
+import { Marked } from "/vendor/marked/marked.esm.js?v=18.3.0";
+import DOMPurify from "/vendor/dompurify/purify.es.js?v=3.5.0";
 
 const parser = new Marked({ gfm: true, breaks: true, async: false });
 
