@@ -5,10 +5,15 @@
 import { Marked } from "/vendor/marked/marked.esm.js?v=18.3.0";
 import DOMPurify from "/vendor/dompurify/purify.es.js?v=3.5.0";
 
-const parser = new Marked({ gfm: true, breaks: true, async: false });
+const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+const escapeHtml = (text) => text.replace(/[&<>"']/g, (c) => ESCAPES[c]);
 
-// A model's answer may carry anything: no scripts, styles, forms or frames, no event handlers (DOMPurify's
-// default), and links open in a new tab with no opener and no referrer.
+// HTML that the model writes in its answer is shown as it was written, as text: the page never takes an
+// answer's markup for its own. Markdown's own constructs (a link, an image) still pass DOMPurify below.
+const parser = new Marked({ gfm: true, breaks: true, async: false, renderer: { html: ({ text }) => escapeHtml(text) } });
+
+// And whatever marked makes: no scripts, styles, forms or frames, no event handlers and no `javascript:`
+// URLs (DOMPurify's defaults), and links open in a new tab with no opener and no referrer.
 const PURIFY = {
   FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select", "iframe", "object", "embed"],
   FORBID_ATTR: ["style"],
