@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "estimate_size",
     "estimate_tokens",
     "image_tokens",
+    "load_tokenizers",
     "tokenizer_for",
 ]
 
@@ -159,6 +160,13 @@ def tokenizer_for(model: str) -> Tokenizer:
         if name.startswith(prefix):
             return _encoding(encoding)
     return ESTIMATE
+
+
+def load_tokenizers(models: Iterable[str]) -> None:
+    """Load the exact tokenizers of ``models`` now: at start-up, in a thread, so that the first turn counting
+    with one does not hold the event loop while its tables load (a third of a second, or more)."""
+    for model in models:
+        tokenizer_for(model)
 
 
 # Tokens well-known models take, request and answer together, by name prefix (first match wins: the more
