@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 
@@ -153,6 +154,43 @@ async def test_a_stream_past_its_retention_is_gone(database_url, redis_url, fake
             assert (await stored_answer(http, alice, start["conversation_id"]))["content"] == "brief"
 
 
+async def test_a_message_answered_without_a_stream_has_no_events_to_replay(llm_client, fake_llm, alice):
+    fake_llm.script(chunks=("whole",))
+    r = await llm_client.post(CHAT, json={"message": "no stream please", "stream": False}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    replay = await llm_client.get(events_url(r.json()["message_id"]), headers=alice.headers)
+    assert replay.status_code == 404, replay.text
+    assert replay.json()["error"]["code"] == "not_streamed"
+    assert "answered without a stream" in replay.json()["message"]
+
+
+async def test_a_stream_lost_with_its_instance_is_told_apart_from_one_past_its_retention(database_url, fake_llm, alice):
+    settings = make_settings(database_url, None, env=llm_env(fake_llm))
+    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        fake_llm.script(chunks=("kept here only",))
+        r = await http.post(CHAT, json={"message": "before a restart", "stream": True}, headers=alice.headers)
+        message_id = parse_sse(r.text)[0][0].json["message_id"]
+    # The instance that held its recording (without Redis) is gone; another one is asked within the retention.
+    async with serving(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        lost = await http.get(events_url(message_id), headers=alice.headers)
+        assert lost.status_code == 410, lost.text
+        assert lost.json()["error"]["code"] == "stream_expired"
+        assert "no longer recorded: the server restarted since it ended" in lost.json()["message"]
+        conn = await asyncpg.connect(database_url)
+        try:  # as if it had ended an hour ago
+            await conn.execute(
+                "UPDATE messages SET created_at = created_at - interval '1 hour' WHERE id = $1", message_id
+            )
+        finally:
+            await conn.close()
+        expired = await http.get(events_url(message_id), headers=alice.headers)
+        assert expired.status_code == 410, expired.text
+        assert expired.json()["error"]["code"] == "stream_expired"
+        assert (
+            "s ago and can no longer be replayed (streams are kept 600 s after they end)" in expired.json()["message"]
+        )
+
+
 async def cancel_mid_answer(
     llm_client: httpx.AsyncClient, canceller: httpx.AsyncClient, fake_llm: FakeLLM, alice, message: str
 ) -> tuple[list[Event], list[Event]]:
@@ -222,6 +260,7 @@ async def test_an_answer_whose_instance_stopped_renewing_is_swept_and_its_stream
             persona_source="default",
             provider="echo",
             model="echo",
+            streamed=True,
         )
     finally:
         conversations.lease_seconds = saved
