@@ -19,6 +19,7 @@ makes one from the message's stored status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -456,8 +457,9 @@ class StreamRecorder:
 
 async def _relayed(message_id: UUID, relay: Relay, status_of: StatusOf) -> AsyncIterator[bytes]:
     """A sibling worker's stream; if that worker stops before its end, the end the stored message says."""
-    async for piece in relay.pieces():
-        yield piece
+    async with contextlib.aclosing(relay.pieces()) as pieces:
+        async for piece in pieces:
+            yield piece
     if not relay.ended:
         yield final_frame(message_id, relay.frames + 1, await status_of())
         yield DONE
