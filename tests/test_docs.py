@@ -420,3 +420,18 @@ def test_readme_lists_every_variable_the_program_reads():
     table = readme[readme.index("## Configuration") : readme.index("## Command line")]
     listed = set(re.findall(r"`([A-Z][A-Z0-9_<>]+)`", table))
     assert sorted(read - listed) == []
+
+
+@pytest.mark.usefixtures("curl")
+async def test_api_guide_persona_and_avatar_examples_run_as_written(echo_server, tmp_path):
+    database_url, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("api-guide-author")
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    doc = ROOT / "docs" / "api.md"
+    script = "\n".join(bash_blocks(doc, heading) for heading in ("### Routes", "### Avatars"))
+    assert not re.findall(r"(?<![$\w])PERSONA_ID\b(?!=)", script)
+    out = (await run_guide(script, {**cli_env(database_url), "KEY": key, "BASE": url}, tmp_path)).stdout
+    assert '"version":2' in out and '"tone":"warm"' in out
+    assert re.search(r'"message":"[^"]*Quill[^"]*"', out), out
+    assert '"content_type":"image/png"' in out and "200 image/png " in out
