@@ -8,6 +8,7 @@ on a worker other than the stream's costs a local connection.
 
 The wire, one connection a replay: the request is a line ``<message_id> <after> <heartbeat>``; the answer a
 line ``+`` or ``-``, then, after ``+``, each piece of the stream as a line with its length and the bytes.
+The folder ``serve`` makes is its user's alone (``mkdtemp``: mode 0700), so no other local user reaches a stream.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ class Peers:
         self._path = self._folder / f"{os.getpid()}.sock"
         self._follow = follow
         self._server: asyncio.AbstractServer | None = None
-        self._sends: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._path.unlink(missing_ok=True)
