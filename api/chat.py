@@ -91,6 +91,7 @@ class ChatController(Controller):
     async def chat(
         self, data: JSONBody[ChatRequest], caller: CallerDep, resources: ResourcesDep, request: Request[Any, Any, Any]
     ) -> Response[Any]:
+        stream = wants_stream(data.stream, request)
         asked = TurnInput(
             messages=(ChatMessage(role="user", content=data.message),),
             message_fields=("message",),
@@ -99,11 +100,12 @@ class ChatController(Controller):
             provider=data.provider,
             model=data.model,
             store=True,
+            stream=stream,
             memory=data.memory,
             persona_version=data.persona_version,
         )
         turn = await resources.chat.run(caller, asked)
-        stream, heartbeat = wants_stream(data.stream, request), resources.settings.heartbeat_seconds
+        heartbeat = resources.settings.heartbeat_seconds
         return encoded(await resources.chat.answer(turn, stream=stream, resumable=data.resumable, heartbeat=heartbeat))
 
 
