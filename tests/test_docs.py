@@ -228,9 +228,9 @@ async def test_context_guide_runs_as_written(echo_server, tmp_path):
 
 
 @pytest.mark.usefixtures("curl")
-async def test_release_guide_runs_as_written(echo_server):
+async def test_release_guide_runs_as_written(echo_server, tmp_path):
     database_url, url, _ = echo_server
-    out = await run_walk_through(ROOT / "docs" / "releases.md", "## A worked example", database_url, url)
+    out = await run_walk_through(ROOT / "docs" / "releases.md", "## A worked example", database_url, url, tmp_path)
     # What the page says each step prints, in its order.
     printed = [
         "2",
