@@ -34,6 +34,7 @@ from api.playground import playground_router
 from api.portability import PortabilityController
 from api.request_ids import RequestIdMiddleware
 from api.responses import ResponsesController
+from api.turns import FeedbackController, StatsController, UsageController
 from core.logs import configure_logging
 from providers import ProviderRegistry
 from runtime.server.resources import Resources, open_resources
@@ -77,6 +78,9 @@ def create_app(
             OpenAIController,
             AnthropicController,
             ResponsesController,
+            FeedbackController,
+            StatsController,
+            UsageController,
             playground_router(),
         ],
         dependencies=dependencies,
