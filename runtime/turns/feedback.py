@@ -13,10 +13,12 @@ from runtime.turns.log import TurnLog
 
 __all__ = ["Feedback", "TurnFeedback"]
 
-# One statement: the feedback is kept only when the turn is the caller's.
+# One statement: the feedback is kept only when the turn is the caller's, with what the stats group the turn by.
 SET = """
-INSERT INTO turn_feedback (turn_id, user_id, rating, comment)
-SELECT id, user_id, $3, $4 FROM turns WHERE id = $1 AND user_id = $2
+INSERT INTO turn_feedback (turn_id, user_id, key_id, persona_id, persona_version, variant, model, turn_created_at,
+                           rating, comment)
+SELECT id, user_id, key_id, persona_id, persona_version, variant, model, created_at, $3, $4
+FROM turns WHERE id = $1 AND user_id = $2
 ON CONFLICT (turn_id) DO UPDATE SET rating = EXCLUDED.rating, comment = EXCLUDED.comment, updated_at = now()
 RETURNING turn_id, rating, comment, created_at, updated_at"""
 REMOVE = """
