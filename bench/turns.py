@@ -6,13 +6,17 @@ fills it with ``--rows`` turn records (1 million; one ``generate_series`` insert
 order, 1,000 users, ``--personas`` personas of which the first serves ``--share`` of the turns and the rest
 share the others evenly, 5 versions, 3 models, feedback on 2%), and times, each ``--runs`` times:
 
+* **writing**: first, what recording costs the runtime's process per turn, in CPU: a turn's end (a new id, the
+  record's tuple, one append) and its share of the writes (``TurnLog.flush``: ``COPY`` of 500 records, as at
+  500 turns a second), for 20,000 records;
+
 * **stats, big persona**: ``GET /api/v1/chat/personas/{id}/stats?by=version`` of the first persona, 30 days;
 * **stats, one of many**: the same for one of the other personas;
 * **stats by day**: the big persona's, by day;
 * **usage, one user**: ``GET /api/v1/usage?by=persona`` of one user, 30 days;
 * **usage, everyone**: an admin's, by day, over all the records.
 
-Each is the exact SQL the runtime runs (``runtime.turns.stats``), in a transaction with its ``work_mem``.
+Each is the exact SQL the runtime runs (``runtime.turns.stats``), in a transaction with its settings.
 Figures: the median and fastest time, and ``EXPLAIN (ANALYZE, BUFFERS)`` of each. Nothing here passes or fails.
 """
 
@@ -32,7 +36,8 @@ import asyncpg
 
 from bench.services import scratch_database
 from runtime.server.migrate import apply_migrations
-from runtime.turns.stats import WORK_MEM, stats_query, usage_query
+from runtime.turns import TurnLog
+from runtime.turns.stats import SETTINGS, stats_query, usage_query
 
 __all__ = ["main"]
 
@@ -72,7 +77,7 @@ async def _timed(conn: asyncpg.Connection, query: str, args: tuple[object, ...],
     for _ in range(runs):
         began = time.perf_counter()
         async with conn.transaction(readonly=True):
-            await conn.execute(WORK_MEM)
+            await conn.execute(SETTINGS)
             rows = len(await conn.fetch(query, *args))
         took.append((time.perf_counter() - began) * 1000)
     return took, rows
@@ -80,13 +85,39 @@ async def _timed(conn: asyncpg.Connection, query: str, args: tuple[object, ...],
 
 async def _plan(conn: asyncpg.Connection, query: str, args: tuple[object, ...]) -> str:
     async with conn.transaction(readonly=True):
-        await conn.execute(WORK_MEM)
+        await conn.execute(SETTINGS)
         lines = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + query, *args)
     return "\n".join(r[0] for r in lines)
 
 
+async def _writing(dsn: str, turns: int = 20_000, batch: int = 500) -> None:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        log = TurnLog(pool, retention_days=90)
+        user, persona = uuid.uuid4(), uuid.uuid4()
+        labels = ("production", "chat", "openai", "gpt-4o-mini", "complete")
+        began = time.process_time()
+        for _ in range(turns):
+            log.add((uuid.uuid4(), time.time(), user, None, persona, 1, *labels, 212.5, 940.1, 700, 35, 0))
+        added = time.process_time() - began
+        pending = log._rows
+        began = time.process_time()
+        for start in range(0, turns, batch):
+            log._rows = pending[start : start + batch]
+            await log.flush()
+        written = time.process_time() - began
+        await pool.execute("TRUNCATE turns CASCADE")
+    finally:
+        await pool.close()
+    print(
+        f"writing: a turn's end {added / turns * 1e6:.1f} µs, its share of the writes {written / turns * 1e6:.1f} µs "
+        f"of this process's CPU ({turns:,} records, COPY of {batch} at a time)"
+    )
+
+
 async def measure(dsn: str, *, rows: int, personas: int, share: float, runs: int) -> None:
     await apply_migrations(dsn)
+    await _writing(dsn)
     conn = await asyncpg.connect(dsn)
     try:
         end = datetime.now(UTC)

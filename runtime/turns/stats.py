@@ -16,7 +16,17 @@ import msgspec
 
 from core.errors import BadRequest
 
-__all__ = ["PERSONA_KEYS", "USAGE_KEYS", "StatsRow", "TimeRange", "TurnStats", "time_range"]
+__all__ = [
+    "PERSONA_KEYS",
+    "SETTINGS",
+    "USAGE_KEYS",
+    "StatsRow",
+    "TimeRange",
+    "TurnStats",
+    "stats_query",
+    "time_range",
+    "usage_query",
+]
 
 # What a row may be per, and the expression it groups by: over ``turns`` and over ``turn_feedback``, which keeps
 # the turn's own ``created_at`` as ``turn_created_at``.
@@ -54,8 +64,9 @@ SELECT turned.*, coalesce(rated.up, 0) AS feedback_up, coalesce(rated.down, 0) A
 FROM turned LEFT JOIN rated ON rated.key IS NOT DISTINCT FROM turned.key
 ORDER BY turned.key"""
 
-# Enough memory for the sorts of a range of a few hundred thousand turns (the default 4 MB spills to disk).
-WORK_MEM = "SET LOCAL work_mem = '32MB'"
+# Enough memory for the sorts of a range of a few hundred thousand turns (the default 4 MB spills to disk), and
+# no JIT: compiling the query (planned costly for its ordered aggregates) takes longer than running it.
+SETTINGS = "SET LOCAL work_mem = '32MB'; SET LOCAL jit = off"
 
 
 def _rows(key: str, scope: str) -> str:
@@ -149,7 +160,7 @@ class TurnStats:
 
     async def _fetch(self, query: str, *args: object) -> list[StatsRow]:
         async with self._pool.acquire() as conn, conn.transaction(readonly=True):
-            await conn.execute(WORK_MEM)
+            await conn.execute(SETTINGS)
             rows = await conn.fetch(query, *args)
         return [_row(r) for r in rows]
 
