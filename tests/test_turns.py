@@ -301,3 +301,31 @@ async def test_sigterm_writes_every_turn_record_before_the_process_exits(create_
         await conn.close()
     assert {str(r["id"]) for r in rows} == set(ids)
     assert len(rows) == turns + 1
+
+
+async def test_each_candidate_of_a_comparison_and_each_test_run_is_recorded(llm_app, llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice)
+    pid = uuid.UUID(persona["id"])
+    fake_llm.script(chunks=("a",))
+    fake_llm.script(chunks=("b",))
+    candidates = [{"persona_id": persona["id"]}, {"persona_id": persona["id"], "version": 1}]
+    r = await llm_client.post(
+        f"{PERSONAS}/compare", json={"message": SECRET, "candidates": candidates}, headers=alice.headers
+    )
+    assert r.status_code == 200, r.text
+    test = {"name": "greets", "message": "hi", "expect": {"contains": ["hello"]}}
+    r = await llm_client.post(f"{PERSONAS}/{persona['id']}/tests", json=test, headers=alice.headers)
+    assert r.status_code == 201, r.text
+    fake_llm.script(chunks=("hello",))
+    r = await llm_client.post(f"{PERSONAS}/{persona['id']}/tests/run", headers=alice.headers)
+    assert r.status_code == 200, r.text
+    pool = llm_app.state.resources.pool
+    routes: list[tuple[str, str]] = []
+
+    async def written() -> bool:
+        rows = await pool.fetch("SELECT route, variant FROM turns WHERE persona_id = $1 ORDER BY route", pid)
+        routes[:] = [(row["route"], row["variant"]) for row in rows]
+        return len(routes) == 3
+
+    assert await eventually(written), routes
+    assert routes == [("compare", "draft"), ("compare", "draft"), ("test_run", "draft")]
