@@ -18,7 +18,7 @@ from api.sse import sse_response
 from api.trace import MemoryHeader, persona_headers, with_memory
 from core.errors import BadRequest, ProviderError
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
-from providers import ChatMessage, ToolCall, ToolSpec
+from providers import NO_OPTIONS, ChatMessage, Options, ResponseFormat, ToolCall, ToolChoice, ToolSpec
 from runtime.chat.collector import TurnResult
 from runtime.chat.frames import Last, encoded_stream
 from runtime.chat.pipeline import TurnInput
@@ -58,7 +58,9 @@ class _Message(Struct, frozen=True, kw_only=True):
 class _Tool(Struct, frozen=True, kw_only=True):
     name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     input_schema: dict[str, Any]
-    description: str = ""
+    # null: no description (what clients send for a function without a docstring).
+    description: str | None = None
+    strict: bool | None = None
     # Only client tools: server tools (web search, code execution, ...) would need Anthropic to run them.
     type: Literal["custom"] | None = None
 
@@ -67,6 +69,19 @@ class _ToolChoice(Struct, frozen=True, kw_only=True):
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
     disable_parallel_tool_use: bool = False
+
+
+class _Metadata(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    user_id: str | None = None
+
+
+class _Format(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["json_schema"]
+    schema: dict[str, Any]
+
+
+class _OutputConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    format: _Format | None = None
 
 
 class MessagesRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -82,8 +97,10 @@ class MessagesRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
     stop_sequences: list[str] | None = None
-    # `user_id` is for the provider's abuse tracking; the runtime knows its caller from the key.
-    metadata: dict[str, Any] | None = None
+    # `user_id` is for the provider's abuse tracking: passed on (OpenAI's `user`).
+    metadata: _Metadata | None = None
+    # Structured output: a JSON schema the answer's text matches (OpenAI's `json_schema` response format).
+    output_config: _OutputConfig | None = None
 
 
 class CountTokensRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -167,17 +184,35 @@ def _turns(messages: list[_Message]) -> tuple[list[ChatMessage], list[str | None
     return turns, fields
 
 
-def _unsupported(data: MessagesRequest | CountTokensRequest) -> None:
-    """Refuse what the pipeline cannot do yet, rather than answer as if it had been done."""
+# Where each option came in, for a 400 that names what the client sent.
+_OPTION_FIELDS = {
+    "stop": "stop_sequences",
+    "user": "metadata.user_id",
+    "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
+    "response_format": "output_config.format",
+}
+
+
+def _options(data: MessagesRequest) -> Options:
+    """The body's parameters beyond sampling, as the provider-neutral options (shared empty when none is set)."""
     choice = data.tool_choice
-    if choice is not None and (choice.type != "auto" or choice.disable_parallel_tool_use):
-        raise BadRequest(
-            'Only `tool_choice` {"type": "auto"} is supported here (the model decides whether to call a tool, '
-            "and may call several): leave `tool_choice` out.",
-            field="tool_choice",
-        )
-    if isinstance(data, MessagesRequest) and data.stop_sequences:
-        raise BadRequest("`stop_sequences` is not supported here: leave it out.", field="stop_sequences")
+    user = data.metadata.user_id if data.metadata is not None else None
+    form = data.output_config.format if data.output_config is not None else None
+    if choice is None and user is None and form is None and not data.stop_sequences:
+        return NO_OPTIONS
+    if choice is not None and choice.type == "tool" and not choice.name:
+        raise BadRequest('`tool_choice.name` is required with {"type": "tool"}.', field="tool_choice.name")
+    return Options(
+        stop=tuple(data.stop_sequences) if data.stop_sequences else None,
+        user=user,
+        tool_choice=None
+        if choice is None
+        else ToolChoice(type="required" if choice.type == "any" else choice.type, name=choice.name),
+        parallel_tool_calls=False if choice is not None and choice.disable_parallel_tool_use else None,
+        response_format=None
+        if form is None
+        else ResponseFormat(type="json_schema", json_schema={"name": "output", "schema": form.schema}),
+    )
 
 
 def _turn_input(
@@ -190,7 +225,6 @@ def _turn_input(
     """Anthropic's body as a turn: nothing stored, since an Anthropic client sends the whole conversation each time.
     A token-counting body is the same turn without an answer's ``max_tokens`` and sampling."""
     persona_name = persona_name_of_model(data.model)
-    _unsupported(data)
     if data.system is None:
         system: tuple[str, ...] = ()
         system_fields: tuple[str, ...] = ()
@@ -199,7 +233,10 @@ def _turn_input(
     else:
         given = [(block.text, f"system[{k}].text") for k, block in enumerate(data.system) if block.text]
         system, system_fields = tuple(t for t, _ in given), tuple(f for _, f in given)
-    tools = tuple(ToolSpec(name=t.name, description=t.description, parameters=t.input_schema) for t in data.tools or ())
+    tools = tuple(
+        ToolSpec(name=t.name, description=t.description or "", parameters=t.input_schema, strict=t.strict)
+        for t in data.tools or ()
+    )
     turns, fields = _turns(data.messages)
     return TurnInput(
         route="messages",
@@ -213,6 +250,9 @@ def _turn_input(
         top_p=top_p,
         max_tokens=max_tokens,
         persona_name=persona_name,
+        # Counting tokens calls no provider: only an answer's options matter.
+        options=_options(data) if isinstance(data, MessagesRequest) else NO_OPTIONS,
+        option_fields=_OPTION_FIELDS,
     )
 
 

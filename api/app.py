@@ -32,8 +32,10 @@ from api.path_params import path_params_guard
 from api.personas import PersonaController
 from api.playground import playground_router
 from api.portability import PortabilityController
+from api.releases import ReleaseController
 from api.request_ids import RequestIdMiddleware
 from api.responses import ResponsesController
+from api.trace_context import TraceContextMiddleware
 from api.turns import FeedbackController, StatsController, UsageController
 from core.logs import configure_logging
 from providers import ProviderRegistry
@@ -68,6 +70,7 @@ def create_app(
             PortabilityController,
             AvatarController,
             AuthoringController,
+            ReleaseController,
             KeyController,
             AdminController,
             AdminKeyController,
@@ -105,6 +108,8 @@ def create_app(
         debug=False,
     )
     # Around everything Litestar does, error answers and unknown paths included.
+    if settings.traces_endpoint:
+        app.asgi_handler = TraceContextMiddleware(app.asgi_handler)
     app.asgi_handler = RequestIdMiddleware(app.asgi_handler, count=_counter(app))
     document_errors(app)
     return app

@@ -103,6 +103,7 @@ class ChatController(Controller):
             model=data.model,
             store=True,
             memory=data.memory,
+            persona_version=data.persona_version,
         )
         turn = await resources.chat.run(caller, asked)
         stream, heartbeat = wants_stream(data.stream, request), resources.settings.heartbeat_seconds

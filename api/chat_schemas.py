@@ -9,6 +9,7 @@ from uuid import UUID
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from core.events import PersonaRef
+from personas.releases import LABEL_PATTERN
 
 __all__ = [
     "ChatRequest",
@@ -23,6 +24,8 @@ __all__ = [
 
 ProviderName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
 ModelName = Annotated[str, Meta(min_length=1, max_length=200)]
+VersionNumber = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+Label = Annotated[str, Meta(pattern=LABEL_PATTERN)]
 
 
 class ChatRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -36,6 +39,8 @@ class ChatRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     resumable: bool = False
     # False: this turn neither uses the user's memories nor extracts any (contract section 15).
     memory: bool = True
+    # A label of the persona (`production`, `beta`), or a version number for its owner and admins (section 16).
+    persona_version: VersionNumber | Label | None = None
 
 
 class StartConversationRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -113,6 +118,8 @@ class MessageOut(Struct, frozen=True, kw_only=True):
     usage: dict[str, int] | None
     latency_ms: int | None
     created_at: datetime
+    # How the persona's version was chosen for an answer (section 16); null for questions.
+    variant: str | None = None
     # An answer's account of what it was given (contract section 13); null for questions.
     context: dict[str, Any] | None = None
 

@@ -18,7 +18,7 @@ from api.sse import sse_response
 from api.trace import MemoryHeader, persona_headers, with_memory
 from core.errors import BadRequest
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
-from providers import ChatMessage, ToolCall, ToolSpec
+from providers import NO_OPTIONS, ChatMessage, Options, ResponseFormat, ToolCall, ToolChoice, ToolSpec
 from runtime.chat.collector import TurnResult
 from runtime.chat.frames import DONE, Last, encoded_stream
 from runtime.chat.pipeline import TurnInput
@@ -54,8 +54,10 @@ class _Message(Struct, frozen=True, kw_only=True):
 
 class _Function(Struct, frozen=True, kw_only=True):
     name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    description: str = ""
+    # null: no description (what clients send for a function without a docstring).
+    description: str | None = None
     parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
 
 
 class _Tool(Struct, frozen=True, kw_only=True):
@@ -67,8 +69,37 @@ class _StreamOptions(Struct, frozen=True, kw_only=True):
     include_usage: bool = False
 
 
-class CompletionRequest(Struct, frozen=True, kw_only=True):
-    """OpenAI's chat completion body; fields the runtime does not use are accepted and ignored."""
+class _NamedFunction(Struct, frozen=True, kw_only=True):
+    name: str
+
+
+class _NamedChoice(Struct, frozen=True, kw_only=True):
+    type: Literal["function"]
+    function: _NamedFunction
+
+
+class _JsonSchema(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+    description: str | None = None
+
+
+class _ResponseFormat(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchema | None = None
+
+
+Penalty = Annotated[float, Meta(ge=-2, le=2)]
+
+# OpenAI's own parameters with no provider-neutral meaning: OpenAI-compatible providers get them as sent.
+_OPENAI_ONLY: tuple[str, ...] = ("reasoning_effort", "service_tier", "metadata", "store", "prediction", "verbosity")
+_OPENAI_ONLY += ("safety_identifier", "prompt_cache_key")
+
+
+class CompletionRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """OpenAI's chat completion body. Each parameter is passed on to the persona's provider (as sent, or as
+    its equivalent) or refused with a 400 that names it; so is a field OpenAI's API does not have."""
 
     model: str
     messages: Annotated[list[_Message], Meta(min_length=1)]
@@ -79,7 +110,34 @@ class CompletionRequest(Struct, frozen=True, kw_only=True):
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     tools: list[_Tool] | None = None
-    n: int = 1
+    tool_choice: Literal["auto", "none", "required"] | _NamedChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: _ResponseFormat | None = None
+    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
+    user: str | None = None
+    n: int | None = None
+    # Refused when asked for: the answers carry no log probabilities.
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    # Refused: answers are text (and tool calls); `tools` replaced `functions`.
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: Any = None
+    # OpenAI's own, as sent (see `_OPENAI_ONLY`).
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    prediction: dict[str, Any] | None = None
+    verbosity: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
 
 
 def _text(message: _Message, index: int) -> str | None:
@@ -258,14 +316,95 @@ class OpenAIController(Controller):
         return Response(_completion(await turn.collect(), data.model), headers=headers)
 
 
+def _refuse(field: str, why: str) -> BadRequest:
+    return BadRequest(f"`{field}` is not supported here: {why}.", field=field)
+
+
+def _refused(data: CompletionRequest) -> None:
+    """The parameters no persona's provider is asked for, since their answer has nowhere to go here."""
+    if data.n not in (None, 1):
+        raise _refuse("n", "each request gets one answer; send `n` = 1 or leave it out, and ask again for another")
+    if data.logprobs:
+        raise _refuse("logprobs", "answers carry no log probabilities; leave it out or send false")
+    if data.top_logprobs:
+        raise _refuse("top_logprobs", "answers carry no log probabilities; leave it out")
+    if data.modalities is not None and data.modalities != ["text"]:
+        raise _refuse("modalities", 'answers are text; send ["text"] or leave it out')
+    if data.audio is not None:
+        raise _refuse("audio", "answers are text")
+    if data.web_search_options is not None:
+        raise _refuse("web_search_options", "a search model's citations have nowhere to go here")
+    if data.functions is not None:
+        raise _refuse("functions", "send them as `tools`")
+    if data.function_call is not None:
+        raise _refuse("function_call", "send `tool_choice`")
+    if data.max_tokens is not None and data.max_completion_tokens not in (None, data.max_tokens):
+        raise _refuse("max_completion_tokens", "it differs from `max_tokens`; send one of them")
+    form = data.response_format
+    schema = form.json_schema if form is not None else None
+    if form is not None and form.type == "json_schema" and (schema is None or schema.schema is None):
+        raise BadRequest(
+            "`response_format.json_schema.schema` is required with `json_schema`: send the JSON schema the answer "
+            "must match.",
+            field="response_format.json_schema.schema",
+        )
+
+
+def _options(data: CompletionRequest) -> Options:
+    """The body's parameters beyond sampling, as the provider-neutral options (shared empty when none is set)."""
+    choice = data.tool_choice
+    form = data.response_format
+    extra = {name: value for name in _OPENAI_ONLY if (value := getattr(data, name)) is not None}
+    named = data.max_completion_tokens is not None and data.max_tokens is None
+    if not (
+        extra
+        or named
+        or choice is not None
+        or form is not None
+        or any(getattr(data, name) is not None for name in _NEUTRAL)
+    ):
+        return NO_OPTIONS
+    return Options(
+        stop=tuple(data.stop) if isinstance(data.stop, list) else data.stop,
+        seed=data.seed,
+        presence_penalty=data.presence_penalty,
+        frequency_penalty=data.frequency_penalty,
+        logit_bias=data.logit_bias,
+        user=data.user,
+        tool_choice=(
+            None
+            if choice is None
+            else ToolChoice(type=choice)
+            if isinstance(choice, str)
+            else ToolChoice(type="tool", name=choice.function.name)
+        ),
+        parallel_tool_calls=data.parallel_tool_calls,
+        response_format=None
+        if form is None
+        else ResponseFormat(
+            type=form.type,
+            json_schema=None if form.json_schema is None else msgspec.to_builtins(form.json_schema),
+        ),
+        max_completion_tokens=named,
+        openai=extra,
+    )
+
+
+_NEUTRAL = ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "user", "parallel_tool_calls")
+
+
 def _turn_input(data: CompletionRequest) -> TurnInput:
     """OpenAI's body as a turn: nothing stored, since an OpenAI client sends the whole conversation each time."""
-    if data.n != 1:
-        raise BadRequest("Only `n` = 1 is supported.", field="n")
+    _refused(data)
     persona_name = persona_name_of_model(data.model)
     system, system_fields, turns, fields = _split(data.messages)
     tools = tuple(
-        ToolSpec(name=t.function.name, description=t.function.description, parameters=t.function.parameters)
+        ToolSpec(
+            name=t.function.name,
+            description=t.function.description or "",
+            parameters=t.function.parameters,
+            strict=t.function.strict,
+        )
         for t in data.tools or ()
     )
     return TurnInput(
@@ -280,4 +419,5 @@ def _turn_input(data: CompletionRequest) -> TurnInput:
         top_p=data.top_p,
         max_tokens=data.max_tokens or data.max_completion_tokens,
         persona_name=persona_name,
+        options=_options(data),
     )

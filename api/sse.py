@@ -24,13 +24,15 @@ _FIXED = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in H
 
 
 class _SSEBody:
-    """The ASGI side of an :class:`SSEStream`: the head, then each piece of the body as it comes, the ``Last``
-    one with the end of the response.
+    """The ASGI side of an :class:`SSEStream`: the head together with the first piece of the body, then each
+    piece as it comes, the ``Last`` one with the end of the response.
 
-    A hang-up is noticed by one task waiting on ``receive``: it cancels the sending task, which stops
-    reading the body (and so the upstream request). Litestar's own streaming response does the same
-    through an anyio task group, at several times the cost per stream; its header handling (a mutable
-    header map, built per response) is done here once, since the headers of a stream are few and known.
+    The head waits for the first piece (a stream's first piece is ready when the response is made: the first
+    answer, a replay, or a heartbeat at the latest), so the server can send both in one write. A hang-up is
+    noticed by one task waiting on ``receive``: it cancels the sending task, which stops reading the body
+    (and so the upstream request). Litestar's own streaming response does the same through an anyio task
+    group, at several times the cost per stream; its header handling (a mutable header map, built per
+    response) is done here once, since the headers of a stream are few and known.
     """
 
     __slots__ = ("background", "headers", "iterator", "status")
@@ -48,19 +50,24 @@ class _SSEBody:
         self.background = background
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
         sending = asyncio.current_task()
         assert sending is not None
         state = {"done": False, "gone": False}
+        started = False
         watcher = asyncio.get_running_loop().create_task(_watch(receive, sending, state))
         iterator: Any = self.iterator
         try:
             async for piece in iterator:
+                if not started:
+                    started = True
+                    await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
                 last = type(piece) is Last
                 await send({"type": "http.response.body", "body": piece, "more_body": not last})
                 if last:
                     break
             else:
+                if not started:
+                    await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not state["gone"]:

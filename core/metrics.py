@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 
 __all__ = ["CONTENT_TYPE", "OTHER", "Metrics"]
 
@@ -45,6 +45,36 @@ class _KeptChildren:
         return child
 
 
+class _ProcessId:
+    """This process's id, read once and again after a fork.
+
+    In multiprocess mode prometheus_client asks for the process id on every ``inc`` and ``observe`` (to notice
+    a fork and open files of the child's own), and ``os.getpid`` is a system call each time: a turn makes
+    about twenty of them. The id can change only at a fork, so it is read then.
+    """
+
+    def __init__(self) -> None:
+        self.value = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.value = os.getpid()
+
+    def __call__(self) -> int:
+        return self.value
+
+
+_process_id: _ProcessId | None = None
+
+
+def _write_with_a_kept_process_id() -> None:
+    """Have this process's multiprocess values (created from now on) use :class:`_ProcessId`; once a process."""
+    global _process_id
+    if _process_id is None:
+        _process_id = _ProcessId()
+        values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)
+
+
 class _Counter(_KeptChildren, Counter):
     pass
 
@@ -58,6 +88,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        if self.multiprocess:
+            _write_with_a_kept_process_id()
         self._providers: frozenset[str] = frozenset()
         self._models: frozenset[str] = frozenset()
         # In multiprocess mode the values go to files, and a registry of our own is only for rendering.

@@ -12,10 +12,12 @@ from msgspec import UNSET, UnsetType
 
 from personas.cache import Cache
 from personas.models import Persona
+from personas.releases import NO_RELEASE, Release
 
 __all__ = [
     "CACHE_VERSION",
     "DEFAULT_KEY",
+    "PersonaEntry",
     "SharedEntries",
     "id_decoder",
     "name_key",
@@ -23,6 +25,7 @@ __all__ = [
     "persona_decoder",
     "persona_key",
     "preference_key",
+    "version_key",
 ]
 
 log = logging.getLogger("persona_runtime.cache")
@@ -31,15 +34,24 @@ T = TypeVar("T")
 
 # Every key names the shape of the value it holds. Bump this whenever that shape changes (a field of
 # Persona or of anything it nests, or how an id is written), so a release never reads another's entries.
-CACHE_VERSION = "v6"
+CACHE_VERSION = "v7"
 _PREFIX = CACHE_VERSION + ":"
-# The release before wrote its keys under "v5:" (personas without lore, greetings, examples and scenario). Writes delete
-# those too, so that instances still running it during a rolling deploy see the change. At the next bump: "v6:".
-_PREVIOUS_PREFIX = "v5:"
+# The release before wrote its keys under "v6:" (a persona alone, without its labels and rollout). Writes delete
+# those too, so that instances still running it during a rolling deploy see the change. At the next bump: "v7:".
+_PREVIOUS_PREFIX = "v6:"
 
 DEFAULT_KEY = _PREFIX + "default"
 
-persona_decoder = msgspec.json.Decoder(Persona)
+
+class PersonaEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A persona as cached: the persona, and its labels and rollout, read and dropped together, so that serving
+    a persona's production (or rollout) version needs no read of its own."""
+
+    persona: Persona
+    release: Release = NO_RELEASE
+
+
+persona_decoder = msgspec.json.Decoder(PersonaEntry)
 # A preference, the default's id, a name's persona: an id, or null for "none".
 id_decoder: msgspec.json.Decoder[UUID | None] = msgspec.json.Decoder(UUID | None)
 _encoder = msgspec.json.Encoder()
@@ -47,6 +59,11 @@ _encoder = msgspec.json.Encoder()
 
 def persona_key(persona_id: UUID) -> str:
     return f"{_PREFIX}persona:{persona_id}"
+
+
+def version_key(persona_id: UUID, version: int) -> str:
+    """One saved version of a persona: never changes once written."""
+    return f"{_PREFIX}persona-version:{persona_id}:{version}"
 
 
 def preference_key(user_id: UUID) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -17,6 +16,7 @@ from personas.cache import Cache
 from personas.changes import PERSONA_SIGNAL, UNHEARD_SECONDS, Notify, PersonaChange, change_decoder
 from personas.entries import (
     DEFAULT_KEY,
+    PersonaEntry,
     SharedEntries,
     id_decoder,
     name_key,
@@ -24,9 +24,12 @@ from personas.entries import (
     persona_decoder,
     persona_key,
     preference_key,
+    version_key,
 )
 from personas.local_cache import LocalCache
 from personas.models import MU_ID, Limits, Persona
+from personas.releases import NO_RELEASE, PRODUCTION, Release, Rollout
+from personas.versions import PersonaVersion, VersionSummary, as_of, version_decoder
 
 __all__ = ["PersonaStore", "PersonaVersion", "VersionSummary"]
 
@@ -37,6 +40,12 @@ _COLUMNS = """id, name, description, system_prompt, personality_traits, capabili
     is_active, is_default, version, created_by, created_at, updated_at"""
 
 GET = f"SELECT {_COLUMNS} FROM personas WHERE id = $1"
+# A persona with its labels and rollout, read together so that serving either costs no read of its own.
+_RELEASE = """(SELECT jsonb_object_agg(l.label, l.version) FROM persona_labels l WHERE l.persona_id = personas.id)
+        AS labels,
+    (SELECT jsonb_build_object('version', r.version, 'percent', r.percent) FROM persona_rollouts r
+     WHERE r.persona_id = personas.id) AS rollout"""
+GET_ENTRY = f"SELECT {_COLUMNS}, {_RELEASE} FROM personas WHERE id = $1"
 GET_FOR_UPDATE = f"SELECT {_COLUMNS} FROM personas WHERE id = $1 FOR UPDATE"
 GET_DEFAULT = f"SELECT {_COLUMNS} FROM personas WHERE is_default AND is_active"
 LIST_VISIBLE = f"""
@@ -54,9 +63,9 @@ LIMIT $1 OFFSET $2"""
 COUNT_ALL = "SELECT count(*) FROM personas WHERE is_active"
 LIST_ACTIVE = f"SELECT {_COLUMNS} FROM personas WHERE is_active ORDER BY lower(name), id"
 # Names are unique per owner and among public personas (the system's, created_by null, count as one owner).
-FIND_PUBLIC_BY_NAME = f"""SELECT {_COLUMNS} FROM personas
+FIND_PUBLIC_BY_NAME = f"""SELECT {_COLUMNS}, {_RELEASE} FROM personas
 WHERE is_active AND visibility = 'public' AND lower(name) = lower($1)"""
-FIND_OWNED_BY_NAME = f"""SELECT {_COLUMNS} FROM personas
+FIND_OWNED_BY_NAME = f"""SELECT {_COLUMNS}, {_RELEASE} FROM personas
 WHERE is_active AND created_by IS NOT DISTINCT FROM $2 AND lower(name) = lower($1)"""
 INSERT = f"""
 INSERT INTO personas (name, description, system_prompt, personality_traits, capabilities, model_settings,
@@ -89,37 +98,19 @@ SELECT persona_id, version, name, description, system_prompt, personality_traits
        model_settings, tools, visibility, extensions, limits, lorebook, greetings, example_messages, scenario,
        created_by, change_note, created_at
 FROM persona_versions WHERE persona_id = $1 AND version = $2"""
-
-
-class PersonaVersion(msgspec.Struct, frozen=True, kw_only=True):
-    """One saved state of a persona."""
-
-    persona_id: UUID
-    version: int
-    name: str
-    description: str
-    system_prompt: str
-    personality_traits: dict[str, Any]
-    capabilities: dict[str, Any]
-    model_settings: dict[str, Any]
-    tools: list[dict[str, Any]]
-    visibility: str
-    created_by: UUID | None
-    change_note: str | None
-    created_at: datetime
-    extensions: dict[str, Any] = msgspec.field(default_factory=dict)
-    limits: dict[str, Any] = msgspec.field(default_factory=dict)
-    lorebook: dict[str, Any] | None = None
-    greetings: list[str] = msgspec.field(default_factory=list)
-    example_messages: list[dict[str, Any]] = msgspec.field(default_factory=list)
-    scenario: str | None = None
-
-
-class VersionSummary(msgspec.Struct, frozen=True, kw_only=True):
-    version: int
-    created_at: datetime
-    created_by: UUID | None
-    change_note: str | None
+LOCK_ACTIVE = "SELECT version FROM personas WHERE id = $1 AND is_active FOR UPDATE"
+SET_LABEL = """
+INSERT INTO persona_labels (persona_id, label, version, set_by) VALUES ($1, $2, $3, $4)
+ON CONFLICT (persona_id, label) DO UPDATE SET version = EXCLUDED.version, set_by = EXCLUDED.set_by,
+    updated_at = now()"""
+DELETE_LABEL = "DELETE FROM persona_labels WHERE persona_id = $1 AND label = $2"
+# Promoting: once production serves the rollout's version, the rollout has nothing left to try.
+END_PROMOTED_ROLLOUT = "DELETE FROM persona_rollouts WHERE persona_id = $1 AND version = $2"
+SET_ROLLOUT = """
+INSERT INTO persona_rollouts (persona_id, version, percent, set_by) VALUES ($1, $2, $3, $4)
+ON CONFLICT (persona_id) DO UPDATE SET version = EXCLUDED.version, percent = EXCLUDED.percent,
+    set_by = EXCLUDED.set_by, updated_at = now()"""
+DELETE_ROLLOUT = "DELETE FROM persona_rollouts WHERE persona_id = $1"
 
 
 # Names are at most 100 characters (a few letters lowercase to two), so a longer request matches no persona:
@@ -140,6 +131,15 @@ def _named(persona: Persona, name: str, owner: UUID | None, *, owned: bool) -> b
 
 def _persona(record: asyncpg.Record) -> Persona:
     return msgspec.convert(dict(record), Persona, strict=False)
+
+
+def _entry(record: asyncpg.Record) -> PersonaEntry:
+    """A persona read with :data:`_RELEASE`'s columns."""
+    labels, rollout = record["labels"], record["rollout"]
+    if labels is None and rollout is None:
+        return PersonaEntry(persona=_persona(record))
+    release = Release(labels=labels or {}, rollout=None if rollout is None else msgspec.convert(rollout, Rollout))
+    return PersonaEntry(persona=_persona(record), release=release)
 
 
 def _content(persona: Persona) -> tuple[Any, ...]:
@@ -214,7 +214,13 @@ class PersonaStore:
             local, shared = (lambda result: on_lookup("local", result)), (lambda result: on_lookup("shared", result))
         self._shared = SharedEntries(cache, ttl=ttl, on_lookup=shared)
         # Personas may carry megabytes of extensions: bound them harder than the ids.
-        self._personas: LocalCache[UUID, Persona | None] = LocalCache(ttl=local_ttl, max_entries=1_000, on_lookup=local)
+        self._personas: LocalCache[UUID, PersonaEntry | None] = LocalCache(
+            ttl=local_ttl, max_entries=1_000, on_lookup=local
+        )
+        # Saved versions never change: kept until evicted, for production pinned to one and for rollouts.
+        self._versions: LocalCache[tuple[UUID, int], Persona | None] = LocalCache(
+            ttl=3600.0, max_entries=1_000, on_lookup=local
+        )
         self._defaults: LocalCache[str, Persona | None] = LocalCache(ttl=local_ttl, max_entries=1, on_lookup=local)
         # (owner, lowercased name) for one owner's names, (_PUBLIC, lowercased name) for public ones.
         self._names: LocalCache[tuple[object, str], UUID | None] = LocalCache(
@@ -249,7 +255,34 @@ class PersonaStore:
     # frozen, and the dicts and lists they hold must not be changed either.
 
     async def get(self, persona_id: UUID) -> Persona | None:
-        return await self._personas.get(persona_id, lambda: self._load(persona_id))
+        entry = await self._personas.get(persona_id, lambda: self._load(persona_id))
+        return None if entry is None else entry.persona
+
+    async def release(self, persona_id: UUID) -> Release:
+        """The persona's labels and rollout, from the same entry as :meth:`get` (no read of its own when the
+        persona was just read)."""
+        entry = await self._personas.get(persona_id, lambda: self._load(persona_id))
+        return NO_RELEASE if entry is None else entry.release
+
+    async def as_of(self, current: Persona, version: int) -> Persona | None:
+        """``current`` as it was at saved ``version`` (None: never saved), cached: a version never changes once
+        saved, and only the persona's own flags, which are not part of a version, are taken from ``current``."""
+        if version == current.version:
+            return current
+        key = (current.id, version)
+        then = await self._versions.get(key, lambda: self._load_version(current, version))
+        if then is None:  # not saved yet, maybe later: not remembered
+            self._versions.forget(key)
+            return None
+        if (then.is_active, then.is_default, then.visibility) != (
+            current.is_active,
+            current.is_default,
+            current.visibility,
+        ):
+            then = msgspec.structs.replace(
+                then, is_active=current.is_active, is_default=current.is_default, visibility=current.visibility
+            )
+        return then
 
     async def get_uncached(self, persona_id: UUID) -> Persona | None:
         """The persona as PostgreSQL has it now: what a write should build on."""
@@ -322,15 +355,27 @@ class PersonaStore:
 
     # Loads: one per key at a time, from the shared cache, else PostgreSQL ---------------------------
 
-    async def _load(self, persona_id: UUID) -> Persona | None:
+    async def _load(self, persona_id: UUID) -> PersonaEntry | None:
         key = persona_key(persona_id)
         cached = await self._shared.read(key, persona_decoder)
         if cached is not UNSET:
             return cached
-        persona = await self.get_uncached(persona_id)
-        if persona is not None:
-            await self._shared.write(key, persona)
-        return persona
+        record = await self._pool.fetchrow(GET_ENTRY, persona_id)
+        if record is None:
+            return None
+        entry = _entry(record)
+        await self._shared.write(key, entry)
+        return entry
+
+    async def _load_version(self, current: Persona, version: int) -> Persona | None:
+        key = version_key(current.id, version)
+        saved = await self._shared.read(key, version_decoder)
+        if saved is UNSET or saved is None:
+            saved = await self.get_version(current.id, version)
+            if saved is None:  # a version not saved yet may be saved later: only what exists is shared
+                return None
+            await self._shared.write(key, saved)
+        return as_of(current, saved)
 
     async def _load_default(self) -> Persona | None:
         cached = await self._shared.read(DEFAULT_KEY, id_decoder)
@@ -350,21 +395,26 @@ class PersonaStore:
         cached = await self._shared.read(key, id_decoder)
         if isinstance(cached, UUID):
             return cached
-        persona = await self._select_by_name(name, owner, owned=owned)
-        if persona is None:
+        entry = await self._select_entry_by_name(name, owner, owned=owned)
+        if entry is None:
             # Kept locally only: an unknown name costs one query per process per ``local_ttl``, and no
             # shared entry can outlive a create whose delete it missed.
             return None
-        await self._shared.write(key, persona.id)
-        await self._shared.write(persona_key(persona.id), persona)
-        return persona.id
+        persona_id = entry.persona.id
+        await self._shared.write(key, persona_id)
+        await self._shared.write(persona_key(persona_id), entry)
+        return persona_id
 
     async def _select_by_name(self, name: str, owner: UUID | None, *, owned: bool) -> Persona | None:
+        entry = await self._select_entry_by_name(name, owner, owned=owned)
+        return None if entry is None else entry.persona
+
+    async def _select_entry_by_name(self, name: str, owner: UUID | None, *, owned: bool) -> PersonaEntry | None:
         if owned:
             record = await self._pool.fetchrow(FIND_OWNED_BY_NAME, name, owner)
         else:
             record = await self._pool.fetchrow(FIND_PUBLIC_BY_NAME, name)
-        return _persona(record) if record else None
+        return _entry(record) if record else None
 
     async def _load_preference(self, user_id: UUID) -> UUID | None:
         key = preference_key(user_id)
@@ -424,6 +474,54 @@ class PersonaStore:
                 await self._announce(conn, persona_id, default=True, names=names, owner=owner)
         await self._forget(persona_id, default=True, names=names, owner=owner)
         return deleted is not None
+
+    async def set_label(self, persona: Persona, label: str, version: int, *, actor: UUID | None) -> None:
+        """Point ``label`` at saved ``version`` (``production``: pin it). Pinning production to the rollout's
+        version promotes it, which ends the rollout."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._lock_active(conn, persona.id)
+            try:
+                await conn.execute(SET_LABEL, persona.id, label, version, actor)
+            except asyncpg.ForeignKeyViolationError:
+                raise _no_version(persona, version) from None
+            if label == PRODUCTION:
+                await conn.execute(END_PROMOTED_ROLLOUT, persona.id, version)
+            await self._announce(conn, persona.id, default=False, names=(), owner=persona.created_by)
+        await self._forget(persona.id, default=False, names=(), owner=persona.created_by)
+
+    async def delete_label(self, persona: Persona, label: str) -> bool:
+        """Remove ``label`` (``production``: unpin it, so it follows the latest save); False when it was not set."""
+        return await self._release_write(persona, DELETE_LABEL, label)
+
+    async def set_rollout(self, persona: Persona, version: int, percent: int, *, actor: UUID | None) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._lock_active(conn, persona.id)
+            try:
+                await conn.execute(SET_ROLLOUT, persona.id, version, percent, actor)
+            except asyncpg.ForeignKeyViolationError:
+                raise _no_version(persona, version) from None
+            await self._announce(conn, persona.id, default=False, names=(), owner=persona.created_by)
+        await self._forget(persona.id, default=False, names=(), owner=persona.created_by)
+
+    async def delete_rollout(self, persona: Persona) -> bool:
+        """End the rollout: everyone gets production again. False when there was none."""
+        return await self._release_write(persona, DELETE_ROLLOUT)
+
+    async def _release_write(self, persona: Persona, query: str, *args: object) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._lock_active(conn, persona.id)
+            done = await conn.execute(query, persona.id, *args)
+            changed = done != "DELETE 0"
+            if changed:
+                await self._announce(conn, persona.id, default=False, names=(), owner=persona.created_by)
+        if changed:
+            await self._forget(persona.id, default=False, names=(), owner=persona.created_by)
+        return changed
+
+    async def _lock_active(self, conn: asyncpg.Connection, persona_id: UUID) -> None:
+        """Hold the persona's row (a save waits, so a label never points past what was saved), or 404."""
+        if await conn.fetchval(LOCK_ACTIVE, persona_id) is None:
+            raise NotFound(f"Persona {persona_id} not found.", field="id")
 
     async def set_preference(self, user_id: UUID, persona_id: UUID) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -494,6 +592,13 @@ class PersonaStore:
         self._preferences.forget(user_id)
         await self._shared.delete(preference_key(user_id))
         self._preferences.forget(user_id)
+
+
+def _no_version(persona: Persona, version: int) -> NotFound:
+    return NotFound(
+        f"Persona {persona.name!r} has no saved version {version}: GET .../versions lists its versions.",
+        field="version",
+    )
 
 
 def _limits_column(limits: Limits) -> dict[str, int]:

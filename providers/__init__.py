@@ -2,14 +2,19 @@
 
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers.base import (
+    NO_OPTIONS,
     ChatMessage,
+    Options,
     Provider,
     ProviderConfig,
     ProviderRequest,
+    ResponseFormat,
     ToolCall,
+    ToolChoice,
     ToolSpec,
     assemble_tool_calls,
     batches_of,
+    refusal,
     text_of,
 )
 from providers.echo import EchoProvider
@@ -24,9 +29,11 @@ from providers.registry import (
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "NO_OPTIONS",
     "ChatMessage",
     "EchoProvider",
     "Finish",
+    "Options",
     "Provider",
     "ProviderConfig",
     "ProviderEvent",
@@ -34,14 +41,17 @@ __all__ = [
     "ProviderRegistry",
     "ProviderRequest",
     "ProviderSet",
+    "ResponseFormat",
     "TextDelta",
     "ToolCall",
     "ToolCallDelta",
+    "ToolChoice",
     "ToolSpec",
     "Usage",
     "assemble_tool_calls",
     "batches_of",
     "configs_from_env",
     "default_provider",
+    "refusal",
     "text_of",
 ]

@@ -87,7 +87,9 @@ class HttpAdapter:
 
     def stream_batches(self, request: ProviderRequest) -> AsyncGenerator[list[ProviderEvent], None]:
         body = _encode(self.build_body(request))
-        return _upstream.stream_batches(self.name, self._pool, self._prepared, body, self._reader(), self._api_key)
+        # A traced turn's head carries its trace context: prepared for it, as the others' is once for all.
+        prepared = self._pool.prepare(self.PATH, request.trace_context) if request.trace_context else self._prepared
+        return _upstream.stream_batches(self.name, self._pool, prepared, body, self._reader(), self._api_key)
 
     def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]:
         return _upstream.one_by_one(self.stream_batches(request))

@@ -21,7 +21,7 @@ import ssl
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import httptools
@@ -386,12 +386,14 @@ class HttpPool:
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
 
-    def prepare(self, path: str) -> bytes:
-        """The request line and headers for a JSON POST to ``path`` (below the base URL), less its length."""
+    def prepare(self, path: str, headers: Sequence[tuple[str, str]] = ()) -> bytes:
+        """The request line and headers for a JSON POST to ``path`` (below the base URL), less its length; ``headers``
+        are sent after the pool's own."""
         target = self.base_path + "/" + path.lstrip("/")
         if self._forward is not None:
             target = f"http://{self._authority}{target}"
-        return b"POST " + target.encode("latin-1") + b" HTTP/1.1\r\n" + self._head_lines + b"Content-Length: "
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1")
+        return b"POST " + target.encode("latin-1") + b" HTTP/1.1\r\n" + self._head_lines + extra + b"Content-Length: "
 
     async def post(self, prepared: bytes, body: bytes) -> HttpResponse:
         """Send a prepared POST and wait for the response's status and headers."""

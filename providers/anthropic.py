@@ -12,7 +12,7 @@ from core.errors import BadRequest, ProviderUnavailable
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
 from providers._adapter import HttpAdapter, sdk_headers
-from providers.base import ChatMessage, ProviderRequest
+from providers.base import NO_OPTIONS, ChatMessage, Options, ProviderRequest, ToolSpec
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "DEFAULT_MODEL", "OPENING_TURN", "AnthropicProvider"]
 
@@ -215,11 +215,53 @@ class _Reader:
         out.append(Finish(finish_reason=self.finish))
 
 
+# OpenAI's parameters Anthropic's Messages API has nothing for, and what to do instead.
+_NO_EQUIVALENT = {
+    "seed": "Anthropic's Messages API takes no seed",
+    "presence_penalty": "Anthropic's Messages API has no presence penalty",
+    "frequency_penalty": "Anthropic's Messages API has no frequency penalty",
+    "logit_bias": "Anthropic's Messages API has no logit bias",
+}
+
+
+def _tool(tool: ToolSpec) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": tool.name, "input_schema": tool.parameters}
+    if tool.description:
+        spec["description"] = tool.description
+    if tool.strict is not None:
+        spec["strict"] = tool.strict
+    return spec
+
+
+def _add_options(body: dict[str, Any], options: Options) -> None:
+    """The client's parameters as Anthropic's equivalents (``refuses`` has turned away those without one)."""
+    if options.stop is not None:
+        body["stop_sequences"] = [options.stop] if isinstance(options.stop, str) else list(options.stop)
+    if options.user is not None:
+        body["metadata"] = {"user_id": options.user}
+    choice = options.tool_choice
+    serial = options.parallel_tool_calls is False
+    if choice is not None or serial:
+        kind = "auto" if choice is None else {"required": "any"}.get(choice.type, choice.type)
+        picked: dict[str, Any] = {"type": kind}
+        if choice is not None and choice.type == "tool":
+            picked["name"] = choice.name
+        if serial and kind != "none":
+            picked["disable_parallel_tool_use"] = True
+        body["tool_choice"] = picked
+    form = options.response_format
+    if form is not None and form.type == "json_schema":
+        body["output_config"] = {"format": {"type": "json_schema", "schema": form.schema}}
+
+
 class AnthropicProvider(HttpAdapter):
     """Streams messages from Anthropic's Messages API.
 
     The request carries the headers the official SDK sends (its auth, API version, user agent and platform
-    headers); the SSE events are decoded with msgspec into our events.
+    headers); the SSE events are decoded with msgspec into our events. The client's parameters go as their
+    Anthropic equivalents: ``stop`` as ``stop_sequences``, ``user`` as ``metadata.user_id``, ``tool_choice``
+    and ``parallel_tool_calls`` as ``tool_choice`` (``required`` is ``any``, ``disable_parallel_tool_use``),
+    a ``json_schema`` response format as structured output (``output_config.format``); the rest is refused.
     """
 
     kind = "anthropic"
@@ -245,19 +287,32 @@ class AnthropicProvider(HttpAdapter):
         if request.system is not None:
             body["system"] = _system(request.system, request.cached_system_chars)
         if request.tools:
-            body["tools"] = [
-                {"name": t.name, "description": t.description, "input_schema": t.parameters}
-                if t.description
-                else {"name": t.name, "input_schema": t.parameters}
-                for t in request.tools
-            ]
+            body["tools"] = [_tool(t) for t in request.tools]
             if 0 < request.cached_tools <= len(request.tools):
                 body["tools"][request.cached_tools - 1]["cache_control"] = _EPHEMERAL
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.top_p is not None:
             body["top_p"] = request.top_p
+        if request.options is not NO_OPTIONS:
+            _add_options(body, request.options)
         return body
+
+    def refuses(self, options: Options) -> tuple[str, str] | None:
+        for name, why in _NO_EQUIVALENT.items():
+            if getattr(options, name) is not None:
+                return name, why
+        form = options.response_format
+        if form is not None and form.type == "json_object":
+            return "response_format", (
+                "Anthropic has no JSON mode without a schema: send `response_format` "
+                '{"type": "json_schema", "json_schema": {"name", "schema"}} instead'
+            )
+        if form is not None and form.type == "json_schema" and not form.schema:
+            return "response_format", "a `json_schema` response format needs its `json_schema.schema`"
+        for name in options.openai:
+            return name, "it is OpenAI's own parameter, which Anthropic's Messages API has no equivalent for"
+        return None
 
     def _reader(self) -> _Reader:
         return _Reader(self.name, self._api_key)

@@ -11,14 +11,19 @@ import msgspec
 from core.events import ProviderEvent, TextDelta, ToolCallDelta
 
 __all__ = [
+    "NO_OPTIONS",
     "ChatMessage",
+    "Options",
     "Provider",
     "ProviderConfig",
     "ProviderRequest",
+    "ResponseFormat",
     "ToolCall",
+    "ToolChoice",
     "ToolSpec",
     "assemble_tool_calls",
     "batches_of",
+    "refusal",
 ]
 
 
@@ -44,11 +49,69 @@ class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A function the model may call; ``parameters`` is its JSON schema."""
+    """A function the model may call; ``parameters`` is its JSON schema. ``strict`` (when the client set it) asks
+    the provider to hold the call's arguments to that schema."""
 
     name: str
     description: str = ""
     parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+class ToolChoice(msgspec.Struct, frozen=True, kw_only=True):
+    """Whether the model may call tools: ``auto`` (it decides), ``none``, ``required`` (some tool) or ``tool``
+    (the one named ``name``)."""
+
+    type: Literal["auto", "none", "required", "tool"]
+    name: str | None = None
+
+
+class ResponseFormat(msgspec.Struct, frozen=True, kw_only=True):
+    """The form of the answer: ``text``, any JSON object (``json_object``), or JSON matching ``json_schema``,
+    OpenAI's ``{"name", "schema", "strict"?, "description"?}`` object as the client sent it."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        schema = (self.json_schema or {}).get("schema")
+        return schema if isinstance(schema, dict) else {}
+
+
+class Options(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A client's parameters beyond sampling, decoded once per request; None (or empty) is not sent.
+
+    They are named as OpenAI's Chat Completions names them. ``openai`` holds OpenAI's own parameters that have
+    no provider-neutral meaning (``reasoning_effort``, ``service_tier``, ``metadata``, ...), as sent. A
+    provider says which it takes with ``refuses`` (see :func:`refusal`); the runtime refuses the rest with a
+    400 before any call, so none is dropped without a word. ``max_completion_tokens`` says the client named
+    the answer's limit so (OpenAI's newer name for ``max_tokens``).
+    """
+
+    stop: str | tuple[str, ...] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    max_completion_tokens: bool = False
+    openai: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def given(self) -> list[str]:
+        """The names of the options set, in field order (``openai``'s by their own names)."""
+        names = [
+            name
+            for name in self.__struct_fields__
+            if name not in ("openai", "max_completion_tokens") and getattr(self, name) is not None
+        ]
+        return names + list(self.openai)
+
+
+NO_OPTIONS = Options()
 
 
 class ProviderRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,8 +119,8 @@ class ProviderRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     The system prompt travels in its own field so that each adapter can put it where its API
     wants it. An empty ``model`` means the provider's default model. Sampling parameters left at
-    ``None`` are not sent at all. Adapters whose API needs a marker to cache a prompt's prefix (Anthropic)
-    place it after ``cached_system_chars`` and ``cached_tools``.
+    ``None`` are not sent at all, nor are ``options`` left unset. Adapters whose API needs a marker to
+    cache a prompt's prefix (Anthropic) place it after ``cached_system_chars`` and ``cached_tools``.
     """
 
     model: str
@@ -71,6 +134,10 @@ class ProviderRequest(msgspec.Struct, frozen=True, kw_only=True):
     # and the first ``cached_tools`` tools (the persona's own). Zero: ask for no caching.
     cached_system_chars: int = 0
     cached_tools: int = 0
+    # Headers of the turn's trace context (W3C ``traceparent``, ``tracestate``) for the upstream request, when
+    # traces are on: the provider's own spans are then children of the turn's.
+    trace_context: tuple[tuple[str, str], ...] = ()
+    options: Options = NO_OPTIONS
 
 
 class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,7 +194,8 @@ class Provider(Protocol):
     A provider may also offer ``interrupt(exc)``, ending the streams under way with ``exc`` (the runtime
     calls it when its shutdown grace runs out), and ``stream_batches(request)``, the same events as lists, one list per
     read of the upstream connection: the runtime then writes each list to its client at once
-    (see ``batches_of``). The built-in HTTP adapters do.
+    (see ``batches_of``). The built-in HTTP adapters do. And ``refuses(options)``, the first of a request's
+    :class:`Options` it cannot take and why (see :func:`refusal`); one without it takes none.
     """
 
     name: str
@@ -139,6 +207,21 @@ class Provider(Protocol):
     def stream(self, request: ProviderRequest) -> AsyncIterator[ProviderEvent]: ...
 
     async def aclose(self) -> None: ...
+
+
+def refusal(provider: Provider, options: Options) -> tuple[str, str] | None:
+    """The first option of ``options`` that ``provider`` cannot take, and why; None when it takes them all.
+    A provider without ``refuses`` (a plugin) takes none, since it would drop them without a word."""
+    if options is NO_OPTIONS:
+        return None
+    refuses = getattr(provider, "refuses", None)
+    if refuses is not None:
+        refused: tuple[str, str] | None = refuses(options)
+        return refused
+    given = options.given()
+    if not given:
+        return None
+    return given[0], f"provider {provider.name!r} (kind {provider.kind!r}) takes no parameter beyond sampling"
 
 
 def batches_of(provider: Provider, request: ProviderRequest) -> AsyncIterator[list[ProviderEvent]]:

@@ -11,7 +11,7 @@ from core.errors import ProviderUnavailable
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
 from providers._adapter import HttpAdapter, sdk_headers
-from providers.base import ChatMessage, ProviderRequest
+from providers.base import NO_OPTIONS, ChatMessage, Options, ProviderRequest, ToolChoice, ToolSpec
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "OpenAIProvider"]
 
@@ -165,11 +165,43 @@ class _Reader:
         out.append(Finish(finish_reason=self.finish))
 
 
+def _tool(tool: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    if choice.type == "tool":
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.type
+
+
+def _add_options(body: dict[str, Any], options: Options) -> None:
+    """The client's parameters as OpenAI names them, as they were sent."""
+    for name in ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "user", "parallel_tool_calls"):
+        value = getattr(options, name)
+        if value is not None:
+            body[name] = list(value) if isinstance(value, tuple) else value
+    if options.tool_choice is not None:
+        body["tool_choice"] = _tool_choice(options.tool_choice)
+    form = options.response_format
+    if form is not None:
+        body["response_format"] = {"type": form.type}
+        if form.json_schema is not None:
+            body["response_format"]["json_schema"] = form.json_schema
+    if options.max_completion_tokens and "max_tokens" in body:
+        body["max_completion_tokens"] = body.pop("max_tokens")
+    body.update(options.openai)
+
+
 class OpenAIProvider(HttpAdapter):
     """Streams chat completions from OpenAI or any server that speaks its API.
 
     The request carries the headers the official SDK sends (its auth, user agent and platform headers); the
-    SSE chunks are decoded with msgspec into our events.
+    SSE chunks are decoded with msgspec into our events. The client's parameters (:class:`Options`) go on
+    as sent: this is the API they are named after.
     """
 
     kind = "openai"
@@ -192,13 +224,7 @@ class OpenAIProvider(HttpAdapter):
             "stream_options": {"include_usage": True},
         }
         if request.tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
-                }
-                for t in request.tools
-            ]
+            body["tools"] = [_tool(t) for t in request.tools]
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.top_p is not None:
@@ -206,7 +232,13 @@ class OpenAIProvider(HttpAdapter):
         if request.max_tokens is not None:
             # ``max_tokens`` rather than ``max_completion_tokens``: compatible servers all accept it.
             body["max_tokens"] = request.max_tokens
+        if request.options is not NO_OPTIONS:
+            _add_options(body, request.options)
         return body
+
+    def refuses(self, options: Options) -> tuple[str, str] | None:
+        """None: an OpenAI-compatible server takes every parameter of OpenAI's body."""
+        return None
 
     def _reader(self) -> _Reader:
         return _Reader(self.name, self._api_key)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -15,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from providers._schema import example_of
 
 __all__ = ["EMBEDDING_DIMENSIONS", "FakeLLM", "FakeToolCall", "RecordedRequest", "Script", "fake_embedding"]
 
@@ -55,6 +58,11 @@ class Script:
     in-stream error event after that many pieces; ``garbage_after`` sends a malformed data line;
     ``hang_after`` stops sending after that many pieces and waits for the client to leave
     (``hang_after=0`` hangs right after the headers; a large ``first_byte_delay`` hangs before them).
+
+    A request that asks for JSON matching a schema (OpenAI's ``response_format`` ``json_schema``, Anthropic's
+    ``output_config.format``) is answered, when its script left ``chunks`` as they are and calls no tool, with
+    the smallest document the schema accepts (``providers._schema.example_of``, free strings ``"fake"``), in
+    three pieces; ``json_object`` gets ``{"fake": true}``.
     """
 
     chunks: tuple[str, ...] = ("Hello", " from", " the fake model.")
@@ -243,7 +251,7 @@ class FakeLLM:
             await self._json(writer, 404, {"error": {"message": f"no route {record.path}", "type": "not_found"}})
             return True
         openai = record.path == "/v1/chat/completions"
-        script = self._next_script()
+        script = _shaped(self._next_script(), record.body, openai)
         await self._wait(script.first_byte_delay, gone)
         if script.status is not None:
             body = script.error_body if script.error_body is not None else _error_body(openai, script.status)
@@ -357,6 +365,29 @@ def _stream_error(openai: bool) -> bytes:
             }
         )
     return _sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")
+
+
+_DEFAULT_CHUNKS = Script().chunks
+
+
+def _shaped(script: Script, body: Any, openai: bool) -> Script:
+    """The script, answering with JSON when the request asks for it (and the script says nothing of its own)."""
+    if script.chunks != _DEFAULT_CHUNKS or script.tool_calls or not isinstance(body, dict):
+        return script
+    if openai:
+        form = body.get("response_format") or {}
+        kind = form.get("type")
+        schema = (form.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
+    else:
+        form = (body.get("output_config") or {}).get("format") or {}
+        kind = form.get("type")
+        schema = form.get("schema") if kind == "json_schema" else None
+    if kind == "json_object":
+        return dataclasses.replace(script, chunks=('{"fake":', " true}"))
+    if not isinstance(schema, dict):
+        return script
+    document = json.dumps(example_of(schema, "fake"))
+    return dataclasses.replace(script, chunks=tuple(_pieces(document, 3)))
 
 
 # -- OpenAI shapes -------------------------------------------------------------------------

@@ -219,10 +219,11 @@ async def test_errors_come_back_in_anthropics_shape(sdk, fake_llm, llm_app):
             model="persona",
             max_tokens=10,
             tools=TOOLS,
-            tool_choice={"type": "any"},
+            tool_choice={"type": "tool", "name": "not_offered"},
             messages=[{"role": "user", "content": "x"}],
         )
     assert "`tool_choice`" in choice.value.body["error"]["message"]
+    assert "'not_offered'" in choice.value.body["error"]["message"]
 
     stranger = anthropic.AsyncAnthropic(base_url=llm_app.state.base_url, api_key="prk_nope", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError) as denied:

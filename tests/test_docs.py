@@ -193,6 +193,28 @@ async def test_context_guide_runs_as_written(echo_server):
 
 
 @pytest.mark.usefixtures("curl")
+async def test_release_guide_runs_as_written(echo_server):
+    database_url, url, _ = echo_server
+    out = await run_walk_through(ROOT / "docs" / "releases.md", "## A worked example", database_url, url)
+    # What the page says each step prints, in its order.
+    printed = [
+        "2",
+        "{'production': {'version': 1, 'pinned': True}}",
+        "3",
+        "1",
+        "{'production': {'version': 1, 'pinned': True}, 'beta': {'version': 3}}",
+        "x-persona-version: 3",
+        "2",
+        "{'version': 3, 'percent': 100}",
+        "[('user', 3, None), ('assistant', 3, 'rollout')]",
+        "{'version': 3, 'pinned': True}",
+        "None",
+    ]
+    lines = [line.strip() for line in out.splitlines()][1:]  # after the id `users create` prints
+    assert [line.lower() for line in lines] == [line.lower() for line in printed], out
+
+
+@pytest.mark.usefixtures("curl")
 async def test_authoring_worked_example_runs_as_written(echo_server):
     database_url, url, _ = echo_server
     await authoring_example(database_url, url)
@@ -265,6 +287,16 @@ async def test_python_examples_run_as_written(echo_server):
     assert "'persona/Mu'" in lines[0]
     assert lines[1] == "[echo] Say hello in five words."
     assert lines[2] == "[echo] Count to three."
+
+
+async def test_structured_output_example_runs_as_written(echo_server):
+    _, url, app = echo_server
+    owner = await app.state.resources.accounts.create_user("structured-reader")
+    key, _ = await app.state.resources.accounts.create_key(owner.id, name="docs")
+    env = {**os.environ, "PERSONA_RUNTIME_URL": url, "PERSONA_RUNTIME_KEY": key}
+    result = await run(sys.executable, str(EXAMPLES / "structured_output.py"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[echo] Plan a trip. for 0 days"
 
 
 async def test_anthropic_sdk_example_runs_as_written(echo_server):

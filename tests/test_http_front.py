@@ -39,6 +39,8 @@ class App:
         while (await receive()).get("more_body"):
             pass
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        if scope["path"] == "/late-body":  # the head goes out, the body only once released
+            await self.release.wait()
         await send({"type": "http.response.body", "body": b"ok"})
 
 
@@ -73,6 +75,41 @@ def request(*headers: str) -> bytes:
     return (
         "GET / HTTP/1.1\r\nHost: test\r\n" + "".join(f"{h}\r\n" for h in headers) + "Connection: close\r\n\r\n"
     ).encode()
+
+
+async def test_a_head_is_not_held_for_a_body_that_comes_later():
+    # A head waits for its body only within one turn of the event loop: an app that starts its response and
+    # then waits has its head at the client while it waits.
+    app = App()
+    async with front(app) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /late-body HTTP/1.1\r\nHost: test\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: 2" in head
+            assert not app.release.is_set()
+            app.release.set()
+            assert await asyncio.wait_for(reader.readexactly(2), 2) == b"ok"
+        finally:
+            writer.close()
+
+
+async def test_pipelined_and_expect_continue_requests_are_answered_whole_and_in_order():
+    async with front(App()) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n" * 3)
+            for _ in range(3):
+                answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\nok"), 2)
+                assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1") == 1
+            writer.write(b"POST / HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"hello")
+            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\nok"), 2)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+        finally:
+            writer.close()
 
 
 async def test_a_header_over_16_kib_is_a_431_and_one_under_is_served():

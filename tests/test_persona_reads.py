@@ -22,6 +22,7 @@ from personas.cache import MemoryCache, RedisCache
 from personas.entries import (
     CACHE_VERSION,
     DEFAULT_KEY,
+    PersonaEntry,
     id_decoder,
     name_key,
     owned_name_key,
@@ -31,7 +32,7 @@ from personas.entries import (
 )
 from personas.models import Persona, PersonaPatch
 from personas.service import PersonaService
-from personas.store import FIND_OWNED_BY_NAME, FIND_PUBLIC_BY_NAME, GET, GET_DEFAULT, GET_PREFERENCE, PersonaStore
+from personas.store import FIND_OWNED_BY_NAME, FIND_PUBLIC_BY_NAME, GET_DEFAULT, GET_ENTRY, GET_PREFERENCE, PersonaStore
 from runtime.access.accounts import AUTHENTICATE, Accounts
 from runtime.access.auth import Authenticator
 from tests.conftest import persona_body
@@ -114,12 +115,12 @@ async def test_a_hundred_first_requests_look_up_the_key_the_preference_and_the_p
 
     answers = await asyncio.gather(*(request() for _ in range(100)))
     assert {(p.id, source) for p, source in answers} == {(persona.id, "preference")}
-    assert pool.queries == Counter({AUTHENTICATE: 1, GET_PREFERENCE: 1, GET: 1})
+    assert pool.queries == Counter({AUTHENTICATE: 1, GET_PREFERENCE: 1, GET_ENTRY: 1})
     assert await redis_gets(redis_process.url) == 2  # the preference and the persona, once each
 
     await reset_redis_stats(redis_process.url)
     await asyncio.gather(*(request() for _ in range(100)))
-    assert pool.queries == Counter({AUTHENTICATE: 1, GET_PREFERENCE: 1, GET: 1})
+    assert pool.queries == Counter({AUTHENTICATE: 1, GET_PREFERENCE: 1, GET_ENTRY: 1})
     assert await redis_gets(redis_process.url) == 0  # hot: served from this process's memory
 
 
@@ -272,7 +273,7 @@ async def test_a_cached_entry_that_does_not_decode_is_reloaded_and_replaced(
     assert "does not decode" in caplog.text
 
     # Each entry was overwritten with one that decodes.
-    assert persona_decoder.decode(await raw.get(PREFIX + persona_key(persona.id))).name == name
+    assert persona_decoder.decode(await raw.get(PREFIX + persona_key(persona.id))).persona.name == name
     assert id_decoder.decode(await raw.get(PREFIX + preference_key(alice.user.id))) == persona.id
     assert id_decoder.decode(await raw.get(PREFIX + DEFAULT_KEY)) == default_id
     assert id_decoder.decode(await raw.get(PREFIX + owned_name_key(alice.user.id, name))) == persona.id
@@ -319,7 +320,7 @@ async def test_a_lookup_that_meets_a_dead_database_fails_for_every_waiter_and_is
         assert all(isinstance(r, ServiceUnavailable) for r in refused)  # never a pass, never a 401
         failed = await asyncio.gather(*(store.get(persona.id) for _ in range(20)), return_exceptions=True)
         assert all(isinstance(r, Exception) for r in failed)
-        assert counting.queries == Counter({AUTHENTICATE: 1, GET: 1})  # one attempt each, shared
+        assert counting.queries == Counter({AUTHENTICATE: 1, GET_ENTRY: 1})  # one attempt each, shared
 
         await proxy.start()
         # Nothing was remembered of the failures: the very next reads succeed.
@@ -344,21 +345,23 @@ async def test_an_edit_builds_on_the_latest_version_when_another_instance_made_i
     assert edited.version == 3
 
 
-# The shape of a cached persona, per cache version. Persona (or what it nests) changed shape if this fails:
-# bump CACHE_VERSION in personas/entries.py, so a deploy never reads old entries, and record the new shape.
+# The shape of a cached persona, per cache version (to v6 a Persona, since v7 a PersonaEntry: the persona with its
+# labels and rollout). It changed shape if this fails: bump CACHE_VERSION in personas/entries.py, so a deploy
+# never reads old entries, and record the new shape.
 SHAPES = {
     "v2": "055e585a0bff5082",
     "v3": "7e09ce10c5120bbb",
     "v4": "98fa1ef41b336813",
     "v5": "88d1942c6fe166cd",
     "v6": "d90961e483e4b8c0",
+    "v7": "e1bb12963d3598e6",
 }
 
 
 def test_the_cache_version_changes_with_the_shape_of_a_cached_persona():
-    shape = hashlib.sha256(msgspec.json.encode(msgspec.json.schema(Persona))).hexdigest()[:16]
+    shape = hashlib.sha256(msgspec.json.encode(msgspec.json.schema(PersonaEntry))).hexdigest()[:16]
     assert SHAPES.get(CACHE_VERSION) == shape, (
-        f"Persona's encoded shape is now {shape}: bump CACHE_VERSION in personas/entries.py and record it here"
+        f"PersonaEntry's encoded shape is now {shape}: bump CACHE_VERSION in personas/entries.py and record it here"
     )
 
 

@@ -89,7 +89,7 @@ async def test_stats_count_what_was_sent_per_version_model_variant_and_day(llm_c
     by_model = {row["key"]: row for row in await rows_once(llm_client, stats, alice, 5, by="model")}
     assert by_model["gpt-b"]["turns"] == 2 and by_model["gpt-b"]["errors"] == 1
     by_variant = {row["key"]: row["turns"] for row in await rows_once(llm_client, stats, alice, 5, by="variant")}
-    assert by_variant == {"production": 4, "draft": 1}
+    assert by_variant == {"production": 4, "pinned": 1}  # the preview of a saved version
     (today,) = await rows_once(llm_client, stats, alice, 5, by="day")
     assert today["key"] == datetime.now(UTC).date().isoformat()
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()

@@ -185,7 +185,7 @@ async def test_responses_turns_are_recorded(llm_app, llm_client, fake_llm, alice
     assert (record["route"], record["outcome"]) == ("responses", "complete")
 
 
-async def test_an_authors_preview_is_recorded_as_a_draft(llm_app, llm_client, fake_llm, alice):
+async def test_an_authors_previews_are_recorded_as_pinned_or_draft(llm_app, llm_client, fake_llm, alice):
     persona = await make_persona(llm_client, alice)
     fake_llm.script(chunks=("tried",))
     r = await llm_client.post(
@@ -193,7 +193,13 @@ async def test_an_authors_preview_is_recorded_as_a_draft(llm_app, llm_client, fa
     )
     assert r.status_code == 200, r.text
     record = await record_of(llm_app, r.headers["x-persona-turn-id"])
-    assert (record["variant"], record["route"], record["persona_id"]) == ("draft", "preview", uuid.UUID(persona["id"]))
+    assert (record["variant"], record["route"], record["persona_id"]) == ("pinned", "preview", uuid.UUID(persona["id"]))
+    fake_llm.script(chunks=("drafted",))
+    draft = persona_body(model_settings={"provider": "openai"})
+    r = await llm_client.post(f"{PERSONAS}/preview", json={"persona": draft, "message": SECRET}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    record = await record_of(llm_app, r.headers["x-persona-turn-id"])
+    assert (record["variant"], record["route"], record["persona_version"]) == ("draft", "preview", 0)
 
 
 async def test_a_turn_whose_provider_fails_is_recorded_as_an_error(llm_app, llm_client, fake_llm, alice):
@@ -328,4 +334,4 @@ async def test_each_candidate_of_a_comparison_and_each_test_run_is_recorded(llm_
         return len(routes) == 3
 
     assert await eventually(written), routes
-    assert routes == [("compare", "draft"), ("compare", "draft"), ("test_run", "draft")]
+    assert routes == [("compare", "pinned"), ("compare", "pinned"), ("test_run", "pinned")]

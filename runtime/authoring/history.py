@@ -7,38 +7,12 @@ from uuid import UUID
 import msgspec
 
 from core.errors import NotFound
-from personas.models import CONTENT_FIELDS, Caller, ExampleMessage, Limits, Lorebook, ModelSettings, Persona, Tool
+from personas.models import CONTENT_FIELDS, Caller, Persona
 from personas.service import PersonaService, check_draft
-from personas.store import PersonaVersion, VersionSummary
+from personas.store import VersionSummary
+from personas.versions import as_of
 
 __all__ = ["PersonaHistory", "as_of"]
-
-
-def as_of(current: Persona, saved: PersonaVersion) -> Persona:
-    """``current`` with the content it had at ``saved.version``.
-
-    Identity, owner and flags (``is_active``, ``is_default``) are the persona's own, not part of a version;
-    ``updated_at`` is when that version was saved.
-    """
-    return msgspec.structs.replace(
-        current,
-        name=saved.name,
-        description=saved.description,
-        system_prompt=saved.system_prompt,
-        personality_traits=saved.personality_traits,
-        capabilities=saved.capabilities,
-        model_settings=msgspec.convert(saved.model_settings, ModelSettings),
-        tools=msgspec.convert(saved.tools, list[Tool]),
-        visibility=saved.visibility,
-        extensions=saved.extensions,
-        limits=msgspec.convert(saved.limits, Limits),
-        lorebook=None if saved.lorebook is None else msgspec.convert(saved.lorebook, Lorebook),
-        greetings=saved.greetings,
-        example_messages=msgspec.convert(saved.example_messages, list[ExampleMessage]),
-        scenario=saved.scenario,
-        version=saved.version,
-        updated_at=saved.created_at,
-    )
 
 
 class PersonaHistory:

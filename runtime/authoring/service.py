@@ -27,6 +27,7 @@ from personas.service import draft_persona
 from providers import ChatMessage
 from runtime.access.limits import Admission
 from runtime.authoring.history import PersonaHistory
+from runtime.authoring.releases import PersonaReleases
 from runtime.authoring.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
 from runtime.chat.context import ContextAccount
 from runtime.chat.lore import TurnLore
@@ -167,6 +168,7 @@ class AuthoringService:
     def __init__(self, chat: ChatPipeline, tests: PersonaTestStore) -> None:
         self.chat = chat
         self.history = PersonaHistory(chat.personas)
+        self.releases = PersonaReleases(chat.personas)
         self.tests = tests
 
     # Choosing the persona ---------------------------------------------------------------------------

@@ -17,8 +17,8 @@ MessageStatus = Literal["pending", "complete", "incomplete", "error"]
 
 _CONVERSATION = """id, title, persona_id, persona_version, created_at, updated_at, user_turns, token_ratio, summary,
     summary_tokens, summary_covers_seq, summary_covers_message_id, summary_updated_at, lore_state"""
-_MESSAGE = """id, role, content, status, persona_id, persona_version, persona_source, provider, model, usage,
-    latency_ms, finish_reason, tool_calls, context, created_at"""
+_MESSAGE = """id, role, content, status, persona_id, persona_version, persona_source, variant, provider, model,
+    usage, latency_ms, finish_reason, tool_calls, context, created_at"""
 
 GET_CONVERSATION = f"SELECT {_CONVERSATION} FROM conversations WHERE id = $1 AND user_id = $2"
 LIST_CONVERSATIONS = f"""
@@ -34,8 +34,9 @@ question AS (
     SELECT id, 'user', $2, $3, $4, $5, $9 FROM conversation RETURNING conversation_id
 ), answer AS (
     INSERT INTO messages (conversation_id, role, status, persona_id, persona_version, persona_source, provider, model,
-                          lease_until)
-    SELECT conversation_id, 'assistant', 'pending', $3, $4, $5, $6, $7, clock_timestamp() + $8 * interval '1 second'
+                          lease_until, variant)
+    SELECT conversation_id, 'assistant', 'pending', $3, $4, $5, $6, $7, clock_timestamp() + $8 * interval '1 second',
+           $12
     FROM question RETURNING id
 )"""
 BEGIN_TURN_NEW = f"""
@@ -58,8 +59,8 @@ WITH conversation AS (
     INSERT INTO conversations (user_id, title, persona_id, persona_version) VALUES ($1, $2, $3, $4)
     RETURNING {_CONVERSATION}
 ), greeting AS (
-    INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source, tokens)
-    SELECT id, 'assistant', $5, $3, $4, $6, $7 FROM conversation WHERE $5::text IS NOT NULL
+    INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source, tokens, variant)
+    SELECT id, 'assistant', $5, $3, $4, $6, $7, $8 FROM conversation WHERE $5::text IS NOT NULL
 )
 SELECT * FROM conversation"""
 _FINISH = """
@@ -169,6 +170,8 @@ class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
     persona_id: UUID | None
     persona_version: int | None
     persona_source: str | None
+    # How the persona's version was chosen (section 16); null for questions and answers stored before.
+    variant: str | None
     provider: str | None
     model: str | None
     usage: dict[str, int] | None
@@ -277,10 +280,11 @@ class ConversationStore:
         persona_source: str,
         greeting: str | None,
         tokens: int | None,
+        variant: str = "production",
     ) -> Conversation:
         """A new conversation of the user with the persona, opened by ``greeting`` (``tokens`` its cost in a
         context) as the persona's message, or empty when ``greeting`` is None."""
-        args = (user_id, title, persona_id, persona_version, greeting, persona_source, tokens)
+        args = (user_id, title, persona_id, persona_version, greeting, persona_source, tokens, variant)
         return _conversation(await self._pool.fetchrow(START_CONVERSATION, *args))
 
     async def begin_turn(
@@ -296,6 +300,7 @@ class ConversationStore:
         model: str,
         tokens: int | None = None,
         lore_state: dict[str, list[int]] | None = None,
+        variant: str = "production",
     ) -> tuple[Conversation, UUID]:
         """Store the user's message (and the conversation, when new) and a pending answer, in one statement.
 
@@ -305,10 +310,10 @@ class ConversationStore:
         """
         args = (message, persona_id, persona_version, persona_source, provider, model, self.lease_seconds, tokens)
         if conversation is None:
-            record = await self._pool.fetchrow(BEGIN_TURN_NEW, user_id, *args, title_for(message), lore_state)
+            record = await self._pool.fetchrow(BEGIN_TURN_NEW, user_id, *args, title_for(message), lore_state, variant)
         else:
             record = await self._pool.fetchrow(
-                BEGIN_TURN_EXISTING, conversation.id, *args, lore_state is not None, lore_state
+                BEGIN_TURN_EXISTING, conversation.id, *args, lore_state is not None, lore_state, variant
             )
             if record is None:  # deleted since it was read
                 raise NotFound(

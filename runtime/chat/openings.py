@@ -15,7 +15,7 @@ from personas.models import Caller
 from runtime.chat.conversations import Conversation
 from runtime.chat.pipeline import ChatPipeline
 from runtime.chat.prompt import plan_routes, render_greeting
-from runtime.chat.resolve import resolve_persona
+from runtime.chat.resolve import resolve_persona, serve_version
 from runtime.chat.tokens import ESTIMATE, MESSAGE_OVERHEAD, tokenizer_for
 
 __all__ = ["start_conversation"]
@@ -27,6 +27,7 @@ async def start_conversation(
     """The caller's new conversation with the persona chat would resolve (``persona_id``, else their preferred
     one, else the default), opened by its greeting ``greeting`` (None: the first, if any)."""
     persona, source = await resolve_persona(chat.personas, caller, requested=persona_id, conversation=None)
+    persona, variant = await serve_version(chat.personas, caller, persona, None, field="persona_id")
     greetings = persona.greetings
     if greeting is not None and not greetings:
         raise BadRequest(
@@ -58,4 +59,5 @@ async def start_conversation(
         persona_source=source,
         greeting=text,
         tokens=tokens,
+        variant=variant,
     )

@@ -24,8 +24,9 @@ from core.errors import BadRequest, PayloadTooLarge, PersonaRuntimeError, Provid
 from core.events import PersonaRef, Start
 from core.metrics import Metrics
 from personas.models import Caller, Persona
+from personas.releases import Variant
 from personas.service import PersonaService
-from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
+from providers import NO_OPTIONS, ChatMessage, Options, ProviderRequest, ProviderSet, ToolSpec, refusal
 from runtime.access.limits import Admission, Limiter
 from runtime.chat.collector import TurnResult
 from runtime.chat.context import Built, ContextBuilder
@@ -35,7 +36,7 @@ from runtime.chat.leases import Leases
 from runtime.chat.lore import TurnLore, lore_for
 from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes, tool_specs
 from runtime.chat.recall import TurnMemory
-from runtime.chat.resolve import PersonaSource, resolve_persona, resolve_persona_name
+from runtime.chat.resolve import PersonaSource, resolve_model_persona, resolve_persona, serve_version
 from runtime.chat.summaries import Summarizer
 from runtime.chat.tokens import ANSWER_RESERVE, estimate_size
 from runtime.chat.turn import AnswerStream, Outcome, Turn, open_answer
@@ -43,6 +44,7 @@ from runtime.memory import Extractor, Recall
 from runtime.turns import TurnLog
 
 if TYPE_CHECKING:
+    from core.traces import Traces, TurnSpan
     from runtime.chat.recordings import StatusOf, StreamRecorder
 
 __all__ = ["UNCHECKED", "Answer", "ChatPipeline", "TurnInput", "TurnPlan"]
@@ -72,7 +74,8 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     The ``*_fields`` name the wire field each piece of client text came in, so an error names what the
     client sent: one per message (None: not checked, such as an assistant turn of an Anthropic body), one
     per system text, and one per tool (where its ``name`` and ``description`` are). Left empty, they are
-    ``messages[i].content``, ``system[i]`` and ``tools[i]``.
+    ``messages[i].content``, ``system[i]`` and ``tools[i]``; ``option_fields`` maps an option's name to its
+    wire field where they differ.
     """
 
     messages: tuple[ChatMessage, ...]
@@ -84,6 +87,9 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     persona: Persona | None = None
     persona_name: str | None = None
     persona_id: UUID | None = None
+    # Which version of the resolved persona (section 16): a label, a number (owner and admins), or None for
+    # production or the caller's rollout variant. ``persona_name`` may carry its own (`Mu@beta`).
+    persona_version: int | str | None = None
     conversation_id: UUID | None = None
     provider: str | None = None
     model: str | None = None
@@ -96,6 +102,10 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     message_fields: tuple[str | None, ...] = ()
     system_fields: tuple[str, ...] = ()
     tool_fields: tuple[str, ...] = ()
+    # The client's parameters beyond sampling, checked against the persona's provider at plan time; with the
+    # wire field each came in where the route names it otherwise (`stop` is `stop_sequences` on /v1/messages).
+    options: Options = NO_OPTIONS
+    option_fields: dict[str, str] | None = None
 
     def check(self, max_chars: int) -> None:
         """Every input check of a turn: each message's text, the client's system text and its tools."""
@@ -125,6 +135,15 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
                 )
 
 
+def _check_choice(kind: str, name: str | None, tools: tuple[ToolSpec, ...], field: str) -> None:
+    """A ``tool_choice`` that forces a call names a tool the turn offers (the persona's or the client's)."""
+    if not tools:
+        raise BadRequest(f"`{field}` asks for a tool call, but no tool is offered: send `tools`.", field=field)
+    if kind == "tool" and name not in {t.name for t in tools}:
+        offered = ", ".join(t.name for t in tools)
+        raise BadRequest(f"`{field}` names the tool {name!r}, which is not offered; offered: {offered}.", field=field)
+
+
 def _check_text(text: str, field: str, max_chars: int, fix: str) -> None:
     if not text.strip():
         raise BadRequest(f"`{field}` is empty: {fix}.", field=field)
@@ -147,13 +166,8 @@ class TurnPlan:
     # (a retry after the provider said the request was too long).
     context: Built
     cut: int = 0
-    # Which of the persona's versions serves the turn, as its record says: production for chats, draft for an
-    # author's previews, comparisons and test runs.
-    variant: str = "production"
-
-
-# Routes whose turns are an author trying a persona, not its traffic: their records say variant `draft`.
-AUTHORING_ROUTES = frozenset({"preview", "compare", "test_run"})
+    # How ``persona``'s version was chosen: what stored answers and turn records say (section 16).
+    variant: Variant = "production"
 
 
 class ChatPipeline:
@@ -176,9 +190,12 @@ class ChatPipeline:
         summary_model: str | None = None,
         recall: Recall | None = None,
         extractor: Extractor | None = None,
+        traces: Traces | None = None,
         records: TurnLog | None = None,
     ) -> None:
         self.personas = personas
+        # Where each turn's span goes (OTEL_EXPORTER_OTLP_ENDPOINT); None: no traces, and no work for them.
+        self.traces = traces
         # Where every turn's record goes when it ends (None: no records).
         self.records = records
         # Where turns read their users' memories, and what extracts new ones after them (None: no memory).
@@ -205,19 +222,28 @@ class ChatPipeline:
 
     # resolve → plan ---------------------------------------------------------------------------------
 
-    async def resolve(self, caller: Caller, turn: TurnInput) -> tuple[Persona, PersonaSource, Conversation | None]:
-        """Which persona answers and why, and the caller's conversation the turn belongs to (if any)."""
+    async def resolve(
+        self, caller: Caller, turn: TurnInput
+    ) -> tuple[Persona, PersonaSource, Conversation | None, Variant]:
+        """Which persona answers, in which version, and why; and the caller's conversation the turn belongs to."""
         conversation = (
             await self.conversations.get(caller.user_id, turn.conversation_id) if turn.conversation_id else None
         )
         if turn.persona is not None:
-            return turn.persona, "request", conversation
+            # An author's pick: an unsaved draft (version 0), else a saved version.
+            return turn.persona, "request", conversation, "draft" if turn.persona.version == 0 else "pinned"
+        selector, field = turn.persona_version, "persona_version"
         if turn.persona_name is not None:
-            return await resolve_persona_name(self.personas, caller, turn.persona_name), "request", conversation
-        persona, source = await resolve_persona(
-            self.personas, caller, requested=turn.persona_id, conversation=conversation
-        )
-        return persona, source, conversation
+            persona, named = await resolve_model_persona(self.personas, caller, turn.persona_name)
+            source: PersonaSource = "request"
+            if named is not None:
+                selector, field = named, "model"
+        else:
+            persona, source = await resolve_persona(
+                self.personas, caller, requested=turn.persona_id, conversation=conversation
+            )
+        persona, variant = await serve_version(self.personas, caller, persona, selector, field=field)
+        return persona, source, conversation, variant
 
     async def plan(self, caller: Caller, turn: TurnInput, *, exact: bool = False) -> TurnPlan:
         """Everything about a turn short of calling the provider: the persona and why, the routes, the request.
@@ -227,9 +253,31 @@ class ChatPipeline:
         dropped does not fit). ``exact`` counts every part's tokens even where a bound shows it fits (render).
         """
         turn.check(self.max_message_chars)
-        persona, source, conversation = await self.resolve(caller, turn)
+        persona, source, conversation, variant = await self.resolve(caller, turn)
         routes = plan_routes(persona, self.providers, self.default_provider, provider=turn.provider, model=turn.model)
-        return await self._compose(caller, turn, persona, source, conversation, routes, exact=exact)
+        if turn.options is not NO_OPTIONS:
+            routes = self._taking(routes, turn)
+        return await self._compose(caller, turn, persona, source, conversation, routes, exact=exact, variant=variant)
+
+    def _taking(self, routes: list[Route], turn: TurnInput) -> list[Route]:
+        """The routes whose providers take every option of the turn: a 400 naming the first option the persona's
+        own provider cannot take (so none is dropped without a word); a fallback that cannot is left out."""
+        kept: list[Route] = []
+        for index, route in enumerate(routes):
+            refused = refusal(self.providers.get(route.provider), turn.options)
+            if refused is None:
+                kept.append(route)
+            elif index == 0:
+                name, why = refused
+                field = (turn.option_fields or {}).get(name, name)
+                raise BadRequest(
+                    f"`{field}` cannot be served: {why}. The persona answers through provider {route.provider!r}; "
+                    f"leave `{field}` out, or use a persona on a provider that takes it.",
+                    field=field,
+                )
+            else:
+                _log.info("fallback provider %s skipped: it cannot take `%s`", route.provider, refused[0])
+        return kept
 
     async def _compose(
         self,
@@ -243,6 +291,7 @@ class ChatPipeline:
         exact: bool = False,
         cut: int = 0,
         until_seq: int | None = None,
+        variant: Variant = "production",
     ) -> TurnPlan:
         own = self.prompts.render(persona, caller)
         lore = None
@@ -276,6 +325,9 @@ class ChatPipeline:
         if turn.tools:
             names = {t.name for t in turn.tools}
             tools = (*(t for t in tools if t.name not in names), *turn.tools)
+        choice = turn.options.tool_choice
+        if choice is not None and choice.type in ("required", "tool"):
+            _check_choice(choice.type, choice.name, tools, (turn.option_fields or {}).get("tool_choice", "tool_choice"))
         built = await self.context.build(
             persona,
             routes[0].model,
@@ -303,6 +355,7 @@ class ChatPipeline:
             temperature=turn.temperature,
             top_p=turn.top_p,
             max_tokens=turn.max_tokens,
+            options=turn.options,
         )
         return TurnPlan(
             caller=caller,
@@ -314,7 +367,7 @@ class ChatPipeline:
             request=request,
             context=built,
             cut=cut,
-            variant="draft" if turn.route in AUTHORING_ROUTES else "production",
+            variant=variant,
         )
 
     async def _shorter(self, plan: TurnPlan, refused: ProviderContextExceeded) -> TurnPlan | None:
@@ -338,6 +391,7 @@ class ChatPipeline:
             plan.routes,
             cut=cut,
             until_seq=built.newest_read_seq or 0,
+            variant=plan.variant,
         )
 
     def upstream_body(self, plan: TurnPlan) -> dict[str, Any]:
@@ -370,17 +424,34 @@ class ChatPipeline:
 
     async def open(self, plan: TurnPlan, admission: Admission | _Unchecked | None = UNCHECKED) -> Turn:
         """Check the limits (unless ``admission`` says they were), store the question (when the turn is kept),
-        then open the provider stream, trying fallbacks."""
-        if isinstance(admission, _Unchecked):
-            admission = await self.admit([plan])
+        then open the provider stream, trying fallbacks. With traces on, the turn is a span from here to its end."""
+        span = None if self.traces is None else self._span(plan, self.traces)
         try:
-            return await self._open(plan, admission)
-        except BaseException:
-            if admission is not None:
+            if isinstance(admission, _Unchecked):
+                admission = await self.admit([plan])
+            return await self._open(plan, admission, span)
+        except BaseException as exc:
+            if isinstance(admission, Admission):
                 admission.release(plan.persona.id)  # the turn never ran: its reservation goes back
+            if span is not None:
+                outcome = "rejected" if isinstance(exc, RateLimited) else "error"
+                kept = plan.conversation.id if plan.conversation is not None else None
+                span.end(outcome, error=_code(exc), conversation_id=str(kept) if kept else None)
             raise
 
-    async def _open(self, plan: TurnPlan, admission: Admission | None) -> Turn:
+    def _span(self, plan: TurnPlan, traces: Traces) -> TurnSpan:
+        route, request = plan.routes[0], plan.request
+        return traces.turn(
+            provider=route.provider,
+            model=route.model,
+            persona_id=str(plan.persona.id),
+            persona_version=plan.persona.version,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=request.max_tokens,
+        )
+
+    async def _open(self, plan: TurnPlan, admission: Admission | None, span: TurnSpan | None) -> Turn:
         persona, routes = plan.persona, plan.routes
         began = time.monotonic()
         conversation: Conversation | None = None
@@ -397,6 +468,7 @@ class ChatPipeline:
                 persona_id=persona.id,
                 persona_version=persona.version,
                 persona_source=plan.source,
+                variant=plan.variant,
                 provider=routes[0].provider,
                 model=routes[0].model,
             )
@@ -410,7 +482,7 @@ class ChatPipeline:
                 then=self._after(plan, conversation, answer_id),
             )
         try:
-            stream = await self._first_answer(plan, outcome)
+            stream = await self._first_answer(plan, outcome, span)
         except BaseException as exc:
             self._record_unopened(plan, outcome.message_id if outcome is not None else None, began, exc)
             if outcome is not None:
@@ -444,8 +516,11 @@ class ChatPipeline:
             admission=admission,
             records=self.records,
             key_id=plan.caller.key_id,
+            span=span,
             variant=plan.variant,
         )
+        if span is not None and stream.route is not routes[0]:
+            span.answered(stream.route.provider, stream.route.model)
         if outcome is not None and self.leases is not None:
             self.leases.attach(outcome.message_id, turn.cancel)
         return turn
@@ -478,17 +553,18 @@ class ChatPipeline:
             )
         )
 
-    async def _first_answer(self, plan: TurnPlan, outcome: Outcome | None) -> AnswerStream:
-        """Open the answer; once more within a smaller budget when the provider says the request is too long."""
+    async def _first_answer(self, plan: TurnPlan, outcome: Outcome | None, span: TurnSpan | None) -> AnswerStream:
+        """Open the answer; once more within a smaller budget when the provider says the request is too long.
+        A traced turn's requests carry its span's context upstream."""
         try:
-            return await open_answer(self.providers, plan.routes, plan.request, metrics=self.metrics)
+            return await open_answer(self.providers, plan.routes, _traced(plan.request, span), metrics=self.metrics)
         except ProviderContextExceeded as refused:
             shorter = await self._shorter(plan, refused)
             if shorter is None:
                 raise
         if outcome is not None:
             outcome.context = shorter.context
-        return await open_answer(self.providers, shorter.routes, shorter.request, metrics=self.metrics)
+        return await open_answer(self.providers, shorter.routes, _traced(shorter.request, span), metrics=self.metrics)
 
     def _after(
         self, plan: TurnPlan, conversation: Conversation, answer_id: UUID
@@ -590,6 +666,17 @@ class ChatPipeline:
         if self._background:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*self._background, return_exceptions=True), timeout=10)
+
+
+def _traced(request: ProviderRequest, span: TurnSpan | None) -> ProviderRequest:
+    return request if span is None else msgspec.structs.replace(request, trace_context=span.headers)
+
+
+def _code(exc: BaseException) -> str:
+    """What a span says failed: our error's code, else the exception's class (never its message)."""
+    if isinstance(exc, PersonaRuntimeError):
+        return exc.code
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__
 
 
 def _reserve(request: ProviderRequest) -> int:

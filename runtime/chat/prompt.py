@@ -12,7 +12,7 @@ import msgspec
 from core.errors import BadRequest
 from personas.models import Caller, Persona
 from personas.template import PER_TURN_VARIABLES, placeholders, render_template
-from providers import ChatMessage, ProviderRequest, ProviderSet, ToolSpec
+from providers import NO_OPTIONS, ChatMessage, Options, ProviderRequest, ProviderSet, ToolSpec
 
 __all__ = [
     "SCENARIO_HEADING",
@@ -187,8 +187,10 @@ def build_request(
     temperature: float | None = None,
     top_p: float | None = None,
     max_tokens: int | None = None,
+    options: Options = NO_OPTIONS,
 ) -> ProviderRequest:
-    """The provider-neutral request: sampling parameters from the call, else from the persona.
+    """The provider-neutral request: sampling parameters from the call, else from the persona; the client's
+    other parameters (``options``) as they came.
 
     ``persona_chars`` is how much of ``system_prompt`` is the persona's own (all of it when ``None``): with
     the persona's tools, the prefix providers are asked to cache unless its ``prompt_cache`` is off.
@@ -213,4 +215,5 @@ def build_request(
         max_tokens=max_tokens if max_tokens is not None else settings.max_tokens,
         cached_system_chars=min(persona_chars, len(system_prompt)) if cache and persona_chars else 0,
         cached_tools=persona_tools if settings.prompt_cache else 0,
+        options=options,
     )

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import msgspec
@@ -26,6 +26,7 @@ from core.errors import (
 from core.events import Done, Finish, ProviderEvent, Start, TurnEvent, Usage, error_event
 from core.logs import REQUEST_ID
 from core.metrics import Metrics
+from personas.releases import Variant
 from providers import ProviderRequest, ProviderSet, batches_of
 from runtime.access.limits import Admission
 from runtime.chat.collector import Collector, TurnResult
@@ -35,6 +36,9 @@ from runtime.chat.leases import Leases
 from runtime.chat.prompt import Route
 from runtime.chat.tokens import MESSAGE_OVERHEAD, calibrated
 from runtime.turns import TurnLog
+
+if TYPE_CHECKING:
+    from core.traces import TurnSpan
 
 __all__ = ["AnswerStream", "Collector", "Outcome", "Turn", "TurnResult", "open_answer"]
 
@@ -233,12 +237,15 @@ class Turn:
         metrics: Metrics | None = None,
         route: str = "chat",
         admission: Admission | None = None,
+        span: TurnSpan | None = None,
+        variant: Variant = "production",
         records: TurnLog | None = None,
         key_id: UUID | None = None,
-        variant: str = "production",
     ) -> None:
         self.spawn = spawn
-        # Where the turn's record goes at its end (None: not recorded), and what it says beyond ``start``.
+        self.span = span
+        # How the persona's version was chosen (section 16), where the turn's record goes at its end (None: not
+        # recorded), and the key it came with.
         self.records = records
         self.key_id = key_id
         self.variant = variant
@@ -414,6 +421,17 @@ class Turn:
                 metrics.tokens.labels(provider, "input").inc(usage.input_tokens)
                 metrics.tokens.labels(provider, "output").inc(usage.output_tokens)
                 metrics.tokens.labels(provider, "cached").inc(usage.cached_input_tokens)
+        if self.span is not None:
+            failure = self.failure
+            self.span.end(
+                outcome,
+                input_tokens=usage.input_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None,
+                cached_tokens=usage.cached_input_tokens if usage else 0,
+                finish_reason=self.said.finish,
+                error=failure.code if failure is not None and outcome == "error" else None,
+                conversation_id=str(start.conversation_id) if start.conversation_id else None,
+            )
         if not log.isEnabledFor(logging.INFO):
             return
         log.info(

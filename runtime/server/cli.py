@@ -75,6 +75,8 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   MAX_CONNECTIONS            connections each worker serves at once; past it a 503 (10000)
   HEADER_TIMEOUT_SECONDS     how long a request's headers may take to arrive; then a 408 (10)
   SSL_CERT_FILE, SSL_CERT_DIR, HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY   how providers are reached
+  OTEL_EXPORTER_OTLP_ENDPOINT   OTLP/HTTP collector each chat turn is sent to as a span (no traces; needs
+                                the otel extra); the SDK's OTEL_* variables apply
 """
 
 

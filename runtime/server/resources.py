@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import asyncpg
@@ -21,6 +22,7 @@ from core.errors import Conflict, ShuttingDown
 from core.metrics import Metrics
 from core.redis_client import RedisClient, is_cluster, open_redis
 from core.signals import Signals, notify
+from core.traces import Traces
 from personas.avatars import Avatars, AvatarStore
 from personas.cache import Cache, MemoryCache, RedisCache
 from personas.changes import PERSONA_SIGNAL
@@ -182,6 +184,13 @@ async def open_resources(
 
         metrics = Metrics()
         stack.callback(metrics.close)
+        traces: Traces | None = None
+        if settings.traces_endpoint:
+            # Closed after everything that may still end a turn: its last spans are flushed then.
+            traces = Traces(settings.traces_endpoint)
+            stack.push_async_callback(traces.aclose)
+            where = urlsplit(settings.traces_endpoint)  # without any user:password@ it holds
+            log.info("traces: each chat turn is a span, exported to %s", where.netloc.rpartition("@")[2] + where.path)
 
         def looked_up(layer: str, result: str) -> None:
             metrics.cache_requests.labels(layer=layer, result=result).inc()
@@ -322,6 +331,7 @@ async def open_resources(
             metrics=metrics,
             leases=leases,
             limiter=limiter,
+            traces=traces,
             records=turns,
         )
         stack.push_async_callback(chat.aclose)

@@ -148,6 +148,9 @@ class GuardedProtocol(NoDelayProtocol):
         self._in_head = False
         self._stop_head_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:
+            cycle.transport = _HeldHead(cycle, self.transport, self.loop)  # type: ignore[assignment]
 
     def send_400_response(self, msg: str) -> None:
         # The parser reports a callback's exception as an invalid request: a refused head is a 431 instead.
@@ -160,6 +163,50 @@ class GuardedProtocol(NoDelayProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         super().connection_lost(exc)
+
+
+class _HeldHead:
+    """A response's transport until its head and first piece of body have left, together.
+
+    uvicorn writes a response's status line and headers as soon as the app starts the response, and its body
+    in a write of its own: two system calls where one would do, and on loopback a write costs as much as the
+    rest of a small response's work. The head is held here until the first piece of body, or the end of this
+    turn of the event loop, whichever comes first, so nothing waits longer than it would have; then the cycle
+    gets its own transport back and writes straight to it.
+    """
+
+    __slots__ = ("_cycle", "_head", "_loop", "_transport")
+
+    def __init__(self, cycle: Any, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._cycle = cycle
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is None:
+            self._head = data
+            self._loop.call_soon(self._release)
+            return
+        self._cycle.transport = self._transport
+        self._head = None
+        self._transport.write(head + data)
+
+    def _release(self) -> None:
+        """The end of the loop's turn: what is held goes out alone, and the cycle writes straight from now on."""
+        if self._cycle.transport is self:
+            self._cycle.transport = self._transport
+        head, self._head = self._head, None
+        if head is not None and not self._transport.is_closing():
+            self._transport.write(head)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self._release()
+        self._transport.close()
 
 
 def configure_front(limits: FrontLimits) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import msgspec
+
+from core import traces
 
 __all__ = ["POOL_MODES", "Settings", "SettingsError"]
 
@@ -95,6 +97,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     key_tokens_per_day: int | None = None
     # Live (unrevoked, unexpired) API keys one user may hold.
     max_keys_per_user: int = 100
+    # Where each turn's span is exported (OTLP over HTTP, ``.../v1/traces``); None: no traces.
+    traces_endpoint: str | None = None
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -167,8 +171,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             key_requests_per_minute=_limit(text("KEY_REQUESTS_PER_MINUTE"), "KEY_REQUESTS_PER_MINUTE"),
             key_tokens_per_day=_limit(text("KEY_TOKENS_PER_DAY"), "KEY_TOKENS_PER_DAY"),
             max_keys_per_user=_at_least_one(int(number("MAX_KEYS_PER_USER", 100)), "MAX_KEYS_PER_USER"),
+            traces_endpoint=_traces_endpoint(text),
             env=env,
         )
+
+
+def _traces_endpoint(text: Callable[[str], str | None]) -> str | None:
+    """Where spans go: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` as it is, else ``OTEL_EXPORTER_OTLP_ENDPOINT`` with the
+    signal's path, as the OpenTelemetry SDKs read them; None when neither is set (or ``OTEL_SDK_DISABLED=true``).
+    Set without the OpenTelemetry packages, start-up stops and says what to install."""
+    endpoint = text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if endpoint is None:
+        base = text("OTEL_EXPORTER_OTLP_ENDPOINT")
+        endpoint = base.rstrip("/") + "/v1/traces" if base is not None else None
+    if endpoint is None or (text("OTEL_SDK_DISABLED") or "").lower() == "true":
+        return None
+    try:
+        traces.require()
+    except traces.TracesUnavailable as exc:
+        raise SettingsError(str(exc)) from None
+    return endpoint
 
 
 def _window(value: int) -> int:
