@@ -36,6 +36,7 @@ from api.releases import ReleaseController
 from api.request_ids import RequestIdMiddleware
 from api.responses import ResponsesController
 from api.trace_context import TraceContextMiddleware
+from api.turns import FeedbackController, StatsController, UsageController
 from core.logs import configure_logging
 from providers import ProviderRegistry
 from runtime.server.resources import Resources, open_resources
@@ -80,6 +81,9 @@ def create_app(
             OpenAIController,
             AnthropicController,
             ResponsesController,
+            FeedbackController,
+            StatsController,
+            UsageController,
             playground_router(),
             vendor_router(),
         ],

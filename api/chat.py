@@ -27,7 +27,9 @@ from api.deps import CallerDep, Limit, Offset, ResourcesDep
 from api.openapi import OptionalBody, Streams, answers
 from api.schemas import MessageResponse
 from api.sse import sse_response
+from api.trace import turn_headers
 from core.errors import BadRequest, NotFound
+from core.events import Start
 from providers import ChatMessage
 from runtime.chat.collector import TurnResult
 from runtime.chat.conversations import Conversation
@@ -76,11 +78,12 @@ def chat_response(result: TurnResult, *, stored: bool = True) -> ChatResponse:
     )
 
 
-def encoded(answer: Answer, *, stored: bool = True) -> Response[Any]:
-    """A turn's answer on the wire: JSON when whole, else our SSE."""
+def encoded(answer: Answer, start: Start, *, stored: bool = True) -> Response[Any]:
+    """A turn's answer on the wire: JSON when whole, else our SSE; its turn's id in ``x-persona-turn-id``."""
+    headers = turn_headers(start)
     if isinstance(answer, TurnResult):
-        return Response(chat_response(answer, stored=stored))
-    return sse_response(answer)
+        return Response(chat_response(answer, stored=stored), headers=headers)
+    return sse_response(answer, headers)
 
 
 class ChatController(Controller):
@@ -106,7 +109,8 @@ class ChatController(Controller):
         )
         turn = await resources.chat.run(caller, asked)
         heartbeat = resources.settings.heartbeat_seconds
-        return encoded(await resources.chat.answer(turn, stream=stream, resumable=data.resumable, heartbeat=heartbeat))
+        answer = await resources.chat.answer(turn, stream=stream, resumable=data.resumable, heartbeat=heartbeat)
+        return encoded(answer, turn.start)
 
 
 def _after(message_id: UUID, last_event_id: str | None, after: str | None) -> int:

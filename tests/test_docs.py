@@ -482,3 +482,20 @@ async def test_api_guide_persona_and_avatar_examples_run_as_written(echo_server,
     assert '"version":2' in out and '"tone":"warm"' in out
     assert re.search(r'"message":"[^"]*Quill[^"]*"', out), out
     assert '"content_type":"image/png"' in out and "200 image/png " in out
+
+
+@pytest.mark.usefixtures("curl")
+async def test_turns_curl_examples_run_as_written(echo_server, tmp_path):
+    database_url, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("turns-curl")
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    script = bash_blocks(ROOT / "docs" / "api.md", "## Turns, feedback and analytics")
+    env = {**cli_env(database_url), "BASE": url, "KEY": key}
+    result = await run_guide(script, env, tmp_path)
+    down, up, stats, usage, removed = result.stdout.strip().split("\n")
+    assert '"rating":-1' in down and '"comment":"Counted wrong."' in down
+    assert '"rating":1' in up and '"comment":null' in up
+    assert '"rows":[{"key":1,"turns":1,"users":1,' in stats and '"feedback_up":1,"feedback_down":0' in stats
+    assert '"turns":1,' in usage and '"errors":0' in usage
+    assert '"message":"Feedback removed"' in removed

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from runtime.chat.summaries import Summarizer
 from runtime.chat.tokens import ANSWER_RESERVE, estimate_size, image_tokens
 from runtime.chat.turn import AnswerStream, Outcome, Turn, open_answer
 from runtime.memory import Extractor, Recall
+from runtime.turns import TurnLog
 
 if TYPE_CHECKING:
     from core.traces import Traces, TurnSpan
@@ -98,7 +100,8 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     stream: bool = False
     # False: the turn uses no memories and extracts none (`"memory": false`, `x-persona-memory: off`).
     memory: bool = True
-    # Which route asked, for metrics: chat, chat_completions, messages, preview, compare, test_run.
+    # Which route asked, for metrics and turn records: chat, chat_completions, messages, responses, preview,
+    # compare, test_run.
     route: str = "chat"
     message_fields: tuple[str | None, ...] = ()
     system_fields: tuple[str, ...] = ()
@@ -211,10 +214,13 @@ class ChatPipeline:
         recall: Recall | None = None,
         extractor: Extractor | None = None,
         traces: Traces | None = None,
+        records: TurnLog | None = None,
     ) -> None:
         self.personas = personas
         # Where each turn's span goes (OTEL_EXPORTER_OTLP_ENDPOINT); None: no traces, and no work for them.
         self.traces = traces
+        # Where every turn's record goes when it ends (None: no records).
+        self.records = records
         # Where turns read their users' memories, and what extracts new ones after them (None: no memory).
         self.recall = recall
         self.extractor = extractor
@@ -503,6 +509,7 @@ class ChatPipeline:
         try:
             stream = await self._first_answer(plan, outcome, span)
         except BaseException as exc:
+            self._record_unopened(plan, outcome.message_id if outcome is not None else None, began, exc)
             if outcome is not None:
                 failure = exc if isinstance(exc, PersonaRuntimeError) else None
                 saving = outcome.failed_to_open(routes[0], failure)
@@ -520,6 +527,7 @@ class ChatPipeline:
             persona_source=plan.source,
             provider=stream.route.provider,
             model=stream.route.model,
+            turn_id=outcome.message_id if outcome is not None else uuid.uuid4(),
         )
         turn = Turn(
             start=start,
@@ -531,6 +539,8 @@ class ChatPipeline:
             metrics=self.metrics,
             route=plan.input.route,
             admission=admission,
+            records=self.records,
+            key_id=plan.caller.key_id,
             span=span,
             variant=plan.variant,
         )
@@ -539,6 +549,34 @@ class ChatPipeline:
         if outcome is not None and self.leases is not None:
             self.leases.attach(outcome.message_id, turn.cancel)
         return turn
+
+    def _record_unopened(self, plan: TurnPlan, turn_id: UUID | None, began: float, exc: BaseException) -> None:
+        """The record of a turn whose provider never answered: an error (a cancel: incomplete), no tokens."""
+        if self.records is None:
+            return
+        route, took = plan.routes[0], time.monotonic() - began
+        persona = plan.persona
+        outcome = "error" if isinstance(exc, Exception) else "incomplete"
+        self.records.add(
+            (
+                turn_id or uuid.uuid4(),
+                time.time() - took,
+                plan.caller.user_id,
+                plan.caller.key_id,
+                persona.id,
+                persona.version,
+                plan.variant,
+                plan.input.route,
+                route.provider,
+                route.model,
+                outcome,
+                None,
+                took * 1000,
+                None,
+                None,
+                None,
+            )
+        )
 
     async def _first_answer(self, plan: TurnPlan, outcome: Outcome | None, span: TurnSpan | None) -> AnswerStream:
         """Open the answer; once more within a smaller budget when the provider says the request is too long.

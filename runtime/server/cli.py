@@ -59,6 +59,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   SHUTDOWN_GRACE_SECONDS     after SIGTERM, how long streams may run on (25)
   STREAM_RETENTION_SECONDS   how long a finished chat stream can be replayed (600; 0 records none)
   RESPONSE_RETENTION_DAYS    how long a stored /v1/responses response is kept (30)
+  TURN_RETENTION_DAYS        how long turn records and their feedback are kept (90)
   STREAM_LEASE_SECONDS       silence after which a dead instance's answers are marked incomplete (30)
   KEY_REQUESTS_PER_MINUTE, KEY_TOKENS_PER_DAY   limits of keys without their own (no limit)
   MAX_KEYS_PER_USER          live API keys one user may hold (100)

@@ -49,6 +49,9 @@ from runtime.memory.vectors import Embedder, Vectors, embeddings_config, has_vec
 from runtime.server.embedded import EmbeddedPostgres
 from runtime.server.migrate import apply_migrations
 from runtime.server.settings import Settings
+from runtime.turns import TurnLog
+from runtime.turns.feedback import TurnFeedback
+from runtime.turns.stats import TurnStats
 
 __all__ = ["Resources", "open_resources"]
 
@@ -80,6 +83,10 @@ class Resources:
     streams: StreamRecorder
     leases: Leases
     limiter: Limiter
+    # Every turn's record (written in batches), the feedback on them and the analytics read from them.
+    turns: TurnLog
+    feedback: TurnFeedback
+    stats: TurnStats
     # Memories' vectors (EMBEDDINGS_PROVIDER on a database with pgvector), else None: full-text ranking only.
     vectors: Vectors | None = None
 
@@ -302,6 +309,10 @@ async def open_resources(
 
         # A cancel asked of another instance reaches the one that runs the answer.
         signals.subscribe(CANCEL, cancel_heard)
+        # Closed after the pipeline (pushed before it): the last turns' records are written once they have ended.
+        turns = TurnLog(pool, retention_days=settings.turn_retention_days)
+        turns.start()
+        stack.push_async_callback(turns.aclose)
         chat = ChatPipeline(
             personas,
             conversations,
@@ -325,6 +336,7 @@ async def open_resources(
             leases=leases,
             limiter=limiter,
             traces=traces,
+            records=turns,
         )
         stack.push_async_callback(chat.aclose)
         streams = StreamRecorder(
@@ -362,6 +374,9 @@ async def open_resources(
             leases=leases,
             redis_client=redis,
             limiter=limiter,
+            turns=turns,
+            feedback=TurnFeedback(pool, turns),
+            stats=TurnStats(pool),
             vectors=vectors,
         )
 

@@ -88,6 +88,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_lease_seconds: float = 30.0
     # How long a stored /v1/responses response can be continued, read or deleted.
     response_retention_days: float = 30.0
+    # How long turn records (and the feedback on them) are kept before the background prune deletes them.
+    turn_retention_days: float = 90.0
     log_level: str = "INFO"
     # `text` (readable) or `json` (one object a line).
     log_format: str = "text"
@@ -165,6 +167,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             shutdown_grace_seconds=float(number("SHUTDOWN_GRACE_SECONDS", 25.0, float)),
             stream_retention_seconds=float(number("STREAM_RETENTION_SECONDS", 600.0, float)),
             response_retention_days=float(number("RESPONSE_RETENTION_DAYS", 30.0, float)),
+            turn_retention_days=_positive_days(number("TURN_RETENTION_DAYS", 90.0, float), "TURN_RETENTION_DAYS"),
             stream_lease_seconds=float(number("STREAM_LEASE_SECONDS", 30.0, float)),
             log_level=(text("LOG_LEVEL") or "INFO").upper(),
             log_format=_log_format(text("LOG_FORMAT")),
@@ -197,6 +200,12 @@ def _traces_endpoint(text: Callable[[str], str | None]) -> str | None:
 def _window(value: int) -> int:
     if not 256 <= value <= 10_000_000:
         raise SettingsError(f"DEFAULT_CONTEXT_WINDOW must be between 256 and 10000000 tokens, got {value}")
+    return value
+
+
+def _positive_days(value: float, name: str) -> float:
+    if not value > 0:
+        raise SettingsError(f"{name} must be a number of days above 0, got {value}")
     return value
 
 
