@@ -224,8 +224,7 @@ async def test_a_provider_failure_midway_ends_the_stream_with_response_failed(sd
     [
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"background": True}, "background"),
-        ({"text": {"format": {"type": "json_object"}}}, "text.format.type"),
-        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),  # and no tool to call
         ({"include": ["file_search_call.results"]}, "include"),
         ({"truncation": "auto"}, "truncation"),
         ({"input": [{"type": "input_image", "image_url": "x"}]}, "input[0].type"),
