@@ -344,8 +344,8 @@ class _Input:
                 )
             else:
                 raise BadRequest(
-                    f"`{where}.type` {kind!r} is not served here: send `message`, `function_call` and "
-                    "`function_call_output` items.",
+                    f"`{where}.type` {kind!r} is not served here: send `message`, `function_call`, "
+                    "`function_call_output` and `item_reference` items.",
                     field=f"{where}.type",
                 )
 
@@ -641,6 +641,33 @@ class _Events:
             yield Last(await self._end(saver, finish))
 
 
+async def _dereferenced(store: ResponseStore, caller: Caller, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The input with each ``item_reference`` replaced by the stored output item it names (a client that keeps its
+    own history sends earlier answers back so); one that is not the caller's, or no longer stored, is a 404."""
+    wanted: list[str] = []
+    for i, item in enumerate(items):
+        if item.get("type") == "item_reference":
+            if not isinstance(item.get("id"), str):
+                raise BadRequest(f"`input[{i}].id` is missing: name the item to refer to.", field=f"input[{i}].id")
+            wanted.append(item["id"])
+    if not wanted:
+        return items
+    found = await store.items(wanted, caller.user_id)
+    resolved = []
+    for i, item in enumerate(items):
+        if item.get("type") != "item_reference":
+            resolved.append(item)
+        elif (stored := found.get(item["id"])) is not None:
+            resolved.append(stored)
+        else:
+            raise NotFound(
+                f"No stored item {item['id']!r}: the response it came in was never stored (`store` false), was "
+                "deleted or has expired. Send the item itself instead.",
+                field=f"input[{i}].id",
+            )
+    return resolved
+
+
 async def _prior(store: ResponseStore, caller: Caller, data: ResponsesRequest) -> StoredResponse | None:
     if data.previous_response_id is None:
         return None
@@ -692,12 +719,12 @@ class ResponsesController(Controller):
         self, data: JSONBody[ResponsesRequest], caller: CallerDep, resources: ResourcesDep, memory: MemoryHeader = None
     ) -> Response[Any]:
         _unserved(data)
+        store = resources.responses
         turns = _Input()
         if isinstance(data.input, str):
             turns.add(ChatMessage(role="user", content=data.input), "input")
         else:
-            turns.items(data.input)
-        store = resources.responses
+            turns.items(await _dereferenced(store, caller, data.input))
         prior = await _prior(store, caller, data)
         saver = _Saver(store, caller, turns, prior) if data.store else None
         turn = await resources.chat.run(caller, with_memory(_turn_input(data, turns, prior), memory))

@@ -8,6 +8,16 @@ const [baseURL, apiKey, model] = process.argv.slice(2);
 const openai = createOpenAI({ baseURL, apiKey });
 
 const generated = await generateText({ model: openai(model), prompt: "Hello from generateText" });
+// A chat app's next turn: the history so far, with the SDK's own record of the answer (which it sends back as a
+// reference to the stored response's item), then the new message.
+const followUp = await generateText({
+  model: openai(model),
+  messages: [
+    { role: "user", content: "Hello from generateText" },
+    ...generated.response.messages,
+    { role: "user", content: "And a second turn" },
+  ],
+});
 
 const streamed = streamText({ model: openai(model), prompt: "Hello from streamText" });
 const pieces = [];
@@ -43,6 +53,7 @@ console.log(
     generated: generated.text,
     generatedFinish: generated.finishReason,
     generatedUsage: generated.usage,
+    followUp: followUp.text,
     streamed: pieces.join(""),
     streamedPieces: pieces.length,
     streamedFinish: await streamed.finishReason,
