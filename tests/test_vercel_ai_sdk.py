@@ -1,6 +1,6 @@
 """The Vercel AI SDK, unchanged, against /v1/responses: its default OpenAI provider (``createOpenAI({baseURL,
 apiKey})(model)`` speaks the Responses API) with a persona as the model, through ``generateText``, ``streamText``
-and a function tool the SDK runs itself.
+structured output (``generateObject``) and a function tool the SDK runs itself.
 
 The SDK is installed once, at pinned versions, from the npm registry into a cache folder outside the checkout
 (``$XDG_CACHE_HOME/persona-runtime/npm``). Without Node.js or npm the test skips, and in CI it fails, saying
@@ -97,6 +97,7 @@ async def test_generate_text_stream_text_and_a_tool_round_trip(vercel_ai, llm_ap
     assert said["followUp"] == "[echo] And a second turn"
     assert said["streamed"] == "[echo] Hello from streamText"
     assert said["streamedPieces"] > 1 and said["streamedFinish"] == "stop"
+    assert said["trip"] == {"city": "[echo] Plan a trip.", "days": 1}
     # The SDK ran the tool the persona called, sent its result back, and got the answer that ends the loop.
     assert said["ran"] == ["Oslo", "Lima"]
     assert said["toolSteps"] == ["tool-calls", "stop"]

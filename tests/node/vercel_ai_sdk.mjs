@@ -1,7 +1,7 @@
 // The Vercel AI SDK's default OpenAI provider (the Responses API) against persona-runtime, as an app would use it:
 // generateText, streamText, and a function tool the SDK runs itself. Prints one JSON object for the test to check.
 import { createOpenAI } from "@ai-sdk/openai";
-import { generateText, stepCountIs, streamText, tool } from "ai";
+import { generateObject, generateText, stepCountIs, streamText, tool } from "ai";
 import { z } from "zod";
 
 const [baseURL, apiKey, model] = process.argv.slice(2);
@@ -22,6 +22,13 @@ const followUp = await generateText({
 const streamed = streamText({ model: openai(model), prompt: "Hello from streamText" });
 const pieces = [];
 for await (const piece of streamed.textStream) pieces.push(piece);
+
+// Structured output: the SDK asks for text.format json_schema and checks the answer against the schema.
+const trip = await generateObject({
+  model: openai(model),
+  schema: z.object({ city: z.string(), days: z.number().int().min(1) }),
+  prompt: "Plan a trip.",
+});
 
 const ran = [];
 const getWeather = tool({
@@ -57,6 +64,7 @@ console.log(
     streamed: pieces.join(""),
     streamedPieces: pieces.length,
     streamedFinish: await streamed.finishReason,
+    trip: trip.object,
     ran,
     toolText: withTool.text,
     toolSteps: withTool.steps.map((step) => step.finishReason),
