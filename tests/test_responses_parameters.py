@@ -10,6 +10,7 @@ import openai
 import pydantic
 import pytest
 
+from providers import Options, ResponseFormat, ToolChoice, refusal
 from tests.fakellm import FakeToolCall
 from tests.test_parameters import SCHEMA, Trip, _persona
 
@@ -195,3 +196,21 @@ async def test_no_op_values_are_accepted_and_not_sent(sdk, fake_llm):
     sent = fake_llm.last_request.body
     assert not {"top_logprobs", "include", "truncation", "logprobs"} & set(sent)
     assert sent["stream_options"] == {"include_usage": True}  # the runtime's own, for the usage it reports
+
+
+async def test_a_plugin_provider_without_refuses_is_not_refused_what_it_does_anyway():
+    # What the Vercel AI SDK sends with every request that has tools, on either route.
+    class Plugin:
+        name, kind, default_model = "mine", "mine", "m"
+
+    defaults = Options(
+        tool_choice=ToolChoice(type="auto"), parallel_tool_calls=True, response_format=ResponseFormat(type="text")
+    )
+    assert refusal(Plugin(), defaults) is None  # type: ignore[arg-type]
+    for asked, name in (
+        (Options(tool_choice=ToolChoice(type="required")), "tool_choice"),
+        (Options(parallel_tool_calls=False), "parallel_tool_calls"),
+        (Options(response_format=ResponseFormat(type="json_object")), "response_format"),
+    ):
+        refused = refusal(Plugin(), asked)  # type: ignore[arg-type]
+        assert refused is not None and refused[0] == name
