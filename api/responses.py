@@ -407,11 +407,19 @@ class _Response:
     """One response's identity and settings, and the response object made from them."""
 
     def __init__(self, data: ResponsesRequest) -> None:
-        self.id = _item_id("resp")
+        # Output items are named after their response, so an `item_reference` finds the response by its key.
+        self._token = secrets.token_hex(16)
+        self.id = f"resp_{self._token}"
+        self._items = 0
         self.created_at = int(time.time())
         self.data = data
         text = msgspec.to_builtins(data.text) if data.text is not None else {}
         self.text = {"format": {"type": "text"}, **text}
+
+    def item_id(self, prefix: str) -> str:
+        """A new output item's id: the response's own random part, then the item's number in it."""
+        self._items += 1
+        return f"{prefix}_{self._token}{self._items:04x}"
 
     def body(
         self,
@@ -471,11 +479,11 @@ class _Saver:
         await self.store.save(response_id, self.caller.user_id, (*self.messages, answer), self.system, body)
 
 
-def _output(result: TurnResult) -> list[dict[str, Any]]:
+def _output(response: _Response, result: TurnResult) -> list[dict[str, Any]]:
     output = []
     if result.text or not result.tool_calls:
-        output.append(_message_item(_item_id("msg"), result.text, "completed"))
-    output.extend(_call_item(_item_id("fc"), call, "completed") for call in result.tool_calls)
+        output.append(_message_item(response.item_id("msg"), result.text, "completed"))
+    output.extend(_call_item(response.item_id("fc"), call, "completed") for call in result.tool_calls)
     return output
 
 
@@ -518,7 +526,7 @@ class _Events:
 
     def _open_message(self, parts: list[bytes]) -> None:
         self._close_call(parts)
-        self.message_id = _item_id("msg")
+        self.message_id = self.response.item_id("msg")
         index = len(self.output)
         item = {"id": self.message_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
         self.output.append(item)
@@ -545,7 +553,7 @@ class _Events:
         if call is None:
             self._close_message(parts)
             self._close_call(parts)
-            item_id, index = _item_id("fc"), len(self.output)
+            item_id, index = self.response.item_id("fc"), len(self.output)
             call = self.calls[delta.index] = _OpenCall(item_id, index, delta.id or _item_id("call"), delta.name or "")
             item = _call_item(item_id, call.tool_call(), "in_progress")
             self.output.append(item)
@@ -735,7 +743,7 @@ class ResponsesController(Controller):
             return sse_response(events.stream(turn, resources.settings.heartbeat_seconds, saver), headers)
         result = await turn.collect()
         status, reason = _ending(result.finish_reason)
-        body = response.body(status, _output(result), result.usage, incomplete=reason)
+        body = response.body(status, _output(response, result), result.usage, incomplete=reason)
         if saver is not None:
             await saver.save(response.id, result.text, result.tool_calls, body)
         return Response(body, headers=headers)

@@ -8,6 +8,7 @@ it holds, then the new request's input. Its output items can also be named one b
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from uuid import UUID
 
@@ -26,10 +27,13 @@ WITH expired AS (DELETE FROM responses WHERE user_id = $2 AND expires_at <= now(
 INSERT INTO responses (id, user_id, messages, system, body, expires_at)
 VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 day')"""
 GET = "SELECT messages, system, body FROM responses WHERE id = $1 AND user_id = $2 AND expires_at > now()"
-# The output items of the caller's live responses that have these ids (each id is unique: ours are random).
+# Among the caller's live responses with these ids, their output items with these ids.
 ITEMS = """
 SELECT item FROM responses AS r, jsonb_array_elements(r.body->'output') AS item
-WHERE r.user_id = $1 AND r.expires_at > now() AND item->>'id' = ANY($2::text[])"""
+WHERE r.id = ANY($2::text[]) AND r.user_id = $1 AND r.expires_at > now() AND item->>'id' = ANY($3::text[])"""
+# An output item's id: its kind, then its response's random part and its number in that response.
+_ITEM_ID = re.compile(r"[a-z]+_([0-9a-f]{32})[0-9a-f]{4}")
+
 DELETE = "DELETE FROM responses WHERE id = $1 AND user_id = $2 AND expires_at > now() RETURNING id"
 
 
@@ -70,8 +74,12 @@ class ResponseStore:
         return StoredResponse(messages=messages, system=tuple(row["system"]), body=row["body"])
 
     async def items(self, item_ids: list[str], user_id: UUID) -> dict[str, dict[str, Any]]:
-        """The output items of the caller's stored responses with these ids, by id; one not found is absent."""
-        rows = await self._pool.fetch(ITEMS, user_id, item_ids)
+        """The output items of the caller's stored responses with these ids, by id; one not found is absent. An
+        item's id names its response, so each is found by the response's key."""
+        responses = list({f"resp_{match[1]}" for i in item_ids if (match := _ITEM_ID.fullmatch(i))})
+        if not responses:
+            return {}
+        rows = await self._pool.fetch(ITEMS, user_id, responses, item_ids)
         return {row["item"]["id"]: row["item"] for row in rows}
 
     async def delete(self, response_id: str, user_id: UUID) -> bool:
