@@ -76,10 +76,11 @@ class ResponseStore:
     async def items(self, item_ids: list[str], user_id: UUID) -> dict[str, dict[str, Any]]:
         """The output items of the caller's stored responses with these ids, by id; one not found is absent. An
         item's id names its response, so each is found by the response's key."""
-        responses = list({f"resp_{match[1]}" for i in item_ids if (match := _ITEM_ID.fullmatch(i))})
-        if not responses:
+        ours = [(i, match[1]) for i in item_ids if (match := _ITEM_ID.fullmatch(i))]
+        if not ours:
             return {}
-        rows = await self._pool.fetch(ITEMS, user_id, responses, item_ids)
+        responses = list({f"resp_{token}" for _, token in ours})
+        rows = await self._pool.fetch(ITEMS, user_id, responses, [i for i, _ in ours])
         return {row["item"]["id"]: row["item"] for row in rows}
 
     async def delete(self, response_id: str, user_id: UUID) -> bool:
