@@ -72,6 +72,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   DEFAULT_CONTEXT_WINDOW     tokens a model takes when neither persona nor table knows (32768)
   SUMMARY_PROVIDER, SUMMARY_MODEL   who writes conversation summaries (the persona's provider)
   MEMORY_PROVIDER, MEMORY_MODEL     who extracts memories after turns (the persona's provider)
+  JUDGE_PROVIDER, JUDGE_MODEL       who grades judged tests (the persona's provider)
   MAX_CONNECTIONS            connections each worker serves at once; past it a 503 (10000)
   HEADER_TIMEOUT_SECONDS     how long a request's headers may take to arrive; then a 408 (10)
   SSL_CERT_FILE, SSL_CERT_DIR, HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY   how providers are reached
