@@ -80,7 +80,11 @@ async def _compiled(schema: Any, field: str) -> dict[str, regex.Pattern[str]]:
 
 async def check_schema(schema: dict[str, Any], *, field: str = "expect.json_schema") -> None:
     """A 400 naming ``field`` unless ``schema`` is a valid JSON Schema whose patterns are within the bounds."""
-    compiled = _patterns(schema, field)  # the depth first: the library's own check recurses
+    # The patterns and the depth first: the library's own check recurses, and compiles patterns unbounded.
+    for pattern in dict.fromkeys(_patterns(schema, field)):
+        await patterns.compile_pattern(pattern, field=field)
+    if not isinstance(schema.get("$schema", ""), str):
+        raise BadRequest(f"`{field}.$schema` must be a string: the URI of a JSON Schema draft.", field=field)
     cls = validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         cls.check_schema(schema)
@@ -89,8 +93,8 @@ async def check_schema(schema: dict[str, Any], *, field: str = "expect.json_sche
         raise BadRequest(
             f"`{field}` is not a valid JSON Schema: {exc.message} (at `{field}{where}`).", field=field
         ) from None
-    for pattern in dict.fromkeys(compiled):
-        await patterns.compile_pattern(pattern, field=field)
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        raise BadRequest(f"`{field}` is not a usable JSON Schema: {type(exc).__name__}.", field=field) from None
 
 
 def _bounded(cls: Any, compiled: dict[str, regex.Pattern[str]]) -> Any:
@@ -141,6 +145,8 @@ async def schema_failure(schema: dict[str, Any], answer: str) -> str | None:
         compiled = await _compiled(schema, "expect.json_schema")
     except BadRequest as exc:
         return f"the schema cannot be used: {exc.message}"
+    if not isinstance(schema.get("$schema", ""), str):
+        return "the schema's `$schema` is not a string"
     cls = validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     validator = _bounded(cls, compiled)(schema)
     try:
