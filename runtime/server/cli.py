@@ -1,4 +1,4 @@
-"""The ``persona-runtime`` command: serve, migrate, manage users and API keys, and keep personas as files."""
+"""The ``persona-runtime`` command: serve, migrate, manage users and API keys, keep personas as files and test them."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from personas.store import PersonaStore
 from providers import configs_from_env, default_provider
 from runtime.access.accounts import Accounts
 from runtime.memory.vectors import embeddings_config
+from runtime.server import ci
 from runtime.server.embedded import EmbeddedPostgres, EmbeddedUnavailable
 from runtime.server.migrate import MigrationError, apply_migrations
 from runtime.server.serving import raise_open_file_limit, run, uvicorn_options
@@ -132,6 +133,19 @@ def _parser() -> argparse.ArgumentParser:
     import_ = files.add_parser("import", help="create or update personas by name from the files in DIR")
     import_.add_argument("directory", metavar="DIR", type=Path)
     import_.add_argument("--owner", metavar="NAME", help="user who owns new personas (default: the system)")
+    test = files.add_parser(
+        "test",
+        help="run the saved test suites of the named personas; exit 1 when a test fails",
+        description="Run each named persona's saved tests, as POST /api/v1/chat/personas/{id}/tests/run does, "
+        "and print what passed and failed. Exit status: 0 all passed, 1 a test failed, 2 a usage error "
+        "(such as a persona that does not exist).",
+    )
+    test.add_argument("names", nargs="+", metavar="NAME", help="a persona's name (any case)")
+    test.add_argument(
+        "--owner", metavar="NAME", help="user whose personas the names are (default: the system's, else the only one)"
+    )
+    test.add_argument("--label", metavar="L", help="the version to test: production or latest (default: production)")
+    test.add_argument("--junit", metavar="FILE", type=Path, help="also write the results as JUnit XML to FILE")
     return parser
 
 
@@ -153,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(settings, args)
+        if args.command == "personas" and args.action == "test":
+            return asyncio.run(ci.run(settings, args.names, owner=args.owner, label=args.label, junit=args.junit))
         return asyncio.run(_run(settings, args))
     except (PersonaRuntimeError, MigrationError, EmbeddedUnavailable) as exc:
         print(f"persona-runtime: {exc}", file=sys.stderr)

@@ -1,0 +1,133 @@
+"""``persona-runtime personas test NAME... [--label L] [--junit FILE]``: saved suites run for CI, against fresh
+databases, with the offline echo provider (which answers "[echo] " + the message and grades by quoted words)."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import msgspec
+import pytest
+
+from core.db import connect_pool
+from runtime.authoring.suites import PersonaTestDraft, PersonaTestStore
+from tests.test_personas_files import cli, document, fresh_db, write  # noqa: F401 (fresh_db is a fixture)
+
+
+def add_tests(dsn: str, persona: str, *tests: dict[str, Any]) -> None:
+    """Save ``tests`` on the persona named ``persona``, as POST .../tests does."""
+
+    async def run() -> None:
+        pool = await connect_pool(dsn, min_size=1, max_size=1)
+        try:
+            persona_id = await pool.fetchval("SELECT id FROM personas WHERE lower(name) = lower($1)", persona)
+            store = PersonaTestStore(pool)
+            for test in tests:
+                await store.add(persona_id, msgspec.convert(test, PersonaTestDraft), created_by=None)  # type: ignore[arg-type]
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def suites(fresh_db, tmp_path, capsys) -> str:  # noqa: F811
+    """Two personas imported from files, one whose suite passes and one whose suite has a failing test."""
+    source = tmp_path / "personas"
+    write(source, "greeter.json", document("Greeter"))
+    write(source, "critic.json", document("Critic"))
+    assert cli(capsys, "personas", "import", str(source))[0] == 0
+    add_tests(
+        fresh_db,
+        "Greeter",
+        {"name": "says bonjour", "message": "Bonjour!", "expect": {"contains": ["bonjour"]}},
+        {"name": "is judged polite", "message": "Bonjour, merci", "expect": {"judge": {"rubric": 'Says "merci".'}}},
+    )
+    add_tests(
+        fresh_db,
+        "Critic",
+        {"name": "stays short", "message": "hi", "expect": {"max_chars": 50}},
+        {"name": "answers in JSON", "message": "hi", "expect": {"is_json": True}},
+        {"name": "is judged warm", "message": "hi", "expect": {"judge": {"rubric": 'Says "thanks"', "threshold": 0.5}}},
+    )
+    return fresh_db
+
+
+def test_a_passing_suite_exits_0_and_says_what_passed(suites, capsys):
+    code, out, err = cli(capsys, "personas", "test", "greeter")  # names in any case
+    assert code == 0, err
+    assert "Greeter (version 1): 2 passed, 0 failed" in out
+    assert "  PASS says bonjour" in out and "  PASS is judged polite" in out
+    assert "score 1: echo grading: the answer contains 1 of the rubric's 1 quoted phrases" in out
+    assert out.rstrip().endswith("passed: 2 tests of 1 personas, 2 passed, 0 failed")
+
+
+def test_a_failing_test_exits_1_and_the_junit_file_says_which_and_why(suites, tmp_path, capsys):
+    report = tmp_path / "reports" / "personas.xml"
+    report.parent.mkdir()
+    code, out, _ = cli(capsys, "personas", "test", "Greeter", "Critic", "--junit", str(report))
+    assert code == 1
+    assert "Critic (version 1): 1 passed, 2 failed" in out
+    assert "  FAIL answers in JSON" in out and "       - expected the answer to be JSON" in out
+    assert out.rstrip().endswith("FAILED: 5 tests of 2 personas, 3 passed, 2 failed")
+
+    root = ET.parse(report).getroot()  # the stdlib parser reads it: well-formed XML
+    assert root.tag == "testsuites" and root.get("tests") == "5" and root.get("failures") == "2"
+    greeter, critic = root.findall("testsuite")
+    assert greeter.get("name") == "Greeter (version 1)" and greeter.get("failures") == "0"
+    assert [c.get("name") for c in greeter.findall("testcase")] == ["says bonjour", "is judged polite"]
+    assert all(c.find("failure") is None for c in greeter.findall("testcase"))
+    assert critic.get("tests") == "3" and critic.get("failures") == "2"
+    properties = {p.get("name"): p.get("value") for p in critic.iter("property")}
+    assert properties["persona_version"] == "1" and len(properties["persona_id"]) == 36
+    cases = {c.get("name"): c for c in critic.findall("testcase")}
+    assert all(c.get("classname") == "Critic" and float(c.get("time")) >= 0 for c in cases.values())
+    assert cases["stays short"].find("failure") is None
+    json_failure = cases["answers in JSON"].find("failure")
+    assert json_failure.get("message").startswith("expected the answer to be JSON")
+    assert "answer: [echo] hi" in json_failure.text
+    judged = cases["is judged warm"].find("failure")
+    assert judged.get("message").startswith("the grader scored the answer 0, below the threshold 0.5")
+    assert "score 0: echo grading" in judged.text and "missing 'thanks'" in judged.text
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["Nobody"], "no persona named 'Nobody'"),
+        (["Greeter", "--owner", "nobody"], "--owner: no user named 'nobody'"),
+        (["Greeter", "--label", "Not A Label"], "a label is 1 to 32 of a-z, 0-9, _ and -"),
+        (["Greeter", "--label", "canary"], "persona 'Greeter' has no label 'canary'"),
+    ],
+)
+def test_usage_errors_exit_2_and_run_nothing(suites, capsys, argv, said):
+    code, out, err = cli(capsys, "personas", "test", *argv)
+    assert code == 2
+    assert said in err and out == ""
+
+
+def test_production_and_latest_labels_run_the_latest_save(suites, capsys):
+    for label in ("production", "latest"):
+        code, out, _ = cli(capsys, "personas", "test", "Greeter", "--label", label)
+        assert code == 0 and "Greeter (version 1): 2 passed" in out
+
+
+def test_without_names_it_is_a_usage_error(suites, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli(capsys, "personas", "test")
+    assert exited.value.code == 2
+
+
+def test_a_persona_without_tests_passes_and_says_so(fresh_db, tmp_path, capsys):  # noqa: F811
+    write(tmp_path / "p", "quiet.json", document("Quiet"))
+    assert cli(capsys, "personas", "import", str(tmp_path / "p"))[0] == 0
+    code, out, _ = cli(capsys, "personas", "test", "Quiet", "--junit", str(tmp_path / "out.xml"))
+    assert code == 0 and "(no tests)" in out
+    assert ET.parse(tmp_path / "out.xml").getroot().get("tests") == "0"
+
+
+def test_a_junit_file_that_cannot_be_written_is_a_usage_error(suites, tmp_path, capsys):
+    code, out, err = cli(capsys, "personas", "test", "Greeter", "--junit", str(tmp_path / "missing" / "x.xml"))
+    assert code == 2 and "cannot write the JUnit file" in err
+    assert "Greeter (version 1)" in out  # the summary was printed first
