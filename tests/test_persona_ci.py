@@ -4,6 +4,7 @@ databases, with the offline echo provider (which answers "[echo] " + the message
 from __future__ import annotations
 
 import asyncio
+import json
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from core.db import connect_pool
 from runtime.authoring.suites import PersonaTestDraft, PersonaTestStore
-from tests.test_personas_files import cli, document, fresh_db, write  # noqa: F401 (fresh_db is a fixture)
+from tests.test_personas_files import cli, document, fresh_db, query, write  # noqa: F401 (fresh_db is a fixture)
 
 
 def add_tests(dsn: str, persona: str, *tests: dict[str, Any]) -> None:
@@ -131,3 +132,83 @@ def test_a_junit_file_that_cannot_be_written_is_a_usage_error(suites, tmp_path, 
     code, out, err = cli(capsys, "personas", "test", "Greeter", "--junit", str(tmp_path / "missing" / "x.xml"))
     assert code == 2 and "cannot write the JUnit file" in err
     assert "Greeter (version 1)" in out  # the summary was printed first
+
+
+# Suites as files, for a branch of exported personas ------------------------------------------------------
+
+
+def test_export_writes_each_suite_beside_its_persona_and_import_brings_it_into_another_database(
+    suites, create_database, tmp_path, capsys, monkeypatch
+):
+    branch = tmp_path / "branch"
+    code, out, _ = cli(capsys, "personas", "export", str(branch))
+    assert code == 0
+    assert "written   Greeter (greeter.tests.json)" in out and "written   Critic (critic.tests.json)" in out
+    suite = json.loads((branch / "greeter.tests.json").read_text())
+    assert suite["format"] == "persona-runtime/tests-v1" and suite["persona"] == "Greeter"
+    assert [t["name"] for t in suite["tests"]] == ["says bonjour", "is judged polite"]
+    assert suite["tests"][1]["expect"]["judge"] == {"rubric": 'Says "merci".', "threshold": 0.7}
+    # Exported again, nothing changed, byte for byte.
+    assert "nothing changed" in cli(capsys, "personas", "export", str(branch))[1]
+
+    # A CI job: a fresh database, the branch imported, the suites run.
+    monkeypatch.setenv("DATABASE_URL", asyncio.run(create_database()))
+    code, out, _ = cli(capsys, "personas", "import", str(branch))
+    assert code == 0
+    assert "created   Greeter (greeter.tests.json)" in out and "created   Critic (critic.tests.json)" in out
+    assert "nothing changed" in cli(capsys, "personas", "import", str(branch))[1]
+    code, out, _ = cli(capsys, "personas", "test", "Greeter", "Critic")
+    assert code == 1 and out.rstrip().endswith("FAILED: 5 tests of 2 personas, 3 passed, 2 failed")
+
+    # Fixing the failing tests in the branch (here: dropping them) is the next import's whole suite.
+    suite = json.loads((branch / "critic.tests.json").read_text())
+    suite["tests"] = suite["tests"][:1]
+    (branch / "critic.tests.json").write_text(json.dumps(suite))
+    code, out, _ = cli(capsys, "personas", "import", str(branch))
+    assert "updated   Critic (critic.tests.json)" in out and "unchanged Greeter (greeter.tests.json)" in out
+    assert cli(capsys, "personas", "test", "Greeter", "Critic")[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("suite", "said"),
+    [
+        ({"persona": "Greeter", "tests": []}, "Object missing required field `format`"),
+        ({"format": "persona-runtime/tests-v1", "persona": "Nobody", "tests": []}, "persona 'Nobody' is not defined"),
+        (
+            {"format": "persona-runtime/tests-v1", "persona": "Greeter", "tests": [{"name": "t", "message": "m"}]},
+            "missing required field `expect` - at `$.tests[0]`",
+        ),
+        (
+            {
+                "format": "persona-runtime/tests-v1",
+                "persona": "Greeter",
+                "tests": [{"name": "t", "message": "m", "expect": {"judge": {"rubric": "r", "threshold": 2}}}],
+            },
+            "at `$.tests[0].expect.judge.threshold`",
+        ),
+        (
+            {
+                "format": "persona-runtime/tests-v1",
+                "persona": "Greeter",
+                "tests": [{"name": "t", "message": "m", "expect": {}}],
+            },
+            "`tests[0].expect` expects nothing",
+        ),
+        (
+            {
+                "format": "persona-runtime/tests-v1",
+                "persona": "Greeter",
+                "tests": [{"name": "t", "message": "m", "expect": {"json_schema": {"type": "nope"}}}],
+            },
+            "`tests[0].expect.json_schema` is not a valid JSON Schema",
+        ),
+    ],
+)
+def test_a_bad_suite_file_refuses_the_whole_directory(fresh_db, tmp_path, capsys, suite, said):  # noqa: F811
+    source = tmp_path / "branch"
+    write(source, "greeter.json", document("Greeter"))
+    write(source, "greeter.tests.json", suite)
+    code, _, err = cli(capsys, "personas", "import", str(source))
+    assert code == 1
+    assert "nothing was imported" in err and "greeter.tests.json: " in err and said in err
+    assert query(fresh_db, "SELECT count(*) AS n FROM personas WHERE name = 'Greeter'")[0]["n"] == 0

@@ -190,6 +190,8 @@ WHERE (SELECT count(*) FROM persona_tests WHERE persona_id = $1) < $6
 RETURNING {_COLUMNS}"""
 LIST_TESTS = f"SELECT {_COLUMNS} FROM persona_tests WHERE persona_id = $1 ORDER BY created_at, id"
 DELETE_TEST = "DELETE FROM persona_tests WHERE id = $1 AND persona_id = $2"
+DELETE_SUITE = "DELETE FROM persona_tests WHERE persona_id = $1"
+ADD_TO_SUITE = "INSERT INTO persona_tests (persona_id, name, message, expect, created_by) VALUES ($1, $2, $3, $4, $5)"
 
 
 def _test(record: asyncpg.Record) -> PersonaTest:
@@ -222,6 +224,17 @@ class PersonaTestStore:
                 f"This persona already has {MAX_TESTS_PER_PERSONA} tests, the most it may have: delete some first."
             )
         return _test(record)
+
+    async def replace(self, persona_id: UUID, drafts: Sequence[PersonaTestDraft], *, created_by: UUID | None) -> None:
+        """Make ``drafts`` (checked by the caller, at most :data:`MAX_TESTS_PER_PERSONA`) the persona's whole suite,
+        in their order, in one transaction."""
+        if len(drafts) > MAX_TESTS_PER_PERSONA:
+            raise BadRequest(f"A persona may have at most {MAX_TESTS_PER_PERSONA} tests.")
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(DELETE_SUITE, persona_id)
+            for draft in drafts:
+                expect = msgspec.to_builtins(draft.expect)
+                await connection.execute(ADD_TO_SUITE, persona_id, draft.name, draft.message, expect, created_by)
 
     async def list(self, persona_id: UUID) -> list[PersonaTest]:
         """Oldest first: the order a suite runs and reports in."""

@@ -28,6 +28,8 @@ from personas.models import Limits
 from personas.store import PersonaStore
 from providers import configs_from_env, default_provider
 from runtime.access.accounts import Accounts
+from runtime.authoring.suite_files import check_suites, import_suites, read_suites, write_suites
+from runtime.authoring.suites import PersonaTestStore
 from runtime.memory.vectors import embeddings_config
 from runtime.server import ci
 from runtime.server.embedded import EmbeddedPostgres, EmbeddedUnavailable
@@ -128,9 +130,13 @@ def _parser() -> argparse.ArgumentParser:
 
     personas = commands.add_parser("personas", help="keep personas as files (persona-runtime/v1 documents)")
     files = personas.add_subparsers(dest="action", required=True)
-    export = files.add_parser("export", help="write one <slug>.json per active persona into DIR")
+    export = files.add_parser(
+        "export", help="write one <slug>.json per active persona into DIR, and <slug>.tests.json for its tests"
+    )
     export.add_argument("directory", metavar="DIR", type=Path)
-    import_ = files.add_parser("import", help="create or update personas by name from the files in DIR")
+    import_ = files.add_parser(
+        "import", help="create or update personas by name from the files in DIR, and their test suites"
+    )
     import_.add_argument("directory", metavar="DIR", type=Path)
     import_.add_argument("--owner", metavar="NAME", help="user who owns new personas (default: the system)")
     test = files.add_parser(
@@ -298,8 +304,12 @@ async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Names
     )
     try:
         store = PersonaStore(pool, cache, notify=notify)
+        tests = PersonaTestStore(pool)
         if args.action == "export":
-            results = write_directory(args.directory, await store.list_active())
+            exported = await store.list_active()
+            suites = {p.id: await tests.list(p.id) for p in exported}
+            results = write_directory(args.directory, exported)
+            results += write_suites(args.directory, results, suites)
         else:
             owner = None
             if args.owner:
@@ -310,7 +320,20 @@ async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Names
                 owner = user.id
             drafts = read_directory(args.directory, limit=settings.import_max_bytes)
             pictures = read_pictures(args.directory, drafts)
+            read = read_suites(
+                args.directory,
+                [draft.name for _, draft in drafts],
+                limit=settings.import_max_bytes,
+                max_message_chars=settings.max_message_chars,
+            )
+            await check_suites(read)
             results = await import_drafts(store, drafts, owner=owner, avatars=AvatarStore(pool), pictures=pictures)
+            ids = {}
+            for _, suite in read:
+                persona = await store.find_owned(suite.persona, owner)
+                assert persona is not None  # imported just above
+                ids[suite.persona.casefold()] = persona.id
+            results += await import_suites(tests, read, ids, owner=owner)
     finally:
         await cache.aclose()
     _report(results)
@@ -320,7 +343,8 @@ async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Names
 def _report(results: list[FileResult]) -> None:
     for result in results:
         print(f"{result.outcome:<9} {result.name} ({result.file})")
-    counts = {o: sum(r.outcome == o for r in results) for o in ("written", "created", "updated", "unchanged")}
+    outcomes = ("written", "created", "updated", "removed", "unchanged")
+    counts = {o: sum(r.outcome == o for r in results) for o in outcomes}
     summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n) or "no persona files"
-    changed = counts["written"] + counts["created"] + counts["updated"]
+    changed = counts["written"] + counts["created"] + counts["updated"] + counts["removed"]
     print(summary if changed else f"nothing changed: {summary}")
