@@ -61,7 +61,7 @@ def test_a_passing_suite_exits_0_and_says_what_passed(suites, capsys):
     assert "Greeter (version 1): 2 passed, 0 failed" in out
     assert "  PASS says bonjour" in out and "  PASS is judged polite" in out
     assert "score 1: echo grading: the answer contains 1 of the rubric's 1 quoted phrases" in out
-    assert out.rstrip().endswith("passed: 2 tests of 1 personas, 2 passed, 0 failed")
+    assert out.rstrip().endswith("passed: 2 tests of 1 persona, 2 passed, 0 failed")
 
 
 def test_a_failing_test_exits_1_and_the_junit_file_says_which_and_why(suites, tmp_path, capsys):

@@ -63,7 +63,9 @@ def summary(runs: Sequence[SuiteRun]) -> str:
     passed = sum(r.passed for r in runs)
     failed = sum(r.failed for r in runs)
     outcome = "FAILED" if failed else "passed"
-    lines.append(f"{outcome}: {passed + failed} tests of {len(runs)} personas, {passed} passed, {failed} failed")
+    tests, personas = passed + failed, len(runs)
+    counted = f"{tests} test{'' if tests == 1 else 's'} of {personas} persona{'' if personas == 1 else 's'}"
+    lines.append(f"{outcome}: {counted}, {passed} passed, {failed} failed")
     return "\n".join(lines)
 
 
