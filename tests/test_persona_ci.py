@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import uuid
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -12,6 +14,10 @@ import msgspec
 import pytest
 
 from core.db import connect_pool
+from core.events import PersonaRef
+from runtime.authoring.reports import junit_xml
+from runtime.authoring.service import SuiteRun
+from runtime.authoring.service import TestResult as Result  # not a test class
 from runtime.authoring.suites import PersonaTestDraft, PersonaTestStore
 from tests.test_personas_files import cli, document, fresh_db, query, write  # noqa: F401 (fresh_db is a fixture)
 
@@ -77,6 +83,7 @@ def test_a_failing_test_exits_1_and_the_junit_file_says_which_and_why(suites, tm
     assert root.tag == "testsuites" and root.get("tests") == "5" and root.get("failures") == "2"
     greeter, critic = root.findall("testsuite")
     assert greeter.get("name") == "Greeter (version 1)" and greeter.get("failures") == "0"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", greeter.get("timestamp"))
     assert [c.get("name") for c in greeter.findall("testcase")] == ["says bonjour", "is judged polite"]
     assert all(c.find("failure") is None for c in greeter.findall("testcase"))
     assert critic.get("tests") == "3" and critic.get("failures") == "2"
@@ -212,3 +219,17 @@ def test_a_bad_suite_file_refuses_the_whole_directory(fresh_db, tmp_path, capsys
     assert code == 1
     assert "nothing was imported" in err and "greeter.tests.json: " in err and said in err
     assert query(fresh_db, "SELECT count(*) AS n FROM personas WHERE name = 'Greeter'")[0]["n"] == 0
+
+
+def test_an_answer_with_characters_xml_cannot_hold_still_makes_a_readable_report():
+    answer = 'bell \x07, escape \x1b, NUL \x00 and <tags> & "quotes"'
+    result = Result(
+        test_id=uuid.uuid4(), name="odd <answer>", passed=False, response=answer, failures=["it \x07 failed"]
+    )
+    run = SuiteRun(persona=PersonaRef(id=uuid.uuid4(), name="R&D", version=2), passed=0, failed=1, results=[result])
+    root = ET.fromstring(junit_xml([run]))
+    [case] = root.iter("testcase")
+    assert case.get("name") == "odd <answer>" and case.get("classname") == "R&D"
+    failure = case.find("failure")
+    assert failure.get("message") == "it \ufffd failed"
+    assert 'answer: bell \ufffd, escape \ufffd, NUL \ufffd and <tags> & "quotes"' in failure.text

@@ -14,6 +14,7 @@ names those missing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Annotated
 
@@ -24,6 +25,8 @@ from core.errors import PersonaRuntimeError
 from providers import ChatMessage, ProviderRequest, ProviderSet, text_of
 
 __all__ = ["GRADER_INSTRUCTIONS", "Grade", "Graded", "Grader", "echo_grade", "parse_grade"]
+
+log = logging.getLogger("persona_runtime.authoring")
 
 GRADER_INSTRUCTIONS = (
     "You grade an assistant's answer against a rubric written by the assistant's author. Read the rubric, "
@@ -127,6 +130,10 @@ class Grader:
                 return _failed(f"the grader `{name}` did not answer within {self.timeout:g} s")
             except PersonaRuntimeError as exc:
                 return _failed(f"the grader `{name}` failed ({exc.code}): {exc.message}")
+            except Exception:
+                # A fault of ours or a plugin's: this test fails with a reason, the run goes on.
+                log.exception("grading with %s failed", name)
+                return _failed(f"the grader `{name}` failed unexpectedly; the server's log says why")
             try:
                 grade = parse_grade(text)
             except ValueError as exc:

@@ -71,7 +71,8 @@ def summary(runs: Sequence[SuiteRun]) -> str:
 
 def junit_xml(runs: Sequence[SuiteRun], *, now: datetime | None = None) -> bytes:
     """The runs as a JUnit XML document (UTF-8, with its declaration)."""
-    stamp = (now or datetime.now(UTC)).replace(microsecond=0).isoformat()
+    # UTC without an offset: the JUnit schema's timestamp is a plain date and time.
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0, tzinfo=None).isoformat()
     root = ET.Element("testsuites", name="persona-runtime")
     total = failures = 0
     elapsed = 0.0
