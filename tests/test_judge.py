@@ -299,3 +299,27 @@ async def test_an_unconfigured_judge_provider_fails_judged_tests_saying_so(datab
         [result] = (await run_suite(http, alice, persona["id"]))["results"]
     assert result["passed"] is False
     assert result["failures"] == ["the grader `nowhere` (JUDGE_PROVIDER) is not a configured provider; set one that is"]
+
+
+async def test_the_graders_call_counts_against_the_callers_token_budget(llm_client, fake_llm, admin, alice):
+    from runtime.chat.tokens import estimate_size
+    from tests.test_limits import limited_key, until_tokens
+
+    headers = await limited_key(llm_client, admin, alice, tokens_per_day=100_000)
+    persona = await make_persona(llm_client, alice)
+    r = await llm_client.post(
+        f"{PERSONAS}/{persona['id']}/tests",
+        json={"name": "t", "message": "m", "expect": {"judge": {"rubric": RUBRIC}}},
+        headers=headers,
+    )
+    assert r.status_code == 201, r.text
+    graded = '{"score": 1, "reason": "Fine."}'
+    fake_llm.enqueue(
+        Script(chunks=("A book.",), input_tokens=11, output_tokens=7), Script(chunks=(graded,), input_tokens=999)
+    )
+    r = await llm_client.post(f"{PERSONAS}/{persona['id']}/tests/run", headers=headers)
+    assert r.status_code == 200 and r.json()["passed"] == 1, r.text
+    # The turn's 18 tokens as the provider counted them, and the grader's call by its size, as a memory extraction's is.
+    asked = f"Rubric:\n{RUBRIC}\n\nThe user's message:\nm\n\nThe answer:\nA book."
+    size = len(GRADER_INSTRUCTIONS) + len(asked.encode()) + len(graded.encode())
+    await until_tokens(llm_client, headers, 18 + estimate_size(size))

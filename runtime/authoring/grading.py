@@ -1,6 +1,7 @@
 """Judged tests (contract section 16): a model grades a test's answer against the author's rubric.
 
-The grader is ``JUDGE_PROVIDER`` / ``JUDGE_MODEL`` when set, else the persona's own provider and model. It is
+The grader is ``JUDGE_PROVIDER`` / ``JUDGE_MODEL`` when set, else the persona's own provider and model; its
+call is counted against the caller's limits with the test's own turn. It is
 asked for one JSON object, ``{"score": 0 to 1, "reason": "..."}``, which is decoded with msgspec; an answer of
 any other shape fails the expectation with a reason that says so (the run goes on). The expectation passes
 when the score reaches the rubric's ``threshold``.
@@ -54,6 +55,8 @@ class Graded(Struct, frozen=True, kw_only=True):
     score: float | None
     reason: str
     failure: str | None
+    # UTF-8 bytes the grader's call sent and was answered (0 without a call), to count against the caller's limits.
+    size: int = 0
 
 
 _DECODER = msgspec.json.Decoder(Grade)
@@ -113,14 +116,15 @@ class Grader:
         name, chosen = self.choose(provider, model)
         if name not in self.providers:
             return _failed(f"the grader `{name}` (JUDGE_PROVIDER) is not a configured provider; set one that is")
-        grader = self.providers.get(name)
+        grader, size = self.providers.get(name), 0
         if grader.kind == "echo":
             grade = echo_grade(rubric, answer)
         else:
+            asked = _asked(rubric, message, answer)
             request = ProviderRequest(
                 model=chosen or grader.default_model,
                 system=GRADER_INSTRUCTIONS,
-                messages=(ChatMessage(role="user", content=_asked(rubric, message, answer)),),
+                messages=(ChatMessage(role="user", content=asked),),
                 temperature=0.0,
                 max_tokens=400,
             )
@@ -134,24 +138,26 @@ class Grader:
                 # A fault of ours or a plugin's: this test fails with a reason, the run goes on.
                 log.exception("grading with %s failed", name)
                 return _failed(f"the grader `{name}` failed unexpectedly; the server's log says why")
+            size = len(GRADER_INSTRUCTIONS) + len(asked.encode()) + len(text.encode())
             try:
                 grade = parse_grade(text)
             except ValueError as exc:
                 shown = text.strip()[:200] or "(nothing)"
                 return _failed(
                     f'the grader\'s answer is not the JSON asked for ({{"score": 0 to 1, "reason": "..."}}): {exc}; '
-                    f"it answered {shown!r}"
+                    f"it answered {shown!r}",
+                    size,
                 )
         reason = " ".join(grade.reason.split())[:MAX_REASON_CHARS]
         if grade.score >= threshold:
-            return Graded(score=grade.score, reason=reason, failure=None)
+            return Graded(score=grade.score, reason=reason, failure=None, size=size)
         failure = f"the grader scored the answer {grade.score:g}, below the threshold {threshold:g}: {reason}"
-        return Graded(score=grade.score, reason=reason, failure=failure)
+        return Graded(score=grade.score, reason=reason, failure=failure, size=size)
 
 
 def _asked(rubric: str, message: str, answer: str) -> str:
     return f"Rubric:\n{rubric}\n\nThe user's message:\n{message}\n\nThe answer:\n{answer}"
 
 
-def _failed(failure: str) -> Graded:
-    return Graded(score=None, reason=failure, failure=failure)
+def _failed(failure: str, size: int = 0) -> Graded:
+    return Graded(score=None, reason=failure, failure=failure, size=size)

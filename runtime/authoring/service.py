@@ -35,6 +35,7 @@ from runtime.chat.lore import TurnLore
 from runtime.chat.pipeline import ChatPipeline, TurnInput, TurnPlan
 from runtime.chat.prompt import cache_report
 from runtime.chat.recall import TurnMemory
+from runtime.chat.tokens import estimate_size
 from runtime.chat.turn import Turn
 from runtime.memory.recall import MemoryDecision
 
@@ -394,6 +395,9 @@ class AuthoringService:
                         provider=route.provider,
                         model=route.model,
                     )
+                    if graded.size and batch.admission is not None:
+                        # The grader's tokens count against the key and persona, as the test's own turn does.
+                        batch.admission.spend(plan.persona.id, estimate_size(graded.size))
             if outcome.error is not None:
                 failures = [f"the provider failed ({outcome.error.code}): {outcome.error.message}"]
                 if isinstance(test.expect.judge, Judge):
