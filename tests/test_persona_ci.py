@@ -15,6 +15,8 @@ import pytest
 
 from core.db import connect_pool
 from core.events import PersonaRef
+from personas.cache import MemoryCache
+from personas.store import PersonaStore
 from runtime.authoring.reports import junit_xml
 from runtime.authoring.service import SuiteRun
 from runtime.authoring.service import TestResult as Result  # not a test class
@@ -115,10 +117,40 @@ def test_usage_errors_exit_2_and_run_nothing(suites, capsys, argv, said):
     assert said in err and out == ""
 
 
-def test_production_and_latest_labels_run_the_latest_save(suites, capsys):
-    for label in ("production", "latest"):
-        code, out, _ = cli(capsys, "personas", "test", "Greeter", "--label", label)
-        assert code == 0 and "Greeter (version 1): 2 passed" in out
+def set_label(dsn: str, persona: str, label: str, version: int) -> None:
+    """Point ``label`` of the persona named ``persona`` at ``version``, as PUT .../labels/{label} does."""
+
+    async def run() -> None:
+        pool = await connect_pool(dsn, min_size=1, max_size=1)
+        try:
+            store = PersonaStore(pool, MemoryCache())
+            persona_id = await pool.fetchval("SELECT id FROM personas WHERE lower(name) = lower($1)", persona)
+            current = await store.get_uncached(persona_id)
+            assert current is not None
+            await store.set_label(current, label, version, actor=None)
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
+def test_labels_pick_the_version_tested(suites, tmp_path, capsys):
+    source = tmp_path / "personas"  # the fixture's directory: a second save of Greeter
+    write(source, "greeter.json", document("Greeter", description="Greeter, second take."))
+    assert cli(capsys, "personas", "import", str(source))[0] == 0
+
+    def tested(*label: str) -> str:
+        code, out, _ = cli(capsys, "personas", "test", "Greeter", *label)
+        assert code == 0
+        return out.split(":", 1)[0]
+
+    # Production follows the latest save until it is pinned; latest is always the latest save.
+    assert tested() == tested("--label", "production") == tested("--label", "latest") == "Greeter (version 2)"
+    set_label(suites, "Greeter", "canary", 1)
+    assert tested("--label", "canary") == "Greeter (version 1)"
+    set_label(suites, "Greeter", "production", 1)
+    assert tested() == tested("--label", "production") == "Greeter (version 1)"
+    assert tested("--label", "latest") == "Greeter (version 2)"
 
 
 def test_without_names_it_is_a_usage_error(suites, capsys):

@@ -8,7 +8,6 @@ error (a persona or label that does not exist, a JUnit file that cannot be writt
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from uuid import UUID
 import msgspec
 
 from personas.models import Caller, Persona
+from personas.releases import PRODUCTION, is_label
 from runtime.authoring.reports import summary, write_junit
 from runtime.authoring.service import SuiteRun
 from runtime.server.resources import Resources, open_resources
@@ -26,7 +26,8 @@ __all__ = ["CI_CALLER", "UsageError", "labelled_version", "run"]
 
 # Who the suites run as: an administrator, so every persona's suite may run; ``{{user_name}}`` renders as ``ci``.
 CI_CALLER = Caller(user_id=UUID(int=0), user_name="ci", display_name=None, is_admin=True)
-_LABEL = re.compile(r"[a-z0-9_-]{1,32}")
+# The latest save, whatever production is pinned to (a label of that name, if one is set, wins).
+LATEST = "latest"
 
 
 class UsageError(Exception):
@@ -34,21 +35,22 @@ class UsageError(Exception):
 
 
 def check_label(label: str | None) -> None:
-    if label is not None and not _LABEL.fullmatch(label):
+    if label is not None and not is_label(label):
         raise UsageError(f"--label {label!r}: a label is 1 to 32 of a-z, 0-9, _ and -")
 
 
 async def labelled_version(resources: Resources, persona: Persona, label: str | None) -> int | None:
-    """The version of ``persona`` that ``--label`` names (None: the one chats use now).
-
-    This build has no stored labels yet: ``production`` (the default) and ``latest`` are both the latest save,
-    and any other label is a usage error. This is the one place that changes once labels are stored.
-    """
-    if label in (None, "production", "latest"):
-        return None
-    raise UsageError(
-        f"persona {persona.name!r} has no label {label!r}: this build knows only `production` and `latest`"
-    )
+    """The version of ``persona`` that ``--label`` names: ``production`` (the default) the one chats get (pinned,
+    else the latest save), ``latest`` the latest save (unless a label of that name is set), any other label the
+    version it points at; a :class:`UsageError` for a label the persona does not have."""
+    release = await resources.personas.store.release(persona.id)
+    if label is None or label == PRODUCTION:
+        return release.production(persona.version)
+    if label in release.labels:
+        return release.labels[label]
+    if label == LATEST:
+        return persona.version
+    raise UsageError(f"persona {persona.name!r} has no label {label!r}")
 
 
 async def _find(resources: Resources, names: Sequence[str], owner: str | None) -> list[Persona]:

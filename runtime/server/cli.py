@@ -150,7 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument(
         "--owner", metavar="NAME", help="user whose personas the names are (default: the system's, else the only one)"
     )
-    test.add_argument("--label", metavar="L", help="the version to test: production or latest (default: production)")
+    test.add_argument(
+        "--label",
+        metavar="L",
+        help="the version a label names: production (the default: the version chats get), latest (the latest "
+        "save), or a custom label",
+    )
     test.add_argument("--junit", metavar="FILE", type=Path, help="also write the results as JUnit XML to FILE")
     return parser
 
