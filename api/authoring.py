@@ -124,7 +124,7 @@ class AuthoringController(Controller):
         persona = await authoring.choose(caller, data)
         turn = await authoring.preview(caller, persona, message=data.message, provider=data.provider, model=data.model)
         stream, heartbeat = wants_stream(data.stream, request), resources.settings.heartbeat_seconds
-        return encoded(await resources.chat.answer(turn, stream=stream, heartbeat=heartbeat), stored=False)
+        return encoded(await resources.chat.answer(turn, stream=stream, heartbeat=heartbeat), turn.start, stored=False)
 
     @post(
         "/compare",

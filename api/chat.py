@@ -27,7 +27,9 @@ from api.deps import CallerDep, Limit, Offset, ResourcesDep
 from api.openapi import OptionalBody, Streams, answers
 from api.schemas import MessageResponse
 from api.sse import sse_response
+from api.trace import turn_headers
 from core.errors import BadRequest, NotFound
+from core.events import Start
 from providers import ChatMessage
 from runtime.chat.collector import TurnResult
 from runtime.chat.conversations import Conversation
@@ -76,11 +78,12 @@ def chat_response(result: TurnResult, *, stored: bool = True) -> ChatResponse:
     )
 
 
-def encoded(answer: Answer, *, stored: bool = True) -> Response[Any]:
-    """A turn's answer on the wire: JSON when whole, else our SSE."""
+def encoded(answer: Answer, start: Start, *, stored: bool = True) -> Response[Any]:
+    """A turn's answer on the wire: JSON when whole, else our SSE; its turn's id in ``x-persona-turn-id``."""
+    headers = turn_headers(start)
     if isinstance(answer, TurnResult):
-        return Response(chat_response(answer, stored=stored))
-    return sse_response(answer)
+        return Response(chat_response(answer, stored=stored), headers=headers)
+    return sse_response(answer, headers)
 
 
 class ChatController(Controller):
@@ -91,6 +94,7 @@ class ChatController(Controller):
     async def chat(
         self, data: JSONBody[ChatRequest], caller: CallerDep, resources: ResourcesDep, request: Request[Any, Any, Any]
     ) -> Response[Any]:
+        stream = wants_stream(data.stream, request)
         asked = TurnInput(
             messages=(ChatMessage(role="user", content=data.message),),
             message_fields=("message",),
@@ -99,12 +103,14 @@ class ChatController(Controller):
             provider=data.provider,
             model=data.model,
             store=True,
+            stream=stream,
             memory=data.memory,
             persona_version=data.persona_version,
         )
         turn = await resources.chat.run(caller, asked)
-        stream, heartbeat = wants_stream(data.stream, request), resources.settings.heartbeat_seconds
-        return encoded(await resources.chat.answer(turn, stream=stream, resumable=data.resumable, heartbeat=heartbeat))
+        heartbeat = resources.settings.heartbeat_seconds
+        answer = await resources.chat.answer(turn, stream=stream, resumable=data.resumable, heartbeat=heartbeat)
+        return encoded(answer, turn.start)
 
 
 def _after(message_id: UUID, last_event_id: str | None, after: str | None) -> int:

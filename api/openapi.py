@@ -323,10 +323,12 @@ _DESCRIPTIONS = {
     400: "Bad input: the message names the field (`error.field` on /api/v1, `param` on /v1)",
     401: "Missing, unknown, revoked or expired API key",
     403: "The persona belongs to another user (only its owner or an admin may change it), or an admin-only route",
-    404: "Not found, or not visible to the caller",
-    409: "Conflicts with the current state: a taken name, an answer that already ended or was stopped, or the "
-    "default persona Mu that cannot be restored while another active persona is named Mu",
-    410: "The stream ended longer ago than `STREAM_RETENTION_SECONDS`; the message is in its conversation",
+    404: "Not found, or not visible to the caller; on a replay, `not_streamed` for a message answered without a stream",
+    409: "Conflicts with the current state: a taken name, an answer that already ended or was stopped, an answer "
+    "running on another instance that does not share its stream (no Redis), or the default persona Mu that "
+    "cannot be restored while another active persona is named Mu",
+    410: "The stream ended longer ago than `STREAM_RETENTION_SECONDS`, or its recording was lost with the instance "
+    "that held it (the message says which); the message is in its conversation",
     413: "The request body is too large",
     415: "The upload is not of a type the route takes (told by its bytes); `error.field` names it",
     429: "A rate limit of the key or persona (or the provider's) was reached; see `Retry-After`",
@@ -360,8 +362,13 @@ _CONFLICTS = {
     ("POST", "/api/v1/chat/personas/{persona_id:str}/versions/{version:str}/restore"),
     ("POST", "/api/v1/admin/users"),
 }
-# An answer that ended before the cancel came; a JSON answer stopped by a cancel (`cancelled`).
-_ENDED = {("POST", "/api/v1/chat/messages/{message_id:str}/cancel"), ("POST", "/api/v1/chat")}
+# An answer that ended before the cancel came; a JSON answer stopped by a cancel (`cancelled`); a replay of an
+# answer running on an instance that alone holds its stream.
+_ENDED = {
+    ("POST", "/api/v1/chat/messages/{message_id:str}/cancel"),
+    ("POST", "/api/v1/chat"),
+    ("GET", "/api/v1/chat/messages/{message_id:str}/events"),
+}
 # Routes that restore the default persona when it is gone, which a persona now named Mu blocks.
 _RESTORES_DEFAULT = {
     ("GET", "/api/v1/chat/personas/current"),
@@ -384,7 +391,8 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
     statuses = {401, 500, 503}
     if has_body:
         statuses |= {400, 413}
-    if "{" in path or any(name in signature for name in ("limit", "offset", "format", "persona_id")):
+    checked = ("limit", "offset", "format", "persona_id", "since", "until", "by", "user_id")
+    if "{" in path or any(name in signature for name in checked):
         statuses.add(400)
     if "{" in path or (method, path) in _PROVIDER_ROUTES | _NAMES_A_PERSONA:
         statuses.add(404)  # a path's id, or a conversation or persona named in the body
@@ -392,9 +400,12 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
     persona_scoped = path.startswith(_PERSONA) and not (method == "GET" and path in _READABLE)
     # Only admins may set `is_default` (on create, update and restore), manage users or loosen a key's limits.
     loosening = (method, path) == ("POST", "/api/v1/keys")
+    # Another user's usage (`user_id`) is for admins.
+    others = (method, path) == ("GET", "/api/v1/usage")
     if (
         persona_scoped
         or loosening
+        or others
         or path.startswith("/api/v1/admin")
         or (method, path) in _PROVIDER_ROUTES | _CONFLICTS
     ):

@@ -1,4 +1,4 @@
-"""Which persona answered, as response headers on every /v1 answer that ran a turn."""
+"""Which persona answered and which turn it was, as response headers on every answer that ran a turn."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from core.errors import BadRequest
 from core.events import Start
 from runtime.chat.pipeline import TurnInput
 
-__all__ = ["MemoryHeader", "persona_headers", "with_memory"]
+__all__ = ["MemoryHeader", "persona_headers", "turn_headers", "with_memory"]
 
 # `x-persona-memory: off` keeps a /v1 turn from using the user's memories (contract section 15).
 MemoryHeader = Annotated[str | None, Parameter(header="x-persona-memory", required=False)]
@@ -38,4 +38,10 @@ def persona_headers(start: Start) -> dict[str, str]:
         "x-persona-id": str(start.persona.id),
         "x-persona-version": str(start.persona.version),
         "x-persona-source": start.persona_source,
+        **turn_headers(start),
     }
+
+
+def turn_headers(start: Start) -> dict[str, str]:
+    """``x-persona-turn-id``: the id of the turn's record, for feedback on it (contract section 16)."""
+    return {"x-persona-turn-id": str(start.turn_id)} if start.turn_id is not None else {}

@@ -90,6 +90,8 @@ class Start(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="st
     persona_source: str
     provider: str
     model: str
+    # The turn's record (contract section 16): the assistant message's id on a kept turn, else a new one.
+    turn_id: UUID | None = None
 
 
 class Done(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="done", omit_defaults=True):
@@ -97,6 +99,7 @@ class Done(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="don
 
     finish_reason: str
     message_id: UUID | None
+    turn_id: UUID | None = None
     # Present only when the model asked for tools: the runtime does not run them itself.
     tool_calls: list[dict[str, Any]] = msgspec.field(default_factory=list)
 

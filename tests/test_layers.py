@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("core",),
     ("personas", "providers"),
     # What a user may do, and what a persona remembers of them: both below the chat turn that reads them.
-    ("runtime.access", "runtime.memory"),
+    ("runtime.access", "runtime.memory", "runtime.turns"),
     ("runtime.chat",),
     ("runtime.authoring",),
     ("runtime.server",),

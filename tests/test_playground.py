@@ -138,6 +138,8 @@ async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_
         assert assets and all(a.startswith("/playground/") for a in assets), assets
         for name in (
             "playground.js",
+            "chat.js",
+            "markdown.js",
             "api.js",
             "sse.js",
             "ui.js",
@@ -152,6 +154,14 @@ async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_
             expected = "text/css" if name.endswith(".css") else "javascript"
             assert expected in r.headers["content-type"], (name, r.headers["content-type"])
             assert "http://" not in r.text and "https://" not in r.text, f"{name} loads something from elsewhere"
+        # The Markdown libraries the chat imports are the server's own too (/vendor, shipped in the package).
+        markdown = (await http.get("/playground/markdown.js")).text
+        manifest = json.loads((ROOT / "api" / "static" / "vendor" / "manifest.json").read_text())
+        for folder, name in (("marked", "marked.esm.js"), ("dompurify", "purify.es.js")):
+            module = f"/vendor/{folder}/{name}?v={manifest[folder]['version']}"
+            assert f'from "{module}"' in markdown, f"markdown.js should import {module}"
+            r = await http.get(module)
+            assert r.status_code == 200 and "javascript" in r.headers["content-type"], module
         # The API next door still wants a key.
         assert (await http.get(PERSONAS)).status_code == 401
 
@@ -867,6 +877,28 @@ async def test_tests_are_added_run_and_deleted(page, base_url, alice, fake_llm, 
     await expect(page.get_by_test_id("tests-list")).not_to_contain_text("stays short")
     listed = (await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}/tests"))["tests"]
     assert sorted(t["name"] for t in listed) == ["no apologies", "says hello"]
+
+
+async def test_a_judged_test_shows_its_rubric_score_and_reason(page, base_url, alice, fake_llm):
+    persona = await make_persona(base_url, alice)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Tests").click()
+    await page.get_by_text("Add a test").click()
+    await page.get_by_label("Test name").fill("recommends a book")
+    await page.get_by_label("Test message").fill("What should I read?")
+    await page.get_by_label("Judged by a grader against this rubric").fill("Names a book and says why.")
+    await page.get_by_label("Passing score (0 to 1)").fill("0.8")
+    await page.get_by_role("button", name="Add test").click()
+    test = page.get_by_test_id("test").filter(has_text="recommends a book")
+    await expect(test).to_contain_text("judged against “Names a book and says why.” (passes at 0.8)")
+
+    # The persona's provider (the fake model) answers, then grades.
+    fake_llm.enqueue(Script(chunks=("Read Dune.",)), Script(chunks=('{"score": 0.5, "reason": "No reason given."}',)))
+    await page.get_by_role("button", name="Run tests").click()
+    await expect(test.get_by_test_id("test-result")).to_have_text("FAIL")
+    await expect(test.get_by_test_id("test-grade")).to_have_text("Score 0.5: No reason given.")
+    await expect(test).to_contain_text("the grader scored the answer 0.5, below the threshold 0.8: No reason given.")
 
 
 async def test_a_bad_test_is_refused_naming_its_field(page, base_url, alice):

@@ -95,7 +95,7 @@ def decode(frame: bytes) -> TurnEvent | None:
 def final_event(message_id: UUID, state: MessageState | None) -> Done | ErrorEvent:
     """The event a stream that ended without one should have ended with, from what is stored."""
     if state is not None and state.status == "complete":
-        return Done(finish_reason=state.finish_reason or "stop", message_id=message_id)
+        return Done(finish_reason=state.finish_reason or "stop", message_id=message_id, turn_id=message_id)
     error = (state.error if state is not None else None) or {}
     return ErrorEvent(
         code=str(error.get("code") or Interrupted.code), message=str(error.get("message") or Interrupted.default)

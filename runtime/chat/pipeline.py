@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,9 +38,10 @@ from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes
 from runtime.chat.recall import TurnMemory
 from runtime.chat.resolve import PersonaSource, resolve_model_persona, resolve_persona, serve_version
 from runtime.chat.summaries import Summarizer
-from runtime.chat.tokens import ANSWER_RESERVE, estimate_size
+from runtime.chat.tokens import ANSWER_RESERVE, estimate_size, image_tokens
 from runtime.chat.turn import AnswerStream, Outcome, Turn, open_answer
 from runtime.memory import Extractor, Recall
+from runtime.turns import TurnLog
 
 if TYPE_CHECKING:
     from core.traces import Traces, TurnSpan
@@ -71,8 +73,9 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
 
     The ``*_fields`` name the wire field each piece of client text came in, so an error names what the
     client sent: one per message (None: not checked, such as an assistant turn of an Anthropic body), one
-    per system text, and one per tool (where its ``name`` and ``description`` are). Left empty, they are
-    ``messages[i].content``, ``system[i]`` and ``tools[i]``; ``option_fields`` maps an option's name to its
+    per system text, one per tool (where its ``name`` and ``description`` are), and one per image, in the
+    order of the messages (``messages[i].content[j]``). Left empty, they are ``messages[i].content``,
+    ``system[i]``, ``tools[i]`` and ``messages[i].content``; ``option_fields`` maps an option's name to its
     wire field where they differ.
     """
 
@@ -92,9 +95,13 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     provider: str | None = None
     model: str | None = None
     store: bool = False
+    # Whether the answer goes out as a stream: kept with a stored answer, so that a replay of one answered
+    # whole says so rather than that its stream expired.
+    stream: bool = False
     # False: the turn uses no memories and extracts none (`"memory": false`, `x-persona-memory: off`).
     memory: bool = True
-    # Which route asked, for metrics: chat, chat_completions, messages, preview, compare, test_run.
+    # Which route asked, for metrics and turn records: chat, chat_completions, messages, responses, preview,
+    # compare, test_run.
     route: str = "chat"
     message_fields: tuple[str | None, ...] = ()
     system_fields: tuple[str, ...] = ()
@@ -103,6 +110,7 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     # wire field each came in where the route names it otherwise (`stop` is `stop_sequences` on /v1/messages).
     options: Options = NO_OPTIONS
     option_fields: dict[str, str] | None = None
+    image_fields: tuple[str, ...] = ()
 
     def check(self, max_chars: int) -> None:
         """Every input check of a turn: each message's text, the client's system text and its tools."""
@@ -110,6 +118,8 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
         for index, message in enumerate(self.messages):
             field = fields[index] if index < len(fields) else f"messages[{index}].content"
             if field is not None and message.content is not None:
+                if message.images and not message.content.strip():  # an image needs no words beside it
+                    continue
                 _check_text(message.content, field, max_chars, "send the text of your message")
         fields = self.system_fields
         for index, text in enumerate(self.system):
@@ -129,6 +139,22 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
                 field = f"{where}.description"
                 raise PayloadTooLarge(
                     f"`{field}` is {len(tool.description)} characters long; the limit is {max_chars}.", field=field
+                )
+
+    def check_images(self, persona: Persona) -> None:
+        """A 400 naming the first image when the persona's model takes none (``model_settings.vision`` false)."""
+        if persona.model_settings.vision:
+            return
+        seen = 0
+        for index, message in enumerate(self.messages):
+            if message.images:
+                fields = self.image_fields
+                field = fields[seen] if seen < len(fields) else f"messages[{index}].content"
+                raise BadRequest(
+                    f"`{field}` is an image, and the persona {persona.name!r}'s model takes no images "
+                    "(its `model_settings.vision` is false): send text only, or use a persona whose model "
+                    "sees images.",
+                    field=field,
                 )
 
 
@@ -188,10 +214,13 @@ class ChatPipeline:
         recall: Recall | None = None,
         extractor: Extractor | None = None,
         traces: Traces | None = None,
+        records: TurnLog | None = None,
     ) -> None:
         self.personas = personas
         # Where each turn's span goes (OTEL_EXPORTER_OTLP_ENDPOINT); None: no traces, and no work for them.
         self.traces = traces
+        # Where every turn's record goes when it ends (None: no records).
+        self.records = records
         # Where turns read their users' memories, and what extracts new ones after them (None: no memory).
         self.recall = recall
         self.extractor = extractor
@@ -250,6 +279,7 @@ class ChatPipeline:
         """
         turn.check(self.max_message_chars)
         persona, source, conversation, variant = await self.resolve(caller, turn)
+        turn.check_images(persona)
         routes = plan_routes(persona, self.providers, self.default_provider, provider=turn.provider, model=turn.model)
         if turn.options is not NO_OPTIONS:
             routes = self._taking(routes, turn)
@@ -467,6 +497,7 @@ class ChatPipeline:
                 variant=plan.variant,
                 provider=routes[0].provider,
                 model=routes[0].model,
+                streamed=plan.input.stream,
             )
             outcome = Outcome(
                 self.conversations,
@@ -480,6 +511,7 @@ class ChatPipeline:
         try:
             stream = await self._first_answer(plan, outcome, span)
         except BaseException as exc:
+            self._record_unopened(plan, outcome.message_id if outcome is not None else None, began, exc)
             if outcome is not None:
                 failure = exc if isinstance(exc, PersonaRuntimeError) else None
                 saving = outcome.failed_to_open(routes[0], failure)
@@ -497,6 +529,7 @@ class ChatPipeline:
             persona_source=plan.source,
             provider=stream.route.provider,
             model=stream.route.model,
+            turn_id=outcome.message_id if outcome is not None else uuid.uuid4(),
         )
         turn = Turn(
             start=start,
@@ -508,6 +541,8 @@ class ChatPipeline:
             metrics=self.metrics,
             route=plan.input.route,
             admission=admission,
+            records=self.records,
+            key_id=plan.caller.key_id,
             span=span,
             variant=plan.variant,
         )
@@ -516,6 +551,34 @@ class ChatPipeline:
         if outcome is not None and self.leases is not None:
             self.leases.attach(outcome.message_id, turn.cancel)
         return turn
+
+    def _record_unopened(self, plan: TurnPlan, turn_id: UUID | None, began: float, exc: BaseException) -> None:
+        """The record of a turn whose provider never answered: an error (a cancel: incomplete), no tokens."""
+        if self.records is None:
+            return
+        route, took = plan.routes[0], time.monotonic() - began
+        persona = plan.persona
+        outcome = "error" if isinstance(exc, Exception) else "incomplete"
+        self.records.add(
+            (
+                turn_id or uuid.uuid4(),
+                time.time() - took,
+                plan.caller.user_id,
+                plan.caller.key_id,
+                persona.id,
+                persona.version,
+                plan.variant,
+                plan.input.route,
+                route.provider,
+                route.model,
+                outcome,
+                None,
+                took * 1000,
+                None,
+                None,
+                None,
+            )
+        )
 
     async def _first_answer(self, plan: TurnPlan, outcome: Outcome | None, span: TurnSpan | None) -> AnswerStream:
         """Open the answer; once more within a smaller budget when the provider says the request is too long.
@@ -650,7 +713,8 @@ def _reserve(request: ProviderRequest) -> int:
     :data:`~runtime.chat.tokens.ANSWER_RESERVE`)."""
     size = len(request.system or "") + sum(len(m.content or "") for m in request.messages)
     size += sum(len(t.name) + len(t.description) for t in request.tools)
-    return estimate_size(size) + (request.max_tokens or ANSWER_RESERVE)
+    pictures = sum(image_tokens(image, request.model) for m in request.messages for image in m.images)
+    return estimate_size(size) + pictures + (request.max_tokens or ANSWER_RESERVE)
 
 
 async def _settle(task: asyncio.Future[Any]) -> None:

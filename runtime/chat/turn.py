@@ -35,6 +35,7 @@ from runtime.chat.conversations import ConversationStore, MessageStatus
 from runtime.chat.leases import Leases
 from runtime.chat.prompt import Route
 from runtime.chat.tokens import MESSAGE_OVERHEAD, calibrated
+from runtime.turns import TurnLog
 
 if TYPE_CHECKING:
     from core.traces import TurnSpan
@@ -238,10 +239,15 @@ class Turn:
         admission: Admission | None = None,
         span: TurnSpan | None = None,
         variant: Variant = "production",
+        records: TurnLog | None = None,
+        key_id: UUID | None = None,
     ) -> None:
         self.spawn = spawn
         self.span = span
-        # How the persona's version was chosen (section 16): for turn records.
+        # How the persona's version was chosen (section 16), where the turn's record goes at its end (None: not
+        # recorded), and the key it came with.
+        self.records = records
+        self.key_id = key_id
         self.variant = variant
         self.admission = admission
         self.metrics = metrics
@@ -323,7 +329,10 @@ class Turn:
             final = [*lead, *final] if lead else final
             calls = [msgspec.to_builtins(c) for c in said.tool_calls()]
             done = said.end = Done(
-                finish_reason=said.finish or "incomplete", message_id=self.start.message_id, tool_calls=calls
+                finish_reason=said.finish or "incomplete",
+                message_id=self.start.message_id,
+                turn_id=self.start.turn_id,
+                tool_calls=calls,
             )
             if self.outcome is None:
                 final.append(done)  # nothing to store: the end goes out with the last piece
@@ -370,10 +379,33 @@ class Turn:
             await self.outcome.record(self.answer.route, "incomplete", self.said, error)
 
     def _ended(self, outcome: str) -> None:
-        """The turn's end, once: its metrics, and its one ``chat turn`` line (who, which persona and why, where,
-        how it ended, how long)."""
+        """The turn's end, once: its metrics, its record, and its one ``chat turn`` line (who, which persona and
+        why, where, how it ended, how long)."""
         now = time.monotonic()
         start, usage = self.start, self.said.usage
+        records = self.records
+        if records is not None and self.user_id is not None:
+            took = now - self.began
+            records.add(
+                (
+                    start.turn_id,
+                    time.time() - took,
+                    self.user_id,
+                    self.key_id,
+                    start.persona.id,
+                    start.persona.version,
+                    self.variant,
+                    self.route,
+                    start.provider,
+                    start.model,
+                    outcome,
+                    (self.first_at - self.began) * 1000 if self.first_at is not None else None,
+                    took * 1000,
+                    usage.input_tokens if usage else None,
+                    usage.output_tokens if usage else None,
+                    usage.cached_input_tokens if usage else None,
+                )
+            )
         if self.admission is not None:  # settles the turn's reservation, whatever the end
             self.admission.spend(start.persona.id, usage.input_tokens + usage.output_tokens if usage else 0)
         metrics = self.metrics

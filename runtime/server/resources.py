@@ -35,18 +35,24 @@ from runtime.access.accounts import KEY_SIGNAL, Accounts
 from runtime.access.auth import Authenticator
 from runtime.access.counters import Clock
 from runtime.access.limits import Limiter
+from runtime.authoring.grading import Grader
 from runtime.authoring.service import AuthoringService
 from runtime.authoring.suites import PersonaTestStore
 from runtime.chat.conversations import ConversationStore
 from runtime.chat.leases import Leases
+from runtime.chat.peers import Peers
 from runtime.chat.pipeline import ChatPipeline
 from runtime.chat.recordings import StreamRecorder
 from runtime.chat.responses import ResponseStore
+from runtime.chat.tokens import load_tokenizers
 from runtime.memory import MEMORY_SIGNAL, Extractor, MemoryStore, Recall, RecallCache
 from runtime.memory.vectors import Embedder, Vectors, embeddings_config, has_vectors
 from runtime.server.embedded import EmbeddedPostgres
 from runtime.server.migrate import apply_migrations
 from runtime.server.settings import Settings
+from runtime.turns import TurnLog
+from runtime.turns.feedback import TurnFeedback
+from runtime.turns.stats import TurnStats
 
 __all__ = ["Resources", "open_resources"]
 
@@ -78,6 +84,10 @@ class Resources:
     streams: StreamRecorder
     leases: Leases
     limiter: Limiter
+    # Every turn's record (written in batches), the feedback on them and the analytics read from them.
+    turns: TurnLog
+    feedback: TurnFeedback
+    stats: TurnStats
     # Memories' vectors (EMBEDDINGS_PROVIDER on a database with pgvector), else None: full-text ranking only.
     vectors: Vectors | None = None
 
@@ -225,7 +235,9 @@ async def open_resources(
             msgspec.structs.replace(c, timeout=settings.request_timeout, max_connections=settings.provider_connections)
             for c in configs_from_env(settings.env)
         ]
-        metrics.allow(providers=[c.name for c in configs], models=[c.default_model for c in configs if c.default_model])
+        models = [c.default_model for c in configs if c.default_model]
+        metrics.allow(providers=[c.name for c in configs], models=models)
+        await asyncio.to_thread(load_tokenizers, models)
         default = default_provider(configs, settings.env)
         embeddings = embeddings_config(configs, settings.embeddings_provider) if settings.embeddings_provider else None
         providers = (registry or ProviderRegistry.with_builtins()).build(configs)
@@ -298,6 +310,10 @@ async def open_resources(
 
         # A cancel asked of another instance reaches the one that runs the answer.
         signals.subscribe(CANCEL, cancel_heard)
+        # Closed after the pipeline (pushed before it): the last turns' records are written once they have ended.
+        turns = TurnLog(pool, retention_days=settings.turn_retention_days)
+        turns.start()
+        stack.push_async_callback(turns.aclose)
         chat = ChatPipeline(
             personas,
             conversations,
@@ -321,6 +337,7 @@ async def open_resources(
             leases=leases,
             limiter=limiter,
             traces=traces,
+            records=turns,
         )
         stack.push_async_callback(chat.aclose)
         streams = StreamRecorder(
@@ -333,6 +350,8 @@ async def open_resources(
         )
         leases.said = streams.said
         chat.streams = streams
+        if settings.stream_peers_dir and redis is None and streams.enabled:
+            streams.peers = await _open_peers(stack, settings.stream_peers_dir, streams, chat)
         avatars = AvatarStore(pool)
         yield Resources(
             settings=settings,
@@ -347,7 +366,16 @@ async def open_resources(
             providers=providers,
             default_provider=default,
             chat=chat,
-            authoring=AuthoringService(chat, PersonaTestStore(pool)),
+            authoring=AuthoringService(
+                chat,
+                PersonaTestStore(pool),
+                Grader(
+                    providers,
+                    provider=settings.judge_provider,
+                    model=settings.judge_model,
+                    timeout=settings.request_timeout,
+                ),
+            ),
             porter=PersonaPorter(personas, avatars, max_bytes=settings.import_max_bytes),
             avatars=Avatars(personas, avatars),
             metrics=metrics,
@@ -356,8 +384,28 @@ async def open_resources(
             leases=leases,
             redis_client=redis,
             limiter=limiter,
+            turns=turns,
+            feedback=TurnFeedback(pool, turns),
+            stats=TurnStats(pool),
             vectors=vectors,
         )
+
+
+async def _open_peers(
+    stack: contextlib.AsyncExitStack, folder: str, streams: StreamRecorder, chat: ChatPipeline
+) -> Peers:
+    """This worker's socket for its sibling workers' replays of the streams it holds."""
+
+    def held(message_id: UUID, after: int, heartbeat: float) -> AsyncIterator[bytes] | None:
+        recording = streams.held(message_id)
+        if recording is None:
+            return None
+        return recording.follow(after, heartbeat, chat.status_of(recording.user_id, message_id))
+
+    peers = Peers(folder, held)
+    await peers.start()
+    stack.push_async_callback(peers.aclose)
+    return peers
 
 
 async def _bootstrap_admin(accounts: Accounts, settings: Settings) -> None:

@@ -31,6 +31,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_listen_url: str | None = None
     home: Path = Path("~/.local/share/persona-runtime").expanduser()
     redis_url: str | None = None
+    # Where the workers of one ``serve --workers N`` without Redis reach each other's stream recordings (set by
+    # ``serve`` for its workers); unset, a worker replays only its own streams.
+    stream_peers_dir: str | None = None
     # Namespace of this deployment's keys, so several deployments (or test databases) can share one Redis.
     redis_prefix: str = "persona-runtime:"
     host: str = "127.0.0.1"
@@ -63,6 +66,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     summary_model: str | None = None
     memory_provider: str | None = None
     memory_model: str | None = None
+    # Who grades judged tests (contract section 16); unset, the persona's own provider and model.
+    judge_provider: str | None = None
+    judge_model: str | None = None
     # Who embeds memories and the latest message for vector retrieval (an OpenAI-compatible provider's
     # /embeddings); unset, memories are ranked by full text only.
     embeddings_provider: str | None = None
@@ -85,6 +91,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_lease_seconds: float = 30.0
     # How long a stored /v1/responses response can be continued, read or deleted.
     response_retention_days: float = 30.0
+    # How long turn records (and the feedback on them) are kept before the background prune deletes them.
+    turn_retention_days: float = 90.0
     log_level: str = "INFO"
     # `text` (readable) or `json` (one object a line).
     log_format: str = "text"
@@ -134,6 +142,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             database_listen_url=text("DATABASE_LISTEN_URL"),
             home=home,
             redis_url=text("REDIS_URL"),
+            stream_peers_dir=text("STREAM_PEERS_DIR"),
             redis_prefix=text("REDIS_KEY_PREFIX") or "persona-runtime:",
             host=text("HOST") or "127.0.0.1",
             port=int(number("PORT", 8666)),
@@ -147,6 +156,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             summary_model=text("SUMMARY_MODEL"),
             memory_provider=text("MEMORY_PROVIDER"),
             memory_model=text("MEMORY_MODEL"),
+            judge_provider=text("JUDGE_PROVIDER"),
+            judge_model=text("JUDGE_MODEL"),
             embeddings_provider=text("EMBEDDINGS_PROVIDER"),
             embeddings_model=text("EMBEDDINGS_MODEL") or "text-embedding-3-small",
             max_message_chars=int(number("MAX_MESSAGE_CHARS", 32_000)),
@@ -161,6 +172,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             shutdown_grace_seconds=float(number("SHUTDOWN_GRACE_SECONDS", 25.0, float)),
             stream_retention_seconds=float(number("STREAM_RETENTION_SECONDS", 600.0, float)),
             response_retention_days=float(number("RESPONSE_RETENTION_DAYS", 30.0, float)),
+            turn_retention_days=_positive_days(number("TURN_RETENTION_DAYS", 90.0, float), "TURN_RETENTION_DAYS"),
             stream_lease_seconds=float(number("STREAM_LEASE_SECONDS", 30.0, float)),
             log_level=(text("LOG_LEVEL") or "INFO").upper(),
             log_format=_log_format(text("LOG_FORMAT")),
@@ -193,6 +205,12 @@ def _traces_endpoint(text: Callable[[str], str | None]) -> str | None:
 def _window(value: int) -> int:
     if not 256 <= value <= 10_000_000:
         raise SettingsError(f"DEFAULT_CONTEXT_WINDOW must be between 256 and 10000000 tokens, got {value}")
+    return value
+
+
+def _positive_days(value: float, name: str) -> float:
+    if not value > 0:
+        raise SettingsError(f"{name} must be a number of days above 0, got {value}")
     return value
 
 

@@ -1,8 +1,9 @@
-// The workbench panels: render, chat, compare, tests and versions. Each takes the page context
+// The workbench panels: render, compare, tests and versions (the chat has chat.js). Each takes the page context
 // (the API client and what the editor holds) and wires its own part of the page.
 
+import { describeStart } from "./chat.js";
 import { showMemoryDecisions } from "./memory.js";
-import { $, el, formatJson, formatTime, notify, showError, task } from "./ui.js";
+import { $, el, formatJson, formatTime, notify, task } from "./ui.js";
 
 // Render ------------------------------------------------------------------------------------------
 
@@ -120,205 +121,6 @@ export function renderPanel(ctx, { onRendered = () => {} } = {}) {
     }
   }
   return { reset: () => ($("#render-result").hidden = true), conversation };
-}
-
-// Chat --------------------------------------------------------------------------------------------
-
-function describeStart(data) {
-  // A draft answers as version 0: it has no version of its own yet.
-  const version = data.persona && data.persona.version ? `v${data.persona.version}` : "(editor draft)";
-  const persona = data.persona ? `${data.persona.name} ${version}` : "";
-  return [persona, `${data.provider}/${data.model}`].filter(Boolean).join(" · ");
-}
-
-/** One question and its answer in the chat log; the answer grows as content arrives. */
-function chatTurn(message, label) {
-  const meta = el("p", { class: "meta", "data-testid": "chat-meta" }, label);
-  const text = el("div", { class: "answer-text", "data-testid": "chat-answer" });
-  const status = el("p", { class: "turn-status", "data-testid": "chat-status" }, "waiting for the provider…");
-  const item = el(
-    "li",
-    { class: "turn streaming" },
-    el("p", { class: "question" }, el("span", { class: "who" }, "You: "), message),
-    el("div", { class: "answer" }, meta, text, status),
-  );
-  $("#chat-log").append(item);
-  item.scrollIntoView({ block: "end" });
-  return {
-    start(data) {
-      meta.textContent = describeStart(data);
-      status.textContent = "streaming…";
-    },
-    append(piece) {
-      text.append(piece);
-    },
-    usage(data) {
-      status.dataset.usage = `${data.input_tokens} in / ${data.output_tokens} out tokens`;
-    },
-    finish(data) {
-      item.classList.remove("streaming");
-      status.textContent = [`finished: ${data.finish_reason || "stop"}`, status.dataset.usage].filter(Boolean).join(" · ");
-    },
-    fail(reason) {
-      item.classList.remove("streaming");
-      item.classList.add("failed");
-      status.textContent = reason;
-      status.setAttribute("role", "alert");
-    },
-    stop(reason) {
-      if (item.classList.contains("streaming")) {
-        item.classList.remove("streaming");
-        status.textContent = reason;
-      }
-    },
-  };
-}
-
-/** Whether the caller owns (or, as an admin, may edit) a saved persona: only then is its system prompt shown. */
-const owned = (persona) => persona !== null && persona.system_prompt !== null;
-
-/** Feed a chat stream's events into its turn; the `start` event goes to onStart too. */
-async function consume(turn, events, onStart = () => {}) {
-  for await (const { event, data } of events) {
-    if (event === "start") {
-      turn.start(data);
-      onStart(data);
-    } else if (event === "content") turn.append(data.content);
-    else if (event === "usage") turn.usage(data);
-    else if (event === "done") turn.finish(data);
-    else if (event === "error") {
-      turn.fail(`error (${data.code}): ${data.message}`);
-      showError({ message: data.message, code: data.code }, `The provider failed (${data.code})`);
-    }
-  }
-  turn.stop("the stream ended early");
-}
-
-export function chatPanel(ctx) {
-  const send = $("#chat-send");
-  const stop = $("#chat-stop");
-  const keep = $("#chat-keep");
-  let controller = null;
-  let conversation = null; // {id, personaId, turns} of the kept conversation, once it has started
-  let notOwned = false; // the editor holds someone else's persona: preview is not for us
-
-  function showMode() {
-    ctx.onConversation(keep.checked ? conversation : null);
-    const kept = keep.checked;
-    $("#chat-mode-preview").hidden = kept;
-    $("#chat-mode-kept").hidden = !kept;
-    $("#chat-new").hidden = !kept;
-    const line = $("#chat-conversation");
-    line.hidden = !kept;
-    if (conversation) {
-      line.dataset.conversationId = conversation.id;
-      const turns = `${conversation.turns} turn${conversation.turns === 1 ? "" : "s"}`;
-      line.textContent = `Conversation ${conversation.id} · ${turns} · stored`;
-    } else {
-      delete line.dataset.conversationId;
-      line.textContent = notOwned
-        ? "This persona is not yours, so it answers in a kept conversation through /api/v1/chat (with its saved version)."
-        : "A new conversation starts with the next message.";
-    }
-  }
-
-  function newConversation() {
-    if (controller) controller.abort();
-    conversation = null;
-    $("#chat-log").replaceChildren();
-    showMode();
-  }
-
-  /** Someone else's persona can only be chatted with in a kept conversation. */
-  function mustKeep() {
-    notOwned = true;
-    keep.checked = true;
-    keep.disabled = true;
-    showMode();
-  }
-
-  /** Follow what the editor holds: another persona starts another conversation. */
-  function follow(persona) {
-    const wasForced = keep.disabled;
-    notOwned = persona !== null && !owned(persona);
-    keep.disabled = notOwned;
-    // Keeping was forced for someone else's persona; one's own goes back to previews.
-    if (notOwned || wasForced) keep.checked = notOwned;
-    if (conversation && (!persona || conversation.personaId !== persona.id)) newConversation();
-    else showMode();
-  }
-
-  async function keptTurn(persona, message) {
-    const turn = chatTurn(message, `${persona.name} v${persona.version} (saved) · kept conversation`);
-    const body = { persona_id: persona.id };
-    if (conversation) body.conversation_id = conversation.id;
-    const started = (data) => {
-      conversation = { id: data.conversation_id, personaId: persona.id, turns: conversation ? conversation.turns + 1 : 1 };
-      showMode();
-    };
-    try {
-      await consume(turn, await ctx.client.chat(body, message, controller.signal), started);
-    } catch (err) {
-      if (err.name === "AbortError") turn.stop("stopped");
-      else turn.fail(`failed: ${err.message}`);
-      throw err;
-    }
-  }
-
-  async function previewTurn(choice, message) {
-    const body = choice.persona_id ? { persona_id: choice.persona_id } : { persona: choice.persona };
-    const turn = chatTurn(message, choice.label);
-    try {
-      await consume(turn, await ctx.client.preview(body, message, controller.signal));
-    } catch (err) {
-      if (err.status === 403 && choice.persona_id && ctx.state.current) {
-        // Preview is for owners and admins; a persona we may see but not edit answers in a kept conversation.
-        turn.fail("preview is for the persona's owner: answering in a kept conversation instead");
-        mustKeep();
-        return keptTurn(ctx.state.current, message);
-      }
-      if (err.name === "AbortError") turn.stop("stopped");
-      else turn.fail(`failed: ${err.message}`);
-      throw err;
-    }
-  }
-
-  $("#chat-form").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const message = $("#chat-message").value.trim();
-    if (!message) return;
-    let run;
-    if (keep.checked) {
-      const persona = ctx.state.current;
-      if (!persona) {
-        showError(new Error("Save the persona first: a kept conversation uses the saved persona."), "Cannot keep a conversation");
-        return;
-      }
-      run = () => keptTurn(persona, message);
-    } else {
-      const choice = ctx.choice();
-      if (!choice) return;
-      run = () => previewTurn(choice, message);
-    }
-    $("#chat-message").value = "";
-    controller = new AbortController();
-    stop.disabled = false;
-    await task("Chat failed", run, send);
-    stop.disabled = true;
-    controller = null;
-  });
-  stop.addEventListener("click", () => controller && controller.abort());
-  keep.addEventListener("change", newConversation);
-  $("#chat-new").addEventListener("click", newConversation);
-  $("#chat-clear").addEventListener("click", () => $("#chat-log").replaceChildren());
-  $("#chat-message").addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey) {
-      event.preventDefault();
-      $("#chat-form").requestSubmit();
-    }
-  });
-  showMode();
-  return { follow };
 }
 
 // Compare -----------------------------------------------------------------------------------------
@@ -485,6 +287,10 @@ function describeExpect(expect) {
   if (expect.not_contains && expect.not_contains.length) parts.push(`does not contain ${expect.not_contains.map((p) => `“${p}”`).join(", ")}`);
   if (expect.regex) parts.push(`matches /${expect.regex}/`);
   if (expect.max_chars) parts.push(`at most ${expect.max_chars} characters`);
+  if (expect.judge) parts.push(`judged against “${expect.judge.rubric}” (passes at ${expect.judge.threshold})`);
+  if (expect.is_json) parts.push("is JSON");
+  if (expect.json_schema) parts.push("matches a JSON Schema");
+  if (expect.max_latency_ms) parts.push(`answers within ${expect.max_latency_ms} ms`);
   return parts.join("; ");
 }
 
@@ -528,6 +334,9 @@ export function testsPanel(ctx) {
     if (regex) expect.regex = regex;
     const maxChars = $("#t-max-chars").value.trim();
     if (maxChars) expect.max_chars = Number(maxChars);
+    const rubric = $("#t-rubric").value.trim();
+    const threshold = $("#t-threshold").value.trim();
+    if (rubric) expect.judge = threshold ? { rubric, threshold: Number(threshold) } : { rubric };
     const test = { name: $("#t-name").value.trim(), message: $("#t-message").value, expect };
     const added = await task("Could not add the test", () => ctx.client.addTest(ctx.state.current.id, test), $("#test-save"));
     if (!added) return;
@@ -548,6 +357,9 @@ export function testsPanel(ctx) {
       item.querySelector(".badge").textContent = result.passed ? "PASS" : "FAIL";
       item.querySelector(".test-outcome").replaceChildren(
         el("ul", { class: "failures" }, result.failures.map((f) => el("li", {}, f))),
+        "score" in result
+          ? el("p", { class: "meta", "data-testid": "test-grade" }, `Score ${result.score ?? "none"}: ${result.reason}`)
+          : "",
         el("details", {}, el("summary", {}, "Answer"), el("pre", {}, result.response ?? "")),
       );
     }
