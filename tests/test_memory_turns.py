@@ -134,6 +134,34 @@ async def test_past_the_budget_the_most_relevant_then_the_newest_are_given(llm_c
     assert section["items"] == len(used) and section["tokens"] <= 40
 
 
+async def test_a_message_sent_again_is_ranked_again_after_a_write(llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice, memory={"enabled": True, "token_budget": 40})
+    for n in range(12):
+        await remember(llm_client, alice, f"Weather fact {n}: rain expected.", persona["id"])
+    harbour = await remember(llm_client, alice, "Alice keeps a sailing boat in the harbour.", persona["id"])
+    other = await remember(llm_client, alice, "Alice started a new job.", persona["id"])
+    message = {"message": "Is my boat safe at the harbour?"}
+
+    async def used() -> dict[str, str]:
+        r = await llm_client.post(f"{PERSONAS}/{persona['id']}/render", json=message, headers=alice.headers)
+        assert r.status_code == 200, r.text
+        return {d["id"]: d["reason"] for d in r.json()["memories"] if d["used"]}
+
+    first = await used()
+    assert first[harbour["id"]] == "relevant" and first[other["id"]] == "newest"
+    assert await used() == first  # the same message, the same memories
+    # Rewritten to name what the message asks about, the memory that was only the newest becomes relevant.
+    rewritten = {"content": "Alice moors her boat safe in the harbour."}
+    r = await llm_client.patch(f"{MEMORIES}/{other['id']}", json=rewritten, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    after = await used()
+    assert after[other["id"]] == "relevant" and after[harbour["id"]] == "relevant"
+    # And a memory forgotten is no longer given, though the message is the same.
+    r = await llm_client.delete(f"{MEMORIES}/{harbour['id']}", headers=alice.headers)
+    assert r.status_code == 200, r.text
+    assert harbour["id"] not in await used()
+
+
 async def poll(predicate, *, within: float = 5.0):
     for _ in range(int(within / 0.05)):
         value = await predicate()
