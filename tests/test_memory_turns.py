@@ -162,6 +162,21 @@ async def test_a_message_sent_again_is_ranked_again_after_a_write(llm_client, fa
     assert harbour["id"] not in await used()
 
 
+async def test_a_message_postgresql_reads_its_own_way_is_ranked_by_it(llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice, memory={"enabled": True, "token_budget": 40})
+    for n in range(12):
+        await remember(llm_client, alice, f"Weather fact {n}: rain expected.", persona["id"])
+    mooring = await remember(llm_client, alice, "Alice rents a mooring-buoy near the caf\u00e9.", persona["id"])
+    await remember(llm_client, alice, "Alice started a new job.", persona["id"])
+    # A compound word and a letter outside ASCII: PostgreSQL's parser has words of its own for them.
+    message = {"message": "Is the mooring-buoy by the caf\u00e9 still mine?"}
+    for _ in range(2):  # the second time from the ranking kept for the message
+        r = await llm_client.post(f"{PERSONAS}/{persona['id']}/render", json=message, headers=alice.headers)
+        assert r.status_code == 200, r.text
+        decisions = {d["id"]: d for d in r.json()["memories"]}
+        assert (decisions[mooring["id"]]["used"], decisions[mooring["id"]]["reason"]) == (True, "relevant")
+
+
 async def poll(predicate, *, within: float = 5.0):
     for _ in range(int(within / 0.05)):
         value = await predicate()

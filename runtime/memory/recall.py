@@ -1,16 +1,19 @@
 """What a turn remembers of its user (contract section 15): the memory tier of the context.
 
 One query reads the user's switch and their memories for the persona and their persona-wide ones, newest
-first; they are kept in this process (:class:`RecallCache`) until a write to that user's memories, here or
-heard of from another instance, so most turns make no query at all. When they all fit the persona's
-``memory.token_budget`` they all go, oldest first; otherwise one more query ranks them with PostgreSQL's
-full-text rank against the latest message, and the most relevant go, then the newest, while the budget
-holds. With vectors on (:class:`runtime.memory.vectors.Vectors`, ``EMBEDDINGS_PROVIDER`` on a database with
-pgvector) the latest message is embedded first (one call on that turn) and the same query ranks the memories
-that have a vector of that model by cosine similarity, ahead of those without one, which keep their full-text
-rank. They become one system section after the persona's prompt (and after its lore), so the persona's
-cached prefix never changes with them. Each memory's tokens are counted once per tokenizer. Memory text is
-never logged.
+first, with each one's lexemes (PostgreSQL's ``to_tsvector('simple', content)``); they are kept in this process
+(:class:`RecallCache`) until a write to that user's memories, here or heard of from another instance, so most
+turns make no query at all. When they all fit the persona's ``memory.token_budget`` they all go, oldest first;
+otherwise they are ranked by PostgreSQL's full-text rank against the latest message, and the most relevant go,
+then the newest, while the budget holds. For a message of plain ASCII words that rank is worked out here from
+the kept lexemes (:mod:`runtime.memory.textrank`, ``ts_rank``'s own arithmetic); for any other message one more
+query asks PostgreSQL, and its answer is kept with the memories for that message. With vectors on
+(:class:`runtime.memory.vectors.Vectors`, ``EMBEDDINGS_PROVIDER`` on a database with pgvector) the latest
+message is embedded first (one call on that turn) and one query ranks the memories that have a vector of that
+model by cosine similarity, ahead of those without one, which keep their full-text rank. They become one system
+section after the persona's prompt (and after its lore), so the persona's cached prefix never changes with
+them. What a turn makes of the memories (each one's line and tokens per tokenizer, the whole section when they
+all fit) is made once per memory set. Memory text is never logged.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncpg
 import msgspec
 
 from personas.changes import UNHEARD_SECONDS
+from runtime.memory.textrank import LEXEMES, Postings, postings_of, query_words, ranked
 from runtime.memory.vectors import Vectors
 
 __all__ = ["KEEP_SECONDS", "MEMORY_HEADING", "MEMORY_SIGNAL", "MemoryDecision", "Recall", "RecallCache", "Recalled"]
@@ -35,12 +39,12 @@ MEMORY_SIGNAL = "memories"
 
 MEMORY_HEADING = "What you remember about {user} from earlier conversations:"
 
-# The user's switch and their memories for the persona and persona-wide ones, newest first.
-_LOAD = """
+# The user's switch and their memories for the persona and persona-wide ones, newest first, each with its lexemes.
+_LOAD = f"""
 WITH switch AS (SELECT coalesce((SELECT enabled FROM memory_settings WHERE user_id = $1), true) AS enabled)
-SELECT switch.enabled, m.id, m.persona_id, m.content
+SELECT switch.enabled, m.id, m.persona_id, m.content, m.lexemes, m.counts
 FROM switch LEFT JOIN LATERAL (
-    SELECT id, persona_id, content, created_at FROM memories
+    SELECT id, persona_id, content, created_at, {LEXEMES.format(content="content")} FROM memories
     WHERE user_id = $1 AND (persona_id = $2 OR persona_id IS NULL) AND switch.enabled
     ORDER BY created_at DESC, id LIMIT $3
 ) m ON true
@@ -98,6 +102,7 @@ class _Kept:
     costs: dict[tuple[str, float], tuple[list[int], int]] = field(default_factory=dict)
     headings: dict[tuple[str, str], int] = field(default_factory=dict)
     whole: dict[tuple[str, float, str, int], Recalled] = field(default_factory=dict)
+    postings: Postings = field(default_factory=dict)
     rankings: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -207,6 +212,7 @@ class Recall:
             enabled=bool(rows[0][0]) if rows else True,
             rows=[(r[1], r[2], r[3]) for r in rows if r[1] is not None],
             until=time.monotonic() + self.cache.seconds,
+            postings=postings_of([(r[4], r[5]) for r in rows if r[1] is not None]),
         )
         self.cache.put(user_id, (persona_id, limit), kept)
         return kept
@@ -305,15 +311,18 @@ class Recall:
         vectors = self.vectors
         vector = await vectors.query(text) if vectors is not None else None
         if vectors is None or vector is None:
-            ranked = kept.rankings.get(text) if vectors is None else None
-            if ranked is None:
+            words = query_words(text)
+            if words is not None:  # PostgreSQL's rank, worked out here from its lexemes
+                return ranked(kept.postings, words)
+            found = kept.rankings.get(text) if vectors is None else None
+            if found is None:
                 ids = await self._pool.fetchval(_RANK, user_id, persona_id, text, limit)
-                ranked = [index[i] for i in ids if i in index]
+                found = [index[i] for i in ids if i in index]
                 if vectors is None:
                     if len(kept.rankings) >= _RANKINGS:
                         kept.rankings.clear()
-                    kept.rankings[text] = ranked
-            return ranked
+                    kept.rankings[text] = found
+            return found
         rows = await self._pool.fetch(_RANK_VECTORS, user_id, persona_id, text, limit, vector, vectors.model)
         order: dict[int, tuple[int, float]] = {}
         for memory_id, similarity, rank in rows:
