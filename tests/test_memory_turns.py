@@ -177,6 +177,27 @@ async def test_a_message_postgresql_reads_its_own_way_is_ranked_by_it(llm_client
         assert (decisions[mooring["id"]]["used"], decisions[mooring["id"]]["reason"]) == (True, "relevant")
 
 
+async def test_a_conversations_first_turn_is_given_the_memories_render_shows(llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice, memory={"enabled": True, "token_budget": 40})
+    for n in range(12):
+        await remember(llm_client, alice, f"Weather fact {n}: rain expected.", persona["id"])
+    await remember(llm_client, alice, "Alice keeps a sailing boat in the harbour.", persona["id"])
+    await remember(llm_client, alice, "Alice started a new job.", persona["id"])
+    message = "Is my boat safe at the harbour?"
+    r = await llm_client.post(f"{PERSONAS}/{persona['id']}/render", json={"message": message}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    shown = r.json()
+    rendered = {d["id"] for d in shown["memories"] if d["used"]}
+    # A first turn is sent without counting every token of it; it is given what render, counting all, shows.
+    system, answer = await system_of_turn(llm_client, fake_llm, alice, persona["id"], message)
+    assert system == shown["system_prompt"]
+    stored = await llm_client.get(f"{CHAT}/conversations/{answer['conversation_id']}", headers=alice.headers)
+    context = stored.json()["messages"][-1]["context"]
+    assert set(context["memory_ids"]) == rendered and len(rendered) == 2
+    memory = next(s for s in context["sections"] if s["kind"] == "memory")
+    assert memory == next(s for s in shown["context"]["sections"] if s["kind"] == "memory")
+
+
 async def poll(predicate, *, within: float = 5.0):
     for _ in range(int(within / 0.05)):
         value = await predicate()
