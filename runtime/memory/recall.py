@@ -88,16 +88,13 @@ _RANKINGS = 16
 
 @dataclass
 class _Kept:
-    """One user's memories for one persona, as read: the switch, (id, persona, content) newest first, and what
-    turns make of them, once: each one's section line, id and index, its tokens by tokenizer, the section when
-    they all fit, and the rankings of the messages seen (full text). All of it goes with the next write."""
+    """One user's memories for one persona, as read: the switch, (id, persona, content) newest first, their
+    lexemes, and what turns make of them, once: each one's tokens by tokenizer, the section when they all fit,
+    and the rankings PostgreSQL gave of the messages seen. All of it goes with the next write."""
 
     enabled: bool
     rows: list[tuple[UUID, UUID | None, str]]
     until: float
-    lines: list[str] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    index: dict[UUID, int] = field(default_factory=dict)
     tokens: dict[str, list[int]] = field(default_factory=dict)
     costs: dict[tuple[str, float], tuple[list[int], int]] = field(default_factory=dict)
     headings: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -105,10 +102,9 @@ class _Kept:
     postings: Postings = field(default_factory=dict)
     rankings: dict[str, list[int]] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.lines = [f"- {content}" for _, _, content in self.rows]
-        self.ids = [str(memory_id) for memory_id, _, _ in self.rows]
-        self.index = {memory_id: n for n, (memory_id, _, _) in enumerate(self.rows)}
+    def index(self) -> dict[UUID, int]:
+        """Each memory's place in ``rows``, by id."""
+        return {memory_id: n for n, (memory_id, _, _) in enumerate(self.rows)}
 
     def costs_of(self, tokenizer: str, ratio: float, count: Callable[[str], int]) -> tuple[list[int], int]:
         """Each memory's tokens (its line's, with "- " and a line break) counted by ``tokenizer`` and scaled by
@@ -252,9 +248,9 @@ class Recall:
                         kept.whole.clear()
                     whole = kept.whole[key] = Recalled(
                         enabled=True,
-                        text=f"{heading}\n" + "\n".join(reversed(kept.lines)),
+                        text=f"{heading}\n" + "\n".join([f"- {content}" for _, _, content in reversed(found)]),
                         tokens=fixed + total,
-                        ids=kept.ids[::-1],
+                        ids=[str(memory_id) for memory_id, _, _ in reversed(found)],
                     )
                 return whole
             reasons = dict.fromkeys(range(len(found)), "fits")
@@ -288,12 +284,11 @@ class Recall:
         if not reasons:
             return Recalled(enabled=True, decisions=decisions)
         chosen = sorted(reasons, reverse=True)  # oldest first: the section reads in the order it was learnt
-        lines, ids = kept.lines, kept.ids
         return Recalled(
             enabled=True,
-            text=f"{heading}\n" + "\n".join([lines[i] for i in chosen]),
+            text=f"{heading}\n" + "\n".join([f"- {found[i][2]}" for i in chosen]),
             tokens=fixed + sum(costs[i] for i in chosen),
-            ids=[ids[i] for i in chosen],
+            ids=[str(found[i][0]) for i in chosen],
             decisions=decisions,
         )
 
@@ -307,7 +302,6 @@ class Recall:
         if not latest.strip():
             return []
         text = latest[:_QUERY_CHARS]
-        index = kept.index
         vectors = self.vectors
         vector = await vectors.query(text) if vectors is not None else None
         if vectors is None or vector is None:
@@ -317,6 +311,7 @@ class Recall:
             found = kept.rankings.get(text) if vectors is None else None
             if found is None:
                 ids = await self._pool.fetchval(_RANK, user_id, persona_id, text, limit)
+                index = kept.index()
                 found = [index[i] for i in ids if i in index]
                 if vectors is None:
                     if len(kept.rankings) >= _RANKINGS:
@@ -325,6 +320,7 @@ class Recall:
             return found
         rows = await self._pool.fetch(_RANK_VECTORS, user_id, persona_id, text, limit, vector, vectors.model)
         order: dict[int, tuple[int, float]] = {}
+        index = kept.index()
         for memory_id, similarity, rank in rows:
             at = index.get(memory_id)
             if at is None:

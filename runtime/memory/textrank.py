@@ -26,8 +26,11 @@ LEXEMES = """(SELECT array_agg(lexeme) FROM unnest(to_tsvector('simple', {conten
 _PLAIN = re.compile(r"(?:[A-Za-z0-9 \t\n\r,;!?\"'()\[\]{}:*_=|`$%^#\\]|\.(?![^ \t\n\r]))*\Z")
 _WORD = re.compile(r"[a-z0-9]+")
 
-# Each lexeme: the (memory's index, positions of the lexeme in it) that have it.
-Postings = dict[str, list[tuple[int, int]]]
+# Each lexeme: the memories that have it, each as its index times 512 plus its positions in it (at most 256),
+# one int when it is one memory's (most are), else a list: a user's lexemes are kept for as long as their memories.
+Postings = dict[str, int | list[int]]
+_SHIFT = 9
+_COUNT = (1 << _SHIFT) - 1
 
 _FLOAT = struct.Struct("f")
 _DEFAULT_WEIGHT = _FLOAT.unpack(_FLOAT.pack(0.1))[0]  # weight D, the only one to_tsvector gives
@@ -63,7 +66,14 @@ def postings_of(memories: list[tuple[list[str] | None, list[int] | None]]) -> Po
     postings: Postings = {}
     for index, (lexemes, counts) in enumerate(memories):
         for lexeme, count in zip(lexemes or (), counts or (), strict=True):
-            postings.setdefault(lexeme, []).append((index, count or 1))
+            posting = index << _SHIFT | min(count or 1, 256)
+            found = postings.get(lexeme)
+            if found is None:
+                postings[lexeme] = posting
+            elif isinstance(found, int):
+                postings[lexeme] = [found, posting]
+            else:
+                found.append(posting)
     return postings
 
 
@@ -75,8 +85,11 @@ def ranked(postings: Postings, words: list[str]) -> list[int]:
     pack, unpack = _FLOAT.pack, _FLOAT.unpack
     sums: dict[int, float] = {}
     for word in words:  # in the query's order: the single-precision sums depend on it
-        for index, count in postings.get(word, ()):
-            term = _TERMS[count] if count <= 256 else _term(count)
+        found = postings.get(word)
+        if found is None:
+            continue
+        for posting in (found,) if isinstance(found, int) else found:
+            index, term = posting >> _SHIFT, _TERMS[posting & _COUNT]
             total = sums.get(index)
             sums[index] = unpack(pack(term if total is None else total + term))[0]
     size = len(words)
