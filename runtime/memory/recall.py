@@ -12,7 +12,7 @@ query asks PostgreSQL, and its answer is kept with the memories for that message
 message is embedded first (one call on that turn) and one query ranks the memories that have a vector of that
 model by cosine similarity, ahead of those without one, which keep their full-text rank. They become one system
 section after the persona's prompt (and after its lore), so the persona's cached prefix never changes with
-them. What a turn makes of the memories (each one's line and tokens per tokenizer, the whole section when they
+them. What a turn makes of the memories (each one's tokens per tokenizer, the whole section when they
 all fit) is made once per memory set. Memory text is never logged.
 """
 
