@@ -240,6 +240,21 @@ async def test_render_counts_with_the_models_own_tokenizer_and_window(client, al
     assert context["window"] == 32_768 and context["tokenizer"] == "estimate"
 
 
+async def test_a_first_turn_sent_uncounted_leaves_its_message_to_be_counted_by_size(client, resources, alice):
+    # A conversation's first turn fits without being tokenized; its message is not stored as costing 0 tokens,
+    # which would let later turns send it for free whatever its size.
+    message = "a long first message " * 400
+    r = await client.post(CHAT, json={"message": message, "stream": False}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    conversation_id = UUID(r.json()["conversation_id"])
+    stored = await resources.pool.fetchval(
+        "SELECT tokens FROM messages WHERE conversation_id = $1 AND role = 'user'", conversation_id
+    )
+    assert stored is None
+    rows, _ = await resources.conversations.window(conversation_id, after_seq=0, budget=10**6, limit=9)
+    assert next(row.tokens for row in rows if row.role == "user") >= len(message.encode()) / 3.5
+
+
 async def test_history_is_read_only_as_far_as_the_budget_reaches(client, resources, alice):
     r = await client.post(CHAT, json={"message": "start"}, headers=alice.headers)
     conversation_id = r.json()["conversation_id"]

@@ -261,9 +261,8 @@ async def test_lore_joins_the_turn_after_the_personas_prompt_whose_prefix_never_
     shown = await llm_client.get(f"{CHAT}/conversations/{r.json()['conversation_id']}", headers=alice.headers)
     answer = shown.json()["messages"][-1]
     assert sorted(answer["context"]["lore_ids"]) == ["river", "whisper", "world"]
-    assert {"kind": "lore", "tokens": answer["context"]["sections"][1]["tokens"], "items": 3} in answer["context"][
-        "sections"
-    ]
+    lore = [s for s in answer["context"]["sections"] if s["kind"] == "lore"]
+    assert len(lore) == 1 and lore[0]["items"] == 3 and lore[0]["tokens"] > 0
 
 
 async def test_timed_effects_hold_across_a_stored_conversations_turns(llm_client, fake_llm, alice):

@@ -134,6 +134,70 @@ async def test_past_the_budget_the_most_relevant_then_the_newest_are_given(llm_c
     assert section["items"] == len(used) and section["tokens"] <= 40
 
 
+async def test_a_message_sent_again_is_ranked_again_after_a_write(llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice, memory={"enabled": True, "token_budget": 40})
+    for n in range(12):
+        await remember(llm_client, alice, f"Weather fact {n}: rain expected.", persona["id"])
+    harbour = await remember(llm_client, alice, "Alice keeps a sailing boat in the harbour.", persona["id"])
+    other = await remember(llm_client, alice, "Alice started a new job.", persona["id"])
+    message = {"message": "Is my boat safe at the harbour?"}
+
+    async def used() -> dict[str, str]:
+        r = await llm_client.post(f"{PERSONAS}/{persona['id']}/render", json=message, headers=alice.headers)
+        assert r.status_code == 200, r.text
+        return {d["id"]: d["reason"] for d in r.json()["memories"] if d["used"]}
+
+    first = await used()
+    assert first[harbour["id"]] == "relevant" and first[other["id"]] == "newest"
+    assert await used() == first  # the same message, the same memories
+    # Rewritten to name what the message asks about, the memory that was only the newest becomes relevant.
+    rewritten = {"content": "Alice moors her boat safe in the harbour."}
+    r = await llm_client.patch(f"{MEMORIES}/{other['id']}", json=rewritten, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    after = await used()
+    assert after[other["id"]] == "relevant" and after[harbour["id"]] == "relevant"
+    # And a memory forgotten is no longer given, though the message is the same.
+    r = await llm_client.delete(f"{MEMORIES}/{harbour['id']}", headers=alice.headers)
+    assert r.status_code == 200, r.text
+    assert harbour["id"] not in await used()
+
+
+async def test_a_message_postgresql_reads_its_own_way_is_ranked_by_it(llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice, memory={"enabled": True, "token_budget": 40})
+    for n in range(12):
+        await remember(llm_client, alice, f"Weather fact {n}: rain expected.", persona["id"])
+    mooring = await remember(llm_client, alice, "Alice rents a mooring-buoy near the caf\u00e9.", persona["id"])
+    await remember(llm_client, alice, "Alice started a new job.", persona["id"])
+    # A compound word and a letter outside ASCII: PostgreSQL's parser has words of its own for them.
+    message = {"message": "Is the mooring-buoy by the caf\u00e9 still mine?"}
+    for _ in range(2):  # the second time from the ranking kept for the message
+        r = await llm_client.post(f"{PERSONAS}/{persona['id']}/render", json=message, headers=alice.headers)
+        assert r.status_code == 200, r.text
+        decisions = {d["id"]: d for d in r.json()["memories"]}
+        assert (decisions[mooring["id"]]["used"], decisions[mooring["id"]]["reason"]) == (True, "relevant")
+
+
+async def test_a_conversations_first_turn_is_given_the_memories_render_shows(llm_client, fake_llm, alice):
+    persona = await make_persona(llm_client, alice, memory={"enabled": True, "token_budget": 40})
+    for n in range(12):
+        await remember(llm_client, alice, f"Weather fact {n}: rain expected.", persona["id"])
+    await remember(llm_client, alice, "Alice keeps a sailing boat in the harbour.", persona["id"])
+    await remember(llm_client, alice, "Alice started a new job.", persona["id"])
+    message = "Is my boat safe at the harbour?"
+    r = await llm_client.post(f"{PERSONAS}/{persona['id']}/render", json={"message": message}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    shown = r.json()
+    rendered = {d["id"] for d in shown["memories"] if d["used"]}
+    # A first turn is sent without counting every token of it; it is given what render, counting all, shows.
+    system, answer = await system_of_turn(llm_client, fake_llm, alice, persona["id"], message)
+    assert system == shown["system_prompt"]
+    stored = await llm_client.get(f"{CHAT}/conversations/{answer['conversation_id']}", headers=alice.headers)
+    context = stored.json()["messages"][-1]["context"]
+    assert set(context["memory_ids"]) == rendered and len(rendered) == 2
+    memory = next(s for s in context["sections"] if s["kind"] == "memory")
+    assert memory == next(s for s in shown["context"]["sections"] if s["kind"] == "memory")
+
+
 async def poll(predicate, *, within: float = 5.0):
     for _ in range(int(within / 0.05)):
         value = await predicate()

@@ -106,9 +106,10 @@ class Extra:
 class TierSource(Protocol):
     """A tier made from what the turn's latest messages say (a persona's lorebook, a user's memories): the
     builder reads the stored turns once, then hands the latest ``depth + 1`` texts (the newest first), the
-    tokens left, and the turn's way of counting them to ``make``."""
+    tokens left, and the turn's way of counting them to ``make``; ``budget`` is the most it takes."""
 
     depth: int
+    budget: int
 
     async def make(
         self, texts: list[str], left: int, count: Callable[[str], int], ratio: float, tokenizer: str
@@ -125,8 +126,9 @@ class Built:
     messages: list[ChatMessage]
     account: ContextAccount
     tokenizer: Tokenizer
-    # Tokens of the turn's last message, stored with it.
-    message_tokens: int
+    # Tokens of the turn's last message, stored with it; None when the turn was sent without counting them (later
+    # turns then count the stored message by its size).
+    message_tokens: int | None
     # Tokens counted for everything sent, by the estimate (before the conversation's correction): what the
     # provider's reported input tokens are compared with.
     estimated_input: int
@@ -225,10 +227,13 @@ class ContextBuilder:
             def count(text: str) -> int:
                 return int(raw(text) * ratio + 0.999)
 
-        # /v1 with nothing to choose: when the whole request's UTF-8 size (a bound on its tokens) fits, it is
-        # sent as it is without being tokenized.
+        # A turn without a stored conversation and nothing else to choose (/v1, a conversation's first turn):
+        # when the whole request's UTF-8 size (a bound on its tokens) and the lore's and memory's own budgets fit,
+        # it is sent as it is without being tokenized, with those tiers as they would be chosen with every token
+        # counted (each gets its own budget either way).
         shown = _examples(persona, user_name)
-        if conversation is None and not extras and lore is None and memory is None and not exact and not shown:
+        if conversation is None and not extras and not exact and not shown:
+            sources = [source for source in (lore, memory) if source is not None]
             size = _size(system) + MESSAGE_OVERHEAD * len(messages)
             pictures = 0
             for message in messages:
@@ -236,23 +241,9 @@ class ContextBuilder:
                 pictures += _image_tokens(message, model)
             for tool in tools:
                 size += _size(tool.name) + _size(tool.description) + len(msgspec.json.encode(tool.parameters))
-            if size + pictures <= budget:
-                estimated = int(size / 3.5 + 0.999) + pictures
-                return Built(
-                    system=system,
-                    persona_chars=persona_chars,
-                    messages=list(messages),
-                    account=ContextAccount(
-                        window=window,
-                        budget=budget,
-                        used=estimated,
-                        tokenizer=ESTIMATE.name if not tokenizer.exact else tokenizer.name,
-                        sections=[Section(kind="message", tokens=estimated, items=len(messages))],
-                        dropped_turns=0,
-                    ),
-                    tokenizer=tokenizer,
-                    message_tokens=0,
-                    estimated_input=estimated,
+            if size + pictures + sum(source.budget for source in sources) <= budget:
+                return await self._unweighed(
+                    system, persona_chars, messages, sources, size, pictures, window, budget, tokenizer, lore, memory
                 )
 
         system_tokens = count(system) if system else 0
@@ -388,6 +379,67 @@ class ContextBuilder:
             newest_read_seq=newest,
             uncovered=uncovered,
             droppable=droppable,
+            extras=kept,
+            lore=lore,
+            memory=memory,
+        )
+
+    async def _unweighed(
+        self,
+        system: str,
+        persona_chars: int,
+        messages: Sequence[ChatMessage],
+        sources: list[TierSource],
+        size: int,
+        pictures: int,
+        window: int,
+        budget: int,
+        tokenizer: Tokenizer,
+        lore: TierSource | None,
+        memory: TierSource | None,
+    ) -> Built:
+        """The context of a request whose UTF-8 ``size``, images (``pictures`` tokens) and tiers' budgets fit
+        ``budget``: everything goes."""
+        estimated = int(size / 3.5 + 0.999) + pictures
+        sections: list[Section] = []
+        kept: list[Extra] = []
+        if sources:
+            reach = max(source.depth for source in sources) + 1
+            scanned = [m.content for m in reversed(messages) if m.content and m.role != "tool"][:reach]
+            room = budget - size - pictures
+            for source in sources:
+                extra = await source.make(scanned, room, tokenizer.count, 1.0, tokenizer.name)
+                if extra is not None and extra.tokens <= room:
+                    kept.append(extra)
+                    room -= extra.tokens
+                    sections.append(Section(kind=extra.kind, tokens=extra.tokens, items=extra.items))
+        sections.append(Section(kind="message", tokens=estimated, items=len(messages)))
+        sent = list(messages)
+        tiers = "\n\n".join(e.system for e in kept if e.system)
+        if tiers:
+            system = f"{system}\n\n{tiers}" if system else tiers
+        placed = sorted(((depth, m) for e in kept for depth, m in e.messages), key=lambda p: -p[0])
+        for depth, message in placed:
+            sent.insert(max(len(sent) - depth, 0), message)
+        added = sum(e.tokens for e in kept)
+        return Built(
+            system=system,
+            persona_chars=persona_chars,
+            messages=sent,
+            account=ContextAccount(
+                window=window,
+                budget=budget,
+                used=estimated + added,
+                tokenizer=ESTIMATE.name if not tokenizer.exact else tokenizer.name,
+                sections=sections,
+                dropped_turns=0,
+                lore_ids=[i for e in kept if e.kind == "lore" for i in e.ids],
+                memory_ids=[i for e in kept if e.kind == "memory" for i in e.ids],
+            ),
+            tokenizer=tokenizer,
+            message_tokens=None,
+            estimated_input=estimated + added,
+            droppable=added,
             extras=kept,
             lore=lore,
             memory=memory,

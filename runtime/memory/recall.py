@@ -1,16 +1,19 @@
 """What a turn remembers of its user (contract section 15): the memory tier of the context.
 
 One query reads the user's switch and their memories for the persona and their persona-wide ones, newest
-first; they are kept in this process (:class:`RecallCache`) until a write to that user's memories, here or
-heard of from another instance, so most turns make no query at all. When they all fit the persona's
-``memory.token_budget`` they all go, oldest first; otherwise one more query ranks them with PostgreSQL's
-full-text rank against the latest message, and the most relevant go, then the newest, while the budget
-holds. With vectors on (:class:`runtime.memory.vectors.Vectors`, ``EMBEDDINGS_PROVIDER`` on a database with
-pgvector) the latest message is embedded first (one call on that turn) and the same query ranks the memories
-that have a vector of that model by cosine similarity, ahead of those without one, which keep their full-text
-rank. They become one system section after the persona's prompt (and after its lore), so the persona's
-cached prefix never changes with them. Each memory's tokens are counted once per tokenizer. Memory text is
-never logged.
+first, with each one's lexemes (PostgreSQL's ``to_tsvector('simple', content)``); they are kept in this process
+(:class:`RecallCache`) until a write to that user's memories, here or heard of from another instance, so most
+turns make no query at all. When they all fit the persona's ``memory.token_budget`` they all go, oldest first;
+otherwise they are ranked by PostgreSQL's full-text rank against the latest message, and the most relevant go,
+then the newest, while the budget holds. For a message of plain ASCII words that rank is worked out here from
+the kept lexemes (:mod:`runtime.memory.textrank`, ``ts_rank``'s own arithmetic); for any other message one more
+query asks PostgreSQL, and its answer is kept with the memories for that message. With vectors on
+(:class:`runtime.memory.vectors.Vectors`, ``EMBEDDINGS_PROVIDER`` on a database with pgvector) the latest
+message is embedded first (one call on that turn) and one query ranks the memories that have a vector of that
+model by cosine similarity, ahead of those without one, which keep their full-text rank. They become one system
+section after the persona's prompt (and after its lore), so the persona's cached prefix never changes with
+them. What a turn makes of the memories (each one's tokens per tokenizer, the whole section when they
+all fit) is made once per memory set. Memory text is never logged.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncpg
 import msgspec
 
 from personas.changes import UNHEARD_SECONDS
+from runtime.memory.textrank import LEXEMES, Postings, postings_of, query_words, ranked
 from runtime.memory.vectors import Vectors
 
 __all__ = ["KEEP_SECONDS", "MEMORY_HEADING", "MEMORY_SIGNAL", "MemoryDecision", "Recall", "RecallCache", "Recalled"]
@@ -35,26 +39,27 @@ MEMORY_SIGNAL = "memories"
 
 MEMORY_HEADING = "What you remember about {user} from earlier conversations:"
 
-# The user's switch and their memories for the persona and persona-wide ones, newest first.
-_LOAD = """
+# The user's switch and their memories for the persona and persona-wide ones, newest first, each with its lexemes.
+_LOAD = f"""
 WITH switch AS (SELECT coalesce((SELECT enabled FROM memory_settings WHERE user_id = $1), true) AS enabled)
-SELECT switch.enabled, m.id, m.persona_id, m.content
+SELECT switch.enabled, m.id, m.persona_id, m.content, m.lexemes, m.counts
 FROM switch LEFT JOIN LATERAL (
-    SELECT id, persona_id, content, created_at FROM memories
+    SELECT id, persona_id, content, created_at, {LEXEMES.format(content="content")} FROM memories
     WHERE user_id = $1 AND (persona_id = $2 OR persona_id IS NULL) AND switch.enabled
     ORDER BY created_at DESC, id LIMIT $3
 ) m ON true
 ORDER BY m.created_at DESC, m.id"""
-# When they do not all fit: PostgreSQL's full-text rank of those that share a word with the latest message
-# (plainto_tsquery asks for all of its words; its terms joined by OR ask for any).
+# When they do not all fit: the ids of those of the user's ``limit`` newest that share a word with the latest
+# message, most relevant first by PostgreSQL's full-text rank and among equals the newest, in one array (one row
+# to read, however many match). plainto_tsquery asks for all of its words; its terms joined by OR ask for any.
 _RANK = """
-WITH query AS (SELECT nullif(replace(plainto_tsquery('simple', $3)::text, ' & ', ' | '), '')::tsquery AS terms)
-SELECT m.id, ts_rank(to_tsvector('simple', m.content), query.terms) AS rank
-FROM memories m, query
-WHERE m.user_id = $1 AND (m.persona_id = $2 OR m.persona_id IS NULL)
-  AND m.id IN (SELECT id FROM memories WHERE user_id = $1 AND (persona_id = $2 OR persona_id IS NULL)
-               ORDER BY created_at DESC, id LIMIT $4)
-  AND query.terms IS NOT NULL AND to_tsvector('simple', m.content) @@ query.terms"""
+WITH query AS (SELECT nullif(replace(plainto_tsquery('simple', $3)::text, ' & ', ' | '), '')::tsquery AS terms),
+newest AS (SELECT id, content, created_at FROM memories WHERE user_id = $1 AND (persona_id = $2 OR persona_id IS NULL)
+           ORDER BY created_at DESC, id LIMIT $4),
+ranked AS (SELECT newest.id, newest.created_at, ts_rank(to_tsvector('simple', newest.content), query.terms) AS rank
+           FROM newest, query
+           WHERE query.terms IS NOT NULL AND to_tsvector('simple', newest.content) @@ query.terms)
+SELECT coalesce(array_agg(id ORDER BY rank DESC, created_at DESC, id) FILTER (WHERE rank > 0), '{}') FROM ranked"""
 # With vectors: each memory's cosine similarity to the latest message's vector ($5) when it has one of the same
 # model ($6) and dimension, else null; and its full-text rank, for those without.
 _RANK_VECTORS = """
@@ -75,15 +80,55 @@ _QUERY_CHARS = 2000
 KEEP_SECONDS = 60.0
 
 
+# What is kept of one (user, persona) for each way of counting, and of rankings by message, at most: turns of one
+# user come through one tokenizer or two, and a ranking is reused by a message sent again (a retry, a regenerate).
+_WAYS = 8
+_RANKINGS = 16
+
+
 @dataclass
 class _Kept:
-    """One user's memories for one persona, as read: the switch, (id, persona, content) newest first, and each
-    one's tokens by tokenizer."""
+    """One user's memories for one persona, as read: the switch, (id, persona, content) newest first, their
+    lexemes, and what turns make of them, once: each one's tokens by tokenizer, the section when they all fit,
+    and the rankings PostgreSQL gave of the messages seen. All of it goes with the next write."""
 
     enabled: bool
     rows: list[tuple[UUID, UUID | None, str]]
     until: float
     tokens: dict[str, list[int]] = field(default_factory=dict)
+    costs: dict[tuple[str, float], tuple[list[int], int]] = field(default_factory=dict)
+    headings: dict[tuple[str, str], int] = field(default_factory=dict)
+    whole: dict[tuple[str, float, str, int], Recalled] = field(default_factory=dict)
+    postings: Postings = field(default_factory=dict)
+    rankings: dict[str, list[int]] = field(default_factory=dict)
+
+    def index(self) -> dict[UUID, int]:
+        """Each memory's place in ``rows``, by id."""
+        return {memory_id: n for n, (memory_id, _, _) in enumerate(self.rows)}
+
+    def costs_of(self, tokenizer: str, ratio: float, count: Callable[[str], int]) -> tuple[list[int], int]:
+        """Each memory's tokens (its line's, with "- " and a line break) counted by ``tokenizer`` and scaled by
+        ``ratio``, and their sum."""
+        found = self.costs.get((tokenizer, ratio))
+        if found is None:
+            raw = self.tokens.get(tokenizer)
+            if raw is None:
+                raw = self.tokens[tokenizer] = [count(content) + 2 for _, _, content in self.rows]
+            costs = raw if ratio == 1.0 else [_scaled(c, ratio) for c in raw]
+            if len(self.costs) >= _WAYS:
+                self.costs.clear()
+            found = self.costs[(tokenizer, ratio)] = (costs, sum(costs))
+        return found
+
+    def heading_of(self, tokenizer: str, user_name: str, count: Callable[[str], int]) -> tuple[str, int]:
+        """The section's heading for ``user_name`` and its tokens by ``tokenizer`` (unscaled)."""
+        heading = MEMORY_HEADING.format(user=user_name)
+        tokens = self.headings.get((tokenizer, user_name))
+        if tokens is None:
+            if len(self.headings) >= _WAYS:
+                self.headings.clear()
+            tokens = self.headings[(tokenizer, user_name)] = count(heading)
+        return heading, tokens
 
 
 class RecallCache:
@@ -163,6 +208,7 @@ class Recall:
             enabled=bool(rows[0][0]) if rows else True,
             rows=[(r[1], r[2], r[3]) for r in rows if r[1] is not None],
             until=time.monotonic() + self.cache.seconds,
+            postings=postings_of([(r[4], r[5]) for r in rows if r[1] is not None]),
         )
         self.cache.put(user_id, (persona_id, limit), kept)
         return kept
@@ -184,27 +230,43 @@ class Recall:
     ) -> Recalled:
         kept = await self._load(user_id, persona_id, limit)
         if not kept.enabled:
-            return Recalled(enabled=False)
+            return _OFF
         found = kept.rows
         if not found:
-            return Recalled(enabled=True)
-        heading = MEMORY_HEADING.format(user=user_name)
-        fixed = _scaled(count(heading), ratio) + overhead
-        raw = kept.tokens.get(tokenizer)
-        if raw is None:
-            raw = kept.tokens[tokenizer] = [count(content) + 2 for _, _, content in found]  # "- " and a line break
-        costs = raw if ratio == 1.0 else [_scaled(c, ratio) for c in raw]
+            return _NONE
+        heading, heading_tokens = kept.heading_of(tokenizer, user_name, count)
+        fixed = _scaled(heading_tokens, ratio) + overhead
+        costs, total = kept.costs_of(tokenizer, ratio, count)
         reasons: dict[int, str] = {}
-        if fixed + sum(costs) <= budget:
+        if fixed + total <= budget:
+            if not explain:
+                # The same memories make the same section on every turn until the next write.
+                key = (tokenizer, ratio, user_name, overhead)
+                whole = kept.whole.get(key)
+                if whole is None:
+                    if len(kept.whole) >= _WAYS:
+                        kept.whole.clear()
+                    whole = kept.whole[key] = Recalled(
+                        enabled=True,
+                        text=f"{heading}\n" + "\n".join([f"- {content}" for _, _, content in reversed(found)]),
+                        tokens=fixed + total,
+                        ids=[str(memory_id) for memory_id, _, _ in reversed(found)],
+                    )
+                return whole
             reasons = dict.fromkeys(range(len(found)), "fits")
         else:
-            order = await self._rank(user_id, persona_id, latest, limit)
+            ranked = await self._rank(kept, user_id, persona_id, latest, limit)
             spent = fixed
-            # Most relevant first; among equals the newest (rows are newest first, and the sort is stable).
-            for index in sorted(range(len(found)), key=lambda i: order.get(found[i][0], _UNRANKED)):
+            # The most relevant first, then the rest newest first (rows are newest first), while the budget holds.
+            for index in ranked:
                 if spent + costs[index] <= budget:
                     spent += costs[index]
-                    reasons[index] = "newest" if order.get(found[index][0], _UNRANKED) == _UNRANKED else "relevant"
+                    reasons[index] = "relevant"
+            if len(reasons) < len(found) and spent < budget:
+                for index in range(len(found)):
+                    if index not in reasons and spent + costs[index] <= budget:
+                        spent += costs[index]
+                        reasons[index] = "newest"
         decisions = (
             [
                 MemoryDecision(
@@ -222,39 +284,57 @@ class Recall:
         if not reasons:
             return Recalled(enabled=True, decisions=decisions)
         chosen = sorted(reasons, reverse=True)  # oldest first: the section reads in the order it was learnt
-        lines = "\n".join(f"- {found[i][2]}" for i in chosen)
         return Recalled(
             enabled=True,
-            text=f"{heading}\n{lines}",
+            text=f"{heading}\n" + "\n".join([f"- {found[i][2]}" for i in chosen]),
             tokens=fixed + sum(costs[i] for i in chosen),
             ids=[str(found[i][0]) for i in chosen],
             decisions=decisions,
         )
 
-    async def _rank(self, user_id: UUID, persona_id: UUID, latest: str, limit: int) -> dict[UUID, tuple[int, float]]:
-        """Each relevant memory's place among the user's ``limit`` newest for the persona, smallest first:
-        (0, -similarity) for those with a vector, (1, -rank) for those that share a word with the latest message;
-        the others are left out (they come after, newest first)."""
+    async def _rank(self, kept: _Kept, user_id: UUID, persona_id: UUID, latest: str, limit: int) -> list[int]:
+        """The indexes in ``kept`` of the relevant memories among the user's ``limit`` newest for the persona, most
+        relevant first: those with a vector by similarity, then those that share a word with the latest message
+        by full-text rank, among equals the newest. The others are left out (they come after, newest first).
+
+        Without vectors a message's ranking is kept with the memories until they change: the same message sent
+        again is not ranked again. With them it is not, since a memory's vector arrives after its write."""
         if not latest.strip():
-            return {}
+            return []
         text = latest[:_QUERY_CHARS]
         vectors = self.vectors
         vector = await vectors.query(text) if vectors is not None else None
         if vectors is None or vector is None:
-            rows = await self._pool.fetch(_RANK, user_id, persona_id, text, limit)
-            return {r[0]: (1, -r[1]) for r in rows if r[1] > 0}
+            words = query_words(text)
+            if words is not None:  # PostgreSQL's rank, worked out here from its lexemes
+                return ranked(kept.postings, words)
+            found = kept.rankings.get(text) if vectors is None else None
+            if found is None:
+                ids = await self._pool.fetchval(_RANK, user_id, persona_id, text, limit)
+                index = kept.index()
+                found = [index[i] for i in ids if i in index]
+                if vectors is None:
+                    if len(kept.rankings) >= _RANKINGS:
+                        kept.rankings.clear()
+                    kept.rankings[text] = found
+            return found
         rows = await self._pool.fetch(_RANK_VECTORS, user_id, persona_id, text, limit, vector, vectors.model)
-        order: dict[UUID, tuple[int, float]] = {}
+        order: dict[int, tuple[int, float]] = {}
+        index = kept.index()
         for memory_id, similarity, rank in rows:
+            at = index.get(memory_id)
+            if at is None:
+                continue
             if similarity is not None and math.isfinite(similarity):
-                order[memory_id] = (0, -similarity)
+                order[at] = (0, -similarity)
             elif rank > 0:
-                order[memory_id] = (1, -rank)
-        return order
+                order[at] = (1, -rank)
+        # Among equals the newest: the smaller index.
+        return sorted(order, key=lambda at: (*order[at], at))
 
 
-# Where memories neither similar nor sharing a word with the latest message go: after the rest, newest first.
-_UNRANKED = (2, 0.0)
+_OFF = Recalled(enabled=False)
+_NONE = Recalled(enabled=True)
 
 
 def _scaled(tokens: int, ratio: float) -> int:

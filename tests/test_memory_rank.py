@@ -1,0 +1,77 @@
+"""The full-text rank a turn works out in process orders memories as PostgreSQL's ``ts_rank`` does (contract
+section 15: past the budget, the most relevant by PostgreSQL's full-text ranking, then the newest), and
+messages its parser could read otherwise are left to PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+
+import asyncpg
+
+from runtime.memory.textrank import LEXEMES, postings_of, query_words, ranked
+
+# PostgreSQL's order of memories (newest first, as $1's order) against a message: as the turn's ranking query.
+_ORDER = """
+WITH query AS (SELECT nullif(replace(plainto_tsquery('simple', $2)::text, ' & ', ' | '), '')::tsquery AS terms),
+ranked AS (SELECT m.n, ts_rank(to_tsvector('simple', m.content), query.terms) AS rank
+           FROM unnest($1::text[]) WITH ORDINALITY AS m(content, n), query
+           WHERE query.terms IS NOT NULL AND to_tsvector('simple', m.content) @@ query.terms)
+SELECT coalesce(array_agg(n - 1 ORDER BY rank DESC, n) FILTER (WHERE rank > 0), '{}') FROM ranked"""
+_LEXEMES = (
+    f"SELECT {LEXEMES.format(content='m.content')} FROM unnest($1::text[]) WITH ORDINALITY AS m(content, n) ORDER BY n"
+)
+_QUERY = "SELECT coalesce(array_agg(lexeme ORDER BY lexeme), '{}') FROM unnest(to_tsvector('simple', $1))"
+
+_WORDS = ["boat", "harbour", "cello", "tea", "garden", "music", "winter", "train", "city", "dog", "cat", "book"]
+_WORDS += ["river", "job", "the", "a", "of", "7", "2026", "X1"]
+_GLUE = [" ", " ", " ", ", ", ". ", "! ", "? ", ": ", "; ", " (", ") ", "'", '"', "\n", "_"]
+
+
+def _text(rng: random.Random, words: int) -> str:
+    parts = []
+    for _ in range(words):
+        word = rng.choice(_WORDS)
+        parts.append(word.upper() if rng.random() < 0.1 else word)
+        parts.append(rng.choice(_GLUE))
+    return "".join(parts).strip()
+
+
+async def test_memories_are_ranked_in_postgresqls_order_ties_and_repeats_included(database_url):
+    rng = random.Random(18)
+    connection = await asyncpg.connect(database_url)
+    try:
+        for case in range(150):
+            memories = [_text(rng, rng.choice((1, 3, 6, 12, 40))) for _ in range(rng.randint(1, 60))]
+            if case % 10 == 0:
+                memories.append("a " * 400)  # one word at more places than PostgreSQL keeps (256)
+            message = _text(rng, rng.randint(0, 25))
+            words = query_words(message)
+            assert words is not None, message
+            assert words == list(await connection.fetchval(_QUERY, message))
+            postings = postings_of([(r[0], r[1]) for r in await connection.fetch(_LEXEMES, memories)])
+            assert ranked(postings, words) == list(await connection.fetchval(_ORDER, memories, message)), message
+    finally:
+        await connection.close()
+
+
+async def test_a_message_postgresql_could_read_otherwise_is_left_to_it(database_url):
+    connection = await asyncpg.connect(database_url)
+    try:
+        for message in (
+            "e.g. the boat",
+            "a sea-boat",
+            "caf\u00e9 au lait",
+            "the harbour/boat",
+            "me@harbour.org",
+            "1.5 boats",
+            "<b>boat</b>",
+            "C++ and tea",
+            "~dog",
+            "U.S.A. trip",
+            "x.y",
+        ):
+            assert query_words(message) is None, message
+        for message in ("Is my boat safe at the harbour?", "word. Next", "1. 2. 3.", "Don't stop: x_y", ""):
+            assert query_words(message) == list(await connection.fetchval(_QUERY, message)), message
+    finally:
+        await connection.close()
