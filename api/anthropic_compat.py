@@ -18,9 +18,10 @@ from api.sse import sse_response
 from api.trace import MemoryHeader, persona_headers, with_memory
 from core.errors import BadRequest, ProviderError
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
-from providers import NO_OPTIONS, ChatMessage, Options, ResponseFormat, ToolCall, ToolChoice, ToolSpec
+from providers import NO_OPTIONS, ChatMessage, Image, Options, ResponseFormat, ToolCall, ToolChoice, ToolSpec
 from runtime.chat.collector import TurnResult
 from runtime.chat.frames import Last, encoded_stream
+from runtime.chat.images import image_of, media_url
 from runtime.chat.pipeline import TurnInput
 from runtime.chat.resolve import persona_name_of_model
 from runtime.chat.turn import Turn
@@ -47,7 +48,20 @@ class _ToolResult(Struct, frozen=True, kw_only=True, tag_field="type", tag="tool
     is_error: bool = False
 
 
-_Block = _Text | _ToolUse | _ToolResult
+class _Base64Source(Struct, frozen=True, kw_only=True, tag_field="type", tag="base64"):
+    media_type: str
+    data: str
+
+
+class _URLSource(Struct, frozen=True, kw_only=True, tag_field="type", tag="url"):
+    url: str
+
+
+class _Image(Struct, frozen=True, kw_only=True, tag_field="type", tag="image"):
+    source: _Base64Source | _URLSource
+
+
+_Block = _Text | _Image | _ToolUse | _ToolResult
 
 
 class _Message(Struct, frozen=True, kw_only=True):
@@ -138,12 +152,19 @@ def _joined(blocks: list[_Text]) -> str:
     return "\n\n".join(block.text for block in blocks)
 
 
-def _turns(messages: list[_Message]) -> tuple[list[ChatMessage], list[str | None]]:
+def _image(block: _Image, field: str, at: int) -> Image:
+    source = block.source
+    url = media_url(source.media_type, source.data) if isinstance(source, _Base64Source) else source.url
+    return image_of(url, field, at=at)
+
+
+def _turns(messages: list[_Message]) -> tuple[list[ChatMessage], list[str | None], list[str]]:
     """The conversation in provider-neutral form: a user turn's tool results become ``tool`` turns before its text.
     With each turn, the field its text came in: the pipeline checks what users and tools said (None: not
-    checked, the client's own assistant turns and empty tool results)."""
+    checked, the client's own assistant turns and empty tool results). Then the field of each image."""
     turns: list[ChatMessage] = []
     fields: list[str | None] = []
+    image_fields: list[str] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}].content"
         user = message.role == "user"
@@ -153,10 +174,20 @@ def _turns(messages: list[_Message]) -> tuple[list[ChatMessage], list[str | None
             continue
         texts: list[_Text] = []
         calls: list[ToolCall] = []
+        images: list[Image] = []
         for j, block in enumerate(message.content):
             match block:
                 case _Text():
                     texts.append(block)
+                case _Image():
+                    if not user:
+                        field = f"{where}[{j}]"
+                        raise BadRequest(f"`{field}`: `image` blocks belong in user turns.", field=field)
+                    # Where the image stands in the text blocks joined so far (each passage after the first
+                    # opens with the separator, so the image comes before it).
+                    at = len(_joined(texts)) if texts else 0
+                    images.append(_image(block, f"{where}[{j}]", at))
+                    image_fields.append(f"{where}[{j}]")
                 case _ToolUse():
                     if user:
                         raise BadRequest(f"`{where}[{j}]`: `tool_use` blocks belong in assistant turns.", field=where)
@@ -174,14 +205,14 @@ def _turns(messages: list[_Message]) -> tuple[list[ChatMessage], list[str | None
             if text is not None or calls:
                 turns.append(ChatMessage(role="assistant", content=text, tool_calls=tuple(calls)))
                 fields.append(None)
-        elif text is not None:
-            turns.append(ChatMessage(role="user", content=text))
+        elif text is not None or images:
+            turns.append(ChatMessage(role="user", content=text or "", images=tuple(images)))
             fields.append(where)
         elif not message.content:
             raise BadRequest(f"`{where}` is empty: send at least one content block.", field=where)
     if not any(turn.role != "assistant" for turn in turns):
         raise BadRequest("`messages` has no user message.", field="messages")
-    return turns, fields
+    return turns, fields, image_fields
 
 
 # Where each option came in, for a 400 that names what the client sent.
@@ -237,7 +268,7 @@ def _turn_input(
         ToolSpec(name=t.name, description=t.description or "", parameters=t.input_schema, strict=t.strict)
         for t in data.tools or ()
     )
-    turns, fields = _turns(data.messages)
+    turns, fields, image_fields = _turns(data.messages)
     return TurnInput(
         route="messages",
         messages=tuple(turns),
@@ -246,6 +277,7 @@ def _turn_input(
         system_fields=system_fields,
         tools=tools,
         tool_fields=tuple(f"tools[{i}]" for i in range(len(tools))),
+        image_fields=tuple(image_fields),
         temperature=temperature,
         top_p=top_p,
         max_tokens=max_tokens,

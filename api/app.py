@@ -13,9 +13,9 @@ from typing import Any
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from api.anthropic_compat import AnthropicController
+from api.assets import schema_viewers, vendor_router
 from api.auth import ApiKeyMiddleware
 from api.authoring import AuthoringController
 from api.avatars import AvatarController
@@ -85,6 +85,7 @@ def create_app(
             StatsController,
             UsageController,
             playground_router(),
+            vendor_router(),
         ],
         dependencies=dependencies,
         request_class=GuardedRequest,
@@ -92,7 +93,7 @@ def create_app(
         middleware=[
             path_params_guard,
             DefineMiddleware(
-                ApiKeyMiddleware, exclude=["^/schema", "^/health", "^/ready", "^/metrics", "^/playground"]
+                ApiKeyMiddleware, exclude=["^/schema", "^/health", "^/ready", "^/metrics", "^/playground", "^/vendor"]
             ),
         ],
         lifespan=[lifespan],
@@ -101,7 +102,7 @@ def create_app(
             version="0.1.0",
             description="Personas, prompt assembly and streaming chat for LLM clients.",
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=schema_viewers(),
         ),
         plugins=[StrictStructSchemaPlugin()],
         logging_config=None,

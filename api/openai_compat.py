@@ -18,9 +18,10 @@ from api.sse import sse_response
 from api.trace import MemoryHeader, persona_headers, with_memory
 from core.errors import BadRequest
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
-from providers import NO_OPTIONS, ChatMessage, Options, ResponseFormat, ToolCall, ToolChoice, ToolSpec
+from providers import NO_OPTIONS, ChatMessage, Image, Options, ResponseFormat, ToolCall, ToolChoice, ToolSpec
 from runtime.chat.collector import TurnResult
 from runtime.chat.frames import DONE, Last, encoded_stream
+from runtime.chat.images import image_of
 from runtime.chat.pipeline import TurnInput
 from runtime.chat.resolve import find_model_id, list_model_ids, persona_name_of_model
 from runtime.chat.turn import Turn
@@ -39,14 +40,21 @@ class _ToolCall(Struct, frozen=True, kw_only=True):
     type: str = "function"
 
 
-class _TextPart(Struct, frozen=True, kw_only=True):
+class _ImageURL(Struct, frozen=True, kw_only=True):
+    url: str
+    detail: str | None = None
+
+
+class _Part(Struct, frozen=True, kw_only=True):
     type: str
     text: str | None = None
+    # An object, as OpenAI's API takes it; some clients send the bare URL.
+    image_url: _ImageURL | str | None = None
 
 
 class _Message(Struct, frozen=True, kw_only=True):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_TextPart] | None = None
+    content: str | list[_Part] | None = None
     tool_calls: list[_ToolCall] | None = None
     tool_call_id: str | None = None
     name: str | None = None
@@ -140,29 +148,44 @@ class CompletionRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields
     prompt_cache_key: str | None = None
 
 
-def _text(message: _Message, index: int) -> str | None:
+def _text(message: _Message, index: int) -> tuple[str | None, tuple[Image, ...], list[str]]:
+    """A message's text, its images (user messages only) placed in the text, and the field of each image."""
     if message.content is None or isinstance(message.content, str):
-        return message.content
-    parts = []
-    for part in message.content:
-        if part.type != "text" or part.text is None:
+        return message.content, (), []
+    parts: list[str] = []
+    images: list[Image] = []
+    fields: list[str] = []
+    at = 0
+    for j, part in enumerate(message.content):
+        where = f"messages[{index}].content[{j}]"
+        if part.type == "image_url" and part.image_url is not None:
+            if message.role != "user":
+                raise BadRequest(f"`{where}`: images belong in user messages.", field=where)
+            image = _ImageURL(url=part.image_url) if isinstance(part.image_url, str) else part.image_url
+            images.append(image_of(image.url, where, at=at, detail=image.detail))
+            fields.append(where)
+        elif part.type == "text" and part.text is not None:
+            parts.append(part.text)
+            at += len(part.text)
+        else:
             raise BadRequest(
-                f"messages[{index}]: only text content is supported, not {part.type!r}.",
-                field=f"messages[{index}].content",
+                f"`{where}`: only `text` and `image_url` content parts are supported, not {part.type!r}.",
+                field=where,
             )
-        parts.append(part.text)
-    return "".join(parts)
+    return "".join(parts), tuple(images), fields
 
 
-def _split(messages: list[_Message]) -> tuple[list[str], list[str], list[ChatMessage], list[str]]:
+def _split(messages: list[_Message]) -> tuple[list[str], list[str], list[ChatMessage], list[str], list[str]]:
     """The client's system messages and the conversation in provider-neutral form, each with the field it
-    came in (``messages[i].content``)."""
+    came in (``messages[i].content``), and the field of each image (``messages[i].content[j]``)."""
     system: list[str] = []
     system_fields: list[str] = []
     turns: list[ChatMessage] = []
     fields: list[str] = []
+    image_fields: list[str] = []
     for index, message in enumerate(messages):
-        text = _text(message, index)
+        text, images, where = _text(message, index)
+        image_fields += where
         if message.role in ("system", "developer"):
             if text:
                 system.append(text)
@@ -184,10 +207,10 @@ def _split(messages: list[_Message]) -> tuple[list[str], list[str], list[ChatMes
             # Beside tool calls, an empty `content` (what the SDKs' stream helpers send back) is no content.
             turns.append(ChatMessage(role="assistant", content=(text or None) if calls else text, tool_calls=calls))
         else:
-            turns.append(ChatMessage(role="user", content=text or ""))
+            turns.append(ChatMessage(role="user", content=text or "", images=images))
     if not turns:
         raise BadRequest("`messages` has no user message.", field="messages")
-    return system, system_fields, turns, fields
+    return system, system_fields, turns, fields, image_fields
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
@@ -397,7 +420,7 @@ def _turn_input(data: CompletionRequest) -> TurnInput:
     """OpenAI's body as a turn: nothing stored, since an OpenAI client sends the whole conversation each time."""
     _refused(data)
     persona_name = persona_name_of_model(data.model)
-    system, system_fields, turns, fields = _split(data.messages)
+    system, system_fields, turns, fields, image_fields = _split(data.messages)
     tools = tuple(
         ToolSpec(
             name=t.function.name,
@@ -415,6 +438,7 @@ def _turn_input(data: CompletionRequest) -> TurnInput:
         message_fields=tuple(fields),
         system_fields=tuple(system_fields),
         tool_fields=tuple(f"tools[{i}].function" for i in range(len(tools))),
+        image_fields=tuple(image_fields),
         temperature=data.temperature,
         top_p=data.top_p,
         max_tokens=data.max_tokens or data.max_completion_tokens,

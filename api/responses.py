@@ -27,9 +27,10 @@ from api.trace import MemoryHeader, persona_headers, with_memory
 from core.errors import BadRequest, NotFound, PersonaRuntimeError
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 from personas.models import Caller
-from providers import ChatMessage, ToolCall, ToolSpec
+from providers import ChatMessage, Image, ToolCall, ToolSpec
 from runtime.chat.collector import TurnResult
 from runtime.chat.frames import Last, encoded_stream
+from runtime.chat.images import image_of
 from runtime.chat.pipeline import TurnInput
 from runtime.chat.resolve import persona_name_of_model
 from runtime.chat.responses import ResponseStore, StoredResponse
@@ -145,12 +146,49 @@ def _text_of(content: Any, where: str) -> str:
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind not in _TEXT_PARTS or not isinstance(part.get("text"), str):
+            hint = ": images belong in user messages" if kind == "input_image" else ""
             raise BadRequest(
-                f"`{where}[{j}]`: only text parts (`input_text`) are served here, not {kind!r}.",
+                f"`{where}[{j}]`: only text parts (`input_text`) are served here, not {kind!r}{hint}.",
                 field=f"{where}[{j}].type",
             )
         texts.append(part["text"])
     return "".join(texts)
+
+
+def _user_content(content: Any, where: str) -> tuple[str, tuple[Image, ...], list[str]]:
+    """A user message's text, and its ``input_image`` parts placed in it with the field of each."""
+    if not isinstance(content, list) or not any(
+        isinstance(p, dict) and p.get("type") == "input_image" for p in content
+    ):
+        return _text_of(content, where), (), []
+    texts: list[str] = []
+    images: list[Image] = []
+    fields: list[str] = []
+    at = 0
+    for j, part in enumerate(content):
+        field = f"{where}[{j}]"
+        if isinstance(part, dict) and part.get("type") == "input_image":
+            url, detail = part.get("image_url"), part.get("detail")
+            if not isinstance(url, str):
+                raise BadRequest(
+                    f"`{field}.image_url` is missing: send the image's address or data URL (`file_id` is not "
+                    "served here).",
+                    field=f"{field}.image_url",
+                )
+            if detail is not None and not isinstance(detail, str):
+                raise BadRequest(f"`{field}.detail` must be low, high or auto.", field=f"{field}.detail")
+            images.append(image_of(url, field, at=at, detail=detail, detail_field=f"{field}.detail"))
+            fields.append(field)
+        elif isinstance(part, dict) and part.get("type") in _TEXT_PARTS and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+            at += len(part["text"])
+        else:
+            kind = part.get("type") if isinstance(part, dict) else None
+            raise BadRequest(
+                f"`{field}`: only `input_text` and `input_image` parts are served here, not {kind!r}.",
+                field=f"{field}.type",
+            )
+    return "".join(texts), tuple(images), fields
 
 
 class _Input:
@@ -161,6 +199,7 @@ class _Input:
         self.fields: list[str | None] = []
         self.system: list[str] = []
         self.system_fields: list[str] = []
+        self.image_fields: list[str] = []
 
     def add(self, turn: ChatMessage, field: str | None) -> None:
         self.turns.append(turn)
@@ -211,14 +250,17 @@ class _Input:
 
     def message(self, item: dict[str, Any], where: str) -> None:
         role = item.get("role")
+        if role == "user":
+            text, images, fields = _user_content(item.get("content", ""), f"{where}.content")
+            self.add(ChatMessage(role="user", content=text, images=images), f"{where}.content")
+            self.image_fields += fields
+            return
         text = _text_of(item.get("content", ""), f"{where}.content")
         match role:
             case "system" | "developer":
                 if text:
                     self.system.append(text)
                     self.system_fields.append(f"{where}.content")
-            case "user":
-                self.add(ChatMessage(role="user", content=text), f"{where}.content")
             case "assistant":
                 self.add(ChatMessage(role="assistant", content=text), None)
             case _:
@@ -528,6 +570,7 @@ def _turn_input(data: ResponsesRequest, turns: _Input, prior: StoredResponse | N
         system_fields=(*system_fields, *turns.system_fields),
         tools=tools,
         tool_fields=tuple(f"tools[{i}]" for i in range(len(tools))),
+        image_fields=(*("previous_response_id",) * sum(len(m.images) for m in earlier), *turns.image_fields),
         temperature=data.temperature,
         top_p=data.top_p,
         max_tokens=data.max_output_tokens,

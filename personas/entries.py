@@ -34,11 +34,11 @@ T = TypeVar("T")
 
 # Every key names the shape of the value it holds. Bump this whenever that shape changes (a field of
 # Persona or of anything it nests, or how an id is written), so a release never reads another's entries.
-CACHE_VERSION = "v7"
+CACHE_VERSION = "v8"
 _PREFIX = CACHE_VERSION + ":"
-# The release before wrote its keys under "v6:" (a persona alone, without its labels and rollout). Writes delete
-# those too, so that instances still running it during a rolling deploy see the change. At the next bump: "v7:".
-_PREVIOUS_PREFIX = "v6:"
+# The release before wrote its keys under "v7:" (personas without `model_settings.vision`). Writes delete those
+# too, so that instances still running it during a rolling deploy see the change. At the next bump: "v8:".
+_PREVIOUS_PREFIX = "v7:"
 
 DEFAULT_KEY = _PREFIX + "default"
 

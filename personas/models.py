@@ -82,6 +82,8 @@ class ModelSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     context_window: ContextWindow | None = None
     # Summarize the turns that fall out of the window.
     summaries: bool = True
+    # The model takes images in messages; false refuses a turn with an image (a 400) before any provider call.
+    vision: bool = True
     memory: MemorySettings = msgspec.field(default_factory=MemorySettings)
 
 

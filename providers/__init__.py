@@ -4,6 +4,7 @@ from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers.base import (
     NO_OPTIONS,
     ChatMessage,
+    Image,
     Options,
     Provider,
     ProviderConfig,
@@ -33,6 +34,7 @@ __all__ = [
     "ChatMessage",
     "EchoProvider",
     "Finish",
+    "Image",
     "Options",
     "Provider",
     "ProviderConfig",

@@ -12,7 +12,7 @@ from core.errors import BadRequest, ProviderUnavailable
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
 from providers._adapter import HttpAdapter, sdk_headers
-from providers.base import NO_OPTIONS, ChatMessage, Options, ProviderRequest, ToolSpec
+from providers.base import NO_OPTIONS, ChatMessage, Image, Options, ProviderRequest, ToolSpec
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "DEFAULT_MODEL", "OPENING_TURN", "AnthropicProvider"]
 
@@ -139,11 +139,24 @@ def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
                 for c in message.tool_calls
             )
             out.append({"role": "assistant", "content": blocks})
+        elif message.images:
+            out.append({"role": message.role, "content": [_block(piece) for piece in message.pieces()]})
         else:
             out.append({"role": message.role, "content": message.content or ""})
     if out and out[0]["role"] == "assistant":
         out.insert(0, {"role": "user", "content": OPENING_TURN})
     return out
+
+
+def _block(piece: str | Image) -> dict[str, Any]:
+    """A content block: text, or an ``image`` whose source is a data URL's base64 bytes or a web address
+    (OpenAI's ``detail`` has no equivalent here, and is not sent)."""
+    if isinstance(piece, str):
+        return {"type": "text", "text": piece}
+    if piece.inline:
+        media_type, data = piece.media()
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": piece.url}}
 
 
 class _Reader:

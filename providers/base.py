@@ -13,6 +13,7 @@ from core.events import ProviderEvent, TextDelta, ToolCallDelta
 __all__ = [
     "NO_OPTIONS",
     "ChatMessage",
+    "Image",
     "Options",
     "Provider",
     "ProviderConfig",
@@ -35,17 +36,60 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     arguments: str
 
 
+class Image(msgspec.Struct, frozen=True, kw_only=True):
+    """An image in a user's message.
+
+    ``url`` is a web address the provider fetches, or the image itself as a ``data:`` URL
+    (``data:image/png;base64,...``); each adapter puts it in its API's own form. ``at`` is where the image
+    stands in the message's ``content``, as a character offset (0: before the text). ``detail`` is OpenAI's
+    ``low``, ``high`` or ``auto`` (None: not given; Anthropic has no such choice). ``width`` and ``height``
+    are known when the image's own header gave them (a data URL), for counting its tokens.
+    """
+
+    url: str
+    at: int = 0
+    detail: Literal["low", "high", "auto"] | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def inline(self) -> bool:
+        return self.url.startswith("data:")
+
+    def media(self) -> tuple[str, str]:
+        """A data URL's media type and base64 data (``image/png``, ``iVBOR...``)."""
+        head, _, data = self.url.partition(",")
+        return head[len("data:") :].split(";", 1)[0], data
+
+
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
     """One turn of the conversation.
 
     An assistant turn may carry ``tool_calls``; a ``tool`` turn answers one of them and names it
-    in ``tool_call_id``. System prompts are not messages: see ``ProviderRequest.system``.
+    in ``tool_call_id``. A user turn may carry ``images`` (each placed in its text by ``Image.at``).
+    System prompts are not messages: see ``ProviderRequest.system``.
     """
 
     role: Literal["user", "assistant", "tool"]
     content: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    images: tuple[Image, ...] = ()
+
+    def pieces(self) -> list[str | Image]:
+        """The message's text and images in the order they were sent (blank text between them left out: Anthropic
+        refuses a whitespace-only text block)."""
+        text, start = self.content or "", 0
+        out: list[str | Image] = []
+        for image in self.images:
+            at = min(max(image.at, start), len(text))
+            if text[start:at].strip():
+                out.append(text[start:at])
+            out.append(image)
+            start = at
+        if text[start:].strip():
+            out.append(text[start:])
+        return out
 
 
 class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):

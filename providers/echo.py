@@ -30,7 +30,13 @@ def _words(text: str | None) -> int:
 def _last_user_message(messages: tuple[ChatMessage, ...]) -> str:
     for message in reversed(messages):
         if message.role == "user":
-            return message.content or ""
+            text = message.content or ""
+            if message.images:
+                # Echo cannot look at images; it says how many it was given, so a client can see they came.
+                count = len(message.images)
+                seen = f"[{count} image{'s' if count != 1 else ''}]"
+                text = f"{text} {seen}" if text else seen
+            return text
     return ""
 
 
@@ -89,11 +95,19 @@ def _shaped(options: Options, text: str) -> str:
     return answer
 
 
+def _plain(message: dict[str, Any]) -> dict[str, Any]:
+    # A message's ``images`` are shown only when it has some.
+    if not message.get("images"):
+        message.pop("images", None)
+    return message
+
+
 class EchoProvider:
     """Answers ``"[echo] " + the last user message``, streamed a word at a time.
 
     Usage counts whitespace-separated words: the system prompt and every message in, the answer
-    out. When the request offers tools and the latest message is the user's and reads
+    out. A user message with images is answered with their number after its text (``"[echo] What is
+    this? [2 images]"``). When the request offers tools and the latest message is the user's and reads
     ``/tool NAME {json}``, it calls tool NAME with those arguments instead (a fresh call id each
     time), so tool round trips can be tried offline; once the results come back it answers with
     them in text (``"[echo] tool NAME said: RESULT"``, one per result), which ends the loop.
@@ -126,7 +140,7 @@ class EchoProvider:
             "model": request.model or self.default_model,
             "system": request.system,
             # a JSON round trip gives plain lists and dicts, as the body of an HTTP call would be
-            "messages": msgspec.json.decode(msgspec.json.encode(request.messages)),
+            "messages": [_plain(m) for m in msgspec.json.decode(msgspec.json.encode(request.messages))],
             "tools": [_tool(t) for t in request.tools],
         }
         for key in ("temperature", "top_p", "max_tokens"):

@@ -11,7 +11,7 @@ from core.errors import ProviderUnavailable
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
 from providers._adapter import HttpAdapter, sdk_headers
-from providers.base import NO_OPTIONS, ChatMessage, Options, ProviderRequest, ToolChoice, ToolSpec
+from providers.base import NO_OPTIONS, ChatMessage, Image, Options, ProviderRequest, ToolChoice, ToolSpec
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "OpenAIProvider"]
 
@@ -86,7 +86,19 @@ def _message(message: ChatMessage) -> dict[str, Any]:
                 for call in message.tool_calls
             ],
         }
+    if message.images:
+        return {"role": message.role, "content": [_part(piece) for piece in message.pieces()]}
     return {"role": message.role, "content": message.content or ""}
+
+
+def _part(piece: str | Image) -> dict[str, Any]:
+    """A content part: text, or an ``image_url`` (a web address or a data URL, as Chat Completions takes both)."""
+    if isinstance(piece, str):
+        return {"type": "text", "text": piece}
+    image_url: dict[str, Any] = {"url": piece.url}
+    if piece.detail is not None:
+        image_url["detail"] = piece.detail
+    return {"type": "image_url", "image_url": image_url}
 
 
 class _Reader:

@@ -346,6 +346,21 @@ async def test_responses_curl_examples_run_as_written(echo_server):
     assert rest.rstrip().endswith('"object":"response.deleted","deleted":true}')
 
 
+@pytest.mark.usefixtures("curl")
+async def test_images_curl_examples_run_as_written(echo_server):
+    database_url, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("images-curl")
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    script = bash_blocks(ROOT / "docs" / "api.md", "## Images")
+    env = {**cli_env(database_url), "BASE": url, "KEY": key}
+    result = await run("bash", "-euo", "pipefail", "-c", script, env=env)
+    assert result.returncode == 0, result.stderr
+    completion, message = result.stdout.rstrip().split("\n")
+    assert '"content":"[echo] What is this? [1 image]"' in completion
+    assert '"type":"message"' in message and '"text":"[echo] And this one? [1 image]"' in message
+
+
 @pytest.mark.usefixtures("node")
 async def test_javascript_fetch_example_runs_as_written(echo_server):
     _, url, app = echo_server

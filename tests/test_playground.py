@@ -138,6 +138,8 @@ async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_
         assert assets and all(a.startswith("/playground/") for a in assets), assets
         for name in (
             "playground.js",
+            "chat.js",
+            "markdown.js",
             "api.js",
             "sse.js",
             "ui.js",
@@ -152,6 +154,14 @@ async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_
             expected = "text/css" if name.endswith(".css") else "javascript"
             assert expected in r.headers["content-type"], (name, r.headers["content-type"])
             assert "http://" not in r.text and "https://" not in r.text, f"{name} loads something from elsewhere"
+        # The Markdown libraries the chat imports are the server's own too (/vendor, shipped in the package).
+        markdown = (await http.get("/playground/markdown.js")).text
+        manifest = json.loads((ROOT / "api" / "static" / "vendor" / "manifest.json").read_text())
+        for folder, name in (("marked", "marked.esm.js"), ("dompurify", "purify.es.js")):
+            module = f"/vendor/{folder}/{name}?v={manifest[folder]['version']}"
+            assert f'from "{module}"' in markdown, f"markdown.js should import {module}"
+            r = await http.get(module)
+            assert r.status_code == 200 and "javascript" in r.headers["content-type"], module
         # The API next door still wants a key.
         assert (await http.get(PERSONAS)).status_code == 401
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from runtime.chat.tokens import ESTIMATE, calibrated, context_window_for, estimate_tokens, tokenizer_for
 
 
@@ -34,3 +38,33 @@ def test_calibration_stays_within_bounds() -> None:
     assert calibrated(1.2) == 1.2
     assert calibrated(0.01) == 0.75
     assert calibrated(50.0) == 2.0
+
+
+_AT_START = """
+import asyncio
+from runtime.chat import tokens
+from runtime.server.resources import open_resources
+from runtime.server.settings import Settings
+
+async def main():
+    before = sorted(tokens._encodings)
+    async with open_resources(Settings.from_env(dotenv=False)):
+        print(before, sorted(tokens._encodings))
+
+asyncio.run(main())
+"""
+
+
+async def test_the_configured_models_tokenizers_are_loaded_at_start_not_by_the_first_turn(create_database) -> None:
+    # Loading a vocabulary takes a third of a second; done by the first turn, it would hold the event loop.
+    env = {
+        **os.environ,
+        "DATABASE_URL": await create_database(),
+        "OPENAI_API_KEY": "sk-test-not-a-key",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "OPENAI_MODEL": "gpt-4o-mini",
+    }
+    env.pop("REDIS_URL", None)
+    done = subprocess.run([sys.executable, "-c", _AT_START], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "[] ['o200k_base']"

@@ -37,6 +37,7 @@ from runtime.chat.tokens import (
     Tokenizer,
     calibrated,
     context_window_for,
+    image_tokens,
     tokenizer_for,
 )
 
@@ -125,11 +126,16 @@ class Built:
     memory: TierSource | None = None
 
 
-def _message_tokens(message: ChatMessage, count: Any) -> int:
+def _message_tokens(message: ChatMessage, count: Any, model: str) -> int:
     tokens = MESSAGE_OVERHEAD + (count(message.content) if message.content else 0)
     for call in message.tool_calls or ():
         tokens += count(call.name) + count(call.arguments)
-    return tokens
+    return tokens + _image_tokens(message, model)
+
+
+def _image_tokens(message: ChatMessage, model: str) -> int:
+    # By the image's size, not its data URL's length: a picture is not text to the model.
+    return sum(image_tokens(image, model) for image in message.images) if message.images else 0
 
 
 def _tool_tokens(tool: ToolSpec, count: Any) -> int:
@@ -202,12 +208,14 @@ class ContextBuilder:
         shown = _examples(persona, user_name)
         if conversation is None and not extras and lore is None and memory is None and not exact and not shown:
             size = _size(system) + MESSAGE_OVERHEAD * len(messages)
+            pictures = 0
             for message in messages:
                 size += _message_size(message)
+                pictures += _image_tokens(message, model)
             for tool in tools:
                 size += _size(tool.name) + _size(tool.description) + len(msgspec.json.encode(tool.parameters))
-            if size <= budget:
-                estimated = int(size / 3.5 + 0.999)
+            if size + pictures <= budget:
+                estimated = int(size / 3.5 + 0.999) + pictures
                 return Built(
                     system=system,
                     persona_chars=persona_chars,
@@ -227,7 +235,7 @@ class ContextBuilder:
 
         system_tokens = count(system) if system else 0
         tools_tokens = sum(_tool_tokens(t, count) for t in tools)
-        each = [_message_tokens(m, count) for m in messages]
+        each = [_message_tokens(m, count, model) for m in messages]
         message_tokens = sum(each)
         fixed = system_tokens + tools_tokens + message_tokens
         if fixed > budget:
@@ -289,7 +297,7 @@ class ContextBuilder:
         examples: list[ChatMessage] = []
         if shown:
             example_messages = [ChatMessage(role=role, content=content) for role, content in shown]  # type: ignore[arg-type]
-            cost = sum(_message_tokens(m, count) for m in example_messages)
+            cost = sum(_message_tokens(m, count, model) for m in example_messages)
             if cost <= left:
                 examples = example_messages
                 left -= cost

@@ -38,7 +38,7 @@ from runtime.chat.prompt import Route, SystemPrompts, build_request, plan_routes
 from runtime.chat.recall import TurnMemory
 from runtime.chat.resolve import PersonaSource, resolve_model_persona, resolve_persona, serve_version
 from runtime.chat.summaries import Summarizer
-from runtime.chat.tokens import ANSWER_RESERVE, estimate_size
+from runtime.chat.tokens import ANSWER_RESERVE, estimate_size, image_tokens
 from runtime.chat.turn import AnswerStream, Outcome, Turn, open_answer
 from runtime.memory import Extractor, Recall
 from runtime.turns import TurnLog
@@ -73,8 +73,9 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
 
     The ``*_fields`` name the wire field each piece of client text came in, so an error names what the
     client sent: one per message (None: not checked, such as an assistant turn of an Anthropic body), one
-    per system text, and one per tool (where its ``name`` and ``description`` are). Left empty, they are
-    ``messages[i].content``, ``system[i]`` and ``tools[i]``; ``option_fields`` maps an option's name to its
+    per system text, one per tool (where its ``name`` and ``description`` are), and one per image, in the
+    order of the messages (``messages[i].content[j]``). Left empty, they are ``messages[i].content``,
+    ``system[i]``, ``tools[i]`` and ``messages[i].content``; ``option_fields`` maps an option's name to its
     wire field where they differ.
     """
 
@@ -106,6 +107,7 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     # wire field each came in where the route names it otherwise (`stop` is `stop_sequences` on /v1/messages).
     options: Options = NO_OPTIONS
     option_fields: dict[str, str] | None = None
+    image_fields: tuple[str, ...] = ()
 
     def check(self, max_chars: int) -> None:
         """Every input check of a turn: each message's text, the client's system text and its tools."""
@@ -113,6 +115,8 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
         for index, message in enumerate(self.messages):
             field = fields[index] if index < len(fields) else f"messages[{index}].content"
             if field is not None and message.content is not None:
+                if message.images and not message.content.strip():  # an image needs no words beside it
+                    continue
                 _check_text(message.content, field, max_chars, "send the text of your message")
         fields = self.system_fields
         for index, text in enumerate(self.system):
@@ -132,6 +136,22 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
                 field = f"{where}.description"
                 raise PayloadTooLarge(
                     f"`{field}` is {len(tool.description)} characters long; the limit is {max_chars}.", field=field
+                )
+
+    def check_images(self, persona: Persona) -> None:
+        """A 400 naming the first image when the persona's model takes none (``model_settings.vision`` false)."""
+        if persona.model_settings.vision:
+            return
+        seen = 0
+        for index, message in enumerate(self.messages):
+            if message.images:
+                fields = self.image_fields
+                field = fields[seen] if seen < len(fields) else f"messages[{index}].content"
+                raise BadRequest(
+                    f"`{field}` is an image, and the persona {persona.name!r}'s model takes no images "
+                    "(its `model_settings.vision` is false): send text only, or use a persona whose model "
+                    "sees images.",
+                    field=field,
                 )
 
 
@@ -254,6 +274,7 @@ class ChatPipeline:
         """
         turn.check(self.max_message_chars)
         persona, source, conversation, variant = await self.resolve(caller, turn)
+        turn.check_images(persona)
         routes = plan_routes(persona, self.providers, self.default_provider, provider=turn.provider, model=turn.model)
         if turn.options is not NO_OPTIONS:
             routes = self._taking(routes, turn)
@@ -685,7 +706,8 @@ def _reserve(request: ProviderRequest) -> int:
     :data:`~runtime.chat.tokens.ANSWER_RESERVE`)."""
     size = len(request.system or "") + sum(len(m.content or "") for m in request.messages)
     size += sum(len(t.name) + len(t.description) for t in request.tools)
-    return estimate_size(size) + (request.max_tokens or ANSWER_RESERVE)
+    pictures = sum(image_tokens(image, request.model) for m in request.messages for image in m.images)
+    return estimate_size(size) + pictures + (request.max_tokens or ANSWER_RESERVE)
 
 
 async def _settle(task: asyncio.Future[Any]) -> None:

@@ -6,16 +6,21 @@ tokenizers ship with no package we can use offline: their counts are estimated f
 generous side, and a conversation corrects the estimate with what the provider reported for its earlier
 turns (:func:`calibrated`).
 
+Images are counted by their size, as the provider bills them (:func:`image_tokens`).
+
 Also here: how many tokens a model takes (:func:`context_window_for`), from a table of well-known models.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from providers import Image
 
 __all__ = [
     "ANSWER_RESERVE",
@@ -26,6 +31,8 @@ __all__ = [
     "context_window_for",
     "estimate_size",
     "estimate_tokens",
+    "image_tokens",
+    "load_tokenizers",
     "tokenizer_for",
 ]
 
@@ -52,6 +59,38 @@ def estimate_tokens(text: str) -> int:
 def estimate_size(size: int) -> int:
     """Tokens of a text of ``size`` UTF-8 bytes, by the estimate."""
     return int(size / _BYTES_PER_TOKEN + 0.999)
+
+
+# An image whose size is unknown (a web address the provider fetches): OpenAI's count for a 1024x1024 image
+# (four tiles), and Anthropic's most for one image (about 1.15 megapixels, which larger images are cut to).
+_OPENAI_IMAGE_UNKNOWN = 765
+_ANTHROPIC_IMAGE_MOST = 1600
+
+
+def image_tokens(image: Image, model: str) -> int:
+    """The tokens ``image`` costs ``model``.
+
+    Claude models: ``width * height / 750`` after the image is scaled to fit 1568 pixels on its long side and
+    1.15 megapixels, at most 1600. Every other model, by OpenAI's tiles (gpt-4o's figures): ``detail`` low is
+    85; otherwise the image is scaled to fit 2048x2048, then its short side to 768, and each 512-pixel tile
+    costs 170 on top of 85. An image of unknown size counts as 1600 for Claude and 765 (1024x1024) otherwise.
+    """
+    width, height = image.width, image.height
+    if "claude" in model.lower():
+        if not width or not height:
+            return _ANTHROPIC_IMAGE_MOST
+        scale = min(1.0, 1568 / max(width, height), math.sqrt(1_150_000 / (width * height)))
+        return min(math.ceil(width * scale * height * scale / 750), _ANTHROPIC_IMAGE_MOST)
+    if image.detail == "low":
+        return 85
+    if not width or not height:
+        return _OPENAI_IMAGE_UNKNOWN
+    w, h = float(width), float(height)
+    if max(w, h) > 2048:
+        w, h = w * 2048 / max(w, h), h * 2048 / max(w, h)
+    if min(w, h) > 768:
+        w, h = w * 768 / min(w, h), h * 768 / min(w, h)
+    return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
 
 
 @dataclass(frozen=True)
@@ -121,6 +160,13 @@ def tokenizer_for(model: str) -> Tokenizer:
         if name.startswith(prefix):
             return _encoding(encoding)
     return ESTIMATE
+
+
+def load_tokenizers(models: Iterable[str]) -> None:
+    """Load the exact tokenizers of ``models`` now: at start-up, in a thread, so that the first turn counting
+    with one does not hold the event loop while its tables load (a third of a second, or more)."""
+    for model in models:
+        tokenizer_for(model)
 
 
 # Tokens well-known models take, request and answer together, by name prefix (first match wins: the more

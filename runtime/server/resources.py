@@ -42,6 +42,7 @@ from runtime.chat.leases import Leases
 from runtime.chat.pipeline import ChatPipeline
 from runtime.chat.recordings import StreamRecorder
 from runtime.chat.responses import ResponseStore
+from runtime.chat.tokens import load_tokenizers
 from runtime.memory import MEMORY_SIGNAL, Extractor, MemoryStore, Recall, RecallCache
 from runtime.memory.vectors import Embedder, Vectors, embeddings_config, has_vectors
 from runtime.server.embedded import EmbeddedPostgres
@@ -232,7 +233,9 @@ async def open_resources(
             msgspec.structs.replace(c, timeout=settings.request_timeout, max_connections=settings.provider_connections)
             for c in configs_from_env(settings.env)
         ]
-        metrics.allow(providers=[c.name for c in configs], models=[c.default_model for c in configs if c.default_model])
+        models = [c.default_model for c in configs if c.default_model]
+        metrics.allow(providers=[c.name for c in configs], models=models)
+        await asyncio.to_thread(load_tokenizers, models)
         default = default_provider(configs, settings.env)
         embeddings = embeddings_config(configs, settings.embeddings_provider) if settings.embeddings_provider else None
         providers = (registry or ProviderRegistry.with_builtins()).build(configs)

@@ -112,6 +112,21 @@ export class Client {
   chat(turn, message, signal) {
     return this.stream(CHAT, { ...turn, message }, signal);
   }
+  /** Stop a running answer on whichever instance runs it; what was said is stored (409: it had ended). */
+  cancel(messageId) {
+    return this.json("POST", `${CHAT}/messages/${messageId}/cancel`);
+  }
+  /** The caller's stored conversations, newest first. */
+  conversations({ limit = 50, offset = 0 } = {}) {
+    return this.json("GET", `${CHAT}/conversations?limit=${limit}&offset=${offset}`);
+  }
+  /** A stored conversation and its messages, oldest first. */
+  conversation(id) {
+    return this.json("GET", `${CHAT}/conversations/${id}`);
+  }
+  deleteConversation(id) {
+    return this.json("DELETE", `${CHAT}/conversations/${id}`);
+  }
 
   // Versions
   versions(id) {

@@ -28,7 +28,7 @@ export const NEW_DRAFT = {
   lorebook: null,
 };
 
-// The model settings the form has no input for (prompt_cache, summaries): sent back as loaded.
+// The model settings the form has no input for (prompt_cache, summaries, vision): sent back as loaded.
 let loadedSettings = {};
 
 const input = (field) => $(`#f-${field}`);

@@ -4,7 +4,8 @@ import { Client } from "./api.js";
 import { cardsPart } from "./cards.js";
 import { FormError, NEW_DRAFT, changeNote, fillForm, markField, readForm, setReadOnly, snapshot } from "./editor.js";
 import { memoryPanel } from "./memory.js";
-import { chatPanel, comparePanel, renderPanel, testsPanel, versionsPanel } from "./panels.js";
+import { chatPanel } from "./chat.js";
+import { comparePanel, renderPanel, testsPanel, versionsPanel } from "./panels.js";
 import { $, clearError, el, notify, onFieldError, showError, task } from "./ui.js";
 
 // The key lives in this tab's sessionStorage only: never localStorage, never a URL.
@@ -41,6 +42,8 @@ const ctx = {
     }
   },
   loaded: (persona) => load(persona),
+  /** Put a saved persona in the editor (after a confirm when it holds unsaved edits); false when it is not. */
+  open: (id) => pick(id),
   /** The chat's kept conversation changed (null: there is none). */
   onConversation: (conversation) => render.conversation(conversation),
 };
@@ -64,6 +67,7 @@ $("#key-form").addEventListener("submit", async (event) => {
   if (!key) return;
   sessionStorage.setItem(KEY_STORAGE, key);
   memory.reset();
+  chat.reset();
   if (await refreshList() && $("#tab-memory").getAttribute("aria-selected") === "true") await memory.load();
 });
 
@@ -74,6 +78,7 @@ $("#key-forget").addEventListener("click", () => {
   showList();
   memory.reset();
   memory.personas([]);
+  chat.reset();
   notify("The key is forgotten by this tab.");
 });
 
@@ -117,15 +122,20 @@ async function refreshList() {
 }
 
 async function pick(id) {
-  if (dirty() && !confirm("Discard the unsaved changes in the editor?")) return;
+  if (dirty() && !confirm("Discard the unsaved changes in the editor?")) return false;
   const body = await task("Could not load the persona", () => client.getPersona(id));
-  if (body) await load(body.persona);
+  if (!body) return false;
+  await load(body.persona);
+  return true;
 }
 
 // Editor --------------------------------------------------------------------------------------------
 
-/** Put a saved persona (or null: a new draft) in the editor and refresh the panels that follow it. */
-async function load(persona, draft = NEW_DRAFT) {
+/**
+ * Put a saved persona (or null: a new draft) in the editor and refresh the panels that follow it. `same`: it
+ * is what the editor held, just saved, so the chat's turns stay.
+ */
+async function load(persona, draft = NEW_DRAFT, { same = false } = {}) {
   state.current = persona;
   const editable = !persona || persona.system_prompt !== null;
   fillForm(persona || draft);
@@ -143,7 +153,7 @@ async function load(persona, draft = NEW_DRAFT) {
   $("#editor-context").textContent = NOT_COUNTED;
   showAvatar(persona);
   if (persona && editable) countQuietly(persona);
-  chat.follow(persona);
+  chat.follow(persona, { same });
   compare.clear();
   updateStatus();
   showList();
@@ -262,7 +272,7 @@ $("#persona-form").addEventListener("submit", async (event) => {
   );
   if (!saved) return;
   notify(saved.message || `Saved as version ${saved.persona.version}.`);
-  await load(saved.persona);
+  await load(saved.persona, NEW_DRAFT, { same: true });
   await refreshList();
 });
 
