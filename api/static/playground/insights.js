@@ -12,6 +12,10 @@ const MAX_DAYS = 92; // a chart per day asks once a day: a quarter at most
 const PARALLEL = 6; // of those requests at once
 const COLORS = ["#2f5bd3", "#d9480f", "#2b8a3e", "#862e9c", "#e67700", "#0b7285", "#c2255c", "#5c940d"];
 const CHART_HEIGHT = 190;
+// Steps between the day axis's lines (seconds): whole days, so no day is written twice.
+const DAYS = [1, 2, 7, 14, 28, 56].map((n) => n * 86_400);
+// Steps between a count axis's lines: whole numbers (turns, tokens, ratings come in ones).
+const WHOLE = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 1e8, 1e9];
 
 const count = (n) => Number(n).toLocaleString("en");
 const ms = (n) => (n === null || n === undefined ? "–" : `${Number(n).toLocaleString("en", { maximumFractionDigits: 1 })} ms`);
@@ -59,7 +63,7 @@ function feedbackRate(row) {
 // Charts ------------------------------------------------------------------------------------------------
 
 /** A line chart over the range's days (seconds at UTC midnight), one series per `series` entry. */
-function lineChart(target, xs, series, { unit = "" } = {}) {
+function lineChart(target, xs, series, { unit = "", whole = true } = {}) {
   const width = Math.max(280, target.clientWidth || target.parentElement.clientWidth || 480);
   const options = {
     width,
@@ -67,8 +71,12 @@ function lineChart(target, xs, series, { unit = "" } = {}) {
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 1)] } },
     axes: [
-      { space: 60, values: (u, splits) => splits.map((s) => new Date(s * 1000).toISOString().slice(5, 10)) },
-      { label: unit, size: 56, values: (u, splits) => splits.map((s) => count(s)) },
+      {
+        space: 60,
+        incrs: DAYS,
+        values: (u, splits) => splits.map((s) => new Date(s * 1000).toISOString().slice(5, 10)),
+      },
+      { label: unit, size: 56, values: (u, splits) => splits.map((s) => count(s)), ...(whole ? { incrs: WHOLE } : {}) },
     ],
     series: [
       { label: "day", value: (u, ts) => (ts === null ? "–" : new Date(ts * 1000).toISOString().slice(0, 10)) },
@@ -289,7 +297,7 @@ export function insightsPanel({ client }) {
     const up = sum(byVersion, "feedback_up");
     const down = sum(byVersion, "feedback_down");
     $("#insights-summary").textContent =
-      `${count(turns)} turns from ${span} · ${count(input)} input tokens (${percent(cached, input)} cached) · ` +
+      `${count(turns)} turn${turns === 1 ? "" : "s"} from ${span} · ${count(input)} input tokens (${percent(cached, input)} cached) · ` +
       `${count(sum(byVersion, "output_tokens"))} output · feedback ${count(up)} up, ${count(down)} down`;
     $("#insights-body").hidden = false;
 
@@ -321,7 +329,7 @@ export function insightsPanel({ client }) {
           { label: "p50", values: daily("ttft_ms_p50") },
           { label: "p95", values: daily("ttft_ms_p95"), color: COLORS[1] },
         ],
-        { unit: "ms" },
+        { unit: "ms", whole: false },
       ),
     );
     charts.push(
@@ -413,7 +421,7 @@ export function insightsPanel({ client }) {
           { label: "production p50", values: ttft("production") },
           { label: "rollout p50", values: ttft("rollout"), color: COLORS[1] },
         ],
-        { unit: "ms" },
+        { unit: "ms", whole: false },
       ),
     );
   }
