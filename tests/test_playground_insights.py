@@ -135,6 +135,15 @@ async def test_the_insights_tab_charts_real_turns_and_changes_the_release(
     assert len(seeded["day"]) >= 3  # the week has turns on several days
 
     await page.set_viewport_size({"width": 1920, "height": 1080})
+    # Nothing the page's policy refuses (uPlot styles its nodes through the DOM, never inline markup), and
+    # nothing fetched from elsewhere.
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if "Refused" in m.text or "Policy" in m.text else None)
+    failed: list[str] = []
+    # (A persona without an avatar answers its avatar with a 404: the editor shows its initial.)
+    page.on("response", lambda r: failed.append(r.url) if r.status >= 400 and "/avatar" not in r.url else None)
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
     await open_playground(page, base_url, alice.key)
     latest = await api(base_url, alice, "GET", f"{PERSONAS}/{persona['id']}")
     await page.locator(f'#persona-list [data-persona-id="{persona["id"]}"]').click()
@@ -196,6 +205,8 @@ async def test_the_insights_tab_charts_real_turns_and_changes_the_release(
         "Rollout: v3 to 50% of users, production (v2) to the rest."
     )
     await page.locator(".workbench").screenshot(path=screenshots / "insights.png")
+    assert console == [] and failed == [], (console, failed)
+    assert requested and all(u.startswith(base_url) for u in requested), requested
 
     # Down to 10% from the tab, then promoted: pinning production to v3 ends the rollout.
     await page.get_by_label("to percent of users").fill("10")
