@@ -94,6 +94,7 @@ class ChatController(Controller):
     async def chat(
         self, data: JSONBody[ChatRequest], caller: CallerDep, resources: ResourcesDep, request: Request[Any, Any, Any]
     ) -> Response[Any]:
+        stream = wants_stream(data.stream, request)
         asked = TurnInput(
             messages=(ChatMessage(role="user", content=data.message),),
             message_fields=("message",),
@@ -102,11 +103,12 @@ class ChatController(Controller):
             provider=data.provider,
             model=data.model,
             store=True,
+            stream=stream,
             memory=data.memory,
             persona_version=data.persona_version,
         )
         turn = await resources.chat.run(caller, asked)
-        stream, heartbeat = wants_stream(data.stream, request), resources.settings.heartbeat_seconds
+        heartbeat = resources.settings.heartbeat_seconds
         answer = await resources.chat.answer(turn, stream=stream, resumable=data.resumable, heartbeat=heartbeat)
         return encoded(answer, turn.start)
 

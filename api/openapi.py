@@ -323,10 +323,12 @@ _DESCRIPTIONS = {
     400: "Bad input: the message names the field (`error.field` on /api/v1, `param` on /v1)",
     401: "Missing, unknown, revoked or expired API key",
     403: "The persona belongs to another user (only its owner or an admin may change it), or an admin-only route",
-    404: "Not found, or not visible to the caller",
-    409: "Conflicts with the current state: a taken name, an answer that already ended or was stopped, or the "
-    "default persona Mu that cannot be restored while another active persona is named Mu",
-    410: "The stream ended longer ago than `STREAM_RETENTION_SECONDS`; the message is in its conversation",
+    404: "Not found, or not visible to the caller; on a replay, `not_streamed` for a message answered without a stream",
+    409: "Conflicts with the current state: a taken name, an answer that already ended or was stopped, an answer "
+    "running on another instance that does not share its stream (no Redis), or the default persona Mu that "
+    "cannot be restored while another active persona is named Mu",
+    410: "The stream ended longer ago than `STREAM_RETENTION_SECONDS`, or its recording was lost with the instance "
+    "that held it (the message says which); the message is in its conversation",
     413: "The request body is too large",
     415: "The upload is not of a type the route takes (told by its bytes); `error.field` names it",
     429: "A rate limit of the key or persona (or the provider's) was reached; see `Retry-After`",
@@ -360,8 +362,13 @@ _CONFLICTS = {
     ("POST", "/api/v1/chat/personas/{persona_id:str}/versions/{version:str}/restore"),
     ("POST", "/api/v1/admin/users"),
 }
-# An answer that ended before the cancel came; a JSON answer stopped by a cancel (`cancelled`).
-_ENDED = {("POST", "/api/v1/chat/messages/{message_id:str}/cancel"), ("POST", "/api/v1/chat")}
+# An answer that ended before the cancel came; a JSON answer stopped by a cancel (`cancelled`); a replay of an
+# answer running on an instance that alone holds its stream.
+_ENDED = {
+    ("POST", "/api/v1/chat/messages/{message_id:str}/cancel"),
+    ("POST", "/api/v1/chat"),
+    ("GET", "/api/v1/chat/messages/{message_id:str}/events"),
+}
 # Routes that restore the default persona when it is gone, which a persona now named Mu blocks.
 _RESTORES_DEFAULT = {
     ("GET", "/api/v1/chat/personas/current"),

@@ -11,6 +11,7 @@ Every error a client can see is a ``PersonaRuntimeError`` subclass with a snake_
     ├── Unauthorized                     401 unauthorized
     ├── Forbidden                        403 forbidden
     ├── NotFound                         404 not_found
+    │   └── NotStreamed                  404 not_streamed       (a message answered whole: no events to replay)
     ├── Conflict                         409 conflict
     ├── StreamExpired                    410 stream_expired     (a finished stream past its retention)
     ├── RateLimited                      429 rate_limited       (a key's or persona's limit; carries ``retry_after``)
@@ -50,6 +51,7 @@ __all__ = [
     "Forbidden",
     "Interrupted",
     "NotFound",
+    "NotStreamed",
     "PayloadTooLarge",
     "Pending",
     "PersonaRuntimeError",
@@ -124,6 +126,12 @@ class Forbidden(PersonaRuntimeError):
 class NotFound(PersonaRuntimeError):
     code = "not_found"
     status = 404
+
+
+class NotStreamed(NotFound):
+    """The message was answered without a stream (``"stream": false``, a greeting): it has no events to replay."""
+
+    code = "not_streamed"
 
 
 class Conflict(PersonaRuntimeError):

@@ -23,7 +23,8 @@ EXAMPLES = ROOT / "docs" / "examples"
 
 
 def bash_blocks(markdown: Path, heading: str, lang: str = "bash") -> str:
-    """Every shell block of the section under ``heading`` (up to the next heading of its level), in order."""
+    """Every shell block of the section under ``heading`` (up to the next heading of its level or above), in
+    order."""
     level = heading.split(" ", 1)[0]
     blocks: list[str] = []
     inside = fenced = False
@@ -43,8 +44,8 @@ def bash_blocks(markdown: Path, heading: str, lang: str = "bash") -> str:
                 current.append(line)
         elif line == heading:
             inside = True
-        elif inside and line.startswith(level + " "):
-            break
+        elif inside and line.startswith("#") and len(line) - len(line.lstrip("#")) <= len(level):
+            break  # the next heading of its level or above
     assert blocks, f"no {lang} block under {heading!r} in {markdown.name}"
     return "\n".join(blocks)
 
@@ -62,6 +63,42 @@ async def run(*command: str, env: dict[str, str], cwd: Path = ROOT) -> subproces
     return await asyncio.to_thread(
         subprocess.run, list(command), env=env, capture_output=True, text=True, timeout=120, cwd=cwd
     )
+
+
+def checkout_state() -> str:
+    """What git sees changed in the checkout (empty outside a git checkout): a guide must change none of it."""
+    if not (ROOT / ".git").exists():
+        return ""
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True
+    )
+    return found.stdout if found.returncode == 0 else ""
+
+
+async def run_guide(
+    script: str, env: dict[str, str], scratch: Path, *, makes: frozenset[str] = frozenset()
+) -> subprocess.CompletedProcess[str]:
+    """A guide's shell script, run in ``scratch`` as a reader in a folder of their own would: it may leave only
+    the files it says it makes (``makes``), none holding a key, and must not touch the checkout."""
+    before = checkout_state()
+    result = await run("bash", "-euo", "pipefail", "-c", script, env=env, cwd=made(scratch))
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert checkout_state() == before, "the guide wrote into the checkout"
+    left = leftovers(scratch)
+    assert set(left) <= makes, f"the guide left {sorted(set(left) - makes)} behind"
+    for name, content in left.items():
+        assert b"prk_" not in content, f"{name} holds an API key"
+    return result
+
+
+def made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def leftovers(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``, by its path there, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture
@@ -92,15 +129,13 @@ def cli_env(database_url: str) -> dict[str, str]:
     return env
 
 
-async def readme_walk_through(database_url: str, url: str) -> None:
+async def readme_walk_through(database_url: str, url: str, scratch: Path) -> None:
     """README's walk-through and its chat examples, as written, with what they print checked."""
     script = "\n".join(bash_block(ROOT / "README.md", h) for h in ("## A walk through the persona API", "## Chatting"))
     # The same commands, pointed at this test's server and run with this interpreter's copy of the CLI.
     script = script.replace(".venv/bin/persona-runtime", f"{sys.executable} -m runtime")
     script = script.replace("http://127.0.0.1:8666", url)
-    result = await run("bash", "-euo", "pipefail", "-c", script, env=cli_env(database_url))
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = (await run_guide(script, cli_env(database_url), scratch)).stdout
     assert '"source":"default"' in out and '"source":"preference"' in out
     assert '"version":2' in out and "unknown template variable {{nickname}}" in out
     assert '"message":"Current persona is Mu"}' in out
@@ -127,25 +162,25 @@ async def readme_walk_through(database_url: str, url: str) -> None:
 
 
 @pytest.mark.usefixtures("curl")
-async def test_readme_walk_through_runs_as_written(echo_server):
+async def test_readme_walk_through_runs_as_written(echo_server, tmp_path):
     database_url, url, _ = echo_server
-    await readme_walk_through(database_url, url)
+    await readme_walk_through(database_url, url, tmp_path)
 
 
-async def run_walk_through(markdown: Path, heading: str, database_url: str, url: str, after: str = "") -> str:
+async def run_walk_through(
+    markdown: Path, heading: str, database_url: str, url: str, scratch: Path, after: str = ""
+) -> str:
     """The shell blocks under ``heading``, run in order (after those under ``after``, whose setup they use)."""
     script = bash_blocks(markdown, heading)
     if after:
         script = bash_blocks(markdown, after) + "\n" + script
     script = script.replace(".venv/bin/persona-runtime", f"{sys.executable} -m runtime")
     script = script.replace("http://127.0.0.1:8666", url)
-    result = await run("bash", "-euo", "pipefail", "-c", script, env=cli_env(database_url))
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
+    return (await run_guide(script, cli_env(database_url), scratch)).stdout
 
 
-async def authoring_example(database_url: str, url: str) -> None:
-    out = await run_walk_through(ROOT / "docs" / "authoring.md", "## A worked example", database_url, url)
+async def authoring_example(database_url: str, url: str, scratch: Path) -> None:
+    out = await run_walk_through(ROOT / "docs" / "authoring.md", "## A worked example", database_url, url, scratch)
     # What the page says each step prints.
     assert "You are Quill, a copy editor helping Grace." in out
     assert '37 ["`{{user_name}}` at character 37 keeps the 132 characters after it' in out
@@ -155,10 +190,10 @@ async def authoring_example(database_url: str, url: str) -> None:
     assert "[('user', 'Hi Quill'), ('assistant', '[echo] Hi Quill'), ('user', 'And now?')]" in out
 
 
-async def context_example(database_url: str, url: str) -> None:
+async def context_example(database_url: str, url: str, scratch: Path) -> None:
     # The lorebook example uses the worked example's setup: one script, in the page's order.
     out = await run_walk_through(
-        ROOT / "docs" / "context.md", "## A lorebook example", database_url, url, after="## A worked example"
+        ROOT / "docs" / "context.md", "## A lorebook example", database_url, url, scratch, after="## A worked example"
     )
     # What the page says each step prints.
     assert "The user said: Turn 1: the tide is turni\n" in out
@@ -168,8 +203,8 @@ async def context_example(database_url: str, url: str) -> None:
     assert "['After dark the toll is two coins.', 'This world is called Aria.']\n" in out
 
 
-async def memory_example(database_url: str, url: str) -> None:
-    out = await run_walk_through(ROOT / "docs" / "memory.md", "## A worked example", database_url, url)
+async def memory_example(database_url: str, url: str, scratch: Path) -> None:
+    out = await run_walk_through(ROOT / "docs" / "memory.md", "## A worked example", database_url, url, scratch)
     # What the page says each step prints.
     assert out.split("\n")[1] == "user"  # after the id `users create` prints
     assert "extracted: my balcony faces north | user: Mira grows tomatoes on a balcony.\n" in out
@@ -181,21 +216,21 @@ async def memory_example(database_url: str, url: str) -> None:
 
 
 @pytest.mark.usefixtures("curl")
-async def test_memory_guide_runs_as_written(echo_server):
+async def test_memory_guide_runs_as_written(echo_server, tmp_path):
     database_url, url, _ = echo_server
-    await memory_example(database_url, url)
+    await memory_example(database_url, url, tmp_path)
 
 
 @pytest.mark.usefixtures("curl")
-async def test_context_guide_runs_as_written(echo_server):
+async def test_context_guide_runs_as_written(echo_server, tmp_path):
     database_url, url, _ = echo_server
-    await context_example(database_url, url)
+    await context_example(database_url, url, tmp_path)
 
 
 @pytest.mark.usefixtures("curl")
-async def test_release_guide_runs_as_written(echo_server):
+async def test_release_guide_runs_as_written(echo_server, tmp_path):
     database_url, url, _ = echo_server
-    out = await run_walk_through(ROOT / "docs" / "releases.md", "## A worked example", database_url, url)
+    out = await run_walk_through(ROOT / "docs" / "releases.md", "## A worked example", database_url, url, tmp_path)
     # What the page says each step prints, in its order.
     printed = [
         "2",
@@ -215,10 +250,10 @@ async def test_release_guide_runs_as_written(echo_server):
 
 
 @pytest.mark.usefixtures("curl")
-async def test_release_loop_runs_as_written(echo_server):
+async def test_release_loop_runs_as_written(echo_server, tmp_path):
     database_url, url, _ = echo_server
     out = await run_walk_through(
-        ROOT / "docs" / "releases.md", "## The release loop", database_url, url, after="## A worked example"
+        ROOT / "docs" / "releases.md", "## The release loop", database_url, url, tmp_path, after="## A worked example"
     )
     lines = [line.strip() for line in out.splitlines()][12:]  # after the worked example's id and lines
     # What the page says each step prints, in its order; Lin is in the 10% or not, by the hash of two new ids.
@@ -241,9 +276,13 @@ async def test_release_loop_runs_as_written(echo_server):
 
 
 @pytest.mark.usefixtures("curl")
-async def test_authoring_worked_example_runs_as_written(echo_server):
+async def test_authoring_worked_example_runs_as_written(echo_server, tmp_path):
     database_url, url, _ = echo_server
-    await authoring_example(database_url, url)
+    await authoring_example(database_url, url, tmp_path)
+
+
+# The files the portability guide says it writes, in the reader's own folder.
+PORTABILITY_FILES = frozenset({"persona.json", "card.json", "card-export.png", "copy.json", "card.png"})
 
 
 async def portability_examples(database_url: str, url: str, app: Any, workdir: Path) -> None:
@@ -252,11 +291,9 @@ async def portability_examples(database_url: str, url: str, app: Any, workdir: P
     key, _ = await accounts.create_key(owner.id, name="docs")
     doc = ROOT / "docs" / "portability.md"
     script = "\n".join(bash_blocks(doc, heading, lang="sh") for heading in ("## Export", "## Import"))
-    script = script.replace("http://127.0.0.1:8666", url).replace("PYTHONPATH=.", f"PYTHONPATH={ROOT}")
+    script = script.replace("http://127.0.0.1:8666", url)
     env = {**cli_env(database_url), "KEY": key}
-    result = await run("bash", "-euo", "pipefail", "-c", script, env=env, cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = (await run_guide(script, env, workdir, makes=PORTABILITY_FILES)).stdout
     assert out.count('{"success":true,"persona"') == 3, out
     assert '"name":"Seraphina"' in out and "(PNG)" in out and "(copy)" in out
     card = (workdir / "card.json").read_text()
@@ -282,16 +319,17 @@ async def test_each_guide_also_runs_after_the_others(echo_server, tmp_path, orde
     """A reader who follows one guide, then another, on the same server meets no name taken by the first."""
     database_url, url, app = echo_server
     for guide in order:
+        scratch = tmp_path / guide
         if guide == "readme":
-            await readme_walk_through(database_url, url)
+            await readme_walk_through(database_url, url, scratch)
         elif guide == "authoring":
-            await authoring_example(database_url, url)
+            await authoring_example(database_url, url, scratch)
         elif guide == "context":
-            await context_example(database_url, url)
+            await context_example(database_url, url, scratch)
         elif guide == "memory":
-            await memory_example(database_url, url)
+            await memory_example(database_url, url, scratch)
         else:
-            await portability_examples(database_url, url, app, tmp_path)
+            await portability_examples(database_url, url, app, made(scratch))
 
 
 async def test_python_examples_run_as_written(echo_server):
@@ -407,9 +445,7 @@ async def test_limits_examples_run_as_written(echo_server, tmp_path, minute):
     key, _ = await accounts.create_key(owner.id, name="docs")
     script = bash_blocks(ROOT / "docs" / "api.md", "## Limits")
     env = {**cli_env(database_url), "KEY": key, "BASE": url}
-    result = await run("bash", "-euo", "pipefail", "-c", script, env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout.lower()
+    out = (await run_guide(script, env, tmp_path)).stdout.lower()
     assert out.count("http/1.1 200") == 2 and out.count("http/1.1 429") == 1, out
     assert "x-ratelimit-remaining-requests: 1" in out and "x-ratelimit-remaining-requests: 0" in out
     assert "retry-after:" in out
@@ -418,15 +454,71 @@ async def test_limits_examples_run_as_written(echo_server, tmp_path, minute):
 
 
 @pytest.mark.usefixtures("curl")
-async def test_turns_curl_examples_run_as_written(echo_server):
+async def test_api_guide_keys_resume_and_conversations_examples_run_as_written(echo_server, tmp_path):
+    """docs/api.md's examples that act on ids set each id they use from an answer, with no placeholder left."""
+    database_url, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("api-guide-admin", is_admin=True)
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    doc = ROOT / "docs" / "api.md"
+    headings = ("### Managing keys", "### Resuming a stream, and stopping an answer", "## Conversations")
+    script = "\n".join(bash_blocks(doc, heading) for heading in headings)
+    # No bare placeholder: each id is a variable, set before it is used.
+    assert not re.findall(r"(?<![$\w])(KEY_ID|USER_ID|PERSONA_ID|CONVERSATION_ID|MESSAGE_ID)\b(?!=)", script)
+    out = (await run_guide(script, {**cli_env(database_url), "KEY": key, "BASE": url}, tmp_path)).stdout
+    answers, streams = out.split("event: ", 1)  # the keys' and users' JSON answers come first
+    assert re.search(r'"message":"API key prk_\S+ revoked"', answers), answers
+    assert '"name":"grace"' in answers and '"name":"grace-laptop"' in answers
+    resumed, resumable, conversations = ("event: " + streams).split("data: [DONE]")
+    # The replay starts after the third event, and goes to the end.
+    assert re.findall(r"^id: [0-9a-f-]{36}:(\d+)$", resumed, re.MULTILINE) == ["4", "5", "6", "7", "8", "9"]
+    assert '"type":"done"' in resumed and '"type":"done"' in resumable
+    # The conversation the persona opened is listed first, read, then deleted.
+    opened = re.search(r'"conversations":\[\{"id":"([0-9a-f-]{36})","title":"Mu"', conversations)
+    assert opened is not None, conversations
+    _, read, deleted = conversations.split(opened[1], 1)[1].partition(f'"id":"{opened[1]}"')
+    assert read and '"success":true' in deleted
+
+
+def test_readme_lists_every_variable_the_program_reads():
+    read: set[str] = set()
+    for folder in ("api", "core", "personas", "providers", "runtime"):
+        for path in (ROOT / folder).rglob("*.py"):
+            source = path.read_text()
+            read |= set(
+                re.findall(r'(?:text|number|environ\.get|environ\[|getenv)\(?\s*"([A-Z][A-Z0-9_]{2,})"', source)
+            )
+    assert {"DATABASE_URL", "MAX_MESSAGE_CHARS", "SSE_HEARTBEAT_SECONDS"} <= read  # the scan finds them
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## Command line")]
+    listed = set(re.findall(r"`([A-Z][A-Z0-9_<>]+)`", table))
+    assert sorted(read - listed) == []
+
+
+@pytest.mark.usefixtures("curl")
+async def test_api_guide_persona_and_avatar_examples_run_as_written(echo_server, tmp_path):
+    database_url, url, app = echo_server
+    accounts = app.state.resources.accounts
+    owner = await accounts.create_user("api-guide-author")
+    key, _ = await accounts.create_key(owner.id, name="docs")
+    doc = ROOT / "docs" / "api.md"
+    script = "\n".join(bash_blocks(doc, heading) for heading in ("### Routes", "### Avatars"))
+    assert not re.findall(r"(?<![$\w])PERSONA_ID\b(?!=)", script)
+    out = (await run_guide(script, {**cli_env(database_url), "KEY": key, "BASE": url}, tmp_path)).stdout
+    assert '"version":2' in out and '"tone":"warm"' in out
+    assert re.search(r'"message":"[^"]*Quill[^"]*"', out), out
+    assert '"content_type":"image/png"' in out and "200 image/png " in out
+
+
+@pytest.mark.usefixtures("curl")
+async def test_turns_curl_examples_run_as_written(echo_server, tmp_path):
     database_url, url, app = echo_server
     accounts = app.state.resources.accounts
     owner = await accounts.create_user("turns-curl")
     key, _ = await accounts.create_key(owner.id, name="docs")
     script = bash_blocks(ROOT / "docs" / "api.md", "## Turns, feedback and analytics")
     env = {**cli_env(database_url), "BASE": url, "KEY": key}
-    result = await run("bash", "-euo", "pipefail", "-c", script, env=env)
-    assert result.returncode == 0, result.stderr
+    result = await run_guide(script, env, tmp_path)
     down, up, stats, usage, removed = result.stdout.strip().split("\n")
     assert '"rating":-1' in down and '"comment":"Counted wrong."' in down
     assert '"rating":1' in up and '"comment":null' in up

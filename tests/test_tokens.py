@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -65,6 +66,7 @@ async def test_the_configured_models_tokenizers_are_loaded_at_start_not_by_the_f
         "OPENAI_MODEL": "gpt-4o-mini",
     }
     env.pop("REDIS_URL", None)
-    done = subprocess.run([sys.executable, "-c", _AT_START], env=env, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-c", _AT_START]
+    done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "[] ['o200k_base']"

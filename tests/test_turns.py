@@ -16,6 +16,7 @@ import anthropic
 import asyncpg
 import httpx
 import openai
+import pytest
 
 from runtime.turns import TurnLog
 from tests.conftest import llm_env, persona_body
@@ -258,7 +259,8 @@ async def test_records_wait_for_a_database_that_is_away(proxied, alice):
         await pool.close()
 
 
-async def test_sigterm_writes_every_turn_record_before_the_process_exits(create_database, fake_llm):
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_sigterm_writes_every_turn_record_before_the_process_exits(create_database, fake_llm, workers):
     database_url = await create_database()
     key = "prk_turns_shutdown_admin_key_0123456789"
     env = {
@@ -269,7 +271,7 @@ async def test_sigterm_writes_every_turn_record_before_the_process_exits(create_
         "SHUTDOWN_GRACE_SECONDS": "1",
     }
     port = free_port()
-    server = start_serve(port, env)
+    server = start_serve(port, env, "--workers", workers)
     base = f"http://127.0.0.1:{port}"
     turns = 30
     try:

@@ -34,9 +34,9 @@ question AS (
     SELECT id, 'user', $2, $3, $4, $5, $9 FROM conversation RETURNING conversation_id
 ), answer AS (
     INSERT INTO messages (conversation_id, role, status, persona_id, persona_version, persona_source, provider, model,
-                          lease_until, variant)
+                          lease_until, variant, streamed)
     SELECT conversation_id, 'assistant', 'pending', $3, $4, $5, $6, $7, clock_timestamp() + $8 * interval '1 second',
-           $12
+           $12, $13
     FROM question RETURNING id
 )"""
 BEGIN_TURN_NEW = f"""
@@ -59,8 +59,9 @@ WITH conversation AS (
     INSERT INTO conversations (user_id, title, persona_id, persona_version) VALUES ($1, $2, $3, $4)
     RETURNING {_CONVERSATION}
 ), greeting AS (
-    INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source, tokens, variant)
-    SELECT id, 'assistant', $5, $3, $4, $6, $7, $8 FROM conversation WHERE $5::text IS NOT NULL
+    INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source, tokens, variant,
+                          streamed)
+    SELECT id, 'assistant', $5, $3, $4, $6, $7, $8, false FROM conversation WHERE $5::text IS NOT NULL
 )
 SELECT * FROM conversation"""
 _FINISH = """
@@ -72,8 +73,11 @@ FINISH_ANSWER = _FINISH
 FINISH_ANSWER_RATIO = f"""
 WITH answer AS ({_FINISH} RETURNING conversation_id)
 UPDATE conversations SET token_ratio = $13 FROM answer WHERE conversations.id = answer.conversation_id"""
+# ``ended_ago``: seconds since the answer ended (its start plus how long it took), NULL while it runs.
 GET_MESSAGE_STATE = """
-SELECT m.status, m.finish_reason, m.error FROM messages m JOIN conversations c ON c.id = m.conversation_id
+SELECT m.status, m.finish_reason, m.error, m.streamed,
+    extract(epoch FROM clock_timestamp() - m.created_at)::float8 - m.latency_ms / 1000.0 AS ended_ago
+FROM messages m JOIN conversations c ON c.id = m.conversation_id
 WHERE m.id = $1 AND c.user_id = $2 AND m.role = 'assistant'"""
 RENEW_LEASES = """
 UPDATE messages SET lease_until = clock_timestamp() + $2 * interval '1 second'
@@ -131,6 +135,10 @@ class MessageState(msgspec.Struct, frozen=True, kw_only=True):
     status: MessageStatus
     finish_reason: str | None
     error: dict[str, Any] | None
+    # Whether it went out as a stream (None: stored before this was kept).
+    streamed: bool | None = None
+    # Seconds since it ended; None while it runs.
+    ended_ago: float | None = None
 
 
 class Conversation(msgspec.Struct, frozen=True, kw_only=True):
@@ -301,19 +309,23 @@ class ConversationStore:
         tokens: int | None = None,
         lore_state: dict[str, list[int]] | None = None,
         variant: str = "production",
+        streamed: bool = False,
     ) -> tuple[Conversation, UUID]:
         """Store the user's message (and the conversation, when new) and a pending answer, in one statement.
 
         ``tokens`` is what the message costs in a context, kept so later turns need not count it again.
         ``lore_state`` replaces the conversation's lorebook timed effects (None: left as they are).
+        ``streamed`` says the answer goes out as a stream.
         Returns the conversation and the id of the pending answer.
         """
         args = (message, persona_id, persona_version, persona_source, provider, model, self.lease_seconds, tokens)
         if conversation is None:
-            record = await self._pool.fetchrow(BEGIN_TURN_NEW, user_id, *args, title_for(message), lore_state, variant)
+            record = await self._pool.fetchrow(
+                BEGIN_TURN_NEW, user_id, *args, title_for(message), lore_state, variant, streamed
+            )
         else:
             record = await self._pool.fetchrow(
-                BEGIN_TURN_EXISTING, conversation.id, *args, lore_state is not None, lore_state, variant
+                BEGIN_TURN_EXISTING, conversation.id, *args, lore_state is not None, lore_state, variant, streamed
             )
             if record is None:  # deleted since it was read
                 raise NotFound(

@@ -95,6 +95,9 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     provider: str | None = None
     model: str | None = None
     store: bool = False
+    # Whether the answer goes out as a stream: kept with a stored answer, so that a replay of one answered
+    # whole says so rather than that its stream expired.
+    stream: bool = False
     # False: the turn uses no memories and extracts none (`"memory": false`, `x-persona-memory: off`).
     memory: bool = True
     # Which route asked, for metrics and turn records: chat, chat_completions, messages, responses, preview,
@@ -492,6 +495,7 @@ class ChatPipeline:
                 variant=plan.variant,
                 provider=routes[0].provider,
                 model=routes[0].model,
+                streamed=plan.input.stream,
             )
             outcome = Outcome(
                 self.conversations,

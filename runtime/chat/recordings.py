@@ -7,8 +7,9 @@ and under load one round trip carries many streams' entries. Each entry starts a
 does not hold yet, so after Redis was away the next one catches it up and the stream there is whole again.
 Any instance can replay a recording and follow it; a reader takes each frame once, by its number, and
 never hands out a stream with a gap. Without Redis, finished recordings stay in this process for the
-retention. A frame is the exact bytes sent to the first client (its ``id:`` is ``<message_id>:<n>``),
-so a replay is the same stream, byte for byte.
+retention, and the other workers of the same ``serve --workers N`` replay them by asking this one
+(:mod:`runtime.chat.peers`). A frame is the exact bytes sent to the first client (its ``id:`` is
+``<message_id>:<n>``), so a replay is the same stream, byte for byte.
 
 Streams are told apart from the stored message: the recording ends with the stream, and if it ends
 without a final event (the instance died, the client left a stream that was not resumable) the reader
@@ -18,23 +19,27 @@ makes one from the message's stored status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from core.errors import StreamExpired
+from core.errors import Conflict, NotStreamed, PersonaRuntimeError, StreamExpired
 from core.events import Done, ErrorEvent, error_event
 from core.redis_client import REDIS_ERRORS, Outage, packed, send
 from runtime.chat.collector import Collector
 from runtime.chat.frames import DONE, HEARTBEAT, decode, encode_events, final_event
+
+if TYPE_CHECKING:
+    from runtime.chat.peers import Peers, Relay
 
 __all__ = ["Recording", "StreamRecorder", "final_frame"]
 
@@ -102,6 +107,10 @@ class MessageState(Protocol):
     def finish_reason(self) -> str | None: ...
     @property
     def error(self) -> dict[str, Any] | None: ...
+    @property
+    def streamed(self) -> bool | None: ...
+    @property
+    def ended_ago(self) -> float | None: ...
 
 
 StatusOf = Callable[[], Coroutine[Any, Any, MessageState | None]]
@@ -222,6 +231,8 @@ class StreamRecorder:
             after="streams recorded there",
             retry_after=retry_after,
         )
+        # The sibling workers of this instance (``serve --workers N`` without Redis), set once they are known.
+        self.peers: Peers | None = None
         self._writers: dict[UUID, _RedisWriter] = {}
         self._outbox = _Outbox(
             # A single server's client without a socket timeout for the hot path's writes, else the
@@ -296,16 +307,17 @@ class StreamRecorder:
     async def replay(self, message_id: UUID, after: int, heartbeat: float, status_of: StatusOf) -> AsyncIterator[bytes]:
         """The stream of ``message_id`` after its ``after``-th event, then live to its end.
 
-        Raises :class:`StreamExpired` (before anything is sent) when no recording is left to replay, or
-        when Redis lacks some of the frames asked for.
+        Looks in this process, then in the sibling workers' (``peers``, without Redis), then in Redis. Raises
+        (before anything is sent) :class:`StreamExpired` when no recording is left to replay, or when Redis
+        lacks some of the frames asked for; :class:`NotStreamed` for a message answered without a stream.
         """
-        recording = self._live.get(message_id)
-        if recording is None:
-            recording = self._finished.get(message_id)
-            if recording is not None and recording.ended_at < time.monotonic() - self.retention:
-                recording = None
+        recording = self.held(message_id)
         if recording is not None:
             return recording.follow(after, heartbeat, status_of)
+        if self.peers is not None and (self._redis is None or self._outage.down):
+            relay = await self.peers.ask(message_id, after, heartbeat)
+            if relay is not None:
+                return _relayed(message_id, relay, status_of)
         if self._redis is not None and self._outage.usable():
             first = await self._read(message_id, "-", after)
             for _ in range(_LATE_TRIES):
@@ -322,14 +334,51 @@ class StreamRecorder:
                     )
                 return self._follow_redis(message_id, first, after, heartbeat, status_of)
             state = await status_of()
-            if state is not None and state.status == "pending":
+            if state is not None and state.status == "pending" and state.streamed is not False:
                 # Not written yet, or its instance died before its first write: wait for either.
                 return self._follow_redis(
                     message_id, _Found([], "0-0", False, False, False), after, heartbeat, status_of
                 )
-        raise StreamExpired(
-            f"The stream of message {message_id} can no longer be replayed (streams are kept "
-            f"{self.retention:.0f} s after they end); the stored message is in its conversation."
+            raise self._missing(message_id, state)
+        raise self._missing(message_id, await status_of())
+
+    def held(self, message_id: UUID) -> Recording | None:
+        """This process's recording of the stream, if it runs here or ended within the retention."""
+        recording = self._live.get(message_id)
+        if recording is None:
+            recording = self._finished.get(message_id)
+            if recording is not None and recording.ended_at < time.monotonic() - self.retention:
+                recording = None
+        return recording
+
+    def _missing(self, message_id: UUID, state: MessageState | None) -> PersonaRuntimeError:
+        """Why no recording of the stream of ``message_id`` is left: what the stored message says."""
+        kept = "the stored message is in its conversation"
+        if state is not None and state.streamed is False:
+            return NotStreamed(
+                f'Message {message_id} was answered without a stream (`"stream": false`, or a greeting), so it '
+                f"has no events to replay; {kept}."
+            )
+        if not self.enabled:
+            return StreamExpired(
+                f"Streams are not recorded here (STREAM_RETENTION_SECONDS is 0), so the stream of message "
+                f"{message_id} cannot be replayed; {kept}."
+            )
+        if state is not None and state.status == "pending":
+            return Conflict(
+                f"The answer of message {message_id} is being generated by another instance, which alone holds its "
+                "stream: instances share recordings through Redis (REDIS_URL)."
+            )
+        ago = state.ended_ago if state is not None else None
+        if ago is not None and ago > self.retention:
+            return StreamExpired(
+                f"The stream of message {message_id} ended {ago:.0f} s ago and can no longer be replayed (streams "
+                f"are kept {self.retention:.0f} s after they end); {kept}."
+            )
+        return StreamExpired(
+            f"The stream of message {message_id} is no longer recorded: the server restarted since it ended, or it "
+            f"ran on an instance that does not share its recordings (instances share them through Redis, "
+            f"REDIS_URL); {kept}."
         )
 
     async def _read(self, message_id: UUID, start: str, after: int) -> _Found | None:
@@ -404,6 +453,16 @@ class StreamRecorder:
         said = Collector()
         said.add([event for event in map(decode, found[0]) if event is not None])
         return said.text
+
+
+async def _relayed(message_id: UUID, relay: Relay, status_of: StatusOf) -> AsyncIterator[bytes]:
+    """A sibling worker's stream; if that worker stops before its end, the end the stored message says."""
+    async with contextlib.aclosing(relay.pieces()) as pieces:
+        async for piece in pieces:
+            yield piece
+    if not relay.ended:
+        yield final_frame(message_id, relay.frames + 1, await status_of())
+        yield DONE
 
 
 class _Found(NamedTuple):

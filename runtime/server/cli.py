@@ -174,6 +174,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Each worker writes its figures here and /metrics adds up all of them; a fresh folder per start.
         metrics_dir = tempfile.mkdtemp(prefix="persona-runtime-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    peers_dir = None
+    if args.workers > 1 and not settings.redis_url and not settings.stream_peers_dir:
+        # Without Redis the workers replay each other's streams through sockets here; a fresh folder per start.
+        peers_dir = tempfile.mkdtemp(prefix="persona-runtime-streams-")
+        os.environ["STREAM_PEERS_DIR"] = peers_dir
     embedded = None
     if settings.database_url is None:
         # Started here rather than in each worker, so that every worker shares one server.
@@ -195,8 +200,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        for folder in (metrics_dir, peers_dir):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

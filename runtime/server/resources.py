@@ -39,6 +39,7 @@ from runtime.authoring.service import AuthoringService
 from runtime.authoring.suites import PersonaTestStore
 from runtime.chat.conversations import ConversationStore
 from runtime.chat.leases import Leases
+from runtime.chat.peers import Peers
 from runtime.chat.pipeline import ChatPipeline
 from runtime.chat.recordings import StreamRecorder
 from runtime.chat.responses import ResponseStore
@@ -348,6 +349,8 @@ async def open_resources(
         )
         leases.said = streams.said
         chat.streams = streams
+        if settings.stream_peers_dir and redis is None and streams.enabled:
+            streams.peers = await _open_peers(stack, settings.stream_peers_dir, streams, chat)
         avatars = AvatarStore(pool)
         yield Resources(
             settings=settings,
@@ -376,6 +379,23 @@ async def open_resources(
             stats=TurnStats(pool),
             vectors=vectors,
         )
+
+
+async def _open_peers(
+    stack: contextlib.AsyncExitStack, folder: str, streams: StreamRecorder, chat: ChatPipeline
+) -> Peers:
+    """This worker's socket for its sibling workers' replays of the streams it holds."""
+
+    def held(message_id: UUID, after: int, heartbeat: float) -> AsyncIterator[bytes] | None:
+        recording = streams.held(message_id)
+        if recording is None:
+            return None
+        return recording.follow(after, heartbeat, chat.status_of(recording.user_id, message_id))
+
+    peers = Peers(folder, held)
+    await peers.start()
+    stack.push_async_callback(peers.aclose)
+    return peers
 
 
 async def _bootstrap_admin(accounts: Accounts, settings: Settings) -> None:

@@ -31,6 +31,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_listen_url: str | None = None
     home: Path = Path("~/.local/share/persona-runtime").expanduser()
     redis_url: str | None = None
+    # Where the workers of one ``serve --workers N`` without Redis reach each other's stream recordings (set by
+    # ``serve`` for its workers); unset, a worker replays only its own streams.
+    stream_peers_dir: str | None = None
     # Namespace of this deployment's keys, so several deployments (or test databases) can share one Redis.
     redis_prefix: str = "persona-runtime:"
     host: str = "127.0.0.1"
@@ -136,6 +139,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             database_listen_url=text("DATABASE_LISTEN_URL"),
             home=home,
             redis_url=text("REDIS_URL"),
+            stream_peers_dir=text("STREAM_PEERS_DIR"),
             redis_prefix=text("REDIS_KEY_PREFIX") or "persona-runtime:",
             host=text("HOST") or "127.0.0.1",
             port=int(number("PORT", 8666)),
