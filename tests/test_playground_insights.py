@@ -4,6 +4,7 @@ own, its release shown and changed from the tab. Same browser, server and screen
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -233,6 +234,7 @@ async def test_the_insights_tab_charts_real_turns_and_changes_the_release(
 
 async def test_the_range_picks_the_days_and_a_wrong_one_is_named(page, base_url, alice, bob):  # noqa: F811
     persona = await make_persona(base_url, alice, visibility="public", model_settings={"provider": "echo"})
+    quiet = await make_persona(base_url, alice)
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         await _chat(http, alice, persona["id"], "Hello")
 
@@ -251,6 +253,13 @@ async def test_the_range_picks_the_days_and_a_wrong_one_is_named(page, base_url,
     await expect(page.get_by_label("To", exact=True)).to_have_value(today.isoformat())
     await expect(page.get_by_test_id("release-rollout")).to_have_text("No rollout: every user gets production.")
     await expect(page.get_by_test_id("insights-variants")).to_be_hidden()
+
+    # Another persona in the editor, the tab open: its own figures (none), not the first one's.
+    await pick(page, quiet)
+    await expect(summary).to_have_text(re.compile(r"^No turns from "))
+    await expect(page.locator("#insights-body")).to_be_hidden()
+    await pick(page, persona)
+    await expect(summary).to_contain_text("1 turn from ")
 
     # A week long ago: no turns, no charts.
     await page.get_by_label("From", exact=True).fill("2020-01-01")

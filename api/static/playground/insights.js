@@ -20,7 +20,8 @@ const WHOLE = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4,
 const count = (n) => Number(n).toLocaleString("en");
 const ms = (n) => (n === null || n === undefined ? "–" : `${Number(n).toLocaleString("en", { maximumFractionDigits: 1 })} ms`);
 const percent = (part, whole) => (whole ? `${Math.round((100 * part) / whole)}%` : "–");
-const versionName = (key) => (key === null || key === undefined ? "draft" : `v${key}`);
+// An unsaved draft's turns are recorded as version 0.
+const versionName = (key) => (!key ? "draft" : `v${key}`);
 
 /** A day (YYYY-MM-DD, UTC) `offset` days after `day`. */
 function shift(day, offset) {
@@ -121,6 +122,7 @@ export function insightsPanel({ client }) {
   /** The editor now holds `saved` (null: a draft or someone else's persona shown read-only). */
   function follow(saved) {
     const editable = Boolean(saved && saved.system_prompt !== null);
+    const before = persona;
     persona = editable ? saved : null;
     stale = true;
     $("#insights-range").hidden = !persona;
@@ -133,6 +135,8 @@ export function insightsPanel({ client }) {
       );
       return;
     }
+    // Another persona's figures never stand under this one's name, even for the moment a reading takes.
+    if (!before || before.id !== persona.id) clear("");
     fillVersions(persona.version);
     if (visible()) load();
   }
