@@ -391,7 +391,8 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
     statuses = {401, 500, 503}
     if has_body:
         statuses |= {400, 413}
-    if "{" in path or any(name in signature for name in ("limit", "offset", "format", "persona_id")):
+    checked = ("limit", "offset", "format", "persona_id", "since", "until", "by", "user_id")
+    if "{" in path or any(name in signature for name in checked):
         statuses.add(400)
     if "{" in path or (method, path) in _PROVIDER_ROUTES | _NAMES_A_PERSONA:
         statuses.add(404)  # a path's id, or a conversation or persona named in the body
@@ -399,9 +400,12 @@ def _statuses(method: str, path: str, handler: HTTPRouteHandler) -> set[int]:
     persona_scoped = path.startswith(_PERSONA) and not (method == "GET" and path in _READABLE)
     # Only admins may set `is_default` (on create, update and restore), manage users or loosen a key's limits.
     loosening = (method, path) == ("POST", "/api/v1/keys")
+    # Another user's usage (`user_id`) is for admins.
+    others = (method, path) == ("GET", "/api/v1/usage")
     if (
         persona_scoped
         or loosening
+        or others
         or path.startswith("/api/v1/admin")
         or (method, path) in _PROVIDER_ROUTES | _CONFLICTS
     ):

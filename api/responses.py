@@ -2,8 +2,10 @@
 agent frameworks built on them, talk to a persona.
 
 A request's input items become a turn as any other route's do; a stored response keeps the conversation
-through its output, so ``previous_response_id`` continues it with one read. What the runtime does not serve
-(built-in tools, background runs, structured output, ...) is a 400 naming the field, never dropped.
+through its output, so ``previous_response_id`` continues it with one read. Its parameters beyond sampling
+(``tool_choice``, ``parallel_tool_calls``, ``text.format``, ...) become the same provider-neutral options as
+``/v1/chat/completions``'s, checked against the persona's provider; what the runtime does not serve (built-in
+tools, background runs, ...) is a 400 naming the field, never dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from api.trace import MemoryHeader, persona_headers, with_memory
 from core.errors import BadRequest, NotFound, PersonaRuntimeError
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 from personas.models import Caller
-from providers import ChatMessage, Image, ToolCall, ToolSpec
+from providers import NO_OPTIONS, ChatMessage, Image, Options, ResponseFormat, ToolCall, ToolChoice, ToolSpec
 from runtime.chat.collector import TurnResult
 from runtime.chat.frames import Last, encoded_stream
 from runtime.chat.images import image_of
@@ -41,13 +43,36 @@ __all__ = ["ResponsesController", "ResponsesRequest"]
 log = logging.getLogger(__name__)
 
 
-class _TextFormat(Struct, frozen=True, kw_only=True):
-    type: str
+class _TextFormat(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """``text.format``: plain text, any JSON object, or JSON matching ``schema`` (Responses puts ``name``,
+    ``schema`` and ``strict`` beside ``type``, where Chat Completions nests them in ``json_schema``)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+    description: str | None = None
 
 
-class _TextConfig(Struct, frozen=True, kw_only=True):
+class _TextConfig(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     format: _TextFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class _FunctionChoice(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["function"]
+    name: str
+
+
+class _Reasoning(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    effort: str | None = None
+    # Refused when asked for: the output carries no reasoning items.
+    summary: str | None = None
+    generate_summary: str | None = None
+
+
+class _StreamOptions(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    include_obfuscation: bool | None = None
 
 
 class ResponsesRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -59,17 +84,40 @@ class ResponsesRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     previous_response_id: str | None = None
     store: bool = True
     stream: bool = False
+    stream_options: _StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Literal["auto", "none", "required"] | _FunctionChoice | None = None
     parallel_tool_calls: bool | None = None
     max_output_tokens: Annotated[int, Meta(ge=1)] | None = None
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
     text: _TextConfig | None = None
+    # Kept on the stored response and answered with it; not sent to the provider.
     metadata: dict[str, str] | None = None
-    # Accepted when they ask for nothing the runtime lacks: no extra output to include, no truncation.
+    user: str | None = None
+    reasoning: _Reasoning | None = None
+    # OpenAI's own, as sent to an OpenAI-compatible provider (see `_OPENAI_ONLY`).
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    # Accepted when they ask for nothing the runtime lacks: no extra output to include, no truncation, no log
+    # probabilities.
     include: list[str] | None = None
     truncation: Literal["auto", "disabled"] | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    max_tool_calls: Annotated[int, Meta(ge=1)] | None = None
+
+
+# OpenAI's own parameters with no provider-neutral meaning, named as Chat Completions names them (where the
+# Responses body nests them, `_OPTION_FIELDS` says so in an error).
+_OPENAI_ONLY = ("service_tier", "safety_identifier", "prompt_cache_key")
+
+# Where each option came in, for a 400 that names what the client sent.
+_OPTION_FIELDS = {
+    "response_format": "text.format",
+    "verbosity": "text.verbosity",
+    "reasoning_effort": "reasoning.effort",
+}
 
 
 _encode = msgspec.json.Encoder().encode
@@ -93,22 +141,72 @@ def _unserved(data: ResponsesRequest) -> None:
             '"disabled" or leave it out.',
             field="truncation",
         )
+    if data.top_logprobs:
+        raise BadRequest(
+            "`top_logprobs` is not served: answers carry no log probabilities. Leave it out.", field="top_logprobs"
+        )
+    if data.max_tool_calls is not None:
+        raise BadRequest(
+            "`max_tool_calls` is not served: no provider takes a limit on tool calls. Leave it out, and stop "
+            "running the tools your side once you have had enough.",
+            field="max_tool_calls",
+        )
+    reasoning = data.reasoning
+    if reasoning is not None and (reasoning.summary or reasoning.generate_summary):
+        field = "reasoning.summary" if reasoning.summary else "reasoning.generate_summary"
+        raise BadRequest(f"`{field}` is not served: the output carries no reasoning items. Leave it out.", field=field)
+    if data.stream_options is not None and data.stream_options.include_obfuscation:
+        raise BadRequest(
+            "`stream_options.include_obfuscation` is not served: the events carry no obfuscation padding. "
+            "Send false or leave it out.",
+            field="stream_options.include_obfuscation",
+        )
+
+
+def _response_format(form: _TextFormat | None) -> ResponseFormat | None:
+    """``text.format`` as the provider-neutral response format; plain text asks for nothing and is none."""
+    if form is None or form.type == "text":
+        return None
+    if form.type == "json_object":
+        return ResponseFormat(type="json_object")
+    if form.name is None:
+        raise BadRequest(
+            '`text.format.name` is required with "json_schema": name the schema.', field="text.format.name"
+        )
+    if form.schema is None:
+        raise BadRequest(
+            '`text.format.schema` is required with "json_schema": send the JSON schema the answer must match.',
+            field="text.format.schema",
+        )
+    schema = {k: v for k, v in msgspec.to_builtins(form).items() if k != "type"}
+    return ResponseFormat(type="json_schema", json_schema=schema)
+
+
+def _options(data: ResponsesRequest) -> Options:
+    """The body's parameters beyond sampling, as the same options ``/v1/chat/completions`` makes of its own
+    (shared empty when none is set)."""
     choice = data.tool_choice
-    if choice is not None and choice != "auto":
-        raise BadRequest(
-            '`tool_choice` is served only as "auto" (the model decides whether to call a tool): leave it out.',
-            field="tool_choice",
-        )
-    if data.parallel_tool_calls is False:
-        raise BadRequest(
-            "`parallel_tool_calls` false is not served: the model may call several tools at once. Leave it out.",
-            field="parallel_tool_calls",
-        )
-    if data.text is not None and data.text.format is not None and data.text.format.type != "text":
-        raise BadRequest(
-            f'`text.format` {data.text.format.type!r} is not served here: only "text". Leave `text` out.',
-            field="text.format.type",
-        )
+    form = _response_format(data.text.format if data.text is not None else None)
+    extra = {name: value for name in _OPENAI_ONLY if (value := getattr(data, name)) is not None}
+    if data.text is not None and data.text.verbosity is not None:
+        extra["verbosity"] = data.text.verbosity
+    if data.reasoning is not None and data.reasoning.effort is not None:
+        extra["reasoning_effort"] = data.reasoning.effort
+    if not extra and choice is None and form is None and data.parallel_tool_calls is None and data.user is None:
+        return NO_OPTIONS
+    return Options(
+        user=data.user,
+        tool_choice=(
+            None
+            if choice is None
+            else ToolChoice(type=choice)
+            if isinstance(choice, str)
+            else ToolChoice(type="tool", name=choice.name)
+        ),
+        parallel_tool_calls=data.parallel_tool_calls,
+        response_format=form,
+        openai=extra,
+    )
 
 
 def _tools(tools: list[dict[str, Any]]) -> tuple[ToolSpec, ...]:
@@ -133,7 +231,10 @@ def _tools(tools: list[dict[str, Any]]) -> tuple[ToolSpec, ...]:
             parameters = {"type": "object", "properties": {}}
         elif not isinstance(parameters, dict):
             raise BadRequest(f"`{where}.parameters` must be a JSON schema object.", field=f"{where}.parameters")
-        specs.append(ToolSpec(name=name, description=description or "", parameters=parameters))
+        strict = tool.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise BadRequest(f"`{where}.strict` must be true or false.", field=f"{where}.strict")
+        specs.append(ToolSpec(name=name, description=description or "", parameters=parameters, strict=strict))
     return tuple(specs)
 
 
@@ -243,8 +344,8 @@ class _Input:
                 )
             else:
                 raise BadRequest(
-                    f"`{where}.type` {kind!r} is not served here: send `message`, `function_call` and "
-                    "`function_call_output` items.",
+                    f"`{where}.type` {kind!r} is not served here: send `message`, `function_call`, "
+                    "`function_call_output` and `item_reference` items.",
                     field=f"{where}.type",
                 )
 
@@ -306,9 +407,19 @@ class _Response:
     """One response's identity and settings, and the response object made from them."""
 
     def __init__(self, data: ResponsesRequest) -> None:
-        self.id = _item_id("resp")
+        # Output items are named after their response, so an `item_reference` finds the response by its key.
+        self._token = secrets.token_hex(16)
+        self.id = f"resp_{self._token}"
+        self._items = 0
         self.created_at = int(time.time())
         self.data = data
+        text = msgspec.to_builtins(data.text) if data.text is not None else {}
+        self.text = {"format": {"type": "text"}, **text}
+
+    def item_id(self, prefix: str) -> str:
+        """A new output item's id: the response's own random part, then the item's number in it."""
+        self._items += 1
+        return f"{prefix}_{self._token}{self._items:04x}"
 
     def body(
         self,
@@ -330,13 +441,13 @@ class _Response:
             "instructions": data.instructions,
             "previous_response_id": data.previous_response_id,
             "tools": data.tools or [],
-            "tool_choice": "auto",
-            "parallel_tool_calls": True,
+            "tool_choice": "auto" if data.tool_choice is None else msgspec.to_builtins(data.tool_choice),
+            "parallel_tool_calls": data.parallel_tool_calls is not False,
             "temperature": data.temperature,
             "top_p": data.top_p,
             "max_output_tokens": data.max_output_tokens,
             "store": data.store,
-            "text": {"format": {"type": "text"}},
+            "text": self.text,
             "truncation": "disabled",
             "metadata": data.metadata or {},
             "usage": _usage(usage),
@@ -368,11 +479,11 @@ class _Saver:
         await self.store.save(response_id, self.caller.user_id, (*self.messages, answer), self.system, body)
 
 
-def _output(result: TurnResult) -> list[dict[str, Any]]:
+def _output(response: _Response, result: TurnResult) -> list[dict[str, Any]]:
     output = []
     if result.text or not result.tool_calls:
-        output.append(_message_item(_item_id("msg"), result.text, "completed"))
-    output.extend(_call_item(_item_id("fc"), call, "completed") for call in result.tool_calls)
+        output.append(_message_item(response.item_id("msg"), result.text, "completed"))
+    output.extend(_call_item(response.item_id("fc"), call, "completed") for call in result.tool_calls)
     return output
 
 
@@ -415,7 +526,7 @@ class _Events:
 
     def _open_message(self, parts: list[bytes]) -> None:
         self._close_call(parts)
-        self.message_id = _item_id("msg")
+        self.message_id = self.response.item_id("msg")
         index = len(self.output)
         item = {"id": self.message_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
         self.output.append(item)
@@ -442,7 +553,7 @@ class _Events:
         if call is None:
             self._close_message(parts)
             self._close_call(parts)
-            item_id, index = _item_id("fc"), len(self.output)
+            item_id, index = self.response.item_id("fc"), len(self.output)
             call = self.calls[delta.index] = _OpenCall(item_id, index, delta.id or _item_id("call"), delta.name or "")
             item = _call_item(item_id, call.tool_call(), "in_progress")
             self.output.append(item)
@@ -538,6 +649,33 @@ class _Events:
             yield Last(await self._end(saver, finish))
 
 
+async def _dereferenced(store: ResponseStore, caller: Caller, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The input with each ``item_reference`` replaced by the stored output item it names (a client that keeps its
+    own history sends earlier answers back so); one that is not the caller's, or no longer stored, is a 404."""
+    wanted: list[str] = []
+    for i, item in enumerate(items):
+        if item.get("type") == "item_reference":
+            if not isinstance(item.get("id"), str):
+                raise BadRequest(f"`input[{i}].id` is missing: name the item to refer to.", field=f"input[{i}].id")
+            wanted.append(item["id"])
+    if not wanted:
+        return items
+    found = await store.items(wanted, caller.user_id)
+    resolved = []
+    for i, item in enumerate(items):
+        if item.get("type") != "item_reference":
+            resolved.append(item)
+        elif (stored := found.get(item["id"])) is not None:
+            resolved.append(stored)
+        else:
+            raise NotFound(
+                f"No stored item {item['id']!r}: the response it came in was never stored (`store` false), was "
+                "deleted or has expired. Send the item itself instead.",
+                field=f"input[{i}].id",
+            )
+    return resolved
+
+
 async def _prior(store: ResponseStore, caller: Caller, data: ResponsesRequest) -> StoredResponse | None:
     if data.previous_response_id is None:
         return None
@@ -575,6 +713,8 @@ def _turn_input(data: ResponsesRequest, turns: _Input, prior: StoredResponse | N
         top_p=data.top_p,
         max_tokens=data.max_output_tokens,
         persona_name=persona_name_of_model(data.model),
+        options=_options(data),
+        option_fields=_OPTION_FIELDS,
     )
 
 
@@ -587,12 +727,12 @@ class ResponsesController(Controller):
         self, data: JSONBody[ResponsesRequest], caller: CallerDep, resources: ResourcesDep, memory: MemoryHeader = None
     ) -> Response[Any]:
         _unserved(data)
+        store = resources.responses
         turns = _Input()
         if isinstance(data.input, str):
             turns.add(ChatMessage(role="user", content=data.input), "input")
         else:
-            turns.items(data.input)
-        store = resources.responses
+            turns.items(await _dereferenced(store, caller, data.input))
         prior = await _prior(store, caller, data)
         saver = _Saver(store, caller, turns, prior) if data.store else None
         turn = await resources.chat.run(caller, with_memory(_turn_input(data, turns, prior), memory))
@@ -603,7 +743,7 @@ class ResponsesController(Controller):
             return sse_response(events.stream(turn, resources.settings.heartbeat_seconds, saver), headers)
         result = await turn.collect()
         status, reason = _ending(result.finish_reason)
-        body = response.body(status, _output(result), result.usage, incomplete=reason)
+        body = response.body(status, _output(response, result), result.usage, incomplete=reason)
         if saver is not None:
             await saver.save(response.id, result.text, result.tool_calls, body)
         return Response(body, headers=headers)

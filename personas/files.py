@@ -25,20 +25,31 @@ from personas.png import image_only
 from personas.service import check_draft, draft_persona, normalized
 from personas.store import PersonaStore
 
-__all__ = ["FileResult", "FilesError", "import_drafts", "read_directory", "read_pictures", "write_directory"]
+__all__ = [
+    "SUITE_SUFFIX",
+    "FileResult",
+    "FilesError",
+    "import_drafts",
+    "read_directory",
+    "read_pictures",
+    "write_directory",
+]
 
-Outcome = Literal["written", "created", "updated", "unchanged"]
+Outcome = Literal["written", "created", "updated", "unchanged", "removed"]
+# The file beside ``<slug>.json`` that holds the persona's test suite; not a persona document.
+SUITE_SUFFIX = ".tests.json"
 
 # The fields a file sets; an import that would change none of them leaves the persona as it is.
 _CONTENT = CONTENT_FIELDS
 
 
 class FileResult(NamedTuple):
-    """What happened to one persona and its file."""
+    """What happened to one persona and its file (``persona_id``: the persona exported)."""
 
     file: str
     name: str
     outcome: Outcome
+    persona_id: UUID | None = None
 
 
 class FilesError(BadRequest):
@@ -61,13 +72,13 @@ def write_directory(directory: Path, personas: list[Persona]) -> list[FileResult
         path = directory / f"{stem}.json"
         content = encode_document(persona_document(persona))
         if path.exists() and path.read_bytes() == content:
-            results.append(FileResult(path.name, persona.name, "unchanged"))
+            results.append(FileResult(path.name, persona.name, "unchanged", persona.id))
             continue
         # Written aside and renamed, so a reader of the directory never sees half a file.
         partial = path.with_suffix(".json.partial")
         partial.write_bytes(content)
         partial.replace(path)
-        results.append(FileResult(path.name, persona.name, "written"))
+        results.append(FileResult(path.name, persona.name, "written", persona.id))
     return results
 
 
@@ -75,7 +86,12 @@ def read_directory(directory: Path, *, limit: int) -> list[tuple[str, PersonaDra
     """Every persona file of ``directory``, validated; any problem in any file refuses them all."""
     if not directory.is_dir():
         raise FilesError([f"{directory}: not a directory"])
-    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in (".json", ".png") and p.is_file())
+    # A persona's test suite sits beside it as `<slug>.tests.json` (runtime.authoring.suite_files reads those).
+    paths = sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix.lower() in (".json", ".png") and not p.name.lower().endswith(SUITE_SUFFIX) and p.is_file()
+    )
     drafts: list[tuple[str, PersonaDraft]] = []
     problems: list[str] = []
     seen: dict[str, str] = {}

@@ -318,8 +318,7 @@ class AnthropicProvider(HttpAdapter):
         form = options.response_format
         if form is not None and form.type == "json_object":
             return "response_format", (
-                "Anthropic has no JSON mode without a schema: send `response_format` "
-                '{"type": "json_schema", "json_schema": {"name", "schema"}} instead'
+                "Anthropic has no JSON mode without a schema: ask for a `json_schema` format with the schema instead"
             )
         if form is not None and form.type == "json_schema" and not form.schema:
             return "response_format", "a `json_schema` response format needs its `json_schema.schema`"

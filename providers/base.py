@@ -255,17 +255,30 @@ class Provider(Protocol):
 
 def refusal(provider: Provider, options: Options) -> tuple[str, str] | None:
     """The first option of ``options`` that ``provider`` cannot take, and why; None when it takes them all.
-    A provider without ``refuses`` (a plugin) takes none, since it would drop them without a word."""
+    A provider without ``refuses`` (a plugin) takes none, since it would drop them without a word, but for those
+    that ask for what it does anyway."""
     if options is NO_OPTIONS:
         return None
     refuses = getattr(provider, "refuses", None)
     if refuses is not None:
         refused: tuple[str, str] | None = refuses(options)
         return refused
-    given = options.given()
+    given = [name for name in options.given() if not _asks_for_the_default(options, name)]
     if not given:
         return None
     return given[0], f"provider {provider.name!r} (kind {provider.kind!r}) takes no parameter beyond sampling"
+
+
+def _asks_for_the_default(options: Options, name: str) -> bool:
+    """Whether the option asks for what every provider does unasked (the model decides on tools, may call several,
+    answers text), as clients send it with every request (the Vercel AI SDK's ``tool_choice`` ``auto``)."""
+    if name == "tool_choice":
+        return options.tool_choice is not None and options.tool_choice.type == "auto"
+    if name == "parallel_tool_calls":
+        return options.parallel_tool_calls is True
+    if name == "response_format":
+        return options.response_format is not None and options.response_format.type == "text"
+    return False
 
 
 def batches_of(provider: Provider, request: ProviderRequest) -> AsyncIterator[list[ProviderEvent]]:

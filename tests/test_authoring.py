@@ -717,6 +717,7 @@ async def test_a_suite_run_reports_passes_and_failures_and_stores_nothing(client
     assert body["success"] is True and body["passed"] == 1 and body["failed"] == 1
     assert body["persona"]["version"] == 1
     good, bad = body["results"]
+    assert isinstance(good.pop("latency_ms"), int) and isinstance(bad.pop("latency_ms"), int)
     assert good == {
         "test_id": passing["id"],
         "name": "says bonjour",

@@ -168,12 +168,18 @@ async def test_readme_walk_through_runs_as_written(echo_server, tmp_path):
 
 
 async def run_walk_through(
-    markdown: Path, heading: str, database_url: str, url: str, scratch: Path, after: str = ""
+    markdown: Path,
+    heading: str,
+    database_url: str,
+    url: str,
+    scratch: Path,
+    after: str | tuple[str, ...] = "",
 ) -> str:
     """The shell blocks under ``heading``, run in order (after those under ``after``, whose setup they use)."""
     script = bash_blocks(markdown, heading)
-    if after:
-        script = bash_blocks(markdown, after) + "\n" + script
+    for earlier in reversed((after,) if isinstance(after, str) else after):
+        if earlier:
+            script = bash_blocks(markdown, earlier) + "\n" + script
     script = script.replace(".venv/bin/persona-runtime", f"{sys.executable} -m runtime")
     script = script.replace("http://127.0.0.1:8666", url)
     return (await run_guide(script, cli_env(database_url), scratch)).stdout
@@ -188,6 +194,35 @@ async def authoring_example(database_url: str, url: str, scratch: Path) -> None:
     assert "1 1 [('answers in kind', []), ('stays brief', ['answer is 43 characters, more than max_chars 30'])]" in out
     assert "[(3, 'Restored version 1'), (2, 'terser'), (1, None)]" in out
     assert "[('user', 'Hi Quill'), ('assistant', '[echo] Hi Quill'), ('user', 'And now?')]" in out
+
+
+async def persona_ci_example(database_url: str, url: str, scratch: Path) -> None:
+    # Judged tests and persona CI continue the worked example: one script, in the page's order.
+    earlier = ("## A worked example", "## Judged tests")
+    out = await run_walk_through(
+        ROOT / "docs" / "authoring.md", "## Persona CI", database_url, url, scratch, after=earlier
+    )
+    # What the page says each step prints.
+    assert "{'rubric': 'Greets the user in French, saying \"bonjour\" and \"merci\".', 'threshold': 0.7}\n" in out
+    assert "greets in French: True 1.0 []\n" in out
+    assert (
+        'thanks in three languages: False 0.3333 ["the grader scored the answer 0.3333, below the threshold 0.9: '
+        "echo grading: the answer contains 1 of the rubric's 3 quoted phrases; missing 'danke', 'gracias'\"]\n"
+    ) in out
+    assert (
+        "answers as JSON: False None ['expected the answer to be JSON for `json_schema`: JSON is malformed: "
+        "invalid character (byte 1)']\n"
+    ) in out
+    assert "quill.json\nquill.tests.json\nQuill (version 3): 2 passed, 3 failed\n" in out
+    assert "       - answer is 43 characters, more than max_chars 30\n" in out
+    assert "       score 1: echo grading: the answer contains 2 of the rubric's 2 quoted phrases\n" in out
+    assert out.endswith("FAILED: 5 tests of 1 persona, 2 passed, 3 failed\nexit status 1\n5 3\n")
+
+
+@pytest.mark.usefixtures("curl")
+async def test_judged_tests_and_persona_ci_run_as_written(echo_server, tmp_path):
+    database_url, url, _ = echo_server
+    await persona_ci_example(database_url, url, tmp_path)
 
 
 async def context_example(database_url: str, url: str, scratch: Path) -> None:
@@ -360,7 +395,7 @@ async def test_structured_output_example_runs_as_written(echo_server):
     env = {**os.environ, "PERSONA_RUNTIME_URL": url, "PERSONA_RUNTIME_KEY": key}
     result = await run(sys.executable, str(EXAMPLES / "structured_output.py"), env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[echo] Plan a trip. for 0 days"
+    assert result.stdout.strip().splitlines() == ["[echo] Plan a trip. for 0 days"] * 2
 
 
 async def test_anthropic_sdk_example_runs_as_written(echo_server):

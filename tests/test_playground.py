@@ -890,6 +890,28 @@ async def test_tests_are_added_run_and_deleted(page, base_url, alice, fake_llm, 
     assert sorted(t["name"] for t in listed) == ["no apologies", "says hello"]
 
 
+async def test_a_judged_test_shows_its_rubric_score_and_reason(page, base_url, alice, fake_llm):
+    persona = await make_persona(base_url, alice)
+    await open_playground(page, base_url, alice.key)
+    await pick(page, persona)
+    await page.get_by_role("tab", name="Tests").click()
+    await page.get_by_text("Add a test").click()
+    await page.get_by_label("Test name").fill("recommends a book")
+    await page.get_by_label("Test message").fill("What should I read?")
+    await page.get_by_label("Judged by a grader against this rubric").fill("Names a book and says why.")
+    await page.get_by_label("Passing score (0 to 1)").fill("0.8")
+    await page.get_by_role("button", name="Add test").click()
+    test = page.get_by_test_id("test").filter(has_text="recommends a book")
+    await expect(test).to_contain_text("judged against “Names a book and says why.” (passes at 0.8)")
+
+    # The persona's provider (the fake model) answers, then grades.
+    fake_llm.enqueue(Script(chunks=("Read Dune.",)), Script(chunks=('{"score": 0.5, "reason": "No reason given."}',)))
+    await page.get_by_role("button", name="Run tests").click()
+    await expect(test.get_by_test_id("test-result")).to_have_text("FAIL")
+    await expect(test.get_by_test_id("test-grade")).to_have_text("Score 0.5: No reason given.")
+    await expect(test).to_contain_text("the grader scored the answer 0.5, below the threshold 0.8: No reason given.")
+
+
 async def test_a_bad_test_is_refused_naming_its_field(page, base_url, alice):
     persona = await make_persona(base_url, alice)
     await open_playground(page, base_url, alice.key)

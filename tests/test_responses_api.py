@@ -195,6 +195,40 @@ async def test_a_function_call_and_its_output_round_trip(sdk, fake_llm):
     assert sent[3] == {"role": "tool", "tool_call_id": "call_9", "content": '{"sky": "sunny"}'}
 
 
+async def test_an_item_reference_stands_for_the_stored_output_item_it_names(sdk, bob_sdk, fake_llm):
+    fake_llm.script(chunks=("Checking.",), tool_calls=(FakeToolCall(name="get_weather", arguments="{}", id="c7"),))
+    first = await sdk.responses.create(model="persona/Mu", input="Weather?", tools=[TOOL])
+    said, call = first.output
+    fake_llm.script(chunks=("Sunny.",))
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {"type": "item_reference", "id": said.id},
+        {"type": "item_reference", "id": call.id},
+        {"type": "function_call_output", "call_id": "c7", "output": "sun"},
+    ]
+    second = await sdk.responses.create(model="persona/Mu", input=history, tools=[TOOL], store=False)
+    assert second.output_text == "Sunny."
+    sent = fake_llm.last_request.body["messages"]
+    assert sent[1:3] == [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [{"id": "c7", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}],
+        },
+    ]
+    assert sent[3] == {"role": "tool", "tool_call_id": "c7", "content": "sun"}
+
+    # Only your own stored items: another's, or one of a response kept nowhere, is a 404 naming it.
+    unstored = second.output[0].id
+    for client, item_id in ((bob_sdk, said.id), (sdk, unstored)):
+        with pytest.raises(openai.NotFoundError) as missing:
+            await client.responses.create(
+                model="persona/Mu", input=[{"role": "user", "content": "Hi"}, {"type": "item_reference", "id": item_id}]
+            )
+        assert missing.value.body["param"] == "input[1].id"
+
+
 async def test_a_streamed_function_call_has_its_argument_events(sdk, fake_llm):
     fake_llm.script(
         chunks=(), tool_calls=(FakeToolCall(name="get_weather", arguments='{"city": "Rome"}', id="call_3"),)
@@ -224,8 +258,7 @@ async def test_a_provider_failure_midway_ends_the_stream_with_response_failed(sd
     [
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"background": True}, "background"),
-        ({"text": {"format": {"type": "json_object"}}}, "text.format.type"),
-        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),  # and no tool to call
         ({"include": ["file_search_call.results"]}, "include"),
         ({"truncation": "auto"}, "truncation"),
         ({"input": [{"type": "input_image", "image_url": "x"}]}, "input[0].type"),

@@ -2,8 +2,9 @@
 
 PERSONA_RUNTIME_URL=http://127.0.0.1:8666 PERSONA_RUNTIME_KEY=prk_... python structured_output.py
 
-The schema reaches the persona's provider as `response_format` (or Anthropic's structured output); the echo
-provider answers the smallest document the schema accepts.
+The schema reaches the persona's provider as `response_format` (or Anthropic's structured output), from
+`/v1/chat/completions` and from `/v1/responses` alike; the echo provider answers the smallest document the
+schema accepts.
 """
 
 import os
@@ -27,4 +28,9 @@ reply = client.chat.completions.parse(
     response_format=Trip,
 )
 trip = reply.choices[0].message.parsed
+print(f"{trip.city} for {trip.days} days")
+
+# The same through the Responses API: the schema goes as `text.format`.
+response = client.responses.parse(model="persona/Mu", input="Plan a trip.", text_format=Trip)
+trip = response.output_parsed
 print(f"{trip.city} for {trip.days} days")

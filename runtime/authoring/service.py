@@ -26,14 +26,16 @@ from personas.models import Caller, Persona, PersonaDraft
 from personas.service import draft_persona
 from providers import ChatMessage
 from runtime.access.limits import Admission
+from runtime.authoring.grading import Graded, Grader
 from runtime.authoring.history import PersonaHistory
 from runtime.authoring.releases import PersonaReleases
-from runtime.authoring.suites import PersonaTest, PersonaTestDraft, PersonaTestStore, check_test, judge
+from runtime.authoring.suites import Judge, PersonaTest, PersonaTestDraft, PersonaTestStore, check_answer, check_test
 from runtime.chat.context import ContextAccount
 from runtime.chat.lore import TurnLore
 from runtime.chat.pipeline import ChatPipeline, TurnInput, TurnPlan
 from runtime.chat.prompt import cache_report
 from runtime.chat.recall import TurnMemory
+from runtime.chat.tokens import estimate_size
 from runtime.chat.turn import Turn
 from runtime.memory.recall import MemoryDecision
 
@@ -102,11 +104,17 @@ class CandidateResult(Struct, frozen=True, kw_only=True):
 
 
 class TestResult(Struct, frozen=True, kw_only=True):
+    """One test's outcome. ``latency_ms`` is how long the whole answer took; a judged test also carries the
+    grader's ``score`` (0 to 1; null when there is no grade, and ``reason`` says why) and ``reason``."""
+
     test_id: UUID
     name: str
     passed: bool
     response: str
     failures: list[str]
+    latency_ms: int | UnsetType = UNSET
+    score: float | UnsetType | None = UNSET
+    reason: str | UnsetType = UNSET
 
 
 class SuiteRun(Struct, frozen=True, kw_only=True):
@@ -165,11 +173,12 @@ class AuthoringService:
     """The authoring tools. A saved persona's tools are for its owner and admins (404 if invisible, 403 if
     visible but not theirs); a draft may be tried by anyone with a key."""
 
-    def __init__(self, chat: ChatPipeline, tests: PersonaTestStore) -> None:
+    def __init__(self, chat: ChatPipeline, tests: PersonaTestStore, grader: Grader | None = None) -> None:
         self.chat = chat
         self.history = PersonaHistory(chat.personas)
         self.releases = PersonaReleases(chat.personas)
         self.tests = tests
+        self.grader = grader or Grader(chat.providers)
 
     # Choosing the persona ---------------------------------------------------------------------------
 
@@ -372,16 +381,42 @@ class AuthoringService:
         gate = asyncio.Semaphore(TEST_CONCURRENCY)
 
         async def run(test: PersonaTest, plan: TurnPlan | PersonaRuntimeError) -> TestResult:
+            graded: Graded | None = None
             async with gate:
                 outcome = await self._ask(plan, batch.admission)
+                judge = test.expect.judge
+                if isinstance(judge, Judge) and isinstance(plan, TurnPlan) and outcome.error is None:
+                    route = plan.routes[0]
+                    graded = await self.grader.grade(
+                        rubric=judge.rubric,
+                        threshold=judge.threshold,
+                        message=test.message,
+                        answer=outcome.text,
+                        provider=route.provider,
+                        model=route.model,
+                    )
+                    if graded.size and batch.admission is not None:
+                        # The grader's tokens count against the key and persona, as the test's own turn does.
+                        batch.admission.spend(plan.persona.id, estimate_size(graded.size))
             if outcome.error is not None:
                 failures = [f"the provider failed ({outcome.error.code}): {outcome.error.message}"]
+                if isinstance(test.expect.judge, Judge):
+                    graded = Graded(score=None, reason="not graded: the answer failed", failure=None)
             else:
                 lore = plan.context.lore if isinstance(plan, TurnPlan) else None
                 decided = lore.result.decisions if isinstance(lore, TurnLore) and lore.result is not None else []
-                failures = await judge(test.expect, outcome.text, decided)
+                failures = await check_answer(test.expect, outcome.text, decided, latency_ms=outcome.latency_ms)
+                if graded is not None and graded.failure is not None:
+                    failures.append(graded.failure)
             return TestResult(
-                test_id=test.id, name=test.name, passed=not failures, response=outcome.text, failures=failures
+                test_id=test.id,
+                name=test.name,
+                passed=not failures,
+                response=outcome.text,
+                failures=failures,
+                latency_ms=outcome.latency_ms,
+                score=graded.score if graded is not None else UNSET,
+                reason=graded.reason if graded is not None else UNSET,
             )
 
         results = await asyncio.gather(*(run(t, p) for t, p in zip(tests, batch.plans, strict=True)))

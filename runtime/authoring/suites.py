@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
@@ -14,9 +14,10 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from core import patterns
 from core.errors import BadRequest, NotFound
 from personas.lore import LoreDecision
-from personas.text import check_text
+from personas.text import check_json, check_text
+from runtime.authoring.structured import check_schema, json_failure, schema_failure
 
-__all__ = ["Expectation", "PersonaTest", "PersonaTestDraft", "PersonaTestStore", "check_test", "judge"]
+__all__ = ["Expectation", "Judge", "PersonaTest", "PersonaTestDraft", "PersonaTestStore", "check_answer", "check_test"]
 
 # Bounds that keep a suite cheap to store and to judge.
 MAX_PHRASES = 20
@@ -26,10 +27,20 @@ Phrase = Annotated[str, Meta(min_length=1, max_length=500)]
 Pattern = Annotated[str, Meta(min_length=1, max_length=patterns.MAX_PATTERN_CHARS)]
 
 
+class Judge(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A rubric a grader model scores the answer against, from 0 to 1; the answer passes at ``threshold``."""
+
+    rubric: Annotated[str, Meta(min_length=1, max_length=4000)]
+    threshold: Annotated[float, Meta(ge=0, le=1)] = 0.7
+
+
 class Expectation(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the answer must satisfy. ``contains``/``not_contains`` ignore case; ``regex`` is searched as written
     (add ``(?i)`` to ignore case); ``max_chars`` bounds the answer's length. ``lore_activated`` and
-    ``lore_not_activated`` name lorebook entries (by id or name) that the turn must, or must not, have been given."""
+    ``lore_not_activated`` name lorebook entries (by id or name) that the turn must, or must not, have been given.
+    ``judge`` has a grader score the answer against a rubric (:mod:`runtime.authoring.grading`); ``is_json`` and
+    ``json_schema`` want a JSON answer (:mod:`runtime.authoring.structured`); ``max_latency_ms`` bounds how long
+    the whole answer took."""
 
     contains: Annotated[list[Phrase], Meta(max_length=MAX_PHRASES)] = msgspec.field(default_factory=list)
     not_contains: Annotated[list[Phrase], Meta(max_length=MAX_PHRASES)] = msgspec.field(default_factory=list)
@@ -38,6 +49,10 @@ class Expectation(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     # Shown only when given, so a test written without them reads as it was written.
     lore_activated: Annotated[list[Phrase], Meta(max_length=MAX_PHRASES)] | UnsetType = UNSET
     lore_not_activated: Annotated[list[Phrase], Meta(max_length=MAX_PHRASES)] | UnsetType = UNSET
+    judge: Judge | UnsetType = UNSET
+    is_json: bool | UnsetType = UNSET
+    json_schema: dict[str, Any] | UnsetType = UNSET
+    max_latency_ms: Annotated[int, Meta(ge=1, le=3_600_000)] | UnsetType = UNSET
 
 
 class PersonaTestDraft(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,6 +82,12 @@ def check_test(draft: PersonaTestDraft) -> None:
             check_text(phrase, f"expect.{key}[{index}]")
     if draft.expect.regex is not None:
         check_text(draft.expect.regex, "expect.regex")
+    if isinstance(draft.expect.judge, Judge):
+        check_text(draft.expect.judge.rubric, "expect.judge.rubric")
+        if not draft.expect.judge.rubric.strip():
+            raise BadRequest("`expect.judge.rubric` must not be blank.", field="expect.judge.rubric")
+    if not isinstance(draft.expect.json_schema, UnsetType):
+        check_json(draft.expect.json_schema, "expect.json_schema")
     if not draft.name.strip():
         raise BadRequest("`name` must not be blank.", field="name")
     expect = draft.expect
@@ -77,17 +98,23 @@ def check_test(draft: PersonaTestDraft) -> None:
         or expect.max_chars is not None
         or expect.lore_activated
         or expect.lore_not_activated
+        or isinstance(expect.judge, Judge)
+        or expect.is_json is True
+        or expect.json_schema is not UNSET
+        or expect.max_latency_ms
     ):
         raise BadRequest(
             "`expect` expects nothing: give at least one of `contains`, `not_contains`, `regex`, `max_chars`, "
-            "`lore_activated` or `lore_not_activated`.",
+            "`lore_activated`, `lore_not_activated`, `judge`, `is_json`, `json_schema` or `max_latency_ms`.",
             field="expect",
         )
 
 
-async def judge(expect: Expectation, answer: str, lore: Sequence[LoreDecision] = ()) -> list[str]:
-    """What the answer got wrong, one sentence per unmet expectation; empty when it passes. ``lore`` is what the
-    turn's lorebook decided."""
+async def check_answer(
+    expect: Expectation, answer: str, lore: Sequence[LoreDecision] = (), *, latency_ms: int = 0
+) -> list[str]:
+    """What the answer got wrong, one sentence per unmet expectation (but ``judge``, which takes a grader); empty
+    when it passes. ``lore`` is what the turn's lorebook decided, ``latency_ms`` how long the answer took."""
     failures = _lore_failures(expect, lore)
     folded = answer.casefold()
     failures.extend(
@@ -104,6 +131,16 @@ async def judge(expect: Expectation, answer: str, lore: Sequence[LoreDecision] =
             failures.append(failure)
     if expect.max_chars is not None and len(answer) > expect.max_chars:
         failures.append(f"answer is {len(answer)} characters, more than max_chars {expect.max_chars}")
+    if expect.is_json is True and expect.json_schema is UNSET:
+        failure = json_failure(answer)
+        if failure is not None:
+            failures.append(failure)
+    if expect.json_schema is not UNSET:
+        failure = await schema_failure(expect.json_schema, answer)
+        if failure is not None:
+            failures.append(failure)
+    if expect.max_latency_ms and latency_ms > expect.max_latency_ms:
+        failures.append(f"the answer took {latency_ms} ms, more than max_latency_ms {expect.max_latency_ms}")
     return failures
 
 
@@ -153,6 +190,8 @@ WHERE (SELECT count(*) FROM persona_tests WHERE persona_id = $1) < $6
 RETURNING {_COLUMNS}"""
 LIST_TESTS = f"SELECT {_COLUMNS} FROM persona_tests WHERE persona_id = $1 ORDER BY created_at, id"
 DELETE_TEST = "DELETE FROM persona_tests WHERE id = $1 AND persona_id = $2"
+DELETE_SUITE = "DELETE FROM persona_tests WHERE persona_id = $1"
+ADD_TO_SUITE = "INSERT INTO persona_tests (persona_id, name, message, expect, created_by) VALUES ($1, $2, $3, $4, $5)"
 
 
 def _test(record: asyncpg.Record) -> PersonaTest:
@@ -169,6 +208,8 @@ class PersonaTestStore:
         """Store the test; its regex must first compile within the bounds (a 400 naming ``expect.regex``)."""
         if draft.expect.regex is not None:
             await patterns.compile_pattern(draft.expect.regex, field="expect.regex")
+        if draft.expect.json_schema is not UNSET:
+            await check_schema(draft.expect.json_schema)
         record = await self._pool.fetchrow(
             INSERT_TEST,
             persona_id,
@@ -183,6 +224,17 @@ class PersonaTestStore:
                 f"This persona already has {MAX_TESTS_PER_PERSONA} tests, the most it may have: delete some first."
             )
         return _test(record)
+
+    async def replace(self, persona_id: UUID, drafts: Sequence[PersonaTestDraft], *, created_by: UUID | None) -> None:
+        """Make ``drafts`` (checked by the caller, at most :data:`MAX_TESTS_PER_PERSONA`) the persona's whole suite,
+        in their order, in one transaction."""
+        if len(drafts) > MAX_TESTS_PER_PERSONA:
+            raise BadRequest(f"A persona may have at most {MAX_TESTS_PER_PERSONA} tests.")
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(DELETE_SUITE, persona_id)
+            for draft in drafts:
+                expect = msgspec.to_builtins(draft.expect)
+                await connection.execute(ADD_TO_SUITE, persona_id, draft.name, draft.message, expect, created_by)
 
     async def list(self, persona_id: UUID) -> list[PersonaTest]:
         """Oldest first: the order a suite runs and reports in."""

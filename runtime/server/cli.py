@@ -1,4 +1,4 @@
-"""The ``persona-runtime`` command: serve, migrate, manage users and API keys, and keep personas as files."""
+"""The ``persona-runtime`` command: serve, migrate, manage users and API keys, keep personas as files and test them."""
 
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ from personas.models import Limits
 from personas.store import PersonaStore
 from providers import configs_from_env, default_provider
 from runtime.access.accounts import Accounts
+from runtime.authoring.suite_files import check_suites, import_suites, read_suites, write_suites
+from runtime.authoring.suites import PersonaTestStore
 from runtime.memory.vectors import embeddings_config
+from runtime.server import ci
 from runtime.server.embedded import EmbeddedPostgres, EmbeddedUnavailable
 from runtime.server.migrate import MigrationError, apply_migrations
 from runtime.server.serving import raise_open_file_limit, run, uvicorn_options
@@ -72,6 +75,7 @@ ENVIRONMENT = """environment variables (a .env file in the working directory is 
   DEFAULT_CONTEXT_WINDOW     tokens a model takes when neither persona nor table knows (32768)
   SUMMARY_PROVIDER, SUMMARY_MODEL   who writes conversation summaries (the persona's provider)
   MEMORY_PROVIDER, MEMORY_MODEL     who extracts memories after turns (the persona's provider)
+  JUDGE_PROVIDER, JUDGE_MODEL       who grades judged tests (the persona's provider)
   MAX_CONNECTIONS            connections each worker serves at once; past it a 503 (10000)
   HEADER_TIMEOUT_SECONDS     how long a request's headers may take to arrive; then a 408 (10)
   SSL_CERT_FILE, SSL_CERT_DIR, HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY   how providers are reached
@@ -126,11 +130,33 @@ def _parser() -> argparse.ArgumentParser:
 
     personas = commands.add_parser("personas", help="keep personas as files (persona-runtime/v1 documents)")
     files = personas.add_subparsers(dest="action", required=True)
-    export = files.add_parser("export", help="write one <slug>.json per active persona into DIR")
+    export = files.add_parser(
+        "export", help="write one <slug>.json per active persona into DIR, and <slug>.tests.json for its tests"
+    )
     export.add_argument("directory", metavar="DIR", type=Path)
-    import_ = files.add_parser("import", help="create or update personas by name from the files in DIR")
+    import_ = files.add_parser(
+        "import", help="create or update personas by name from the files in DIR, and their test suites"
+    )
     import_.add_argument("directory", metavar="DIR", type=Path)
     import_.add_argument("--owner", metavar="NAME", help="user who owns new personas (default: the system)")
+    test = files.add_parser(
+        "test",
+        help="run the saved test suites of the named personas; exit 1 when a test fails",
+        description="Run each named persona's saved tests, as POST /api/v1/chat/personas/{id}/tests/run does, "
+        "and print what passed and failed. Exit status: 0 all passed, 1 a test failed, 2 a usage error "
+        "(such as a persona that does not exist).",
+    )
+    test.add_argument("names", nargs="+", metavar="NAME", help="a persona's name (any case)")
+    test.add_argument(
+        "--owner", metavar="NAME", help="user whose personas the names are (default: the system's, else the only one)"
+    )
+    test.add_argument(
+        "--label",
+        metavar="L",
+        help="the version a label names: production (the default: the version chats get), latest (the latest "
+        "save), or a custom label",
+    )
+    test.add_argument("--junit", metavar="FILE", type=Path, help="also write the results as JUnit XML to FILE")
     return parser
 
 
@@ -152,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(settings, args)
+        if args.command == "personas" and args.action == "test":
+            return asyncio.run(ci.run(settings, args.names, owner=args.owner, label=args.label, junit=args.junit))
         return asyncio.run(_run(settings, args))
     except (PersonaRuntimeError, MigrationError, EmbeddedUnavailable) as exc:
         print(f"persona-runtime: {exc}", file=sys.stderr)
@@ -281,8 +309,12 @@ async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Names
     )
     try:
         store = PersonaStore(pool, cache, notify=notify)
+        tests = PersonaTestStore(pool)
         if args.action == "export":
-            results = write_directory(args.directory, await store.list_active())
+            exported = await store.list_active()
+            suites = {p.id: await tests.list(p.id) for p in exported}
+            results = write_directory(args.directory, exported)
+            results += write_suites(args.directory, results, suites)
         else:
             owner = None
             if args.owner:
@@ -293,7 +325,20 @@ async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Names
                 owner = user.id
             drafts = read_directory(args.directory, limit=settings.import_max_bytes)
             pictures = read_pictures(args.directory, drafts)
+            read = read_suites(
+                args.directory,
+                [draft.name for _, draft in drafts],
+                limit=settings.import_max_bytes,
+                max_message_chars=settings.max_message_chars,
+            )
+            await check_suites(read)
             results = await import_drafts(store, drafts, owner=owner, avatars=AvatarStore(pool), pictures=pictures)
+            ids = {}
+            for _, suite in read:
+                persona = await store.find_owned(suite.persona, owner)
+                assert persona is not None  # imported just above
+                ids[suite.persona.casefold()] = persona.id
+            results += await import_suites(tests, read, ids, owner=owner)
     finally:
         await cache.aclose()
     _report(results)
@@ -303,7 +348,8 @@ async def _personas(settings: Settings, pool: asyncpg.Pool, args: argparse.Names
 def _report(results: list[FileResult]) -> None:
     for result in results:
         print(f"{result.outcome:<9} {result.name} ({result.file})")
-    counts = {o: sum(r.outcome == o for r in results) for o in ("written", "created", "updated", "unchanged")}
+    outcomes = ("written", "created", "updated", "removed", "unchanged")
+    counts = {o: sum(r.outcome == o for r in results) for o in outcomes}
     summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n) or "no persona files"
-    changed = counts["written"] + counts["created"] + counts["updated"]
+    changed = counts["written"] + counts["created"] + counts["updated"] + counts["removed"]
     print(summary if changed else f"nothing changed: {summary}")

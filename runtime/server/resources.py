@@ -35,6 +35,7 @@ from runtime.access.accounts import KEY_SIGNAL, Accounts
 from runtime.access.auth import Authenticator
 from runtime.access.counters import Clock
 from runtime.access.limits import Limiter
+from runtime.authoring.grading import Grader
 from runtime.authoring.service import AuthoringService
 from runtime.authoring.suites import PersonaTestStore
 from runtime.chat.conversations import ConversationStore
@@ -365,7 +366,16 @@ async def open_resources(
             providers=providers,
             default_provider=default,
             chat=chat,
-            authoring=AuthoringService(chat, PersonaTestStore(pool)),
+            authoring=AuthoringService(
+                chat,
+                PersonaTestStore(pool),
+                Grader(
+                    providers,
+                    provider=settings.judge_provider,
+                    model=settings.judge_model,
+                    timeout=settings.request_timeout,
+                ),
+            ),
             porter=PersonaPorter(personas, avatars, max_bytes=settings.import_max_bytes),
             avatars=Avatars(personas, avatars),
             metrics=metrics,

@@ -66,6 +66,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     summary_model: str | None = None
     memory_provider: str | None = None
     memory_model: str | None = None
+    # Who grades judged tests (contract section 16); unset, the persona's own provider and model.
+    judge_provider: str | None = None
+    judge_model: str | None = None
     # Who embeds memories and the latest message for vector retrieval (an OpenAI-compatible provider's
     # /embeddings); unset, memories are ranked by full text only.
     embeddings_provider: str | None = None
@@ -153,6 +156,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             summary_model=text("SUMMARY_MODEL"),
             memory_provider=text("MEMORY_PROVIDER"),
             memory_model=text("MEMORY_MODEL"),
+            judge_provider=text("JUDGE_PROVIDER"),
+            judge_model=text("JUDGE_MODEL"),
             embeddings_provider=text("EMBEDDINGS_PROVIDER"),
             embeddings_model=text("EMBEDDINGS_MODEL") or "text-embedding-3-small",
             max_message_chars=int(number("MAX_MESSAGE_CHARS", 32_000)),

@@ -287,6 +287,10 @@ function describeExpect(expect) {
   if (expect.not_contains && expect.not_contains.length) parts.push(`does not contain ${expect.not_contains.map((p) => `“${p}”`).join(", ")}`);
   if (expect.regex) parts.push(`matches /${expect.regex}/`);
   if (expect.max_chars) parts.push(`at most ${expect.max_chars} characters`);
+  if (expect.judge) parts.push(`judged against “${expect.judge.rubric}” (passes at ${expect.judge.threshold})`);
+  if (expect.is_json) parts.push("is JSON");
+  if (expect.json_schema) parts.push("matches a JSON Schema");
+  if (expect.max_latency_ms) parts.push(`answers within ${expect.max_latency_ms} ms`);
   return parts.join("; ");
 }
 
@@ -330,6 +334,9 @@ export function testsPanel(ctx) {
     if (regex) expect.regex = regex;
     const maxChars = $("#t-max-chars").value.trim();
     if (maxChars) expect.max_chars = Number(maxChars);
+    const rubric = $("#t-rubric").value.trim();
+    const threshold = $("#t-threshold").value.trim();
+    if (rubric) expect.judge = threshold ? { rubric, threshold: Number(threshold) } : { rubric };
     const test = { name: $("#t-name").value.trim(), message: $("#t-message").value, expect };
     const added = await task("Could not add the test", () => ctx.client.addTest(ctx.state.current.id, test), $("#test-save"));
     if (!added) return;
@@ -350,6 +357,9 @@ export function testsPanel(ctx) {
       item.querySelector(".badge").textContent = result.passed ? "PASS" : "FAIL";
       item.querySelector(".test-outcome").replaceChildren(
         el("ul", { class: "failures" }, result.failures.map((f) => el("li", {}, f))),
+        "score" in result
+          ? el("p", { class: "meta", "data-testid": "test-grade" }, `Score ${result.score ?? "none"}: ${result.reason}`)
+          : "",
         el("details", {}, el("summary", {}, "Answer"), el("pre", {}, result.response ?? "")),
       );
     }
