@@ -1196,8 +1196,10 @@ async def test_memory_settings_are_saved_with_the_persona_and_render_shows_the_m
     await expect(memory_row.locator("th")).to_have_text("Memory")
     await expect(memory_row.locator("td").last).to_have_text("2")
 
-    # With her switch off (in the Memory panel), no memory is considered.
+    # With her switch off (in the Memory panel), no memory is considered. (The panel reads the switch when it
+    # opens: until then the box is unticked, and unticking it would do nothing.)
     await page.get_by_role("tab", name="Memory").click()
+    await expect(page.get_by_test_id("memory-switch-status")).to_contain_text("On:")
     await page.get_by_label("Personas may remember me").uncheck()
     await expect(page.get_by_test_id("memory-switch-status")).to_contain_text("Off:")
     await page.get_by_role("tab", name="Render").click()
