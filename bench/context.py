@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.services import scratch_database
-from runtime.chat.conversations import WINDOW, ConversationStore
+from runtime.chat.conversations import WINDOW, ConversationStore, WindowRow
 from runtime.server.migrate import apply_migrations
 
 __all__ = ["main"]
@@ -45,13 +45,13 @@ async def measure(dsn: str, sizes: list[int], budget: int, runs: int) -> None:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         user_id = await pool.fetchval("INSERT INTO users (name) VALUES ('bench') RETURNING id")
-        store = ConversationStore(pool)
+        store = ConversationStore(pool, cached_windows=0)  # the SQL itself, every time
         print(f"history walk for a {budget}-token budget ({runs} runs each)\n{WINDOW.strip()}\n")
         for size in sizes:
             conversation_id = await _conversation(pool, user_id, size)
             await pool.execute("ANALYZE messages")
             times = []
-            rows: list[object] = []
+            rows: list[WindowRow] = []
             for _ in range(runs):
                 began = time.perf_counter()
                 rows, _more = await store.window(conversation_id, after_seq=0, budget=budget, limit=1000)

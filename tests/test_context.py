@@ -4,12 +4,14 @@ retry when a provider still finds the request too long, rolling summaries, and r
 from __future__ import annotations
 
 import asyncio
+from uuid import UUID
 
 import bpe_openai
 import httpx
 import pytest
 
 from runtime.chat.context import SUMMARY_HEADING
+from runtime.chat.conversations import ConversationStore
 from tests.conftest import llm_env, make_settings, persona_body, running
 
 CHAT = "/api/v1/chat"
@@ -90,6 +92,52 @@ async def test_a_long_conversation_keeps_its_latest_turns_and_a_summary_within_t
         kinds = [s["kind"] for s in context["sections"]]
         assert kinds[0] == "system" and "summary" in kinds and "history" in kinds and kinds[-1] == "message"
         assert context["used"] == sum(s["tokens"] for s in context["sections"]) <= context["budget"]
+
+
+async def test_a_summary_is_written_once_per_quarter_window_and_every_turn_is_sent_or_summarized(
+    database_url, redis_url, fake_llm, make_user
+):
+    from api.app import create_app
+
+    settings = make_settings(database_url, redis_url, env=llm_env(fake_llm), summary_provider="echo")
+    app = create_app(settings)
+    async with running(app) as http:
+        pipeline = app.state.resources.chat
+        alice = await make_user("alice")
+        persona = await make_persona(
+            http, alice, model_settings={"provider": "local", "context_window": 1500, "max_tokens": 100}
+        )
+        conversation_id = None
+        turns = 50
+        for n in range(turns):
+            fake_llm.script(chunks=(f"answer {n}",))
+            body = {"message": f"question {n}: " + "tell me about the harbour " * 7, "persona_id": persona["id"]}
+            if conversation_id:
+                body["conversation_id"] = conversation_id
+            r = await http.post(CHAT, json=body, headers=alice.headers)
+            assert r.status_code == 200, r.text
+            conversation_id = r.json()["conversation_id"]
+            while pipeline._background:  # the answer's saving, then the summary it asked for
+                await asyncio.wait(list(pipeline._background))
+
+        requests = [r.body for r in fake_llm.chat_requests()][-turns:]
+        summaries = []
+        for n, sent in enumerate(requests):
+            system = sent["messages"][0]["content"]
+            asked = [m["content"].split(":")[0] for m in sent["messages"][1:] if m["role"] == "user"]
+            assert asked[-1] == f"question {n}"
+            oldest = int(asked[0].split()[1])
+            if oldest == 0:
+                assert SUMMARY_HEADING not in system
+                continue
+            # What is not sent is in the summary: it runs to the turn just before the oldest one sent.
+            summary = system.split(SUMMARY_HEADING)[1]
+            assert f"The user said: question {oldest - 1}:" in summary, (n, oldest)
+            summaries.append(summary)
+        overflowing = len(summaries)
+        assert overflowing >= 15
+        # Not a new summary after every turn: one per quarter of the history's room (a few turns here).
+        assert len(set(summaries)) <= overflowing // 2, (len(set(summaries)), overflowing)
 
 
 async def test_what_cannot_be_dropped_and_does_not_fit_is_refused_before_any_provider_call(
@@ -208,6 +256,82 @@ async def test_history_is_read_only_as_far_as_the_budget_reaches(client, resourc
     assert [r.content for r in rows[:2]] == ["message 3000", "message 2999"]
     rows, more = await resources.conversations.window(conversation_id, after_seq=0, budget=10**9, limit=40)
     assert len(rows) == 40 and more
+
+
+async def test_a_window_kept_by_one_instance_sees_what_any_instance_stored_or_finished_since(client, resources, alice):
+    r = await client.post(CHAT, json={"message": "start"}, headers=alice.headers)
+    conversation_id = r.json()["conversation_id"]
+    # Two instances' stores over one database, and the SQL read every time as the reference.
+    here, there = ConversationStore(resources.pool), ConversationStore(resources.pool)
+    truth = ConversationStore(resources.pool, cached_windows=0)
+
+    reads = 0
+
+    async def same(after_seq: int = 0, budget: int = 400, limit: int = 1000) -> list[str]:
+        nonlocal reads
+        args = {"after_seq": after_seq, "budget": budget, "limit": limit}
+        reads += 1
+        if reads % 2:  # as a turn reads it: the conversation, with what was stored since the kept window
+            await here.get(alice.user.id, conversation_id, for_turn=True)
+        rows, more = await here.window(conversation_id, **args)
+        expected, expected_more = await truth.window(conversation_id, **args)
+        seen = [(r.seq, r.role, r.content, r.tokens, r.message.content) for r in rows]
+        assert seen == [(r.seq, r.role, r.content, r.tokens, r.content) for r in expected] and more == expected_more
+        return [r.content for r in rows]
+
+    async def ask(text: str) -> UUID:
+        conversation = await there.get(alice.user.id, conversation_id)
+        _, answer_id = await there.begin_turn(
+            user_id=alice.user.id,
+            conversation=conversation,
+            message=text,
+            persona_id=conversation.persona_id,
+            persona_version=conversation.persona_version or 1,
+            persona_source="conversation",
+            provider="echo",
+            model="echo",
+            tokens=30,
+        )
+        return answer_id
+
+    async def finish(answer_id: UUID, text: str, status: str = "complete") -> None:
+        await there.finish_answer(
+            answer_id,
+            content=text,
+            status=status,  # type: ignore[arg-type]
+            provider="echo",
+            model="echo",
+            usage=None,
+            latency_ms=1,
+            finish_reason="stop",
+            tool_calls=None,
+            error=None,
+            tokens=30,
+        )
+
+    assert (await same())[0] != "first question"
+    first = await ask("first question")
+    second = await ask("second question")  # asked while the first answer is still being written
+    await finish(second, "second answer")
+    assert (await same())[:3] == ["second answer", "second question", "first question"]
+    # The first answer, finished later behind newer messages, is seen by the instance that kept the window.
+    await finish(first, "first answer")
+    assert (await same())[:4] == ["second answer", "second question", "first answer", "first question"]
+    failed = await ask("third question")
+    await finish(failed, "", status="error")
+    assert (await same())[0] == "third question"
+    for n in range(40):
+        await finish(await ask(f"question {n}"), f"answer {n}")
+        if n % 7 == 0:
+            await same(budget=100 + 20 * n)
+    # A summary that moved on, a larger budget than any read so far, a smaller limit: all as the SQL says.
+    rows, _ = await truth.window(conversation_id, after_seq=0, budget=10**6, limit=1000)
+    await same(after_seq=rows[30].seq, budget=200)
+    await same(after_seq=rows[30].seq, budget=10**6)
+    await same(after_seq=rows[10].seq, budget=10**6, limit=5)
+    for n in range(80):  # more stored since than one catch-up reads
+        await finish(await ask(f"later question {n}"), f"later answer {n}")
+    assert (await same(after_seq=rows[10].seq))[0] == "later answer 79"
 
 
 async def test_a_summary_is_saved_only_over_the_one_it_folded(client, resources, alice):

@@ -41,10 +41,27 @@ from runtime.chat.tokens import (
     tokenizer_for,
 )
 
-__all__ = ["SUMMARY_HEADING", "Built", "ContextAccount", "ContextBuilder", "Extra", "Section", "TierSource"]
+__all__ = [
+    "SUMMARY_AT",
+    "SUMMARY_HEADING",
+    "SUMMARY_KEEPS",
+    "Built",
+    "ContextAccount",
+    "ContextBuilder",
+    "Extra",
+    "Section",
+    "TierSource",
+]
 
 # How the summary is introduced in the system text.
 SUMMARY_HEADING = "Summary of the conversation so far (earlier turns are not shown):"
+# Summaries are asked for ahead of need and in steps (contract section 13: what falls out is summarized). Once
+# the turns no summary covers fill SUMMARY_AT of the history's room (or no longer fit), the next summary
+# covers all but the newest SUMMARY_KEEPS of that room. The turns of the next exchanges grow into the room it
+# frees, so until they fill it again every stored turn is either sent or in the summary, and a summary is
+# written once per quarter of the room's worth of new turns rather than after every turn.
+SUMMARY_KEEPS = 0.65
+SUMMARY_AT = 0.9
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +132,11 @@ class Built:
     estimated_input: int
     # The oldest stored message sent (its seq), and whether older ones, not covered by the summary, were left out.
     oldest_sent_seq: int | None = None
+    # Whether a new summary is due (:data:`SUMMARY_AT`), and where it ends: it covers the stored messages
+    # before this seq, the first of the oldest turn sent among the newest :data:`SUMMARY_KEEPS` of the
+    # history's room (None: no turn fitted, and it covers everything stored).
+    summary_due: bool = False
+    summarize_before_seq: int | None = None
     # The newest stored message the history walk could read: a retry reads no further.
     newest_read_seq: int | None = None
     uncovered: bool = False
@@ -315,12 +337,14 @@ class ContextBuilder:
 
         history: list[ChatMessage] = []
         oldest: int | None = None
-        uncovered = False
+        mark: int | None = None
+        uncovered = due = False
         dropped = 0
         if conversation is not None and self.history_messages > 0:
-            turns, spent, uncovered = _fit(rows, more, left, ratio)
+            turns, spent, uncovered, mark = _fit(rows, more, left, ratio, int(left * SUMMARY_KEEPS))
+            due = uncovered or (spent > left * SUMMARY_AT and mark is not None and mark != turns[-1][0].seq)
             for turn in reversed(turns):
-                history.extend(ChatMessage(role=r.role, content=r.content) for r in turn)
+                history.extend(r.message for r in turn)
             if turns:
                 oldest = turns[-1][0].seq
                 kept_turns = sum(1 for turn in turns if turn[0].role == "user")
@@ -359,6 +383,8 @@ class ContextBuilder:
             message_tokens=each[-1] if each else 0,
             estimated_input=int(used / ratio),
             oldest_sent_seq=oldest,
+            summary_due=due,
+            summarize_before_seq=mark,
             newest_read_seq=newest,
             uncovered=uncovered,
             droppable=droppable,
@@ -398,23 +424,31 @@ def _message_size(message: ChatMessage) -> int:
     return size
 
 
-def _fit(rows: list[WindowRow], more: bool, left: int, ratio: float) -> tuple[list[list[WindowRow]], int, bool]:
+def _fit(
+    rows: list[WindowRow], more: bool, left: int, ratio: float, keep: int
+) -> tuple[list[list[WindowRow]], int, bool, int | None]:
     """Whole turns from ``rows`` (newest first) while they fit in ``left``: each turn a user message and the
     answers after it (a conversation's opening greeting is a turn of its own). Returns the turns, newest first,
-    their tokens, and whether stored messages were left out (``more``: the walk stopped before the start)."""
+    their tokens, whether stored messages were left out (``more``: the walk stopped before the start), and the
+    first seq of the oldest turn within ``keep`` tokens (else of the newest turn; None when none fits)."""
     turns: list[list[WindowRow]] = []
     spent = 0
     group: list[WindowRow] = []
     cost = 0
+    mark: int | None = None
+    last = len(rows) - 1
+    exact = ratio == 1.0  # a model with its own tokenizer: the stored counts as they are
     for index, row in enumerate(rows):
-        group.insert(0, row)
-        cost += int(row.tokens * ratio + 0.999)
-        opens = row.role == "user" or (index == len(rows) - 1 and not more)
-        if not opens:
+        group.append(row)
+        cost += row.tokens if exact else int(row.tokens * ratio + 0.999)
+        if not (row.role == "user" or (index == last and not more)):
             continue
         if spent + cost > left:
-            return turns, spent, True
+            return turns, spent, True, mark
+        group.reverse()
         turns.append(group)
         spent += cost
+        if spent <= keep or mark is None:
+            mark = row.seq
         group, cost = [], 0
-    return turns, spent, more or bool(group)
+    return turns, spent, more or bool(group), mark

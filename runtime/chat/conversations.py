@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -10,6 +13,7 @@ import asyncpg
 import msgspec
 
 from core.errors import Interrupted, NotFound
+from providers import ChatMessage
 
 __all__ = ["Conversation", "ConversationStore", "MessageState", "MessageStatus", "StoredMessage", "WindowRow"]
 
@@ -112,6 +116,44 @@ WITH RECURSIVE walk AS (
     WHERE walk.total <= $3 AND walk.n < $4
 )
 SELECT seq, role, content, tokens, total FROM walk"""
+# The same walk for the instance's cache of windows, with the oldest answer still pending among the messages it
+# covers (after its oldest row, else, when it reached the start, after $2), read in the same snapshot: the
+# cache keeps only what lies before it, since a message once finished never changes.
+WINDOW_CACHED = f"""
+WITH RECURSIVE walk AS (
+    (SELECT seq, role, content, {_TOKENS} AS tokens, {_TOKENS} AS total, 1 AS n FROM messages
+     WHERE {_SENDABLE} AND {_UNTIL} ORDER BY seq DESC LIMIT 1)
+    UNION ALL
+    SELECT m.seq, m.role, m.content, m.tokens, walk.total + m.tokens, walk.n + 1
+    FROM walk CROSS JOIN LATERAL (
+        SELECT seq, role, content, {_TOKENS} AS tokens FROM messages
+        WHERE {_SENDABLE} AND seq < walk.seq ORDER BY seq DESC LIMIT 1
+    ) m
+    WHERE walk.total <= $3 AND walk.n < $4
+), edge AS (
+    SELECT CASE WHEN max(total) > $3 OR count(*) >= $4 THEN min(seq) ELSE $2 END AS low FROM walk
+)
+SELECT seq, role, content, tokens, total,
+    (SELECT min(m.seq) FROM messages m, edge
+     WHERE m.conversation_id = $1 AND m.seq > edge.low AND m.status = 'pending') AS pending
+FROM walk"""
+# What a conversation stored after the cached window ($2), newest first, whatever its state: a cached window
+# is brought up to date with it. The conversation's row lock orders its inserts (each turn's statement takes
+# it before its messages get their seq), so nothing is ever stored behind what was read.
+WINDOW_SINCE = f"""
+SELECT seq, role, content, {_TOKENS} AS tokens, status FROM messages
+WHERE conversation_id = $1 AND seq > $2 ORDER BY seq DESC LIMIT $3"""
+# GET_CONVERSATION for a turn whose instance keeps a copy of the conversation's window: with what was stored
+# after the copy ($3; at most $4 messages, newest first), so that catching the copy up costs no query of its own.
+GET_CONVERSATION_SINCE = f"""
+SELECT {_CONVERSATION}, since.* FROM conversations CROSS JOIN LATERAL (
+    SELECT array_agg(seq ORDER BY seq DESC) AS since_seq, array_agg(role ORDER BY seq DESC) AS since_role,
+           array_agg(content ORDER BY seq DESC) AS since_content, array_agg(tokens ORDER BY seq DESC) AS since_tokens,
+           array_agg(status ORDER BY seq DESC) AS since_status
+    FROM (SELECT seq, role, content, {_TOKENS} AS tokens, status FROM messages
+          WHERE conversation_id = conversations.id AND seq > $3 ORDER BY seq DESC LIMIT $4) recent
+) since
+WHERE id = $1 AND user_id = $2"""
 # The messages a new summary folds in: after the summary's last ($2), before the oldest one sent ($3).
 UNSUMMARIZED = f"""
 SELECT id, seq, role, content FROM messages WHERE {_SENDABLE} AND seq < $3 ORDER BY seq LIMIT $4"""
@@ -162,12 +204,36 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WindowRow(msgspec.Struct, frozen=True):
-    """A stored message read for a turn's history: its order, role, text and token count."""
+    """A stored message read for a turn's history: its order, role, text and token count, and the message to
+    send (made once, kept with the row in the cache of windows)."""
 
     seq: int
     role: Literal["user", "assistant"]
     content: str
     tokens: int
+    message: ChatMessage
+
+
+def _row(seq: int, role: str, content: str, tokens: int) -> WindowRow:
+    kind: Literal["user", "assistant"] = "assistant" if role == "assistant" else "user"
+    return WindowRow(seq, kind, content, tokens, ChatMessage(role=kind, content=content))
+
+
+@dataclass
+class _Window:
+    """An instance's copy of a conversation's latest sendable messages (after ``after``), newest first.
+
+    Every message after ``after`` (from ``rows``' oldest on, unless ``complete``) through ``through`` was
+    finished when read, and so never changes; what was stored since is read on each use. ``complete``: no
+    sendable message after ``after`` is older than ``rows``' oldest."""
+
+    after: int
+    through: int
+    rows: list[WindowRow]
+    complete: bool
+    chars: int
+    # What a turn's read of the conversation found stored after ``through`` (when, and the rows), for its window.
+    since: tuple[int, float, list[tuple[Any, ...]]] | None = None
 
 
 class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,6 +256,28 @@ class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
 
 
+# What a cached window is brought up to date with at most (more: it is read again), and the largest copy kept.
+_SINCE = 64
+_WINDOW_CHARS = 2_000_000
+# The text all of an instance's copies hold at most (characters): the least recently read go first.
+_CACHED_CHARS = 32_000_000
+# How long what a turn's read of its conversation found stays the window's news (seconds): the turn reads its
+# window right after; a read that no window followed is not used later.
+_SINCE_FRESH = 1.0
+
+
+def _walk(rows: list[WindowRow], budget: int, limit: int) -> tuple[list[WindowRow], bool]:
+    """What :data:`WINDOW` reads of ``rows`` (newest first): each row while the ones before it stay within
+    ``budget`` and number under ``limit``; and whether it stopped short (as :meth:`ConversationStore.window`)."""
+    total = 0
+    for index, row in enumerate(rows):
+        if index and (total > budget or index >= limit):
+            rows = rows[:index]
+            break
+        total += row.tokens
+    return rows, bool(rows) and (total > budget or len(rows) >= limit)
+
+
 def _conversation(record: asyncpg.Record) -> Conversation:
     return msgspec.convert(dict(record), Conversation, strict=False)
 
@@ -210,17 +298,35 @@ class ConversationStore:
     (:meth:`renew`); :meth:`sweep` ends those whose instance stopped renewing.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, lease_seconds: float = 30.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, lease_seconds: float = 30.0, cached_windows: int = 512) -> None:
         self._pool = pool
         self.lease_seconds = lease_seconds
+        # The latest windows read, by conversation, so that a turn decodes only the messages stored since the
+        # last (0: none kept). Never stale: each use reads what was stored after it, in any instance.
+        self.cached_windows = cached_windows
+        self._windows: OrderedDict[UUID, _Window] = OrderedDict()
+        self._chars = 0
 
-    async def get(self, user_id: UUID, conversation_id: UUID) -> Conversation:
-        record = await self._pool.fetchrow(GET_CONVERSATION, conversation_id, user_id)
+    async def get(self, user_id: UUID, conversation_id: UUID, *, for_turn: bool = False) -> Conversation:
+        """The user's conversation. ``for_turn``: a turn's, whose window is read next; when a copy of it is kept,
+        what was stored since is read with it (one round trip)."""
+        kept = self._windows.get(conversation_id) if for_turn else None
+        if kept is None:
+            record = await self._pool.fetchrow(GET_CONVERSATION, conversation_id, user_id)
+        else:
+            through = kept.through
+            record = await self._pool.fetchrow(GET_CONVERSATION_SINCE, conversation_id, user_id, through, _SINCE)
         if record is None:
             raise NotFound(
                 f"Conversation {conversation_id} not found: check `conversation_id`.", field="conversation_id"
             )
-        return _conversation(record)
+        if kept is None:
+            return _conversation(record)
+        values = dict(record)
+        seqs = values.pop("since_seq") or ()
+        columns = [values.pop(f"since_{name}") for name in ("role", "content", "tokens", "status")]
+        kept.since = (through, time.monotonic(), list(zip(seqs, *columns, strict=True)) if seqs else [])
+        return msgspec.convert(values, Conversation, strict=False)
 
     async def list_for_user(self, user_id: UUID, *, limit: int, offset: int) -> tuple[list[Conversation], int]:
         records = await self._pool.fetch(LIST_CONVERSATIONS, user_id, limit, offset)
@@ -235,14 +341,86 @@ class ConversationStore:
     ) -> tuple[list[WindowRow], bool]:
         """The latest messages worth sending upstream (after ``after_seq``, through ``until_seq``), newest first,
         while their stored token counts stay within ``budget`` (one more is read, to know) and at most ``limit``
-        of them; and whether the walk stopped before the conversation's start."""
-        records = await self._pool.fetch(WINDOW, conversation_id, after_seq, budget, limit, until_seq)
-        rows = [
-            WindowRow(r["seq"], "assistant" if r["role"] == "assistant" else "user", r["content"], r["tokens"])
-            for r in records
-        ]
-        more = bool(records) and (records[-1]["total"] > budget or len(records) >= limit)
-        return rows, more
+        of them; and whether the walk stopped before the conversation's start.
+
+        The latest window read of a conversation is kept (:attr:`cached_windows` of them), and a later read
+        decodes only what was stored since: in steady state one short query of the last exchange."""
+        if self.cached_windows <= 0 or until_seq != 2**62:
+            records = await self._pool.fetch(WINDOW, conversation_id, after_seq, budget, limit, until_seq)
+            rows = [_row(*r[:4]) for r in records]
+            return rows, bool(records) and (records[-1]["total"] > budget or len(records) >= limit)
+        kept = self._windows.get(conversation_id)
+        if kept is not None and kept.after <= after_seq:
+            found = await self._extend(conversation_id, kept, after_seq, budget, limit)
+            if found is not None:
+                return found
+        return await self._read_window(conversation_id, after_seq, budget, limit)
+
+    async def _read_window(
+        self, conversation_id: UUID, after_seq: int, budget: int, limit: int
+    ) -> tuple[list[WindowRow], bool]:
+        # Read with room to spare, so that a later turn with a little more room is still served from the copy.
+        spare = budget + budget // 2 + 1
+        records = await self._pool.fetch(WINDOW_CACHED, conversation_id, after_seq, spare, limit, 2**62)
+        rows = [_row(*r[:4]) for r in records]
+        pending = records[0]["pending"] if records else None
+        more = bool(records) and (records[-1]["total"] > spare or len(records) >= limit)
+        kept = [r for r in rows if pending is None or r.seq < pending]
+        through = pending - 1 if pending is not None else (rows[0].seq if rows else after_seq)
+        self._keep(conversation_id, _Window(after_seq, through, kept, not more, 0), budget, limit)
+        return _walk(rows, budget, limit)
+
+    async def _extend(
+        self, conversation_id: UUID, kept: _Window, after_seq: int, budget: int, limit: int
+    ) -> tuple[list[WindowRow], bool] | None:
+        """The window from the kept copy and what was stored since; None when the copy does not reach far
+        enough (or too much was stored since), for a full read."""
+        since, kept.since = kept.since, None
+        if since is not None and since[0] == kept.through and time.monotonic() - since[1] < _SINCE_FRESH:
+            records: list[Any] = since[2]
+        else:
+            records = await self._pool.fetch(WINDOW_SINCE, conversation_id, kept.through, _SINCE)
+        if len(records) >= _SINCE:
+            return None
+        fresh: list[WindowRow] = []
+        pending = None
+        for seq, role, content, tokens, status in records:
+            if status == "pending":
+                pending = seq
+            elif content and seq > after_seq and status in ("complete", "incomplete"):
+                fresh.append(_row(seq, role, content, tokens))
+        older = kept.rows if kept.after == after_seq else [r for r in kept.rows if r.seq > after_seq]
+        rows = [*fresh, *older] if fresh else older
+        found = _walk(rows, budget, limit)
+        if len(found[0]) == len(rows) and not kept.complete and not found[1]:
+            return None  # the copy ran out before the window did
+        finished = [r for r in fresh if r.seq < pending] if pending is not None else fresh
+        through = pending - 1 if pending is not None else (records[0][0] if records else kept.through)
+        self._keep(conversation_id, _Window(after_seq, through, [*finished, *older], kept.complete, 0), budget, limit)
+        return found
+
+    def _keep(self, conversation_id: UUID, window: _Window, budget: int, limit: int) -> None:
+        """Keep ``window``, cut to what a turn with half as much room again could use."""
+        spare, total, chars = budget + budget // 2, 0, 0
+        for index, row in enumerate(window.rows):
+            total += row.tokens
+            chars += len(row.content)
+            if total > spare or index + 1 >= limit:
+                if index + 1 < len(window.rows):
+                    del window.rows[index + 1 :]
+                    window.complete = False
+                break
+        window.chars = chars
+        windows = self._windows
+        gone = windows.pop(conversation_id, None)
+        if gone is not None:
+            self._chars -= gone.chars
+        if chars > _WINDOW_CHARS:
+            return
+        windows[conversation_id] = window
+        self._chars += chars
+        while len(windows) > self.cached_windows or self._chars > _CACHED_CHARS:
+            self._chars -= windows.popitem(last=False)[1].chars
 
     async def unsummarized(
         self, conversation_id: UUID, *, after_seq: int, before_seq: int, limit: int
@@ -273,6 +451,9 @@ class ConversationStore:
 
     async def delete(self, user_id: UUID, conversation_id: UUID) -> None:
         result = await self._pool.execute(DELETE_CONVERSATION, conversation_id, user_id)
+        gone = self._windows.pop(conversation_id, None)
+        if gone is not None:
+            self._chars -= gone.chars
         if not result.endswith(" 1"):
             raise NotFound(
                 f"Conversation {conversation_id} not found: check `conversation_id`.", field="conversation_id"

@@ -250,7 +250,9 @@ class ChatPipeline:
     ) -> tuple[Persona, PersonaSource, Conversation | None, Variant]:
         """Which persona answers, in which version, and why; and the caller's conversation the turn belongs to."""
         conversation = (
-            await self.conversations.get(caller.user_id, turn.conversation_id) if turn.conversation_id else None
+            await self.conversations.get(caller.user_id, turn.conversation_id, for_turn=True)
+            if turn.conversation_id
+            else None
         )
         if turn.persona is not None:
             # An author's pick: an unsaved draft (version 0), else a saved version.
@@ -594,17 +596,18 @@ class ChatPipeline:
     def _after(
         self, plan: TurnPlan, conversation: Conversation, answer_id: UUID
     ) -> Callable[[str], Coroutine[Any, Any, None]] | None:
-        """What runs after the answer is saved complete: the conversation's summary, when its context left turns
-        out, and the extraction of memories, when the persona extracts them, the turn did not opt out and the
-        user's own switch (read with the turn's memories) is on."""
+        """What runs after the answer is saved complete: the conversation's summary, when one is due (the turns
+        no summary covers fill most of the history's room, or no longer fit), and the extraction of memories,
+        when the persona extracts them, the turn did not opt out and the user's own switch (read with the turn's
+        memories) is on."""
         built, persona, route = plan.context, plan.persona, plan.routes[0]
-        summarize = built.uncovered and persona.model_settings.summaries
+        summarize = built.summary_due and persona.model_settings.summaries
         remembers = persona.model_settings.memory
         recalled = built.memory.result if isinstance(built.memory, TurnMemory) else None
         extract = remembers.extract and recalled is not None and recalled.enabled and self.extractor is not None
         if not (summarize or extract):
             return None
-        before, question = built.oldest_sent_seq, plan.input.messages[-1].content or ""
+        before, question = built.summarize_before_seq, plan.input.messages[-1].content or ""
 
         async def after(answer: str) -> None:
             if summarize:

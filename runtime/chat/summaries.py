@@ -1,9 +1,10 @@
 """Rolling summaries of the turns that fall out of a conversation's window (contract section 13).
 
-After an answer is saved complete, when its context left stored turns out that no summary covers, the
-:class:`Summarizer` writes a new summary in the background: the previous one folded with the turns dropped
-since, through the last message it covers. It never delays an answer. A failure is logged; the next turn
-that still leaves turns out asks again. One summary per conversation is written at a time, and a summary is
+After an answer is saved complete, when its context says a summary is due (the turns no summary covers fill
+most of the history's room, or stopped fitting: :data:`~runtime.chat.context.SUMMARY_AT`), the
+:class:`Summarizer` writes a new summary in the background: the previous one folded with the turns since,
+through the message before the point the context chose. It never delays an answer. A failure is logged; the
+next turn that finds a summary due asks again. One summary per conversation is written at a time, and a summary is
 saved only over the one it folded, so a slow writer never replaces a newer summary.
 
 The summary is written by ``SUMMARY_PROVIDER``/``SUMMARY_MODEL`` when set, else by the persona's own provider
