@@ -1,4 +1,4 @@
-"""Fetch the browser libraries the package serves (the /schema viewers, the playground's Markdown) from npm.
+"""Fetch the browser libraries the package serves (the /schema viewers, the playground's Markdown and charts) from npm.
 
 The files land in ``api/static/vendor/<name>/`` beside their licenses, with ``manifest.json`` naming each
 package's version, tarball and integrity and each file's SHA-256. They are committed, so that the wheel ships
@@ -118,6 +118,15 @@ PACKAGES = (
         license="MPL-2.0 OR Apache-2.0",
         # .mjs renamed .js: browsers load a module only with a JavaScript content type, which .js is given everywhere.
         files={"dist/purify.es.mjs": "purify.es.js"},
+        license_files={"LICENSE": "LICENSE"},
+    ),
+    Package(
+        name="uplot",
+        version="1.6.32",
+        integrity="sha512-KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw==",
+        folder="uplot",
+        license="MIT",
+        files={"dist/uPlot.esm.js": "uPlot.esm.js", "dist/uPlot.min.css": "uPlot.min.css"},
         license_files={"LICENSE": "LICENSE"},
     ),
 )

@@ -285,6 +285,32 @@ async def test_release_guide_runs_as_written(echo_server, tmp_path):
 
 
 @pytest.mark.usefixtures("curl")
+async def test_release_loop_runs_as_written(echo_server, tmp_path):
+    database_url, url, _ = echo_server
+    out = await run_walk_through(
+        ROOT / "docs" / "releases.md", "## The release loop", database_url, url, tmp_path, after="## A worked example"
+    )
+    lines = [line.strip() for line in out.splitlines()][12:]  # after the worked example's id and lines
+    # What the page says each step prints, in its order; Lin is in the 10% or not, by the hash of two new ids.
+    variant = "rollout" if lines[4:5] == ["[('rollout', 4, 1, 1)]"] else "production"
+    version = 4 if variant == "rollout" else 3
+    printed = [
+        "4",
+        "10% of users now get version 4",
+        "1",
+        "1",
+        f"[('{variant}', 4, 1, 1)]",
+        f"[({version}, True, True)]",
+        "[('echo-1', 4, True)]",
+        "Rollout ended; every user gets production",
+        "{'version': 4, 'percent': 50}",
+        "{'version': 4, 'pinned': True}",
+        "None",
+    ]
+    assert lines == printed, out
+
+
+@pytest.mark.usefixtures("curl")
 async def test_authoring_worked_example_runs_as_written(echo_server, tmp_path):
     database_url, url, _ = echo_server
     await authoring_example(database_url, url, tmp_path)

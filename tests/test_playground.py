@@ -135,7 +135,13 @@ async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_
         assert "default-src 'self'" in page.headers["content-security-policy"]
         html = page.text
         assets = re.findall(r'(?:src|href)="([^"]+)"', html)
-        assert assets and all(a.startswith("/playground/") for a in assets), assets
+        manifest = json.loads((ROOT / "api" / "static" / "vendor" / "manifest.json").read_text())
+        # The charts' stylesheet is uPlot's own, from /vendor like its script.
+        vendored = f"/vendor/uplot/uPlot.min.css?v={manifest['uplot']['version']}"
+        assert assets and all(a.startswith("/playground/") or a == vendored for a in assets), assets
+        assert vendored in assets
+        r = await http.get(vendored)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/css")
         for name in (
             "playground.js",
             "chat.js",
@@ -147,6 +153,7 @@ async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_
             "cards.js",
             "panels.js",
             "memory.js",
+            "insights.js",
             "playground.css",
         ):
             r = await http.get(f"/playground/{name}")
@@ -155,11 +162,15 @@ async def test_the_page_and_its_files_are_served_without_a_key_and_load_nothing_
             assert expected in r.headers["content-type"], (name, r.headers["content-type"])
             assert "http://" not in r.text and "https://" not in r.text, f"{name} loads something from elsewhere"
         # The Markdown libraries the chat imports are the server's own too (/vendor, shipped in the package).
-        markdown = (await http.get("/playground/markdown.js")).text
-        manifest = json.loads((ROOT / "api" / "static" / "vendor" / "manifest.json").read_text())
-        for folder, name in (("marked", "marked.esm.js"), ("dompurify", "purify.es.js")):
+        # And the charts' library (uPlot).
+        for script, folder, name in (
+            ("markdown.js", "marked", "marked.esm.js"),
+            ("markdown.js", "dompurify", "purify.es.js"),
+            ("insights.js", "uplot", "uPlot.esm.js"),
+        ):
+            source = (await http.get(f"/playground/{script}")).text
             module = f"/vendor/{folder}/{name}?v={manifest[folder]['version']}"
-            assert f'from "{module}"' in markdown, f"markdown.js should import {module}"
+            assert f'from "{module}"' in source, f"{script} should import {module}"
             r = await http.get(module)
             assert r.status_code == 200 and "javascript" in r.headers["content-type"], module
         # The API next door still wants a key.
@@ -1185,8 +1196,10 @@ async def test_memory_settings_are_saved_with_the_persona_and_render_shows_the_m
     await expect(memory_row.locator("th")).to_have_text("Memory")
     await expect(memory_row.locator("td").last).to_have_text("2")
 
-    # With her switch off (in the Memory panel), no memory is considered.
+    # With her switch off (in the Memory panel), no memory is considered. (The panel reads the switch when it
+    # opens: until then the box is unticked, and unticking it would do nothing.)
     await page.get_by_role("tab", name="Memory").click()
+    await expect(page.get_by_test_id("memory-switch-status")).to_contain_text("On:")
     await page.get_by_label("Personas may remember me").uncheck()
     await expect(page.get_by_test_id("memory-switch-status")).to_contain_text("Off:")
     await page.get_by_role("tab", name="Render").click()

@@ -139,6 +139,33 @@ export class Client {
     return this.json("POST", `${PERSONAS}/${id}/versions/${n}/restore`);
   }
 
+  // Releases (contract section 16): labels, the rollout, and how the persona's turns went
+  labels(id) {
+    return this.json("GET", `${PERSONAS}/${id}/labels`);
+  }
+  /** Point `label` at saved version n; `production` pins what chats get. */
+  setLabel(id, label, version) {
+    return this.json("PUT", `${PERSONAS}/${id}/labels/${encodeURIComponent(label)}`, { body: { version } });
+  }
+  /** Remove a label; without its label production follows the latest save again. */
+  deleteLabel(id, label) {
+    return this.json("DELETE", `${PERSONAS}/${id}/labels/${encodeURIComponent(label)}`);
+  }
+  rollout(id) {
+    return this.json("GET", `${PERSONAS}/${id}/rollout`);
+  }
+  setRollout(id, version, percent) {
+    return this.json("PUT", `${PERSONAS}/${id}/rollout`, { body: { version, percent } });
+  }
+  endRollout(id) {
+    return this.json("DELETE", `${PERSONAS}/${id}/rollout`);
+  }
+  /** The persona's turns from `from` to `to` (RFC 3339 times or UTC days) per version, variant, day or model. */
+  stats(id, { from, to, by }) {
+    const query = new URLSearchParams({ from, to, by });
+    return this.json("GET", `${PERSONAS}/${id}/stats?${query}`);
+  }
+
   // Test suites
   tests(id) {
     return this.json("GET", `${PERSONAS}/${id}/tests`);

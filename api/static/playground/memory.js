@@ -109,6 +109,7 @@ export function memoryPanel(ctx) {
   const target = $("#memory-for");
   const content = $("#memory-content");
   const toggle = $("#memory-switch");
+  let switchFlips = 0; // how many times the user flipped the switch
   let shown = []; // the memories on screen
   let total = 0;
 
@@ -198,6 +199,7 @@ export function memoryPanel(ctx) {
 
   /** The list for the filter and the switch, from the server. */
   async function load() {
+    const flips = switchFlips;
     const body = await task("Could not list your memories", () =>
       Promise.all([ctx.client.memories({ personaId: filter.value || null }), ctx.client.memorySwitch()]),
     );
@@ -206,7 +208,8 @@ export function memoryPanel(ctx) {
     shown = page.memories;
     total = page.total;
     show();
-    showSwitch(setting.enabled);
+    // A switch flipped while this was read is newer than what was read.
+    if (flips === switchFlips) showSwitch(setting.enabled);
   }
 
   async function remove(memory) {
@@ -234,6 +237,7 @@ export function memoryPanel(ctx) {
   });
 
   toggle.addEventListener("change", async () => {
+    switchFlips += 1;
     const wanted = toggle.checked;
     const body = await task("Could not change your memory switch", () => ctx.client.setMemorySwitch(wanted), toggle);
     showSwitch(body ? body.enabled : !wanted);

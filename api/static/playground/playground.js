@@ -3,6 +3,7 @@
 import { Client } from "./api.js";
 import { cardsPart } from "./cards.js";
 import { FormError, NEW_DRAFT, changeNote, fillForm, markField, readForm, setReadOnly, snapshot } from "./editor.js";
+import { insightsPanel } from "./insights.js";
 import { memoryPanel } from "./memory.js";
 import { chatPanel } from "./chat.js";
 import { comparePanel, renderPanel, testsPanel, versionsPanel } from "./panels.js";
@@ -56,6 +57,7 @@ const compare = comparePanel(ctx);
 const tests = testsPanel(ctx);
 const versions = versionsPanel(ctx, { onVersions: (list) => compare.options(list) });
 const memory = memoryPanel(ctx);
+const insights = insightsPanel(ctx);
 
 cardsPart();
 
@@ -79,6 +81,7 @@ $("#key-forget").addEventListener("click", () => {
   memory.reset();
   memory.personas([]);
   chat.reset();
+  insights.reset();
   notify("The key is forgotten by this tab.");
 });
 
@@ -154,6 +157,7 @@ async function load(persona, draft = NEW_DRAFT, { same = false } = {}) {
   showAvatar(persona);
   if (persona && editable) countQuietly(persona);
   chat.follow(persona, { same });
+  insights.follow(persona);
   compare.clear();
   updateStatus();
   showList();
@@ -348,6 +352,7 @@ function selectTab(tab) {
   }
   // The memories are the key's own, whatever the editor holds: read afresh each time the panel opens.
   if (tab.id === "tab-memory" && sessionStorage.getItem(KEY_STORAGE)) memory.load();
+  if (tab.id === "tab-insights") insights.opened();
 }
 
 tabs.forEach((tab, i) => {
