@@ -352,9 +352,7 @@ class ContextBuilder:
         if tail:
             system = "\n\n".join([system, *tail]) if system else "\n\n".join(tail)
         sent = [*examples, *history, *messages]
-        placed = sorted(((depth, m) for e in kept for depth, m in e.messages), key=lambda p: -p[0])
-        for depth, message in placed:
-            sent.insert(max(len(sent) - depth, 0), message)
+        _place_at_depth(sent, kept)
         used = budget - left
         return Built(
             system=system,
@@ -418,9 +416,7 @@ class ContextBuilder:
         tiers = "\n\n".join(e.system for e in kept if e.system)
         if tiers:
             system = f"{system}\n\n{tiers}" if system else tiers
-        placed = sorted(((depth, m) for e in kept for depth, m in e.messages), key=lambda p: -p[0])
-        for depth, message in placed:
-            sent.insert(max(len(sent) - depth, 0), message)
+        _place_at_depth(sent, kept)
         added = sum(e.tokens for e in kept)
         return Built(
             system=system,
@@ -444,6 +440,13 @@ class ContextBuilder:
             lore=lore,
             memory=memory,
         )
+
+
+def _place_at_depth(sent: list[ChatMessage], kept: list[Extra]) -> None:
+    """The tiers' at-depth messages into ``sent``, each that many messages from its end, the deepest first."""
+    placed = sorted(((depth, m) for e in kept for depth, m in e.messages), key=lambda p: -p[0])
+    for depth, message in placed:
+        sent.insert(max(len(sent) - depth, 0), message)
 
 
 def _examples(persona: Persona, user_name: str) -> list[tuple[str, str]]:

@@ -103,7 +103,7 @@ _UNTIL = "seq <= $5"
 # A conversation's latest messages worth sending upstream (after the summary's last, $2, through $5), newest
 # first, read one index probe at a time while their tokens stay under the budget ($3) and their number under $4:
 # the walk reads the window and one message more, however long the conversation.
-WINDOW = f"""
+_WALK = f"""
 WITH RECURSIVE walk AS (
     (SELECT seq, role, content, {_TOKENS} AS tokens, {_TOKENS} AS total, 1 AS n FROM messages
      WHERE {_SENDABLE} AND {_UNTIL} ORDER BY seq DESC LIMIT 1)
@@ -114,23 +114,13 @@ WITH RECURSIVE walk AS (
         WHERE {_SENDABLE} AND seq < walk.seq ORDER BY seq DESC LIMIT 1
     ) m
     WHERE walk.total <= $3 AND walk.n < $4
-)
+)"""
+WINDOW = f"""{_WALK}
 SELECT seq, role, content, tokens, total FROM walk"""
 # The same walk for the instance's cache of windows, with the oldest answer still pending among the messages it
 # covers (after its oldest row, else, when it reached the start, after $2), read in the same snapshot: the
 # cache keeps only what lies before it, since a message once finished never changes.
-WINDOW_CACHED = f"""
-WITH RECURSIVE walk AS (
-    (SELECT seq, role, content, {_TOKENS} AS tokens, {_TOKENS} AS total, 1 AS n FROM messages
-     WHERE {_SENDABLE} AND {_UNTIL} ORDER BY seq DESC LIMIT 1)
-    UNION ALL
-    SELECT m.seq, m.role, m.content, m.tokens, walk.total + m.tokens, walk.n + 1
-    FROM walk CROSS JOIN LATERAL (
-        SELECT seq, role, content, {_TOKENS} AS tokens FROM messages
-        WHERE {_SENDABLE} AND seq < walk.seq ORDER BY seq DESC LIMIT 1
-    ) m
-    WHERE walk.total <= $3 AND walk.n < $4
-), edge AS (
+WINDOW_CACHED = f"""{_WALK}, edge AS (
     SELECT CASE WHEN max(total) > $3 OR count(*) >= $4 THEN min(seq) ELSE $2 END AS low FROM walk
 )
 SELECT seq, role, content, tokens, total,
