@@ -53,6 +53,12 @@ class LocalCache(Generic[K, V]):
         # Shielded: cancelling one waiter must not cancel the load the others are waiting for.
         return await asyncio.shield(flight)
 
+    def peek(self, key: K) -> V | None:
+        """The value kept for ``key`` while it is fresh, else None; neither counted as a look-up nor loaded. For a
+        second read of what the same request has just read through :meth:`get`."""
+        entry = self._entries.get(key)
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
     def forget(self, *keys: K) -> None:
         """Drop the entries for ``keys``, and disown loads of them under way: what they read may predate
         the write that calls this, so it is handed to the waiters already there but never kept."""

@@ -260,8 +260,10 @@ class PersonaStore:
 
     async def release(self, persona_id: UUID) -> Release:
         """The persona's labels and rollout, from the same entry as :meth:`get` (no read of its own when the
-        persona was just read)."""
-        entry = await self._personas.get(persona_id, lambda: self._load(persona_id))
+        persona was just read, and then no look-up counted twice either)."""
+        entry = self._personas.peek(persona_id)
+        if entry is None:
+            entry = await self._personas.get(persona_id, lambda: self._load(persona_id))
         return NO_RELEASE if entry is None else entry.release
 
     async def as_of(self, current: Persona, version: int) -> Persona | None:

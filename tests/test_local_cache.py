@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 
 import pytest
 
@@ -175,3 +176,16 @@ async def test_retime_drops_what_was_kept_and_keeps_new_entries_that_long():
     assert await cache.get("k", Loader("reloaded")) == "reloaded"
     await asyncio.sleep(0.1)
     assert await cache.get("k", Loader("after the short time")) == "after the short time"
+
+
+async def test_peek_sees_only_a_fresh_entry_and_neither_loads_nor_counts(monkeypatch):
+    lookups: list[str] = []
+    cache: LocalCache[str, str] = LocalCache(ttl=60, max_entries=10, on_lookup=lookups.append)
+    assert cache.peek("k") is None and lookups == []  # nothing kept: nothing loaded, nothing counted
+    load = Loader()
+    assert await cache.get("k", load) == "loaded" and lookups == ["miss"]
+    assert cache.peek("k") == "loaded" and lookups == ["miss"] and load.calls == 1
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 61)
+    assert cache.peek("k") is None and load.calls == 1  # expired
+    monkeypatch.undo()
