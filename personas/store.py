@@ -480,40 +480,38 @@ class PersonaStore:
     async def set_label(self, persona: Persona, label: str, version: int, *, actor: UUID | None) -> None:
         """Point ``label`` at saved ``version`` (``production``: pin it). Pinning production to the rollout's
         version promotes it, which ends the rollout."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await self._lock_active(conn, persona.id)
-            try:
-                await conn.execute(SET_LABEL, persona.id, label, version, actor)
-            except asyncpg.ForeignKeyViolationError:
-                raise _no_version(persona, version) from None
-            if label == PRODUCTION:
-                await conn.execute(END_PROMOTED_ROLLOUT, persona.id, version)
-            await self._announce(conn, persona.id, default=False, names=(), owner=persona.created_by)
-        await self._forget(persona.id, default=False, names=(), owner=persona.created_by)
+        await self._release_write(
+            persona, SET_LABEL, label, version, actor, version=version, promotes=label == PRODUCTION
+        )
 
     async def delete_label(self, persona: Persona, label: str) -> bool:
         """Remove ``label`` (``production``: unpin it, so it follows the latest save); False when it was not set."""
         return await self._release_write(persona, DELETE_LABEL, label)
 
     async def set_rollout(self, persona: Persona, version: int, percent: int, *, actor: UUID | None) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await self._lock_active(conn, persona.id)
-            try:
-                await conn.execute(SET_ROLLOUT, persona.id, version, percent, actor)
-            except asyncpg.ForeignKeyViolationError:
-                raise _no_version(persona, version) from None
-            await self._announce(conn, persona.id, default=False, names=(), owner=persona.created_by)
-        await self._forget(persona.id, default=False, names=(), owner=persona.created_by)
+        await self._release_write(persona, SET_ROLLOUT, version, percent, actor, version=version)
 
     async def delete_rollout(self, persona: Persona) -> bool:
         """End the rollout: everyone gets production again. False when there was none."""
         return await self._release_write(persona, DELETE_ROLLOUT)
 
-    async def _release_write(self, persona: Persona, query: str, *args: object) -> bool:
+    async def _release_write(
+        self, persona: Persona, query: str, *args: object, version: int | None = None, promotes: bool = False
+    ) -> bool:
+        """Run one write of the persona's labels or rollout under its row's lock, announced and forgotten like a
+        save when it changed something; False when it changed nothing. A write naming ``version`` is a 404 when
+        that version was never saved; one that ``promotes`` it ends a rollout of that version."""
         async with self._pool.acquire() as conn, conn.transaction():
             await self._lock_active(conn, persona.id)
-            done = await conn.execute(query, persona.id, *args)
+            try:
+                done = await conn.execute(query, persona.id, *args)
+            except asyncpg.ForeignKeyViolationError:
+                if version is None:
+                    raise
+                raise _no_version(persona, version) from None
             changed = done != "DELETE 0"
+            if changed and promotes:
+                await conn.execute(END_PROMOTED_ROLLOUT, persona.id, version)
             if changed:
                 await self._announce(conn, persona.id, default=False, names=(), owner=persona.created_by)
         if changed:
