@@ -11,6 +11,7 @@ from litestar import Controller, Response, post
 from litestar.params import JSONBody
 from msgspec import Meta, Struct
 
+from api.body import GuardedRequest
 from api.deps import CallerDep, ResourcesDep
 from api.errors import anthropic_error
 from api.openapi import Streams
@@ -449,10 +450,11 @@ class AnthropicController(Controller):
 
     @post("/messages", status_code=200, operation_class=Streams)
     async def messages(
-        self, data: JSONBody[MessagesRequest], caller: CallerDep, resources: ResourcesDep, memory: MemoryHeader = None
+        self, data: JSONBody[MessagesRequest], request: GuardedRequest, memory: MemoryHeader = None
     ) -> Response[Any]:
+        resources = request.resources
         asked = _turn_input(data, temperature=data.temperature, top_p=data.top_p, max_tokens=data.max_tokens)
-        turn = await resources.chat.run(caller, with_memory(asked, memory))
+        turn = await resources.chat.run(request.caller, with_memory(asked, memory))
         headers = persona_headers(turn.start)
         if data.stream:
             return sse_response(_Events(data.model).stream(turn, resources.settings.heartbeat_seconds), headers)

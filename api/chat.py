@@ -11,6 +11,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from msgspec import UNSET
 
 from api.auth import KEY_IN_QUERY
+from api.body import GuardedRequest
 from api.chat_schemas import (
     CancelResponse,
     ChatRequest,
@@ -91,9 +92,8 @@ class ChatController(Controller):
     tags = ["chat"]
 
     @post("/", status_code=200, operation_class=Streams, responses=answers(ChatResponse, _ANSWER))
-    async def chat(
-        self, data: JSONBody[ChatRequest], caller: CallerDep, resources: ResourcesDep, request: Request[Any, Any, Any]
-    ) -> Response[Any]:
+    async def chat(self, data: JSONBody[ChatRequest], request: GuardedRequest) -> Response[Any]:
+        resources = request.resources
         stream = wants_stream(data.stream, request)
         asked = TurnInput(
             messages=(ChatMessage(role="user", content=data.message),),
@@ -107,7 +107,7 @@ class ChatController(Controller):
             memory=data.memory,
             persona_version=data.persona_version,
         )
-        turn = await resources.chat.run(caller, asked)
+        turn = await resources.chat.run(request.caller, asked)
         heartbeat = resources.settings.heartbeat_seconds
         answer = await resources.chat.answer(turn, stream=stream, resumable=data.resumable, heartbeat=heartbeat)
         return encoded(answer, turn.start)

@@ -12,6 +12,7 @@ from litestar import Controller, Response, get, post
 from litestar.params import FromPath, JSONBody
 from msgspec import Meta, Struct
 
+from api.body import GuardedRequest
 from api.deps import CallerDep, ResourcesDep
 from api.openapi import Streams
 from api.sse import sse_response
@@ -329,9 +330,10 @@ class OpenAIController(Controller):
 
     @post("/chat/completions", status_code=200, operation_class=Streams)
     async def completions(
-        self, data: JSONBody[CompletionRequest], caller: CallerDep, resources: ResourcesDep, memory: MemoryHeader = None
+        self, data: JSONBody[CompletionRequest], request: GuardedRequest, memory: MemoryHeader = None
     ) -> Response[Any]:
-        turn = await resources.chat.run(caller, with_memory(_turn_input(data), memory))
+        resources = request.resources
+        turn = await resources.chat.run(request.caller, with_memory(_turn_input(data), memory))
         headers = persona_headers(turn.start)
         if data.stream:
             chunks = _Chunks(data.model, data.stream_options is not None and data.stream_options.include_usage)

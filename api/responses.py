@@ -22,6 +22,7 @@ from litestar import Controller, Response, delete, get, post
 from litestar.params import FromPath, JSONBody
 from msgspec import Meta, Struct
 
+from api.body import GuardedRequest
 from api.deps import CallerDep, ResourcesDep
 from api.openapi import Streams
 from api.sse import sse_response
@@ -724,8 +725,9 @@ class ResponsesController(Controller):
 
     @post("/", status_code=200, operation_class=Streams)
     async def create(
-        self, data: JSONBody[ResponsesRequest], caller: CallerDep, resources: ResourcesDep, memory: MemoryHeader = None
+        self, data: JSONBody[ResponsesRequest], request: GuardedRequest, memory: MemoryHeader = None
     ) -> Response[Any]:
+        caller, resources = request.caller, request.resources
         _unserved(data)
         store = resources.responses
         turns = _Input()
