@@ -68,10 +68,12 @@ WITH conversation AS (
     SELECT id, 'assistant', $5, $3, $4, $6, $7, $8, false FROM conversation WHERE $5::text IS NOT NULL
 )
 SELECT * FROM conversation"""
+# Only over a pending answer: one a sweep already marked incomplete (its lease ran out while its instance was
+# stalled) stays as the user was told it ended, and every instance's copy of the window stays true to it.
 _FINISH = """
 UPDATE messages SET content = $2, status = $3, provider = $4, model = $5, usage = $6, latency_ms = $7,
     finish_reason = $8, tool_calls = $9, error = $10, lease_until = NULL, tokens = $11, context = $12
-WHERE id = $1"""
+WHERE id = $1 AND status = 'pending'"""
 FINISH_ANSWER = _FINISH
 # The same, with the conversation's correction of estimated token counts ($13) in the same statement.
 FINISH_ANSWER_RATIO = f"""
