@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import accumulate
+from operator import attrgetter
 from typing import Any, Literal
 from uuid import UUID
 
@@ -257,17 +260,20 @@ _CACHED_CHARS = 32_000_000
 # window right after; a read that no window followed is not used later.
 _SINCE_FRESH = 1.0
 
+_tokens = attrgetter("tokens")
+_content = attrgetter("content")
+
 
 def _walk(rows: list[WindowRow], budget: int, limit: int) -> tuple[list[WindowRow], bool]:
     """What :data:`WINDOW` reads of ``rows`` (newest first): each row while the ones before it stay within
     ``budget`` and number under ``limit``; and whether it stopped short (as :meth:`ConversationStore.window`)."""
-    total = 0
-    for index, row in enumerate(rows):
-        if index and (total > budget or index >= limit):
-            rows = rows[:index]
-            break
-        total += row.tokens
-    return rows, bool(rows) and (total > budget or len(rows) >= limit)
+    if not rows:
+        return rows, False
+    # The running totals, newest first (counts are never negative, so they only grow): the first row is always
+    # read, and each next one while the total before it is within the budget.
+    sums = list(accumulate(map(_tokens, rows)))
+    kept = max(min(bisect_right(sums, budget) + 1, limit, len(rows)), 1)
+    return (rows[:kept] if kept < len(rows) else rows), sums[kept - 1] > budget or kept >= limit
 
 
 def _conversation(record: asyncpg.Record) -> Conversation:
@@ -393,16 +399,14 @@ class ConversationStore:
 
     def _keep(self, conversation_id: UUID, window: _Window, budget: int, limit: int) -> None:
         """Keep ``window``, cut to what a turn with half as much room again could use."""
-        spare, total, chars = budget + budget // 2, 0, 0
-        for index, row in enumerate(window.rows):
-            total += row.tokens
-            chars += len(row.content)
-            if total > spare or index + 1 >= limit:
-                if index + 1 < len(window.rows):
-                    del window.rows[index + 1 :]
-                    window.complete = False
-                break
-        window.chars = chars
+        rows = window.rows
+        if rows:
+            # Through the first row that takes the total past the spare room, or the limit's last.
+            last = min(bisect_right(list(accumulate(map(_tokens, rows))), budget + budget // 2), max(limit - 1, 0))
+            if last + 1 < len(rows):
+                del rows[last + 1 :]
+                window.complete = False
+        window.chars = chars = sum(map(len, map(_content, rows)))
         windows = self._windows
         gone = windows.pop(conversation_id, None)
         if gone is not None:
