@@ -386,7 +386,9 @@ async def activate(
         if on and group and winners[group] != number:
             decided[number] = (False, "group")
 
-    counts = index.tokens.setdefault(tokenizer, [None] * len(entries))
+    counts = index.tokens.get(tokenizer)
+    if counts is None:  # made once per tokenizer, not a list the book's size on every turn
+        counts = index.tokens[tokenizer] = [None] * len(entries)
     texts_of: dict[int, str] = {}
 
     def tokens_of(number: int) -> int:

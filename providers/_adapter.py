@@ -82,11 +82,15 @@ class HttpAdapter:
     def build_body(self, request: ProviderRequest) -> dict[str, Any]:
         raise NotImplementedError
 
+    def encode_body(self, request: ProviderRequest) -> bytes:
+        """The body :meth:`build_body` makes, as the JSON sent: an adapter may write it faster, byte for byte alike."""
+        return _encode(self.build_body(request))
+
     def _reader(self) -> _upstream.EventReader:
         raise NotImplementedError
 
     def stream_batches(self, request: ProviderRequest) -> AsyncGenerator[list[ProviderEvent], None]:
-        body = _encode(self.build_body(request))
+        body = self.encode_body(request)
         # A traced turn's head carries its trace context: prepared for it, as the others' is once for all.
         prepared = self._pool.prepare(self.PATH, request.trace_context) if request.trace_context else self._prepared
         return _upstream.stream_batches(self.name, self._pool, prepared, body, self._reader(), self._api_key)

@@ -12,6 +12,7 @@ from core.errors import BadRequest, ProviderUnavailable
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
 from providers._adapter import HttpAdapter, sdk_headers
+from providers._fragments import encode_array, plain, plain_fragment
 from providers.base import NO_OPTIONS, ChatMessage, Image, Options, ProviderRequest, ToolSpec
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "DEFAULT_MODEL", "OPENING_TURN", "AnthropicProvider"]
@@ -72,6 +73,7 @@ class _Event(msgspec.Struct):
     error: _Error | None = None
 
 
+_encode = msgspec.json.Encoder().encode
 _decode_event = msgspec.json.Decoder(_Event).decode
 _decode_json = msgspec.json.Decoder().decode
 
@@ -112,8 +114,10 @@ def _system(system: str, cached_chars: int) -> str | list[dict[str, Any]]:
 OPENING_TURN = "[Start a new chat]"
 
 
-def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _messages(messages: tuple[ChatMessage, ...], *, encoded: bool = False) -> list[Any]:
+    """The ``messages`` parameter; ``encoded``: each plain text turn as its JSON already written
+    (``providers._fragments``), for the body sent."""
+    out: list[Any] = []
     results: list[dict[str, Any]] | None = None  # the tool_result blocks of the current user message
     for message in messages:
         if message.role == "tool":
@@ -141,9 +145,11 @@ def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
             out.append({"role": "assistant", "content": blocks})
         elif message.images:
             out.append({"role": message.role, "content": [_block(piece) for piece in message.pieces()]})
+        elif encoded and plain(message):
+            out.append(plain_fragment(message))
         else:
             out.append({"role": message.role, "content": message.content or ""})
-    if out and out[0]["role"] == "assistant":
+    if messages and messages[0].role == "assistant":  # the first of ``out`` is the first message's own
         out.insert(0, {"role": "user", "content": OPENING_TURN})
     return out
 
@@ -291,10 +297,19 @@ class AnthropicProvider(HttpAdapter):
         }
 
     def build_body(self, request: ProviderRequest) -> dict[str, Any]:
+        return self._body(request, _messages(request.messages))
+
+    def encode_body(self, request: ProviderRequest) -> bytes:
+        """:meth:`build_body`'s JSON, each plain message's written once and joined (``providers._fragments``)."""
+        items = _messages(request.messages, encoded=True)
+        parts = [item if isinstance(item, bytes) else _encode(item) for item in items]
+        return _encode(self._body(request, encode_array(parts)))
+
+    def _body(self, request: ProviderRequest, messages: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model or self.default_model,
             "max_tokens": request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS,
-            "messages": _messages(request.messages),
+            "messages": messages,
             "stream": True,
         }
         if request.system is not None:

@@ -11,6 +11,7 @@ from core.errors import ProviderUnavailable
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
 from providers._adapter import HttpAdapter, sdk_headers
+from providers._fragments import encode_array, plain, plain_fragment
 from providers.base import NO_OPTIONS, ChatMessage, Image, Options, ProviderRequest, ToolChoice, ToolSpec
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "OpenAIProvider"]
@@ -65,6 +66,7 @@ class _Chunk(msgspec.Struct):
     error: Any = None
 
 
+_encode = msgspec.json.Encoder().encode
 _decoder = msgspec.json.Decoder(_Chunk)
 _decode_chunk = _decoder.decode
 _decode_chunks = _decoder.decode_lines
@@ -229,6 +231,18 @@ class OpenAIProvider(HttpAdapter):
         if request.system is not None:
             messages.append({"role": "system", "content": request.system})
         messages.extend(_message(m) for m in request.messages)
+        return self._body(request, messages)
+
+    def encode_body(self, request: ProviderRequest) -> bytes:
+        """:meth:`build_body`'s JSON, each plain message's written once and joined (``providers._fragments``)."""
+        parts: list[bytes] = []
+        if request.system is not None:
+            parts.append(_encode({"role": "system", "content": request.system}))
+        for m in request.messages:
+            parts.append(plain_fragment(m) if plain(m) else _encode(_message(m)))
+        return _encode(self._body(request, encode_array(parts)))
+
+    def _body(self, request: ProviderRequest, messages: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model or self.default_model,
             "messages": messages,

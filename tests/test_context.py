@@ -349,6 +349,56 @@ async def test_a_window_kept_by_one_instance_sees_what_any_instance_stored_or_fi
     assert (await same(after_seq=rows[10].seq))[0] == "later answer 79"
 
 
+async def test_an_answer_swept_as_incomplete_is_not_overwritten_by_its_late_finish(client, resources, alice):
+    r = await client.post(CHAT, json={"message": "start"}, headers=alice.headers)
+    conversation_id = r.json()["conversation_id"]
+    # The instance that runs the answer, with a lease that runs out at once (as when its loop stalls past it).
+    slow = ConversationStore(resources.pool, lease_seconds=0.0)
+    here = ConversationStore(resources.pool)
+    stored = await slow.get(alice.user.id, conversation_id)
+    _, answer_id = await slow.begin_turn(
+        user_id=alice.user.id,
+        conversation=stored,
+        message="a question",
+        persona_id=stored.persona_id,
+        persona_version=stored.persona_version or 1,
+        persona_source="conversation",
+        provider="echo",
+        model="echo",
+        tokens=30,
+    )
+    # Another instance's sweep finds the lease run out and keeps what the stream's recording held.
+    assert await here.mark_abandoned(answer_id, "what was said")
+    await here.get(alice.user.id, conversation_id, for_turn=True)
+    rows, _ = await here.window(conversation_id, after_seq=0, budget=10**6, limit=1000)
+    assert rows[0].content == "what was said"
+    await slow.finish_answer(
+        answer_id,
+        content="the whole answer, too late",
+        status="complete",
+        provider="echo",
+        model="echo",
+        usage=None,
+        latency_ms=1,
+        finish_reason="stop",
+        tool_calls=None,
+        error=None,
+        tokens=30,
+        token_ratio=1.5,
+    )
+    # The answer stays as the sweep left it: the user was told it is incomplete, and every instance's copy of
+    # the window still holds what is stored.
+    shown = await conversation(client, alice, conversation_id)
+    last = shown["messages"][-1]
+    assert (last["status"], last["content"]) == ("incomplete", "what was said")
+    truth = ConversationStore(resources.pool, cached_windows=0)
+    expected, _ = await truth.window(conversation_id, after_seq=0, budget=10**6, limit=1000)
+    await here.get(alice.user.id, conversation_id, for_turn=True)
+    rows, _ = await here.window(conversation_id, after_seq=0, budget=10**6, limit=1000)
+    assert [r.content for r in rows] == [r.content for r in expected]
+    assert (await truth.get(alice.user.id, conversation_id)).token_ratio == stored.token_ratio
+
+
 async def test_a_summary_is_saved_only_over_the_one_it_folded(client, resources, alice):
     r = await client.post(CHAT, json={"message": "hello"}, headers=alice.headers)
     conversation_id = r.json()["conversation_id"]

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 import pytest
 
 from core.errors import (
@@ -29,6 +30,7 @@ from providers import (
     ChatMessage,
     EchoProvider,
     Finish,
+    Image,
     Provider,
     ProviderConfig,
     ProviderEvent,
@@ -249,6 +251,35 @@ async def test_build_body_is_exactly_what_goes_upstream(fake_llm: FakeLLM, provi
     )
     await collect(provider, request)
     assert fake_llm.last_request.body == provider.build_body(request)
+
+
+async def test_the_body_sent_is_the_built_body_encoded_byte_for_byte_also_with_history_written_once(
+    fake_llm: FakeLLM,
+) -> None:
+    call = ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')
+    history = (
+        ChatMessage(role="assistant", content='Welcome aboard! \u2603 "quoted" \\ and\nlines'),
+        ChatMessage(
+            role="user", content="Look:", images=(Image(url="https://example.test/a.png", at=5, detail="low"),)
+        ),
+        ChatMessage(role="assistant", content=None, tool_calls=(call,)),
+        ChatMessage(role="tool", tool_call_id="call_1", content="sunny"),
+        ChatMessage(role="assistant", content=""),
+        ChatMessage(role="user", content="and now? \U0001f600"),
+    )
+    for kind in ("openai", "anthropic"):
+        provider = cast(Any, make_provider(fake_llm, kind))
+        for system in (SYSTEM, None):
+            request = ProviderRequest(
+                model="m-1", system=system, messages=history, tools=(WEATHER,), cached_system_chars=10, cached_tools=1
+            )
+            # Twice: the second time the plain messages' JSON is the kept one; and with an equal copy of each.
+            twin = ProviderRequest(
+                model="m-1", system=system, messages=tuple(msgspec.structs.replace(m) for m in history)
+            )
+            for sent in (request, request, twin):
+                assert provider.encode_body(sent) == msgspec.json.encode(provider.build_body(sent))
+        await provider.aclose()
 
 
 async def test_the_api_key_goes_in_the_auth_header_and_env_variables_do_not_override_config(

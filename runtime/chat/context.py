@@ -62,6 +62,8 @@ SUMMARY_HEADING = "Summary of the conversation so far (earlier turns are not sho
 # written once per quarter of the room's worth of new turns rather than after every turn.
 SUMMARY_KEEPS = 0.65
 SUMMARY_AT = 0.9
+# System texts whose token count is kept (the oldest counted goes first).
+_COUNTED = 1024
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,6 +180,18 @@ class ContextBuilder:
         self.conversations = conversations
         self.default_window = default_window
         self.history_messages = history_messages
+        # The system text's tokens by tokenizer and text: a persona's rendered prompt is the same turn after turn,
+        # and counting it exactly costs ~10 µs or more each time.
+        self._counted: dict[tuple[str, str], int] = {}
+
+    def _system_tokens(self, tokenizer: Tokenizer, system: str, ratio: float) -> int:
+        key = (tokenizer.name, system)
+        raw = self._counted.get(key)
+        if raw is None:
+            raw = self._counted[key] = tokenizer.count(system)
+            if len(self._counted) > _COUNTED:
+                del self._counted[next(iter(self._counted))]
+        return raw if ratio == 1.0 else int(raw * ratio + 0.999)
 
     async def build(
         self,
@@ -246,7 +260,7 @@ class ContextBuilder:
                     system, persona_chars, messages, sources, size, pictures, window, budget, tokenizer, lore, memory
                 )
 
-        system_tokens = count(system) if system else 0
+        system_tokens = self._system_tokens(tokenizer, system, ratio) if system else 0
         tools_tokens = sum(_tool_tokens(t, count) for t in tools)
         each = [_message_tokens(m, count, model) for m in messages]
         message_tokens = sum(each)

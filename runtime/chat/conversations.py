@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import accumulate
+from operator import attrgetter
 from typing import Any, Literal
 from uuid import UUID
 
@@ -68,10 +71,12 @@ WITH conversation AS (
     SELECT id, 'assistant', $5, $3, $4, $6, $7, $8, false FROM conversation WHERE $5::text IS NOT NULL
 )
 SELECT * FROM conversation"""
+# Only over a pending answer: one a sweep already marked incomplete (its lease ran out while its instance was
+# stalled) stays as the user was told it ended, and every instance's copy of the window stays true to it.
 _FINISH = """
 UPDATE messages SET content = $2, status = $3, provider = $4, model = $5, usage = $6, latency_ms = $7,
     finish_reason = $8, tool_calls = $9, error = $10, lease_until = NULL, tokens = $11, context = $12
-WHERE id = $1"""
+WHERE id = $1 AND status = 'pending'"""
 FINISH_ANSWER = _FINISH
 # The same, with the conversation's correction of estimated token counts ($13) in the same statement.
 FINISH_ANSWER_RATIO = f"""
@@ -255,17 +260,20 @@ _CACHED_CHARS = 32_000_000
 # window right after; a read that no window followed is not used later.
 _SINCE_FRESH = 1.0
 
+_tokens = attrgetter("tokens")
+_content = attrgetter("content")
+
 
 def _walk(rows: list[WindowRow], budget: int, limit: int) -> tuple[list[WindowRow], bool]:
     """What :data:`WINDOW` reads of ``rows`` (newest first): each row while the ones before it stay within
     ``budget`` and number under ``limit``; and whether it stopped short (as :meth:`ConversationStore.window`)."""
-    total = 0
-    for index, row in enumerate(rows):
-        if index and (total > budget or index >= limit):
-            rows = rows[:index]
-            break
-        total += row.tokens
-    return rows, bool(rows) and (total > budget or len(rows) >= limit)
+    if not rows:
+        return rows, False
+    # The running totals, newest first (counts are never negative, so they only grow): the first row is always
+    # read, and each next one while the total before it is within the budget.
+    sums = list(accumulate(map(_tokens, rows)))
+    kept = max(min(bisect_right(sums, budget) + 1, limit, len(rows)), 1)
+    return (rows[:kept] if kept < len(rows) else rows), sums[kept - 1] > budget or kept >= limit
 
 
 def _conversation(record: asyncpg.Record) -> Conversation:
@@ -391,16 +399,14 @@ class ConversationStore:
 
     def _keep(self, conversation_id: UUID, window: _Window, budget: int, limit: int) -> None:
         """Keep ``window``, cut to what a turn with half as much room again could use."""
-        spare, total, chars = budget + budget // 2, 0, 0
-        for index, row in enumerate(window.rows):
-            total += row.tokens
-            chars += len(row.content)
-            if total > spare or index + 1 >= limit:
-                if index + 1 < len(window.rows):
-                    del window.rows[index + 1 :]
-                    window.complete = False
-                break
-        window.chars = chars
+        rows = window.rows
+        if rows:
+            # Through the first row that takes the total past the spare room, or the limit's last.
+            last = min(bisect_right(list(accumulate(map(_tokens, rows))), budget + budget // 2), max(limit - 1, 0))
+            if last + 1 < len(rows):
+                del rows[last + 1 :]
+                window.complete = False
+        window.chars = chars = sum(map(len, map(_content, rows)))
         windows = self._windows
         gone = windows.pop(conversation_id, None)
         if gone is not None:
