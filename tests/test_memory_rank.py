@@ -124,3 +124,27 @@ def test_memories_counted_by_their_lexemes_rank_as_summed_one_by_one():
     many = [f"w{n}" for n in range(1000)]
     memories = [(many[: n * 50], [1] * (n * 50)) for n in range(20)]
     assert ranked(postings_of(memories), many) == _ts_rank_order(memories, many) == list(range(19, 0, -1))
+
+
+async def test_a_message_read_here_is_read_as_postgresql_reads_it(database_url):
+    # Any mix of characters: what is worked out here is PostgreSQL's own query, and a message of ASCII words
+    # between separators (full stops only before a blank or at the end) is always worked out here.
+    rng = random.Random(15)
+    plain = list("abcXYZ019 \t\n,;!?\"'()[]{}:*_=|`$%^#\\")
+    other = ["-", "/", "@", "\u00e9", "~", "<", "+", ".", "&", "\u00a0"]
+    connection = await asyncpg.connect(database_url)
+    try:
+        for case in range(400):
+            chars = plain + (other if case % 2 else [])
+            message = "".join(rng.choice(chars) for _ in range(rng.randint(0, 30)))
+            if case % 4 == 0:
+                message += rng.choice((".", ". b", ".b", "a.", ""))
+            words = query_words(message)
+            if case % 2 == 0 and not any(
+                message[n] == "." and message[n + 1 :][:1] not in ("", " ") for n in range(len(message))
+            ):
+                assert words is not None, repr(message)
+            if words is not None:
+                assert words == list(await connection.fetchval(_QUERY, message)), repr(message)
+    finally:
+        await connection.close()

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from uuid import UUID
 
 import asyncpg
@@ -264,9 +266,14 @@ class Recall:
         else:
             ranked = await self._rank(kept, user_id, persona_id, latest, limit)
             spent = fixed
-            # The most relevant first, then the rest newest first (rows are newest first), while the budget holds
-            # (once not even the smallest memory fits, none will).
-            for index in ranked:
+            # The most relevant first, then the rest newest first (rows are newest first), each while it fits. The
+            # most relevant that fit one after another are found at once, from the running sums of their costs;
+            # once not even the smallest memory fits, none will.
+            sums = list(accumulate([costs[index] for index in ranked], initial=spent))
+            fitting = max(bisect_right(sums, budget) - 1, 0)
+            spent = sums[fitting]
+            reasons = dict.fromkeys(ranked[:fitting], "relevant")
+            for index in ranked[fitting + 1 :]:
                 if spent + least > budget:
                     break
                 cost = costs[index]
