@@ -9,6 +9,7 @@ import logging
 import uuid
 from typing import Any
 
+import asyncpg
 import openai
 
 from runtime.memory import Extractor
@@ -132,6 +133,63 @@ async def test_past_the_budget_the_most_relevant_then_the_newest_are_given(llm_c
     assert "sailing boat" in system
     section = next(s for s in r.json()["context"]["sections"] if s["kind"] == "memory")
     assert section["items"] == len(used) and section["tokens"] <= 40
+
+
+_ORDER = """
+SELECT coalesce(array_agg(id ORDER BY rank DESC, created_at DESC, id), '{}') FROM (
+    SELECT id, created_at, ts_rank(to_tsvector('simple', content), terms) AS rank
+    FROM memories, (SELECT nullif(replace(plainto_tsquery('simple', $2)::text, ' & ', ' | '), '')::tsquery) q(terms)
+    WHERE id = ANY($1::uuid[]) AND to_tsvector('simple', content) @@ terms) ranked
+WHERE rank > 0"""
+
+
+async def test_past_the_budget_each_memory_that_still_fits_is_given_in_its_turn(
+    llm_client, fake_llm, alice, database_url
+):
+    # One too long for what is left is passed over, and a shorter one after it goes: among the relevant and
+    # among the newest.
+    budget = 40
+    persona = await make_persona(llm_client, alice, memory={"enabled": True, "token_budget": budget})
+    contents = [
+        "Alice likes rain.",  # short, old: the last that fits
+        "Alice once said " + "rain and wind, " * 12,
+        "Alice rows my boat, she says, " + "cello and tea, " * 12,  # the most relevant (two words), too long
+        "Alice has a boat.",  # relevant
+        "Alice heard " + "trains and more trains, " * 12,
+        "Alice took a train.",  # the newest
+    ]
+    made = [await remember(llm_client, alice, content, persona["id"]) for content in contents]
+    message = "Where is my boat?"
+    r = await llm_client.post(f"{PERSONAS}/{persona['id']}/render", json={"message": message}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    decisions = r.json()["memories"]
+    assert [d["id"] for d in decisions] == [m["id"] for m in reversed(made)]  # newest first
+    reasons = [d["reason"] for d in reversed(decisions)]
+    assert reasons == ["newest", "budget", "budget", "relevant", "budget", "newest"]
+
+    # The same as PostgreSQL's order and the counted tokens make of it: the most relevant first, then the
+    # newest, each one that fits what is left.
+    tokens = {d["id"]: d["tokens"] for d in decisions}
+    section = next(s for s in r.json()["context"]["sections"] if s["kind"] == "memory")
+    spent = section["tokens"] - sum(d["tokens"] for d in decisions if d["used"])  # the heading's
+    connection = await asyncpg.connect(database_url)
+    try:
+        order = [str(i) for i in await connection.fetchval(_ORDER, [uuid.UUID(m["id"]) for m in made], message)]
+    finally:
+        await connection.close()
+    assert order == [made[2]["id"], made[3]["id"]]
+    expected = {}
+    for memory_id, reason in [*((i, "relevant") for i in order), *((d["id"], "newest") for d in decisions)]:
+        if memory_id not in expected and spent + tokens[memory_id] <= budget:
+            spent += tokens[memory_id]
+            expected[memory_id] = reason
+    assert {d["id"]: d["reason"] for d in decisions if d["used"]} == expected
+
+    # A turn, which counts no more than it must, is given the same memories, oldest first.
+    system, answer = await system_of_turn(llm_client, fake_llm, alice, persona["id"], message)
+    assert system == r.json()["system_prompt"]
+    stored = await llm_client.get(f"{CHAT}/conversations/{answer['conversation_id']}", headers=alice.headers)
+    assert stored.json()["messages"][-1]["context"]["memory_ids"] == [made[n]["id"] for n in (0, 3, 5)]
 
 
 async def test_a_message_sent_again_is_ranked_again_after_a_write(llm_client, fake_llm, alice):

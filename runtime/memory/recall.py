@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from uuid import UUID
 
 import asyncpg
@@ -89,26 +91,33 @@ _RANKINGS = 16
 @dataclass
 class _Kept:
     """One user's memories for one persona, as read: the switch, (id, persona, content) newest first, their
-    lexemes, and what turns make of them, once: each one's tokens by tokenizer, the section when they all fit,
-    and the rankings PostgreSQL gave of the messages seen. All of it goes with the next write."""
+    lexemes, and what turns make of them, once: each one's id as text and line of the section, its tokens by
+    tokenizer, the section when they all fit, and the rankings PostgreSQL gave of the messages seen. All of it
+    goes with the next write."""
 
     enabled: bool
     rows: list[tuple[UUID, UUID | None, str]]
     until: float
     tokens: dict[str, list[int]] = field(default_factory=dict)
-    costs: dict[tuple[str, float], tuple[list[int], int]] = field(default_factory=dict)
-    headings: dict[tuple[str, str], int] = field(default_factory=dict)
+    costs: dict[tuple[str, float], tuple[list[int], int, int]] = field(default_factory=dict)
+    headings: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     whole: dict[tuple[str, float, str, int], Recalled] = field(default_factory=dict)
-    postings: Postings = field(default_factory=dict)
+    postings: Postings = field(default_factory=Postings)
     rankings: dict[str, list[int]] = field(default_factory=dict)
+    ids: list[str] = field(init=False)
+    lines: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ids = [str(memory_id) for memory_id, _, _ in self.rows]
+        self.lines = [f"- {content}" for _, _, content in self.rows]
 
     def index(self) -> dict[UUID, int]:
         """Each memory's place in ``rows``, by id."""
         return {memory_id: n for n, (memory_id, _, _) in enumerate(self.rows)}
 
-    def costs_of(self, tokenizer: str, ratio: float, count: Callable[[str], int]) -> tuple[list[int], int]:
+    def costs_of(self, tokenizer: str, ratio: float, count: Callable[[str], int]) -> tuple[list[int], int, int]:
         """Each memory's tokens (its line's, with "- " and a line break) counted by ``tokenizer`` and scaled by
-        ``ratio``, and their sum."""
+        ``ratio``, their sum and the least of them."""
         found = self.costs.get((tokenizer, ratio))
         if found is None:
             raw = self.tokens.get(tokenizer)
@@ -117,18 +126,18 @@ class _Kept:
             costs = raw if ratio == 1.0 else [_scaled(c, ratio) for c in raw]
             if len(self.costs) >= _WAYS:
                 self.costs.clear()
-            found = self.costs[(tokenizer, ratio)] = (costs, sum(costs))
+            found = self.costs[(tokenizer, ratio)] = (costs, sum(costs), min(costs, default=0))
         return found
 
     def heading_of(self, tokenizer: str, user_name: str, count: Callable[[str], int]) -> tuple[str, int]:
         """The section's heading for ``user_name`` and its tokens by ``tokenizer`` (unscaled)."""
-        heading = MEMORY_HEADING.format(user=user_name)
-        tokens = self.headings.get((tokenizer, user_name))
-        if tokens is None:
+        found = self.headings.get((tokenizer, user_name))
+        if found is None:
             if len(self.headings) >= _WAYS:
                 self.headings.clear()
-            tokens = self.headings[(tokenizer, user_name)] = count(heading)
-        return heading, tokens
+            heading = MEMORY_HEADING.format(user=user_name)
+            found = self.headings[(tokenizer, user_name)] = (heading, count(heading))
+        return found
 
 
 class RecallCache:
@@ -236,7 +245,7 @@ class Recall:
             return _NONE
         heading, heading_tokens = kept.heading_of(tokenizer, user_name, count)
         fixed = _scaled(heading_tokens, ratio) + overhead
-        costs, total = kept.costs_of(tokenizer, ratio, count)
+        costs, total, least = kept.costs_of(tokenizer, ratio, count)
         reasons: dict[int, str] = {}
         if fixed + total <= budget:
             if not explain:
@@ -248,25 +257,36 @@ class Recall:
                         kept.whole.clear()
                     whole = kept.whole[key] = Recalled(
                         enabled=True,
-                        text=f"{heading}\n" + "\n".join([f"- {content}" for _, _, content in reversed(found)]),
+                        text=f"{heading}\n" + "\n".join(reversed(kept.lines)),
                         tokens=fixed + total,
-                        ids=[str(memory_id) for memory_id, _, _ in reversed(found)],
+                        ids=kept.ids[::-1],
                     )
                 return whole
             reasons = dict.fromkeys(range(len(found)), "fits")
         else:
             ranked = await self._rank(kept, user_id, persona_id, latest, limit)
             spent = fixed
-            # The most relevant first, then the rest newest first (rows are newest first), while the budget holds.
-            for index in ranked:
-                if spent + costs[index] <= budget:
-                    spent += costs[index]
+            # The most relevant first, then the rest newest first (rows are newest first), each while it fits. The
+            # most relevant that fit one after another are found at once, from the running sums of their costs;
+            # once not even the smallest memory fits, none will.
+            sums = list(accumulate([costs[index] for index in ranked], initial=spent))
+            fitting = max(bisect_right(sums, budget) - 1, 0)
+            spent = sums[fitting]
+            reasons = dict.fromkeys(ranked[:fitting], "relevant")
+            for index in ranked[fitting + 1 :]:
+                if spent + least > budget:
+                    break
+                cost = costs[index]
+                if spent + cost <= budget:
+                    spent += cost
                     reasons[index] = "relevant"
-            if len(reasons) < len(found) and spent < budget:
-                for index in range(len(found)):
-                    if index not in reasons and spent + costs[index] <= budget:
-                        spent += costs[index]
+            if len(reasons) < len(found) and spent + least <= budget:
+                for index, cost in enumerate(costs):
+                    if spent + cost <= budget and index not in reasons:
+                        spent += cost
                         reasons[index] = "newest"
+                        if spent + least > budget:
+                            break
         decisions = (
             [
                 MemoryDecision(
@@ -284,11 +304,12 @@ class Recall:
         if not reasons:
             return Recalled(enabled=True, decisions=decisions)
         chosen = sorted(reasons, reverse=True)  # oldest first: the section reads in the order it was learnt
+        lines, ids = kept.lines, kept.ids
         return Recalled(
             enabled=True,
-            text=f"{heading}\n" + "\n".join([f"- {found[i][2]}" for i in chosen]),
-            tokens=fixed + sum(costs[i] for i in chosen),
-            ids=[str(found[i][0]) for i in chosen],
+            text=f"{heading}\n" + "\n".join([lines[i] for i in chosen]),
+            tokens=fixed + sum([costs[i] for i in chosen]),
+            ids=[ids[i] for i in chosen],
             decisions=decisions,
         )
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import chain, pairwise
 
 __all__ = ["LEXEMES", "Postings", "postings_of", "query_words", "ranked"]
 
@@ -23,14 +26,10 @@ LEXEMES = """(SELECT array_agg(lexeme) FROM unnest(to_tsvector('simple', {conten
 
 # The messages PostgreSQL's parser reads as our words: ASCII letters and digits, ASCII blanks, and punctuation
 # that is always a separator to it; a full stop only before a blank or the end ("e.g", "x.y" are its own words).
-_PLAIN = re.compile(r"(?:[A-Za-z0-9 \t\n\r,;!?\"'()\[\]{}:*_=|`$%^#\\]|\.(?![^ \t\n\r]))*\Z")
+# Searched for what breaks that (any other character, a full stop before one that is not a blank): one search is
+# cheaper than matching each character.
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9 \t\n\r,;!?\"'()\[\]{}:*_=|`$%^#\\.]|\.[^ \t\n\r]")
 _WORD = re.compile(r"[a-z0-9]+")
-
-# Each lexeme: the memories that have it, each as its index times 512 plus its positions in it (at most 256),
-# one int when it is one memory's (most are), else a list: a user's lexemes are kept for as long as their memories.
-Postings = dict[str, int | list[int]]
-_SHIFT = 9
-_COUNT = (1 << _SHIFT) - 1
 
 _FLOAT = struct.Struct("f")
 _DEFAULT_WEIGHT = _FLOAT.unpack(_FLOAT.pack(0.1))[0]  # weight D, the only one to_tsvector gives
@@ -56,51 +55,95 @@ _TERMS = [0.0, *(_term(k) for k in range(1, 257))]
 def query_words(text: str) -> list[str] | None:
     """The lexemes of ``plainto_tsquery('simple', text)``, sorted as PostgreSQL sorts a query's operands and
     unique; None when its parser may read ``text`` otherwise than as ASCII words (then ask it)."""
-    if not _PLAIN.match(text):
+    if _NOT_PLAIN.search(text) is not None:
         return None
     return sorted(set(_WORD.findall(text.lower())))
 
 
+@dataclass(frozen=True)
+class Postings:
+    """Which memories have each lexeme, kept for as long as the memories are: ``once`` the memories (by index)
+    that have a lexeme at one place, most of them; ``more`` those that have it at more, and ``places`` each of
+    those memories' lexemes with their places (at most 256, as PostgreSQL keeps)."""
+
+    once: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    more: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    places: dict[int, dict[str, int]] = field(default_factory=dict)
+
+
 def postings_of(memories: list[tuple[list[str] | None, list[int] | None]]) -> Postings:
     """The postings of memories given as (lexemes, positions of each), in their order."""
-    postings: Postings = {}
+    once: dict[str, list[int]] = {}
+    more: dict[str, list[int]] = {}
+    places: dict[int, dict[str, int]] = {}
     for index, (lexemes, counts) in enumerate(memories):
-        for lexeme, count in zip(lexemes or (), counts or (), strict=True):
-            posting = index << _SHIFT | min(count or 1, 256)
-            found = postings.get(lexeme)
-            if found is None:
-                postings[lexeme] = posting
-            elif isinstance(found, int):
-                postings[lexeme] = [found, posting]
-            else:
-                found.append(posting)
-    return postings
+        pairs = [(lexeme, min(count or 1, 256)) for lexeme, count in zip(lexemes or (), counts or (), strict=True)]
+        if any(count > 1 for _, count in pairs):
+            places[index] = dict(pairs)
+        for lexeme, count in pairs:
+            (once if count == 1 else more).setdefault(lexeme, []).append(index)
+    return Postings(
+        once={lexeme: tuple(found) for lexeme, found in once.items()},
+        more={lexeme: tuple(found) for lexeme, found in more.items()},
+        places=places,
+    )
+
+
+def _sums_of_once(most: int) -> list[float]:
+    """The single-precision sums of 0 to ``most`` lexemes each found at one place, as calc_rank_or adds them."""
+    sums = [0.0]
+    for _ in range(most):
+        sums.append(_f32(sums[-1] + _TERMS[1]))
+    return sums
+
+
+# A ranked message is at most 2,000 characters: at most 1,000 words.
+_ONCE = _sums_of_once(1000)
+
+
+def _once(m: int) -> float:
+    return _ONCE[m] if m < len(_ONCE) else _sums_of_once(m)[m]
 
 
 def ranked(postings: Postings, words: list[str]) -> list[int]:
     """The indexes of the memories that have any of ``words`` (sorted and unique), by their ``ts_rank``,
-    highest first; among equals the smaller index (the newer memory)."""
+    highest first; among equals the smaller index (the newer memory).
+
+    A memory's rank is the single-precision sum, in the query's order, of a term per lexeme of the query it has
+    (by that lexeme's places in it), divided by the query's size. When each of those lexemes is at one place
+    in it, as for most, the terms are all alike and the sum depends only on how many it has: those memories
+    are counted, not summed one by one; the others are summed as PostgreSQL does."""
     if not words:
         return []
-    pack, unpack = _FLOAT.pack, _FLOAT.unpack
-    sums: dict[int, float] = {}
-    for word in words:  # in the query's order: the single-precision sums depend on it
-        found = postings.get(word)
-        if found is None:
-            continue
-        for posting in (found,) if isinstance(found, int) else found:
-            index, term = posting >> _SHIFT, _TERMS[posting & _COUNT]
-            total = sums.get(index)
-            sums[index] = unpack(pack(term if total is None else total + term))[0]
+    once, more = postings.once, postings.more
+    matched = Counter(chain.from_iterable([found for found in map(once.get, words) if found is not None]))
+    summed: set[int] = set()
+    if more:
+        for found in map(more.get, words):
+            if found is not None:
+                summed.update(found)
+    if not matched and not summed:
+        return []
     size = len(words)
-    ranks: dict[int, float] = {}
-    divided: dict[float, float] = {}  # most memories share a sum: divide each once
-    for index, total in sums.items():
-        rank = divided.get(total)
-        if rank is None:
-            rank = divided[total] = unpack(pack(total / size))[0]
-        if rank > 0:
-            ranks[index] = rank
-    order = sorted(ranks)
-    order.sort(key=ranks.__getitem__, reverse=True)  # stable: among equals the smaller index stays first
+    pack, unpack = _FLOAT.pack, _FLOAT.unpack
+    by_count = {m: unpack(pack(_once(m) / size))[0] for m in set(matched.values())}
+    if not summed:
+        counts = sorted(by_count)
+        ranks = [by_count[m] for m in counts]
+        if ranks[0] > 0 and all(a < b for a, b in pairwise(ranks)):
+            # More lexemes, a higher rank: order by the count itself.
+            order = sorted(matched)
+            order.sort(key=matched.__getitem__, reverse=True)  # stable: among equals the smaller index first
+            return order
+    rank_of = {index: by_count[m] for index, m in matched.items()}
+    for index in summed:
+        places = postings.places[index]
+        total = 0.0
+        for word in words:  # in the query's order: the single-precision sums depend on it
+            count = places.get(word)
+            if count is not None:
+                total = unpack(pack(total + _TERMS[count]))[0]
+        rank_of[index] = unpack(pack(total / size))[0]
+    order = sorted(index for index, rank in rank_of.items() if rank > 0)
+    order.sort(key=rank_of.__getitem__, reverse=True)  # stable: among equals the smaller index stays first
     return order
