@@ -84,6 +84,18 @@ class ProcessTree:
             total += self._last_cpu.get(process.pid, 0.0)
         return total
 
+    def worker_cpu_seconds(self) -> list[float]:
+        """Each worker's user + system time, in the order of :attr:`workers` (the last read of one that went)."""
+        seconds = []
+        for process in self.workers:
+            try:
+                times = process.cpu_times()
+                self._last_cpu[process.pid] = times.user + times.system
+            except psutil.Error:
+                pass
+            seconds.append(self._last_cpu.get(process.pid, 0.0))
+        return seconds
+
     def memory(self) -> TreeMemory:
         rss: dict[int, int] = {}
         for process in self.processes:

@@ -60,6 +60,8 @@ class PhaseResult:
     tree_changed: bool = False
     first_error: str | None = None
     note: str | None = None
+    # With more than one worker, each one's share of the workers' CPU in the phase (how evenly they took the load).
+    worker_shares: list[float] | None = None
 
 
 def summarize(
@@ -183,6 +185,9 @@ def table(results: list[PhaseResult], added: list[dict[str, Any]], compared: lis
             lines.append(f"    first error: {r.first_error}")
         if r.note:
             lines.append(f"    {r.note}")
+        if r.worker_shares:
+            shares = " / ".join(f"{share:.0%}" for share in r.worker_shares)
+            lines.append(f"    the workers' shares of their CPU: {shares}")
         if r.tree_changed:
             lines.append("    the server's process tree changed during this phase (a worker exited or was replaced)")
     if added:

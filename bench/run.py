@@ -259,6 +259,7 @@ async def _phase(ctx: _Context, target: Target, clients: int, server: ServerProc
     if server is not None:
         meters["server"] = server.cpu_seconds
     start: dict[str, float] = {}
+    shares_at_start: list[float] = []
     # One keep-alive connection for both reads of the provider's counter, so it does not count itself.
     async with httpx.AsyncClient(timeout=10) as control:
 
@@ -266,6 +267,8 @@ async def _phase(ctx: _Context, target: Target, clients: int, server: ServerProc
             # After the warmup, on the connections it opened: the control request to the provider is not metered.
             start["connections"] = await _provider_connections(control, ctx)
             start.update({name: read() for name, read in meters.items()})
+            if server is not None and server.workers > 1:
+                shares_at_start.extend(server.tree.worker_cpu_seconds())
 
         run: Run
         if clients == 1:
@@ -275,7 +278,12 @@ async def _phase(ctx: _Context, target: Target, clients: int, server: ServerProc
         spent = {name: read() - start[name] for name, read in meters.items()}
         connections = int(await _provider_connections(control, ctx) - start["connections"])
     changed = server.tree.changed if server is not None else False
-    return summarize(path, load, clients, run, spent, connections, workers=workers, tree_changed=changed)
+    result = summarize(path, load, clients, run, spent, connections, workers=workers, tree_changed=changed)
+    if server is not None and shares_at_start:
+        used = [end - begun for end, begun in zip(server.tree.worker_cpu_seconds(), shares_at_start, strict=False)]
+        if sum(used) > 0:
+            result.worker_shares = [seconds / sum(used) for seconds in used]
+    return result
 
 
 async def _throughput(ctx: _Context) -> list[PhaseResult]:

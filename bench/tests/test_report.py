@@ -1,11 +1,12 @@
-"""The added latency of a non-streamed path is taken against the non-streamed direct path; callgrind's total."""
+"""The added latency of a non-streamed path is taken against the non-streamed direct path; callgrind's total; the
+workers' shares in the table."""
 
 from __future__ import annotations
 
 import math
 
 from bench.instructions import total_instructions
-from bench.report import PhaseResult, added_latency
+from bench.report import PhaseResult, added_latency, table
 
 
 def _result(path: str, ttft: float) -> PhaseResult:
@@ -31,3 +32,12 @@ def test_each_path_is_set_against_its_own_baseline() -> None:
 def test_the_total_of_a_callgrind_dump() -> None:
     dump = b"# callgrind format\nversion: 1\nevents: Ir\nsummary: 123456789\n\nfn=main\n1 5\ntotals: 123456789\n"
     assert total_instructions(dump) == 123456789
+
+
+def test_the_table_shows_how_the_workers_shared_the_load() -> None:
+    shared = _result("ours", 0.6)
+    shared.worker_shares = [0.42, 0.58]
+    alone = _result("direct", 0.1)
+    printed = table([alone, shared], [], [])
+    assert "the workers' shares of their CPU: 42% / 58%" in printed
+    assert printed.count("shares of their CPU") == 1
