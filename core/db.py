@@ -76,6 +76,37 @@ class _Pool(asyncpg.Pool):
     The steps are asyncpg's own (``Pool.release``, ``PoolConnectionHolder.release``, ``Connection._reset``).
     """
 
+    # A query on a connection of its own, as asyncpg's methods run them, without its acquire context and its
+    # proxy's method wrapper between the pool and the connection.
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
+        proxy = await self._acquire(None)
+        try:
+            result: str = await proxy._con.execute(query, *args, timeout=timeout)
+            return result
+        finally:
+            await self.release(proxy)
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None) -> Any:  # noqa: ASYNC109
+        proxy = await self._acquire(None)
+        try:
+            return await proxy._con.fetch(query, *args, timeout=timeout, record_class=record_class)
+        finally:
+            await self.release(proxy)
+
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None) -> Any:  # noqa: ASYNC109
+        proxy = await self._acquire(None)
+        try:
+            return await proxy._con.fetchrow(query, *args, timeout=timeout, record_class=record_class)
+        finally:
+            await self.release(proxy)
+
+    async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        proxy = await self._acquire(None)
+        try:
+            return await proxy._con.fetchval(query, *args, column=column, timeout=timeout)
+        finally:
+            await self.release(proxy)
+
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's signature)
         if not self._released_now(connection):
             await super().release(connection, timeout=timeout)
