@@ -36,13 +36,15 @@ class _KeptChildren:
 
     _labelnames: tuple[str, ...]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._kept_children: dict[tuple[Any, ...], Any] = {}
+        super().__init__(*args, **kwargs)
+
     def labels(self, *values: Any, **named: Any) -> Any:
         key = values or tuple(named.get(n) for n in self._labelnames)
-        children: dict[tuple[Any, ...], Any] = self.__dict__.setdefault("_kept_children", {})
-        child = children.get(key)
+        child = self._kept_children.get(key)
         if child is None:
-            child = super().labels(*values, **named)  # type: ignore[misc]
-            children[key] = child
+            child = self._kept_children[key] = super().labels(*values, **named)  # type: ignore[misc]
         return child
 
 
