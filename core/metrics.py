@@ -10,6 +10,7 @@ user chose: providers and models are labelled only by the names this server is c
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,13 +36,15 @@ class _KeptChildren:
 
     _labelnames: tuple[str, ...]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._kept_children: dict[tuple[Any, ...], Any] = {}
+        super().__init__(*args, **kwargs)
+
     def labels(self, *values: Any, **named: Any) -> Any:
         key = values or tuple(named.get(n) for n in self._labelnames)
-        children: dict[tuple[Any, ...], Any] = self.__dict__.setdefault("_kept_children", {})
-        child = children.get(key)
+        child = self._kept_children.get(key)
         if child is None:
-            child = super().labels(*values, **named)  # type: ignore[misc]
-            children[key] = child
+            child = self._kept_children[key] = super().labels(*values, **named)  # type: ignore[misc]
         return child
 
 
@@ -67,12 +70,44 @@ class _ProcessId:
 _process_id: _ProcessId | None = None
 
 
+_pack_two_doubles = struct.Struct("dd").pack
+
+
+def _lean_values(process_id: _ProcessId) -> type:
+    """prometheus_client's multiprocess value with an ``inc`` of one step.
+
+    Its own ``inc`` (a counter's increment, a gauge's move, both halves of a histogram's observation) is
+    five calls, about 7,700 instructions, and a turn makes a dozen and more. Between forks this one writes
+    the same 16 bytes at the same place of the same file by the same direct assignment (``mmap_dict``'s
+    ``_pack_two_doubles``), in one call. Every value of the process is written from its event loop's
+    thread, which is what the module's lock guarded. The first ``inc`` after a fork, and a value not yet
+    in its file, go through prometheus_client's own ``inc``, which reopens the files as the child's.
+    """
+    base: Any = values.MultiProcessValue(process_identifier=process_id)
+    known = [process_id.value]  # the process id prometheus_client last checked
+
+    class _Value(base):
+        def inc(self, amount: float) -> None:
+            file = self._file
+            position = file._positions.get(self._key) if process_id.value == known[0] else None
+            if position is None:
+                base.inc(self, amount)
+                known[0] = process_id.value
+                return
+            self._value += amount
+            self._timestamp = 0.0
+            file._m[position : position + 16] = _pack_two_doubles(self._value, 0.0)
+
+    return _Value
+
+
 def _write_with_a_kept_process_id() -> None:
-    """Have this process's multiprocess values (created from now on) use :class:`_ProcessId`; once a process."""
+    """Have this process's multiprocess values (created from now on) use :class:`_ProcessId` and the lean
+    ``inc`` of :func:`_lean_values`; once a process."""
     global _process_id
     if _process_id is None:
         _process_id = _ProcessId()
-        values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)
+        values.ValueClass = _lean_values(_process_id)
 
 
 class _Counter(_KeptChildren, Counter):

@@ -60,6 +60,7 @@ def encode_events(
     several it belongs to. Tool call pieces have no frame: ``done`` carries the whole calls."""
     parts = []
     last = False
+    heads: dict[bytes, bytes] = {}  # each tag's ``event:`` and ``id:`` prefix, made once a batch
     for event in events:
         match event:
             case TextDelta():
@@ -80,7 +81,10 @@ def encode_events(
         data = _encode(event)
         if candidate is not None:
             data = b'%s,"candidate":%d}' % (data[:-1], candidate)
-        parts.append(b"event: %s\nid: %s%d\ndata: %s\n\n" % (tag, prefix, count, data))
+        head = heads.get(tag)
+        if head is None:
+            head = heads[tag] = b"event: %s\nid: %s" % (tag, prefix)
+        parts.append(b"%s%d\ndata: %s\n\n" % (head, count, data))
     return parts, count, last
 
 
