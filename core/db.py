@@ -137,6 +137,37 @@ class _Pool(asyncpg.Pool):
         return True
 
 
+def _fits_this_asyncpg() -> bool:
+    """Whether the installed asyncpg has every internal :class:`_Pool` uses (written against asyncpg 0.32).
+
+    Without one of them ``connect_pool`` makes asyncpg's own pool, and only the saving is lost;
+    ``tests/test_db_pool.py`` fails then, so that a new asyncpg is looked at.
+    """
+    from asyncpg.connection import Connection
+    from asyncpg.pool import PoolConnectionHolder
+    from asyncpg.protocol.protocol import BaseProtocol
+
+    needed = {
+        asyncpg.Pool: ("_acquire", "_check_init", "_closing", "_generation", "_reset"),
+        PoolConnectionProxy: ("_con", "_holder"),
+        PoolConnectionHolder: (
+            "_generation",
+            "_in_use",
+            "_max_queries",
+            "_pool",
+            "_release",
+            "_setup_inactive_callback",
+            "_timeout",
+        ),
+        Connection: ("_listeners", "_log_listeners", "_on_release", "_protocol", "_top_xact", "is_closed"),
+        BaseProtocol: ("_is_cancelling", "is_in_transaction", "queries_count"),
+    }
+    return all(hasattr(owner, name) for owner, names in needed.items() for name in names)
+
+
+_POOL_CLASS: type[asyncpg.Pool] = _Pool if _fits_this_asyncpg() else asyncpg.Pool
+
+
 async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, pool_mode: str = "session") -> asyncpg.Pool:
     """The pool; ``pool_mode="transaction"`` when ``dsn`` is a pooler in transaction mode (PgBouncer).
 
@@ -148,7 +179,7 @@ async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, pool_
     """
     extra: dict[str, Any] = {"statement_cache_size": 0} if pool_mode == "transaction" else {}
     # asyncpg.create_pool's own construction, with the pool class above.
-    pool: asyncpg.Pool = await _Pool(
+    pool: asyncpg.Pool = await _POOL_CLASS(
         dsn,
         min_size=min_size,
         max_size=max_size,

@@ -88,15 +88,19 @@ def _lean_values(process_id: _ProcessId) -> type:
 
     class _Value(base):
         def inc(self, amount: float) -> None:
-            file = self._file
-            position = file._positions.get(self._key) if process_id.value == known[0] else None
+            try:
+                file = self._file
+                position = file._positions.get(self._key) if process_id.value == known[0] else None
+                mapped = file._m
+            except AttributeError:  # a prometheus_client whose file is kept otherwise: its own inc, always
+                position = None
             if position is None:
                 base.inc(self, amount)
                 known[0] = process_id.value
                 return
             self._value += amount
             self._timestamp = 0.0
-            file._m[position : position + 16] = _pack_two_doubles(self._value, 0.0)
+            mapped[position : position + 16] = _pack_two_doubles(self._value, 0.0)
 
     return _Value
 
