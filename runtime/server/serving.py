@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import resource
 import socket
 from dataclasses import dataclass
@@ -281,17 +280,9 @@ class _Supervisor(Multiprocess):
 
 
 def run(app: str, options: dict[str, Any]) -> None:
-    """``uvicorn.run(app, **options)``, its workers (if more than one) under :class:`_Supervisor`.
-
-    Workers share one listening socket, and libuv (uvloop's core) accepts every connection waiting on it in
-    one go: ten clients that connect together all land on whichever worker woke first, which then does all
-    their work while the others idle (9 or 10 of 10 on one of two workers, measured). ``UV_TCP_SINGLE_ACCEPT``
-    makes each worker's libuv yield after every accept, so the next connection goes to another worker that is
-    waiting; the workers inherit it, and an operator's own value is kept.
-    """
+    """``uvicorn.run(app, **options)``, its workers (if more than one) under :class:`_Supervisor`."""
     if options.get("workers", 1) <= 1:
         uvicorn.run(app, **options)
         return
-    os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     config = uvicorn.Config(app, **options)
     _Supervisor(config, sockets=[config.bind_socket()]).run()
