@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
@@ -23,9 +24,9 @@ from pathlib import Path
 
 from bench.client import chat_target, completions_target, run_sequential
 from bench.fake_provider import StreamShape
-from bench.services import ROOT, create_account, fake_provider, runtime_server, scratch_database
+from bench.services import ROOT, ServerProcess, create_account, fake_provider, runtime_server, scratch_database
 
-__all__ = ["add_counting_arguments", "callgrind_wrapper", "count_turns", "main", "total_instructions"]
+__all__ = ["add_counting_arguments", "callgrind_wrapper", "count_turns", "main", "total_instructions", "turn_runtime"]
 
 PATHS = ("completions", "chat", "completions-json")
 _TOTALS = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
@@ -47,6 +48,31 @@ def callgrind_wrapper(workdir: Path) -> list[str]:
     """The command that runs the runtime under callgrind, its dumps in ``workdir``. Instrumented only once
     counting is switched on (``--instr=on``): start-up (imports, migrations) runs at valgrind's plain speed."""
     return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir}/callgrind.out.%p", "--instr-atstart=no"]
+
+
+def turn_runtime(
+    database_url: str,
+    redis_url: str,
+    provider_url: str,
+    workdir: Path,
+    redis_prefix: str,
+    *,
+    instructions: bool = False,
+    root: Path = ROOT,
+) -> contextlib.AbstractAsyncContextManager[ServerProcess]:
+    """A turn benchmark's runtime (one worker, warnings only), of checkout ``root``, under callgrind when
+    ``instructions``."""
+    return runtime_server(
+        database_url,
+        redis_url,
+        provider_url,
+        log_level="warning",
+        workdir=workdir,
+        redis_prefix=redis_prefix,
+        wrapper=callgrind_wrapper(workdir) if instructions else None,
+        ready_within=600 if instructions else 60,
+        root=root,
+    )
 
 
 def add_counting_arguments(parser: argparse.ArgumentParser) -> None:

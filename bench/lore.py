@@ -33,8 +33,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.instructions import add_counting_arguments, callgrind_wrapper, count_turns
-from bench.services import ROOT, create_account, delete_redis_keys, run_on_scratch, runtime_server
+from bench.instructions import add_counting_arguments, count_turns, turn_runtime
+from bench.services import ROOT, create_account, delete_redis_keys, run_on_scratch
 
 __all__ = ["lorebook", "main"]
 
@@ -96,16 +96,8 @@ async def measure(
     account = await create_account(dsn)
     prefix = f"persona-bench-lore-{os.getpid()}:"
     rng = random.Random(7)
-    async with runtime_server(
-        dsn,
-        redis_url,
-        provider_url,
-        log_level="warning",
-        workdir=workdir,
-        redis_prefix=prefix,
-        wrapper=callgrind_wrapper(workdir) if instructions else None,
-        ready_within=600 if instructions else 60,
-        root=root,
+    async with turn_runtime(
+        dsn, redis_url, provider_url, workdir, prefix, instructions=instructions, root=root
     ) as server:
         try:
             async with httpx.AsyncClient(base_url=server.url, headers=account.headers, timeout=30) as http:

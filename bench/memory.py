@@ -37,9 +37,9 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.instructions import add_counting_arguments, callgrind_wrapper, count_turns
+from bench.instructions import add_counting_arguments, count_turns, turn_runtime
 from bench.query_counter import query_counter
-from bench.services import ROOT, create_account, delete_redis_keys, run_on_scratch, runtime_server
+from bench.services import ROOT, create_account, delete_redis_keys, run_on_scratch
 
 __all__ = ["main"]
 
@@ -105,16 +105,8 @@ async def measure(
     rng = random.Random(11)
     async with (
         query_counter(dsn) as (counter, counted_url),
-        runtime_server(
-            counted_url,
-            redis_url,
-            provider_url,
-            log_level="warning",
-            workdir=workdir,
-            redis_prefix=prefix,
-            wrapper=callgrind_wrapper(workdir) if instructions else None,
-            ready_within=600 if instructions else 60,
-            root=root,
+        turn_runtime(
+            counted_url, redis_url, provider_url, workdir, prefix, instructions=instructions, root=root
         ) as server,
     ):
         try:
