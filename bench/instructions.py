@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench.client import chat_target, completions_target, run_sequential
 from bench.fake_provider import StreamShape
-from bench.services import ROOT, create_account, fake_provider, runtime_server, scratch_database
+from bench.services import ROOT, ServerProcess, create_account, fake_provider, runtime_server, scratch_database
 
-__all__ = ["main", "total_instructions"]
+__all__ = ["add_counting_arguments", "callgrind_wrapper", "count_turns", "main", "total_instructions", "turn_runtime"]
 
 PATHS = ("completions", "chat", "completions-json")
 _TOTALS = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
@@ -42,6 +44,77 @@ def _control(*args: str) -> None:
     subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=120)
 
 
+def callgrind_wrapper(workdir: Path) -> list[str]:
+    """The command that runs the runtime under callgrind, its dumps in ``workdir``. Instrumented only once
+    counting is switched on (``--instr=on``): start-up (imports, migrations) runs at valgrind's plain speed."""
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir}/callgrind.out.%p", "--instr-atstart=no"]
+
+
+def turn_runtime(
+    database_url: str,
+    redis_url: str,
+    provider_url: str,
+    workdir: Path,
+    redis_prefix: str,
+    *,
+    instructions: bool = False,
+    root: Path = ROOT,
+) -> contextlib.AbstractAsyncContextManager[ServerProcess]:
+    """A turn benchmark's runtime (one worker, warnings only), of checkout ``root``, under callgrind when
+    ``instructions``."""
+    return runtime_server(
+        database_url,
+        redis_url,
+        provider_url,
+        log_level="warning",
+        workdir=workdir,
+        redis_prefix=redis_prefix,
+        wrapper=callgrind_wrapper(workdir) if instructions else None,
+        ready_within=600 if instructions else 60,
+        root=root,
+    )
+
+
+def add_counting_arguments(parser: argparse.ArgumentParser) -> None:
+    """A turn benchmark's ``--instructions``, ``--root`` and ``--dumps`` (read by ``count_turns``)."""
+    parser.add_argument(
+        "--instructions", action="store_true", help="count each kind's turns in instructions, under callgrind"
+    )
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose runtime runs (this one by default)")
+    parser.add_argument("--dumps", type=Path, help="with --instructions: keep each kind's callgrind dump here")
+
+
+async def count_turns(
+    pid: int,
+    workdir: Path,
+    dumps: Path | None,
+    kinds: tuple[str, ...],
+    turns: int,
+    turn: Callable[[str], Awaitable[None]],
+    statements: Callable[[], int] | None = None,
+    reset: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """Each kind's ``turns`` turns in instructions per turn, one kind after another (counts do not drift), after
+    ten warm-up turns of each; the runtime (process ``pid``) runs under ``callgrind_wrapper(workdir)``. Prints a
+    line a kind, with the statements per turn when ``statements`` (read after ``reset``) is given; keeps each
+    kind's dump in ``dumps`` as ``callgrind.<kind>`` when given."""
+    await asyncio.to_thread(_control, "--instr=on", str(pid))
+    for kind in kinds * 10:
+        await turn(kind)
+    figures = {}
+    for kind in kinds:
+        await asyncio.to_thread(_control, "--zero", str(pid))
+        if reset is not None:
+            reset()
+        for _ in range(turns):
+            await turn(kind)
+        await asyncio.sleep(0.5)  # the answers' saves, which run after each answer
+        figures[kind] = await asyncio.to_thread(_read_kept, str(pid), workdir, dumps, kind) / turns
+        counted = f", {statements() / turns:.2f} statements per turn" if statements is not None else ""
+        print(f"{kind:>12}: {figures[kind] / 1e6:.3f} M instructions per turn{counted} ({turns} turns)")
+    return figures
+
+
 def _io_calls(pid: str) -> tuple[int, int]:
     """The process's read and write system calls so far (``syscr``, ``syscw`` of ``/proc/PID/io``; libuv
     reads and writes sockets with read/readv and write/writev, which these count)."""
@@ -49,13 +122,26 @@ def _io_calls(pid: str) -> tuple[int, int]:
     return int(fields["syscr"]), int(fields["syscw"])
 
 
-def _dump(pid: str, workdir: Path) -> int:
-    """Dump the counters since the last zeroing and read their total."""
+def _dump_file(pid: str, workdir: Path) -> Path:
+    """Dump the counters since the last zeroing; the dump's file."""
     for old in workdir.glob("callgrind.out.*"):
         old.unlink()
     _control("--dump", pid)
-    dumps = sorted(workdir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
-    return total_instructions(dumps[-1].read_bytes())
+    return max(workdir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
+
+
+def _read_kept(pid: str, workdir: Path, dumps: Path | None, kind: str) -> int:
+    """Dump the counters since the last zeroing, keep the dump in ``dumps`` (when given), and read its total."""
+    dump = _dump_file(pid, workdir)
+    if dumps is not None:
+        dumps.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dump, dumps / f"callgrind.{kind.replace(' ', '-')}")
+    return total_instructions(dump.read_bytes())
+
+
+def _dump(pid: str, workdir: Path) -> int:
+    """Dump the counters since the last zeroing and read their total."""
+    return total_instructions(_dump_file(pid, workdir).read_bytes())
 
 
 async def _measure(args: argparse.Namespace) -> dict[str, float]:
@@ -67,9 +153,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, float]:
         metrics_dir.mkdir()
         async with scratch_database(args.database_url, workdir) as database_url:
             account = await create_account(database_url)
-            out = workdir / "callgrind.out"
-            # Instrumented only from the warmup on: start-up (imports, migrations) runs at valgrind's plain speed.
-            wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--instr-atstart=no"]
+            wrapper = callgrind_wrapper(workdir)
             counting = not args.syscalls_only
             env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
             runtime = runtime_server(

@@ -13,7 +13,12 @@ blocks so that drift falls on both alike:
 Both personas have a window of ``--window`` tokens (8,192 by default): what of a long conversation fits is
 sent, so the window decides the history's share. Each figure is the server's CPU (user + system of its whole
 process tree) over the turns of a kind, per turn; *lore - long* is what the lorebook itself costs, *lore -
-fresh* the issue's comparison (history included). Figures only: nothing here passes or fails.
+fresh* the issue's comparison (history included). With ``--instructions`` the runtime runs under ``valgrind
+--tool=callgrind`` (as in ``bench.instructions``) and each kind's ``--turns`` turns are counted in instructions
+instead, one kind after another (user space, load-independent: the figure for an A/B on a busy machine);
+``--root DIR`` runs another checkout's runtime, ``--dumps DIR`` keeps each kind's callgrind dump
+(``callgrind.fresh``, ``callgrind.long``, ``callgrind.lore``) for ``callgrind_annotate``. Figures only: nothing
+here passes or fails.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.services import create_account, delete_redis_keys, run_on_scratch, runtime_server
+from bench.instructions import add_counting_arguments, count_turns, turn_runtime
+from bench.services import ROOT, create_account, delete_redis_keys, run_on_scratch
 
 __all__ = ["lorebook", "main"]
 
@@ -83,12 +89,15 @@ async def measure(
     window: int,
     workdir: Path,
     summaries: bool = True,
+    instructions: bool = False,
+    root: Path = ROOT,
+    dumps: Path | None = None,
 ) -> dict[str, float]:
     account = await create_account(dsn)
     prefix = f"persona-bench-lore-{os.getpid()}:"
     rng = random.Random(7)
-    async with runtime_server(
-        dsn, redis_url, provider_url, log_level="warning", workdir=workdir, redis_prefix=prefix
+    async with turn_runtime(
+        dsn, redis_url, provider_url, workdir, prefix, instructions=instructions, root=root
     ) as server:
         try:
             async with httpx.AsyncClient(base_url=server.url, headers=account.headers, timeout=30) as http:
@@ -133,6 +142,12 @@ async def measure(
                     answer.raise_for_status()
 
                 kinds = ("fresh", "long", "lore")
+                if instructions:
+                    figures = await count_turns(server.popen.pid, workdir, dumps, kinds, turns, turn)
+                    for what, other in (("lorebook's own cost", "long"), ("lorebook and history", "fresh")):
+                        added = (figures["lore"] - figures[other]) / 1e6
+                        print(f"lore - {other} ({what}): {added:+.3f} M instructions per turn")
+                    return figures
                 for kind in kinds * 10:  # warm-up: caches, prepared statements, the compiled book
                     await turn(kind)
                 spent = dict.fromkeys(kinds, 0.0)
@@ -169,6 +184,7 @@ def main() -> None:
         action="store_true",
         help="personas without rolling summaries (a long conversation otherwise asks for one after each turn)",
     )
+    add_counting_arguments(parser)
     args = parser.parse_args()
     run_on_scratch(
         "bench-lore-",
@@ -181,6 +197,9 @@ def main() -> None:
             window=args.window,
             workdir=workdir,
             summaries=not args.no_summaries,
+            instructions=args.instructions,
+            root=args.root,
+            dumps=args.dumps,
         ),
     )
 

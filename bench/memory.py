@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -38,9 +37,9 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.instructions import total_instructions
+from bench.instructions import add_counting_arguments, count_turns, turn_runtime
 from bench.query_counter import query_counter
-from bench.services import ROOT, create_account, delete_redis_keys, run_on_scratch, runtime_server
+from bench.services import ROOT, create_account, delete_redis_keys, run_on_scratch
 
 __all__ = ["main"]
 
@@ -106,16 +105,8 @@ async def measure(
     rng = random.Random(11)
     async with (
         query_counter(dsn) as (counter, counted_url),
-        runtime_server(
-            counted_url,
-            redis_url,
-            provider_url,
-            log_level="warning",
-            workdir=workdir,
-            redis_prefix=prefix,
-            wrapper=_callgrind(workdir) if instructions else None,
-            ready_within=600 if instructions else 60,
-            root=root,
+        turn_runtime(
+            counted_url, redis_url, provider_url, workdir, prefix, instructions=instructions, root=root
         ) as server,
     ):
         try:
@@ -181,7 +172,23 @@ async def measure(
                         raise RuntimeError(f"{kind}: {answer.status_code} {answer.text[:300]}")
 
                 if instructions:
-                    await _count(server.popen.pid, workdir, dumps, kinds, turns, turn, counter)
+                    figures = await count_turns(
+                        server.popen.pid,
+                        workdir,
+                        dumps,
+                        kinds,
+                        turns,
+                        turn,
+                        statements=lambda: sum(counter.statements.values()),
+                        reset=counter.reset,
+                    )
+                    for plain, memory, what in (
+                        ("plain", "memory", "first turns"),
+                        ("plain later", "memory later", "later turns"),
+                    ):
+                        if memory in figures:
+                            added = (figures[memory] - figures[plain]) / 1e6
+                            print(f"memory - plain ({what}): {added:+.3f} M instructions per turn")
                     return
                 for kind in kinds * 10:
                     await turn(kind)
@@ -231,63 +238,6 @@ async def measure(
             await delete_redis_keys(redis_url, prefix)
 
 
-def _callgrind(workdir: Path) -> list[str]:
-    # Instrumented only once the turns begin: start-up runs at valgrind's plain speed.
-    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir}/callgrind.out.%p", "--instr-atstart=no"]
-
-
-async def _control(*args: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        "callgrind_control", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
-    if await process.wait() != 0:
-        raise RuntimeError(f"callgrind_control {' '.join(args)} failed")
-
-
-async def _count(
-    pid: int, workdir: Path, dumps: Path | None, kinds: tuple[str, ...], turns: int, turn: Any, counter: Any
-) -> None:
-    """Each kind's ``turns`` turns in instructions (and statements), one kind after another: counts do not drift."""
-    await _control("--instr=on", str(pid))
-    for kind in kinds * 10:
-        await turn(kind)
-    figures = {}
-    for kind in kinds:
-        await asyncio.to_thread(_clear, workdir)
-        await _control("--zero", str(pid))
-        counter.reset()
-        for _ in range(turns):
-            await turn(kind)
-        await asyncio.sleep(0.5)  # the answers' saves, which run after each answer
-        await _control("--dump", str(pid))
-        figures[kind] = await asyncio.to_thread(_read_dump, workdir, dumps, kind) / turns
-        statements = sum(counter.statements.values()) / turns
-        print(
-            f"{kind:>12}: {figures[kind] / 1e6:.3f} M instructions per turn, "
-            f"{statements:.2f} statements per turn ({turns} turns)"
-        )
-    for plain, memory, what in (
-        ("plain", "memory", "first turns"),
-        ("plain later", "memory later", "later turns"),
-    ):
-        if memory in figures:
-            print(f"memory - plain ({what}): {(figures[memory] - figures[plain]) / 1e6:+.3f} M instructions per turn")
-
-
-def _clear(workdir: Path) -> None:
-    for old in workdir.glob("callgrind.out.*"):
-        old.unlink()
-
-
-def _read_dump(workdir: Path, dumps: Path | None, kind: str) -> int:
-    """The instructions of the dump just written, which is kept in ``dumps`` when given."""
-    dump = max(workdir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
-    if dumps is not None:
-        dumps.mkdir(parents=True, exist_ok=True)
-        shutil.copy(dump, dumps / f"callgrind.{kind.replace(' ', '-')}")
-    return total_instructions(dump.read_bytes())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
     parser.add_argument("--turns", type=int, default=400, help="turns of each kind")
@@ -299,11 +249,7 @@ def main() -> None:
         default=20,
         help="stored messages before each later turn (0: first turns only)",
     )
-    parser.add_argument(
-        "--instructions", action="store_true", help="count each kind's turns in instructions, under callgrind"
-    )
-    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose runtime runs (this one by default)")
-    parser.add_argument("--dumps", type=Path, help="with --instructions: keep each kind's callgrind dump here")
+    add_counting_arguments(parser)
     args = parser.parse_args()
     run_on_scratch(
         "bench-memory-",
