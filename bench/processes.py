@@ -74,27 +74,20 @@ class ProcessTree:
         return now != {p.pid for p in self.processes} or not all(_alive(p) for p in self.processes)
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for process in self.processes:
-            try:
-                times = process.cpu_times()
-                self._last_cpu[process.pid] = times.user + times.system
-            except psutil.Error:
-                pass
-            total += self._last_cpu.get(process.pid, 0.0)
-        return total
+        return sum(self._cpu_of(process) for process in self.processes)
 
     def worker_cpu_seconds(self) -> list[float]:
-        """Each worker's user + system time, in the order of :attr:`workers` (the last read of one that went)."""
-        seconds = []
-        for process in self.workers:
-            try:
-                times = process.cpu_times()
-                self._last_cpu[process.pid] = times.user + times.system
-            except psutil.Error:
-                pass
-            seconds.append(self._last_cpu.get(process.pid, 0.0))
-        return seconds
+        """Each worker's user + system time, in the order of :attr:`workers`."""
+        return [self._cpu_of(process) for process in self.workers]
+
+    def _cpu_of(self, process: psutil.Process) -> float:
+        """User + system time of ``process``: the last read of it once it has gone."""
+        try:
+            times = process.cpu_times()
+            self._last_cpu[process.pid] = times.user + times.system
+        except psutil.Error:
+            pass
+        return self._last_cpu.get(process.pid, 0.0)
 
     def memory(self) -> TreeMemory:
         rss: dict[int, int] = {}
