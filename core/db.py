@@ -143,10 +143,12 @@ def _fits_this_asyncpg() -> bool:
     Without one of them ``connect_pool`` makes asyncpg's own pool, and only the saving is lost;
     ``tests/test_db_pool.py`` fails then, so that a new asyncpg is looked at.
     """
-    from asyncpg.connection import Connection
-    from asyncpg.pool import PoolConnectionHolder
-    from asyncpg.protocol.protocol import BaseProtocol
-
+    try:
+        from asyncpg.connection import Connection
+        from asyncpg.pool import PoolConnectionHolder
+        from asyncpg.protocol.protocol import BaseProtocol
+    except ImportError:
+        return False
     needed = {
         asyncpg.Pool: ("_acquire", "_check_init", "_closing", "_generation", "_reset"),
         PoolConnectionProxy: ("_con", "_holder"),
