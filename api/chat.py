@@ -205,9 +205,14 @@ class ConversationController(Controller):
         offset: Offset = 0,
     ) -> ConversationsResponse:
         found, total = await resources.conversations.list_for_user(caller.user_id, limit=limit, offset=offset)
-        return ConversationsResponse(
-            conversations=[msgspec.convert(c, ConversationOut, from_attributes=True) for c in found], total=total
-        )
+        # The summary is shown on one conversation only (its GET), never in the list.
+        listed = [
+            ConversationOut(
+                id=c.id, title=c.title, persona_id=c.persona_id, created_at=c.created_at, updated_at=c.updated_at
+            )
+            for c in found
+        ]
+        return ConversationsResponse(conversations=listed, total=total)
 
     @get("/{conversation_id:str}")
     async def get_conversation(

@@ -72,6 +72,11 @@ async def test_a_long_conversation_keeps_its_latest_turns_and_a_summary_within_t
         answers = [m for m in shown["messages"] if m["role"] == "assistant"]
         assert all(m["context"]["used"] <= m["context"]["budget"] == 1200 for m in answers)
         assert answers[-1]["context"]["dropped_turns"] > 0
+        # The list still answers once a conversation has a summary, and shows it on the conversation's GET only.
+        listed = await http.get("/api/v1/chat/conversations", headers=alice.headers)
+        assert listed.status_code == 200, listed.text
+        (row,) = [c for c in listed.json()["conversations"] if c["id"] == conversation_id]
+        assert "summary" not in row and row["title"] and row["persona_id"] == persona["id"]
 
         # The next turn is sent the summary as a system section after the persona's prompt.
         fake_llm.script(chunks=("fine",))
