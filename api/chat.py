@@ -8,7 +8,7 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from api.auth import KEY_IN_QUERY
 from api.body import GuardedRequest
@@ -168,6 +168,18 @@ def _unknown_message(message_id: UUID) -> NotFound:
     return NotFound(f"Message {message_id} not found: check the message id.", field="message_id")
 
 
+def _conversation_out(conversation: Conversation, summary: SummaryOut | UnsetType | None = UNSET) -> ConversationOut:
+    """A conversation as the API shows it: with its summary on its own GET, without one in the list."""
+    return ConversationOut(
+        id=conversation.id,
+        title=conversation.title,
+        persona_id=conversation.persona_id,
+        created_at=conversation.created_at,
+        updated_at=conversation.updated_at,
+        summary=summary,
+    )
+
+
 async def _conversation_response(resources: Resources, conversation: Conversation) -> ConversationResponse:
     """A conversation and its messages, as GET /api/v1/chat/conversations/{id} shows them."""
     messages = await resources.conversations.messages(conversation.id)
@@ -178,16 +190,8 @@ async def _conversation_response(resources: Resources, conversation: Conversatio
             covers_until_message_id=conversation.summary_covers_message_id,
             updated_at=conversation.summary_updated_at,
         )
-    shown = ConversationOut(
-        id=conversation.id,
-        title=conversation.title,
-        persona_id=conversation.persona_id,
-        created_at=conversation.created_at,
-        updated_at=conversation.updated_at,
-        summary=summary,
-    )
     return ConversationResponse(
-        conversation=shown,
+        conversation=_conversation_out(conversation, summary),
         messages=[msgspec.convert(m, MessageOut, from_attributes=True) for m in messages],
     )
 
@@ -205,14 +209,7 @@ class ConversationController(Controller):
         offset: Offset = 0,
     ) -> ConversationsResponse:
         found, total = await resources.conversations.list_for_user(caller.user_id, limit=limit, offset=offset)
-        # The summary is shown on one conversation only (its GET), never in the list.
-        listed = [
-            ConversationOut(
-                id=c.id, title=c.title, persona_id=c.persona_id, created_at=c.created_at, updated_at=c.updated_at
-            )
-            for c in found
-        ]
-        return ConversationsResponse(conversations=listed, total=total)
+        return ConversationsResponse(conversations=[_conversation_out(c) for c in found], total=total)
 
     @get("/{conversation_id:str}")
     async def get_conversation(

@@ -281,8 +281,9 @@ async def _phase(ctx: _Context, target: Target, clients: int, server: ServerProc
     result = summarize(path, load, clients, run, spent, connections, workers=workers, tree_changed=changed)
     if server is not None and shares_at_start:
         used = [end - begun for end, begun in zip(server.tree.worker_cpu_seconds(), shares_at_start, strict=False)]
-        if sum(used) > 0:
-            result.worker_shares = [seconds / sum(used) for seconds in used]
+        total = sum(used)
+        if total > 0:
+            result.worker_shares = [seconds / total for seconds in used]
     return result
 
 

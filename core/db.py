@@ -78,34 +78,25 @@ class _Pool(asyncpg.Pool):
 
     # A query on a connection of its own, as asyncpg's methods run them, without its acquire context and its
     # proxy's method wrapper between the pool and the connection.
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
+    async def _on_a_connection(self, method: str, query: str, args: tuple[Any, ...], **options: Any) -> Any:
         proxy = await self._acquire(None)
         try:
-            result: str = await proxy._con.execute(query, *args, timeout=timeout)
-            return result
+            return await getattr(proxy._con, method)(query, *args, **options)
         finally:
             await self.release(proxy)
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
+        result: str = await self._on_a_connection("execute", query, args, timeout=timeout)
+        return result
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None) -> Any:  # noqa: ASYNC109
-        proxy = await self._acquire(None)
-        try:
-            return await proxy._con.fetch(query, *args, timeout=timeout, record_class=record_class)
-        finally:
-            await self.release(proxy)
+        return await self._on_a_connection("fetch", query, args, timeout=timeout, record_class=record_class)
 
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None) -> Any:  # noqa: ASYNC109
-        proxy = await self._acquire(None)
-        try:
-            return await proxy._con.fetchrow(query, *args, timeout=timeout, record_class=record_class)
-        finally:
-            await self.release(proxy)
+        return await self._on_a_connection("fetchrow", query, args, timeout=timeout, record_class=record_class)
 
     async def fetchval(self, query: str, *args: Any, column: int = 0, timeout: float | None = None) -> Any:  # noqa: ASYNC109
-        proxy = await self._acquire(None)
-        try:
-            return await proxy._con.fetchval(query, *args, column=column, timeout=timeout)
-        finally:
-            await self.release(proxy)
+        return await self._on_a_connection("fetchval", query, args, column=column, timeout=timeout)
 
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's signature)
         if not self._released_now(connection):
