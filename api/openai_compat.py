@@ -224,6 +224,7 @@ def _usage(usage: Usage) -> dict[str, Any]:
 
 
 _encode = msgspec.json.Encoder().encode
+_TEXT_END = b'},"finish_reason":null}]}\n\n'
 
 
 class _Chunks:
@@ -252,11 +253,11 @@ class _Chunks:
         return self._head + b"," + _encode(body)[1:] + b"\n\n"
 
     def encode(self, batch: list[TurnEvent], usage: list[Usage]) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         for event in batch:
             match event:
                 case TextDelta(content=content):
-                    parts.append(self._text + _encode(content) + b'},"finish_reason":null}]}\n\n')
+                    parts += (self._text, _encode(content), _TEXT_END)  # joined once, below
                 case Start():
                     parts.append(self.chunk({"role": "assistant", "content": ""}))
                 case ToolCallDelta():

@@ -207,12 +207,13 @@ class SSESplitter:
         if cut < 0:
             self._buffer = whole
             return []
-        complete = whole[:cut]
-        if not complete.startswith(b"data: "):
+        if not whole.startswith(b"data: "):  # then every blank line is past the prefix: `cut` >= 6
             return None
-        payloads = complete[6:].split(b"\n\ndata: ")
-        # Any other line (an `event:`, a comment, a data line of several) or a blank line more shows up here.
-        if complete.count(b"\n") != 2 * (len(payloads) - 1):
+        payloads = whole[6:cut].split(b"\n\ndata: ")
+        # Any other line (an `event:`, a comment, a data line of several) or a blank line more leaves a line end
+        # inside a payload. Found by one memchr over the joined payloads: counting line ends byte by byte over
+        # the read cost a stream about 2 % of its CPU.
+        if b"\n" in b"".join(payloads):
             return None
         self._buffer = whole[cut + 2 :]
         return payloads

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -406,6 +407,20 @@ def test_the_one_pass_cut_of_plain_data_events_agrees_with_the_general_one(strea
         splitter = SSESplitter()
         pieces = [stream[i : i + size] for i in range(0, len(stream), size)]
         assert [event for piece in pieces for event in _plain_or_general(splitter, piece)] == whole, size
+
+
+def test_the_one_pass_cut_agrees_with_the_general_one_on_random_streams() -> None:
+    rng = random.Random(20261206)
+    lines = [b"data: {}", b"data: x", b"data:", b"data: [DONE]", b"event: e", b": ping", b"id: 1", b"", b"\r"]
+    for _ in range(2_000):
+        stream = b"".join(rng.choice(lines) + rng.choice([b"\n", b"\n\n", b"\n\n"]) for _ in range(rng.randint(1, 12)))
+        whole = SSESplitter().feed(stream)
+        splitter, at, events = SSESplitter(), 0, []
+        while at < len(stream):
+            size = rng.randint(1, len(stream))
+            events += _plain_or_general(splitter, stream[at : at + size])
+            at += size
+        assert events == whole, stream
 
 
 def test_the_one_pass_cut_leaves_other_shapes_to_the_general_one_untouched() -> None:
