@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 
 from core.errors import BadRequest
 from core.events import Start
@@ -14,7 +14,7 @@ from runtime.chat.pipeline import TurnInput
 __all__ = ["MemoryHeader", "persona_headers", "turn_headers", "with_memory"]
 
 # `x-persona-memory: off` keeps a /v1 turn from using the user's memories (contract section 15).
-MemoryHeader = Annotated[str | None, Parameter(header="x-persona-memory", required=False)]
+MemoryHeader = Annotated[str | None, HeaderParameter(name="x-persona-memory", required=False)]
 
 
 def with_memory(turn: TurnInput, header: str | None) -> TurnInput:
