@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import threading
 import time
@@ -47,15 +48,22 @@ __all__ = ["app_from_env", "create_app"]
 
 
 def create_app(
-    settings: Settings, *, registry: ProviderRegistry | None = None, clock: Callable[[], float] = time.time
+    settings: Settings,
+    *,
+    registry: ProviderRegistry | None = None,
+    clock: Callable[[], float] = time.time,
+    settle: bool = False,
 ) -> Litestar:
     """The application; ``registry`` replaces the built-in provider kinds (tests, embedding), ``clock`` the
-    wall time the rate limits' windows are read from (tests)."""
+    wall time the rate limits' windows are read from (tests). ``settle``: the app is its process's only one
+    (``serve``), which keeps what it opened at start for its whole life (:func:`_settle`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_resources(settings, registry, clock=clock) as resources:
             app.state.resources = resources
+            if settle:
+                _settle()
             with _notified_of_sigterm(resources):
                 yield
 
@@ -157,4 +165,16 @@ def app_from_env() -> Litestar:
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     configure_front(FrontLimits(head_timeout=settings.header_timeout_seconds))
-    return create_app(settings)
+    return create_app(settings, settle=True)
+
+
+def _settle() -> None:
+    """Take what the process holds once started (modules, tokenizers' tables, the app) out of the cyclic
+    garbage collector's way: collected once, then frozen (``gc.freeze``), so later collections no longer
+    walk its ~157,000 objects. Those walks were a seventh of a turn's instructions for a persona with a 500-entry
+    lorebook (``python -m bench.lore --instructions``: 4.91 M -> 4.22 M a turn), and each full collection
+    paused the process for 35-45 ms.
+    Nothing frozen is ever freed, which is why only a served process does it: everything it holds at this
+    point lives until it exits."""
+    gc.collect()
+    gc.freeze()
