@@ -9,11 +9,13 @@ and encoding a dict per message on every turn. The bytes are exactly what encodi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import msgspec
 
 from providers.base import ChatMessage
 
-__all__ = ["encode_array", "plain", "plain_fragment"]
+__all__ = ["encode_array", "fragments", "plain", "plain_fragment"]
 
 _encode = msgspec.json.Encoder().encode
 # What the kept fragments hold at most (bytes of JSON); past it the oldest go first.
@@ -43,6 +45,28 @@ def plain_fragment(message: ChatMessage) -> bytes:
     return fragment
 
 
+def fragments(messages: Iterable[ChatMessage], other: Callable[[ChatMessage], bytes], out: list[bytes]) -> list[bytes]:
+    """``out`` with each message's JSON after it: a plain message's fragment (:func:`plain_fragment`), any other's
+    written by ``other``. A message kept from an earlier turn costs one lookup (messages are immutable, so one
+    kept was plain when it was encoded)."""
+    found_by_id = _kept.get
+    for message in messages:
+        found = found_by_id(id(message))
+        if found is not None and found[0] is message:
+            out.append(found[1])
+        elif plain(message):
+            out.append(plain_fragment(message))
+        else:
+            out.append(other(message))
+    return out
+
+
 def encode_array(fragments: list[bytes]) -> msgspec.Raw:
-    """A JSON array of already encoded items, to be spliced into a body as it is encoded."""
-    return msgspec.Raw(b"[" + b",".join(fragments) + b"]")
+    """A JSON array of already encoded items, to be spliced into a body as it is encoded: the items are copied
+    once (the brackets go onto the first and last, not around the joined whole)."""
+    if not fragments:
+        return msgspec.Raw(b"[]")
+    if len(fragments) == 1:
+        return msgspec.Raw(b"[" + fragments[0] + b"]")
+    edges = [b"[" + fragments[0], *fragments[1:-1], fragments[-1] + b"]"]
+    return msgspec.Raw(b",".join(edges))

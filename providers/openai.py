@@ -11,7 +11,7 @@ from core.errors import ProviderUnavailable
 from core.events import Finish, ProviderEvent, TextDelta, ToolCallDelta, Usage
 from providers import _upstream
 from providers._adapter import HttpAdapter, sdk_headers
-from providers._fragments import encode_array, plain, plain_fragment
+from providers._fragments import encode_array, fragments
 from providers.base import NO_OPTIONS, ChatMessage, Image, Options, ProviderRequest, ToolChoice, ToolSpec
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "OpenAIProvider"]
@@ -91,6 +91,10 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     if message.images:
         return {"role": message.role, "content": [_part(piece) for piece in message.pieces()]}
     return {"role": message.role, "content": message.content or ""}
+
+
+def _encode_message(message: ChatMessage) -> bytes:
+    return _encode(_message(message))
 
 
 def _part(piece: str | Image) -> dict[str, Any]:
@@ -238,8 +242,7 @@ class OpenAIProvider(HttpAdapter):
         parts: list[bytes] = []
         if request.system is not None:
             parts.append(_encode({"role": "system", "content": request.system}))
-        for m in request.messages:
-            parts.append(plain_fragment(m) if plain(m) else _encode(_message(m)))
+        fragments(request.messages, _encode_message, parts)
         return _encode(self._body(request, encode_array(parts)))
 
     def _body(self, request: ProviderRequest, messages: Any) -> dict[str, Any]:

@@ -19,8 +19,11 @@ What was decided is the :class:`ContextAccount`, which render answers and each s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import attrgetter
 from typing import Any, Protocol
 
 import msgspec
@@ -64,6 +67,10 @@ SUMMARY_KEEPS = 0.65
 SUMMARY_AT = 0.9
 # System texts whose token count is kept (the oldest counted goes first).
 _COUNTED = 1024
+
+_tokens = attrgetter("tokens")
+_role = attrgetter("role")
+_message = attrgetter("message")
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True):
@@ -346,13 +353,12 @@ class ContextBuilder:
         uncovered = due = False
         dropped = 0
         if conversation is not None and self.history_messages > 0:
-            turns, spent, uncovered, mark = _fit(rows, more, left, ratio, int(left * SUMMARY_KEEPS))
-            due = uncovered or (spent > left * SUMMARY_AT and mark is not None and mark != turns[-1][0].seq)
-            for turn in reversed(turns):
-                history.extend(r.message for r in turn)
-            if turns:
-                oldest = turns[-1][0].seq
-                kept_turns = sum(1 for turn in turns if turn[0].role == "user")
+            fitted, spent, uncovered, mark = _fit(rows, more, left, ratio, int(left * SUMMARY_KEEPS))
+            due = uncovered or (spent > left * SUMMARY_AT and mark is not None and mark != fitted[-1].seq)
+            if fitted:
+                history = list(map(_message, reversed(fitted)))
+                oldest = fitted[-1].seq
+                kept_turns = list(map(_role, fitted)).count("user")
                 sections.append(Section(kind="history", tokens=spent, items=len(history)))
                 left -= spent
                 droppable += spent
@@ -495,29 +501,42 @@ def _message_size(message: ChatMessage) -> int:
 
 def _fit(
     rows: list[WindowRow], more: bool, left: int, ratio: float, keep: int
-) -> tuple[list[list[WindowRow]], int, bool, int | None]:
-    """Whole turns from ``rows`` (newest first) while they fit in ``left``: each turn a user message and the
-    answers after it (a conversation's opening greeting is a turn of its own). Returns the turns, newest first,
-    their tokens, whether stored messages were left out (``more``: the walk stopped before the start), and the
-    first seq of the oldest turn within ``keep`` tokens (else of the newest turn; None when none fits)."""
-    turns: list[list[WindowRow]] = []
-    spent = 0
-    group: list[WindowRow] = []
-    cost = 0
-    mark: int | None = None
+) -> tuple[list[WindowRow], int, bool, int | None]:
+    """The newest rows (newest first) that make whole turns within ``left``: each turn a user message and the
+    answers after it (a conversation's opening greeting is a turn of its own). Returns those rows, their tokens,
+    whether stored messages were left out (``more``: the walk stopped before the start), and the first seq of
+    the oldest turn within ``keep`` tokens (else of the newest turn; None when none fits).
+
+    By the running totals of the rows' costs (never negative, so they only grow): what fits is found by
+    bisection and the turns' edges near it, not by a walk over every row."""
+    if not rows:
+        return rows, 0, more, None
+    costs: Iterable[int] = map(_tokens, rows)
+    if ratio != 1.0:  # an estimated count, corrected for the conversation (a model's own: the stored counts)
+        costs = (int(tokens * ratio + 0.999) for tokens in costs)
+    sums = list(accumulate(costs))
     last = len(rows) - 1
-    exact = ratio == 1.0  # a model with its own tokenizer: the stored counts as they are
-    for index, row in enumerate(rows):
-        group.append(row)
-        cost += row.tokens if exact else int(row.tokens * ratio + 0.999)
-        if not (row.role == "user" or (index == last and not more)):
-            continue
-        if spent + cost > left:
-            return turns, spent, True, mark
-        group.reverse()
-        turns.append(group)
-        spent += cost
-        if spent <= keep or mark is None:
-            mark = row.seq
-        group, cost = [], 0
-    return turns, spent, more or bool(group), mark
+    end = _edge(rows, bisect_right(sums, left) - 1, last, more)
+    if end < 0:
+        return [], 0, True, None
+    edge = _edge(rows, bisect_right(sums, keep, hi=end + 1) - 1, last, more)
+    if edge < 0:  # the newest turn alone is past ``keep``
+        edge = _edge_after(rows, end, last, more)
+    kept = rows[: end + 1] if end < last else rows
+    return kept, sums[end], more or end < last, rows[edge].seq
+
+
+def _edge(rows: list[WindowRow], index: int, last: int, more: bool) -> int:
+    """The last row of a whole turn at or before ``index`` (newest first: a turn ends at its user message, or at
+    the conversation's first message); -1 when none is."""
+    while index >= 0 and rows[index].role != "user" and (index != last or more):
+        index -= 1
+    return index
+
+
+def _edge_after(rows: list[WindowRow], end: int, last: int, more: bool) -> int:
+    """The newest turn's last row, which lies at or before ``end`` (itself the end of a turn)."""
+    index = 0
+    while rows[index].role != "user" and (index != last or more) and index < end:
+        index += 1
+    return index
