@@ -444,3 +444,135 @@ def test_providers_length_refusals_are_recognised_with_their_overshoot(message, 
         error_for_status("openai", 400, httpx.Headers(), {"error": {"message": "bad model"}}, None),
         ProviderContextExceeded,
     )
+
+
+async def test_a_turn_starts_from_this_instances_copy_of_its_conversation_and_misses_nothing_stored_elsewhere(
+    database_url, redis_url, fake_llm, make_user
+):
+    from api.app import create_app
+
+    app = create_app(make_settings(database_url, redis_url, env=llm_env(fake_llm)))
+    async with running(app) as http:
+        resources = app.state.resources
+        store: ConversationStore = resources.conversations
+        alice = await make_user("alice")
+        persona = await make_persona(http, alice, model_settings={"provider": "local", "context_window": 16000})
+        copied: list[bool] = []
+        read = store.get
+
+        async def get(*args, **kwargs):  # what each turn started from: this instance's copy, or a read
+            found = await read(*args, **kwargs)
+            if kwargs.get("for_turn"):
+                copied.append(found.copied)
+            return found
+
+        store.get = get  # type: ignore[method-assign]
+
+        async def turn(text: str, conversation_id: str | None = None) -> httpx.Response:
+            fake_llm.script(chunks=(f"answer to {text}",))
+            body = {"message": text, "persona_id": persona["id"]}
+            if conversation_id:
+                body["conversation_id"] = conversation_id
+            return await http.post(CHAT, json=body, headers=alice.headers)
+
+        def sent() -> list[str]:
+            return [m["content"] for m in fake_llm.chat_requests()[-1].body["messages"] if m["role"] != "system"]
+
+        conversation_id = (await turn("one")).json()["conversation_id"]
+        for text in ("two", "three"):
+            assert (await turn(text, conversation_id)).status_code == 200
+        # The first turn on the conversation read it; the next ones started from what the turn before left here.
+        assert copied == [False, True]
+        assert sent() == ["one", "answer to one", "two", "answer to two", "three"]
+
+        # A summary saved here leaves the copy as good as it was, and the next turn is sent it.
+        shown = await conversation(http, alice, conversation_id)
+        first = shown["messages"][1]
+        await store.save_summary(
+            UUID(conversation_id),
+            summary="They said one.",
+            tokens=5,
+            covers_seq=await resources.pool.fetchval("SELECT seq FROM messages WHERE id = $1", UUID(first["id"])),
+            covers_message_id=UUID(first["id"]),
+            folded_seq=None,
+        )
+        assert (await turn("four", conversation_id)).status_code == 200
+        assert copied[-1] is True
+        assert SUMMARY_HEADING in fake_llm.chat_requests()[-1].body["messages"][0]["content"]
+        assert sent()[:2] == ["two", "answer to two"] and sent()[-1] == "four"
+
+        # Another instance stores a turn: the turn planned here from the copy is planned again from a read, and
+        # sent what the other instance stored, which is kept once and in order.
+        there = ConversationStore(resources.pool)
+        elsewhere = await there.get(alice.user.id, UUID(conversation_id))
+        _, answer_id = await there.begin_turn(
+            user_id=alice.user.id,
+            conversation=elsewhere,
+            message="asked elsewhere",
+            persona_id=elsewhere.persona_id,
+            persona_version=elsewhere.persona_version or 1,
+            persona_source="conversation",
+            provider="echo",
+            model="echo",
+            tokens=8,
+        )
+        await there.finish_answer(
+            answer_id,
+            content="answered elsewhere",
+            status="complete",
+            provider="echo",
+            model="echo",
+            usage=None,
+            latency_ms=1,
+            finish_reason="stop",
+            tool_calls=None,
+            error=None,
+            tokens=8,
+        )
+        before = len(copied)
+        r = await turn("five", conversation_id)
+        assert r.status_code == 200, r.text
+        assert copied[before:] == [True, False]
+        assert sent()[-5:] == [
+            "four",
+            "answer to four",
+            "asked elsewhere",
+            "answered elsewhere",
+            "five",
+        ]
+        stored = [m["content"] for m in (await conversation(http, alice, conversation_id))["messages"]]
+        assert stored[-4:] == ["asked elsewhere", "answered elsewhere", "five", "answer to five"]
+        assert stored.count("five") == 1
+        # Changed elsewhere once, the conversation is read before each of its turns here from now on.
+        assert (await turn("six", conversation_id)).status_code == 200
+        assert copied[-1] is False
+
+        # Two turns at once here: the second is read while the first answer is still being written, and neither
+        # leaves a copy that would lack the other's answer.
+        fresh = (await turn("a start")).json()["conversation_id"]
+        fake_llm.script(chunks=("slow", " answer"), chunk_delay=0.3)
+        slow = asyncio.create_task(
+            http.post(CHAT, json={"message": "slow question", "conversation_id": fresh}, headers=alice.headers)
+        )
+        await asyncio.sleep(0.1)
+        assert (await turn("quick question", fresh)).status_code == 200
+        assert (await slow).status_code == 200
+        assert (await turn("after both", fresh)).status_code == 200
+        assert sent()[-5:] == [
+            "slow question",
+            "slow answer",
+            "quick question",
+            "answer to quick question",
+            "after both",
+        ]
+
+        # A conversation deleted elsewhere: the turn planned from the copy stores nothing and is a 404.
+        other = (await turn("first words")).json()["conversation_id"]
+        assert (await turn("second words", other)).status_code == 200
+        await there.delete(alice.user.id, UUID(other))
+        r = await turn("into the void", other)
+        assert r.status_code == 404 and r.json()["error"]["field"] == "conversation_id", r.text
+        # The second turn read the conversation, the third started from the copy; its read again found nothing.
+        assert copied[-2:] == [False, True]
+        left = await resources.pool.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", UUID(other))
+        assert left == 0

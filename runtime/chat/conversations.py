@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from bisect import bisect_right
 from collections import OrderedDict
@@ -18,12 +19,20 @@ import msgspec
 from core.errors import Interrupted, NotFound
 from providers import ChatMessage
 
-__all__ = ["Conversation", "ConversationStore", "MessageState", "MessageStatus", "StoredMessage", "WindowRow"]
+__all__ = [
+    "Conversation",
+    "ConversationStore",
+    "MessageState",
+    "MessageStatus",
+    "StaleConversation",
+    "StoredMessage",
+    "WindowRow",
+]
 
 MessageStatus = Literal["pending", "complete", "incomplete", "error"]
 
 _CONVERSATION = """id, title, persona_id, persona_version, created_at, updated_at, user_turns, token_ratio, summary,
-    summary_tokens, summary_covers_seq, summary_covers_message_id, summary_updated_at, lore_state"""
+    summary_tokens, summary_covers_seq, summary_covers_message_id, summary_updated_at, lore_state, revision"""
 _MESSAGE = """id, role, content, status, persona_id, persona_version, persona_source, variant, provider, model,
     usage, latency_ms, finish_reason, tool_calls, context, created_at"""
 
@@ -38,28 +47,30 @@ DELETE_CONVERSATION = "DELETE FROM conversations WHERE id = $1 AND user_id = $2"
 _QUESTION_AND_ANSWER = """
 question AS (
     INSERT INTO messages (conversation_id, role, content, persona_id, persona_version, persona_source, tokens)
-    SELECT id, 'user', $2, $3, $4, $5, $9 FROM conversation RETURNING conversation_id
+    SELECT id, 'user', $2, $3, $4, $5, $9 FROM conversation RETURNING conversation_id, seq
 ), answer AS (
     INSERT INTO messages (conversation_id, role, status, persona_id, persona_version, persona_source, provider, model,
                           lease_until, variant, streamed)
     SELECT conversation_id, 'assistant', 'pending', $3, $4, $5, $6, $7, clock_timestamp() + $8 * interval '1 second',
            $12, $13
-    FROM question RETURNING id
+    FROM question RETURNING id, seq
 )"""
+_BEGUN = "conversation.*, answer.id AS answer_id, question.seq AS question_seq, answer.seq AS answer_seq"
 BEGIN_TURN_NEW = f"""
 WITH conversation AS (
     INSERT INTO conversations (user_id, title, persona_id, persona_version, user_turns, lore_state)
     VALUES ($1, $10, $3, $4, 1, $11)
     RETURNING {_CONVERSATION}
 ), {_QUESTION_AND_ANSWER}
-SELECT conversation.*, answer.id AS answer_id FROM conversation, answer"""
+SELECT {_BEGUN} FROM conversation, question, answer"""
+# On a copy of the conversation ($14: its revision, else null), only while it is still the revision stored.
 BEGIN_TURN_EXISTING = f"""
 WITH conversation AS (
     UPDATE conversations SET updated_at = now(), user_turns = user_turns + 1,
         lore_state = CASE WHEN $10::boolean THEN $11::jsonb ELSE lore_state END
-    WHERE id = $1 RETURNING {_CONVERSATION}
+    WHERE id = $1 AND ($14::bigint IS NULL OR revision = $14) RETURNING {_CONVERSATION}
 ), {_QUESTION_AND_ANSWER}
-SELECT conversation.*, answer.id AS answer_id FROM conversation, answer"""
+SELECT {_BEGUN} FROM conversation, question, answer"""
 # A conversation the persona opens: its greeting ($5; none when null) is the first message, the persona's own.
 START_CONVERSATION = f"""
 WITH conversation AS (
@@ -78,10 +89,15 @@ UPDATE messages SET content = $2, status = $3, provider = $4, model = $5, usage 
     finish_reason = $8, tool_calls = $9, error = $10, lease_until = NULL, tokens = $11, context = $12
 WHERE id = $1 AND status = 'pending'"""
 FINISH_ANSWER = _FINISH
-# The same, with the conversation's correction of estimated token counts ($13) in the same statement.
+# The same, with the conversation's correction of estimated token counts ($13) in the same statement: whether
+# the answer was saved, and the conversation's revision when the correction changed it (null: it was the same).
 FINISH_ANSWER_RATIO = f"""
-WITH answer AS ({_FINISH} RETURNING conversation_id)
-UPDATE conversations SET token_ratio = $13 FROM answer WHERE conversations.id = answer.conversation_id"""
+WITH answer AS ({_FINISH} RETURNING conversation_id), corrected AS (
+    UPDATE conversations SET token_ratio = $13 FROM answer
+    WHERE conversations.id = answer.conversation_id AND token_ratio IS DISTINCT FROM $13
+    RETURNING conversations.revision
+)
+SELECT EXISTS (SELECT FROM answer) AS saved, (SELECT revision FROM corrected) AS revision"""
 # ``ended_ago``: seconds since the answer ended (its start plus how long it took), NULL while it runs.
 GET_MESSAGE_STATE = """
 SELECT m.status, m.finish_reason, m.error, m.streamed,
@@ -149,15 +165,23 @@ SELECT {_CONVERSATION}, since.* FROM conversations CROSS JOIN LATERAL (
           WHERE conversation_id = conversations.id AND seq > $3 ORDER BY seq DESC LIMIT $4) recent
 ) since
 WHERE id = $1 AND user_id = $2"""
-# The messages a new summary folds in: after the summary's last ($2), before the oldest one sent ($3).
-UNSUMMARIZED = f"""
-SELECT id, seq, role, content FROM messages WHERE {_SENDABLE} AND seq < $3 ORDER BY seq LIMIT $4"""
-SUMMARY_STATE = "SELECT summary, summary_covers_seq FROM conversations WHERE id = $1"
+# The summary a new one folds, with the messages it folds in (after the summary's last, before $2; at most $3):
+# one row without a message when there is none, no row when the conversation is gone.
+SUMMARY_STATE = """
+SELECT c.summary, c.summary_covers_seq, m.id, m.seq, m.role, m.content FROM conversations c
+LEFT JOIN LATERAL (
+    SELECT id, seq, role, content FROM messages
+    WHERE conversation_id = c.id AND seq > coalesce(c.summary_covers_seq, 0) AND seq < $2
+      AND status IN ('complete', 'incomplete') AND content <> ''
+    ORDER BY seq LIMIT $3
+) m ON true
+WHERE c.id = $1"""
 # Written only over the summary it folded ($6), so a slower writer never replaces a newer summary.
 SAVE_SUMMARY = """
 UPDATE conversations SET summary = $2, summary_tokens = $3, summary_covers_seq = $4, summary_covers_message_id = $5,
     summary_updated_at = now()
-WHERE id = $1 AND summary_covers_seq IS NOT DISTINCT FROM $6"""
+WHERE id = $1 AND summary_covers_seq IS NOT DISTINCT FROM $6
+RETURNING summary_updated_at"""
 
 
 _STOPPED = Interrupted(
@@ -196,6 +220,11 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     summary_updated_at: datetime | None = None
     # Lorebook entries' timed effects: entry id → [active through turn, kept out through turn].
     lore_state: dict[str, list[int]] | None = None
+    # Changes to the conversation's row so far (a turn, a summary, a correction of its counts).
+    revision: int = 0
+    # Whether this is the instance's copy, as its last turn here left it, rather than a read: a turn on it is
+    # stored only if the revision is still this one (:class:`StaleConversation` otherwise).
+    copied: bool = False
 
 
 class WindowRow(msgspec.Struct, frozen=True):
@@ -229,6 +258,27 @@ class _Window:
     chars: int
     # What a turn's read of the conversation found stored after ``through`` (when, and the rows), for its window.
     since: tuple[int, float, list[tuple[Any, ...]]] | None = None
+    # Whether the read that made it found no answer pending: then it holds everything stored through ``through``.
+    settled: bool = False
+    # The conversation as this instance's last turn on it left it (whose user, and when), once that turn's answer
+    # was saved here: the next turn here starts from it without a read (:meth:`ConversationStore.get`).
+    copy: tuple[UUID, Conversation, float] | None = None
+
+
+@dataclass
+class _Begun:
+    """A turn stored on a window that held everything before it: when its answer is saved here, the window and
+    the conversation are known through that answer without a read."""
+
+    conversation: Conversation
+    user_id: UUID
+    window: _Window
+    question: WindowRow | None
+    answer_seq: int
+
+
+class StaleConversation(Exception):
+    """The conversation changed since this instance's copy of it was made: the turn is planned again from a read."""
 
 
 class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -260,8 +310,22 @@ _CACHED_CHARS = 32_000_000
 # window right after; a read that no window followed is not used later.
 _SINCE_FRESH = 1.0
 
+# Turns awaiting their answer's save, and conversations found changed elsewhere, kept at most (the oldest go).
+_BEGUN_KEPT = 10_000
+_SHARED_KEPT = 10_000
+# How long a conversation found changed elsewhere is read before each turn rather than taken from a copy.
+_SHARED_SECONDS = 600.0
+
 _tokens = attrgetter("tokens")
 _content = attrgetter("content")
+
+
+def _stored_tokens(content: str, tokens: int | None) -> int:
+    """A message's tokens as a window reads them: the stored count, else the estimate of its UTF-8 size (as
+    ``_TOKENS`` computes it in SQL)."""
+    if tokens is not None:
+        return tokens
+    return math.ceil(len(content.encode()) / 3.5) + 4
 
 
 def _walk(rows: list[WindowRow], budget: int, limit: int) -> tuple[list[WindowRow], bool]:
@@ -304,11 +368,28 @@ class ConversationStore:
         self.cached_windows = cached_windows
         self._windows: OrderedDict[UUID, _Window] = OrderedDict()
         self._chars = 0
+        # Turns stored on a settled window, by answer id, until their answer is saved (:class:`_Begun`).
+        self._begun: OrderedDict[UUID, _Begun] = OrderedDict()
+        # Conversations whose copy was found stale (when): turns on them elsewhere too, so they are read first.
+        self._shared: OrderedDict[UUID, float] = OrderedDict()
 
-    async def get(self, user_id: UUID, conversation_id: UUID, *, for_turn: bool = False) -> Conversation:
+    async def get(
+        self, user_id: UUID, conversation_id: UUID, *, for_turn: bool = False, copy: bool = False
+    ) -> Conversation:
         """The user's conversation. ``for_turn``: a turn's, whose window is read next; when a copy of it is kept,
-        what was stored since is read with it (one round trip)."""
+        what was stored since is read with it (one round trip).
+
+        ``copy``: a turn that will be stored. When this instance's last turn on the conversation left a copy of
+        it (the turn was stored on a window holding everything before it, and its answer saved here), the copy
+        is the answer, without a read: the turn is then stored only if nothing changed meanwhile
+        (:meth:`begin_turn` raises :class:`StaleConversation`, and the turn is planned again from a read)."""
         kept = self._windows.get(conversation_id) if for_turn else None
+        if copy and kept is not None and kept.copy is not None:
+            owner, copied, _ = kept.copy
+            kept.copy = None  # one turn starts from a copy; what it stores makes the next
+            if owner == user_id:
+                kept.since = (kept.through, time.monotonic(), [])
+                return copied
         if kept is None:
             record = await self._pool.fetchrow(GET_CONVERSATION, conversation_id, user_id)
         else:
@@ -365,7 +446,8 @@ class ConversationStore:
         more = bool(records) and (records[-1]["total"] > spare or len(records) >= limit)
         kept = [r for r in rows if pending is None or r.seq < pending]
         through = pending - 1 if pending is not None else (rows[0].seq if rows else after_seq)
-        self._keep(conversation_id, _Window(after_seq, through, kept, not more, 0), budget, limit)
+        window = _Window(after_seq, through, kept, not more, 0, settled=bool(records) and pending is None)
+        self._keep(conversation_id, window, budget, limit)
         return _walk(rows, budget, limit)
 
     async def _extend(
@@ -394,7 +476,8 @@ class ConversationStore:
             return None  # the copy ran out before the window did
         finished = [r for r in fresh if r.seq < pending] if pending is not None else fresh
         through = pending - 1 if pending is not None else (records[0][0] if records else kept.through)
-        self._keep(conversation_id, _Window(after_seq, through, [*finished, *older], kept.complete, 0), budget, limit)
+        window = _Window(after_seq, through, [*finished, *older], kept.complete, 0, settled=pending is None)
+        self._keep(conversation_id, window, budget, limit)
         return found
 
     def _keep(self, conversation_id: UUID, window: _Window, budget: int, limit: int) -> None:
@@ -418,15 +501,17 @@ class ConversationStore:
         while len(windows) > self.cached_windows or self._chars > _CACHED_CHARS:
             self._chars -= windows.popitem(last=False)[1].chars
 
-    async def unsummarized(
-        self, conversation_id: UUID, *, after_seq: int, before_seq: int, limit: int
-    ) -> list[asyncpg.Record]:
-        """The messages after ``after_seq`` and before ``before_seq``, oldest first, at most ``limit``."""
-        return await self._pool.fetch(UNSUMMARIZED, conversation_id, after_seq, before_seq, limit)
-
-    async def summary_state(self, conversation_id: UUID) -> tuple[str | None, int | None] | None:
-        record = await self._pool.fetchrow(SUMMARY_STATE, conversation_id)
-        return None if record is None else (record["summary"], record["summary_covers_seq"])
+    async def summary_state(
+        self, conversation_id: UUID, *, before_seq: int, limit: int
+    ) -> tuple[str | None, int | None, list[asyncpg.Record]] | None:
+        """The conversation's summary, the last message it covers, and the sendable messages after that one and
+        before ``before_seq`` (oldest first, at most ``limit``: ``id``, ``seq``, ``role``, ``content``), in one
+        read; None when the conversation is gone."""
+        records = await self._pool.fetch(SUMMARY_STATE, conversation_id, before_seq, limit)
+        if not records:
+            return None
+        first = records[0]
+        return first["summary"], first["summary_covers_seq"], [r for r in records if r["seq"] is not None]
 
     async def save_summary(
         self,
@@ -440,10 +525,24 @@ class ConversationStore:
     ) -> bool:
         """Keep ``summary`` (through message ``covers_seq``) unless another summary was saved since the one it
         folded (``folded_seq``); whether it was kept."""
-        result = await self._pool.execute(
+        record = await self._pool.fetchrow(
             SAVE_SUMMARY, conversation_id, summary, tokens, covers_seq, covers_message_id, folded_seq
         )
-        return result.endswith(" 1")
+        if record is None:
+            return False
+        window = self._windows.get(conversation_id)
+        if window is not None and window.copy is not None:  # the next turn here starts from the new summary
+            owner, copied, at = window.copy
+            copied = msgspec.structs.replace(
+                copied,
+                summary=summary,
+                summary_tokens=tokens,
+                summary_covers_seq=covers_seq,
+                summary_covers_message_id=covers_message_id,
+                summary_updated_at=record["summary_updated_at"],
+            )
+            window.copy = (owner, copied, at)
+        return True
 
     async def delete(self, user_id: UUID, conversation_id: UUID) -> None:
         result = await self._pool.execute(DELETE_CONVERSATION, conversation_id, user_id)
@@ -501,16 +600,59 @@ class ConversationStore:
                 BEGIN_TURN_NEW, user_id, *args, title_for(message), lore_state, variant, streamed
             )
         else:
+            expected = conversation.revision if conversation.copied else None
             record = await self._pool.fetchrow(
-                BEGIN_TURN_EXISTING, conversation.id, *args, lore_state is not None, lore_state, variant, streamed
+                BEGIN_TURN_EXISTING,
+                conversation.id,
+                *args,
+                lore_state is not None,
+                lore_state,
+                variant,
+                streamed,
+                expected,
             )
+            if record is None and expected is not None:
+                # Changed (or deleted) since the copy: nothing was stored, and this conversation is read from now on.
+                self._shared[conversation.id] = time.monotonic()
+                while len(self._shared) > _SHARED_KEPT:
+                    self._shared.popitem(last=False)
+                raise StaleConversation(str(conversation.id))
             if record is None:  # deleted since it was read
                 raise NotFound(
                     f"Conversation {conversation.id} not found: check `conversation_id`.", field="conversation_id"
                 )
         values = dict(record)
         answer_id = values.pop("answer_id")
-        return msgspec.convert(values, Conversation, strict=False), answer_id
+        question_seq, answer_seq = values.pop("question_seq"), values.pop("answer_seq")
+        stored = msgspec.convert(values, Conversation, strict=False)
+        if conversation is not None:
+            self._began(stored, conversation.revision, user_id, answer_id, message, tokens, question_seq, answer_seq)
+        return stored, answer_id
+
+    def _began(
+        self,
+        stored: Conversation,
+        read_revision: int,
+        user_id: UUID,
+        answer_id: UUID,
+        message: str,
+        tokens: int | None,
+        question_seq: int,
+        answer_seq: int,
+    ) -> None:
+        """Note a turn stored on a window that held everything before it (nothing pending when it was read, and
+        no change to the conversation between that read and this turn), so that its saved answer completes it."""
+        window = self._windows.get(stored.id)
+        if window is None or not window.settled or stored.revision != read_revision + 1:
+            return
+        if stored.id in self._shared:
+            if time.monotonic() - self._shared[stored.id] < _SHARED_SECONDS:
+                return
+            del self._shared[stored.id]
+        question = _row(question_seq, "user", message, _stored_tokens(message, tokens)) if message else None
+        self._begun[answer_id] = _Begun(stored, user_id, window, question, answer_seq)
+        while len(self._begun) > _BEGUN_KEPT:
+            self._begun.popitem(last=False)
 
     async def finish_answer(
         self,
@@ -532,10 +674,52 @@ class ConversationStore:
         """Save how the answer ended; ``tokens`` is what it costs in a later context, ``context`` the account
         of what it was given, and ``token_ratio`` the conversation's new correction of estimated counts."""
         args = (message_id, content, status, provider, model, usage, latency_ms, finish_reason, tool_calls, error)
+        begun = self._begun.pop(message_id, None)
+        revision: int | None = None
         if token_ratio is None:
-            await self._pool.execute(FINISH_ANSWER, *args, tokens, context)
+            saved = (await self._pool.execute(FINISH_ANSWER, *args, tokens, context)).endswith(" 1")
         else:
-            await self._pool.execute(FINISH_ANSWER_RATIO, *args, tokens, context, token_ratio)
+            record = await self._pool.fetchrow(FINISH_ANSWER_RATIO, *args, tokens, context, token_ratio)
+            saved, revision = record["saved"], record["revision"]
+        if begun is not None and saved:
+            self._finished(begun, revision, content, status, tokens, token_ratio)
+
+    def _finished(
+        self,
+        begun: _Begun,
+        corrected: int | None,
+        content: str,
+        status: MessageStatus,
+        tokens: int | None,
+        token_ratio: float | None,
+    ) -> None:
+        """The window and the conversation through a turn's saved answer, kept as the copy the next turn starts
+        from (``corrected``: the revision the answer's correction of token counts made, None when it made none).
+
+        The copy is the conversation as the turn stored it: what changed since elsewhere makes the next turn on it
+        stale, and that turn is planned again from a read (:meth:`begin_turn`). A correction whose revision shows
+        another change too leaves no copy."""
+        conversation = begun.conversation
+        window = begun.window
+        if self._windows.get(conversation.id) is not window:  # read again since (or dropped): that read knows better
+            return
+        revision = conversation.revision
+        if corrected is not None:
+            if corrected != revision + 1:
+                return
+            revision = corrected
+        fresh = [begun.question] if begun.question is not None else []
+        if content and status in ("complete", "incomplete"):
+            fresh.insert(0, _row(begun.answer_seq, "assistant", content, _stored_tokens(content, tokens)))
+        if fresh:
+            window.rows = [*fresh, *window.rows]
+            added = sum(len(r.content) for r in fresh)
+            window.chars += added
+            self._chars += added
+        window.through = begun.answer_seq
+        if token_ratio is not None:
+            conversation = msgspec.structs.replace(conversation, token_ratio=token_ratio, revision=revision)
+        window.copy = (begun.user_id, msgspec.structs.replace(conversation, copied=True), time.monotonic())
 
     async def message_state(self, user_id: UUID, message_id: UUID) -> MessageState | None:
         """The status of the caller's answer ``message_id``; None for another user's or an unknown one."""

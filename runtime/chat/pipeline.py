@@ -30,7 +30,7 @@ from providers import NO_OPTIONS, ChatMessage, Options, ProviderRequest, Provide
 from runtime.access.limits import Admission, Limiter
 from runtime.chat.collector import TurnResult
 from runtime.chat.context import Built, ContextBuilder
-from runtime.chat.conversations import Conversation, ConversationStore, MessageState
+from runtime.chat.conversations import Conversation, ConversationStore, MessageState, StaleConversation
 from runtime.chat.frames import ChatFrames, chat_body, record
 from runtime.chat.leases import Leases
 from runtime.chat.lore import TurnLore, lore_for
@@ -246,11 +246,12 @@ class ChatPipeline:
     # resolve → plan ---------------------------------------------------------------------------------
 
     async def resolve(
-        self, caller: Caller, turn: TurnInput
+        self, caller: Caller, turn: TurnInput, *, copy: bool = False
     ) -> tuple[Persona, PersonaSource, Conversation | None, Variant]:
-        """Which persona answers, in which version, and why; and the caller's conversation the turn belongs to."""
+        """Which persona answers, in which version, and why; and the caller's conversation the turn belongs to
+        (``copy``: this instance's copy of it may stand in for a read, for a turn that is stored)."""
         conversation = (
-            await self.conversations.get(caller.user_id, turn.conversation_id, for_turn=True)
+            await self.conversations.get(caller.user_id, turn.conversation_id, for_turn=True, copy=copy)
             if turn.conversation_id
             else None
         )
@@ -270,15 +271,18 @@ class ChatPipeline:
         persona, variant = await serve_version(self.personas, caller, persona, selector, field=field)
         return persona, source, conversation, variant
 
-    async def plan(self, caller: Caller, turn: TurnInput, *, exact: bool = False) -> TurnPlan:
+    async def plan(self, caller: Caller, turn: TurnInput, *, exact: bool = False, again: bool = False) -> TurnPlan:
         """Everything about a turn short of calling the provider: the persona and why, the routes, the request.
 
         The turn's input is checked first (a 400 or 413 naming the client's field), before anything is read;
         then its context is built within the model's budget (a 400 ``context_overflow`` when what is never
         dropped does not fit). ``exact`` counts every part's tokens even where a bound shows it fits (render).
+        A turn that is stored may start from this instance's copy of its conversation, unless ``again`` (the copy
+        was found stale when the turn was stored: it is planned once more, from a read).
         """
         turn.check(self.max_message_chars)
-        persona, source, conversation, variant = await self.resolve(caller, turn)
+        copy = turn.store and not exact and not again
+        persona, source, conversation, variant = await self.resolve(caller, turn, copy=copy)
         turn.check_images(persona)
         routes = plan_routes(persona, self.providers, self.default_provider, provider=turn.provider, model=turn.model)
         if turn.options is not NO_OPTIONS:
@@ -477,28 +481,39 @@ class ChatPipeline:
             max_tokens=request.max_tokens,
         )
 
+    async def _begin(self, plan: TurnPlan) -> tuple[TurnPlan, Conversation, UUID]:
+        """Store the turn's question and its pending answer. A plan made from a copy of the conversation that
+        turns out stale (a turn or change elsewhere since) is made again from a read, and that one is stored."""
+        try:
+            return plan, *await self._store_question(plan)
+        except StaleConversation:
+            _log.info("conversation %s changed since this instance's copy: planned again", plan.input.conversation_id)
+        plan = await self.plan(plan.caller, plan.input, again=True)
+        return plan, *await self._store_question(plan)
+
+    async def _store_question(self, plan: TurnPlan) -> tuple[Conversation, UUID]:
+        persona, route, lore = plan.persona, plan.routes[0], plan.context.lore
+        return await self.conversations.begin_turn(
+            tokens=plan.context.message_tokens,
+            lore_state=lore.result.state if isinstance(lore, TurnLore) and lore.result is not None else None,
+            user_id=plan.caller.user_id,
+            conversation=plan.conversation,
+            message=plan.input.messages[-1].content or "",
+            persona_id=persona.id,
+            persona_version=persona.version,
+            persona_source=plan.source,
+            variant=plan.variant,
+            provider=route.provider,
+            model=route.model,
+            streamed=plan.input.stream,
+        )
+
     async def _open(self, plan: TurnPlan, admission: Admission | None, span: TurnSpan | None) -> Turn:
-        persona, routes = plan.persona, plan.routes
         began = time.monotonic()
         conversation: Conversation | None = None
         outcome: Outcome | None = None
         if plan.input.store:
-            question = plan.input.messages[-1].content or ""
-            lore = plan.context.lore
-            conversation, answer_id = await self.conversations.begin_turn(
-                tokens=plan.context.message_tokens,
-                lore_state=lore.result.state if isinstance(lore, TurnLore) and lore.result is not None else None,
-                user_id=plan.caller.user_id,
-                conversation=plan.conversation,
-                message=question,
-                persona_id=persona.id,
-                persona_version=persona.version,
-                persona_source=plan.source,
-                variant=plan.variant,
-                provider=routes[0].provider,
-                model=routes[0].model,
-                streamed=plan.input.stream,
-            )
+            plan, conversation, answer_id = await self._begin(plan)
             outcome = Outcome(
                 self.conversations,
                 answer_id,
@@ -508,6 +523,7 @@ class ChatPipeline:
                 context=plan.context,
                 then=self._after(plan, conversation, answer_id),
             )
+        persona, routes = plan.persona, plan.routes
         try:
             stream = await self._first_answer(plan, outcome, span)
         except BaseException as exc:

@@ -108,13 +108,10 @@ class Summarizer:
     async def write(self, conversation_id: UUID, before: int, provider: str, model: str) -> bool:
         """Fold the previous summary with the stored messages after it and before ``before``; whether a summary
         was saved."""
-        state = await self.conversations.summary_state(conversation_id)
+        state = await self.conversations.summary_state(conversation_id, before_seq=before, limit=_FOLD_MESSAGES)
         if state is None:
             return False  # deleted meanwhile
-        previous, covers = state
-        rows = await self.conversations.unsummarized(
-            conversation_id, after_seq=covers or 0, before_seq=before, limit=_FOLD_MESSAGES
-        )
+        previous, covers, rows = state
         turns: list[tuple[str, str]] = []
         size = 0
         last = None
