@@ -103,9 +103,18 @@ class LoreResult:
     messages: list[tuple[int, str, str]] = field(default_factory=list)  # (depth, role, content)
     tokens: int = 0
     ids: list[str] = field(default_factory=list)
-    decisions: list[LoreDecision] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     state: LoreState | None = None
+    # Writes the explanation when it is first asked for: a chat turn never reads it, render and test suites do.
+    explain: Callable[[], list[LoreDecision]] | None = field(default=None, repr=False)
+    _decisions: list[LoreDecision] | None = field(default=None, repr=False)
+
+    @property
+    def decisions(self) -> list[LoreDecision]:
+        """Every entry that was considered: activated or not, why, the keys it matched and its tokens."""
+        if self._decisions is None:
+            self._decisions = self.explain() if self.explain is not None else []
+        return self._decisions
 
 
 _indexes: OrderedDict[tuple[Any, ...], LoreIndex] = OrderedDict()
@@ -202,7 +211,7 @@ async def check_patterns(book: Lorebook | None, *, where: str = "lorebook") -> N
 
 
 def _word(char: str) -> bool:
-    return char.isalnum() or char == "_"
+    return char == "_" or char.isalnum()
 
 
 # (entry, secondary) → matched keys, by the message they were found in (0: the latest).
@@ -216,10 +225,15 @@ def _scan(index: LoreIndex, text: str, message: int, hits: _Hits) -> None:
             continue
         size = len(haystack)
         for end, slots in automaton.iter(haystack):
+            # The characters around the match, for whole-word keys: a word character on either side rules it out.
+            after = haystack[end + 1] if end + 1 < size else " "
+            joined = after == "_" or after.isalnum()
             for number, secondary, whole, key, length in slots:
                 if whole:
+                    if joined:
+                        continue
                     start = end - length + 1
-                    if (start > 0 and _word(haystack[start - 1])) or (end + 1 < size and _word(haystack[end + 1])):
+                    if start > 0 and _word(haystack[start - 1]):
                         continue
                 found = hits.setdefault((number, secondary), {})
                 if key not in found or found[key] > message:
@@ -444,19 +458,24 @@ async def activate(
                 state[entry.id or str(number)] = [until, until + entry.cooldown]
         result.state = {k: v for k, v in state.items() if v[1] >= turn}
 
-    for number in sorted(set(decided) | set(matched)):
-        entry = entries[number]
-        on, reason = decided.get(number, (False, "secondary_logic"))
-        result.decisions.append(
-            LoreDecision(
-                id=entry.id or str(number),
-                name=entry.name,
-                activated=on,
-                reason=reason,
-                matched=matched.get(number, []),
-                tokens=cost[number] if number in cost else tokens_of(number),
+    def explain() -> list[LoreDecision]:
+        decisions = []
+        for number in sorted(set(decided) | set(matched)):
+            entry = entries[number]
+            on, reason = decided.get(number, (False, "secondary_logic"))
+            decisions.append(
+                LoreDecision(
+                    id=entry.id or str(number),
+                    name=entry.name,
+                    activated=on,
+                    reason=reason,
+                    matched=matched.get(number, []),
+                    tokens=cost[number] if number in cost else tokens_of(number),
+                )
             )
-        )
+        return decisions
+
+    result.explain = explain
     return result
 
 
