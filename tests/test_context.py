@@ -352,6 +352,8 @@ async def test_a_window_kept_by_one_instance_sees_what_any_instance_stored_or_fi
     for n in range(80):  # more stored since than one catch-up reads
         await finish(await ask(f"later question {n}"), f"later answer {n}")
     assert (await same(after_seq=rows[10].seq))[0] == "later answer 79"
+    # What the copies hold is what they count, for the bound on all of them.
+    assert here._chars == sum(len(r.content) for w in here._windows.values() for r in w.rows)
 
 
 async def test_an_answer_swept_as_incomplete_is_not_overwritten_by_its_late_finish(client, resources, alice):
@@ -576,3 +578,4 @@ async def test_a_turn_starts_from_this_instances_copy_of_its_conversation_and_mi
         assert copied[-2:] == [False, True]
         left = await resources.pool.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", UUID(other))
         assert left == 0
+        assert store._chars == sum(len(r.content) for w in store._windows.values() for r in w.rows)

@@ -328,14 +328,18 @@ def _stored_tokens(content: str, tokens: int | None) -> int:
     return math.ceil(len(content.encode()) / 3.5) + 4
 
 
-def _walk(rows: list[WindowRow], budget: int, limit: int) -> tuple[list[WindowRow], bool]:
+def _walk(
+    rows: list[WindowRow], budget: int, limit: int, sums: list[int] | None = None
+) -> tuple[list[WindowRow], bool]:
     """What :data:`WINDOW` reads of ``rows`` (newest first): each row while the ones before it stay within
-    ``budget`` and number under ``limit``; and whether it stopped short (as :meth:`ConversationStore.window`)."""
+    ``budget`` and number under ``limit``; and whether it stopped short (as :meth:`ConversationStore.window`).
+    ``sums`` are the rows' running totals when the caller has them."""
     if not rows:
         return rows, False
     # The running totals, newest first (counts are never negative, so they only grow): the first row is always
     # read, and each next one while the total before it is within the budget.
-    sums = list(accumulate(map(_tokens, rows)))
+    if sums is None:
+        sums = list(accumulate(map(_tokens, rows)))
     kept = max(min(bisect_right(sums, budget) + 1, limit, len(rows)), 1)
     return (rows[:kept] if kept < len(rows) else rows), sums[kept - 1] > budget or kept >= limit
 
@@ -471,25 +475,42 @@ class ConversationStore:
                 fresh.append(_row(seq, role, content, tokens))
         older = kept.rows if kept.after == after_seq else [r for r in kept.rows if r.seq > after_seq]
         rows = [*fresh, *older] if fresh else older
-        found = _walk(rows, budget, limit)
+        sums = list(accumulate(map(_tokens, rows)))
+        found = _walk(rows, budget, limit, sums)
         if len(found[0]) == len(rows) and not kept.complete and not found[1]:
             return None  # the copy ran out before the window did
-        finished = [r for r in fresh if r.seq < pending] if pending is not None else fresh
         through = pending - 1 if pending is not None else (records[0][0] if records else kept.through)
-        window = _Window(after_seq, through, [*finished, *older], kept.complete, 0, settled=pending is None)
-        self._keep(conversation_id, window, budget, limit)
+        if pending is None:  # what is kept is what was walked: its totals and size are known
+            chars = kept.chars if older is kept.rows else sum(map(len, map(_content, older)))
+            chars += sum(len(r.content) for r in fresh)
+            window = _Window(after_seq, through, rows, kept.complete, chars, settled=True)
+            self._keep(conversation_id, window, budget, limit, sums)
+        else:
+            finished = [r for r in fresh if r.seq < pending]
+            window = _Window(after_seq, through, [*finished, *older], kept.complete, 0)
+            self._keep(conversation_id, window, budget, limit)
         return found
 
-    def _keep(self, conversation_id: UUID, window: _Window, budget: int, limit: int) -> None:
-        """Keep ``window``, cut to what a turn with half as much room again could use."""
+    def _keep(
+        self, conversation_id: UUID, window: _Window, budget: int, limit: int, sums: list[int] | None = None
+    ) -> None:
+        """Keep ``window``, cut to what a turn with half as much room again could use. With ``sums`` (its rows'
+        running totals) its ``chars`` are already counted; without, they are counted here."""
         rows = window.rows
+        counted = sums is not None
         if rows:
             # Through the first row that takes the total past the spare room, or the limit's last.
-            last = min(bisect_right(list(accumulate(map(_tokens, rows))), budget + budget // 2), max(limit - 1, 0))
+            if sums is None:
+                sums = list(accumulate(map(_tokens, rows)))
+            last = min(bisect_right(sums, budget + budget // 2), max(limit - 1, 0))
             if last + 1 < len(rows):
-                del rows[last + 1 :]
+                if counted:
+                    window.chars -= sum(map(len, map(_content, rows[last + 1 :])))
+                window.rows = rows = rows[: last + 1]
                 window.complete = False
-        window.chars = chars = sum(map(len, map(_content, rows)))
+        if not counted:
+            window.chars = sum(map(len, map(_content, rows)))
+        chars = window.chars
         windows = self._windows
         gone = windows.pop(conversation_id, None)
         if gone is not None:
