@@ -91,6 +91,11 @@ class LoreIndex:
     # Entry number by id, for the entries a conversation's timed effects name.
     numbers: dict[str, int] = field(default_factory=dict)
     enabled: int = 0
+    # Entries whose keys alone decide (no secondary keys, probability, delay or timed effects, not constant).
+    plain: frozenset[int] = frozenset()
+    # The plain keys found in texts scanned lately, by text: a chat's earlier messages are scanned again on the
+    # turns after theirs, and found here instead.
+    scans: OrderedDict[str, list[tuple[int, bool, str]]] = field(default_factory=OrderedDict)
     # Content tokens by tokenizer name, counted when first needed.
     tokens: dict[str, list[int | None]] = field(default_factory=dict)
 
@@ -194,6 +199,13 @@ def _compile(book: Lorebook) -> LoreIndex:
         timed=timed,
         numbers={entry.id: n for n, entry in enumerate(entries) if entry.id is not None},
         enabled=sum(1 for entry in entries if entry.enabled),
+        plain=frozenset(
+            n
+            for n, e in enumerate(entries)
+            if e.enabled
+            and not (e.constant or e.secondary_keys or e.delay or e.sticky or e.cooldown)
+            and e.probability >= 100
+        ),
     )
 
 
@@ -218,8 +230,31 @@ def _word(char: str) -> bool:
 _Hits = dict[tuple[int, bool], dict[str, int]]
 
 
+# Texts whose keys are kept per book, at most, and the longest kept.
+_SCANS_KEPT = 512
+_LONGEST_SCAN_KEPT = 20_000
+
+
 def _scan(index: LoreIndex, text: str, message: int, hits: _Hits) -> None:
-    """The plain keys in ``text`` (message ``message``), one pass per automaton."""
+    """The plain keys in ``text`` (message ``message``), one pass per automaton, or as found when the same text
+    was scanned lately."""
+    scans = index.scans
+    keys = scans.get(text)
+    if keys is None:
+        keys = _keys_in(index, text)
+        if len(text) <= _LONGEST_SCAN_KEPT:
+            scans[text] = keys
+            if len(scans) > _SCANS_KEPT:
+                scans.popitem(last=False)
+    for number, secondary, key in keys:
+        found = hits.setdefault((number, secondary), {})
+        if key not in found or found[key] > message:
+            found[key] = message
+
+
+def _keys_in(index: LoreIndex, text: str) -> list[tuple[int, bool, str]]:
+    """The plain keys ``text`` holds, as (entry, secondary, key), in the order they end in it."""
+    keys: list[tuple[int, bool, str]] = []
     for automaton, haystack in ((index.folded, text.lower() if index.folded is not None else ""), (index.exact, text)):
         if automaton is None:
             continue
@@ -235,9 +270,8 @@ def _scan(index: LoreIndex, text: str, message: int, hits: _Hits) -> None:
                     start = end - length + 1
                     if start > 0 and _word(haystack[start - 1]):
                         continue
-                found = hits.setdefault((number, secondary), {})
-                if key not in found or found[key] > message:
-                    found[key] = message
+                keys.append((number, secondary, key))
+    return keys
 
 
 async def _scan_regexes(
@@ -330,12 +364,25 @@ async def activate(
     decided: dict[int, tuple[bool, str]] = {}
     matched: dict[int, list[str]] = {}
 
+    plain, depths = index.plain, index.depths
+
     def consider(number: int) -> None:
-        entry = entries[number]
-        if not entry.enabled or number in decided:
+        if number in decided:
             return
-        depth = index.depths[number]
+        entry = entries[number]
         primary = hits.get((number, False))
+        if number in plain and not (state and (entry.id or "") in state):
+            # Its keys alone decide: found within its scan depth, it is given (the common case, made short).
+            if primary:
+                depth = depths[number]
+                keyed = [k for k, at in primary.items() if at <= depth]
+                if keyed:
+                    matched[number] = keyed
+                    decided[number] = (True, "recursion" if max(map(primary.__getitem__, keyed)) < 0 else "key")
+            return
+        if not entry.enabled:
+            return
+        depth = depths[number]
         keyed = [k for k, at in primary.items() if at <= depth] if primary else []
         # Found only in activated content (message -1), not in the chat.
         recursion = bool(keyed) and all(primary[k] < 0 for k in keyed)  # type: ignore[index]

@@ -487,6 +487,21 @@ async def test_a_turn_starts_from_this_instances_copy_of_its_conversation_and_mi
         assert copied == [False, True]
         assert sent() == ["one", "answer to one", "two", "answer to two", "three"]
 
+        truth = ConversationStore(resources.pool, cached_windows=0)
+
+        async def summarizer_sees_the_truth() -> None:
+            """The summarizer's state from the copy, for every point a summary could end, is the database's."""
+            seqs = [
+                r["seq"]
+                for r in await resources.pool.fetch(
+                    "SELECT seq FROM messages WHERE conversation_id = $1 ORDER BY seq", UUID(conversation_id)
+                )
+            ]
+            for before in [*seqs, seqs[-1] + 1]:
+                kept = store._summary_kept(UUID(conversation_id), before, 200)
+                assert kept is not None
+                assert kept == await truth.summary_state(UUID(conversation_id), before_seq=before, limit=200)
+
         # A summary saved here leaves the copy as good as it was, and the next turn is sent it.
         shown = await conversation(http, alice, conversation_id)
         first = shown["messages"][1]
@@ -498,7 +513,9 @@ async def test_a_turn_starts_from_this_instances_copy_of_its_conversation_and_mi
             covers_message_id=UUID(first["id"]),
             folded_seq=None,
         )
+        await summarizer_sees_the_truth()  # the copy's summary is the new one; its window still reaches before it
         assert (await turn("four", conversation_id)).status_code == 200
+        await summarizer_sees_the_truth()
         assert copied[-1] is True
         assert SUMMARY_HEADING in fake_llm.chat_requests()[-1].body["messages"][0]["content"]
         assert sent()[:2] == ["two", "answer to two"] and sent()[-1] == "four"

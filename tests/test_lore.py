@@ -384,3 +384,54 @@ async def test_suites_expect_lore_to_be_activated_or_not(llm_client, alice):
         "expected lore entry 'world' not to be activated; it was (constant)",
     ]
     await asyncio.sleep(0)
+
+
+async def test_entries_decided_by_their_keys_alone_are_decided_as_the_full_rules_decide_them():
+    """The short path for entries without secondary keys, probability, delay, timed effects or constancy gives
+    what the full rules give, on random books, chats and timed-effect states."""
+    import dataclasses
+    import random
+
+    rng = random.Random(11)
+    words = ["harbour", "dawn", "gull", "net", "boat", "tide", "pilot", "lamp"]
+    compared = short_path = 0
+    for round_ in range(60):
+        entries = []
+        for n in range(rng.randrange(1, 25)):
+            entry: dict[str, Any] = {"id": f"e{n}", "keys": rng.sample(words, rng.randrange(1, 3)), "content": f"c{n}"}
+            if rng.random() < 0.4:
+                feature = rng.choice(["secondary", "probability", "delay", "sticky", "cooldown", "constant", "off"])
+                entry |= {
+                    "secondary": {"secondary_keys": [rng.choice(words)]},
+                    "probability": {"probability": rng.randrange(0, 100)},
+                    "delay": {"delay": rng.randrange(1, 4)},
+                    "sticky": {"sticky": 2},
+                    "cooldown": {"cooldown": 2},
+                    "constant": {"constant": True},
+                    "off": {"enabled": False},
+                }[feature]
+            entry["group"] = rng.choice([None, None, "g"])
+            if rng.random() < 0.3:  # its own scan depth
+                entry["extensions"] = {"scan_depth": rng.randrange(0, 3)}
+            entries.append(entry)
+        book = msgspec.convert(
+            {"entries": entries, "scan_depth": rng.randrange(0, 3), "recursive": rng.random() < 0.3}, Lorebook
+        )
+        index = index_for(("differential", round_), book)
+        full = dataclasses.replace(index, plain=frozenset())
+        short_path += len(index.plain)
+        state = {f"e{n}": [rng.randrange(0, 6), rng.randrange(0, 8)] for n in rng.sample(range(30), 3)}
+        for turn in range(1, 6):
+            texts = [" ".join(rng.choices(words + ["x"] * 8, k=6)) for _ in range(3)]
+            args = {"turn": turn, "seed": f"s{turn}", "budget": 40, "count": len, "tokenizer": "chars"}
+            for given in (None, state):
+                short = await activate(index, texts, state=given, **args)
+                whole = await activate(full, texts, state=given, **args)
+                assert (short.ids, short.system, short.state, short.decisions) == (
+                    whole.ids,
+                    whole.system,
+                    whole.state,
+                    whole.decisions,
+                )
+                compared += bool(short.ids)
+    assert compared > 100 and short_path > 300  # most entries here are on the short path

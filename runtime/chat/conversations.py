@@ -178,10 +178,11 @@ LEFT JOIN LATERAL (
 WHERE c.id = $1"""
 # Written only over the summary it folded ($6), so a slower writer never replaces a newer summary.
 SAVE_SUMMARY = """
-UPDATE conversations SET summary = $2, summary_tokens = $3, summary_covers_seq = $4, summary_covers_message_id = $5,
+UPDATE conversations SET summary = $2, summary_tokens = $3, summary_covers_seq = $4,
+    summary_covers_message_id = coalesce($5, (SELECT id FROM messages WHERE conversation_id = $1 AND seq = $4)),
     summary_updated_at = now()
 WHERE id = $1 AND summary_covers_seq IS NOT DISTINCT FROM $6
-RETURNING summary_updated_at"""
+RETURNING summary_covers_message_id, summary_updated_at"""
 
 
 _STOPPED = Interrupted(
@@ -524,15 +525,38 @@ class ConversationStore:
 
     async def summary_state(
         self, conversation_id: UUID, *, before_seq: int, limit: int
-    ) -> tuple[str | None, int | None, list[asyncpg.Record]] | None:
+    ) -> tuple[str | None, int | None, list[tuple[int, str, str]]] | None:
         """The conversation's summary, the last message it covers, and the sendable messages after that one and
-        before ``before_seq`` (oldest first, at most ``limit``: ``id``, ``seq``, ``role``, ``content``), in one
-        read; None when the conversation is gone."""
+        before ``before_seq`` (oldest first, at most ``limit``, as ``(seq, role, content)``); None when the
+        conversation is gone.
+
+        From this instance's copy of the conversation and its window when they hold all of it (the summary is
+        asked for right after a turn here is saved, and the messages it folds have just left the history sent),
+        else in one read."""
+        kept = self._summary_kept(conversation_id, before_seq, limit)
+        if kept is not None:
+            return kept
         records = await self._pool.fetch(SUMMARY_STATE, conversation_id, before_seq, limit)
         if not records:
             return None
         first = records[0]
-        return first["summary"], first["summary_covers_seq"], [r for r in records if r["seq"] is not None]
+        folded = [(r["seq"], r["role"], r["content"]) for r in records if r["seq"] is not None]
+        return first["summary"], first["summary_covers_seq"], folded
+
+    def _summary_kept(
+        self, conversation_id: UUID, before_seq: int, limit: int
+    ) -> tuple[str | None, int | None, list[tuple[int, str, str]]] | None:
+        window = self._windows.get(conversation_id)
+        if window is None or window.copy is None or not window.rows or before_seq > window.through + 1:
+            return None
+        conversation = window.copy[1]
+        covers = conversation.summary_covers_seq or 0
+        rows = window.rows
+        # Every sendable message after ``covers`` is in the rows: they reach back past it, or hold all since theirs.
+        if not (rows[-1].seq <= covers or (window.complete and window.after <= covers)):
+            return None
+        folded = [(r.seq, str(r.role), r.content) for r in reversed(rows) if covers < r.seq < before_seq][:limit]
+        return conversation.summary, conversation.summary_covers_seq, folded
 
     async def save_summary(
         self,
@@ -541,11 +565,11 @@ class ConversationStore:
         summary: str,
         tokens: int,
         covers_seq: int,
-        covers_message_id: UUID,
+        covers_message_id: UUID | None = None,
         folded_seq: int | None,
     ) -> bool:
-        """Keep ``summary`` (through message ``covers_seq``) unless another summary was saved since the one it
-        folded (``folded_seq``); whether it was kept."""
+        """Keep ``summary`` (through message ``covers_seq``, whose id is looked up when not given) unless another
+        summary was saved since the one it folded (``folded_seq``); whether it was kept."""
         record = await self._pool.fetchrow(
             SAVE_SUMMARY, conversation_id, summary, tokens, covers_seq, covers_message_id, folded_seq
         )
@@ -559,7 +583,7 @@ class ConversationStore:
                 summary=summary,
                 summary_tokens=tokens,
                 summary_covers_seq=covers_seq,
-                summary_covers_message_id=covers_message_id,
+                summary_covers_message_id=record["summary_covers_message_id"],
                 summary_updated_at=record["summary_updated_at"],
             )
             window.copy = (owner, copied, at)

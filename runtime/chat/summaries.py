@@ -115,12 +115,12 @@ class Summarizer:
         turns: list[tuple[str, str]] = []
         size = 0
         last = None
-        for row in rows:
-            size += len(row["content"])
+        for seq, role, content in rows:
+            size += len(content)
             if turns and size > _FOLD_CHARS:
                 break
-            turns.append((row["role"], row["content"]))
-            last = row
+            turns.append((role, content))
+            last = seq
         if last is None:
             return False
         name = self.provider or provider
@@ -138,12 +138,11 @@ class Summarizer:
             conversation_id,
             summary=summary,
             tokens=tokens,
-            covers_seq=last["seq"],
-            covers_message_id=last["id"],
+            covers_seq=last,
             folded_seq=covers,
         )
         if saved:
-            log.info("conversation %s summarized through message %s", conversation_id, last["id"])
+            log.info("conversation %s summarized through its message at seq %s", conversation_id, last)
         return saved
 
     async def _ask(self, name: str, model: str, previous: str | None, turns: list[tuple[str, str]]) -> str:
