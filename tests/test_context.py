@@ -30,6 +30,43 @@ async def conversation(http, account, conversation_id):
     return r.json()
 
 
+async def ask_elsewhere(store: ConversationStore, user_id: UUID, conversation_id: UUID, text: str) -> UUID:
+    """A question stored by another instance's ``store``, as a turn there stores it; its pending answer's id."""
+    conversation = await store.get(user_id, conversation_id)
+    _, answer_id = await store.begin_turn(
+        user_id=user_id,
+        conversation=conversation,
+        message=text,
+        persona_id=conversation.persona_id,
+        persona_version=conversation.persona_version or 1,
+        persona_source="conversation",
+        provider="echo",
+        model="echo",
+        tokens=30,
+    )
+    return answer_id
+
+
+async def finish_elsewhere(
+    store: ConversationStore, answer_id: UUID, text: str, status: str = "complete", token_ratio: float | None = None
+) -> None:
+    """The answer saved by that instance (with its conversation's correction of estimated counts, if any)."""
+    await store.finish_answer(
+        answer_id,
+        content=text,
+        status=status,  # type: ignore[arg-type]
+        provider="echo",
+        model="echo",
+        usage=None,
+        latency_ms=1,
+        finish_reason="stop",
+        tool_calls=None,
+        error=None,
+        tokens=30,
+        token_ratio=token_ratio,
+    )
+
+
 async def test_a_long_conversation_keeps_its_latest_turns_and_a_summary_within_the_window(
     database_url, redis_url, fake_llm, make_user
 ):
@@ -300,34 +337,10 @@ async def test_a_window_kept_by_one_instance_sees_what_any_instance_stored_or_fi
         return [r.content for r in rows]
 
     async def ask(text: str) -> UUID:
-        conversation = await there.get(alice.user.id, conversation_id)
-        _, answer_id = await there.begin_turn(
-            user_id=alice.user.id,
-            conversation=conversation,
-            message=text,
-            persona_id=conversation.persona_id,
-            persona_version=conversation.persona_version or 1,
-            persona_source="conversation",
-            provider="echo",
-            model="echo",
-            tokens=30,
-        )
-        return answer_id
+        return await ask_elsewhere(there, alice.user.id, conversation_id, text)
 
     async def finish(answer_id: UUID, text: str, status: str = "complete") -> None:
-        await there.finish_answer(
-            answer_id,
-            content=text,
-            status=status,  # type: ignore[arg-type]
-            provider="echo",
-            model="echo",
-            usage=None,
-            latency_ms=1,
-            finish_reason="stop",
-            tool_calls=None,
-            error=None,
-            tokens=30,
-        )
+        await finish_elsewhere(there, answer_id, text, status)
 
     assert (await same())[0] != "first question"
     first = await ask("first question")
@@ -363,36 +376,13 @@ async def test_an_answer_swept_as_incomplete_is_not_overwritten_by_its_late_fini
     slow = ConversationStore(resources.pool, lease_seconds=0.0)
     here = ConversationStore(resources.pool)
     stored = await slow.get(alice.user.id, conversation_id)
-    _, answer_id = await slow.begin_turn(
-        user_id=alice.user.id,
-        conversation=stored,
-        message="a question",
-        persona_id=stored.persona_id,
-        persona_version=stored.persona_version or 1,
-        persona_source="conversation",
-        provider="echo",
-        model="echo",
-        tokens=30,
-    )
+    answer_id = await ask_elsewhere(slow, alice.user.id, conversation_id, "a question")
     # Another instance's sweep finds the lease run out and keeps what the stream's recording held.
     assert await here.mark_abandoned(answer_id, "what was said")
     await here.get(alice.user.id, conversation_id, for_turn=True)
     rows, _ = await here.window(conversation_id, after_seq=0, budget=10**6, limit=1000)
     assert rows[0].content == "what was said"
-    await slow.finish_answer(
-        answer_id,
-        content="the whole answer, too late",
-        status="complete",
-        provider="echo",
-        model="echo",
-        usage=None,
-        latency_ms=1,
-        finish_reason="stop",
-        tool_calls=None,
-        error=None,
-        tokens=30,
-        token_ratio=1.5,
-    )
+    await finish_elsewhere(slow, answer_id, "the whole answer, too late", token_ratio=1.5)
     # The answer stays as the sweep left it: the user was told it is incomplete, and every instance's copy of
     # the window still holds what is stored.
     shown = await conversation(client, alice, conversation_id)
@@ -523,30 +513,10 @@ async def test_a_turn_starts_from_this_instances_copy_of_its_conversation_and_mi
         # Another instance stores a turn: the turn planned here from the copy is planned again from a read, and
         # sent what the other instance stored, which is kept once and in order.
         there = ConversationStore(resources.pool)
-        elsewhere = await there.get(alice.user.id, UUID(conversation_id))
-        _, answer_id = await there.begin_turn(
-            user_id=alice.user.id,
-            conversation=elsewhere,
-            message="asked elsewhere",
-            persona_id=elsewhere.persona_id,
-            persona_version=elsewhere.persona_version or 1,
-            persona_source="conversation",
-            provider="echo",
-            model="echo",
-            tokens=8,
-        )
-        await there.finish_answer(
-            answer_id,
-            content="answered elsewhere",
-            status="complete",
-            provider="echo",
-            model="echo",
-            usage=None,
-            latency_ms=1,
-            finish_reason="stop",
-            tool_calls=None,
-            error=None,
-            tokens=8,
+        await finish_elsewhere(
+            there,
+            await ask_elsewhere(there, alice.user.id, UUID(conversation_id), "asked elsewhere"),
+            "answered elsewhere",
         )
         before = len(copied)
         r = await turn("five", conversation_id)
