@@ -223,7 +223,7 @@ async def check_patterns(book: Lorebook | None, *, where: str = "lorebook") -> N
 
 
 def _word(char: str) -> bool:
-    return char == "_" or char.isalnum()
+    return char.isalnum() or char == "_"
 
 
 # (entry, secondary) → matched keys, by the message they were found in (0: the latest).
@@ -261,8 +261,7 @@ def _keys_in(index: LoreIndex, text: str) -> list[tuple[int, bool, str]]:
         size = len(haystack)
         for end, slots in automaton.iter(haystack):
             # The characters around the match, for whole-word keys: a word character on either side rules it out.
-            after = haystack[end + 1] if end + 1 < size else " "
-            joined = after == "_" or after.isalnum()
+            joined = end + 1 < size and _word(haystack[end + 1])
             for number, secondary, whole, key, length in slots:
                 if whole:
                     if joined:

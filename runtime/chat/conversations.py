@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import time
 from bisect import bisect_right
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import accumulate
@@ -18,6 +18,7 @@ import msgspec
 
 from core.errors import Interrupted, NotFound
 from providers import ChatMessage
+from runtime.chat.tokens import MESSAGE_OVERHEAD, estimate_tokens
 
 __all__ = [
     "Conversation",
@@ -221,7 +222,7 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     summary_updated_at: datetime | None = None
     # Lorebook entries' timed effects: entry id → [active through turn, kept out through turn].
     lore_state: dict[str, list[int]] | None = None
-    # Changes to the conversation's row so far (a turn, a summary, a correction of its counts).
+    # Changes to the conversation's row so far (a turn, a correction of its counts; a new summary is not one).
     revision: int = 0
     # Whether this is the instance's copy, as its last turn here left it, rather than a read: a turn on it is
     # stored only if the revision is still this one (:class:`StaleConversation` otherwise).
@@ -261,9 +262,9 @@ class _Window:
     since: tuple[int, float, list[tuple[Any, ...]]] | None = None
     # Whether the read that made it found no answer pending: then it holds everything stored through ``through``.
     settled: bool = False
-    # The conversation as this instance's last turn on it left it (whose user, and when), once that turn's answer
-    # was saved here: the next turn here starts from it without a read (:meth:`ConversationStore.get`).
-    copy: tuple[UUID, Conversation, float] | None = None
+    # The conversation as this instance's last turn on it left it (and whose it is), once that turn's answer was
+    # saved here: the next turn here starts from it without a read (:meth:`ConversationStore.get`).
+    copy: tuple[UUID, Conversation] | None = None
 
 
 @dataclass
@@ -322,11 +323,9 @@ _content = attrgetter("content")
 
 
 def _stored_tokens(content: str, tokens: int | None) -> int:
-    """A message's tokens as a window reads them: the stored count, else the estimate of its UTF-8 size (as
-    ``_TOKENS`` computes it in SQL)."""
-    if tokens is not None:
-        return tokens
-    return math.ceil(len(content.encode()) / 3.5) + 4
+    """A message's tokens as a window reads them: the stored count, else the estimate of its UTF-8 size with a
+    message's overhead (``_TOKENS`` in SQL)."""
+    return tokens if tokens is not None else estimate_tokens(content) + MESSAGE_OVERHEAD
 
 
 def _walk(
@@ -390,7 +389,7 @@ class ConversationStore:
         (:meth:`begin_turn` raises :class:`StaleConversation`, and the turn is planned again from a read)."""
         kept = self._windows.get(conversation_id) if for_turn else None
         if copy and kept is not None and kept.copy is not None:
-            owner, copied, _ = kept.copy
+            owner, copied = kept.copy
             kept.copy = None  # one turn starts from a copy; what it stores makes the next
             if owner == user_id:
                 kept.since = (kept.through, time.monotonic(), [])
@@ -525,7 +524,7 @@ class ConversationStore:
 
     async def summary_state(
         self, conversation_id: UUID, *, before_seq: int, limit: int
-    ) -> tuple[str | None, int | None, list[tuple[int, str, str]]] | None:
+    ) -> tuple[str | None, int | None, Sequence[tuple[int, str, str]]] | None:
         """The conversation's summary, the last message it covers, and the sendable messages after that one and
         before ``before_seq`` (oldest first, at most ``limit``, as ``(seq, role, content)``); None when the
         conversation is gone.
@@ -545,7 +544,7 @@ class ConversationStore:
 
     def _summary_kept(
         self, conversation_id: UUID, before_seq: int, limit: int
-    ) -> tuple[str | None, int | None, list[tuple[int, str, str]]] | None:
+    ) -> tuple[str | None, int | None, Sequence[tuple[int, str, str]]] | None:
         window = self._windows.get(conversation_id)
         if window is None or window.copy is None or not window.rows or before_seq > window.through + 1:
             return None
@@ -555,7 +554,7 @@ class ConversationStore:
         # Every sendable message after ``covers`` is in the rows: they reach back past it, or hold all since theirs.
         if not (rows[-1].seq <= covers or (window.complete and window.after <= covers)):
             return None
-        folded = [(r.seq, str(r.role), r.content) for r in reversed(rows) if covers < r.seq < before_seq][:limit]
+        folded = [(r.seq, r.role, r.content) for r in reversed(rows) if covers < r.seq < before_seq][:limit]
         return conversation.summary, conversation.summary_covers_seq, folded
 
     async def save_summary(
@@ -577,7 +576,7 @@ class ConversationStore:
             return False
         window = self._windows.get(conversation_id)
         if window is not None and window.copy is not None:  # the next turn here starts from the new summary
-            owner, copied, at = window.copy
+            owner, copied = window.copy
             copied = msgspec.structs.replace(
                 copied,
                 summary=summary,
@@ -586,7 +585,7 @@ class ConversationStore:
                 summary_covers_message_id=record["summary_covers_message_id"],
                 summary_updated_at=record["summary_updated_at"],
             )
-            window.copy = (owner, copied, at)
+            window.copy = (owner, copied)
         return True
 
     async def delete(self, user_id: UUID, conversation_id: UUID) -> None:
@@ -762,9 +761,8 @@ class ConversationStore:
             window.chars += added
             self._chars += added
         window.through = begun.answer_seq
-        if token_ratio is not None:
-            conversation = msgspec.structs.replace(conversation, token_ratio=token_ratio, revision=revision)
-        window.copy = (begun.user_id, msgspec.structs.replace(conversation, copied=True), time.monotonic())
+        corrections = {"token_ratio": token_ratio, "revision": revision} if token_ratio is not None else {}
+        window.copy = (begun.user_id, msgspec.structs.replace(conversation, copied=True, **corrections))
 
     async def message_state(self, user_id: UUID, message_id: UUID) -> MessageState | None:
         """The status of the caller's answer ``message_id``; None for another user's or an unknown one."""
