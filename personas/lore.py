@@ -88,7 +88,10 @@ class LoreIndex:
     max_depth: int
     constant: list[int]
     timed: bool
-    # Entry number by id, for the entries a conversation's timed effects name.
+    # Each entry's id, or its number for one written without (a draft's): what its timed effects and its
+    # probability roll are kept by, and what render and the turn name it.
+    ids: list[str] = field(default_factory=list)
+    # Entry number by that id, for the entries a conversation's timed effects name.
     numbers: dict[str, int] = field(default_factory=dict)
     enabled: int = 0
     # Entries whose keys alone decide (no secondary keys, probability, delay or timed effects, not constant).
@@ -187,6 +190,7 @@ def _compile(book: Lorebook) -> LoreIndex:
     for automaton in (folded, exact):
         if len(automaton):
             automaton.make_automaton()
+    ids = [entry.id or str(number) for number, entry in enumerate(entries)]
     return LoreIndex(
         book=book,
         entries=list(entries),
@@ -197,7 +201,8 @@ def _compile(book: Lorebook) -> LoreIndex:
         max_depth=max(depths, default=book.scan_depth),
         constant=constant,
         timed=timed,
-        numbers={entry.id: n for n, entry in enumerate(entries) if entry.id is not None},
+        ids=ids,
+        numbers={entry_id: n for n, entry_id in enumerate(ids)},
         enabled=sum(1 for entry in entries if entry.enabled),
         plain=frozenset(
             n
@@ -363,14 +368,14 @@ async def activate(
     decided: dict[int, tuple[bool, str]] = {}
     matched: dict[int, list[str]] = {}
 
-    plain, depths = index.plain, index.depths
+    plain, depths, ids = index.plain, index.depths, index.ids
 
     def consider(number: int) -> None:
         if number in decided:
             return
         entry = entries[number]
         primary = hits.get((number, False))
-        if number in plain and not (state and (entry.id or "") in state):
+        if number in plain and not (state and ids[number] in state):
             # Its keys alone decide: found within its scan depth, it is given (the common case, made short).
             if primary:
                 depth = depths[number]
@@ -387,7 +392,7 @@ async def activate(
         recursion = bool(keyed) and all(primary[k] < 0 for k in keyed)  # type: ignore[index]
         if keyed:
             matched[number] = keyed
-        held = state.get(entry.id or "")
+        held = state.get(ids[number])
         sticky = held is not None and held[0] >= turn and not entry.constant
         if not (entry.constant or keyed or sticky):
             return
@@ -407,7 +412,7 @@ async def activate(
                 else:
                     decided[number] = (False, "secondary_logic")
                 return
-            if entry.probability < 100 and not sticky and _roll(seed, entry.id or str(number)) >= entry.probability:
+            if entry.probability < 100 and not sticky and _roll(seed, ids[number]) >= entry.probability:
                 decided[number] = (False, "probability")
                 return
             reason = "constant" if entry.constant else ("recursion" if recursion else "key")
@@ -491,7 +496,7 @@ async def activate(
             result.messages.append((entry.depth, entry.role, text))
         else:
             system_parts.append(text)
-        result.ids.append(entry.id or str(number))
+        result.ids.append(ids[number])
     result.system = "\n\n".join(p for p in system_parts if p)
     result.tokens = spent
 
@@ -501,7 +506,7 @@ async def activate(
             entry = entries[number]
             if (entry.sticky or entry.cooldown) and decided[number][1] != "sticky":
                 until = turn + entry.sticky
-                state[entry.id or str(number)] = [until, until + entry.cooldown]
+                state[ids[number]] = [until, until + entry.cooldown]
         result.state = {k: v for k, v in state.items() if v[1] >= turn}
 
     def explain() -> list[LoreDecision]:
@@ -511,7 +516,7 @@ async def activate(
             on, reason = decided.get(number, (False, "secondary_logic"))
             decisions.append(
                 LoreDecision(
-                    id=entry.id or str(number),
+                    id=ids[number],
                     name=entry.name,
                     activated=on,
                     reason=reason,

@@ -179,6 +179,37 @@ async def test_sticky_cooldown_and_delay_count_user_turns_with_state_carried_bet
     assert [s.get("e1") for s in seen] == [(False, "delay"), None, None, (True, "key"), (True, "key"), None]
 
 
+async def test_an_entry_without_an_id_keeps_its_timed_effects_by_its_number():
+    # A draft rendered before it is saved may have entries without ids: they are named by their number,
+    # and their sticky and cooldown are read back by the same name they were written under.
+    lore = msgspec.convert(
+        {
+            "entries": [
+                {"keys": ["ash"], "content": "Ash."},
+                {"keys": ["storm"], "sticky": 1, "cooldown": 1, "content": "A storm."},
+            ]
+        },
+        Lorebook,
+    )
+    index = index_for(("test", next(_keys), None), lore)
+    state: dict[str, list[int]] | None = {}
+    seen = []
+    for turn, text in enumerate(["storm", "calm", "storm"], start=1):
+        result = await activate(
+            index,
+            [text],
+            count=lambda t: len(t.split()),
+            tokenizer="words",
+            turn=turn,
+            seed="s",
+            budget=100,
+            state=state,
+        )
+        seen.append(reasons(result).get("1"))
+        state = result.state
+    assert seen == [(True, "key"), (True, "sticky"), (False, "cooldown")]
+
+
 async def test_a_regex_key_matches_with_its_flags_and_one_that_runs_too_long_is_a_warning():
     lore = book(
         {"keys": ["/sw(o|a)rds?/"], "content": "Blades."},
