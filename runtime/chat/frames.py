@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, assert_never
+from typing import Any, Generic, Protocol, TypeVar, assert_never
 from uuid import UUID
 
 import msgspec
@@ -19,14 +19,13 @@ import msgspec
 from core.errors import Interrupted
 from core.events import Done, ErrorEvent, Start, TextDelta, ToolCallDelta, TurnEvent, Usage
 
-if TYPE_CHECKING:
-    from runtime.chat.recordings import MessageState, Recording, StreamRecorder
-
 __all__ = [
     "DONE",
     "HEARTBEAT",
     "ChatFrames",
     "Last",
+    "MessageState",
+    "Recorder",
     "candidate_body",
     "chat_body",
     "decode",
@@ -94,6 +93,29 @@ def decode(frame: bytes) -> TurnEvent | None:
     if not sep or not head.startswith(b"event: "):
         return None
     return _decode(data)
+
+
+class MessageState(Protocol):
+    """What a reader needs to know of the stored message when its stream ends without a final event."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+    @property
+    def error(self) -> dict[str, Any] | None: ...
+    @property
+    def streamed(self) -> bool | None: ...
+    @property
+    def ended_ago(self) -> float | None: ...
+
+
+class Recorder(Protocol):
+    """Where a kept turn's frames go as they are sent: the stream recorder (``runtime/chat/recordings.py``),
+    given each recording it opened back with the frames."""
+
+    def add(self, recording: Any, frames: list[bytes]) -> None: ...
+    def close(self, recording: Any, *, terminal: bool) -> None: ...
 
 
 def final_event(message_id: UUID, state: MessageState | None) -> Done | ErrorEvent:
@@ -219,8 +241,8 @@ class ChatFrames:
     def __init__(
         self,
         message_id: UUID | None = None,
-        recorder: StreamRecorder | None = None,
-        recording: Recording | None = None,
+        recorder: Recorder | None = None,
+        recording: Any | None = None,
     ) -> None:
         self.prefix = b"%s:" % str(message_id).encode() if message_id is not None else b""
         self.count = 0

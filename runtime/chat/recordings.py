@@ -25,7 +25,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 import msgspec
@@ -36,7 +36,7 @@ from core.errors import Conflict, NotStreamed, PersonaRuntimeError, StreamExpire
 from core.events import Done, ErrorEvent, error_event
 from core.redis_client import REDIS_ERRORS, Outage, packed, send
 from runtime.chat.collector import Collector
-from runtime.chat.frames import DONE, HEARTBEAT, decode, encode_events, final_event
+from runtime.chat.frames import DONE, HEARTBEAT, MessageState, decode, encode_events, final_event
 
 if TYPE_CHECKING:
     from runtime.chat.peers import Peers, Relay
@@ -96,21 +96,6 @@ _HOLE = error_event(
 )
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
-
-
-class MessageState(Protocol):
-    """What a reader needs to know of the stored message when its stream ends without a final event."""
-
-    @property
-    def status(self) -> str: ...
-    @property
-    def finish_reason(self) -> str | None: ...
-    @property
-    def error(self) -> dict[str, Any] | None: ...
-    @property
-    def streamed(self) -> bool | None: ...
-    @property
-    def ended_ago(self) -> float | None: ...
 
 
 StatusOf = Callable[[], Coroutine[Any, Any, MessageState | None]]
