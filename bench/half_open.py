@@ -105,9 +105,15 @@ async def measure(url: str, connections: int, header_timeout: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.half_open", description=__doc__)
     soft = raise_open_file_limit()
-    parser.add_argument("--connections", type=int, default=min(20_000, soft - 500))
+    room = soft - 500  # this process's own files: the scratch database, the provider, the probes
+    parser.add_argument("--connections", type=int, default=min(20_000, room))
     parser.add_argument("--header-timeout", type=float, default=30.0)
     args = parser.parse_args()
+    if args.connections > room:
+        parser.error(
+            f"--connections {args.connections} leaves no room under this process's open-file limit ({soft}): "
+            f"give at most {room}, or raise the hard limit (ulimit -Hn)"
+        )
     print(f"open-file limit: {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
     server = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -159,6 +159,34 @@ async def test_an_endless_header_line_is_cut_off_at_64_kib():
         assert sent < 256 * 1024  # refused once the head passed 64 KiB, long before the client stopped
 
 
+async def test_a_client_that_sends_a_whole_megabyte_of_head_at_once_reads_its_431_not_a_reset():
+    # Refused at 64 KiB while most of the megabyte is still on its way: closing with it unread would answer the
+    # client with a reset, which loses the 431 it was written. The rest is read and dropped, then it closes.
+    head = b"GET / HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n"
+    async with front(App()) as port:
+        for _ in range(3):
+            answer = await exchange(port, head)
+            assert answer.startswith(b"HTTP/1.1 431 ") and b"over 65536 bytes" in answer
+
+
+async def test_a_refused_client_that_never_stops_sending_is_cut_off():
+    # The rest of a refused head is dropped for a bounded time and a bounded number of bytes, no more.
+    async with front(App()) as port:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        began = time.monotonic()
+        sent = 0
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: test\r\nX-Endless: ")
+            with contextlib.suppress(ConnectionError):
+                while time.monotonic() - began < 20:
+                    writer.write(b"a" * 65536)
+                    await writer.drain()
+                    sent += 65536
+        finally:
+            writer.close()
+        assert time.monotonic() - began < 15 and sent < 64 * 1024 * 1024
+
+
 async def test_a_head_that_does_not_arrive_in_time_is_a_408_and_the_connection_closes():
     async with front(App()) as port:
         began = time.monotonic()

@@ -65,6 +65,11 @@ class _Refused(Exception):
 
 _TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
 _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\n"
+# After a 431 the rest of what the client sent is read and dropped, for at most this long and this much, then
+# the connection closes. Closed with bytes unread, it would answer the client with a reset, which can reach it
+# before the 431 does.
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 8 * 1024 * 1024
 
 
 class GuardedProtocol(NoDelayProtocol):
@@ -87,6 +92,9 @@ class GuardedProtocol(NoDelayProtocol):
         self._size = 0
         self._refusal: bytes | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        # Bytes dropped since a 431 went out (None: not refused).
+        self._dropped: int | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self._start_head_timer()
 
@@ -104,13 +112,26 @@ class GuardedProtocol(NoDelayProtocol):
         if self._in_head and not self.transport.is_closing():
             self._answer(_TIMEOUT, "The request's headers did not arrive in time.")
 
-    def _answer(self, status: bytes, message: str) -> None:
+    def _answer(self, status: bytes, message: str, *, linger: bool = False) -> None:
         body = message.encode()
         head = b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: "
         self.transport.write(status + head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        if linger and self.transport.can_write_eof():
+            # The answer and then the end of our side; the client's remaining bytes are dropped until it closes
+            # its side (the transport then closes), or the time or the bytes run out.
+            self._in_head = False
+            self._dropped = 0
+            self.transport.write_eof()
+            self._linger_timer = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+            return
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._dropped is not None:
+            self._dropped += len(data)
+            if self._dropped > _LINGER_BYTES:
+                self.transport.close()
+            return
         # Counted while a head is being read; a read may also hold the end of the head and a body, so the head
         # is refused only if, once the read is parsed, it is still incomplete past the bound. What the parser
         # holds meanwhile is bounded by the bound plus one read.
@@ -119,7 +140,7 @@ class GuardedProtocol(NoDelayProtocol):
         super().data_received(data)
         if self._in_head and self._head > self.limits.head_bytes and not self.transport.is_closing():
             self._stop_head_timer()
-            self._answer(_TOO_LARGE, f"The request's headers are over {self.limits.head_bytes} bytes.")
+            self._answer(_TOO_LARGE, f"The request's headers are over {self.limits.head_bytes} bytes.", linger=True)
 
     def on_message_begin(self) -> None:
         self._in_head, self._head, self._count, self._size = True, 0, 0, 0
@@ -156,12 +177,15 @@ class GuardedProtocol(NoDelayProtocol):
         # The parser reports a callback's exception as an invalid request: a refused head is a 431 instead.
         if self._refusal is not None:
             self._stop_head_timer()
-            self._answer(_TOO_LARGE, self._refusal.decode())
+            self._answer(_TOO_LARGE, self._refusal.decode(), linger=True)
             return
         super().send_400_response(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         super().connection_lost(exc)
 
 
