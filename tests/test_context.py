@@ -13,6 +13,7 @@ import pytest
 from runtime.chat.context import SUMMARY_HEADING
 from runtime.chat.conversations import ConversationStore
 from tests.conftest import llm_env, make_settings, persona_body, running
+from tests.waiting import eventually, settled
 
 CHAT = "/api/v1/chat"
 PERSONAS = "/api/v1/chat/personas"
@@ -73,7 +74,8 @@ async def test_a_long_conversation_keeps_its_latest_turns_and_a_summary_within_t
     from api.app import create_app
 
     settings = make_settings(database_url, redis_url, env=llm_env(fake_llm), summary_provider="echo")
-    async with running(create_app(settings)) as http:
+    app = create_app(settings)
+    async with running(app) as http:
         alice = await make_user("alice")
         persona = await make_persona(
             http, alice, model_settings={"provider": "local", "context_window": 1400, "max_tokens": 200}
@@ -87,7 +89,7 @@ async def test_a_long_conversation_keeps_its_latest_turns_and_a_summary_within_t
             r = await http.post(CHAT, json=body, headers=alice.headers)
             assert r.status_code == 200, r.text
             conversation_id = r.json()["conversation_id"]
-            await asyncio.sleep(0.05)  # lets the background summary of the turn before land, as between real turns
+            await settled(app.state.resources)  # the turn's summary, when one was due, lands before the next
 
         sent = [r.body for r in fake_llm.chat_requests() if "question 11" in r.body["messages"][-1]["content"]][-1]
         said = [m["content"] for m in sent["messages"] if m["role"] != "system"]
@@ -543,7 +545,11 @@ async def test_a_turn_starts_from_this_instances_copy_of_its_conversation_and_mi
         slow = asyncio.create_task(
             http.post(CHAT, json={"message": "slow question", "conversation_id": fresh}, headers=alice.headers)
         )
-        await asyncio.sleep(0.1)
+
+        def slow_asked() -> bool:  # its question stored and its answer on its way
+            return any(r.body["messages"][-1]["content"] == "slow question" for r in fake_llm.chat_requests())
+
+        assert await eventually(slow_asked)
         assert (await turn("quick question", fresh)).status_code == 200
         assert (await slow).status_code == 200
         assert (await turn("after both", fresh)).status_code == 200

@@ -12,6 +12,7 @@ import pytest
 
 from core import db
 from core.db import connect_pool
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -68,7 +69,18 @@ async def test_a_cancelled_query_leaves_the_pool_usable(database_url: str, async
     pool = await connect_pool(database_url, min_size=1, max_size=1)
     try:
         slow = asyncio.create_task(pool.fetchval("SELECT pg_sleep(10)"))
-        await asyncio.sleep(0.3)
+        watcher = await asyncpg.connect(database_url)
+        try:
+
+            async def sleeping() -> bool:  # the server is running it: the cancel must reach the server
+                running = (
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)' AND state = 'active'"
+                )
+                return bool(await watcher.fetchval(running))
+
+            assert await eventually(sleeping)
+        finally:
+            await watcher.close()
         slow.cancel()
         with pytest.raises(asyncio.CancelledError):
             await slow

@@ -15,6 +15,7 @@ import uvicorn
 
 from runtime.server.serving import FrontLimits, GuardedProtocol, raise_open_file_limit
 from tests.services import free_port
+from tests.waiting import eventually
 
 LIMITS = FrontLimits(head_timeout=0.5)
 
@@ -30,11 +31,13 @@ class App:
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.holding = 0  # requests waiting in /hold
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         if scope["path"] == "/hold":
+            self.holding += 1
             await self.release.wait()
         while (await receive()).get("more_body"):
             pass
@@ -227,7 +230,7 @@ async def test_past_the_connection_bound_a_request_is_a_503_not_a_hang():
         for _, writer in held:
             writer.write(b"GET /hold HTTP/1.1\r\nHost: test\r\n\r\n")
             await writer.drain()
-        await asyncio.sleep(0.1)
+        assert await eventually(lambda: app.holding == 2)
         answer = await exchange(port, request(), wait=2)
         assert answer.startswith(b"HTTP/1.1 503 ")
         app.release.set()

@@ -15,6 +15,7 @@ import openai
 from runtime.memory import Extractor
 from runtime.memory.recall import MEMORY_HEADING
 from tests.conftest import persona_body
+from tests.waiting import settled
 
 CHAT = "/api/v1/chat"
 MEMORIES = "/api/v1/memories"
@@ -283,11 +284,11 @@ async def test_extraction_adds_rewrites_and_removes_through_the_models_answer(ll
     )
     assert r.status_code == 200 and r.json()["response"] == "Noted!", r.text
 
-    async def settled():
+    async def applied():
         found = await memories_of(llm_client, alice, persona["id"])
         return found if any(m["content"].startswith("Alice has a dog") for m in found) else None
 
-    found = await poll(settled)
+    found = await poll(applied)
     assert found, "the extraction was not applied"
     by_content = {m["content"]: m for m in found}
     assert set(by_content) == {"Alice has a dog called Rex.", "Alice lives in Lisbon."}
@@ -299,7 +300,7 @@ async def test_extraction_adds_rewrites_and_removes_through_the_models_answer(ll
     assert old["id"] in asked and "I moved to Lisbon" in asked and "Noted!" in asked
 
 
-async def test_a_malformed_extraction_answer_changes_nothing(llm_client, fake_llm, alice):
+async def test_a_malformed_extraction_answer_changes_nothing(llm_client, llm_app, fake_llm, alice):
     persona = await make_persona(llm_client, alice, memory={"enabled": True, "extract": True})
     kept = await remember(llm_client, alice, "Alice rows on Sundays.", persona["id"])
     for answer in ("I think Alice likes rowing.", json.dumps({"add": [""], "remove": ["not-an-id"]})):
@@ -313,7 +314,7 @@ async def test_a_malformed_extraction_answer_changes_nothing(llm_client, fake_ll
             return len(fake_llm.chat_requests()) - before >= 2
 
         assert await poll(asked)
-        await asyncio.sleep(0.2)  # what an applied answer would have written by now
+        await settled(llm_app.state.resources)  # the extraction has ended: anything it wrote is there
         assert [m["id"] for m in await memories_of(llm_client, alice, persona["id"])] == [kept["id"]]
 
 
@@ -381,7 +382,7 @@ async def test_the_echo_provider_extracts_remember_that_sentences_once_per_messa
         headers=alice.headers,
     )
     assert r.status_code == 200
-    await asyncio.sleep(0.3)
+    await settled(resources)
     assert [m["content"] for m in await memories_of(client, alice, persona["id"])] == ["I am learning Welsh"]
 
 
@@ -413,7 +414,7 @@ async def test_a_memory_written_on_another_instance_reaches_this_ones_next_turn(
     await second_client.put(f"{MEMORIES}/settings", json={"enabled": True}, headers=alice.headers)
 
 
-async def test_an_extraction_is_a_call_within_the_personas_limits(client, alice, minute):
+async def test_an_extraction_is_a_call_within_the_personas_limits(client, resources, alice, minute):
     said = {"message": "Please remember that I fly kites."}
     # Two requests a minute: the turn takes one and its extraction the other, so a second turn is refused.
     two = await make_persona(
@@ -435,7 +436,7 @@ async def test_an_extraction_is_a_call_within_the_personas_limits(client, alice,
     )
     r = await client.post(CHAT, json={**said, "persona_id": one["id"]}, headers=alice.headers)
     assert r.status_code == 200, r.text
-    await asyncio.sleep(0.3)  # what an extraction would have written by now
+    await settled(resources)  # what runs after the turn has ended
     assert await memories_of(client, alice, one["id"]) == []
 
 
@@ -461,7 +462,7 @@ async def test_two_instances_extracting_one_message_add_one_memory(client, resou
     assert [m["content"] for m in await memories_of(client, alice, persona["id"])] == ["I keep bees"]
 
 
-async def test_memory_text_never_reaches_the_logs_or_metrics(llm_client, fake_llm, alice, caplog):
+async def test_memory_text_never_reaches_the_logs_or_metrics(llm_client, llm_app, fake_llm, alice, caplog):
     caplog.set_level(logging.DEBUG)
     persona = await make_persona(llm_client, alice, memory={"enabled": True, "extract": True})
     secret = "Alice's locker code is 40-17-33."
@@ -481,7 +482,7 @@ async def test_memory_text_never_reaches_the_logs_or_metrics(llm_client, fake_ll
     fake_llm.script(chunks=("not json at all",))
     fake_llm.script(chunks=("ok",))
     await llm_client.post(CHAT, json={"message": "Hi", "persona_id": persona["id"]}, headers=alice.headers)
-    await asyncio.sleep(0.2)
+    await settled(llm_app.state.resources)  # the failed extraction has been logged
     metrics = (await llm_client.get("/metrics")).text
     assert caplog.records, "nothing was logged: the check would prove nothing"
     for text in ("40-17-33", "99-12"):

@@ -6,8 +6,12 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-__all__ = ["eventually"]
+if TYPE_CHECKING:
+    from runtime.server.resources import Resources
+
+__all__ = ["eventually", "settled"]
 
 Check = Callable[[], "bool | Awaitable[bool]"]
 
@@ -25,3 +29,11 @@ async def eventually(check: Check, within: float = 5.0, *, interval: float = 0.0
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(interval)
+
+
+async def settled(resources: Resources, within: float = 10.0) -> None:
+    """Until the app's background work (answers being saved, summaries, memory extraction, and what they start)
+    has ended: what a test that checks their effects, or that there are none, waits on. A TimeoutError past
+    ``within`` seconds."""
+    async with asyncio.timeout(within):
+        await resources.chat.settled()

@@ -705,11 +705,17 @@ class ChatPipeline:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def settled(self) -> None:
+        """Wait until the work this pipeline runs in the background has ended: answers being saved, summaries,
+        memory extraction, recordings' writes, and whatever they start in turn."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     async def aclose(self) -> None:
-        """Let answers that are still being saved finish (bounded), at shutdown."""
-        if self._background:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self._background, return_exceptions=True), timeout=10)
+        """Let answers that are still being saved, and what they start, finish (within 10 s), at shutdown."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self.settled()
 
 
 def _traced(request: ProviderRequest, span: TurnSpan | None) -> ProviderRequest:
