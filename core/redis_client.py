@@ -152,7 +152,7 @@ async def open_redis(
     scheme, _, rest = url.partition("://")
     if scheme in _CLUSTER_SCHEMES:
         log.info("Redis Cluster (named by the %s:// scheme)", scheme)
-        return RedisCluster.from_url(f"{_CLUSTER_SCHEMES[scheme]}://{rest}", **options)
+        return await _discovered(RedisCluster.from_url(f"{_CLUSTER_SCHEMES[scheme]}://{rest}", **options))
     single = Redis.from_url(url, **options)
     try:
         info = await single.info("cluster")
@@ -167,4 +167,16 @@ async def open_redis(
         return single
     await single.aclose()
     log.info("Redis Cluster detected (INFO cluster: cluster_enabled:1)")
-    return RedisCluster.from_url(url, **options)
+    return await _discovered(RedisCluster.from_url(url, **options))
+
+
+async def _discovered(cluster: RedisCluster) -> RedisCluster:
+    """The cluster client with its nodes and slots learnt now, at start-up, rather than by the first request
+    (or readiness probe) to use it; a cluster out of reach is learnt on first use instead, as before."""
+    try:
+        await cluster.initialize()
+    except REDIS_ERRORS as exc:
+        log.warning(
+            "Redis Cluster did not answer at start-up (%s); its nodes are looked up on first use", type(exc).__name__
+        )
+    return cluster
