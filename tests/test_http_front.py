@@ -172,6 +172,12 @@ async def test_a_client_that_sends_a_whole_megabyte_of_head_at_once_reads_its_43
             assert answer.startswith(b"HTTP/1.1 431 ") and b"over 65536 bytes" in answer
 
 
+async def test_a_malformed_request_followed_by_more_bytes_reads_its_400_not_a_reset():
+    async with front(App()) as port:
+        answer = await exchange(port, b"NOT HTTP AT ALL\r\n" + b"x" * 1_000_000)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"Invalid HTTP request" in answer
+
+
 async def test_a_refused_client_that_never_stops_sending_is_cut_off():
     # The rest of a refused head is dropped for a bounded time and a bounded number of bytes, no more.
     async with front(App()) as port:

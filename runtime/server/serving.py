@@ -65,7 +65,8 @@ class _Refused(Exception):
 
 _TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
 _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\n"
-# After a 431 the rest of what the client sent is read and dropped, for at most this long and this much, then
+_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n"
+# After a 431 or a 400 the rest of what the client sent is read and dropped, for at most this long and this much, then
 # the connection closes. Closed with bytes unread, it would answer the client with a reset, which can reach it
 # before the 431 does.
 _LINGER_SECONDS = 2.0
@@ -175,11 +176,12 @@ class GuardedProtocol(NoDelayProtocol):
 
     def send_400_response(self, msg: str) -> None:
         # The parser reports a callback's exception as an invalid request: a refused head is a 431 instead.
+        # Either way what the client is still sending is read and dropped, so that it reads the answer.
+        self._stop_head_timer()
         if self._refusal is not None:
-            self._stop_head_timer()
             self._answer(_TOO_LARGE, self._refusal.decode(), linger=True)
             return
-        super().send_400_response(msg)
+        self._answer(_BAD_REQUEST, msg, linger=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
