@@ -66,9 +66,9 @@ class _Refused(Exception):
 _TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
 _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\n"
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n"
-# After a 431 or a 400 the rest of what the client sent is read and dropped, for at most this long and this much, then
-# the connection closes. Closed with bytes unread, it would answer the client with a reset, which can reach it
-# before the 431 does.
+# After a 431 or a 400 the rest of what the client sent is read and dropped, for at most this long and this
+# much, then the connection closes. Closed with bytes unread, it would answer the client with a reset, which can
+# reach it before the answer does.
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 8 * 1024 * 1024
 
