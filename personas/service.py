@@ -129,17 +129,22 @@ def _check_lore_ids(book: Lorebook) -> None:
         seen.add(entry.id)
 
 
-def with_lore_ids(book: Lorebook | None) -> Lorebook | None:
-    """The book with an id on every entry: one it was written without gets a fresh one."""
+def with_lore_ids(book: Lorebook | None, *, stable: bool = False) -> Lorebook | None:
+    """The book with an id on every entry: one it was written without gets a fresh one.
+
+    A saved book's are random, so that an entry added later never takes the id of one deleted before it (and
+    a conversation's timed effects of that one). ``stable``: an unsaved draft's, which is built again for each
+    dry run, are ``draft-<position>``, so that each run names, and rolls the probability of, the same entry the
+    same way."""
     if book is None or all(entry.id is not None for entry in book.entries):
         return book
     taken = {entry.id for entry in book.entries}
     entries = []
-    for entry in book.entries:
+    for position, entry in enumerate(book.entries):
         if entry.id is None:
-            fresh = uuid4().hex[:12]
+            fresh = f"draft-{position}" if stable else uuid4().hex[:12]
             while fresh in taken:
-                fresh = uuid4().hex[:12]
+                fresh = f"{fresh}-" if stable else uuid4().hex[:12]
             taken.add(fresh)
             entry = msgspec.structs.replace(entry, id=fresh)
         entries.append(entry)
@@ -162,8 +167,11 @@ def _check_tools(tools: list[Tool]) -> None:
             raise BadRequest(f"`tools[{index}].parameters` is too large.", field=f"tools[{index}].parameters")
 
 
-def draft_persona(draft: PersonaDraft, caller: Caller | None, *, providers: Collection[str] | None = None) -> Persona:
-    """A validated, unsaved persona built from a draft body (its name normalised: see :func:`normalize_name`)."""
+def draft_persona(
+    draft: PersonaDraft, caller: Caller | None, *, providers: Collection[str] | None = None, dry_run: bool = False
+) -> Persona:
+    """A validated, unsaved persona built from a draft body (its name normalised: see :func:`normalize_name`).
+    ``dry_run``: one that is not being saved, whose new lorebook entries get stable ids (:func:`with_lore_ids`)."""
     draft = normalized(draft)
     check_draft(draft, providers=providers)
     now = datetime.now(UTC)
@@ -179,7 +187,7 @@ def draft_persona(draft: PersonaDraft, caller: Caller | None, *, providers: Coll
         visibility=draft.visibility,
         extensions=draft.extensions,
         limits=draft.limits,
-        lorebook=with_lore_ids(draft.lorebook),
+        lorebook=with_lore_ids(draft.lorebook, stable=dry_run),
         greetings=draft.greetings,
         example_messages=draft.example_messages,
         scenario=draft.scenario,

@@ -180,8 +180,8 @@ async def test_sticky_cooldown_and_delay_count_user_turns_with_state_carried_bet
 
 
 async def test_an_entry_without_an_id_keeps_its_timed_effects_by_its_number():
-    # A draft rendered before it is saved may have entries without ids: they are named by their number,
-    # and their sticky and cooldown are read back by the same name they were written under.
+    # A book handed to the engine with entries without ids (routes give every entry one first): they are named
+    # by their number, and their sticky and cooldown are read back by the same name they were written under.
     lore = msgspec.convert(
         {
             "entries": [
@@ -331,6 +331,22 @@ async def test_timed_effects_hold_across_a_stored_conversations_turns(llm_client
     assert r.status_code == 200, r.text
     decisions = {d["id"]: (d["activated"], d["reason"]) for d in r.json()["lore"]}
     assert decisions == {"storm": (False, "cooldown"), "late": (True, "constant")}
+
+
+async def test_a_draft_rendered_twice_decides_the_same_way_though_its_new_entries_have_no_ids(llm_client, alice):
+    # The playground sends a new entry without an id until it is saved: the probability rolls of a draft's
+    # render must not change from one render of the same message to the next.
+    entries = [{"keys": ["coin"], "probability": 50, "content": f"Side {n}."} for n in range(24)]
+    draft = persona_body(lorebook={"entries": entries})
+    seen = []
+    for _ in range(2):
+        r = await llm_client.post(
+            f"{PERSONAS}/render", json={"persona": draft, "message": "I flip a coin."}, headers=alice.headers
+        )
+        assert r.status_code == 200, r.text
+        seen.append([(d["id"], d["activated"], d["reason"]) for d in r.json()["lore"]])
+    assert seen[0] == seen[1]
+    assert {reason for _, _, reason in seen[0]} == {"key", "probability"}  # both ways, so the roll was made
 
 
 async def test_render_explains_every_entry_considered_and_names_a_slow_regex(llm_client, alice):

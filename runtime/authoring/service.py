@@ -201,7 +201,7 @@ class AuthoringService:
     def draft(self, caller: Caller, draft: PersonaDraft, *, where: str = "persona.") -> Persona:
         """A draft checked by the rules a saved persona obeys, its errors naming ``persona.<field>``."""
         with _within(where):
-            return draft_persona(draft, caller)
+            return draft_persona(draft, caller, dry_run=True)
 
     # Dry runs and previews --------------------------------------------------------------------------
 
