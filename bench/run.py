@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from bench import litellm_proxy, portkey_gateway
+from bench import host, litellm_proxy, portkey_gateway
 from bench.client import PARSER, Run, Target, chat_target, completions_target, run_concurrent, run_sequential
 from bench.cold_start import ColdResult, cold_start, create_persona
 from bench.fake_provider import StreamShape, raise_open_files_limit
@@ -496,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     open_files = raise_open_files_limit()
     started = dt.datetime.now(dt.UTC)
     load_at_start = os.getloadavg()
+    gauges = host.gauges()
     try:
         outcome = asyncio.run(_main_task(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -530,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
             # Other work on the machine skews the figures: the load average says how busy it was.
             "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg(),
+            # The host's own speed at the start (bench/host.py): runs are comparable when these match.
+            "host": gauges,
         },
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "database_url"},
         "client": {"kind": "raw asyncio, one keep-alive HTTP/1.1 connection per client", "parser": PARSER},
@@ -546,5 +549,6 @@ def main(argv: list[str] | None = None) -> int:
     path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
     print(f"\nload average (1, 5, 15 min) at start {_load(load_at_start)}, at end {_load(os.getloadavg())}")
+    print(host.line(gauges))
     print(f"results: {path}")
     return 0

@@ -24,6 +24,7 @@ import asyncpg
 import httpx
 import psutil
 
+from bench import host
 from bench.fake_provider import StreamShape
 from bench.processes import ProcessTree
 
@@ -370,4 +371,5 @@ def run_on_scratch(prefix: str, measure: Callable[[str, str, str, Path], Awaitab
             async with scratch_database(server, workdir) as dsn:
                 await measure(dsn, redis_url, provider.url, workdir)
 
+    print(host.line(host.gauges()))
     asyncio.run(run())
