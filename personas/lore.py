@@ -374,22 +374,19 @@ async def activate(
         if number in decided:
             return
         entry = entries[number]
-        primary = hits.get((number, False))
+        primary = hits.get((number, False)) or {}
+        depth = depths[number]
+        keyed = [k for k, at in primary.items() if at <= depth]
         if number in plain and not (state and ids[number] in state):
             # Its keys alone decide: found within its scan depth, it is given (the common case, made short).
-            if primary:
-                depth = depths[number]
-                keyed = [k for k, at in primary.items() if at <= depth]
-                if keyed:
-                    matched[number] = keyed
-                    decided[number] = (True, "recursion" if max(map(primary.__getitem__, keyed)) < 0 else "key")
+            if keyed:
+                matched[number] = keyed
+                decided[number] = (True, "recursion" if max(map(primary.__getitem__, keyed)) < 0 else "key")
             return
         if not entry.enabled:
             return
-        depth = depths[number]
-        keyed = [k for k, at in primary.items() if at <= depth] if primary else []
         # Found only in activated content (message -1), not in the chat.
-        recursion = bool(keyed) and all(primary[k] < 0 for k in keyed)  # type: ignore[index]
+        recursion = bool(keyed) and all(primary[k] < 0 for k in keyed)
         if keyed:
             matched[number] = keyed
         held = state.get(ids[number])

@@ -526,10 +526,14 @@ def _fit(
     return kept, sums[end], more or end < last, rows[edge].seq
 
 
+def _ends_turn(rows: list[WindowRow], index: int, last: int, more: bool) -> bool:
+    """Whether row ``index`` (newest first) is a turn's last: its user message, or the conversation's first."""
+    return rows[index].role == "user" or (index == last and not more)
+
+
 def _edge(rows: list[WindowRow], index: int, last: int, more: bool) -> int:
-    """The last row of a whole turn at or before ``index`` (newest first: a turn ends at its user message, or at
-    the conversation's first message); -1 when none is."""
-    while index >= 0 and rows[index].role != "user" and (index != last or more):
+    """The last row of a whole turn at or before ``index``; -1 when none is."""
+    while index >= 0 and not _ends_turn(rows, index, last, more):
         index -= 1
     return index
 
@@ -537,6 +541,6 @@ def _edge(rows: list[WindowRow], index: int, last: int, more: bool) -> int:
 def _edge_after(rows: list[WindowRow], end: int, last: int, more: bool) -> int:
     """The newest turn's last row, which lies at or before ``end`` (itself the end of a turn)."""
     index = 0
-    while rows[index].role != "user" and (index != last or more) and index < end:
+    while index < end and not _ends_turn(rows, index, last, more):
         index += 1
     return index
